@@ -1,0 +1,132 @@
+"""Train the recommender (DeepCollaborativeFiltering) and export it as a SavedModel.
+
+Usage (from the repository root)::
+
+    python -m models.train --version 3
+
+writes ``models/recommender/3/``. The data is synthetic purchase history generated from the version
+number, so a given version always trains on the same data, and two versions give visibly different
+scores for the same user and product.
+
+The architecture is the original design's: an embedding for users and one for products, concatenated,
+dropout, a 50-unit relu layer, dropout, one output; adam, mean squared logarithmic error, batch 64,
+3 epochs. The exported ``serving_default`` signature takes ``users`` and ``products`` (float32, [N, 1])
+and returns ``predictions`` ([N, 1]), which is what ``flows.scorers`` and TensorFlow Serving expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+USERS = 1000
+PRODUCTS = 300
+EMBEDDING_SIZE = 50
+HIDDEN_UNITS = 50
+DROPOUT = 0.2
+BATCH_SIZE = 64
+EPOCHS = 3
+LATENT_TASTES = 8
+PURCHASES_PER_USER = 60
+MODELS_DIR = Path(__file__).resolve().parent / "recommender"
+
+
+def synthetic_purchases(version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (users, products, ratings) for the given version.
+
+    Each user and product has a hidden taste vector; a purchase's rating is the sigmoid of their
+    affinity plus noise, in [0, 1]. The version seeds the generator, so versions differ in their data
+    and so in their scores.
+    """
+    rng = np.random.default_rng(version)
+    user_tastes = rng.normal(size=(USERS, LATENT_TASTES))
+    product_tastes = rng.normal(size=(PRODUCTS, LATENT_TASTES))
+    users = np.repeat(np.arange(USERS), PURCHASES_PER_USER)
+    products = rng.integers(0, PRODUCTS, size=users.size)
+    affinity = np.einsum("ij,ij->i", user_tastes[users], product_tastes[products]) / np.sqrt(LATENT_TASTES)
+    ratings = 1.0 / (1.0 + np.exp(-2.0 * affinity)) + rng.normal(scale=0.05, size=users.size)
+    return (
+        users.astype(np.float32).reshape(-1, 1),
+        products.astype(np.float32).reshape(-1, 1),
+        np.clip(ratings, 0.0, 1.0).astype(np.float32).reshape(-1, 1),
+    )
+
+
+def build_model():  # -> keras.Model (keras is imported lazily: it is slow to import)
+    """The original DeepCollaborativeFiltering network."""
+    import keras
+
+    users = keras.Input(shape=(1,), name="users", dtype="float32")
+    products = keras.Input(shape=(1,), name="products", dtype="float32")
+    user_vector = keras.layers.Flatten()(keras.layers.Embedding(USERS, EMBEDDING_SIZE)(users))
+    product_vector = keras.layers.Flatten()(keras.layers.Embedding(PRODUCTS, EMBEDDING_SIZE)(products))
+    hidden = keras.layers.Concatenate()([user_vector, product_vector])
+    hidden = keras.layers.Dropout(DROPOUT)(hidden)
+    hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu")(hidden)
+    hidden = keras.layers.Dropout(DROPOUT)(hidden)
+    predictions = keras.layers.Dense(1, name="predictions")(hidden)
+    model = keras.Model(inputs=[users, products], outputs=predictions, name="recommender")
+    model.compile(optimizer="adam", loss="mean_squared_logarithmic_error")
+    return model
+
+
+def export_saved_model(model, directory: Path) -> None:
+    """Write `model` as a SavedModel with the `serving_default` signature the serving flow expects.
+
+    Only the network's weights are saved (not the optimizer's), once each, to keep the shipped
+    versions small.
+    """
+    import tensorflow as tf
+
+    class Serving(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="recommender")
+            self.weights = list(model.weights)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(shape=(None, 1), dtype=tf.float32, name="users"),
+                tf.TensorSpec(shape=(None, 1), dtype=tf.float32, name="products"),
+            ]
+        )
+        def serve(self, users, products):
+            return {"predictions": model([users, products], training=False)}
+
+    serving = Serving()
+    tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.serve})
+
+
+def train(version: int, directory: Path) -> Path:
+    """Train version `version` deterministically and export it to `directory`."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(version)
+    tf.config.experimental.enable_op_determinism()
+    users, products, ratings = synthetic_purchases(version)
+    model = build_model()
+    model.fit([users, products], ratings, batch_size=BATCH_SIZE, epochs=EPOCHS, shuffle=True, verbose=2)
+    if directory.exists():
+        shutil.rmtree(directory)
+    export_saved_model(model, directory)
+    return directory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", type=int, required=True, help="model version to train (seeds the data)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"export directory (default: {MODELS_DIR}/VERSION)"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    directory = train(args.version, args.out or MODELS_DIR / str(args.version))
+    print(f"exported recommender version {args.version} to {directory}")
+
+
+if __name__ == "__main__":
+    main()
