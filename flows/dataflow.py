@@ -1,0 +1,74 @@
+"""The serving dataflow's core, independent of where its inputs come from and where its outputs go.
+
+    data ──key_on(user % shards)──────────────────────────┐
+                                                            ├─merge─▶ stateful_batch(shard) ─▶ results
+    models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                └▶ events
+
+Sources (generators, Kafka) feed `serve` a stream of DataMessage and a stream of ModelDescriptor;
+sinks take the results and the model events it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from flows.model_holder import HOLDER_KEY, HolderInput, ModelHolderLogic
+from flows.records import DataMessage, ModelEvent, ScoredMessage
+from flows.scorers import ScorerCache
+from flows.scorers.cache import SCORERS
+from flows.shard import ModelUpdate, ShardLogic
+
+
+@dataclass(frozen=True)
+class ServingStreams:
+    results: Stream[ScoredMessage]
+    events: Stream[ModelEvent]
+
+
+def shard_keys(shards: int) -> list[str]:
+    """The shard keys; records of user u go to shard u % shards."""
+    return [f"shard-{index:03d}" for index in range(shards)]
+
+
+def serve(
+    step_id: str,
+    data: Stream[DataMessage],
+    models: Stream[HolderInput],
+    *,
+    shards: int,
+    hold_limit: int,
+    cache: ScorerCache = SCORERS,
+) -> ServingStreams:
+    """Score `data` with the latest model from `models`; see the module docstring for the shape."""
+    if shards < 1:
+        raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
+    keys = shard_keys(shards)
+
+    keyed_data = op.key_on(f"{step_id}_shard_data", data, lambda message: keys[message.record.user % shards])
+
+    keyed_models = op.key_on(f"{step_id}_key_models", models, lambda _: HOLDER_KEY)
+    held = op.key_rm(
+        f"{step_id}_unkey_holder",
+        op.stateful_batch(f"{step_id}_model_holder", keyed_models, partial(ModelHolderLogic, cache)),
+    )
+    holder_out = op.branch(f"{step_id}_split_holder", held, lambda item: isinstance(item, ModelEvent))
+    broadcast = op.flat_map(
+        f"{step_id}_to_every_shard", holder_out.falses, lambda descriptor: [(key, ModelUpdate(key, descriptor)) for key in keys]
+    )
+
+    shard_in = op.merge(f"{step_id}_merge", keyed_data, broadcast)
+    scored = op.key_rm(
+        f"{step_id}_unkey_shards",
+        op.stateful_batch(
+            f"{step_id}_shards",
+            shard_in,
+            partial(ShardLogic, keys, hold_limit, cache),
+        ),
+    )
+    shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ScoredMessage))
+    events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.falses)
+    return ServingStreams(results=shard_out.trues, events=events)

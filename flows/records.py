@@ -1,0 +1,164 @@
+"""Typed records of the serving flow.
+
+The Avro records of the original design (see `schemas/`) as dataclasses with snake_case fields, plus
+the envelopes the dataflow passes between its steps. `flows.avro` converts them to and from Avro.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ModelType(enum.Enum):
+    """How a model is served. Symbols and order follow the Avro enum `ModelType`."""
+
+    UNKNOWN = "UNKNOWN"
+    TENSORFLOW = "TENSORFLOW"
+    TENSORFLOWSAVED = "TENSORFLOWSAVED"
+    TENSORFLOWSERVING = "TENSORFLOWSERVING"
+    PMML = "PMML"
+    H2O = "H2O"
+
+
+@dataclass(slots=True)
+class RecommenderRecord:
+    """A user and the products to score for that user."""
+
+    user: int
+    products: list[int]
+    datatype: str = "recommender"
+
+
+@dataclass(slots=True)
+class RecommenderServingOutput:
+    """Scores of one record: `products[i]` has probability `probabilities[i]`."""
+
+    products: list[str] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ModelResultMetadata:
+    """How a result was produced. `start_time` is ms since the epoch, `duration` ms."""
+
+    errors: str = ""
+    model_name: str = ""
+    source: str = ""
+    start_time: int = 0
+    duration: int = 0
+
+
+@dataclass(slots=True)
+class RecommenderResult:
+    """A scored record: the input, the model's output and how it was produced."""
+
+    input_record: RecommenderRecord
+    model_result: RecommenderServingOutput
+    metadata: ModelResultMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDescriptor:
+    """A model to serve: inline bytes (a SavedModel archive) or a location."""
+
+    model_name: str
+    description: str
+    model_type: ModelType
+    model_bytes: bytes | None = None
+    model_source_location: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """Identity of the model's content: equal digests mean the same scorer can be reused."""
+        hasher = hashlib.sha256()
+        hasher.update(self.model_type.value.encode())
+        hasher.update(b"\0")
+        hasher.update(self.model_bytes or b"")
+        hasher.update(b"\0")
+        hasher.update((self.model_source_location or "").encode())
+        return hasher.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        size = len(self.model_bytes) if self.model_bytes else 0
+        return (
+            f"ModelDescriptor({self.model_name!r}, {self.model_type.value}, "
+            f"bytes={size}, location={self.model_source_location!r})"
+        )
+
+
+@dataclass(slots=True)
+class ModelToServeStats:
+    """Serving statistics of one model since it was loaded (durations in ms)."""
+
+    name: str
+    description: str = ""
+    since: int = 0
+    usage: int = 0
+    duration: float = 0.0
+    min: int = 0
+    max: int = 0
+
+    @property
+    def average(self) -> float:
+        """Mean scoring time per record, ms."""
+        return self.duration / self.usage if self.usage else 0.0
+
+    def record_batch(self, records: int, batch_ms: float) -> None:
+        """Count a micro-batch of `records` that took `batch_ms` to score."""
+        whole_ms = int(batch_ms)
+        self.min = whole_ms if self.usage == 0 else min(self.min, whole_ms)
+        self.max = max(self.max, whole_ms)
+        self.usage += records
+        self.duration += batch_ms
+
+
+@dataclass(slots=True)
+class DataMessage:
+    """A data record on its way through the flow, with when and where it entered.
+
+    `entered_ns` (time.time_ns()) is set by the source; latency is measured from it. `origin` is
+    whatever the source wants carried to the output (a Kafka topic/partition/offset, trace context).
+    """
+
+    record: RecommenderRecord
+    entered_ns: int
+    origin: Any = None
+
+
+@dataclass(slots=True)
+class ScoredMessage:
+    """A result and the message it came from."""
+
+    result: RecommenderResult
+    entered_ns: int
+    origin: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """Something that happened to a model: accepted or rejected by the flow, or swapped in on a shard.
+
+    `kind` is one of "accepted", "rejected", "swapped", "failed" (a shard could not build a model that
+    the flow had accepted). `shard` is empty for flow-wide events.
+    """
+
+    kind: str
+    model_name: str
+    reason: str = ""
+    shard: str = ""
+    previous_model: str = ""
+    load_ms: float = 0.0
+
+    def __str__(self) -> str:
+        where = f" on {self.shard}" if self.shard else ""
+        text = f"model {self.model_name!r} {self.kind}{where}"
+        if self.previous_model:
+            text += f" (replacing {self.previous_model!r})"
+        if self.load_ms:
+            text += f" in {self.load_ms:.0f} ms"
+        if self.reason:
+            text += f": {self.reason}"
+        return text

@@ -1,0 +1,10 @@
+"""Scorers: one interface (`Scorer`), one factory (`build_scorer`), one module per kind of model.
+
+Importing this package registers every scorer kind with the factory.
+"""
+
+from flows.scorers import tensorflow_saved  # noqa: F401  (registers TENSORFLOWSAVED)
+from flows.scorers.base import ModelLoadError, Scorer, build_scorer
+from flows.scorers.cache import ScorerCache
+
+__all__ = ["ModelLoadError", "Scorer", "ScorerCache", "build_scorer"]

@@ -1,0 +1,79 @@
+"""Scoring a micro-batch of data messages with one model call.
+
+All (user, product) pairs of the batch go to the scorer in one call and the probabilities are split back
+per record. If that call fails, the records are scored one by one, so a single bad record (say, a product
+the model does not know) gets the error and the rest of the batch still gets scores.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import chain
+from typing import Sequence
+
+import numpy as np
+
+from flows.records import (
+    DataMessage,
+    ModelResultMetadata,
+    RecommenderResult,
+    RecommenderServingOutput,
+    ScoredMessage,
+)
+from flows.scorers import Scorer
+
+
+def unscored(message: DataMessage, error: str, model_name: str = "", source: str = "") -> ScoredMessage:
+    """A result with no scores that says why."""
+    metadata = ModelResultMetadata(errors=error, model_name=model_name, source=source, start_time=time.time_ns() // 1_000_000)
+    return ScoredMessage(
+        RecommenderResult(message.record, RecommenderServingOutput(), metadata), message.entered_ns, message.origin
+    )
+
+
+def _pairs(messages: Sequence[DataMessage]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    counts = [len(message.record.products) for message in messages]
+    users = np.repeat(np.fromiter((m.record.user for m in messages), np.float32, len(messages)), counts)
+    products = np.fromiter(
+        chain.from_iterable(m.record.products for m in messages), np.float32, sum(counts)
+    )
+    return users, products, counts
+
+
+def score_batch(scorer: Scorer, model_name: str, messages: Sequence[DataMessage]) -> tuple[list[ScoredMessage], float]:
+    """Results for `messages` scored with one call to `scorer`, and the ms that call took."""
+    users, products, counts = _pairs(messages)
+    start_ms = time.time_ns() // 1_000_000
+    started = time.perf_counter()
+    try:
+        probabilities = scorer.score(users, products) if users.size else np.empty(0, np.float32)
+        if probabilities.shape != users.shape:
+            raise ValueError(f"scorer returned {probabilities.shape[0]} scores for {users.size} pairs")
+    except Exception as error:
+        if len(messages) > 1:
+            return _score_one_by_one(scorer, model_name, messages)
+        reason = f"scoring with model {model_name!r} failed: {type(error).__name__}: {error}"
+        return [unscored(messages[0], reason, model_name, scorer.source)], 0.0
+    batch_ms = (time.perf_counter() - started) * 1000
+    metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
+    values = probabilities.tolist()
+    results = []
+    offset = 0
+    for message, count in zip(messages, counts):
+        record = message.record
+        output = RecommenderServingOutput(list(map(str, record.products)), values[offset : offset + count])
+        offset += count
+        results.append(ScoredMessage(RecommenderResult(record, output, metadata), message.entered_ns, message.origin))
+    return results, batch_ms
+
+
+def _score_one_by_one(
+    scorer: Scorer, model_name: str, messages: Sequence[DataMessage]
+) -> tuple[list[ScoredMessage], float]:
+    results: list[ScoredMessage] = []
+    total_ms = 0.0
+    for message in messages:
+        scored, batch_ms = score_batch(scorer, model_name, [message])
+        results.extend(scored)
+        total_ms += batch_ms
+    return results, total_ms

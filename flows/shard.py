@@ -1,0 +1,143 @@
+"""The keyed stateful scorer: one instance per shard key, the heart of the dynamically controlled stream.
+
+A shard receives, in one stream, the data records routed to it and every model the flow accepted. A model
+swaps its scorer (taken from the process-wide cache, so a process loads each model once) and resets the
+statistics; data records are scored in micro-batches, one model call per batch. Records that arrive
+before any model are held, up to a bound, and scored when the first model arrives; past the bound, or if
+the input ends first, they are emitted with an error. Nothing is dropped.
+
+The snapshot holds the model's digest and name, the statistics and the held records: never the model
+itself, which lives once in the model holder's state (see `flows.model_holder`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Union
+
+from bytewax.operators import StatefulBatchLogic
+
+from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage
+from flows.scorers import ModelLoadError, Scorer, ScorerCache
+from flows.scoring import score_batch, unscored
+
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUpdate:
+    """A model sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
+
+    shard: str
+    descriptor: ModelDescriptor
+
+
+ShardInput = Union[DataMessage, ModelUpdate]
+ShardOutput = Union[ScoredMessage, ModelEvent]
+
+
+@dataclass
+class ShardState:
+    """What a shard persists in a recovery snapshot."""
+
+    shard: str = ""
+    model_digest: str | None = None
+    model_name: str = ""
+    stats: ModelToServeStats | None = None
+    held: list[DataMessage] = field(default_factory=list)
+
+
+class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
+    """Scores one shard's records with the latest model it has been sent."""
+
+    def __init__(self, keys: list[str], hold_limit: int, cache: ScorerCache, resume: ShardState | None) -> None:
+        self.keys = keys
+        self.hold_limit = hold_limit
+        self.cache = cache
+        self.state = resume if resume is not None else ShardState()
+        # After a restart the state names a model but this process has not loaded it yet: records are
+        # held until the model holder sends the model again (it does so right after a restart).
+        self.scorer: Scorer | None = None
+
+    def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[ShardOutput], bool]:
+        outputs: list[ShardOutput] = []
+        run: list[DataMessage] = []
+        if not self.state.shard:
+            self.state.shard = self._shard_of(values[0])
+        for value in values:
+            if isinstance(value, DataMessage):
+                run.append(value)
+                continue
+            # Records before a model event are scored with the model they arrived under.
+            self._score(run, outputs)
+            run = []
+            self._swap(value.descriptor, outputs)
+        self._score(run, outputs)
+        return outputs, StatefulBatchLogic.RETAIN
+
+    @property
+    def shard(self) -> str:
+        return self.state.shard
+
+    def _shard_of(self, value: ShardInput) -> str:
+        if isinstance(value, ModelUpdate):
+            return value.shard
+        return self.keys[value.record.user % len(self.keys)]
+
+    def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
+        held, self.state.held = self.state.held, []
+        reason = f"input ended before any model was loaded on {self.shard}"
+        return [unscored(message, reason) for message in held], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> ShardState:
+        state = self.state
+        return ShardState(state.shard, state.model_digest, state.model_name, copy.copy(state.stats), list(state.held))
+
+    def _score(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
+        if not messages:
+            return
+        if self.scorer is None:
+            self._hold(messages, outputs)
+            return
+        results, batch_ms = score_batch(self.scorer, self.state.model_name, messages)
+        outputs.extend(results)
+        if self.state.stats is not None:
+            self.state.stats.record_batch(len(messages), batch_ms)
+
+    def _hold(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
+        room = max(self.hold_limit - len(self.state.held), 0)
+        self.state.held.extend(messages[:room])
+        overflow = messages[room:]
+        if overflow:
+            reason = (
+                f"no model loaded yet on {self.shard} and its hold buffer is full "
+                f"({self.hold_limit} records held; setting SERVING_HOLD_LIMIT)"
+            )
+            outputs.extend(unscored(message, reason) for message in overflow)
+
+    def _swap(self, descriptor: ModelDescriptor, outputs: list[ShardOutput]) -> None:
+        digest = descriptor.digest
+        if digest == self.state.model_digest and self.scorer is not None:
+            return  # The model we serve, sent again (e.g. re-sent after a restart elsewhere).
+        try:
+            scorer, load_ms = self.cache.acquire(descriptor)
+        except ModelLoadError as error:
+            outputs.append(ModelEvent("failed", descriptor.model_name, error.reason, self.shard, self.state.model_name))
+            return
+        restored = digest == self.state.model_digest
+        if self.scorer is not None and self.state.model_digest is not None:
+            self.cache.release(self.state.model_digest)
+        previous = self.state.model_name
+        self.scorer = scorer
+        self.state.model_digest = digest
+        self.state.model_name = descriptor.model_name
+        if restored and self.state.stats is not None:
+            outputs.append(ModelEvent("restored", descriptor.model_name, shard=self.shard, load_ms=load_ms))
+        else:
+            self.state.stats = ModelToServeStats(
+                descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
+            )
+            outputs.append(ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms))
+        held, self.state.held = self.state.held, []
+        self._score(held, outputs)
