@@ -79,13 +79,13 @@ class AvroCodec(Generic[T]):
         self.name = name
         self.schema = SCHEMAS[name]
         self.header = SINGLE_OBJECT_MARKER + _fingerprint(self.schema)
-        self._to_avro = to_avro
-        self._from_avro = from_avro
+        self.to_avro = to_avro
+        self.from_avro = from_avro
 
     def encode(self, value: T) -> bytes:
         buffer = io.BytesIO()
         buffer.write(self.header)
-        schemaless_writer(buffer, self.schema, self._to_avro(value))
+        schemaless_writer(buffer, self.schema, self.to_avro(value))
         return buffer.getvalue()
 
     def decode(self, payload: bytes) -> T | DecodeFailure:
@@ -105,7 +105,7 @@ class AvroCodec(Generic[T]):
         buffer.seek(HEADER_SIZE)
         try:
             datum = schemaless_reader(buffer, self.schema, None)
-            value = self._from_avro(datum)
+            value = self.from_avro(datum)
         except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
             return DecodeFailure(self.name, f"corrupt {self.name} datum: {type(error).__name__}: {error}", payload)
         if buffer.tell() != len(payload):

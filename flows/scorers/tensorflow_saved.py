@@ -17,6 +17,7 @@ import numpy as np
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.archive import UnsafeArchiveError, unpack_archive
 from flows.scorers.base import ModelLoadError, register
+from flows.tensorflow_runtime import tensorflow
 
 SIGNATURE = "serving_default"
 INPUTS = ("users", "products")
@@ -29,8 +30,7 @@ class SavedModelScorer:
     source = "embedded:savedmodel"
 
     def __init__(self, model_name: str, directory: Path) -> None:
-        import tensorflow as tf
-
+        tf = tensorflow()
         self._tf = tf
         try:
             self._model = tf.saved_model.load(str(directory))

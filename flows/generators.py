@@ -1,0 +1,186 @@
+"""The embedded default's inputs: a data-load generator and a model-update generator.
+
+Like the original's: each record is a user (random 0-999) and 1-30 products (random 0-299); models
+alternate between the shipped versions at a fixed interval. Both are resumable Bytewax sources, so a
+flow running with recovery picks up where its last snapshot left off.
+
+Records are generated in fixed blocks from a seed, so the n-th record of a partition is the same
+whatever the timing, the number of workers or a restart in between.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from flows import shutdown
+from flows.records import DataMessage, ModelDescriptor, ModelType, RecommenderRecord
+from flows.scorers.archive import pack_directory
+
+USERS = 1000
+PRODUCTS = 300
+MAX_PRODUCTS_PER_RECORD = 30
+BLOCK = 256
+
+
+def generate_block(seed: int, partition: int, block: int) -> list[RecommenderRecord]:
+    """Records [block * BLOCK, (block + 1) * BLOCK) of one partition."""
+    rng = np.random.default_rng([seed, partition, block])
+    users = rng.integers(0, USERS, BLOCK).tolist()
+    counts = rng.integers(1, MAX_PRODUCTS_PER_RECORD + 1, BLOCK)
+    products = rng.integers(0, PRODUCTS, int(counts.sum())).tolist()
+    records = []
+    offset = 0
+    for user, count in zip(users, counts.tolist()):
+        records.append(RecommenderRecord(user, products[offset : offset + count]))
+        offset += count
+    return records
+
+
+def partition_share(total: int, partitions: int, index: int) -> int:
+    """How many of `total` records partition `index` of `partitions` produces."""
+    return total // partitions + (1 if index < total % partitions else 0)
+
+
+class _DataPartition(StatefulSourcePartition[DataMessage, int]):
+    def __init__(self, seed: int, index: int, limit: int | None, rate: float, batch: int, resume: int | None):
+        self.seed = seed
+        self.index = index
+        self.limit = limit
+        self.rate = rate
+        self.batch = batch
+        self.emitted = resume or 0
+        self.started_at = time.monotonic()
+        self.started_count = self.emitted
+        self.block_number = -1
+        self.block: list[RecommenderRecord] = []
+        self.wake: datetime | None = None
+
+    def _due(self) -> int:
+        if self.rate <= 0:
+            return self.batch
+        should_have = self.started_count + int((time.monotonic() - self.started_at) * self.rate)
+        return max(should_have - self.emitted, 0)
+
+    def next_batch(self) -> list[DataMessage]:
+        if shutdown.requested():
+            raise StopIteration()
+        count = min(self._due(), self.batch)
+        if self.limit is not None:
+            if self.emitted >= self.limit:
+                raise StopIteration()
+            count = min(count, self.limit - self.emitted)
+        if count == 0:
+            self.wake = datetime.now(timezone.utc) + timedelta(seconds=1 / self.rate)
+            return []
+        self.wake = None
+        now = time.time_ns()
+        messages = []
+        for position in range(self.emitted, self.emitted + count):
+            block_number, offset = divmod(position, BLOCK)
+            if block_number != self.block_number:
+                self.block = generate_block(self.seed, self.index, block_number)
+                self.block_number = block_number
+            messages.append(DataMessage(self.block[offset], now))
+        self.emitted += count
+        return messages
+
+    def next_awake(self) -> datetime | None:
+        return self.wake
+
+    def snapshot(self) -> int:
+        return self.emitted
+
+
+class DataGenerator(FixedPartitionedSource[DataMessage, int]):
+    """RecommenderRecords at `rate` records/s in total (0: unthrottled), `records` in all (0: unbounded)."""
+
+    def __init__(self, records: int, rate: float, partitions: int = 1, batch: int = 500, seed: int = 42) -> None:
+        self.records = records
+        self.rate = rate
+        self.partitions = partitions
+        self.batch = batch
+        self.seed = seed
+
+    def list_parts(self) -> list[str]:
+        return [f"data-{index}" for index in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DataPartition:
+        index = int(for_part.rsplit("-", 1)[1])
+        limit = partition_share(self.records, self.partitions, index) if self.records else None
+        return _DataPartition(self.seed, index, limit, self.rate / self.partitions, self.batch, resume_state)
+
+
+@lru_cache(maxsize=8)
+def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
+    """The shipped SavedModel `version` as a descriptor carrying it inline."""
+    directory = models_dir / version
+    if not (directory / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"no shipped model version {version!r}: {directory} has no saved_model.pb")
+    return ModelDescriptor(
+        f"recommender-v{version}",
+        f"recommender version {version} ({directory})",
+        ModelType.TENSORFLOWSAVED,
+        model_bytes=pack_directory(directory),
+    )
+
+
+class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
+    def __init__(self, models: list[ModelDescriptor], interval: float, count: int | None, resume: int | None):
+        self.models = models
+        self.interval = interval
+        self.count = count
+        self.sent = resume or 0
+        # The first model goes out at once; after a restart the next one waits a full interval.
+        self.next_at = datetime.now(timezone.utc) + (timedelta(seconds=interval) if resume else timedelta(0))
+
+    def next_batch(self) -> list[ModelDescriptor]:
+        if shutdown.requested() or (self.count is not None and self.sent >= self.count):
+            raise StopIteration()
+        if datetime.now(timezone.utc) < self.next_at:
+            return []
+        model = self.models[self.sent % len(self.models)]
+        self.sent += 1
+        self.next_at = datetime.now(timezone.utc) + timedelta(seconds=self.interval)
+        return [model]
+
+    def next_awake(self) -> datetime | None:
+        return self.next_at
+
+    def snapshot(self) -> int:
+        return self.sent
+
+
+class ModelGenerator(FixedPartitionedSource[ModelDescriptor, int]):
+    """Model updates every `interval` seconds, round-robin over `models`.
+
+    With `count`, it stops after that many updates (a bounded run); without, it runs forever.
+    """
+
+    def __init__(self, models: list[ModelDescriptor], interval: float, count: int | None = None) -> None:
+        if not models:
+            raise ValueError("the model generator needs at least one model")
+        self.models = models
+        self.interval = interval
+        self.count = count
+
+    def list_parts(self) -> list[str]:
+        return ["models"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ModelPartition:
+        return _ModelPartition(self.models, self.interval, self.count, resume_state)
+
+
+def models_in_bounded_run(records: int, rate: float, interval: float) -> int | None:
+    """Model updates a run of `records` at `rate` sees: one at start, then one per interval it lasts."""
+    if not records:
+        return None
+    if rate <= 0:
+        return 1
+    return 1 + math.floor(records / rate / interval)

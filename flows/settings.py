@@ -1,0 +1,46 @@
+"""Every setting of the serving flow, read from `SERVING_*` environment variables.
+
+The README's configuration table lists the same settings; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models" / "recommender"
+
+
+class Settings(BaseSettings):
+    """Settings of `python -m bytewax.run flows.serving` (environment variable = SERVING_ + name)."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
+
+    shards: int = Field(8, ge=1, description="Shard keys records are spread over (user % shards).")
+    hold_limit: int = Field(
+        10_000, ge=0, description="Records a shard holds while it has no model yet; more get an error result."
+    )
+    records: int = Field(0, ge=0, description="Records the data generator produces, then stops (0: unbounded).")
+    record_rate: float = Field(
+        333.0, ge=0, description="Records per second from the data generator (0: as fast as possible)."
+    )
+    generator_partitions: int = Field(1, ge=1, description="Data generator partitions (workers that generate).")
+    generator_batch: int = Field(500, ge=1, description="Most records one generator partition emits at once.")
+    seed: int = Field(42, description="Seed of the data generator: the same seed gives the same records.")
+    model_interval: float = Field(
+        10.0, gt=0, description="Seconds between model updates from the model generator."
+    )
+    model_versions: str = Field("1,2", description="Shipped model versions the model generator alternates.")
+    models_dir: Path = Field(SHIPPED_MODELS_DIR, description="Directory holding one SavedModel per version.")
+    console_every: int = Field(
+        100, ge=0, description="Print every Nth result on the console (0: none); model events always print."
+    )
+    output_dir: Path | None = Field(
+        None, description="If set, also write every result as JSON lines, one file per worker, into it."
+    )
+
+    @property
+    def versions(self) -> list[str]:
+        return [version.strip() for version in self.model_versions.split(",") if version.strip()]

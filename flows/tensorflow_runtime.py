@@ -1,0 +1,46 @@
+"""Importing TensorFlow without its start-up noise.
+
+TensorFlow's C++ runtime writes a dozen lines to stderr at import and at first device use (oneDNN, CUDA
+drivers not found, ...), before its log settings take effect, so no environment variable silences them.
+Users of the console see only our output: stderr is muted for the import and device discovery, and
+errors still surface as Python exceptions. `SERVING_TF_VERBOSE=1` shows everything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from types import ModuleType
+
+_lock = threading.Lock()
+_tensorflow: ModuleType | None = None
+
+
+def tensorflow() -> ModuleType:
+    """The `tensorflow` module, imported (quietly) on first use."""
+    global _tensorflow
+    with _lock:
+        if _tensorflow is None:
+            if os.environ.get("SERVING_TF_VERBOSE") == "1":
+                import tensorflow as tf
+
+                _tensorflow = tf
+            else:
+                _tensorflow = _import_quietly()
+        return _tensorflow
+
+
+def _import_quietly() -> ModuleType:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+    return tf
