@@ -27,6 +27,7 @@ USERS = 1000
 PRODUCTS = 300
 MAX_PRODUCTS_PER_RECORD = 30
 BLOCK = 256
+STOP_POLL = timedelta(seconds=0.5)
 
 
 def generate_block(seed: int, partition: int, block: int) -> list[RecommenderRecord]:
@@ -151,7 +152,10 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
         return [model]
 
     def next_awake(self) -> datetime | None:
-        return self.next_at
+        if self.count is not None and self.sent >= self.count:
+            return None  # Poll now: the next call ends the input.
+        # Wake at least every STOP_POLL to notice a stop request between updates.
+        return min(self.next_at, datetime.now(timezone.utc) + STOP_POLL)
 
     def snapshot(self) -> int:
         return self.sent
