@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 MAX_UNPACKED_BYTES = 2 * 1024**3
 
@@ -34,16 +34,25 @@ def pack_directory(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
+def _refuse_unsafe(member: tarfile.TarInfo) -> None:
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or ".." in path.parts:
+        raise UnsafeArchiveError(f"unsafe archive member {member.name!r}: path leaves the model directory")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"unsafe archive member {member.name!r}: only files and directories are allowed")
+
+
 def unpack_archive(payload: bytes, target: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
     """Unpack the tar archive `payload` into `target`, refusing anything that would land outside it."""
     try:
         with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as archive:
             members = archive.getmembers()
+            for member in members:
+                _refuse_unsafe(member)
             total = sum(member.size for member in members)
             if total > max_bytes:
                 raise UnsafeArchiveError(f"archive expands to {total} bytes, over the limit of {max_bytes}")
-            # The "data" filter (PEP 706) rejects absolute paths, "..", links leaving the target,
-            # device files and setuid bits.
+            # Defence in depth: the "data" filter (PEP 706) also rejects what escapes the target.
             archive.extractall(target, members=members, filter="data")
     except tarfile.FilterError as error:
         raise UnsafeArchiveError(f"unsafe archive member: {error}") from error

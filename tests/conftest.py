@@ -1,0 +1,131 @@
+"""Shared fixtures: the shipped models as descriptors, and a helper that runs the serving core."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.testing import TestingSink, cluster_main, run_main
+
+from flows.dataflow import serve
+from flows.generators import shipped_model
+from flows.records import DataMessage, ModelDescriptor, ModelEvent, RecommenderRecord, ScoredMessage
+from flows.scorers import ScorerCache
+from flows.settings import SHIPPED_MODELS_DIR
+from flows.tensorflow_runtime import tensorflow
+
+REPO = Path(__file__).resolve().parent.parent
+Schedule = list[tuple[float, Any]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tensorflow_imported():
+    """Import TensorFlow once up front, so model loads inside timed flows take milliseconds, not seconds."""
+    return tensorflow()
+
+
+@pytest.fixture(scope="session")
+def model_v1() -> ModelDescriptor:
+    return shipped_model(SHIPPED_MODELS_DIR, "1")
+
+
+@pytest.fixture(scope="session")
+def model_v2() -> ModelDescriptor:
+    return shipped_model(SHIPPED_MODELS_DIR, "2")
+
+
+def messages(records: list[RecommenderRecord]) -> list[DataMessage]:
+    return [DataMessage(record, time.time_ns()) for record in records]
+
+
+def sample_records(count: int, offset: int = 0) -> list[RecommenderRecord]:
+    """Distinct, reproducible records: user (offset + i) * 7 % 1000 with a few products each."""
+    return [
+        RecommenderRecord((offset + i) * 7 % 1000, [(offset + i + k * 13) % 300 for k in range(1 + i % 5)])
+        for i in range(count)
+    ]
+
+
+class _ScheduledPartition(StatefulSourcePartition):
+    def __init__(self, schedule: list[tuple[float, Any]], resume: int | None) -> None:
+        self.schedule = schedule
+        self.position = resume or 0
+        self.started = time.monotonic()
+
+    def next_batch(self) -> list:
+        if self.position >= len(self.schedule):
+            raise StopIteration()
+        elapsed = time.monotonic() - self.started
+        batch = []
+        while self.position < len(self.schedule) and self.schedule[self.position][0] <= elapsed:
+            batch.append(self.schedule[self.position][1])
+            self.position += 1
+        return batch
+
+    def next_awake(self) -> datetime:
+        # Poll often: Bytewax 0.21 may not wake one input at its own time while another input sleeps.
+        return datetime.now(timezone.utc) + timedelta(milliseconds=10)
+
+    def snapshot(self) -> int:
+        return self.position
+
+
+class ScheduledSource(FixedPartitionedSource):
+    """Emits each item at its time (seconds after start); `at(t, items)` builds the schedule."""
+
+    def __init__(self, schedule: list[tuple[float, Any]]) -> None:
+        self.schedule = schedule
+
+    def list_parts(self) -> list[str]:
+        return ["scheduled"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ScheduledPartition:
+        return _ScheduledPartition(self.schedule, resume_state)
+
+
+def at(seconds: float, items: list) -> list[tuple[float, Any]]:
+    return [(seconds, item) for item in items]
+
+
+@dataclass
+class FlowRun:
+    results: list[ScoredMessage] = field(default_factory=list)
+    events: list[ModelEvent] = field(default_factory=list)
+    cache: ScorerCache = field(default_factory=ScorerCache)
+
+    def by_model(self) -> dict[str, list[ScoredMessage]]:
+        grouped: dict[str, list[ScoredMessage]] = {}
+        for item in self.results:
+            grouped.setdefault(item.result.metadata.model_name, []).append(item)
+        return grouped
+
+    def errors(self) -> list[str]:
+        return [item.result.metadata.errors for item in self.results if item.result.metadata.errors]
+
+
+def build_core_flow(data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000) -> Dataflow:
+    flow = Dataflow("test")
+    data_stream = op.input("data", flow, ScheduledSource(data))
+    model_stream = op.input("models", flow, ScheduledSource(models))
+    streams = serve("serve", data_stream, model_stream, shards=shards, hold_limit=hold_limit, cache=run.cache)
+    op.output("results", streams.results, TestingSink(run.results))
+    op.output("events", streams.events, TestingSink(run.events))
+    return flow
+
+
+def run_core(data: Schedule, models: Schedule, workers: int = 1, **options) -> FlowRun:
+    """Run the serving core on scheduled inputs with 1 or more workers in this process."""
+    run = FlowRun()
+    flow = build_core_flow(data, models, run, **options)
+    if workers == 1:
+        run_main(flow, epoch_interval=timedelta(milliseconds=100))
+    else:
+        cluster_main(flow, [], 0, epoch_interval=timedelta(milliseconds=100), worker_count_per_proc=workers)
+    return run

@@ -1,0 +1,68 @@
+"""Schema round trips, and bytes that must decode to a DecodeFailure that says why."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows import avro
+from flows.avro import DecodeFailure
+from flows.records import (
+    ModelDescriptor,
+    ModelResultMetadata,
+    ModelToServeStats,
+    ModelType,
+    RecommenderRecord,
+    RecommenderResult,
+    RecommenderServingOutput,
+)
+
+RECORD = RecommenderRecord(17, [3, 299, 0])
+RESULT = RecommenderResult(
+    RECORD,
+    RecommenderServingOutput(["3", "299", "0"], [0.5, 0.25, 0.125]),
+    ModelResultMetadata("", "recommender-v1", "embedded:savedmodel", 1_700_000_000_000, 3),
+)
+VALUES = [
+    (avro.RECORD, RECORD),
+    (avro.RESULT, RESULT),
+    (avro.MODEL, ModelDescriptor("m", "inline", ModelType.TENSORFLOWSAVED, b"\x00\x01tar", None)),
+    (avro.MODEL, ModelDescriptor("m", "remote", ModelType.TENSORFLOWSERVING, None, "http://host:8501/v1/models/m")),
+    (avro.STATS, ModelToServeStats("m", "d", 1, 10, 12.5, 1, 4)),
+]
+
+
+@pytest.mark.parametrize("codec,value", VALUES, ids=lambda v: getattr(v, "name", type(v).__name__))
+def test_round_trip(codec, value):
+    assert codec.decode(codec.encode(value)) == value
+
+
+def test_every_schema_file_is_loaded():
+    assert set(avro.SCHEMAS) == {path.stem for path in avro.SCHEMAS_DIR.glob("*.avsc")}
+
+
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"", "shorter than an Avro single-object header"),
+        (b"hello world, not avro", "no C3 01 marker"),
+        (avro.RECORD.encode(RECORD)[:-2], "corrupt RecommenderRecord datum"),
+        (avro.RECORD.encode(RECORD) + b"\x00", "unexpected bytes after"),
+        (avro.STATS.encode(ModelToServeStats("m")), "written with schema fingerprint"),
+    ],
+    ids=["empty", "garbage", "truncated", "trailing", "wrong-schema"],
+)
+def test_bad_bytes_become_a_decode_failure(payload, reason):
+    failure = avro.RECORD.decode(payload)
+    assert isinstance(failure, DecodeFailure)
+    assert failure.schema == "RecommenderRecord"
+    assert reason in failure.reason
+    assert failure.payload == payload
+
+
+def test_unknown_enum_symbol_is_a_decode_failure():
+    payload = bytearray(avro.MODEL.encode(ModelDescriptor("m", "", ModelType.H2O, b"", None)))
+    # The enum index is the byte after "m" (len 1) and "" (len 0); 5 = H2O; 9 is out of range.
+    index = payload.index(bytes([2]) + b"m" + bytes([0]) + bytes([10])) + 3
+    payload[index] = 2 * 9
+    failure = avro.MODEL.decode(bytes(payload))
+    assert isinstance(failure, DecodeFailure)

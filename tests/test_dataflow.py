@@ -1,0 +1,107 @@
+"""The serving core on test sources, with one worker and with two."""
+
+from __future__ import annotations
+
+import pytest
+
+from bad_models import bad_models
+from conftest import at, messages, run_core, sample_records
+from flows.avro import DecodeFailure
+
+WORKERS = [1, 2]
+
+
+def scores(run, model_name):
+    return {
+        (item.result.input_record.user, tuple(item.result.input_record.products)): item.result.model_result.probabilities
+        for item in run.by_model()[model_name]
+    }
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_model_swap_mid_stream_changes_the_scores(workers, model_v1, model_v2):
+    records = sample_records(40)
+    data = at(0, messages(records)) + at(1.5, messages(records))
+    models = at(0, [model_v1]) + at(0.75, [model_v2])
+    run = run_core(data, models, workers=workers)
+
+    assert run.errors() == []
+    by_model = run.by_model()
+    assert sorted(by_model) == [model_v1.model_name, model_v2.model_name]
+    assert len(by_model[model_v1.model_name]) == len(by_model[model_v2.model_name]) == len(records)
+    before, after = scores(run, model_v1.model_name), scores(run, model_v2.model_name)
+    assert before.keys() == after.keys()
+    changed = sum(before[key] != after[key] for key in before)
+    assert changed == len(records)
+    swaps = [event for event in run.events if event.kind == "swapped"]
+    assert len(swaps) == 2 * 4  # every model reached every one of the 4 shards
+    assert {event.shard for event in swaps} == {"shard-000", "shard-001", "shard-002", "shard-003"}
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_records_before_the_first_model_are_held_then_scored(workers, model_v1):
+    records = sample_records(30)
+    run = run_core(at(0, messages(records)), at(1, [model_v1]), workers=workers)
+    assert run.errors() == []
+    assert len(run.by_model()[model_v1.model_name]) == len(records)
+    assert all(len(item.result.model_result.probabilities) == len(item.result.input_record.products) for item in run.results)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_hold_overflow_is_reported_not_dropped(workers, model_v1):
+    records = sample_records(10)
+    run = run_core(at(0, messages(records)), at(1, [model_v1]), workers=workers, shards=1, hold_limit=4)
+    assert len(run.results) == len(records)
+    overflow = run.errors()
+    assert len(overflow) == 6 and all("hold buffer is full" in error for error in overflow)
+    assert len(run.by_model()[model_v1.model_name]) == 4
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_input_ending_before_any_model_is_reported(workers):
+    records = sample_records(5)
+    run = run_core(at(0, messages(records)), [], workers=workers)
+    assert len(run.results) == len(records)
+    assert all("input ended before any model" in error for error in run.errors())
+    assert len(run.errors()) == len(records)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_bad_models_leave_the_previous_model_serving(workers, model_v1, tmp_path):
+    rejects = bad_models(model_v1, tmp_path)
+    undecodable = DecodeFailure("ModelDescriptor", "not Avro single-object encoded", b"junk")
+    models = at(0, [model_v1]) + at(0.5, [descriptor for descriptor, _ in rejects] + [undecodable])
+    records = sample_records(20)
+    data = at(1.5, messages(records))
+    run = run_core(data, models, workers=workers)
+
+    assert run.errors() == []
+    assert len(run.by_model()[model_v1.model_name]) == len(records)
+    rejected = [event for event in run.events if event.kind == "rejected"]
+    assert len(rejected) == len(rejects) + 1
+    for (descriptor, reason), event in zip(rejects, rejected):
+        assert event.model_name == descriptor.model_name
+        assert reason in event.reason and "still serving 'recommender-v1'" in event.reason
+    assert "undecodable ModelDescriptor" in rejected[-1].reason
+    assert not [event for event in run.events if event.kind == "failed"]
+
+
+def test_a_bad_record_gets_an_error_and_its_batch_still_scores(model_v1):
+    from flows.records import RecommenderRecord
+
+    records = sample_records(10) + [RecommenderRecord(5, [100_000])]  # product far outside the model's range
+    run = run_core(at(1, messages(records)), at(0, [model_v1]), shards=1)
+    assert len(run.results) == len(records)
+    errors = run.errors()
+    assert len(errors) == 1 and "scoring with model 'recommender-v1' failed" in errors[0]
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_process_loads_each_model_once_and_results_do_not_depend_on_workers(workers, model_v1):
+    records = sample_records(200)
+    run = run_core(at(0, messages(records)), at(0, [model_v1]), workers=workers, shards=8)
+    assert run.cache.builds == 1
+    assert run.errors() == []
+    assert len(run.results) == len(records)
+    single = run_core(at(0, messages(records)), at(0, [model_v1]), workers=1, shards=8)
+    assert scores(run, model_v1.model_name) == scores(single, model_v1.model_name)

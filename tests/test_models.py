@@ -1,0 +1,81 @@
+"""The shipped models, the embedded scorer, and descriptors that must be refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bad_models import bad_models
+from flows.generators import shipped_model
+from flows.records import ModelDescriptor, ModelType
+from flows.scorers import ModelLoadError, ScorerCache, build_scorer
+from flows.settings import SHIPPED_MODELS_DIR
+from flows.tensorflow_runtime import tensorflow
+
+USERS = np.array([0, 1, 17, 500, 999, 999], np.float32)
+PRODUCTS = np.array([0, 299, 42, 150, 7, 8], np.float32)
+
+
+def tensorflow_predictions(version: str) -> np.ndarray:
+    """Scores straight from TensorFlow, without any project code in between."""
+    tf = tensorflow()
+    signature = tf.saved_model.load(str(SHIPPED_MODELS_DIR / version)).signatures["serving_default"]
+    outputs = signature(users=tf.constant(USERS.reshape(-1, 1)), products=tf.constant(PRODUCTS.reshape(-1, 1)))
+    return outputs["predictions"].numpy().reshape(-1)
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_shipped_model_from_bytes_scores_like_tensorflow(version):
+    scorer = build_scorer(shipped_model(SHIPPED_MODELS_DIR, version))
+    np.testing.assert_allclose(scorer.score(USERS, PRODUCTS), tensorflow_predictions(version), rtol=1e-6)
+
+
+@pytest.mark.parametrize("location", ["path", "url"])
+def test_shipped_model_from_local_location(location):
+    directory = SHIPPED_MODELS_DIR / "1"
+    where = str(directory) if location == "path" else directory.as_uri()
+    scorer = build_scorer(ModelDescriptor("v1", "", ModelType.TENSORFLOWSAVED, None, where))
+    np.testing.assert_allclose(scorer.score(USERS, PRODUCTS), tensorflow_predictions("1"), rtol=1e-6)
+
+
+def test_versions_score_differently():
+    assert np.abs(tensorflow_predictions("1") - tensorflow_predictions("2")).max() > 0.05
+
+
+def test_bad_models_are_refused_with_name_and_reason(model_v1, tmp_path):
+    for descriptor, reason in bad_models(model_v1, tmp_path):
+        with pytest.raises(ModelLoadError) as raised:
+            build_scorer(descriptor)
+        assert raised.value.model_name == descriptor.model_name
+        assert reason in str(raised.value), (descriptor.model_name, str(raised.value))
+        assert descriptor.model_name in str(raised.value)
+
+
+def test_unsafe_archive_writes_nothing_outside(model_v1, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for descriptor, _ in bad_models(model_v1, tmp_path):
+        if descriptor.model_name.startswith("escape"):
+            with pytest.raises(ModelLoadError):
+                build_scorer(descriptor)
+    assert not (tmp_path.parent / "evil.txt").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_cache_loads_a_model_once_and_closes_it_after_the_last_release(model_v1):
+    cache = ScorerCache()
+    first, first_ms = cache.acquire(model_v1)
+    second, second_ms = cache.acquire(model_v1)
+    assert first is second and cache.builds == 1 and first_ms > 0 and second_ms == 0
+    cache.release(model_v1.digest)
+    assert cache.loaded() == [model_v1.digest]
+    cache.release(model_v1.digest)
+    assert cache.loaded() == []
+
+
+def test_cache_remembers_failures(tmp_path):
+    cache = ScorerCache()
+    bad = ModelDescriptor("bad", "", ModelType.TENSORFLOWSAVED, b"nope")
+    for _ in range(3):
+        with pytest.raises(ModelLoadError):
+            cache.acquire(bad)
+    assert cache.builds == 0 and cache.loaded() == []
