@@ -1,6 +1,6 @@
 """Benchmarks of the serving flow: `python -m flows.bench --scenario embedded --records N`.
 
-Runs the dataflow in this process on generated records (unthrottled) and prints, as its last line, one
+Runs the dataflow in this process on generated records (unthrottled, or at `--rate` records/s) and prints, as its last line, one
 JSON object: scenario, records, seconds, records_per_s, p50_ms, p99_ms (latency of each record from the
 moment its source emitted it to the moment its result reached the sink), plus the run's parameters.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
@@ -52,12 +52,12 @@ class LatencySink(DynamicSink[ScoredMessage]):
         return _LatencyPartition(self.latencies, self.errors)
 
 
-def run_embedded(records: int, workers: int, shards: int, batch: int, version: str) -> dict:
+def run_embedded(records: int, rate: float, workers: int, shards: int, batch: int, version: str) -> dict:
     settings = Settings()
     model = shipped_model(settings.models_dir, version)
     SCORERS.acquire(model)  # Load (and warm up) before timing; the flow then shares this scorer.
     flow = Dataflow("bench")
-    data = op.input("data", flow, DataGenerator(records, 0, partitions=workers, batch=batch, seed=settings.seed))
+    data = op.input("data", flow, DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed))
     models = op.input("models", flow, ModelGenerator([model], interval=3600, count=1))
     streams = serve("serve", data, models, shards=shards, hold_limit=records)
     sink = LatencySink()
@@ -74,6 +74,7 @@ def run_embedded(records: int, workers: int, shards: int, batch: int, version: s
     return {
         "scenario": "embedded",
         "records": records,
+        "offered_rate": rate or "unthrottled",
         "seconds": round(seconds, 3),
         "records_per_s": round(records / seconds),
         "p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
@@ -90,12 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=SCENARIOS, default="embedded")
     parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=0, help="offered records/s (default: as fast as possible)")
     parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in this process")
     parser.add_argument("--shards", type=int, default=Settings().shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
     args = parser.parse_args()
-    result = run_embedded(args.records, args.workers, args.shards, args.batch, args.model_version)
+    result = run_embedded(args.records, args.rate, args.workers, args.shards, args.batch, args.model_version)
     print(json.dumps(result), flush=True)
 
 

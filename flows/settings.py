@@ -41,6 +41,8 @@ class Settings(BaseSettings):
         None, description="If set, also write every result as JSON lines, one file per worker, into it."
     )
 
+    tf_verbose: bool = Field(False, description="Show TensorFlow's start-up logging, otherwise muted.")
+
     @property
     def versions(self) -> list[str]:
         return [version.strip() for version in self.model_versions.split(",") if version.strip()]

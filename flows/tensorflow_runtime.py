@@ -12,6 +12,8 @@ import os
 import threading
 from types import ModuleType
 
+from flows.settings import Settings
+
 _lock = threading.Lock()
 _tensorflow: ModuleType | None = None
 
@@ -21,7 +23,7 @@ def tensorflow() -> ModuleType:
     global _tensorflow
     with _lock:
         if _tensorflow is None:
-            if os.environ.get("SERVING_TF_VERBOSE") == "1":
+            if Settings().tf_verbose:
                 import tensorflow as tf
 
                 _tensorflow = tf
