@@ -13,8 +13,8 @@ had without the model stream re-sending it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Iterable, Union
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -22,8 +22,8 @@ from flows.avro import DecodeFailure
 from flows.records import ModelDescriptor, ModelEvent
 from flows.scorers import ModelLoadError, ScorerCache
 
-HolderInput = Union[ModelDescriptor, DecodeFailure]
-HolderOutput = Union[ModelDescriptor, ModelEvent]
+HolderInput = ModelDescriptor | DecodeFailure
+HolderOutput = ModelDescriptor | ModelEvent
 HOLDER_KEY = "model-holder"
 
 
@@ -50,9 +50,8 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         self.resend_pending = False
         if self.current is None:
             return [], StatefulBatchLogic.RETAIN
-        return [ModelEvent("resent", self.current.model_name, "restored from recovery"), self.current], (
-            StatefulBatchLogic.RETAIN
-        )
+        resent = ModelEvent("resent", self.current.model_name, "restored from recovery")
+        return [resent, self.current], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ModelDescriptor | None:
         return self.current  # Frozen dataclass: safe to hand over as is.
@@ -71,4 +70,5 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         previous = self.current.model_name if self.current else ""
         self.current = value
         self.resend_pending = False
-        return [ModelEvent("accepted", value.model_name, value.description, previous_model=previous, load_ms=load_ms), value]
+        accepted = ModelEvent("accepted", value.model_name, value.description, previous_model=previous, load_ms=load_ms)
+        return [accepted, value]

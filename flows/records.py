@@ -141,8 +141,10 @@ class ScoredMessage:
 class ModelEvent:
     """Something that happened to a model: accepted or rejected by the flow, or swapped in on a shard.
 
-    `kind` is one of "accepted", "rejected", "swapped", "failed" (a shard could not build a model that
-    the flow had accepted). `shard` is empty for flow-wide events.
+    Flow-wide (empty `shard`): "accepted", "rejected" (with the reason; the previous model keeps serving),
+    "resent" (the holder re-sent its model after a restart). Per shard: "swapped", "restored" (the model
+    the shard had before a restart is back, statistics kept), "failed" (the shard could not build a model
+    the flow had accepted; its previous model keeps serving).
     """
 
     kind: str

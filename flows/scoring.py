@@ -8,8 +8,8 @@ the model does not know) gets the error and the rest of the batch still gets sco
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from itertools import chain
-from typing import Sequence
 
 import numpy as np
 

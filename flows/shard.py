@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Union
 
 from bytewax.operators import StatefulBatchLogic
 
 from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scoring import score_batch, unscored
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +32,8 @@ class ModelUpdate:
     descriptor: ModelDescriptor
 
 
-ShardInput = Union[DataMessage, ModelUpdate]
-ShardOutput = Union[ScoredMessage, ModelEvent]
+ShardInput = DataMessage | ModelUpdate
+ShardOutput = ScoredMessage | ModelEvent
 
 
 @dataclass

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from bad_models import bad_models
 from conftest import at, messages, run_core, sample_records
+
 from flows.avro import DecodeFailure
 
 WORKERS = [1, 2]

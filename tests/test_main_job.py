@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 from flows.generators import BLOCK, generate_block, partition_share
 
 RECORDS = 3000

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from bad_models import bad_models
+
 from flows.generators import shipped_model
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, build_scorer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from conftest import REPO
+
 from flows.settings import Settings
 
 

@@ -9,8 +9,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
-
 from conftest import FlowRun, messages, sample_records
+
 from flows.dataflow import serve
 
 SHARDS = 4

@@ -7,7 +7,8 @@ Each kind of model registers a builder for its `ModelType`; the dataflow only ev
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

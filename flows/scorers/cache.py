@@ -57,11 +57,6 @@ class ScorerCache:
             self._entries[digest] = _Entry(scorer, 1, load_ms)
             return scorer, load_ms
 
-    def get(self, digest: str) -> Scorer | None:
-        """The loaded scorer with this digest, without taking a reference."""
-        entry = self._entries.get(digest)
-        return entry.scorer if entry else None
-
     def release(self, digest: str) -> None:
         """Let go of one reference; the last one closes the scorer."""
         with self._lock:
