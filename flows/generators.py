@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from flows import shutdown
 from flows.records import DataMessage, ModelDescriptor, ModelType, RecommenderRecord
 from flows.scorers.archive import pack_directory
 
@@ -27,7 +26,6 @@ USERS = 1000
 PRODUCTS = 300
 MAX_PRODUCTS_PER_RECORD = 30
 BLOCK = 256
-STOP_POLL = timedelta(seconds=0.5)
 
 
 def generate_block(seed: int, partition: int, block: int) -> list[RecommenderRecord]:
@@ -70,8 +68,6 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
         return max(should_have - self.emitted, 0)
 
     def next_batch(self) -> list[DataMessage]:
-        if shutdown.requested():
-            raise StopIteration()
         count = min(self._due(), self.batch)
         if self.limit is not None:
             if self.emitted >= self.limit:
@@ -142,7 +138,7 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
         self.next_at = datetime.now(timezone.utc) + (timedelta(seconds=interval) if resume else timedelta(0))
 
     def next_batch(self) -> list[ModelDescriptor]:
-        if shutdown.requested() or (self.count is not None and self.sent >= self.count):
+        if self.count is not None and self.sent >= self.count:
             raise StopIteration()
         if datetime.now(timezone.utc) < self.next_at:
             return []
@@ -154,8 +150,7 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
     def next_awake(self) -> datetime | None:
         if self.count is not None and self.sent >= self.count:
             return None  # Poll now: the next call ends the input.
-        # Wake at least every STOP_POLL to notice a stop request between updates.
-        return min(self.next_at, datetime.now(timezone.utc) + STOP_POLL)
+        return self.next_at
 
     def snapshot(self) -> int:
         return self.sent

@@ -6,6 +6,7 @@ The README's configuration table lists the same settings; keep the two in step.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,24 @@ class Settings(BaseSettings):
         None, description="If set, also write every result as JSON lines, one file per worker, into it."
     )
 
+    kafka_bootstrap_servers: str = Field(
+        "", description="Kafka bootstrap servers (host:port,...). Set: read and write Kafka; unset: embedded default."
+    )
+    kafka_data_topic: str = Field("recommender-records", description="Topic of RecommenderRecords to score.")
+    kafka_models_topic: str = Field("recommender-models", description="Topic of ModelDescriptors.")
+    kafka_results_topic: str = Field("recommender-results", description="Topic the RecommenderResults go to.")
+    kafka_dead_letters_topic: str = Field(
+        "recommender-dead-letters", description="Topic of messages that could not be decoded, with the reason."
+    )
+    kafka_data_start: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a flow without recovery state starts reading the data topic."
+    )
+    kafka_tail: bool = Field(True, description="Keep waiting for messages; false: stop at the end of the topics.")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict, description="librdkafka settings for consumers and producers, as JSON (TLS, SASL)."
+    )
+    kafka_consumer_config: dict[str, str] = Field(default_factory=dict, description="Extra consumer settings, JSON.")
+    kafka_producer_config: dict[str, str] = Field(default_factory=dict, description="Extra producer settings, JSON.")
     tf_verbose: bool = Field(False, description="Show TensorFlow's start-up logging, otherwise muted.")
 
     @property

@@ -1,0 +1,134 @@
+"""Kafka inputs and outputs of the serving flow: Avro messages in and out, dead letters for the rest.
+
+Data and model topics are read with Bytewax's KafkaSource (offsets are part of recovery snapshots). The
+model topic is always read from its beginning when there is no recovery state, so a restarted flow gets the
+latest model back. A message that cannot be decoded (garbage, another schema, truncated) goes to the
+dead-letter topic with its original key, value and headers, and headers saying why and where it came from;
+the flow goes on. Results are keyed by user.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow, Stream
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+from flows.avro import MODEL, RECORD, RESULT, AvroCodec, DecodeFailure
+from flows.records import DataMessage, ModelDescriptor, ScoredMessage
+from flows.settings import Settings
+from flows.stoppable import StoppableSource
+
+REASON_HEADER = "dead-letter.reason"
+TOPIC_HEADER = "dead-letter.topic"
+PARTITION_HEADER = "dead-letter.partition"
+OFFSET_HEADER = "dead-letter.offset"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaOrigin:
+    """Where a data message was read; `timestamp_ms` is the message's Kafka timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class KafkaInputs:
+    data: Stream[DataMessage]
+    models: Stream[ModelDescriptor]
+    dead_letters: Stream[KafkaSinkMessage]
+
+
+def _client_config(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+    return {**settings.kafka_config, **extra}
+
+
+def _dead_letter(settings: Settings, message: KafkaSourceMessage, reason: str) -> KafkaSinkMessage:
+    where = [
+        (REASON_HEADER, reason.encode()),
+        (TOPIC_HEADER, str(message.topic).encode()),
+        (PARTITION_HEADER, str(message.partition).encode()),
+        (OFFSET_HEADER, str(message.offset).encode()),
+    ]
+    return KafkaSinkMessage(
+        message.key, message.value, topic=settings.kafka_dead_letters_topic, headers=[*message.headers, *where]
+    )
+
+
+def _decoder(codec: AvroCodec, settings: Settings, wrap):
+    """Turn a source item into ("ok", value) or ("dead", KafkaSinkMessage)."""
+
+    def decode(item: KafkaSourceMessage | KafkaError):
+        if isinstance(item, KafkaError):
+            return ("dead", _dead_letter(settings, item.msg, f"Kafka consumer error: {item.err.str()}"))
+        value = codec.decode(item.value)
+        if isinstance(value, DecodeFailure):
+            where = f"{item.topic}[{item.partition}]@{item.offset}"
+            return ("dead", _dead_letter(settings, item, f"{where}: {value.reason}"))
+        return ("ok", wrap(value, item))
+
+    return decode
+
+
+def _data_message(record, message: KafkaSourceMessage) -> DataMessage:
+    timestamp_ms = message.timestamp[1] if message.timestamp else 0
+    origin = KafkaOrigin(
+        message.topic, message.partition, message.offset, timestamp_ms, tuple(message.headers or ())
+    )
+    return DataMessage(record, time.time_ns(), origin)
+
+
+def _source(settings: Settings, topic: str, start: int) -> StoppableSource:
+    config = _client_config(settings, settings.kafka_consumer_config)
+    return StoppableSource(
+        KafkaSource(
+            settings.kafka_bootstrap_servers.split(","),
+            [topic],
+            tail=settings.kafka_tail,
+            starting_offset=start,
+            add_config=config,
+            raise_on_errors=False,
+        )
+    )
+
+
+def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
+    """The data and model streams from Kafka, and the dead letters of both."""
+    data_start = OFFSET_BEGINNING if settings.kafka_data_start == "earliest" else OFFSET_END
+    raw_data = op.input("kafka_data", flow, _source(settings, settings.kafka_data_topic, data_start))
+    raw_models = op.input("kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING))
+
+    data = op.map("decode_data", raw_data, _decoder(RECORD, settings, _data_message))
+    models = op.map("decode_models", raw_models, _decoder(MODEL, settings, lambda value, _: value))
+    data_split = op.branch("split_data", data, lambda pair: pair[0] == "ok")
+    model_split = op.branch("split_models", models, lambda pair: pair[0] == "ok")
+    dead = op.merge("dead_letters", data_split.falses, model_split.falses)
+    return KafkaInputs(
+        data=op.map("data_ok", data_split.trues, lambda pair: pair[1]),
+        models=op.map("models_ok", model_split.trues, lambda pair: pair[1]),
+        dead_letters=op.map("dead_message", dead, lambda pair: pair[1]),
+    )
+
+
+def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
+    """A result as a Kafka message keyed by user."""
+    return KafkaSinkMessage(str(scored.result.input_record.user).encode(), RESULT.encode(scored.result))
+
+
+def kafka_outputs(settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]) -> None:
+    """Write results to the results topic and dead letters to the dead-letter topic."""
+    brokers = settings.kafka_bootstrap_servers.split(",")
+    config = _client_config(settings, settings.kafka_producer_config)
+    encoded = op.map("encode_results", results, result_message)
+    kop.output("kafka_results", encoded, brokers=brokers, topic=settings.kafka_results_topic, add_config=config)
+    kop.output(
+        "kafka_dead_letters", dead_letters, brokers=brokers, topic=settings.kafka_dead_letters_topic, add_config=config
+    )
