@@ -129,3 +129,12 @@ def run_core(data: Schedule, models: Schedule, workers: int = 1, **options) -> F
     else:
         cluster_main(flow, [], 0, epoch_interval=timedelta(milliseconds=100), worker_count_per_proc=workers)
     return run
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """Bootstrap servers of a broker for the whole session (see tests/kafka_broker.py)."""
+    from kafka_broker import kafka_broker
+
+    with kafka_broker() as bootstrap:
+        yield bootstrap

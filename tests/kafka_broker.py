@@ -1,0 +1,116 @@
+"""A Kafka-protocol broker for the tests: the pinned noida-db binary on a free loopback port, or an
+external broker named by SERVING_TEST_KAFKA_BOOTSTRAP (so the same tests run against real Kafka)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+EXTERNAL_BROKER_VARIABLE = "SERVING_TEST_KAFKA_BOOTSTRAP"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_ready(bootstrap: str, process: subprocess.Popen | None, timeout: float = 30) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the test broker exited with {process.returncode} before it was ready")
+        try:
+            admin.list_topics(timeout=1)
+            return
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no Kafka broker answered at {bootstrap} within {timeout} s") from None
+
+
+@contextmanager
+def kafka_broker() -> Iterator[str]:
+    """Yield bootstrap servers of a broker that runs for the duration of the block."""
+    external = os.environ.get(EXTERNAL_BROKER_VARIABLE)
+    if external:
+        _wait_until_ready(external, None)
+        yield external
+        return
+    import noida_db
+
+    binary = Path(noida_db.__file__).parent / "noida-db"
+    port = _free_port()
+    data_dir = tempfile.mkdtemp(prefix="test-broker-")
+    log = open(Path(data_dir) / "broker.log", "w")
+    process = subprocess.Popen(
+        [str(binary), "start", "--data-dir", data_dir, "--host", "127.0.0.1", "--only", "kafka", "--kafka-port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        _wait_until_ready(bootstrap, process)
+        yield bootstrap
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def create_topics(bootstrap: str, prefix: str, names: list[str], partitions: int = 1) -> dict[str, str]:
+    """Create uniquely named topics; returns {name: topic}."""
+    unique = uuid.uuid4().hex[:8]
+    topics = {name: f"{prefix}-{name}-{unique}" for name in names}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics.values()])
+    for future in futures.values():
+        future.result(timeout=30)
+    return topics
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    producer.flush(30)
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list:
+    """Read `topic` from the beginning until `expected` messages arrived or `timeout` passed."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    received = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(received) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is None:
+                    received.append(message)
+    finally:
+        consumer.close()
+    return received
