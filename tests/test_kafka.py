@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from collections import Counter
+from pathlib import Path
 
 from conftest import REPO, sample_records
 from flows.avro import MODEL, RECORD, RESULT, STATS
 from flows.kafka import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.records import ModelToServeStats
 from kafka_broker import consume_all, create_topics, produce
+from test_main_job import free_ports
 
 
 def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
@@ -72,3 +78,103 @@ def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap
     assert "no C3 01 marker" in reasons[0]
     assert "written with schema fingerprint" in reasons[1]
     assert "corrupt RecommenderRecord datum" in reasons[2]
+
+
+def start_flow(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(
+        SERVING_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        SERVING_KAFKA_DATA_TOPIC=topics["data"],
+        SERVING_KAFKA_MODELS_TOPIC=topics["models"],
+        SERVING_KAFKA_RESULTS_TOPIC=topics["results"],
+        SERVING_KAFKA_DEAD_LETTERS_TOPIC=topics["dead"],
+        SERVING_CONSOLE_EVERY="0",
+    )
+    env.update(settings)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finished_output(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, output
+    return output
+
+
+def result_inputs(bootstrap: str, topic: str, at_least: int) -> Counter:
+    messages = consume_all(bootstrap, topic, at_least)
+    return Counter(
+        (result.input_record.user, tuple(result.input_record.products))
+        for result in (RESULT.decode(message.value()) for message in messages)
+    )
+
+
+def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
+    """Wait until the model holder's state is in the recovery store, and one more snapshot interval."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(database) as db:
+            if db.execute("SELECT count(*) FROM snaps WHERE step_id LIKE '%model_holder'").fetchone()[0]:
+                time.sleep(1.5)
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"no model snapshot in {database} after {timeout} s")
+
+
+def test_sigkill_then_restart_loses_no_record_and_does_not_reread_the_model(kafka_bootstrap, model_v1, tmp_path):
+    topics = create_topics(kafka_bootstrap, "crash", ["data", "models", "results", "dead"], partitions=2)
+    records = sample_records(6000)
+    encoded = [(str(r.user).encode(), RECORD.encode(r)) for r in records]
+    produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+    flags = ["-r", str(recovery), "-s", "1", "-b", "0"]
+
+    first = start_flow(kafka_bootstrap, topics, *flags, SERVING_KAFKA_TAIL="true")
+    produce(kafka_bootstrap, topics["data"], encoded[:3000])
+    assert len(consume_all(kafka_bootstrap, topics["results"], 1000, timeout=60)) >= 1000
+    wait_for_model_snapshot(recovery / "part-0.sqlite3")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+
+    produce(kafka_bootstrap, topics["data"], encoded[3000:])
+    second_output = finished_output(start_flow(kafka_bootstrap, topics, *flags, SERVING_KAFKA_TAIL="false"))
+    assert "resent: restored from recovery" in second_output
+    assert "accepted" not in second_output  # the model came from recovery, not from the model topic
+
+    seen = result_inputs(kafka_bootstrap, topics["results"], len(records))
+    expected = Counter((r.user, tuple(r.products)) for r in records)
+    assert not expected - seen, "records without a result"
+    duplicates = sum(seen.values()) - len(records)
+    assert duplicates <= 3000, f"{duplicates} duplicates: more than the records of one snapshot interval"
+
+
+def test_two_processes_consume_every_partition_and_match_one_worker(kafka_bootstrap, model_v1):
+    records = sample_records(2000)
+    encoded = [(str(r.user).encode(), RECORD.encode(r)) for r in records]
+    runs = {}
+    for layout, args in {"one-worker": [], "two-processes": None}.items():
+        topics = create_topics(kafka_bootstrap, layout, ["data", "models", "results", "dead"], partitions=4)
+        produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
+        produce(kafka_bootstrap, topics["data"], encoded)
+        if args is not None:
+            finished_output(start_flow(kafka_bootstrap, topics, SERVING_KAFKA_TAIL="false"))
+        else:
+            addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(2))
+            jobs = [
+                start_flow(kafka_bootstrap, topics, "-i", str(index), "-a", addresses, SERVING_KAFKA_TAIL="false")
+                for index in range(2)
+            ]
+            for job in jobs:
+                finished_output(job)
+        messages = consume_all(kafka_bootstrap, topics["results"], len(records))
+        runs[layout] = sorted(
+            (r.input_record.user, tuple(r.input_record.products), tuple(round(p, 5) for p in r.model_result.probabilities))
+            for r in (RESULT.decode(message.value()) for message in messages)
+        )
+    assert len(runs["one-worker"]) == len(records)
+    assert runs["two-processes"] == runs["one-worker"]
