@@ -47,7 +47,8 @@ class KafkaInputs:
     dead_letters: Stream[KafkaSinkMessage]
 
 
-def _client_config(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+def client_config(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+    """librdkafka settings: the shared ones, overridden by the consumer- or producer-only `extra`."""
     return {**settings.kafka_config, **extra}
 
 
@@ -87,7 +88,7 @@ def _data_message(record, message: KafkaSourceMessage) -> DataMessage:
 
 
 def _source(settings: Settings, topic: str, start: int) -> StoppableSource:
-    config = _client_config(settings, settings.kafka_consumer_config)
+    config = client_config(settings, settings.kafka_consumer_config)
     return StoppableSource(
         KafkaSource(
             settings.kafka_bootstrap_servers.split(","),
@@ -126,7 +127,7 @@ def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
 def kafka_outputs(settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]) -> None:
     """Write results to the results topic and dead letters to the dead-letter topic."""
     brokers = settings.kafka_bootstrap_servers.split(",")
-    config = _client_config(settings, settings.kafka_producer_config)
+    config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map("encode_results", results, result_message)
     kop.output("kafka_results", encoded, brokers=brokers, topic=settings.kafka_results_topic, add_config=config)
     kop.output(

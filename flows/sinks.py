@@ -14,14 +14,13 @@ from typing import TextIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.avro import RESULT
-from flows.records import ModelEvent, ScoredMessage
+from flows.records import ModelEvent, RecommenderResult, ScoredMessage
 
 TOP_PRODUCTS = 3
 
 
-def describe_result(scored: ScoredMessage) -> str:
+def describe_result(result: RecommenderResult) -> str:
     """One line: the user, their best products and which model scored them."""
-    result = scored.result
     metadata = result.metadata
     user = f"user {result.input_record.user:>4}"
     if metadata.errors:
@@ -42,7 +41,7 @@ class _ConsolePartition(StatelessSinkPartition[ScoredMessage]):
         for item in items:
             self.seen += 1
             if self.seen % self.every == 0:
-                lines.append(describe_result(item))
+                lines.append(describe_result(item.result))
         if lines:
             print("\n".join(lines), file=self.stream, flush=True)
 

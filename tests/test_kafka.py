@@ -12,11 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import REPO, sample_records
+from kafka_broker import consume_all, create_topics, produce
+from test_main_job import free_ports
+
 from flows.avro import MODEL, RECORD, RESULT, STATS
 from flows.kafka import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.records import ModelToServeStats
-from kafka_broker import consume_all, create_topics, produce
-from test_main_job import free_ports
 
 
 def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], **settings: str) -> str:

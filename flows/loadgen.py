@@ -1,0 +1,67 @@
+"""Load generator: `python -m flows.loadgen --records N --rate R` writes generated RecommenderRecords
+(Avro, keyed by user) to the data topic at R records/s, with a progress line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from confluent_kafka import Producer
+
+from flows.avro import RECORD
+from flows.generators import BLOCK, generate_block
+from flows.kafka import client_config
+from flows.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m flows.loadgen", description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, required=True, help="records to send")
+    parser.add_argument("--rate", type=float, default=333.0, help="records per second (0: as fast as possible)")
+    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
+    parser.add_argument("--topic", default=settings.kafka_data_topic)
+    parser.add_argument("--seed", type=int, default=settings.seed)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+
+    config = {"bootstrap.servers": args.bootstrap_servers, "linger.ms": "5", **client_config(settings, settings.kafka_producer_config)}
+    producer = Producer(config)
+    failures: list[str] = []
+
+    def delivered(error, message) -> None:
+        if error is not None:
+            failures.append(f"{message.topic()}[{message.partition()}]: {error}")
+
+    started = time.monotonic()
+    for position in range(args.records):
+        if args.rate > 0:
+            delay = started + position / args.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        if position % BLOCK == 0:
+            block = generate_block(args.seed, 0, position // BLOCK)
+        record = block[position % BLOCK]
+        while True:
+            try:
+                producer.produce(args.topic, key=str(record.user).encode(), value=RECORD.encode(record), on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        if not args.quiet and (position + 1) % 1000 == 0:
+            elapsed = time.monotonic() - started
+            print(f"\rsent {position + 1:,}/{args.records:,} ({(position + 1) / elapsed:,.0f}/s)", end="", file=sys.stderr, flush=True)
+    producer.flush(60)
+    elapsed = time.monotonic() - started
+    if not args.quiet:
+        print(f"\rsent {args.records:,} records to {args.topic} in {elapsed:.1f} s ({args.records / max(elapsed, 1e-9):,.0f}/s)", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} records were not delivered; first: {failures[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

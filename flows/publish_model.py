@@ -1,0 +1,90 @@
+"""Model publisher: `python -m flows.publish_model --version 2` sends a model to the models topic.
+
+The model goes inline (a SavedModel directory packed as a tar.gz archive: `--version` for a shipped one,
+`--path` for any directory) or as a location (`--location`, with `--type`). A message larger than the
+broker accepts is refused before sending, with the limit and what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from flows.avro import MODEL
+from flows.generators import shipped_model
+from flows.kafka import client_config
+from flows.records import ModelDescriptor, ModelType
+from flows.scorers.archive import pack_directory
+from flows.settings import Settings
+
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+
+
+def size_limit(bootstrap: str, topic: str, config: dict[str, str]) -> tuple[int, str]:
+    """The largest message the producer and the topic accept, and which setting sets it."""
+    producer_limit = int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
+    admin = AdminClient({"bootstrap.servers": bootstrap, **config})
+    try:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        entries = admin.describe_configs([resource])[resource].result(timeout=10)
+        topic_limit = int(entries["max.message.bytes"].value)
+    except Exception:  # Topic absent or the broker does not report it: the producer's limit still holds.
+        return producer_limit, "the producer's message.max.bytes"
+    if topic_limit < producer_limit:
+        return topic_limit, f"topic {topic}'s max.message.bytes"
+    return producer_limit, "the producer's message.max.bytes"
+
+
+def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor:
+    if args.version:
+        return shipped_model(settings.models_dir, args.version)
+    if args.path:
+        directory = Path(args.path)
+        name = args.name or directory.name
+        return ModelDescriptor(name, args.description or f"from {directory}", ModelType.TENSORFLOWSAVED, pack_directory(directory))
+    return ModelDescriptor(args.name or args.location, args.description, ModelType[args.type], None, args.location)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m flows.publish_model", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
+    source.add_argument("--path", help="a SavedModel directory to send inline")
+    source.add_argument("--location", help="a model location to send instead of bytes")
+    parser.add_argument("--type", default="TENSORFLOWSAVED", choices=[t.name for t in ModelType], help="model type for --location")
+    parser.add_argument("--name", help="model name (default: from the version, directory or location)")
+    parser.add_argument("--description", default="")
+    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
+    parser.add_argument("--topic", default=settings.kafka_models_topic)
+    args = parser.parse_args(argv)
+
+    descriptor = descriptor_from(args, settings)
+    payload = MODEL.encode(descriptor)
+    config = client_config(settings, settings.kafka_producer_config)
+    limit, limited_by = size_limit(args.bootstrap_servers, args.topic, config)
+    if len(payload) > limit:
+        print(
+            f"refused: model {descriptor.model_name!r} encodes to {len(payload):,} bytes, over the {limit:,} bytes "
+            f"allowed by {limited_by}. Raise that limit (and the broker's message.max.bytes), or serve the model "
+            f"from a location (--location) instead of inline.",
+            file=sys.stderr,
+        )
+        return 2
+    producer = Producer({"bootstrap.servers": args.bootstrap_servers, **config})
+    errors: list[str] = []
+    producer.produce(args.topic, key=descriptor.model_name.encode(), value=payload, on_delivery=lambda e, _: e and errors.append(str(e)))
+    producer.flush(30)
+    if errors:
+        print(f"model {descriptor.model_name!r} was not delivered to {args.topic}: {errors[0]}", file=sys.stderr)
+        return 1
+    print(f"published model {descriptor.model_name!r} ({len(payload):,} bytes) to {args.topic}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

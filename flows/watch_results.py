@@ -1,0 +1,61 @@
+"""Console egress: `python -m flows.watch_results` follows the results topic and prints readable lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+from confluent_kafka import Consumer
+
+from flows.avro import RESULT, DecodeFailure
+from flows.kafka import client_config
+from flows.settings import Settings
+from flows.sinks import describe_result
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m flows.watch_results", description=__doc__.split("\n")[0])
+    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
+    parser.add_argument("--topic", default=settings.kafka_results_topic)
+    parser.add_argument("--from-beginning", action="store_true", help="start at the oldest result, not the newest")
+    parser.add_argument("--count", type=int, default=0, help="stop after this many results (0: follow forever)")
+    args = parser.parse_args(argv)
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": args.bootstrap_servers,
+            "group.id": f"watch-results-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.auto.commit": "false",
+            "session.timeout.ms": "6000",
+            **client_config(settings, settings.kafka_consumer_config),
+        }
+    )
+    consumer.subscribe([args.topic])
+    shown = 0
+    try:
+        while not args.count or shown < args.count:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            if message.error() is not None:
+                print(f"** {args.topic}: {message.error()}", file=sys.stderr)
+                continue
+            result = RESULT.decode(message.value())
+            where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+            if isinstance(result, DecodeFailure):
+                print(f"** {where}: undecodable result: {result.reason}")
+            else:
+                print(describe_result(result), flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
