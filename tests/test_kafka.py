@@ -12,11 +12,11 @@ from collections import Counter
 from pathlib import Path
 
 from conftest import REPO, sample_records
-from kafka_broker import consume_all, create_topics, produce
 from test_main_job import free_ports
 
 from flows.avro import MODEL, RECORD, RESULT, STATS
 from flows.kafka import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
+from flows.local_broker import consume_all, create_topics, produce
 from flows.records import ModelToServeStats
 
 

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 from conftest import REPO
-from kafka_broker import consume_all, create_topics
 from test_kafka import run_flow_to_end_of_topics
 
 from flows import loadgen, publish_model, watch_results
 from flows.avro import MODEL, RECORD
+from flows.local_broker import consume_all, create_topics
 
 
 @pytest.mark.parametrize("tool", ["loadgen", "publish_model", "watch_results"])

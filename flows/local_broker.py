@@ -1,5 +1,6 @@
-"""A Kafka-protocol broker for the tests: the pinned noida-db binary on a free loopback port, or an
-external broker named by SERVING_TEST_KAFKA_BOOTSTRAP (so the same tests run against real Kafka)."""
+"""A local Kafka-protocol broker for tests and benchmarks: the pinned noida-db binary (test extra) on a free
+loopback port, or an external broker named by SERVING_TEST_KAFKA_BOOTSTRAP (so the same tests and benchmarks
+run against real Kafka)."""
 
 from __future__ import annotations
 
