@@ -1,8 +1,11 @@
-"""Benchmarks of the serving flow: `python -m flows.bench --scenario embedded --records N`.
+"""Benchmarks of the serving flow: `python -m flows.bench --scenario SCENARIO --records N [--rate R]`.
 
-Runs the dataflow in this process on generated records (unthrottled, or at `--rate` records/s) and prints, as its last line, one
-JSON object: scenario, records, seconds, records_per_s, p50_ms, p99_ms (latency of each record from the
-moment its source emitted it to the moment its result reached the sink), plus the run's parameters.
+Prints, as its last line, one JSON object: scenario, records, seconds, records_per_s, p50_ms, p99_ms, plus
+the run's parameters. Scenarios:
+- embedded: the dataflow in this process on generated records; latency from the moment the source emitted
+  a record to the moment its result reached the sink.
+- kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
+  latency from the data message's produce timestamp to the result message's.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
 start-up.
 """
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import threading
 import time
+from contextlib import ExitStack
 from datetime import timedelta
 
 import bytewax.operators as op
@@ -20,14 +25,20 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main, run_main
+from confluent_kafka import Producer
 
+from flows import shutdown
+from flows.app import build_flow
+from flows.avro import MODEL, RECORD
 from flows.dataflow import serve
-from flows.generators import DataGenerator, ModelGenerator, shipped_model
+from flows.generators import DataGenerator, ModelGenerator, generated_records, shipped_model
+from flows.kafka import SOURCE_TIMESTAMP_HEADER
+from flows.local_broker import consume_all, create_topics, kafka_broker, produce
 from flows.records import ScoredMessage
 from flows.scorers.cache import SCORERS
 from flows.settings import Settings
 
-SCENARIOS = ("embedded",)
+SCENARIOS = ("embedded", "kafka-embedded")
 
 
 class _LatencyPartition(StatelessSinkPartition[ScoredMessage]):
@@ -77,14 +88,89 @@ def run_embedded(records: int, rate: float, workers: int, shards: int, batch: in
         "offered_rate": rate or "unthrottled",
         "seconds": round(seconds, 3),
         "records_per_s": round(records / seconds),
-        "p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(latencies_ms, 99)), 2),
+        **_latency_summary(latencies_ms),
         "errors": len(sink.errors),
         "workers": workers,
         "shards": shards,
         "source_batch": batch,
         "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
     }
+
+
+def _latency_summary(latencies_ms: np.ndarray) -> dict:
+    return {
+        "p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies_ms, 99)), 2),
+    }
+
+
+def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partitions: int, version: str) -> dict:
+    """Through a broker: data topic -> flow (in this process) -> results topic.
+
+    Without `rate` the data topic is filled first and the flow reads it to the end; with `rate` a producer
+    thread offers that many records/s while the flow runs. Latency: the result message's timestamp minus
+    the data message's (both set when produced), so it includes the time in Kafka on both sides.
+    """
+    settings = Settings()
+    model = shipped_model(settings.models_dir, version)
+    SCORERS.acquire(model)
+    with ExitStack() as stack:
+        servers = bootstrap or stack.enter_context(kafka_broker())
+        topics = create_topics(servers, "bench", ["data", "models", "results", "dead"], partitions=partitions)
+        produce(servers, topics["models"], [(model.model_name.encode(), MODEL.encode(model))])
+        encoded = [(str(r.user).encode(), RECORD.encode(r)) for r in generated_records(settings.seed, records)]
+        flow_settings = Settings(
+            kafka_bootstrap_servers=servers,
+            kafka_data_topic=topics["data"],
+            kafka_models_topic=topics["models"],
+            kafka_results_topic=topics["results"],
+            kafka_dead_letters_topic=topics["dead"],
+            kafka_tail=rate > 0,
+            console_every=0,
+            shards=settings.shards,
+        )
+        flow = build_flow(flow_settings)
+        if rate > 0:
+            feeder = threading.Thread(target=_offer, args=(servers, topics, encoded, rate, records), daemon=True)
+            started = time.perf_counter()
+            feeder.start()
+        else:
+            produce(servers, topics["data"], encoded)
+            started = time.perf_counter()
+        run_main(flow, epoch_interval=timedelta(seconds=1))
+        seconds = time.perf_counter() - started
+        results = consume_all(servers, topics["results"], records)
+    if len(results) < records:
+        raise SystemExit(f"bench: expected {records} results, got {len(results)}")
+    latencies = [
+        message.timestamp()[1] - int(dict(message.headers())[SOURCE_TIMESTAMP_HEADER]) for message in results
+    ]
+    return {
+        "scenario": "kafka-embedded",
+        "records": records,
+        "offered_rate": rate or "pre-loaded",
+        "seconds": round(seconds, 3),
+        "records_per_s": round(records / seconds),
+        **_latency_summary(np.asarray(latencies, dtype=float)),
+        "partitions": partitions,
+        "broker": "external" if bootstrap else "noida-db (local)",
+        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
+    }
+
+
+def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, records: int) -> None:
+    """Produce `encoded` at `rate` records/s, then ask the flow to stop once every result is out."""
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": "1"})
+    started = time.monotonic()
+    for position, (key, value) in enumerate(encoded):
+        delay = started + position / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        producer.produce(topics["data"], key=key, value=value)
+        producer.poll(0)
+    producer.flush(60)
+    consume_all(servers, topics["results"], records, timeout=120)
+    shutdown.request()
 
 
 def main() -> None:
@@ -96,8 +182,13 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=Settings().shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
+    parser.add_argument("--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one")
+    parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
     args = parser.parse_args()
-    result = run_embedded(args.records, args.rate, args.workers, args.shards, args.batch, args.model_version)
+    if args.scenario == "embedded":
+        result = run_embedded(args.records, args.rate, args.workers, args.shards, args.batch, args.model_version)
+    else:
+        result = run_kafka_embedded(args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version)
     print(json.dumps(result), flush=True)
 
 

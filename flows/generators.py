@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +41,12 @@ def generate_block(seed: int, partition: int, block: int) -> list[RecommenderRec
         records.append(RecommenderRecord(user, products[offset : offset + count]))
         offset += count
     return records
+
+
+def generated_records(seed: int, count: int, partition: int = 0) -> Iterator[RecommenderRecord]:
+    """The first `count` records of one generator partition."""
+    for block in range(-(-count // BLOCK)):
+        yield from generate_block(seed, partition, block)[: count - block * BLOCK]
 
 
 def partition_share(total: int, partitions: int, index: int) -> int:

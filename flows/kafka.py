@@ -119,9 +119,24 @@ def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
     )
 
 
+SOURCE_TOPIC_HEADER = "source.topic"
+SOURCE_PARTITION_HEADER = "source.partition"
+SOURCE_OFFSET_HEADER = "source.offset"
+SOURCE_TIMESTAMP_HEADER = "source.timestamp"
+
+
 def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
-    """A result as a Kafka message keyed by user."""
-    return KafkaSinkMessage(str(scored.result.input_record.user).encode(), RESULT.encode(scored.result))
+    """A result as a Kafka message keyed by user, with headers naming the data message it answers."""
+    origin = scored.origin
+    headers = []
+    if isinstance(origin, KafkaOrigin):
+        headers = [
+            (SOURCE_TOPIC_HEADER, origin.topic.encode()),
+            (SOURCE_PARTITION_HEADER, str(origin.partition).encode()),
+            (SOURCE_OFFSET_HEADER, str(origin.offset).encode()),
+            (SOURCE_TIMESTAMP_HEADER, str(origin.timestamp_ms).encode()),
+        ]
+    return KafkaSinkMessage(str(scored.result.input_record.user).encode(), RESULT.encode(scored.result), headers=headers)
 
 
 def kafka_outputs(settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]) -> None:

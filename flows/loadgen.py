@@ -10,7 +10,7 @@ import time
 from confluent_kafka import Producer
 
 from flows.avro import RECORD
-from flows.generators import BLOCK, generate_block
+from flows.generators import generated_records
 from flows.kafka import client_config
 from flows.settings import Settings
 
@@ -35,14 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{message.topic()}[{message.partition()}]: {error}")
 
     started = time.monotonic()
-    for position in range(args.records):
+    for position, record in enumerate(generated_records(args.seed, args.records)):
         if args.rate > 0:
             delay = started + position / args.rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        if position % BLOCK == 0:
-            block = generate_block(args.seed, 0, position // BLOCK)
-        record = block[position % BLOCK]
         while True:
             try:
                 producer.produce(args.topic, key=str(record.user).encode(), value=RECORD.encode(record), on_delivery=delivered)

@@ -1,59 +1,10 @@
-"""The main job: `python -m bytewax.run flows.serving`.
-
-With nothing configured it runs on the embedded default: generated records and model updates alternating
-between the shipped versions, scored in process, results and model events on the console. With
-`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka`). Settings are
-`SERVING_*` environment variables (see `flows.settings` and the README).
-"""
-
-from __future__ import annotations
+"""The main job: `python -m bytewax.run flows.serving` (settings: SERVING_* environment variables)."""
 
 import logging
 
-import bytewax.operators as op
-from bytewax.dataflow import Dataflow, Stream
-
 from flows import shutdown
-from flows.dataflow import serve
-from flows.generators import DataGenerator, ModelGenerator, models_in_bounded_run, shipped_model
-from flows.kafka import kafka_inputs, kafka_outputs
-from flows.records import DataMessage, ModelDescriptor
+from flows.app import build_flow
 from flows.settings import Settings
-from flows.sinks import ConsoleEventSink, ConsoleResultSink, JsonLinesResultSink
-from flows.stoppable import StoppableSource
-
-
-def build_flow(settings: Settings) -> Dataflow:
-    """The serving dataflow, wired to Kafka if it is configured, else to the embedded default."""
-    flow = Dataflow("serving")
-    if settings.kafka_bootstrap_servers:
-        inputs = kafka_inputs(flow, settings)
-        data, models = inputs.data, inputs.models
-    else:
-        data, models = embedded_inputs(flow, settings)
-
-    streams = serve("serve", data, models, shards=settings.shards, hold_limit=settings.hold_limit)
-
-    if settings.kafka_bootstrap_servers:
-        kafka_outputs(settings, streams.results, inputs.dead_letters)
-    op.output("console_results", streams.results, ConsoleResultSink(settings.console_every))
-    op.output("console_events", streams.events, ConsoleEventSink())
-    if settings.output_dir is not None:
-        op.output("file_results", streams.results, JsonLinesResultSink(settings.output_dir))
-    return flow
-
-
-def embedded_inputs(flow: Dataflow, settings: Settings) -> tuple[Stream[DataMessage], Stream[ModelDescriptor]]:
-    """Generated records and model updates alternating between the shipped versions."""
-    generator = DataGenerator(
-        settings.records, settings.record_rate, settings.generator_partitions, settings.generator_batch, settings.seed
-    )
-    data = op.input("data", flow, StoppableSource(generator))
-    versions = [shipped_model(settings.models_dir, version) for version in settings.versions]
-    model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
-    models = op.input("models", flow, StoppableSource(ModelGenerator(versions, settings.model_interval, model_count)))
-    return data, models
-
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 shutdown.install()

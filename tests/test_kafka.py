@@ -15,7 +15,7 @@ from conftest import REPO, sample_records
 from test_main_job import free_ports
 
 from flows.avro import MODEL, RECORD, RESULT, STATS
-from flows.kafka import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
+from flows.kafka import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, SOURCE_OFFSET_HEADER, TOPIC_HEADER
 from flows.local_broker import consume_all, create_topics, produce
 from flows.records import ModelToServeStats
 
@@ -67,6 +67,8 @@ def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap
     )
     assert all(r.metadata.model_name == "recommender-v1" and not r.metadata.errors for r in decoded)
     assert all(message.key() == str(r.input_record.user).encode() for message, r in zip(results, decoded))
+    sources = sorted(int(dict(message.headers())[SOURCE_OFFSET_HEADER]) for message in results)
+    assert sources == [offset for offset in range(len(records) + len(bad)) if offset not in (250, 251, 252)]
 
     dead = consume_all(kafka_bootstrap, topics["dead"], len(bad))
     assert [message.value() for message in dead] == bad

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from flows.generators import BLOCK, generate_block, partition_share
+from flows.generators import generated_records, partition_share
 
 RECORDS = 3000
 PARTITIONS = 2
@@ -73,10 +73,8 @@ def canonical(results: list[dict]) -> list[tuple]:
 def expected_inputs(records: int, seed: int = 42) -> Counter:
     inputs: Counter = Counter()
     for partition in range(PARTITIONS):
-        share = partition_share(records, PARTITIONS, partition)
-        for block in range(-(-share // BLOCK)):
-            for record in generate_block(seed, partition, block)[: share - block * BLOCK]:
-                inputs[(record.user, tuple(record.products))] += 1
+        for record in generated_records(seed, partition_share(records, PARTITIONS, partition), partition):
+            inputs[(record.user, tuple(record.products))] += 1
     return inputs
 
 
