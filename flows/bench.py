@@ -32,7 +32,7 @@ from flows.app import build_flow
 from flows.avro import MODEL, RECORD
 from flows.dataflow import serve
 from flows.generators import DataGenerator, ModelGenerator, generated_records, shipped_model
-from flows.kafka import SOURCE_TIMESTAMP_HEADER
+from flows.kafka import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
 from flows.local_broker import consume_all, create_topics, kafka_broker, produce
 from flows.records import ScoredMessage
 from flows.scorers.cache import SCORERS
@@ -130,21 +130,25 @@ def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partiti
             shards=settings.shards,
         )
         flow = build_flow(flow_settings)
+        clock: dict[str, float] = {}
         if rate > 0:
-            feeder = threading.Thread(target=_offer, args=(servers, topics, encoded, rate, records), daemon=True)
-            started = time.perf_counter()
+            feeder = threading.Thread(target=_offer, args=(servers, topics, encoded, rate, clock), daemon=True)
             feeder.start()
         else:
             produce(servers, topics["data"], encoded)
-            started = time.perf_counter()
+            clock["started"] = time.perf_counter()
         run_main(flow, epoch_interval=timedelta(seconds=1))
-        seconds = time.perf_counter() - started
-        results = consume_all(servers, topics["results"], records)
-    if len(results) < records:
-        raise SystemExit(f"bench: expected {records} results, got {len(results)}")
-    latencies = [
-        message.timestamp()[1] - int(dict(message.headers())[SOURCE_TIMESTAMP_HEADER]) for message in results
-    ]
+        seconds = time.perf_counter() - clock["started"]
+        expected = records + (1 if rate > 0 else 0)
+        results = consume_all(servers, topics["results"], expected)
+    if len(results) < expected:
+        raise SystemExit(f"bench: expected {expected} results, got {len(results)}")
+    latencies = []
+    for message in results:
+        headers = dict(message.headers())
+        warm_up = rate > 0 and headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
+        if not warm_up:
+            latencies.append(message.timestamp()[1] - int(headers[SOURCE_TIMESTAMP_HEADER]))
     return {
         "scenario": "kafka-embedded",
         "records": records,
@@ -158,9 +162,17 @@ def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partiti
     }
 
 
-def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, records: int) -> None:
-    """Produce `encoded` at `rate` records/s, then ask the flow to stop once every result is out."""
+def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, clock: dict[str, float]) -> None:
+    """Produce `encoded` at `rate` records/s, then ask the flow to stop once every result is out.
+
+    One warm-up record (partition 0, offset 0) goes first, and the offered load starts only when its result
+    is out: records offered while the flow is still starting would measure the start-up, not the serving.
+    """
     producer = Producer({"bootstrap.servers": servers, "linger.ms": "1"})
+    producer.produce(topics["data"], key=encoded[0][0], value=encoded[0][1], partition=0)
+    producer.flush(30)
+    consume_all(servers, topics["results"], 1, timeout=120)
+    clock["started"] = time.perf_counter()
     started = time.monotonic()
     for position, (key, value) in enumerate(encoded):
         delay = started + position / rate - time.monotonic()
@@ -169,7 +181,7 @@ def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, rec
         producer.produce(topics["data"], key=key, value=value)
         producer.poll(0)
     producer.flush(60)
-    consume_all(servers, topics["results"], records, timeout=120)
+    consume_all(servers, topics["results"], len(encoded) + 1, timeout=120)
     shutdown.request()
 
 
