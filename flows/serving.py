@@ -5,7 +5,11 @@ import logging
 from flows import shutdown
 from flows.app import build_flow
 from flows.settings import Settings
+from flows.tensorflow_runtime import tensorflow
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 shutdown.install()
+# Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while
+# the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
+tensorflow()
 flow = build_flow(Settings())

@@ -15,7 +15,14 @@ from conftest import REPO, sample_records
 from test_main_job import free_ports
 
 from flows.avro import MODEL, RECORD, RESULT, STATS
-from flows.kafka import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, SOURCE_OFFSET_HEADER, TOPIC_HEADER
+from flows.kafka import (
+    OFFSET_HEADER,
+    PARTITION_HEADER,
+    REASON_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    TOPIC_HEADER,
+)
 from flows.local_broker import consume_all, create_topics, produce
 from flows.records import ModelToServeStats
 
@@ -181,3 +188,30 @@ def test_two_processes_consume_every_partition_and_match_one_worker(kafka_bootst
         )
     assert len(runs["one-worker"]) == len(records)
     assert runs["two-processes"] == runs["one-worker"]
+
+
+def test_a_model_switch_over_kafka_reaches_every_worker(kafka_bootstrap, model_v1, model_v2):
+    topics = create_topics(kafka_bootstrap, "switch", ["data", "models", "results", "dead"], partitions=4)
+    before, after = sample_records(400), sample_records(400, offset=400)
+    flow = start_flow(kafka_bootstrap, topics, "-w", "2", SERVING_KAFKA_TAIL="true")
+    try:
+        produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
+        produce(kafka_bootstrap, topics["data"], [(str(r.user).encode(), RECORD.encode(r)) for r in before])
+        assert len(consume_all(kafka_bootstrap, topics["results"], len(before))) == len(before)
+        produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v2))])
+        time.sleep(3)  # a shipped model loads in well under a second
+        produce(kafka_bootstrap, topics["data"], [(str(r.user).encode(), RECORD.encode(r)) for r in after])
+        results = consume_all(kafka_bootstrap, topics["results"], len(before) + len(after))
+    finally:
+        flow.send_signal(signal.SIGTERM)
+        output = finished_output(flow)
+    assert "model 'recommender-v2' accepted (replacing 'recommender-v1')" in output
+    model_of = {}
+    for message in results:
+        result = RESULT.decode(message.value())
+        assert result.metadata.errors == ""
+        model_of[(result.input_record.user, tuple(result.input_record.products))] = result.metadata.model_name
+    assert {model_of[(r.user, tuple(r.products))] for r in before} == {"recommender-v1"}
+    assert {model_of[(r.user, tuple(r.products))] for r in after} == {"recommender-v2"}
+    partitions = {int(dict(m.headers())[SOURCE_PARTITION_HEADER]) for m in results}
+    assert partitions == {0, 1, 2, 3}  # every partition was consumed
