@@ -28,23 +28,8 @@ from flows.records import ModelToServeStats
 
 
 def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
-    env = dict(os.environ)
-    env.update(
-        SERVING_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        SERVING_KAFKA_DATA_TOPIC=topics["data"],
-        SERVING_KAFKA_MODELS_TOPIC=topics["models"],
-        SERVING_KAFKA_RESULTS_TOPIC=topics["results"],
-        SERVING_KAFKA_DEAD_LETTERS_TOPIC=topics["dead"],
-        SERVING_KAFKA_TAIL="false",
-        SERVING_CONSOLE_EVERY="0",
-    )
-    env.update(settings)
-    done = subprocess.run(
-        [sys.executable, "-m", "bytewax.run", "flows.serving"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    """Run the main job on `topics` until the end of its input topics; its console output."""
+    return finished_output(start_flow(bootstrap, topics, **{"SERVING_KAFKA_TAIL": "false", **settings}))
 
 
 def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap, model_v1):
