@@ -82,25 +82,32 @@ def run_embedded(records: int, rate: float, workers: int, shards: int, batch: in
     if len(sink.latencies) != records:
         raise SystemExit(f"bench: expected {records} results, got {len(sink.latencies)}")
     latencies_ms = np.asarray(sink.latencies) / 1e6
+    return _report(
+        "embedded",
+        records,
+        rate or "unthrottled",
+        seconds,
+        latencies_ms,
+        errors=len(sink.errors),
+        workers=workers,
+        shards=shards,
+        source_batch=batch,
+    )
+
+
+def _report(scenario: str, records: int, offered: float | str, seconds: float, latencies_ms, **details) -> dict:
+    """The JSON line every scenario prints: the common figures first, then the scenario's own details."""
+    latencies = np.asarray(latencies_ms, dtype=float)
     return {
-        "scenario": "embedded",
+        "scenario": scenario,
         "records": records,
-        "offered_rate": rate or "unthrottled",
+        "offered_rate": offered,
         "seconds": round(seconds, 3),
         "records_per_s": round(records / seconds),
-        **_latency_summary(latencies_ms),
-        "errors": len(sink.errors),
-        "workers": workers,
-        "shards": shards,
-        "source_batch": batch,
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        **details,
         "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
-    }
-
-
-def _latency_summary(latencies_ms: np.ndarray) -> dict:
-    return {
-        "p50_ms": round(float(np.percentile(latencies_ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(latencies_ms, 99)), 2),
     }
 
 
@@ -149,17 +156,15 @@ def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partiti
         warm_up = rate > 0 and headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
         if not warm_up:
             latencies.append(message.timestamp()[1] - int(headers[SOURCE_TIMESTAMP_HEADER]))
-    return {
-        "scenario": "kafka-embedded",
-        "records": records,
-        "offered_rate": rate or "pre-loaded",
-        "seconds": round(seconds, 3),
-        "records_per_s": round(records / seconds),
-        **_latency_summary(np.asarray(latencies, dtype=float)),
-        "partitions": partitions,
-        "broker": "external" if bootstrap else "noida-db (local)",
-        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
-    }
+    return _report(
+        "kafka-embedded",
+        records,
+        rate or "pre-loaded",
+        seconds,
+        latencies,
+        partitions=partitions,
+        broker="external" if bootstrap else "noida-db (local)",
+    )
 
 
 def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, clock: dict[str, float]) -> None:
