@@ -43,7 +43,8 @@ class KafkaOrigin:
 @dataclass(frozen=True)
 class KafkaInputs:
     data: Stream[DataMessage]
-    models: Stream[ModelDescriptor]
+    # Undecodable model messages come along as DecodeFailures, so the flow reports them as rejected models.
+    models: Stream[ModelDescriptor | DecodeFailure]
     dead_letters: Stream[KafkaSinkMessage]
 
 
@@ -64,17 +65,27 @@ def _dead_letter(settings: Settings, message: KafkaSourceMessage, reason: str) -
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """A message that goes to the dead letters, and what the flow is told about it."""
+
+    dead_letter: KafkaSinkMessage
+    failure: DecodeFailure
+
+
 def _decoder(codec: AvroCodec, settings: Settings, wrap):
-    """Turn a source item into ("ok", value) or ("dead", KafkaSinkMessage)."""
+    """Turn a source item into its decoded (and wrapped) value, or an _Undecodable."""
 
     def decode(item: KafkaSourceMessage | KafkaError):
         if isinstance(item, KafkaError):
-            return ("dead", _dead_letter(settings, item.msg, f"Kafka consumer error: {item.err.str()}"))
+            reason = f"Kafka consumer error: {item.err.str()}"
+            failure = DecodeFailure(codec.name, reason, item.msg.value)
+            return _Undecodable(_dead_letter(settings, item.msg, reason), failure)
         value = codec.decode(item.value)
         if isinstance(value, DecodeFailure):
-            where = f"{item.topic}[{item.partition}]@{item.offset}"
-            return ("dead", _dead_letter(settings, item, f"{where}: {value.reason}"))
-        return ("ok", wrap(value, item))
+            reason = f"{item.topic}[{item.partition}]@{item.offset}: {value.reason}"
+            return _Undecodable(_dead_letter(settings, item, reason), DecodeFailure(codec.name, reason, item.value))
+        return wrap(value, item)
 
     return decode
 
@@ -109,13 +120,14 @@ def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
 
     data = op.map("decode_data", raw_data, _decoder(RECORD, settings, _data_message))
     models = op.map("decode_models", raw_models, _decoder(MODEL, settings, lambda value, _: value))
-    data_split = op.branch("split_data", data, lambda pair: pair[0] == "ok")
-    model_split = op.branch("split_models", models, lambda pair: pair[0] == "ok")
+    data_split = op.branch("split_data", data, lambda item: not isinstance(item, _Undecodable))
+    model_split = op.branch("split_models", models, lambda item: not isinstance(item, _Undecodable))
     dead = op.merge("dead_letters", data_split.falses, model_split.falses)
+    model_failures = op.map("model_failures", model_split.falses, lambda item: item.failure)
     return KafkaInputs(
-        data=op.map("data_ok", data_split.trues, lambda pair: pair[1]),
-        models=op.map("models_ok", model_split.trues, lambda pair: pair[1]),
-        dead_letters=op.map("dead_message", dead, lambda pair: pair[1]),
+        data=data_split.trues,
+        models=op.merge("models_and_failures", model_split.trues, model_failures),
+        dead_letters=op.map("dead_message", dead, lambda item: item.dead_letter),
     )
 
 

@@ -156,7 +156,8 @@ class ModelEvent:
 
     def __str__(self) -> str:
         where = f" on {self.shard}" if self.shard else ""
-        text = f"model {self.model_name!r} {self.kind}{where}"
+        name = repr(self.model_name) if self.model_name else "(undecodable, no name)"
+        text = f"model {name} {self.kind}{where}"
         if self.previous_model:
             text += f" (replacing {self.previous_model!r})"
         if self.load_ms:

@@ -39,7 +39,8 @@ def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap
     wrong_schema = STATS.encode(ModelToServeStats("not-a-record"))
     truncated = RECORD.encode(records[0])[:-3]
     bad = [garbage, wrong_schema, truncated]
-    produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
+    bad_model = b"\xc3\x01 not a model descriptor"
+    produce(kafka_bootstrap, topics["models"], [(b"broken", bad_model), (b"recommender", MODEL.encode(model_v1))])
     produce(
         kafka_bootstrap,
         topics["data"],
@@ -62,10 +63,14 @@ def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap
     sources = sorted(int(dict(message.headers())[SOURCE_OFFSET_HEADER]) for message in results)
     assert sources == [offset for offset in range(len(records) + len(bad)) if offset not in (250, 251, 252)]
 
-    dead = consume_all(kafka_bootstrap, topics["dead"], len(bad))
-    assert [message.value() for message in dead] == bad
+    dead = consume_all(kafka_bootstrap, topics["dead"], len(bad) + 1)
+    dead_models = [m for m in dead if dict(m.headers())[TOPIC_HEADER] == topics["models"].encode()]
+    dead_data = [m for m in dead if dict(m.headers())[TOPIC_HEADER] == topics["data"].encode()]
+    assert [message.value() for message in dead_models] == [bad_model]
+    assert "** model (undecodable, no name) rejected: undecodable ModelDescriptor message" in output
+    assert [message.value() for message in dead_data] == bad
     reasons = []
-    for message, offset in zip(dead, (250, 251, 252)):
+    for message, offset in zip(dead_data, (250, 251, 252)):
         headers = {name: value.decode() for name, value in message.headers()}
         assert headers[TOPIC_HEADER] == topics["data"]
         assert headers[PARTITION_HEADER] == "0" and headers[OFFSET_HEADER] == str(offset)
