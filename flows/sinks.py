@@ -79,9 +79,23 @@ class ConsoleEventSink(DynamicSink[ModelEvent]):
         return _EventPartition(self.stream)
 
 
+def _drop_torn_last_line(path: Path) -> None:
+    """Cuts a partial last line left by a crash mid-write.
+
+    The line belonged to an epoch that was not snapshotted, so recovery replays its record;
+    appending after the fragment would instead leave a line that is not JSON.
+    """
+    with open(path, "rb+") as file:
+        content = file.read()
+        if content and not content.endswith(b"\n"):
+            file.truncate(content.rfind(b"\n") + 1)
+
+
 class _JsonLinesPartition(StatelessSinkPartition[ScoredMessage]):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            _drop_torn_last_line(path)
         self.file = open(path, "a", encoding="utf-8")
 
     def write_batch(self, items: list[ScoredMessage]) -> None:

@@ -54,7 +54,13 @@ def finish(process: subprocess.Popen, timeout: float = 180) -> str:
 
 
 def read_results(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(output_dir.glob("results-*.jsonl")) for line in path.open()]
+    """Complete lines only: a running job may be half-way through writing the last one."""
+    return [
+        json.loads(line)
+        for path in sorted(output_dir.glob("results-*.jsonl"))
+        for line in path.open()
+        if line.endswith("\n")
+    ]
 
 
 def canonical(results: list[dict]) -> list[tuple]:

@@ -1,0 +1,19 @@
+"""The results file sink: what a crash mid-write leaves behind must not break the file."""
+
+import json
+
+from flows.scoring import unscored
+from flows.sinks import JsonLinesResultSink
+from tests.conftest import messages, sample_records
+
+
+def test_restart_cuts_a_torn_last_line_before_appending(tmp_path):
+    path = tmp_path / "results-0.jsonl"
+    path.write_text('{"complete": true}\n{"torn": ')  # what SIGKILL during a write can leave
+    partition = JsonLinesResultSink(tmp_path).build("out", 0, 1)
+    partition.write_batch([unscored(message, "no model") for message in messages(sample_records(2))])
+    partition.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines][0] == {"complete": True}
+    assert len(lines) == 3
+    assert all(json.loads(line)["modelResultMetadata"]["errors"] == "no model" for line in lines[1:])
