@@ -55,6 +55,15 @@ def _load_schemas(directory: Path) -> dict[str, dict]:
 SCHEMAS = _load_schemas(SCHEMAS_DIR)
 
 
+def _load_history(directory: Path, name: str) -> list[dict]:
+    """Earlier versions of schema `name` (schemas/history/NAME-N.avsc), which old messages were written with."""
+    history = []
+    for path in sorted((directory / "history").glob(f"{name}-*.avsc")):
+        with open(path, encoding="utf-8") as schema_file:
+            history.append(parse_schema(json.load(schema_file), named_schemas=dict(SCHEMAS)))
+    return history
+
+
 def _fingerprint(schema: dict) -> bytes:
     # Avro single-object encoding writes the 64-bit fingerprint little-endian.
     value = int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
@@ -80,6 +89,10 @@ class AvroCodec(Generic[T]):
         self.name = name
         self.schema = SCHEMAS[name]
         self.header = SINGLE_OBJECT_MARKER + _fingerprint(self.schema)
+        # Messages written with an earlier version of the schema are read through Avro schema resolution.
+        self.earlier_writers = {
+            SINGLE_OBJECT_MARKER + _fingerprint(writer): writer for writer in _load_history(SCHEMAS_DIR, name)
+        }
         self.to_avro = to_avro
         self.from_avro = from_avro
 
@@ -96,7 +109,10 @@ class AvroCodec(Generic[T]):
             return DecodeFailure(self.name, f"{size} bytes is shorter than an Avro single-object header", payload)
         if payload[:2] != SINGLE_OBJECT_MARKER:
             return DecodeFailure(self.name, "not Avro single-object encoded (no C3 01 marker)", payload)
+        writer = self.schema
         if payload[:HEADER_SIZE] != self.header:
+            writer = self.earlier_writers.get(payload[:HEADER_SIZE])
+        if writer is None:
             found = payload[2:HEADER_SIZE][::-1].hex()
             expected = self.header[2:][::-1].hex()
             return DecodeFailure(
@@ -105,7 +121,7 @@ class AvroCodec(Generic[T]):
         buffer = io.BytesIO(payload)
         buffer.seek(HEADER_SIZE)
         try:
-            datum = schemaless_reader(buffer, self.schema, None)
+            datum = schemaless_reader(buffer, writer, self.schema if writer is not self.schema else None)
             value = self.from_avro(datum)
         except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
             return DecodeFailure(self.name, f"corrupt {self.name} datum: {type(error).__name__}: {error}", payload)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,27 +17,22 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from flows.loopback import free_port, wait_until_ready
+
 EXTERNAL_BROKER_VARIABLE = "SERVING_TEST_KAFKA_BOOTSTRAP"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _answers(admin: AdminClient) -> bool:
+    try:
+        admin.list_topics(timeout=1)
+    except KafkaException:
+        return False
+    return True
 
 
 def _wait_until_ready(bootstrap: str, process: subprocess.Popen | None, timeout: float = 30) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the test broker exited with {process.returncode} before it was ready")
-        try:
-            admin.list_topics(timeout=1)
-            return
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no Kafka broker answered at {bootstrap} within {timeout} s") from None
+    wait_until_ready(f"the Kafka broker at {bootstrap}", lambda: _answers(admin), process, timeout)
 
 
 @contextmanager
@@ -52,7 +46,7 @@ def kafka_broker() -> Iterator[str]:
     import noida_db
 
     binary = Path(noida_db.__file__).parent / "noida-db"
-    port = _free_port()
+    port = free_port()
     data_dir = tempfile.mkdtemp(prefix="test-broker-")
     log = open(Path(data_dir) / "broker.log", "w")
     process = subprocess.Popen(

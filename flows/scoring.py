@@ -20,7 +20,7 @@ from flows.records import (
     RecommenderServingOutput,
     ScoredMessage,
 )
-from flows.scorers import Scorer
+from flows.scorers import Scorer, ScorerUnavailable
 
 
 def unscored(message: DataMessage, error: str, model_name: str = "", source: str = "") -> ScoredMessage:
@@ -49,6 +49,9 @@ def score_batch(scorer: Scorer, model_name: str, messages: Sequence[DataMessage]
         probabilities = scorer.score(users, products) if users.size else np.empty(0, np.float32)
         if probabilities.shape != users.shape:
             raise ValueError(f"scorer returned {probabilities.shape[0]} scores for {users.size} pairs")
+    except ScorerUnavailable as error:
+        reason = f"scoring with model {model_name!r} failed: {error}"
+        return [unscored(message, reason, model_name, scorer.source) for message in messages], 0.0
     except Exception as error:
         if len(messages) > 1:
             return _score_one_by_one(scorer, model_name, messages)

@@ -15,13 +15,32 @@ import numpy as np
 from flows.records import ModelDescriptor, ModelType
 
 
-class ModelLoadError(Exception):
-    """A descriptor that cannot become a scorer. The message names the model and the reason."""
+# What every recommender model takes and returns, wherever it runs: float32 tensors of shape [N, 1].
+SIGNATURE = "serving_default"
+INPUTS = ("users", "products")
+OUTPUT = "predictions"
 
-    def __init__(self, model_name: str, reason: str) -> None:
+
+class ModelLoadError(Exception):
+    """A descriptor that cannot become a scorer. The message names the model and the reason.
+
+    `retryable` marks a failure that may pass (a model server that did not answer), so the same
+    descriptor is tried again when it is published again rather than refused from memory.
+    """
+
+    def __init__(self, model_name: str, reason: str, *, retryable: bool = False) -> None:
         super().__init__(f"model {model_name!r} cannot be served: {reason}")
         self.model_name = model_name
         self.reason = reason
+        self.retryable = retryable
+
+
+class ScorerUnavailable(Exception):
+    """The scorer could not score the batch at all (its server is down or unreachable).
+
+    Every record of the batch gets this error in its result; there is no point in retrying the
+    records one by one, as there is for a batch that one bad record made fail.
+    """
 
 
 class Scorer(Protocol):

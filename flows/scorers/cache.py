@@ -48,6 +48,8 @@ class ScorerCache:
             try:
                 scorer = build_scorer(descriptor)
             except ModelLoadError as error:
+                if error.retryable:
+                    raise
                 if len(self._failures) >= MAX_REMEMBERED_FAILURES:
                     self._failures.pop(next(iter(self._failures)))
                 self._failures[digest] = error

@@ -16,12 +16,8 @@ import numpy as np
 
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.archive import UnsafeArchiveError, unpack_archive
-from flows.scorers.base import ModelLoadError, register
+from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE, ModelLoadError, register
 from flows.tensorflow_runtime import tensorflow
-
-SIGNATURE = "serving_default"
-INPUTS = ("users", "products")
-OUTPUT = "predictions"
 
 
 class SavedModelScorer:

@@ -1,0 +1,84 @@
+"""Model servers on loopback for tests and benchmarks, started as subprocesses on free ports.
+
+A server can be stopped and started again on the same ports, so a test can take it away mid-stream
+and bring it back. The TensorFlow Serving stand-in lives in `tests/` (the real binary cannot be
+installed here), so these run from a checkout of the repository.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+import urllib3
+
+from flows.loopback import free_port, wait_until_ready
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MODEL = REPO / "models" / "recommender"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return urllib3.request("GET", url, timeout=1.0, retries=False).status == 200
+    except urllib3.exceptions.HTTPError:
+        return False
+
+
+class LocalServer:
+    """One model server process: REST on `rest_port`, gRPC on `grpc_port`, both on 127.0.0.1."""
+
+    def __init__(self, name: str, command: list[str], ready_path: str, rest_port: int, grpc_port: int) -> None:
+        self.name = name
+        self.command = command
+        self.ready_url = f"http://127.0.0.1:{rest_port}{ready_path}"
+        self.rest_port = rest_port
+        self.grpc_port = grpc_port
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the server and wait until its model is ready."""
+        self.process = subprocess.Popen(self.command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_ready(self.name, lambda: _http_ok(self.ready_url), self.process, timeout)
+        except RuntimeError as error:
+            self.stop()
+            raise RuntimeError(f"{error}; its log: {self.log_tail()}") from None
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 10 s)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def log_tail(self, characters: int = 2000) -> str:
+        return Path(self._log.name).read_text(errors="replace")[-characters:]
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.stop()
+        self._log.close()
+        Path(self._log.name).unlink(missing_ok=True)
+
+
+def tfserving_double(version: int = 1, name: str = "recommender") -> LocalServer:
+    """The TensorFlow Serving stand-in (tests/tfserving_double.py) serving shipped model `version` as `name`."""
+    rest_port, grpc_port = free_port(), free_port()
+    command = [
+        sys.executable, "-m", "tests.tfserving_double", "--model-dir", str(SHIPPED_MODEL / str(version)),
+        "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
+    ]  # fmt: skip
+    return LocalServer(f"tfserving-double-{rest_port}", command, f"/v1/models/{name}", rest_port, grpc_port)

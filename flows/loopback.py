@@ -1,0 +1,26 @@
+"""Starting local servers (a broker, model servers) for tests and benchmarks: free ports, readiness."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(what: str, ready: Callable[[], bool], process: subprocess.Popen | None, timeout: float) -> None:
+    """Poll `ready` until it returns True; RuntimeError if `process` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} was not ready within {timeout} s")
+        time.sleep(0.1)

@@ -1,0 +1,89 @@
+"""Where a remote model lives: the `modelSourceLocation` of a model-server descriptor, parsed.
+
+One URL names the protocol, one or more servers, the model and how to call it:
+
+    SCHEME://HOST:PORT[,HOST:PORT...][/PREFIX]/models/NAME[/versions/VERSION][?OPTIONS]
+
+SCHEME is `http` or `https` (REST) or `grpc` (gRPC, plaintext). Several comma-separated servers share
+the load and cover for each other. For REST, PREFIX is kept in the request path, so a route through a
+proxy (`/seldon/seldon/tfserving/v1/models/NAME`) works as is; the server's own paths are
+`/v1/models/NAME` (TensorFlow Serving) and `/v2/models/NAME` (Open Inference Protocol).
+
+OPTIONS: `timeout` (seconds per request, default 5), `retries` (extra attempts after a transient
+failure, default 2), and `header.KEY=VALUE` (sent as an HTTP header or gRPC metadata on every request,
+e.g. `header.seldon=grpc-tfserving&header.namespace=seldon` to route through Seldon and Ambassador).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+SCHEMES = ("http", "https", "grpc")
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_RETRIES = 2
+_MODEL_PATH = re.compile(r"^(?P<prefix>.*?)/?models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/?$")
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
+
+
+class LocationError(ValueError):
+    """A model-server location that does not follow the documented format."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteLocation:
+    """A parsed model-server location."""
+
+    scheme: str
+    endpoints: tuple[str, ...]  # "host:port", in the order given
+    model: str
+    version: str | None
+    prefix: str  # path before "models/NAME", without a trailing slash ("" or "/v1", "/proxy/v2", ...)
+    timeout_s: float
+    retries: int
+    headers: tuple[tuple[str, str], ...]
+
+    @property
+    def model_path(self) -> str:
+        """`PREFIX/models/NAME[/versions/VERSION]`, the REST path the protocol suffix is appended to."""
+        versioned = f"/versions/{self.version}" if self.version else ""
+        return f"{self.prefix}/models/{self.model}{versioned}"
+
+
+def parse_location(location: str) -> RemoteLocation:
+    """Parse `location`, or raise LocationError saying what is wrong with it."""
+    parts = urlsplit(location.strip())
+    if parts.scheme not in SCHEMES:
+        raise LocationError(f"location {location!r}: scheme must be one of {', '.join(SCHEMES)}")
+    endpoints = tuple(endpoint.strip() for endpoint in parts.netloc.split(",") if endpoint.strip())
+    if not endpoints:
+        raise LocationError(f"location {location!r} names no server")
+    for endpoint in endpoints:
+        if not _HOST_PORT.match(endpoint):
+            raise LocationError(f"location {location!r}: server {endpoint!r} is not HOST:PORT")
+    path = _MODEL_PATH.match(parts.path)
+    if path is None:
+        raise LocationError(f"location {location!r}: path must end in models/NAME[/versions/VERSION]")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    headers = tuple((key.removeprefix("header."), value) for key, value in options.items() if key.startswith("header."))
+    unknown = sorted(key for key in options if key not in ("timeout", "retries") and not key.startswith("header."))
+    if unknown:
+        raise LocationError(f"location {location!r}: unknown option(s) {', '.join(unknown)}")
+    try:
+        timeout_s = float(options.get("timeout", DEFAULT_TIMEOUT_S))
+        retries = int(options.get("retries", DEFAULT_RETRIES))
+    except ValueError as error:
+        raise LocationError(f"location {location!r}: {error}") from error
+    if timeout_s <= 0 or retries < 0:
+        raise LocationError(f"location {location!r}: timeout must be > 0 and retries >= 0")
+    return RemoteLocation(
+        scheme=parts.scheme,
+        endpoints=endpoints,
+        model=path["name"],
+        version=path["version"],
+        prefix=path["prefix"].rstrip("/"),
+        timeout_s=timeout_s,
+        retries=retries,
+        headers=headers,
+    )

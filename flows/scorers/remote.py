@@ -1,0 +1,89 @@
+"""A scorer that calls a model server: one request per micro-batch, over a pool of servers.
+
+Each protocol (TensorFlow Serving, Open Inference Protocol; REST or gRPC) supplies a client for one
+server. This module turns a descriptor's location into a pool of such clients, checks that the model
+is there before the scorer is accepted, and closes every connection when the scorer is swapped out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from flows.records import ModelDescriptor
+from flows.scorers.base import INPUTS, OUTPUT, ModelLoadError, ScorerUnavailable
+from flows.scorers.endpoints import EndpointPool
+from flows.scorers.location import LocationError, RemoteLocation, parse_location
+
+
+class ServerClient(Protocol):
+    """One protocol, one server. Raises TransientError for failures worth retrying elsewhere."""
+
+    def check_model(self) -> None:
+        """Ask the server for the model's metadata; ValueError if it does not take users/products."""
+        ...
+
+    def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
+        """One request for the whole batch; the predictions as a 1-D float32 array."""
+        ...
+
+    def close(self) -> None: ...
+
+
+ClientFactory = Callable[[str, RemoteLocation], ServerClient]
+
+
+class RemoteScorer:
+    """Scores with whichever server of the pool is up."""
+
+    def __init__(self, source: str, pool: EndpointPool[ServerClient]) -> None:
+        self.source = source
+        self._pool = pool
+
+    def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
+        return self._pool.call(lambda client: client.predict(users, products))
+
+    def close(self) -> None:
+        for client in self._pool.clients:
+            client.close()
+
+
+def check_names(model: str, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+    """ValueError unless the served model takes `users` and `products` and returns `predictions`."""
+    inputs, outputs = set(inputs), set(outputs)
+    if not set(INPUTS) <= inputs or OUTPUT not in outputs:
+        raise ValueError(
+            f"server's model {model!r} takes {sorted(inputs)} and returns {sorted(outputs)}; "
+            f"expected inputs {list(INPUTS)} and output {OUTPUT!r}"
+        )
+
+
+def build_remote_scorer(descriptor: ModelDescriptor, protocol: str, factories: Mapping[str, ClientFactory]) -> RemoteScorer:
+    """A scorer for a descriptor whose location names servers speaking `protocol` (e.g. "tfserving").
+
+    The model must answer on at least one server; if none answers the descriptor is refused (the
+    previous model keeps serving) with a retryable error, so publishing it again later works.
+    """
+    name = descriptor.model_name
+    if not descriptor.model_source_location:
+        raise ModelLoadError(name, f"a {protocol} model needs a location (SCHEME://HOST:PORT/models/NAME)")
+    try:
+        location = parse_location(descriptor.model_source_location)
+    except LocationError as error:
+        raise ModelLoadError(name, str(error)) from error
+    factory = factories.get(location.scheme)
+    if factory is None:
+        raise ModelLoadError(name, f"{protocol} is not served over {location.scheme}:// (use {', '.join(factories)})")
+    pool = EndpointPool({address: factory(address, location) for address in location.endpoints}, location.retries)
+    scorer = RemoteScorer(f"{protocol}+{location.scheme}://{','.join(location.endpoints)}", pool)
+    try:
+        pool.call(lambda client: client.check_model())
+    except ScorerUnavailable as error:
+        scorer.close()
+        raise ModelLoadError(name, f"no server answered for model {location.model!r}: {error}", retryable=True) from error
+    except ValueError as error:
+        scorer.close()
+        raise ModelLoadError(name, str(error)) from error
+    return scorer

@@ -1,0 +1,78 @@
+"""The wire under the remote scorers: JSON over HTTP, and gRPC channels, with errors sorted.
+
+Errors are sorted in two: a TransientError (the server is down, slow, overloaded or does not have the
+model right now: try another server or later) and a RequestError (the server refused this request:
+retrying the batch is pointless, scoring its records one by one isolates the bad one).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import urllib3
+
+from flows.scorers.endpoints import TransientError
+
+# Worth trying again: nothing answered, too slow, too busy, or the model is (re)loading.
+TRANSIENT_HTTP_STATUS = frozenset({404, 408, 429, 500, 502, 503, 504})
+TRANSIENT_GRPC_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class RequestError(ValueError):
+    """The server answered, and refused the request."""
+
+
+class JsonHttpClient:
+    """Keep-alive JSON requests to one server (urllib3 sets TCP_NODELAY, so small requests are not delayed)."""
+
+    def __init__(self, scheme: str, address: str, timeout_s: float, headers: dict[str, str]) -> None:
+        host, _, port = address.rpartition(":")
+        pool_class = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
+        self._pool = pool_class(
+            host.strip("[]"), int(port), maxsize=4, block=False, timeout=urllib3.Timeout(total=timeout_s), retries=False
+        )
+        self._headers = {"Content-Type": "application/json", **headers}
+        self.address = address
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """The decoded JSON answer; TransientError or RequestError naming the server, path and reason."""
+        payload = None if body is None else json.dumps(body).encode()
+        try:
+            response = self._pool.request(method, path, body=payload, headers=self._headers)
+        except urllib3.exceptions.HTTPError as error:
+            raise TransientError(f"{method} {path}: {type(error).__name__}: {error}") from error
+        if response.status >= 400:
+            text = response.data[:300].decode("utf-8", "replace").strip()
+            failure = f"{method} {path}: HTTP {response.status}: {text}"
+            raise TransientError(failure) if response.status in TRANSIENT_HTTP_STATUS else RequestError(failure)
+        try:
+            return json.loads(response.data)
+        except ValueError as error:
+            raise RequestError(f"{method} {path}: answer is not JSON: {error}") from error
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def open_channel(address: str) -> grpc.Channel:
+    """A plaintext channel to one server, allowing model-sized messages both ways."""
+    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    return grpc.insecure_channel(address, options=options)
+
+
+def sorted_rpc_error(method: str, error: grpc.RpcError) -> Exception:
+    """A TransientError or RequestError for a failed call, naming the method, status and details."""
+    code = error.code()  # type: ignore[attr-defined]
+    failure = f"{method}: gRPC {code.name}: {error.details()}"  # type: ignore[attr-defined]
+    return TransientError(failure) if code in TRANSIENT_GRPC_CODES else RequestError(failure)
