@@ -4,6 +4,9 @@ Prints, as its last line, one JSON object: scenario, records, seconds, records_p
 the run's parameters. Scenarios:
 - embedded: the dataflow in this process on generated records; latency from the moment the source emitted
   a record to the moment its result reached the sink.
+- tfserving-grpc, tfserving-rest, v2-grpc, v2-rest: as embedded, but scoring with a model server on
+  this machine (the TensorFlow Serving stand-in from tests/, or Seldon MLServer) over gRPC or REST; the
+  line adds the per-request latency (call_p50_ms, call_p99_ms) and the number of requests.
 - kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
   latency from the data message's produce timestamp to the result message's.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
@@ -34,11 +37,14 @@ from flows.dataflow import serve
 from flows.generators import DataGenerator, ModelGenerator, generated_records, shipped_model
 from flows.kafka import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
 from flows.local_broker import consume_all, create_topics, kafka_broker, produce
-from flows.records import ScoredMessage
+from flows.local_servers import mlserver, tfserving_double
+from flows.records import ModelDescriptor, ModelType, ScoredMessage
+from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
 from flows.settings import Settings
 
-SCENARIOS = ("embedded", "kafka-embedded")
+SCENARIOS = ("embedded", "kafka-embedded", "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest")
+REMOTE_SCENARIOS = SCENARIOS[2:]
 
 
 class _LatencyPartition(StatelessSinkPartition[ScoredMessage]):
@@ -63,14 +69,44 @@ class LatencySink(DynamicSink[ScoredMessage]):
         return _LatencyPartition(self.latencies, self.errors)
 
 
-def run_embedded(records: int, rate: float, workers: int, shards: int, batch: int, version: str) -> dict:
+class TimedScorer:
+    """Wraps a scorer to record how long each call (for a remote scorer: each request) takes."""
+
+    def __init__(self, inner: Scorer) -> None:
+        self.inner = inner
+        self.source = inner.source
+        self.call_ms: list[float] = []
+
+    def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.inner.score(users, products)
+        finally:
+            self.call_ms.append((time.perf_counter() - started) * 1000)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def run_in_process(
+    scenario: str, model: ModelDescriptor, records: int, rate: float, workers: int, shards: int, batch: int
+) -> dict:
+    """The dataflow in this process on generated records, scoring with `model` (embedded or remote)."""
     settings = Settings()
-    model = shipped_model(settings.models_dir, version)
-    SCORERS.acquire(model)  # Load (and warm up) before timing; the flow then shares this scorer.
+    timed: list[TimedScorer] = []
+
+    def build_timed(descriptor: ModelDescriptor) -> TimedScorer:
+        timed.append(TimedScorer(build_scorer(descriptor)))
+        return timed[-1]
+
+    cache = ScorerCache(build=build_timed)
+    cache.acquire(model)  # Load (and warm up) before timing; the flow then shares this scorer.
+    timed[0].score(np.ones(1, np.float32), np.ones(1, np.float32))
+    timed[0].call_ms.clear()
     flow = Dataflow("bench")
     data = op.input("data", flow, DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed))
     models = op.input("models", flow, ModelGenerator([model], interval=3600, count=1))
-    streams = serve("serve", data, models, shards=shards, hold_limit=records)
+    streams = serve("serve", data, models, shards=shards, hold_limit=records, cache=cache)
     sink = LatencySink()
     op.output("latency", streams.results, sink)
     started = time.perf_counter()
@@ -81,18 +117,36 @@ def run_embedded(records: int, rate: float, workers: int, shards: int, batch: in
     seconds = time.perf_counter() - started
     if len(sink.latencies) != records:
         raise SystemExit(f"bench: expected {records} results, got {len(sink.latencies)}")
-    latencies_ms = np.asarray(sink.latencies) / 1e6
+    calls = np.asarray(timed[0].call_ms)
     return _report(
-        "embedded",
+        scenario,
         records,
         rate or "unthrottled",
         seconds,
-        latencies_ms,
+        np.asarray(sink.latencies) / 1e6,
         errors=len(sink.errors),
         workers=workers,
         shards=shards,
         source_batch=batch,
+        model_calls=len(calls),
+        call_p50_ms=round(float(np.percentile(calls, 50)), 2),
+        call_p99_ms=round(float(np.percentile(calls, 99)), 2),
+        source=timed[0].source,
     )
+
+
+def remote_model(scenario: str, version: str, stack: ExitStack) -> ModelDescriptor:
+    """Start the scenario's server (TensorFlow Serving stand-in or MLServer) and describe its model."""
+    protocol, scheme = scenario.rsplit("-", 1)
+    if protocol == "tfserving":
+        server = stack.enter_context(tfserving_double(int(version)))
+        model_type, prefix = ModelType.TENSORFLOWSERVING, "/v1"
+    else:
+        server = stack.enter_context(mlserver(int(version)))
+        model_type, prefix = ModelType.OPENINFERENCE, "/v2"
+    port = server.grpc_port if scheme == "grpc" else server.rest_port
+    location = f"{'grpc' if scheme == 'grpc' else 'http'}://127.0.0.1:{port}{prefix}/models/recommender"
+    return ModelDescriptor(f"recommender-v{version}", scenario, model_type, None, location)
 
 
 def _report(scenario: str, records: int, offered: float | str, seconds: float, latencies_ms, **details) -> dict:
@@ -202,8 +256,13 @@ def main() -> None:
     parser.add_argument("--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one")
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
     args = parser.parse_args()
+    in_process = (args.records, args.rate, args.workers, args.shards, args.batch)
     if args.scenario == "embedded":
-        result = run_embedded(args.records, args.rate, args.workers, args.shards, args.batch, args.model_version)
+        model = shipped_model(Settings().models_dir, args.model_version)
+        result = run_in_process(args.scenario, model, *in_process)
+    elif args.scenario in REMOTE_SCENARIOS:
+        with ExitStack() as stack:
+            result = run_in_process(args.scenario, remote_model(args.scenario, args.model_version, stack), *in_process)
     else:
         result = run_kafka_embedded(args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version)
     print(json.dumps(result), flush=True)

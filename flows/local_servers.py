@@ -7,6 +7,9 @@ installed here), so these run from a checkout of the repository.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +19,7 @@ from types import TracebackType
 import urllib3
 
 from flows.loopback import free_port, wait_until_ready
+from flows.scorers.base import INPUTS, OUTPUT
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO / "models" / "recommender"
@@ -31,8 +35,11 @@ def _http_ok(url: str) -> bool:
 class LocalServer:
     """One model server process: REST on `rest_port`, gRPC on `grpc_port`, both on 127.0.0.1."""
 
-    def __init__(self, name: str, command: list[str], ready_path: str, rest_port: int, grpc_port: int) -> None:
+    def __init__(
+        self, name: str, command: list[str], ready_path: str, rest_port: int, grpc_port: int, scratch: Path | None = None
+    ) -> None:
         self.name = name
+        self.scratch = scratch  # removed with the server
         self.command = command
         self.ready_url = f"http://127.0.0.1:{rest_port}{ready_path}"
         self.rest_port = rest_port
@@ -42,7 +49,10 @@ class LocalServer:
 
     def start(self, timeout: float = 60) -> None:
         """Start the server and wait until its model is ready."""
-        self.process = subprocess.Popen(self.command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT
+        )
         try:
             wait_until_ready(self.name, lambda: _http_ok(self.ready_url), self.process, timeout)
         except RuntimeError as error:
@@ -72,6 +82,8 @@ class LocalServer:
         self.stop()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def tfserving_double(version: int = 1, name: str = "recommender") -> LocalServer:
@@ -82,3 +94,30 @@ def tfserving_double(version: int = 1, name: str = "recommender") -> LocalServer
         "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
     return LocalServer(f"tfserving-double-{rest_port}", command, f"/v1/models/{name}", rest_port, grpc_port)
+
+
+def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
+    """Seldon MLServer (test extra) serving shipped model `version` as `name` through tests/mlserver_runtime.py.
+
+    One process, no parallel workers (MLServer 1.7.1's worker pool fails to start with uvloop >= 0.22)
+    and no metrics server (it would take port 8082).
+    """
+    rest_port, grpc_port = free_port(), free_port()
+    directory = Path(tempfile.mkdtemp(prefix="mlserver-"))
+    settings = {
+        "host": "127.0.0.1", "http_port": rest_port, "grpc_port": grpc_port,
+        "parallel_workers": 0, "metrics_endpoint": None, "debug": False,
+    }  # fmt: skip
+    tensor = {"datatype": "FP32", "shape": [-1, 1]}
+    model_settings = {
+        "name": name,
+        "implementation": "tests.mlserver_runtime.SavedModelRuntime",
+        "parameters": {"uri": str(SHIPPED_MODEL / str(version)), "version": str(version)},
+        "inputs": [{"name": input_name, **tensor} for input_name in INPUTS],
+        "outputs": [{"name": OUTPUT, **tensor}],
+    }
+    (directory / name).mkdir()
+    (directory / "settings.json").write_text(json.dumps(settings))
+    (directory / name / "model-settings.json").write_text(json.dumps(model_settings))
+    command = [sys.executable, "-m", "mlserver.cli.main", "start", str(directory)]
+    return LocalServer(f"mlserver-{rest_port}", command, f"/v2/models/{name}/ready", rest_port, grpc_port, directory)

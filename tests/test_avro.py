@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from flows import avro
 from flows.avro import DecodeFailure
@@ -66,3 +70,25 @@ def test_unknown_enum_symbol_is_a_decode_failure():
     payload[index] = 2 * 9
     failure = avro.MODEL.decode(bytes(payload))
     assert isinstance(failure, DecodeFailure)
+
+
+def _earlier_model_schema() -> dict:
+    with open(avro.SCHEMAS_DIR / "history" / "ModelDescriptor-1.avsc", encoding="utf-8") as schema_file:
+        return parse_schema(json.load(schema_file))
+
+
+def test_descriptors_written_with_the_earlier_schema_still_decode():
+    earlier = _earlier_model_schema()
+    buffer = io.BytesIO()
+    buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(earlier))
+    datum = {"modelName": "m", "description": "", "modelType": "TENSORFLOWSERVING", "modelBytes": None,
+             "modelSourceLocation": "grpc://h:8500/models/m"}  # fmt: skip
+    schemaless_writer(buffer, earlier, datum)
+    assert avro.MODEL.earlier_writers  # the history is loaded
+    assert avro.MODEL.decode(buffer.getvalue()) == ModelDescriptor("m", "", ModelType.TENSORFLOWSERVING, None, "grpc://h:8500/models/m")
+
+
+def test_a_consumer_on_the_earlier_schema_reads_the_new_symbol_as_unknown():
+    encoded = avro.MODEL.encode(ModelDescriptor("m", "", ModelType.OPENINFERENCE, None, "grpc://h:1/models/m"))
+    buffer = io.BytesIO(encoded[avro.HEADER_SIZE :])
+    assert schemaless_reader(buffer, avro.MODEL.schema, _earlier_model_schema())["modelType"] == "UNKNOWN"

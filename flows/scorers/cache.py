@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flows.records import ModelDescriptor
@@ -27,7 +28,8 @@ class _Entry:
 class ScorerCache:
     """Reference-counted scorers keyed by model digest."""
 
-    def __init__(self) -> None:
+    def __init__(self, build: Callable[[ModelDescriptor], Scorer] = build_scorer) -> None:
+        self._build = build
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._failures: dict[str, ModelLoadError] = {}
@@ -46,7 +48,7 @@ class ScorerCache:
                 raise self._failures[digest]
             started = time.perf_counter()
             try:
-                scorer = build_scorer(descriptor)
+                scorer = self._build(descriptor)
             except ModelLoadError as error:
                 if error.retryable:
                     raise

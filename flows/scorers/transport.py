@@ -27,6 +27,7 @@ TRANSIENT_GRPC_CODES = frozenset(
     }
 )
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RECONNECT_WITHIN_MS = 1000
 
 
 class RequestError(ValueError):
@@ -66,8 +67,19 @@ class JsonHttpClient:
 
 
 def open_channel(address: str) -> grpc.Channel:
-    """A plaintext channel to one server, allowing model-sized messages both ways."""
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    """A plaintext channel to one server, allowing model-sized messages both ways.
+
+    Calls fail fast while the server is away (no wait-for-ready), and the channel tries to reconnect
+    at least every second (gRPC's default backoff grows to two minutes), so scoring resumes soon
+    after a restarted server is back.
+    """
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_WITHIN_MS),
+    ]
     return grpc.insecure_channel(address, options=options)
 
 

@@ -1,0 +1,183 @@
+"""Remote scorers against real servers on loopback: the TensorFlow Serving stand-in and Seldon MLServer.
+
+Each server speaks REST and gRPC; every test runs over both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import bytewax.operators as op
+import numpy as np
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.testing import TestingSink, run_main
+from conftest import FlowRun, ScheduledSource, at, messages, run_core, sample_records
+
+from flows.dataflow import serve
+from flows.local_servers import LocalServer, mlserver, tfserving_double
+from flows.loopback import free_port
+from flows.records import DataMessage, ModelDescriptor, ModelType
+from flows.scorers import ModelLoadError, ScorerCache, build_scorer
+from flows.scorers.transport import RECONNECT_WITHIN_MS
+
+SCHEMES = ["grpc", "http"]
+PROTOCOLS = {"tfserving": (ModelType.TENSORFLOWSERVING, "/v1"), "v2": (ModelType.OPENINFERENCE, "/v2")}
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, LocalServer]]:
+    """Model v1 on the TensorFlow Serving stand-in and on MLServer, v2 on a second stand-in."""
+    with tfserving_double(1) as tfserving, tfserving_double(2) as tfserving_v2, mlserver(1) as v2:
+        yield {"tfserving": tfserving, "tfserving-v2": tfserving_v2, "v2": v2}
+
+
+def remote(server: LocalServer, protocol: str, scheme: str, name: str = "", extra: str = "") -> ModelDescriptor:
+    """A descriptor for the recommender on `server`, e.g. grpc://127.0.0.1:P/v1/models/recommender."""
+    model_type, prefix = PROTOCOLS[protocol]
+    port = server.grpc_port if scheme == "grpc" else server.rest_port
+    location = f"{scheme}://{extra}127.0.0.1:{port}{prefix}/models/recommender?timeout=2&retries=1"
+    return ModelDescriptor(name or f"{protocol}-{scheme}", "", model_type, None, location)
+
+
+def pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 1000, count).astype(np.float32), rng.integers(0, 300, count).astype(np.float32)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("protocol", ["tfserving", "v2"])
+def test_remote_scores_equal_embedded_scores(servers, model_v1, protocol, scheme):
+    users, products = pairs(1500)
+    embedded = build_scorer(model_v1)
+    scorer = build_scorer(remote(servers[protocol], protocol, scheme))
+    try:
+        np.testing.assert_allclose(scorer.score(users, products), embedded.score(users, products), rtol=1e-5, atol=1e-6)
+        assert scorer.source.startswith(f"{protocol}+{scheme}://127.0.0.1:")
+    finally:
+        scorer.close()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("protocol", ["tfserving", "v2"])
+def test_a_model_the_server_does_not_have_is_refused_by_name(servers, protocol, scheme):
+    descriptor = remote(servers[protocol], protocol, scheme)
+    missing = ModelDescriptor("typo", "", descriptor.model_type, None, descriptor.model_source_location.replace("recommender", "recomender"))
+    with pytest.raises(ModelLoadError) as caught:
+        build_scorer(missing)
+    assert "'typo'" in str(caught.value) and "recomender" in str(caught.value)
+
+
+def test_a_server_that_does_not_answer_is_refused_and_can_be_retried():
+    cache = ScorerCache()
+    nobody = ModelDescriptor("nobody", "", ModelType.TENSORFLOWSERVING, None, f"grpc://127.0.0.1:{free_port()}/models/m?timeout=0.5")
+    for _ in range(2):  # refused each time, not remembered: the server may be up when it is published again
+        with pytest.raises(ModelLoadError, match="no server answered") as caught:
+            cache.acquire(nobody)
+        assert caught.value.retryable
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_one_of_two_servers_down_does_not_stop_scoring(servers, model_v1, scheme):
+    dead = f"127.0.0.1:{free_port()},"
+    scorer = build_scorer(remote(servers["tfserving"], "tfserving", scheme, extra=dead))
+    embedded = build_scorer(model_v1)
+    users, products = pairs(200)
+    try:
+        for _ in range(10):
+            np.testing.assert_allclose(scorer.score(users, products), embedded.score(users, products), rtol=1e-5)
+    finally:
+        scorer.close()
+
+
+def test_swaps_between_embedded_and_remote_and_between_servers_mid_stream(servers, model_v1, model_v2):
+    records = sample_records(30)
+    grpc_v1 = remote(servers["tfserving"], "tfserving", "grpc", "remote-v1")
+    rest_v2 = remote(servers["tfserving-v2"], "tfserving", "http", "remote-v2")
+    mlserver_v1 = remote(servers["v2"], "v2", "grpc", "mlserver-v1")
+    models = at(0, [model_v1]) + at(0.6, [grpc_v1]) + at(1.2, [rest_v2]) + at(1.8, [mlserver_v1]) + at(2.4, [model_v2])
+    data = [item for t in (0.3, 0.9, 1.5, 2.1, 2.7) for item in at(t, messages(records))]
+    run = run_core(data, models)
+
+    assert run.errors() == []
+    scores = {
+        name: {(r.result.input_record.user, tuple(r.result.input_record.products)): r.result.model_result.probabilities for r in results}
+        for name, results in run.by_model().items()
+    }
+    assert sorted(scores) == sorted(["recommender-v1", "remote-v1", "remote-v2", "mlserver-v1", "recommender-v2"])
+    assert all(len(by_record) == len(records) for by_record in scores.values())
+    for remote_name, embedded_name in [("remote-v1", "recommender-v1"), ("mlserver-v1", "recommender-v1"), ("remote-v2", "recommender-v2")]:
+        for key, probabilities in scores[remote_name].items():
+            np.testing.assert_allclose(probabilities, scores[embedded_name][key], rtol=1e-5, atol=1e-6)
+    assert scores["recommender-v1"] != scores["recommender-v2"]
+
+
+class _GatedPartition(StatelessSourcePartition[DataMessage]):
+    def __init__(self, steps: list[tuple[threading.Event, list[DataMessage]]]) -> None:
+        self.steps = list(steps)
+
+    def next_batch(self) -> list[DataMessage]:
+        if not self.steps:
+            raise StopIteration()
+        gate, items = self.steps[0]
+        if not gate.is_set():
+            time.sleep(0.01)
+            return []
+        self.steps.pop(0)
+        return items
+
+
+class GatedSource(DynamicSource[DataMessage]):
+    """Emits each list of messages once its gate is set, so a test can act between them."""
+
+    def __init__(self, steps: list[tuple[threading.Event, list[DataMessage]]]) -> None:
+        self.steps = steps
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _GatedPartition:
+        return _GatedPartition(self.steps)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("protocol", ["tfserving", "v2"])
+def test_a_server_stopped_mid_stream_gives_error_results_and_scoring_resumes(servers, protocol, scheme):
+    server = servers[protocol]
+    before, during, after = sample_records(20), sample_records(20, 100), sample_records(20, 200)
+    gates = [threading.Event() for _ in range(3)]
+    run = FlowRun()
+    flow = Dataflow("server-outage")
+    data = op.input("data", flow, GatedSource(list(zip(gates, [messages(before), messages(during), messages(after)]))))
+    models = op.input("models", flow, ScheduledSource(at(0, [remote(server, protocol, scheme)])))
+    streams = serve("serve", data, models, shards=2, hold_limit=100, cache=run.cache)
+    op.output("results", streams.results, TestingSink(run.results))
+    op.output("events", streams.events, TestingSink(run.events))
+    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    flow_thread.start()
+    try:
+        gates[0].set()
+        wait_for(lambda: len(run.results) >= 20, "results before the outage")
+        server.stop()
+        gates[1].set()
+        wait_for(lambda: len(run.results) >= 40, "results during the outage")
+        server.start()
+        time.sleep(RECONNECT_WITHIN_MS / 1000 * 1.5)  # a gRPC channel reconnects within this (plus jitter)
+        gates[2].set()
+        flow_thread.join(timeout=60)
+    finally:
+        if server.process is None:
+            server.start()
+    assert not flow_thread.is_alive()
+    assert len(run.results) == 60
+    errors = [item.result.metadata.errors for item in run.results]
+    assert errors[:20] == [""] * 20 and errors[40:] == [""] * 20
+    assert all("failed" in error and str(server.grpc_port if scheme == "grpc" else server.rest_port) in error for error in errors[20:40])
+    assert all(item.result.model_result.probabilities == [] for item in run.results[20:40])
