@@ -2,8 +2,8 @@
 
 With nothing configured it runs on the embedded default: generated records and model updates alternating
 between the shipped versions, scored in process, results and model events on the console. With
-`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka`). Settings are
-`SERVING_*` environment variables (see `flows.settings` and the README).
+`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka`).
+Settings are `SERVING_*` environment variables (see `flows.settings` and the README).
 """
 
 from __future__ import annotations
@@ -40,13 +40,21 @@ def build_flow(settings: Settings) -> Dataflow:
     return flow
 
 
-def embedded_inputs(flow: Dataflow, settings: Settings) -> tuple[Stream[DataMessage], Stream[ModelDescriptor]]:
+def embedded_inputs(
+    flow: Dataflow, settings: Settings
+) -> tuple[Stream[DataMessage], Stream[ModelDescriptor]]:
     """Generated records and model updates alternating between the shipped versions."""
     generator = DataGenerator(
-        settings.records, settings.record_rate, settings.generator_partitions, settings.generator_batch, settings.seed
+        settings.records,
+        settings.record_rate,
+        settings.generator_partitions,
+        settings.generator_batch,
+        settings.seed,
     )
     data = op.input("data", flow, StoppableSource(generator))
     versions = [shipped_model(settings.models_dir, version) for version in settings.versions]
     model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
-    models = op.input("models", flow, StoppableSource(ModelGenerator(versions, settings.model_interval, model_count)))
+    models = op.input(
+        "models", flow, StoppableSource(ModelGenerator(versions, settings.model_interval, model_count))
+    )
     return data, models

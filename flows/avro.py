@@ -56,7 +56,7 @@ SCHEMAS = _load_schemas(SCHEMAS_DIR)
 
 
 def _load_history(directory: Path, name: str) -> list[dict]:
-    """Earlier versions of schema `name` (schemas/history/NAME-N.avsc), which old messages were written with."""
+    """Earlier versions of schema `name` (schemas/history/NAME-N.avsc) that old messages were written with."""
     history = []
     for path in sorted((directory / "history").glob(f"{name}-*.avsc")):
         with open(path, encoding="utf-8") as schema_file:
@@ -106,7 +106,9 @@ class AvroCodec(Generic[T]):
         """The record in `payload`, or a DecodeFailure saying why there is none."""
         if payload is None or len(payload) < HEADER_SIZE:
             size = 0 if payload is None else len(payload)
-            return DecodeFailure(self.name, f"{size} bytes is shorter than an Avro single-object header", payload)
+            return DecodeFailure(
+                self.name, f"{size} bytes is shorter than an Avro single-object header", payload
+            )
         if payload[:2] != SINGLE_OBJECT_MARKER:
             return DecodeFailure(self.name, "not Avro single-object encoded (no C3 01 marker)", payload)
         writer = self.schema
@@ -116,7 +118,9 @@ class AvroCodec(Generic[T]):
             found = payload[2:HEADER_SIZE][::-1].hex()
             expected = self.header[2:][::-1].hex()
             return DecodeFailure(
-                self.name, f"written with schema fingerprint {found}, expected {self.name} {expected}", payload
+                self.name,
+                f"written with schema fingerprint {found}, expected {self.name} {expected}",
+                payload,
             )
         buffer = io.BytesIO(payload)
         buffer.seek(HEADER_SIZE)
@@ -124,10 +128,14 @@ class AvroCodec(Generic[T]):
             datum = schemaless_reader(buffer, writer, self.schema if writer is not self.schema else None)
             value = self.from_avro(datum)
         except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
-            return DecodeFailure(self.name, f"corrupt {self.name} datum: {type(error).__name__}: {error}", payload)
+            return DecodeFailure(
+                self.name, f"corrupt {self.name} datum: {type(error).__name__}: {error}", payload
+            )
         if buffer.tell() != len(payload):
             trailing = len(payload) - buffer.tell()
-            return DecodeFailure(self.name, f"{trailing} unexpected bytes after the {self.name} datum", payload)
+            return DecodeFailure(
+                self.name, f"{trailing} unexpected bytes after the {self.name} datum", payload
+            )
         return value
 
 

@@ -104,7 +104,9 @@ def run_in_process(
     timed[0].score(np.ones(1, np.float32), np.ones(1, np.float32))
     timed[0].call_ms.clear()
     flow = Dataflow("bench")
-    data = op.input("data", flow, DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed))
+    data = op.input(
+        "data", flow, DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)
+    )
     models = op.input("models", flow, ModelGenerator([model], interval=3600, count=1))
     streams = serve("serve", data, models, shards=shards, hold_limit=records, cache=cache)
     sink = LatencySink()
@@ -149,7 +151,9 @@ def remote_model(scenario: str, version: str, stack: ExitStack) -> ModelDescript
     return ModelDescriptor(f"recommender-v{version}", scenario, model_type, None, location)
 
 
-def _report(scenario: str, records: int, offered: float | str, seconds: float, latencies_ms, **details) -> dict:
+def _report(
+    scenario: str, records: int, offered: float | str, seconds: float, latencies_ms, **details
+) -> dict:
     """The JSON line every scenario prints: the common figures first, then the scenario's own details."""
     latencies = np.asarray(latencies_ms, dtype=float)
     return {
@@ -165,7 +169,9 @@ def _report(scenario: str, records: int, offered: float | str, seconds: float, l
     }
 
 
-def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partitions: int, version: str) -> dict:
+def run_kafka_embedded(
+    records: int, rate: float, bootstrap: str | None, partitions: int, version: str
+) -> dict:
     """Through a broker: data topic -> flow (in this process) -> results topic.
 
     Without `rate` the data topic is filled first and the flow reads it to the end; with `rate` a producer
@@ -179,7 +185,9 @@ def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partiti
         servers = bootstrap or stack.enter_context(kafka_broker())
         topics = create_topics(servers, "bench", ["data", "models", "results", "dead"], partitions=partitions)
         produce(servers, topics["models"], [(model.model_name.encode(), MODEL.encode(model))])
-        encoded = [(str(r.user).encode(), RECORD.encode(r)) for r in generated_records(settings.seed, records)]
+        encoded = [
+            (str(r.user).encode(), RECORD.encode(r)) for r in generated_records(settings.seed, records)
+        ]
         flow_settings = Settings(
             kafka_bootstrap_servers=servers,
             kafka_data_topic=topics["data"],
@@ -193,7 +201,9 @@ def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partiti
         flow = build_flow(flow_settings)
         clock: dict[str, float] = {}
         if rate > 0:
-            feeder = threading.Thread(target=_offer, args=(servers, topics, encoded, rate, clock), daemon=True)
+            feeder = threading.Thread(
+                target=_offer, args=(servers, topics, encoded, rate, clock), daemon=True
+            )
             feeder.start()
         else:
             produce(servers, topics["data"], encoded)
@@ -207,7 +217,9 @@ def run_kafka_embedded(records: int, rate: float, bootstrap: str | None, partiti
     latencies = []
     for message in results:
         headers = dict(message.headers())
-        warm_up = rate > 0 and headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
+        warm_up = (
+            rate > 0 and headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
+        )
         if not warm_up:
             latencies.append(message.timestamp()[1] - int(headers[SOURCE_TIMESTAMP_HEADER]))
     return _report(
@@ -248,12 +260,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=SCENARIOS, default="embedded")
     parser.add_argument("--records", type=int, default=100_000)
-    parser.add_argument("--rate", type=float, default=0, help="offered records/s (default: as fast as possible)")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="offered records/s (default: as fast as possible)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in this process")
     parser.add_argument("--shards", type=int, default=Settings().shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
-    parser.add_argument("--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one")
+    parser.add_argument(
+        "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
+    )
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
     args = parser.parse_args()
     in_process = (args.records, args.rate, args.workers, args.shards, args.batch)
@@ -262,9 +278,13 @@ def main() -> None:
         result = run_in_process(args.scenario, model, *in_process)
     elif args.scenario in REMOTE_SCENARIOS:
         with ExitStack() as stack:
-            result = run_in_process(args.scenario, remote_model(args.scenario, args.model_version, stack), *in_process)
+            result = run_in_process(
+                args.scenario, remote_model(args.scenario, args.model_version, stack), *in_process
+            )
     else:
-        result = run_kafka_embedded(args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version)
+        result = run_kafka_embedded(
+            args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version
+        )
     print(json.dumps(result), flush=True)
 
 

@@ -57,7 +57,9 @@ def serve(
     )
     holder_out = op.branch(f"{step_id}_split_holder", held, lambda item: isinstance(item, ModelEvent))
     broadcast = op.flat_map(
-        f"{step_id}_to_every_shard", holder_out.falses, lambda descriptor: [(key, ModelUpdate(key, descriptor)) for key in keys]
+        f"{step_id}_to_every_shard",
+        holder_out.falses,
+        lambda descriptor: [(key, ModelUpdate(key, descriptor)) for key in keys],
     )
 
     shard_in = op.merge(f"{step_id}_merge", keyed_data, broadcast)

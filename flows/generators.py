@@ -105,7 +105,9 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
 class DataGenerator(FixedPartitionedSource[DataMessage, int]):
     """RecommenderRecords at `rate` records/s in total (0: unthrottled), `records` in all (0: unbounded)."""
 
-    def __init__(self, records: int, rate: float, partitions: int = 1, batch: int = 500, seed: int = 42) -> None:
+    def __init__(
+        self, records: int, rate: float, partitions: int = 1, batch: int = 500, seed: int = 42
+    ) -> None:
         self.records = records
         self.rate = rate
         self.partitions = partitions

@@ -61,7 +61,10 @@ def _dead_letter(settings: Settings, message: KafkaSourceMessage, reason: str) -
         (OFFSET_HEADER, str(message.offset).encode()),
     ]
     return KafkaSinkMessage(
-        message.key, message.value, topic=settings.kafka_dead_letters_topic, headers=[*message.headers, *where]
+        message.key,
+        message.value,
+        topic=settings.kafka_dead_letters_topic,
+        headers=[*message.headers, *where],
     )
 
 
@@ -84,7 +87,9 @@ def _decoder(codec: AvroCodec, settings: Settings, wrap):
         value = codec.decode(item.value)
         if isinstance(value, DecodeFailure):
             reason = f"{item.topic}[{item.partition}]@{item.offset}: {value.reason}"
-            return _Undecodable(_dead_letter(settings, item, reason), DecodeFailure(codec.name, reason, item.value))
+            return _Undecodable(
+                _dead_letter(settings, item, reason), DecodeFailure(codec.name, reason, item.value)
+            )
         return wrap(value, item)
 
     return decode
@@ -116,7 +121,9 @@ def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
     """The data and model streams from Kafka, and the dead letters of both."""
     data_start = OFFSET_BEGINNING if settings.kafka_data_start == "earliest" else OFFSET_END
     raw_data = op.input("kafka_data", flow, _source(settings, settings.kafka_data_topic, data_start))
-    raw_models = op.input("kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING))
+    raw_models = op.input(
+        "kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING)
+    )
 
     data = op.map("decode_data", raw_data, _decoder(RECORD, settings, _data_message))
     models = op.map("decode_models", raw_models, _decoder(MODEL, settings, lambda value, _: value))
@@ -148,15 +155,25 @@ def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
             (SOURCE_OFFSET_HEADER, str(origin.offset).encode()),
             (SOURCE_TIMESTAMP_HEADER, str(origin.timestamp_ms).encode()),
         ]
-    return KafkaSinkMessage(str(scored.result.input_record.user).encode(), RESULT.encode(scored.result), headers=headers)
+    return KafkaSinkMessage(
+        str(scored.result.input_record.user).encode(), RESULT.encode(scored.result), headers=headers
+    )
 
 
-def kafka_outputs(settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]) -> None:
+def kafka_outputs(
+    settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]
+) -> None:
     """Write results to the results topic and dead letters to the dead-letter topic."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map("encode_results", results, result_message)
-    kop.output("kafka_results", encoded, brokers=brokers, topic=settings.kafka_results_topic, add_config=config)
     kop.output(
-        "kafka_dead_letters", dead_letters, brokers=brokers, topic=settings.kafka_dead_letters_topic, add_config=config
+        "kafka_results", encoded, brokers=brokers, topic=settings.kafka_results_topic, add_config=config
+    )
+    kop.output(
+        "kafka_dead_letters",
+        dead_letters,
+        brokers=brokers,
+        topic=settings.kafka_dead_letters_topic,
+        add_config=config,
     )

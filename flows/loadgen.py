@@ -19,14 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m flows.loadgen", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, required=True, help="records to send")
-    parser.add_argument("--rate", type=float, default=333.0, help="records per second (0: as fast as possible)")
+    parser.add_argument(
+        "--rate", type=float, default=333.0, help="records per second (0: as fast as possible)"
+    )
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
     parser.add_argument("--topic", default=settings.kafka_data_topic)
     parser.add_argument("--seed", type=int, default=settings.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
 
-    config = {"bootstrap.servers": args.bootstrap_servers, "linger.ms": "5", **client_config(settings, settings.kafka_producer_config)}
+    config = {
+        "bootstrap.servers": args.bootstrap_servers,
+        "linger.ms": "5",
+        **client_config(settings, settings.kafka_producer_config),
+    }
     producer = Producer(config)
     failures: list[str] = []
 
@@ -42,18 +48,31 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(delay)
         while True:
             try:
-                producer.produce(args.topic, key=str(record.user).encode(), value=RECORD.encode(record), on_delivery=delivered)
+                producer.produce(
+                    args.topic,
+                    key=str(record.user).encode(),
+                    value=RECORD.encode(record),
+                    on_delivery=delivered,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
         if not args.quiet and (position + 1) % 1000 == 0:
             elapsed = time.monotonic() - started
-            print(f"\rsent {position + 1:,}/{args.records:,} ({(position + 1) / elapsed:,.0f}/s)", end="", file=sys.stderr, flush=True)
+            print(
+                f"\rsent {position + 1:,}/{args.records:,} ({(position + 1) / elapsed:,.0f}/s)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     producer.flush(60)
     elapsed = time.monotonic() - started
     if not args.quiet:
-        print(f"\rsent {args.records:,} records to {args.topic} in {elapsed:.1f} s ({args.records / max(elapsed, 1e-9):,.0f}/s)", file=sys.stderr)
+        print(
+            f"\rsent {args.records:,} records to {args.topic} in {elapsed:.1f} s ({args.records / max(elapsed, 1e-9):,.0f}/s)",
+            file=sys.stderr,
+        )
     if failures:
         print(f"{len(failures)} records were not delivered; first: {failures[0]}", file=sys.stderr)
         return 1

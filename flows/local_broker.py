@@ -50,7 +50,18 @@ def kafka_broker() -> Iterator[str]:
     data_dir = tempfile.mkdtemp(prefix="test-broker-")
     log = open(Path(data_dir) / "broker.log", "w")
     process = subprocess.Popen(
-        [str(binary), "start", "--data-dir", data_dir, "--host", "127.0.0.1", "--only", "kafka", "--kafka-port", str(port)],
+        [
+            str(binary),
+            "start",
+            "--data-dir",
+            data_dir,
+            "--host",
+            "127.0.0.1",
+            "--only",
+            "kafka",
+            "--kafka-port",
+            str(port),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -73,7 +84,9 @@ def create_topics(bootstrap: str, prefix: str, names: list[str], partitions: int
     unique = uuid.uuid4().hex[:8]
     topics = {name: f"{prefix}-{name}-{unique}" for name in names}
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics.values()])
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics.values()]
+    )
     for future in futures.values():
         future.result(timeout=30)
     return topics

@@ -36,7 +36,13 @@ class LocalServer:
     """One model server process: REST on `rest_port`, gRPC on `grpc_port`, both on 127.0.0.1."""
 
     def __init__(
-        self, name: str, command: list[str], ready_path: str, rest_port: int, grpc_port: int, scratch: Path | None = None
+        self,
+        name: str,
+        command: list[str],
+        ready_path: str,
+        rest_port: int,
+        grpc_port: int,
+        scratch: Path | None = None,
     ) -> None:
         self.name = name
         self.scratch = scratch  # removed with the server
@@ -49,7 +55,10 @@ class LocalServer:
 
     def start(self, timeout: float = 60) -> None:
         """Start the server and wait until its model is ready."""
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        environment = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        }
         self.process = subprocess.Popen(
             self.command, cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -78,7 +87,9 @@ class LocalServer:
         self.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.stop()
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
@@ -120,4 +131,6 @@ def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
     (directory / "settings.json").write_text(json.dumps(settings))
     (directory / name / "model-settings.json").write_text(json.dumps(model_settings))
     command = [sys.executable, "-m", "mlserver.cli.main", "start", str(directory)]
-    return LocalServer(f"mlserver-{rest_port}", command, f"/v2/models/{name}/ready", rest_port, grpc_port, directory)
+    return LocalServer(
+        f"mlserver-{rest_port}", command, f"/v2/models/{name}/ready", rest_port, grpc_port, directory
+    )

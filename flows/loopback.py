@@ -15,7 +15,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_ready(what: str, ready: Callable[[], bool], process: subprocess.Popen | None, timeout: float) -> None:
+def wait_until_ready(
+    what: str, ready: Callable[[], bool], process: subprocess.Popen | None, timeout: float
+) -> None:
     """Poll `ready` until it returns True; RuntimeError if `process` exits first or time runs out."""
     deadline = time.monotonic() + timeout
     while not ready():

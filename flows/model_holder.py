@@ -70,5 +70,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         previous = self.current.model_name if self.current else ""
         self.current = value
         self.resend_pending = False
-        accepted = ModelEvent("accepted", value.model_name, value.description, previous_model=previous, load_ms=load_ms)
+        accepted = ModelEvent(
+            "accepted", value.model_name, value.description, previous_model=previous, load_ms=load_ms
+        )
         return [accepted, value]

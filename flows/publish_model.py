@@ -45,18 +45,32 @@ def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescri
     if args.path:
         directory = Path(args.path)
         name = args.name or directory.name
-        return ModelDescriptor(name, args.description or f"from {directory}", ModelType.TENSORFLOWSAVED, pack_directory(directory))
-    return ModelDescriptor(args.name or args.location, args.description, ModelType[args.type], None, args.location)
+        return ModelDescriptor(
+            name,
+            args.description or f"from {directory}",
+            ModelType.TENSORFLOWSAVED,
+            pack_directory(directory),
+        )
+    return ModelDescriptor(
+        args.name or args.location, args.description, ModelType[args.type], None, args.location
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m flows.publish_model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.publish_model", description=__doc__.split("\n\n")[0]
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
     source.add_argument("--path", help="a SavedModel directory to send inline")
     source.add_argument("--location", help="a model location to send instead of bytes")
-    parser.add_argument("--type", default="TENSORFLOWSAVED", choices=[t.name for t in ModelType], help="model type for --location")
+    parser.add_argument(
+        "--type",
+        default="TENSORFLOWSAVED",
+        choices=[t.name for t in ModelType],
+        help="model type for --location",
+    )
     parser.add_argument("--name", help="model name (default: from the version, directory or location)")
     parser.add_argument("--description", default="")
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
@@ -77,10 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     producer = Producer({"bootstrap.servers": args.bootstrap_servers, **config})
     errors: list[str] = []
-    producer.produce(args.topic, key=descriptor.model_name.encode(), value=payload, on_delivery=lambda e, _: e and errors.append(str(e)))
+    producer.produce(
+        args.topic,
+        key=descriptor.model_name.encode(),
+        value=payload,
+        on_delivery=lambda e, _: e and errors.append(str(e)),
+    )
     producer.flush(30)
     if errors:
-        print(f"model {descriptor.model_name!r} was not delivered to {args.topic}: {errors[0]}", file=sys.stderr)
+        print(
+            f"model {descriptor.model_name!r} was not delivered to {args.topic}: {errors[0]}", file=sys.stderr
+        )
         return 1
     print(f"published model {descriptor.model_name!r} ({len(payload):,} bytes) to {args.topic}")
     return 0

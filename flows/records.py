@@ -21,7 +21,9 @@ class ModelType(enum.Enum):
     TENSORFLOWSERVING = "TENSORFLOWSERVING"
     PMML = "PMML"
     H2O = "H2O"
-    OPENINFERENCE = "OPENINFERENCE"  # Added after the original's symbols: V2 servers (MLServer, KServe, Triton).
+    OPENINFERENCE = (
+        "OPENINFERENCE"  # Added after the original's symbols: V2 servers (MLServer, KServe, Triton).
+    )
 
 
 @dataclass(slots=True)

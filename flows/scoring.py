@@ -25,22 +25,26 @@ from flows.scorers import Scorer, ScorerUnavailable
 
 def unscored(message: DataMessage, error: str, model_name: str = "", source: str = "") -> ScoredMessage:
     """A result with no scores that says why."""
-    metadata = ModelResultMetadata(errors=error, model_name=model_name, source=source, start_time=time.time_ns() // 1_000_000)
+    metadata = ModelResultMetadata(
+        errors=error, model_name=model_name, source=source, start_time=time.time_ns() // 1_000_000
+    )
     return ScoredMessage(
-        RecommenderResult(message.record, RecommenderServingOutput(), metadata), message.entered_ns, message.origin
+        RecommenderResult(message.record, RecommenderServingOutput(), metadata),
+        message.entered_ns,
+        message.origin,
     )
 
 
 def _pairs(messages: Sequence[DataMessage]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     counts = [len(message.record.products) for message in messages]
     users = np.repeat(np.fromiter((m.record.user for m in messages), np.float32, len(messages)), counts)
-    products = np.fromiter(
-        chain.from_iterable(m.record.products for m in messages), np.float32, sum(counts)
-    )
+    products = np.fromiter(chain.from_iterable(m.record.products for m in messages), np.float32, sum(counts))
     return users, products, counts
 
 
-def score_batch(scorer: Scorer, model_name: str, messages: Sequence[DataMessage]) -> tuple[list[ScoredMessage], float]:
+def score_batch(
+    scorer: Scorer, model_name: str, messages: Sequence[DataMessage]
+) -> tuple[list[ScoredMessage], float]:
     """Results for `messages` scored with one call to `scorer`, and the ms that call took."""
     users, products, counts = _pairs(messages)
     start_ms = time.time_ns() // 1_000_000
@@ -66,7 +70,9 @@ def score_batch(scorer: Scorer, model_name: str, messages: Sequence[DataMessage]
         record = message.record
         output = RecommenderServingOutput(list(map(str, record.products)), values[offset : offset + count])
         offset += count
-        results.append(ScoredMessage(RecommenderResult(record, output, metadata), message.entered_ns, message.origin))
+        results.append(
+            ScoredMessage(RecommenderResult(record, output, metadata), message.entered_ns, message.origin)
+        )
     return results, batch_ms
 
 

@@ -23,11 +23,15 @@ class Settings(BaseSettings):
     hold_limit: int = Field(
         10_000, ge=0, description="Records a shard holds while it has no model yet; more get an error result."
     )
-    records: int = Field(0, ge=0, description="Records the data generator produces, then stops (0: unbounded).")
+    records: int = Field(
+        0, ge=0, description="Records the data generator produces, then stops (0: unbounded)."
+    )
     record_rate: float = Field(
         333.0, ge=0, description="Records per second from the data generator (0: as fast as possible)."
     )
-    generator_partitions: int = Field(1, ge=1, description="Data generator partitions (workers that generate).")
+    generator_partitions: int = Field(
+        1, ge=1, description="Data generator partitions (workers that generate)."
+    )
     generator_batch: int = Field(500, ge=1, description="Most records one generator partition emits at once.")
     seed: int = Field(42, description="Seed of the data generator: the same seed gives the same records.")
     model_interval: float = Field(
@@ -43,23 +47,32 @@ class Settings(BaseSettings):
     )
 
     kafka_bootstrap_servers: str = Field(
-        "", description="Kafka bootstrap servers (host:port,...). Set: read and write Kafka; unset: embedded default."
+        "",
+        description="Kafka bootstrap servers (host:port,...). Set: read and write Kafka; unset: embedded default.",
     )
     kafka_data_topic: str = Field("recommender-records", description="Topic of RecommenderRecords to score.")
     kafka_models_topic: str = Field("recommender-models", description="Topic of ModelDescriptors.")
     kafka_results_topic: str = Field("recommender-results", description="Topic the RecommenderResults go to.")
     kafka_dead_letters_topic: str = Field(
-        "recommender-dead-letters", description="Topic of messages that could not be decoded, with the reason."
+        "recommender-dead-letters",
+        description="Topic of messages that could not be decoded, with the reason.",
     )
     kafka_data_start: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a flow without recovery state starts reading the data topic."
     )
-    kafka_tail: bool = Field(True, description="Keep waiting for messages; false: stop at the end of the topics.")
-    kafka_config: dict[str, str] = Field(
-        default_factory=dict, description="librdkafka settings for consumers and producers, as JSON (TLS, SASL)."
+    kafka_tail: bool = Field(
+        True, description="Keep waiting for messages; false: stop at the end of the topics."
     )
-    kafka_consumer_config: dict[str, str] = Field(default_factory=dict, description="Extra consumer settings, JSON.")
-    kafka_producer_config: dict[str, str] = Field(default_factory=dict, description="Extra producer settings, JSON.")
+    kafka_config: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka settings for consumers and producers, as JSON (TLS, SASL).",
+    )
+    kafka_consumer_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra consumer settings, JSON."
+    )
+    kafka_producer_config: dict[str, str] = Field(
+        default_factory=dict, description="Extra producer settings, JSON."
+    )
     tf_verbose: bool = Field(False, description="Show TensorFlow's start-up logging, otherwise muted.")
 
     @property

@@ -50,7 +50,9 @@ class ShardState:
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     """Scores one shard's records with the latest model it has been sent."""
 
-    def __init__(self, keys: list[str], hold_limit: int, cache: ScorerCache, resume: ShardState | None) -> None:
+    def __init__(
+        self, keys: list[str], hold_limit: int, cache: ScorerCache, resume: ShardState | None
+    ) -> None:
         self.keys = keys
         self.hold_limit = hold_limit
         self.cache = cache
@@ -91,7 +93,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
 
     def snapshot(self) -> ShardState:
         state = self.state
-        return ShardState(state.shard, state.model_digest, state.model_name, copy.copy(state.stats), list(state.held))
+        return ShardState(
+            state.shard, state.model_digest, state.model_name, copy.copy(state.stats), list(state.held)
+        )
 
     def _score(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
         if not messages:
@@ -122,7 +126,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         try:
             scorer, load_ms = self.cache.acquire(descriptor)
         except ModelLoadError as error:
-            outputs.append(ModelEvent("failed", descriptor.model_name, error.reason, self.shard, self.state.model_name))
+            outputs.append(
+                ModelEvent("failed", descriptor.model_name, error.reason, self.shard, self.state.model_name)
+            )
             return
         restored = digest == self.state.model_digest
         if self.scorer is not None and self.state.model_digest is not None:

@@ -53,7 +53,9 @@ class ConsoleResultSink(DynamicSink[ScoredMessage]):
         self.every = every
         self.stream = stream
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[ScoredMessage]:
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[ScoredMessage]:
         return _ConsolePartition(self.every or 1 << 62, self.stream)
 
 
@@ -112,5 +114,7 @@ class JsonLinesResultSink(DynamicSink[ScoredMessage]):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[ScoredMessage]:
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[ScoredMessage]:
         return _JsonLinesPartition(self.directory / f"results-{worker_index}.jsonl")

@@ -19,8 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.watch_results", description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
     parser.add_argument("--topic", default=settings.kafka_results_topic)
-    parser.add_argument("--from-beginning", action="store_true", help="start at the oldest result, not the newest")
-    parser.add_argument("--count", type=int, default=0, help="stop after this many results (0: follow forever)")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest result, not the newest"
+    )
+    parser.add_argument(
+        "--count", type=int, default=0, help="stop after this many results (0: follow forever)"
+    )
     args = parser.parse_args(argv)
 
     consumer = Consumer(

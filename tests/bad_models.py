@@ -48,20 +48,38 @@ def bad_models(v1: ModelDescriptor, scratch: Path) -> list[tuple[ModelDescriptor
     saved = ModelType.TENSORFLOWSAVED
     return [
         (ModelDescriptor("corrupt", "", saved, b"\x00garbage" * 100), "not a readable tar archive"),
-        (ModelDescriptor("truncated", "", saved, v1.model_bytes[: len(v1.model_bytes) // 2]), "not a readable tar"),
+        (
+            ModelDescriptor("truncated", "", saved, v1.model_bytes[: len(v1.model_bytes) // 2]),
+            "not a readable tar",
+        ),
         (ModelDescriptor("pmml", "", ModelType.PMML, b"<PMML/>"), "model type PMML is not supported"),
-        (ModelDescriptor("unknown", "", ModelType.UNKNOWN, v1.model_bytes), "model type UNKNOWN is not supported"),
+        (
+            ModelDescriptor("unknown", "", ModelType.UNKNOWN, v1.model_bytes),
+            "model type UNKNOWN is not supported",
+        ),
         (
             ModelDescriptor("wrong-signature", "", saved, wrong_signature_model(scratch / "doubler")),
             "expected inputs ['users', 'products']",
         ),
-        (ModelDescriptor("not-a-savedmodel", "", saved, _tar([_member("hello.txt")])), "not a loadable SavedModel"),
-        (ModelDescriptor("escape-dotdot", "", saved, _tar([_member("../evil.txt")])), "unsafe archive member"),
-        (ModelDescriptor("escape-absolute", "", saved, _tar([_member("/tmp/evil.txt")])), "unsafe archive member"),
+        (
+            ModelDescriptor("not-a-savedmodel", "", saved, _tar([_member("hello.txt")])),
+            "not a loadable SavedModel",
+        ),
+        (
+            ModelDescriptor("escape-dotdot", "", saved, _tar([_member("../evil.txt")])),
+            "unsafe archive member",
+        ),
+        (
+            ModelDescriptor("escape-absolute", "", saved, _tar([_member("/tmp/evil.txt")])),
+            "unsafe archive member",
+        ),
         (
             ModelDescriptor("escape-symlink", "", saved, _tar([_member("link", tarfile.SYMTYPE, "/etc")])),
             "unsafe archive member",
         ),
         (ModelDescriptor("no-model", "", saved, None, None), "neither model bytes nor a model location"),
-        (ModelDescriptor("missing-path", "", saved, None, str(scratch / "absent")), "no SavedModel directory"),
+        (
+            ModelDescriptor("missing-path", "", saved, None, str(scratch / "absent")),
+            "no SavedModel directory",
+        ),
     ]

@@ -110,7 +110,9 @@ class FlowRun:
         return [item.result.metadata.errors for item in self.results if item.result.metadata.errors]
 
 
-def build_core_flow(data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000) -> Dataflow:
+def build_core_flow(
+    data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000
+) -> Dataflow:
     flow = Dataflow("test")
     data_stream = op.input("data", flow, ScheduledSource(data))
     model_stream = op.input("models", flow, ScheduledSource(models))

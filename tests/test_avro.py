@@ -30,7 +30,10 @@ VALUES = [
     (avro.RECORD, RECORD),
     (avro.RESULT, RESULT),
     (avro.MODEL, ModelDescriptor("m", "inline", ModelType.TENSORFLOWSAVED, b"\x00\x01tar", None)),
-    (avro.MODEL, ModelDescriptor("m", "remote", ModelType.TENSORFLOWSERVING, None, "http://host:8501/v1/models/m")),
+    (
+        avro.MODEL,
+        ModelDescriptor("m", "remote", ModelType.TENSORFLOWSERVING, None, "http://host:8501/v1/models/m"),
+    ),
     (avro.STATS, ModelToServeStats("m", "d", 1, 10, 12.5, 1, 4)),
 ]
 
@@ -85,10 +88,14 @@ def test_descriptors_written_with_the_earlier_schema_still_decode():
              "modelSourceLocation": "grpc://h:8500/models/m"}  # fmt: skip
     schemaless_writer(buffer, earlier, datum)
     assert avro.MODEL.earlier_writers  # the history is loaded
-    assert avro.MODEL.decode(buffer.getvalue()) == ModelDescriptor("m", "", ModelType.TENSORFLOWSERVING, None, "grpc://h:8500/models/m")
+    assert avro.MODEL.decode(buffer.getvalue()) == ModelDescriptor(
+        "m", "", ModelType.TENSORFLOWSERVING, None, "grpc://h:8500/models/m"
+    )
 
 
 def test_a_consumer_on_the_earlier_schema_reads_the_new_symbol_as_unknown():
-    encoded = avro.MODEL.encode(ModelDescriptor("m", "", ModelType.OPENINFERENCE, None, "grpc://h:1/models/m"))
+    encoded = avro.MODEL.encode(
+        ModelDescriptor("m", "", ModelType.OPENINFERENCE, None, "grpc://h:1/models/m")
+    )
     buffer = io.BytesIO(encoded[avro.HEADER_SIZE :])
     assert schemaless_reader(buffer, avro.MODEL.schema, _earlier_model_schema())["modelType"] == "UNKNOWN"

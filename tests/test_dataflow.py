@@ -13,7 +13,10 @@ WORKERS = [1, 2]
 
 def scores(run, model_name):
     return {
-        (item.result.input_record.user, tuple(item.result.input_record.products)): item.result.model_result.probabilities
+        (
+            item.result.input_record.user,
+            tuple(item.result.input_record.products),
+        ): item.result.model_result.probabilities
         for item in run.by_model()[model_name]
     }
 
@@ -44,7 +47,10 @@ def test_records_before_the_first_model_are_held_then_scored(workers, model_v1):
     run = run_core(at(0, messages(records)), at(1, [model_v1]), workers=workers)
     assert run.errors() == []
     assert len(run.by_model()[model_v1.model_name]) == len(records)
-    assert all(len(item.result.model_result.probabilities) == len(item.result.input_record.products) for item in run.results)
+    assert all(
+        len(item.result.model_result.probabilities) == len(item.result.input_record.products)
+        for item in run.results
+    )
 
 
 @pytest.mark.parametrize("workers", WORKERS)

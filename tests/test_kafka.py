@@ -40,7 +40,9 @@ def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap
     truncated = RECORD.encode(records[0])[:-3]
     bad = [garbage, wrong_schema, truncated]
     bad_model = b"\xc3\x01 not a model descriptor"
-    produce(kafka_bootstrap, topics["models"], [(b"broken", bad_model), (b"recommender", MODEL.encode(model_v1))])
+    produce(
+        kafka_bootstrap, topics["models"], [(b"broken", bad_model), (b"recommender", MODEL.encode(model_v1))]
+    )
     produce(
         kafka_bootstrap,
         topics["data"],
@@ -93,7 +95,11 @@ def start_flow(bootstrap: str, topics: dict[str, str], *args: str, **settings: s
     env.update(settings)
     return subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -123,7 +129,9 @@ def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
     raise AssertionError(f"no model snapshot in {database} after {timeout} s")
 
 
-def test_sigkill_then_restart_loses_no_record_and_does_not_reread_the_model(kafka_bootstrap, model_v1, tmp_path):
+def test_sigkill_then_restart_loses_no_record_and_does_not_reread_the_model(
+    kafka_bootstrap, model_v1, tmp_path
+):
     topics = create_topics(kafka_bootstrap, "crash", ["data", "models", "results", "dead"], partitions=2)
     records = sample_records(6000)
     encoded = [(str(r.user).encode(), RECORD.encode(r)) for r in records]
@@ -166,14 +174,20 @@ def test_two_processes_consume_every_partition_and_match_one_worker(kafka_bootst
         else:
             addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(2))
             jobs = [
-                start_flow(kafka_bootstrap, topics, "-i", str(index), "-a", addresses, SERVING_KAFKA_TAIL="false")
+                start_flow(
+                    kafka_bootstrap, topics, "-i", str(index), "-a", addresses, SERVING_KAFKA_TAIL="false"
+                )
                 for index in range(2)
             ]
             for job in jobs:
                 finished_output(job)
         messages = consume_all(kafka_bootstrap, topics["results"], len(records))
         runs[layout] = sorted(
-            (r.input_record.user, tuple(r.input_record.products), tuple(round(p, 5) for p in r.model_result.probabilities))
+            (
+                r.input_record.user,
+                tuple(r.input_record.products),
+                tuple(round(p, 5) for p in r.model_result.probabilities),
+            )
             for r in (RESULT.decode(message.value()) for message in messages)
         )
     assert len(runs["one-worker"]) == len(records)

@@ -144,7 +144,9 @@ def test_sigkill_and_restart_loses_no_record_and_keeps_the_model(tmp_path):
     assert all(r["modelResultMetadata"]["errors"] == "" for r in results)
     assert {r["modelResultMetadata"]["modelName"] for r in results} == {"recommender-v1"}
     duplicates = len(results) - records
-    assert duplicates <= rate * snapshot_s * 2 + 1000, f"{duplicates} duplicates for a {snapshot_s}s snapshot interval"
+    assert duplicates <= rate * snapshot_s * 2 + 1000, (
+        f"{duplicates} duplicates for a {snapshot_s}s snapshot interval"
+    )
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])

@@ -35,7 +35,9 @@ def servers() -> Iterator[dict[str, LocalServer]]:
         yield {"tfserving": tfserving, "tfserving-v2": tfserving_v2, "v2": v2}
 
 
-def remote(server: LocalServer, protocol: str, scheme: str, name: str = "", extra: str = "") -> ModelDescriptor:
+def remote(
+    server: LocalServer, protocol: str, scheme: str, name: str = "", extra: str = ""
+) -> ModelDescriptor:
     """A descriptor for the recommender on `server`, e.g. grpc://127.0.0.1:P/v1/models/recommender."""
     model_type, prefix = PROTOCOLS[protocol]
     port = server.grpc_port if scheme == "grpc" else server.rest_port
@@ -55,7 +57,9 @@ def test_remote_scores_equal_embedded_scores(servers, model_v1, protocol, scheme
     embedded = build_scorer(model_v1)
     scorer = build_scorer(remote(servers[protocol], protocol, scheme))
     try:
-        np.testing.assert_allclose(scorer.score(users, products), embedded.score(users, products), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            scorer.score(users, products), embedded.score(users, products), rtol=1e-5, atol=1e-6
+        )
         assert scorer.source.startswith(f"{protocol}+{scheme}://127.0.0.1:")
     finally:
         scorer.close()
@@ -65,7 +69,13 @@ def test_remote_scores_equal_embedded_scores(servers, model_v1, protocol, scheme
 @pytest.mark.parametrize("protocol", ["tfserving", "v2"])
 def test_a_model_the_server_does_not_have_is_refused_by_name(servers, protocol, scheme):
     descriptor = remote(servers[protocol], protocol, scheme)
-    missing = ModelDescriptor("typo", "", descriptor.model_type, None, descriptor.model_source_location.replace("recommender", "recomender"))
+    missing = ModelDescriptor(
+        "typo",
+        "",
+        descriptor.model_type,
+        None,
+        descriptor.model_source_location.replace("recommender", "recomender"),
+    )
     with pytest.raises(ModelLoadError) as caught:
         build_scorer(missing)
     assert "'typo'" in str(caught.value) and "recomender" in str(caught.value)
@@ -73,7 +83,13 @@ def test_a_model_the_server_does_not_have_is_refused_by_name(servers, protocol, 
 
 def test_a_server_that_does_not_answer_is_refused_and_can_be_retried():
     cache = ScorerCache()
-    nobody = ModelDescriptor("nobody", "", ModelType.TENSORFLOWSERVING, None, f"grpc://127.0.0.1:{free_port()}/models/m?timeout=0.5")
+    nobody = ModelDescriptor(
+        "nobody",
+        "",
+        ModelType.TENSORFLOWSERVING,
+        None,
+        f"grpc://127.0.0.1:{free_port()}/models/m?timeout=0.5",
+    )
     for _ in range(2):  # refused each time, not remembered: the server may be up when it is published again
         with pytest.raises(ModelLoadError, match="no server answered") as caught:
             cache.acquire(nobody)
@@ -88,7 +104,9 @@ def test_one_of_two_servers_down_does_not_stop_scoring(servers, model_v1, scheme
     users, products = pairs(200)
     try:
         for _ in range(10):
-            np.testing.assert_allclose(scorer.score(users, products), embedded.score(users, products), rtol=1e-5)
+            np.testing.assert_allclose(
+                scorer.score(users, products), embedded.score(users, products), rtol=1e-5
+            )
     finally:
         scorer.close()
 
@@ -98,18 +116,36 @@ def test_swaps_between_embedded_and_remote_and_between_servers_mid_stream(server
     grpc_v1 = remote(servers["tfserving"], "tfserving", "grpc", "remote-v1")
     rest_v2 = remote(servers["tfserving-v2"], "tfserving", "http", "remote-v2")
     mlserver_v1 = remote(servers["v2"], "v2", "grpc", "mlserver-v1")
-    models = at(0, [model_v1]) + at(0.6, [grpc_v1]) + at(1.2, [rest_v2]) + at(1.8, [mlserver_v1]) + at(2.4, [model_v2])
+    models = (
+        at(0, [model_v1])
+        + at(0.6, [grpc_v1])
+        + at(1.2, [rest_v2])
+        + at(1.8, [mlserver_v1])
+        + at(2.4, [model_v2])
+    )
     data = [item for t in (0.3, 0.9, 1.5, 2.1, 2.7) for item in at(t, messages(records))]
     run = run_core(data, models)
 
     assert run.errors() == []
     scores = {
-        name: {(r.result.input_record.user, tuple(r.result.input_record.products)): r.result.model_result.probabilities for r in results}
+        name: {
+            (
+                r.result.input_record.user,
+                tuple(r.result.input_record.products),
+            ): r.result.model_result.probabilities
+            for r in results
+        }
         for name, results in run.by_model().items()
     }
-    assert sorted(scores) == sorted(["recommender-v1", "remote-v1", "remote-v2", "mlserver-v1", "recommender-v2"])
+    assert sorted(scores) == sorted(
+        ["recommender-v1", "remote-v1", "remote-v2", "mlserver-v1", "recommender-v2"]
+    )
     assert all(len(by_record) == len(records) for by_record in scores.values())
-    for remote_name, embedded_name in [("remote-v1", "recommender-v1"), ("mlserver-v1", "recommender-v1"), ("remote-v2", "recommender-v2")]:
+    for remote_name, embedded_name in [
+        ("remote-v1", "recommender-v1"),
+        ("mlserver-v1", "recommender-v1"),
+        ("remote-v2", "recommender-v2"),
+    ]:
         for key, probabilities in scores[remote_name].items():
             np.testing.assert_allclose(probabilities, scores[embedded_name][key], rtol=1e-5, atol=1e-6)
     assert scores["recommender-v1"] != scores["recommender-v2"]
@@ -155,7 +191,9 @@ def test_a_server_stopped_mid_stream_gives_error_results_and_scoring_resumes(ser
     gates = [threading.Event() for _ in range(3)]
     run = FlowRun()
     flow = Dataflow("server-outage")
-    data = op.input("data", flow, GatedSource(list(zip(gates, [messages(before), messages(during), messages(after)]))))
+    data = op.input(
+        "data", flow, GatedSource(list(zip(gates, [messages(before), messages(during), messages(after)])))
+    )
     models = op.input("models", flow, ScheduledSource(at(0, [remote(server, protocol, scheme)])))
     streams = serve("serve", data, models, shards=2, hold_limit=100, cache=run.cache)
     op.output("results", streams.results, TestingSink(run.results))
@@ -179,5 +217,8 @@ def test_a_server_stopped_mid_stream_gives_error_results_and_scoring_resumes(ser
     assert len(run.results) == 60
     errors = [item.result.metadata.errors for item in run.results]
     assert errors[:20] == [""] * 20 and errors[40:] == [""] * 20
-    assert all("failed" in error and str(server.grpc_port if scheme == "grpc" else server.rest_port) in error for error in errors[20:40])
+    assert all(
+        "failed" in error and str(server.grpc_port if scheme == "grpc" else server.rest_port) in error
+        for error in errors[20:40]
+    )
     assert all(item.result.model_result.probabilities == [] for item in run.results[20:40])

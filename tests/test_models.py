@@ -20,7 +20,9 @@ def tensorflow_predictions(version: str) -> np.ndarray:
     """Scores straight from TensorFlow, without any project code in between."""
     tf = tensorflow()
     signature = tf.saved_model.load(str(SHIPPED_MODELS_DIR / version)).signatures["serving_default"]
-    outputs = signature(users=tf.constant(USERS.reshape(-1, 1)), products=tf.constant(PRODUCTS.reshape(-1, 1)))
+    outputs = signature(
+        users=tf.constant(USERS.reshape(-1, 1)), products=tf.constant(PRODUCTS.reshape(-1, 1))
+    )
     return outputs["predictions"].numpy().reshape(-1)
 
 

@@ -17,7 +17,9 @@ from flows.local_broker import consume_all, create_topics
 
 @pytest.mark.parametrize("tool", ["loadgen", "publish_model", "watch_results"])
 def test_every_tool_has_help(tool):
-    done = subprocess.run([sys.executable, "-m", f"flows.{tool}", "--help"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", f"flows.{tool}", "--help"], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0 and "usage: python -m flows." in done.stdout
 
 
@@ -33,7 +35,9 @@ def test_publish_load_serve_and_watch(kafka_bootstrap, capsys):
 
     run_flow_to_end_of_topics(kafka_bootstrap, topics)
     capsys.readouterr()
-    assert watch_results.main(["--topic", topics["results"], "--from-beginning", "--count", "300", *broker]) == 0
+    assert (
+        watch_results.main(["--topic", topics["results"], "--from-beginning", "--count", "300", *broker]) == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 300
     assert all("[recommender-v2, batch" in line for line in lines)
@@ -42,7 +46,9 @@ def test_publish_load_serve_and_watch(kafka_bootstrap, capsys):
 def test_publisher_refuses_a_model_over_the_size_limit(kafka_bootstrap, monkeypatch, capsys):
     topics = create_topics(kafka_bootstrap, "big", ["models"])
     monkeypatch.setenv("SERVING_KAFKA_PRODUCER_CONFIG", json.dumps({"message.max.bytes": "100000"}))
-    code = publish_model.main(["--version", "1", "--topic", topics["models"], "--bootstrap-servers", kafka_bootstrap])
+    code = publish_model.main(
+        ["--version", "1", "--topic", topics["models"], "--bootstrap-servers", kafka_bootstrap]
+    )
     assert code == 2
     assert "over the 100,000 bytes allowed by the producer's message.max.bytes" in capsys.readouterr().err
     assert consume_all(kafka_bootstrap, topics["models"], 1, timeout=3) == []

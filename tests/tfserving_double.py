@@ -27,7 +27,9 @@ import numpy as np
 from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE
 from flows.tensorflow_runtime import tensorflow
 
-_REST_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<action>/metadata|:predict)?$")
+_REST_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<action>/metadata|:predict)?$"
+)
 
 
 class ServedModel:
@@ -51,14 +53,18 @@ class ServedModel:
     def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         tf = self.tf
         outputs = self.signature(
-            users=tf.constant(users.reshape(-1, 1), tf.float32), products=tf.constant(products.reshape(-1, 1), tf.float32)
+            users=tf.constant(users.reshape(-1, 1), tf.float32),
+            products=tf.constant(products.reshape(-1, 1), tf.float32),
         )
         return outputs[OUTPUT].numpy()
 
     def signature_json(self) -> dict[str, Any]:
         def tensors(names: list[str]) -> dict[str, Any]:
             shape = {"dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False}
-            return {n: {"dtype": "DT_FLOAT", "tensor_shape": shape, "name": f"serving_default_{n}:0"} for n in names}
+            return {
+                n: {"dtype": "DT_FLOAT", "tensor_shape": shape, "name": f"serving_default_{n}:0"}
+                for n in names
+            }
 
         return {
             "inputs": tensors(list(self.signature.structured_input_signature[1])),
@@ -78,7 +84,9 @@ def grpc_server(model: ServedModel, port: int) -> grpc.Server:
         if missing:
             context.abort(grpc.StatusCode.NOT_FOUND, missing)
         if spec.signature_name not in ("", SIGNATURE):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature key {spec.signature_name!r} not found.")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"Serving signature key {spec.signature_name!r} not found."
+            )
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC method name)
@@ -88,7 +96,9 @@ def grpc_server(model: ServedModel, port: int) -> grpc.Server:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"input tensor(s) {missing} not found")
             users, products = (model.tf.make_ndarray(request.inputs[name]) for name in INPUTS)
             if users.shape != products.shape:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shapes differ: {users.shape} vs {products.shape}")
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"shapes differ: {users.shape} vs {products.shape}"
+                )
             response = predict_pb2.PredictResponse()
             response.model_spec.CopyFrom(request.model_spec)
             response.model_spec.version.value = model.version
@@ -184,7 +194,9 @@ def rest_server(model: ServedModel, port: int) -> ThreadingHTTPServer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.tfserving_double", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.tfserving_double", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--name", default="recommender")
     parser.add_argument("--version", type=int, default=1)
@@ -199,7 +211,10 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"serving {args.name} v{args.version}: REST 127.0.0.1:{args.rest_port} gRPC 127.0.0.1:{args.grpc_port}", flush=True)
+    print(
+        f"serving {args.name} v{args.version}: REST 127.0.0.1:{args.rest_port} gRPC 127.0.0.1:{args.grpc_port}",
+        flush=True,
+    )
     stop.wait()
     http_srv.shutdown()
     grpc_srv.stop(grace=1).wait()

@@ -39,7 +39,9 @@ def _refuse_unsafe(member: tarfile.TarInfo) -> None:
     if path.is_absolute() or ".." in path.parts:
         raise UnsafeArchiveError(f"unsafe archive member {member.name!r}: path leaves the model directory")
     if not (member.isfile() or member.isdir()):
-        raise UnsafeArchiveError(f"unsafe archive member {member.name!r}: only files and directories are allowed")
+        raise UnsafeArchiveError(
+            f"unsafe archive member {member.name!r}: only files and directories are allowed"
+        )
 
 
 def unpack_archive(payload: bytes, target: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> None:

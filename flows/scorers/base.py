@@ -77,7 +77,8 @@ def build_scorer(descriptor: ModelDescriptor) -> Scorer:
     if builder is None:
         supported = ", ".join(sorted(t.value for t in _BUILDERS))
         raise ModelLoadError(
-            descriptor.model_name, f"model type {descriptor.model_type.value} is not supported (supported: {supported})"
+            descriptor.model_name,
+            f"model type {descriptor.model_type.value} is not supported (supported: {supported})",
         )
     try:
         return builder(descriptor)

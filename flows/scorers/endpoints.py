@@ -108,4 +108,6 @@ class EndpointPool(Generic[Client]):
 def _summary(failures: list[str]) -> str:
     """Distinct failures in order, with how often each happened: "a: refused (x3); b: timed out"."""
     counts = Counter(failures)
-    return "; ".join(failure + (f" (x{counts[failure]})" if counts[failure] > 1 else "") for failure in counts)
+    return "; ".join(
+        failure + (f" (x{counts[failure]})" if counts[failure] > 1 else "") for failure in counts
+    )

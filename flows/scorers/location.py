@@ -66,8 +66,12 @@ def parse_location(location: str) -> RemoteLocation:
     if path is None:
         raise LocationError(f"location {location!r}: path must end in models/NAME[/versions/VERSION]")
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
-    headers = tuple((key.removeprefix("header."), value) for key, value in options.items() if key.startswith("header."))
-    unknown = sorted(key for key in options if key not in ("timeout", "retries") and not key.startswith("header."))
+    headers = tuple(
+        (key.removeprefix("header."), value) for key, value in options.items() if key.startswith("header.")
+    )
+    unknown = sorted(
+        key for key in options if key not in ("timeout", "retries") and not key.startswith("header.")
+    )
     if unknown:
         raise LocationError(f"location {location!r}: unknown option(s) {', '.join(unknown)}")
     try:

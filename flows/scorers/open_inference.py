@@ -90,7 +90,9 @@ class OpenInferenceGrpcClient:
         _check_declared_names(self._model, list(response.inputs), list(response.outputs))
 
     def _input(self, name: str, values: np.ndarray) -> Any:
-        tensor = self._messages.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=[values.size, 1])
+        tensor = self._messages.ModelInferRequest.InferInputTensor(
+            name=name, datatype="FP32", shape=[values.size, 1]
+        )
         tensor.contents.fp32_contents.extend(values.tolist())
         return tensor
 
@@ -110,10 +112,14 @@ class OpenInferenceGrpcClient:
             if output.name == OUTPUT:
                 # Servers answer either in typed contents or, like Triton, in raw little-endian bytes.
                 if output.datatype not in _CONTENTS:
-                    raise RequestError(f"ModelInfer: output {OUTPUT!r} is {output.datatype}, expected FP32 or FP64")
+                    raise RequestError(
+                        f"ModelInfer: output {OUTPUT!r} is {output.datatype}, expected FP32 or FP64"
+                    )
                 field, raw_type = _CONTENTS[output.datatype]
                 if index < len(response.raw_output_contents):
-                    return np.frombuffer(response.raw_output_contents[index], dtype=raw_type).astype(np.float32)
+                    return np.frombuffer(response.raw_output_contents[index], dtype=raw_type).astype(
+                        np.float32
+                    )
                 return np.asarray(getattr(output.contents, field), dtype=np.float32)
         raise RequestError(f"ModelInfer: answer has no output {OUTPUT!r}")
 

@@ -60,7 +60,9 @@ def check_names(model: str, inputs: Iterable[str], outputs: Iterable[str]) -> No
         )
 
 
-def build_remote_scorer(descriptor: ModelDescriptor, protocol: str, factories: Mapping[str, ClientFactory]) -> RemoteScorer:
+def build_remote_scorer(
+    descriptor: ModelDescriptor, protocol: str, factories: Mapping[str, ClientFactory]
+) -> RemoteScorer:
     """A scorer for a descriptor whose location names servers speaking `protocol` (e.g. "tfserving").
 
     The model must answer on at least one server; if none answers the descriptor is refused (the
@@ -75,14 +77,20 @@ def build_remote_scorer(descriptor: ModelDescriptor, protocol: str, factories: M
         raise ModelLoadError(name, str(error)) from error
     factory = factories.get(location.scheme)
     if factory is None:
-        raise ModelLoadError(name, f"{protocol} is not served over {location.scheme}:// (use {', '.join(factories)})")
-    pool = EndpointPool({address: factory(address, location) for address in location.endpoints}, location.retries)
+        raise ModelLoadError(
+            name, f"{protocol} is not served over {location.scheme}:// (use {', '.join(factories)})"
+        )
+    pool = EndpointPool(
+        {address: factory(address, location) for address in location.endpoints}, location.retries
+    )
     scorer = RemoteScorer(f"{protocol}+{location.scheme}://{','.join(location.endpoints)}", pool)
     try:
         pool.call(lambda client: client.check_model())
     except ScorerUnavailable as error:
         scorer.close()
-        raise ModelLoadError(name, f"no server answered for model {location.model!r}: {error}", retryable=True) from error
+        raise ModelLoadError(
+            name, f"no server answered for model {location.model!r}: {error}", retryable=True
+        ) from error
     except ValueError as error:
         scorer.close()
         raise ModelLoadError(name, str(error)) from error

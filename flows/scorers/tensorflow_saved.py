@@ -31,7 +31,9 @@ class SavedModelScorer:
         try:
             self._model = tf.saved_model.load(str(directory))
         except Exception as error:
-            raise ModelLoadError(model_name, f"not a loadable SavedModel: {type(error).__name__}: {error}") from error
+            raise ModelLoadError(
+                model_name, f"not a loadable SavedModel: {type(error).__name__}: {error}"
+            ) from error
         signature = getattr(self._model, "signatures", {}).get(SIGNATURE)
         if signature is None:
             raise ModelLoadError(model_name, f"SavedModel has no {SIGNATURE!r} signature")

@@ -56,7 +56,10 @@ def _float_tensor(values: np.ndarray) -> Any:
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
     shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=values.size), tensor_shape_pb2.TensorShapeProto.Dim(size=1)]
+        dim=[
+            tensor_shape_pb2.TensorShapeProto.Dim(size=values.size),
+            tensor_shape_pb2.TensorShapeProto.Dim(size=1),
+        ]
     )
     return tensor_pb2.TensorProto(
         dtype=types_pb2.DT_FLOAT, tensor_shape=shape, tensor_content=values.astype(np.float32).tobytes()
@@ -138,4 +141,3 @@ FACTORIES: dict[str, ClientFactory] = {
 def build_tensorflow_serving_scorer(descriptor: ModelDescriptor) -> RemoteScorer:
     """A scorer calling the TensorFlow Serving servers named by the descriptor's location."""
     return build_remote_scorer(descriptor, "tfserving", FACTORIES)
-

@@ -41,7 +41,12 @@ class JsonHttpClient:
         host, _, port = address.rpartition(":")
         pool_class = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
         self._pool = pool_class(
-            host.strip("[]"), int(port), maxsize=4, block=False, timeout=urllib3.Timeout(total=timeout_s), retries=False
+            host.strip("[]"),
+            int(port),
+            maxsize=4,
+            block=False,
+            timeout=urllib3.Timeout(total=timeout_s),
+            retries=False,
         )
         self._headers = {"Content-Type": "application/json", **headers}
         self.address = address
@@ -56,7 +61,9 @@ class JsonHttpClient:
         if response.status >= 400:
             text = response.data[:300].decode("utf-8", "replace").strip()
             failure = f"{method} {path}: HTTP {response.status}: {text}"
-            raise TransientError(failure) if response.status in TRANSIENT_HTTP_STATUS else RequestError(failure)
+            raise (
+                TransientError(failure) if response.status in TRANSIENT_HTTP_STATUS else RequestError(failure)
+            )
         try:
             return json.loads(response.data)
         except ValueError as error:
