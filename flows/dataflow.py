@@ -21,6 +21,7 @@ from flows.records import DataMessage, ModelEvent, ScoredMessage
 from flows.scorers import ScorerCache
 from flows.scorers.cache import SCORERS
 from flows.shard import ModelUpdate, ShardLogic
+from flows.telemetry import TELEMETRY
 
 
 @dataclass(frozen=True)
@@ -73,4 +74,5 @@ def serve(
     )
     shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ScoredMessage))
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.falses)
+    op.inspect(f"{step_id}_event_telemetry", events, lambda _step, event: TELEMETRY.model_events([event]))
     return ServingStreams(results=shard_out.trues, events=events)

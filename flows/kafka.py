@@ -22,6 +22,7 @@ from flows.avro import MODEL, RECORD, RESULT, AvroCodec, DecodeFailure
 from flows.records import DataMessage, ModelDescriptor, ScoredMessage
 from flows.settings import Settings
 from flows.stoppable import StoppableSource
+from flows.telemetry import TRACEPARENT, trace_context_of
 
 REASON_HEADER = "dead-letter.reason"
 TOPIC_HEADER = "dead-letter.topic"
@@ -155,6 +156,10 @@ def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
             (SOURCE_OFFSET_HEADER, str(origin.offset).encode()),
             (SOURCE_TIMESTAMP_HEADER, str(origin.timestamp_ms).encode()),
         ]
+    # The batch span's context when tracing is on (it links to the record's own), else the record's own.
+    traceparent = scored.trace_context or trace_context_of(origin)
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
     return KafkaSinkMessage(
         str(scored.result.input_record.user).encode(), RESULT.encode(scored.result), headers=headers
     )

@@ -133,11 +133,12 @@ class DataMessage:
 
 @dataclass(slots=True)
 class ScoredMessage:
-    """A result and the message it came from."""
+    """A result and the message it came from; `trace_context` is the W3C traceparent to carry onward."""
 
     result: RecommenderResult
     entered_ns: int
     origin: Any = None
+    trace_context: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ import logging
 
 from flows import shutdown
 from flows.app import build_flow
+from flows.observability import start_observability
 from flows.settings import Settings
 from flows.tensorflow_runtime import tensorflow
 
@@ -12,4 +13,6 @@ shutdown.install()
 # Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while
 # the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
 tensorflow()
-flow = build_flow(Settings())
+settings = Settings()
+observability = start_observability(settings)
+flow = build_flow(settings)

@@ -22,6 +22,8 @@ from bytewax.operators import StatefulBatchLogic
 from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scoring import score_batch, unscored
+from flows.serving_state import SERVING_STATE
+from flows.telemetry import TELEMETRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.hold_limit = hold_limit
         self.cache = cache
         self.state = resume if resume is not None else ShardState()
+        if self.state.shard and self.state.stats is not None:
+            SERVING_STATE.serve(self.state.shard, self.state.stats)  # statistics survive a restart
         # After a restart the state names a model but this process has not loaded it yet: records are
         # held until the model holder sends the model again (it does so right after a restart).
         self.scorer: Scorer | None = None
@@ -103,7 +107,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if self.scorer is None:
             self._hold(messages, outputs)
             return
-        results, batch_ms = score_batch(self.scorer, self.state.model_name, messages)
+        with TELEMETRY.batch(self.shard, self.state.model_name, self.scorer.source, messages) as span:
+            results, batch_ms = score_batch(self.scorer, self.state.model_name, messages)
+            TELEMETRY.scored(span, self.shard, self.state.model_name, results, batch_ms)
         outputs.extend(results)
         if self.state.stats is not None:
             self.state.stats.record_batch(len(messages), batch_ms)
@@ -143,6 +149,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             self.state.stats = ModelToServeStats(
                 descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
             )
+            SERVING_STATE.serve(self.shard, self.state.stats)
             outputs.append(ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms))
         held, self.state.held = self.state.held, []
         self._score(held, outputs)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition, StatelessSourcePartition
 from bytewax.testing import TestingSink, cluster_main, run_main
 
 from flows.dataflow import serve
@@ -88,6 +90,38 @@ class ScheduledSource(FixedPartitionedSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ScheduledPartition:
         return _ScheduledPartition(self.schedule, resume_state)
+
+
+class _GatedPartition(StatelessSourcePartition[Any]):
+    def __init__(self, steps: list[tuple[threading.Event, list[Any]]]) -> None:
+        self.steps = list(steps)
+
+    def next_batch(self) -> list[Any]:
+        if not self.steps:
+            raise StopIteration()
+        gate, items = self.steps[0]
+        if not gate.is_set():
+            time.sleep(0.01)
+            return []
+        self.steps.pop(0)
+        return items
+
+
+class GatedSource(DynamicSource[Any]):
+    """Emits each list of messages once its gate is set, so a test can act between them."""
+
+    def __init__(self, steps: list[tuple[threading.Event, list[Any]]]) -> None:
+        self.steps = steps
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _GatedPartition:
+        return _GatedPartition(self.steps)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def at(seconds: float, items: list) -> list[tuple[float, Any]]:

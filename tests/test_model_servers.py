@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import DynamicSource, StatelessSourcePartition
 from bytewax.testing import TestingSink, run_main
-from conftest import FlowRun, ScheduledSource, at, messages, run_core, sample_records
+from conftest import FlowRun, GatedSource, ScheduledSource, at, messages, run_core, sample_records, wait_for
 
 from flows.dataflow import serve
 from flows.local_servers import LocalServer, mlserver, tfserving_double
@@ -149,38 +148,6 @@ def test_swaps_between_embedded_and_remote_and_between_servers_mid_stream(server
         for key, probabilities in scores[remote_name].items():
             np.testing.assert_allclose(probabilities, scores[embedded_name][key], rtol=1e-5, atol=1e-6)
     assert scores["recommender-v1"] != scores["recommender-v2"]
-
-
-class _GatedPartition(StatelessSourcePartition[DataMessage]):
-    def __init__(self, steps: list[tuple[threading.Event, list[DataMessage]]]) -> None:
-        self.steps = list(steps)
-
-    def next_batch(self) -> list[DataMessage]:
-        if not self.steps:
-            raise StopIteration()
-        gate, items = self.steps[0]
-        if not gate.is_set():
-            time.sleep(0.01)
-            return []
-        self.steps.pop(0)
-        return items
-
-
-class GatedSource(DynamicSource[DataMessage]):
-    """Emits each list of messages once its gate is set, so a test can act between them."""
-
-    def __init__(self, steps: list[tuple[threading.Event, list[DataMessage]]]) -> None:
-        self.steps = steps
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _GatedPartition:
-        return _GatedPartition(self.steps)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)

@@ -1,0 +1,37 @@
+"""Switching on what an operator watches the flow with: OpenTelemetry, Bytewax's tracing, /state."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from flows.settings import Settings
+from flows.state_server import start_state_server
+from flows.telemetry import configure_from_environment
+
+log = logging.getLogger("flows.serving")
+
+
+def start_observability(settings: Settings) -> list[Any]:
+    """Start what the settings and OTEL_* variables ask for; returns handles to keep alive for the run."""
+    handles: list[Any] = []
+    switched_on = configure_from_environment()
+    if settings.bytewax_tracing:
+        from bytewax.tracing import OtlpTracingConfig, setup_tracing
+
+        config = OtlpTracingConfig(
+            service_name=os.environ.get("OTEL_SERVICE_NAME", "bytewax-model-serving"),
+            url=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://127.0.0.1:4317"),
+            sampling_ratio=float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")),
+        )
+        handles.append(setup_tracing(config))  # Bytewax stops tracing when this handle is dropped.
+        switched_on.append("bytewax traces: otlp")
+    if settings.state_port:
+        server = start_state_server(settings.state_host, settings.state_port)
+        if server is not None:
+            handles.append(server)
+            switched_on.append(f"state: http://{settings.state_host}:{settings.state_port}/state")
+    if switched_on:
+        log.warning("observability: %s", "; ".join(switched_on))
+    return handles

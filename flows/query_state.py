@@ -1,0 +1,79 @@
+"""Ask running flows what they serve: `python -m flows.query_state [URL ...]`.
+
+Each process of a flow answers `GET /state` for its own shards; given several URLs (one per process),
+the tool merges their statistics per model and prints one line per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import urllib3
+
+DEFAULT_URL = "http://localhost:8081/state"
+
+
+def fetch(url: str, timeout_s: float) -> dict[str, Any]:
+    response = urllib3.request("GET", url, timeout=timeout_s, retries=False)
+    if response.status != 200:
+        raise RuntimeError(f"{url}: HTTP {response.status}")
+    return json.loads(response.data)
+
+
+def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model over all processes: usage and duration summed, min/max/since over all."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for document in documents:
+        for model in document["models"]:
+            by_name.setdefault(model["name"], []).append(model)
+    merged = []
+    for name, parts in by_name.items():
+        usage = sum(part["usage"] for part in parts)
+        duration = sum(part["duration"] for part in parts)
+        merged.append(
+            {
+                "name": name,
+                "description": parts[0]["description"],
+                "since": min(part["since"] for part in parts),
+                "usage": usage,
+                "duration": duration,
+                "average": duration / usage if usage else 0.0,
+                "min": min((part["min"] for part in parts if part["usage"]), default=0),
+                "max": max(part["max"] for part in parts),
+                "shards": [shard for part in parts for shard in part["shards"]],
+            }
+        )
+    return sorted(merged, key=lambda entry: entry["since"], reverse=True)
+
+
+def render(models: list[dict[str, Any]]) -> str:
+    lines = [f"{'model':<22} {'since (UTC)':<19} {'records':>10} {'avg ms/rec':>10} {'min ms':>7} {'max ms':>7}  shards"]
+    for model in models:
+        since = datetime.fromtimestamp(model["since"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(
+            f"{model['name']:<22} {since:<19} {model['usage']:>10,} {model['average']:>10.4f} "
+            f"{model['min']:>7} {model['max']:>7}  {len(model['shards'])}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.query_state", description=__doc__.split("\n")[0])
+    parser.add_argument("urls", nargs="*", default=[DEFAULT_URL], help=f"state endpoints (default {DEFAULT_URL})")
+    parser.add_argument("--json", action="store_true", help="print the merged statistics as JSON")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each endpoint")
+    args = parser.parse_args()
+    try:
+        models = merge([fetch(url, args.timeout) for url in args.urls])
+    except (urllib3.exceptions.HTTPError, RuntimeError, ValueError) as error:
+        print(f"cannot read the flow's state: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(models, indent=2) if args.json else render(models))
+
+
+if __name__ == "__main__":
+    main()

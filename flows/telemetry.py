@@ -1,0 +1,221 @@
+"""OpenTelemetry traces and metrics of the serving flow.
+
+A span per scored micro-batch (linked to the W3C trace context of the records it scored, when they came
+with one) and per model event (accepted, rejected, swapped in on a shard, failed); counters and
+histograms of records, errors, batch sizes and scoring time; a gauge of the model each shard serves.
+
+Configured by the standard OpenTelemetry environment variables (`OTEL_SERVICE_NAME`,
+`OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_EXPORTER_OTLP_*`, ...). Unlike the OpenTelemetry default, nothing is
+exported unless `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` name an exporter: a newcomer has no
+collector, and off must cost nothing (the hooks below return before touching OpenTelemetry).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from flows.records import DataMessage, ModelEvent, ScoredMessage
+from flows.serving_state import SERVING_STATE
+
+TRACEPARENT = "traceparent"
+INSTRUMENTATION = "flows.serving"
+MAX_LINKS = 64  # per batch span: enough to find the records' traces, bounded for large batches
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def trace_context_of(origin: Any) -> str | None:
+    """The W3C `traceparent` a record came with (a header of its Kafka message, its `origin`), if any."""
+    headers = getattr(origin, "headers", None)
+    if not headers:
+        return None
+    for key, value in headers:
+        if key == TRACEPARENT:
+            return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    return None
+
+
+def _span_context(traceparent: str) -> SpanContext | None:
+    context = _PROPAGATOR.extract({TRACEPARENT: traceparent})
+    span_context = trace.get_current_span(context).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+def _traceparent(span: Span) -> str:
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+    return carrier.get(TRACEPARENT, "")
+
+
+@dataclass
+class _Instruments:
+    records: Any
+    errors: Any
+    batch_size: Any
+    scoring_ms: Any
+    model_events: Any
+
+
+class Telemetry:
+    """The flow's tracer and instruments; both None until `install` (that is: off, at no cost)."""
+
+    def __init__(self) -> None:
+        self.tracer: Tracer | None = None
+        self._instruments: _Instruments | None = None
+
+    def install(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None) -> None:
+        """Start tracing and/or metrics with these providers (None leaves that signal off)."""
+        self.tracer = tracer_provider.get_tracer(INSTRUMENTATION) if tracer_provider else None
+        self._instruments = _create_instruments(meter_provider.get_meter(INSTRUMENTATION)) if meter_provider else None
+
+    def uninstall(self) -> None:
+        self.tracer = None
+        self._instruments = None
+
+    @contextmanager
+    def batch(self, shard: str, model_name: str, source: str, messages: Sequence[DataMessage]) -> Iterator[Span | None]:
+        """Wraps the scoring of one micro-batch in a span linked to the records' own traces."""
+        if self.tracer is None:
+            yield None
+            return
+        links = []
+        for traceparent in dict.fromkeys(filter(None, (trace_context_of(m.origin) for m in messages))):
+            span_context = _span_context(traceparent)
+            if span_context is not None:
+                links.append(Link(span_context))
+            if len(links) >= MAX_LINKS:
+                break
+        attributes = {"model.name": model_name, "model.source": source, "shard": shard, "batch.records": len(messages)}
+        with self.tracer.start_as_current_span("score batch", links=links, attributes=attributes, record_exception=False) as span:
+            yield span
+
+    def scored(self, span: Span | None, shard: str, model_name: str, results: Sequence[ScoredMessage], batch_ms: float) -> None:
+        """Record a scored batch on its span and in the metrics; results carry the span's trace context."""
+        if span is None and self._instruments is None:
+            return
+        errors = [item.result.metadata.errors for item in results if item.result.metadata.errors]
+        if span is not None:
+            span.set_attribute("batch.errors", len(errors))
+            span.set_attribute("batch.duration_ms", batch_ms)
+            if errors:
+                span.set_status(Status(StatusCode.ERROR, errors[0][:500]))
+            if span.is_recording():
+                traceparent = _traceparent(span)
+                for item in results:
+                    item.trace_context = traceparent
+        instruments = self._instruments
+        if instruments is not None:
+            labels = {"model": model_name, "shard": shard}
+            instruments.records.add(len(results) - len(errors), labels)
+            if errors:
+                instruments.errors.add(len(errors), labels)
+            instruments.batch_size.record(len(results), labels)
+            instruments.scoring_ms.record(batch_ms, labels)
+
+    def model_events(self, events: Iterable[ModelEvent]) -> None:
+        """A span and a count for each model event; the per-shard gauge follows swaps."""
+        for event in events:
+            if self._instruments is not None:
+                self._instruments.model_events.add(1, {"event": event.kind, "model": event.model_name})
+            if self.tracer is not None:
+                self._event_span(event)
+
+    def _event_span(self, event: ModelEvent) -> None:
+        assert self.tracer is not None
+        attributes = {
+            "model.name": event.model_name,
+            "model.previous": event.previous_model,
+            "model.load_ms": event.load_ms,
+            "model.outcome": event.kind,
+        }
+        if event.shard:
+            attributes["shard"] = event.shard
+        now = time.time_ns()
+        span = self.tracer.start_span(f"model {event.kind}", attributes=attributes, start_time=now - int(event.load_ms * 1e6))
+        if event.kind in ("rejected", "failed"):
+            span.set_status(Status(StatusCode.ERROR, event.reason[:500]))
+        span.end(end_time=now)
+
+
+def _create_instruments(meter: Meter) -> _Instruments:
+    def current_models(options: CallbackOptions) -> Iterable[Observation]:
+        served = SERVING_STATE.models_by_shard().items()
+        return [Observation(1, {"shard": shard, "model": model}) for shard, model in served]
+
+    meter.create_observable_gauge(
+        "serving.model.current", [current_models], unit="1", description="1 for the model each shard serves"
+    )
+    return _Instruments(
+        records=meter.create_counter("serving.records.scored", unit="{record}", description="Records scored"),
+        errors=meter.create_counter("serving.records.errors", unit="{record}", description="Results that carry an error"),
+        batch_size=meter.create_histogram("serving.batch.size", unit="{record}", description="Records per micro-batch"),
+        scoring_ms=meter.create_histogram("serving.batch.duration", unit="ms", description="Model call time per micro-batch"),
+        model_events=meter.create_counter("serving.model.events", unit="{event}", description="Model events by kind"),
+    )
+
+
+# The process-wide telemetry the dataflow reports to.
+TELEMETRY = Telemetry()
+
+
+def configure_from_environment(environ: dict[str, str] | None = None) -> list[str]:
+    """Install the exporters the OTEL_* variables name; returns what was switched on, for the start-up log."""
+    environ = dict(os.environ if environ is None else environ)
+    traces = environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
+    metrics = environ.get("OTEL_METRICS_EXPORTER", "none").strip().lower()
+    tracer_provider = _tracer_provider(traces) if traces != "none" else None
+    meter_provider = _meter_provider(metrics) if metrics != "none" else None
+    TELEMETRY.install(tracer_provider, meter_provider)
+    if tracer_provider is not None:
+        trace.set_tracer_provider(tracer_provider)
+    switched_on = [f"traces: {traces}"] if tracer_provider else []
+    return switched_on + ([f"metrics: {metrics}"] if meter_provider else [])
+
+
+def _tracer_provider(exporter_name: str) -> TracerProvider:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter: Any = OTLPSpanExporter()
+    elif exporter_name == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: use otlp, console or none")
+    provider = SdkTracerProvider(resource=Resource.create())  # sampler from OTEL_TRACES_SAMPLER[_ARG]
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _meter_provider(exporter_name: str) -> MeterProvider:
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        reader: Any = PeriodicExportingMetricReader(OTLPMetricExporter())
+    elif exporter_name == "prometheus":
+        # Registers with prometheus_client's default registry, which Bytewax's dataflow API serves at
+        # /metrics (BYTEWAX_DATAFLOW_API_ENABLED=true, port 3030) next to Bytewax's own metrics.
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        reader = PrometheusMetricReader()
+    elif exporter_name == "console":
+        reader = PeriodicExportingMetricReader(ConsoleMetricExporter())
+    else:
+        raise ValueError(f"OTEL_METRICS_EXPORTER={exporter_name!r}: use otlp, prometheus, console or none")
+    return SdkMeterProvider(resource=Resource.create(), metric_readers=[reader])

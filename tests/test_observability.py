@@ -1,0 +1,201 @@
+"""Traces, metrics and /state: what an operator sees of a run with a model swap and a failing model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import bytewax.operators as op
+import pytest
+import urllib3
+from bad_models import bad_models
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, run_main
+from conftest import REPO, FlowRun, GatedSource, at, messages, run_core, sample_records, wait_for
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from flows.dataflow import serve
+from flows.kafka import KafkaOrigin
+from flows.loopback import free_port
+from flows.records import DataMessage, RecommenderRecord
+from flows.serving_state import SERVING_STATE
+from flows.state_server import start_state_server
+from flows.telemetry import TELEMETRY
+from tests.otlp_receiver import otlp_receiver
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def telemetry():
+    spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    TELEMETRY.install(tracer_provider, MeterProvider(metric_readers=[metrics]))
+    SERVING_STATE.clear()
+    yield spans, metrics
+    TELEMETRY.uninstall()
+
+
+def traced(records: list[RecommenderRecord]) -> list[DataMessage]:
+    origin = KafkaOrigin("data", 0, 0, 0, (("traceparent", TRACEPARENT.encode()),))
+    return [DataMessage(record, 0, origin) for record in records]
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list]:
+    points: dict[str, list] = {}
+    for resource in reader.get_metrics_data().resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    return points
+
+
+def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, model_v1, model_v2, tmp_path):
+    spans, metrics = telemetry
+    rejected, reason = bad_models(model_v1, tmp_path)[0]
+    records = sample_records(40)
+    bad_record = RecommenderRecord(5, [100_000])  # fails to score: an error result
+    data = at(0.3, traced(records)) + at(1.2, messages([*records, bad_record]))
+    run = run_core(data, at(0, [model_v1]) + at(0.6, [rejected]) + at(0.9, [model_v2]))
+
+    finished = spans.get_finished_spans()
+    batches = [span for span in finished if span.name == "score batch"]
+    by_model = Counter()
+    for span in batches:
+        by_model[span.attributes["model.name"]] += span.attributes["batch.records"]
+        assert span.attributes["shard"].startswith("shard-") and span.attributes["model.source"] == "embedded:savedmodel"
+    assert by_model == {model_v1.model_name: 40, model_v2.model_name: 41}
+    linked = [span for span in batches if span.attributes["model.name"] == model_v1.model_name]
+    assert all(link.context.trace_id == int(TRACE_ID, 16) for span in linked for link in span.links)
+    assert all(span.links for span in linked)
+    failed_batches = [span for span in batches if span.status.status_code == StatusCode.ERROR]
+    assert len(failed_batches) == 1 and failed_batches[0].attributes["batch.errors"] == 1
+
+    # Results carry their batch span's context onward.
+    span_ids = {format(span.context.span_id, "016x") for span in batches}
+    assert all(item.trace_context.split("-")[2] in span_ids for item in run.results)
+
+    events = [span for span in finished if span.name.startswith("model ")]
+    rejected_spans = [span for span in events if span.name == "model rejected"]
+    assert len(rejected_spans) == 1 and rejected_spans[0].status.status_code == StatusCode.ERROR
+    assert reason in rejected_spans[0].status.description and rejected_spans[0].attributes["model.name"] == rejected.model_name
+    accepted = [span for span in events if span.name == "model accepted"]
+    assert [span.attributes["model.name"] for span in accepted] == [model_v1.model_name, model_v2.model_name]
+    assert accepted[1].attributes["model.previous"] == model_v1.model_name and accepted[1].attributes["model.load_ms"] > 0
+    assert len([span for span in events if span.name == "model swapped"]) == 2 * 4  # two models, four shards
+
+    points = metric_points(metrics)
+    scored = Counter()
+    for point in points["serving.records.scored"]:
+        scored[point.attributes["model"]] += point.value
+    assert scored == {model_v1.model_name: 40, model_v2.model_name: 40}
+    assert sum(point.value for point in points["serving.records.errors"]) == 1
+    assert sum(point.count for point in points["serving.batch.size"]) == len(batches)
+    assert sum(point.count for point in points["serving.batch.duration"]) == len(batches)
+    event_counts = Counter()
+    for point in points["serving.model.events"]:
+        event_counts[point.attributes["event"]] += point.value
+    assert event_counts["rejected"] == 1 and event_counts["accepted"] == 2 and event_counts["swapped"] == 8
+    current = {point.attributes["shard"]: point.attributes["model"] for point in points["serving.model.current"]}
+    assert current == {f"shard-00{i}": model_v2.model_name for i in range(4)}
+
+
+def test_off_means_no_spans_and_no_context(model_v1):
+    TELEMETRY.uninstall()
+    run = run_core(at(0.3, traced(sample_records(10))), at(0, [model_v1]))
+    assert len(run.results) == 10 and all(item.trace_context == "" for item in run.results)
+
+
+def get_state(port: int) -> dict:
+    response = urllib3.request("GET", f"http://127.0.0.1:{port}/state", timeout=5, retries=False)
+    assert response.status == 200
+    return json.loads(response.data)
+
+
+def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_v2):
+    SERVING_STATE.clear()
+    port = free_port()
+    server = start_state_server("127.0.0.1", port)
+    first, second = sample_records(30), sample_records(20, 500)
+    gates = [threading.Event(), threading.Event()]
+    run = FlowRun()
+    flow = Dataflow("state")
+    data = op.input("data", flow, GatedSource(list(zip(gates, [messages(first), messages(second)]))))
+    models = op.input("models", flow, GatedSource(list(zip(gates, [[model_v1], [model_v2]]))))
+    streams = serve("serve", data, models, shards=4, hold_limit=100, cache=run.cache)
+    op.output("results", streams.results, TestingSink(run.results))
+    op.output("events", streams.events, TestingSink(run.events))
+    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    flow_thread.start()
+    try:
+        gates[0].set()
+        wait_for(lambda: len(run.results) >= 30, "the first 30 results")
+        during = get_state(port)
+        gates[1].set()
+        flow_thread.join(timeout=60)
+        after = get_state(port)
+    finally:
+        server.shutdown()
+    assert [(model["name"], model["usage"]) for model in during["models"]] == [(model_v1.model_name, 30)]
+    v1 = during["models"][0]
+    assert v1["description"] == model_v1.description and sorted(v1["shards"]) == [f"shard-00{i}" for i in range(4)]
+    assert v1["min"] <= v1["max"] and v1["average"] == pytest.approx(v1["duration"] / 30, rel=1e-3)
+    assert [(model["name"], model["usage"]) for model in after["models"]] == [(model_v2.model_name, 20)]
+    assert set(after["shards"].values()) == {model_v2.model_name}
+
+
+def test_query_tool_prints_the_state_of_several_processes(model_v1):
+    SERVING_STATE.clear()
+    run_core(at(0.3, messages(sample_records(25))), at(0, [model_v1]))
+    ports = [free_port(), free_port()]
+    servers = [start_state_server("127.0.0.1", port) for port in ports]  # two "processes" with the same shards
+    try:
+        urls = [f"http://127.0.0.1:{port}/state" for port in ports]
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.query_state", "--json", *urls], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        table = subprocess.run(
+            [sys.executable, "-m", "flows.query_state", *urls], cwd=REPO, capture_output=True, text=True, check=True
+        )
+    finally:
+        for server in servers:
+            server.shutdown()
+    merged = json.loads(done.stdout)
+    assert [(model["name"], model["usage"], len(model["shards"])) for model in merged] == [(model_v1.model_name, 50, 8)]
+    assert model_v1.model_name in table.stdout and "50" in table.stdout
+
+
+def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
+    with otlp_receiver() as receiver:
+        env = {
+            **os.environ,
+            "SERVING_RECORDS": "2000",
+            "SERVING_RECORD_RATE": "4000",
+            "SERVING_CONSOLE_EVERY": "0",
+            "SERVING_STATE_PORT": "0",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_SERVICE_NAME": "serving-under-test",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "bytewax.run", "flows.serving"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert receiver.service_names == {"serving-under-test"}
+    batch_records = sum(span["records"] for span in receiver.spans if span["name"] == "score batch")
+    assert batch_records == 2000
+    assert {span["name"] for span in receiver.spans} >= {"score batch", "model accepted", "model swapped"}
+    assert "serving.records.scored" in receiver.metric_names
