@@ -29,6 +29,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import cluster_main, run_main
 from confluent_kafka import Producer
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from flows import shutdown
 from flows.app import build_flow
@@ -42,6 +46,8 @@ from flows.records import ModelDescriptor, ModelType, ScoredMessage
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
 from flows.settings import Settings
+from flows.telemetry import TELEMETRY
+from tests.otlp_receiver import OtlpReceiver, otlp_receiver
 
 SCENARIOS = ("embedded", "kafka-embedded", "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest")
 REMOTE_SCENARIOS = SCENARIOS[2:]
@@ -89,9 +95,47 @@ class TimedScorer:
 
 
 def run_in_process(
-    scenario: str, model: ModelDescriptor, records: int, rate: float, workers: int, shards: int, batch: int
+    scenario: str,
+    model: ModelDescriptor,
+    records: int,
+    rate: float,
+    workers: int,
+    shards: int,
+    batch: int,
+    tracing: bool = False,
 ) -> dict:
-    """The dataflow in this process on generated records, scoring with `model` (embedded or remote)."""
+    """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
+
+    With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
+    """
+    with ExitStack() as stack:
+        receiver = stack.enter_context(otlp_receiver()) if tracing else None
+        provider = _install_tracing(receiver) if receiver else None
+        try:
+            return _run_in_process(scenario, model, records, rate, workers, shards, batch, provider, receiver)
+        finally:
+            TELEMETRY.uninstall()
+
+
+def _install_tracing(receiver: OtlpReceiver) -> TracerProvider:
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    TELEMETRY.install(provider, None)
+    return provider
+
+
+def _run_in_process(
+    scenario: str,
+    model: ModelDescriptor,
+    records: int,
+    rate: float,
+    workers: int,
+    shards: int,
+    batch: int,
+    provider: TracerProvider | None,
+    receiver: OtlpReceiver | None,
+) -> dict:
     settings = Settings()
     timed: list[TimedScorer] = []
 
@@ -117,6 +161,8 @@ def run_in_process(
     else:
         cluster_main(flow, [], 0, epoch_interval=timedelta(seconds=1), worker_count_per_proc=workers)
     seconds = time.perf_counter() - started
+    if provider is not None:
+        provider.force_flush()  # after the clock: export runs in the background, as it would
     if len(sink.latencies) != records:
         raise SystemExit(f"bench: expected {records} results, got {len(sink.latencies)}")
     calls = np.asarray(timed[0].call_ms)
@@ -134,6 +180,7 @@ def run_in_process(
         call_p50_ms=round(float(np.percentile(calls, 50)), 2),
         call_p99_ms=round(float(np.percentile(calls, 99)), 2),
         source=timed[0].source,
+        tracing=f"on: {len(receiver.spans)} spans exported" if receiver else "off",
     )
 
 
@@ -268,19 +315,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
     parser.add_argument(
+        "--tracing", choices=["off", "on"], default="off", help="in-process scenarios: export every span over OTLP"
+    )
+    parser.add_argument(
         "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
     )
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
     args = parser.parse_args()
-    in_process = (args.records, args.rate, args.workers, args.shards, args.batch)
+    in_process = (args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on")
     if args.scenario == "embedded":
         model = shipped_model(Settings().models_dir, args.model_version)
         result = run_in_process(args.scenario, model, *in_process)
     elif args.scenario in REMOTE_SCENARIOS:
         with ExitStack() as stack:
-            result = run_in_process(
-                args.scenario, remote_model(args.scenario, args.model_version, stack), *in_process
-            )
+            model = remote_model(args.scenario, args.model_version, stack)
+            result = run_in_process(args.scenario, model, *in_process)
     else:
         result = run_kafka_embedded(
             args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version
