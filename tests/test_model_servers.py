@@ -20,7 +20,7 @@ from flows.dataflow import serve
 from flows.local_servers import LocalServer, mlserver, tfserving_double
 from flows.loopback import free_port
 from flows.records import DataMessage, ModelDescriptor, ModelType
-from flows.scorers import ModelLoadError, ScorerCache, build_scorer
+from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.scorers.transport import RECONNECT_WITHIN_MS
 
 SCHEMES = ["grpc", "http"]
@@ -189,3 +189,15 @@ def test_a_server_stopped_mid_stream_gives_error_results_and_scoring_resumes(ser
         for error in errors[20:40]
     )
     assert all(item.result.model_result.probabilities == [] for item in run.results[20:40])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_swapped_out_remote_scorer_closes_its_connections(servers, scheme):
+    cache = ScorerCache()
+    descriptor = remote(servers["tfserving"], "tfserving", scheme)
+    scorer, _ = cache.acquire(descriptor)
+    users, products = pairs(10)
+    assert scorer.score(users, products).shape == (10,)
+    cache.release(descriptor.digest)  # what a shard does when the next model replaces this one
+    with pytest.raises((ValueError, ScorerUnavailable), match="(?i)closed"):
+        scorer.score(users, products)

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Starts one process of the Bytewax cluster, as the Bytewax Helm chart lays a dataflow out: the process id is
+# the pod's ordinal (the suffix of its name, serving-0, serving-1, ...) and the addresses file lists every
+# pod of the StatefulSet through its headless Service, NAME-i.SERVICE.NAMESPACE.svc:PORT, in ordinal order.
+set -eu
+
+: "${BYTEWAX_STATEFULSET_NAME:?}" "${BYTEWAX_HEADLESS_SERVICE:?}" "${POD_NAMESPACE:?}"
+: "${BYTEWAX_PROCESSES:?}" "${BYTEWAX_WORKERS_PER_PROCESS:?}"
+port="${BYTEWAX_PORT:-2101}"
+# Host of process {i}; the default is the pod's DNS name through the headless Service. Only a run outside
+# Kubernetes changes it (tests/test_k8s.py puts process i on loopback address 127.0.0.1{i}).
+template="${BYTEWAX_PEER_HOST_TEMPLATE:-${BYTEWAX_STATEFULSET_NAME}-{i}.${BYTEWAX_HEADLESS_SERVICE}.${POD_NAMESPACE}.svc}"
+hostfile="${BYTEWAX_HOSTFILE_PATH:-/etc/bytewax/hostfile.txt}"
+
+pod="${BYTEWAX_POD_NAME:?set BYTEWAX_POD_NAME to the pod name (fieldRef metadata.name)}"
+ordinal="${pod##*-}"
+case "$ordinal" in
+    '' | *[!0-9]*)
+        echo "entrypoint: cannot take a process id from pod name '$pod'" >&2
+        exit 1
+        ;;
+esac
+if [ "$ordinal" -ge "$BYTEWAX_PROCESSES" ]; then
+    echo "entrypoint: pod ordinal $ordinal is not below BYTEWAX_PROCESSES=$BYTEWAX_PROCESSES;" \
+        "change the StatefulSet's replicas and BYTEWAX_PROCESSES together" >&2
+    exit 1
+fi
+
+: >"$hostfile"
+i=0
+while [ "$i" -lt "$BYTEWAX_PROCESSES" ]; do
+    echo "${template%%"{i}"*}${i}${template#*"{i}"}:${port}" >>"$hostfile"
+    i=$((i + 1))
+done
+addresses=$(paste -sd ';' "$hostfile")
+echo "entrypoint: process $ordinal of $BYTEWAX_PROCESSES," \
+    "$BYTEWAX_WORKERS_PER_PROCESS workers each; addresses $addresses"
+
+exec python -m bytewax.run "${BYTEWAX_FLOW:-flows.serving}" \
+    -w "$BYTEWAX_WORKERS_PER_PROCESS" \
+    -i "$ordinal" \
+    -a "$addresses" \
+    -r "${BYTEWAX_RECOVERY_DIRECTORY:-/var/recovery}" \
+    -s "${BYTEWAX_SNAPSHOT_INTERVAL:-5}" \
+    -b "${BYTEWAX_RECOVERY_BACKUP_INTERVAL:-0}"
