@@ -1,0 +1,257 @@
+"""The Kubernetes manifests, offline: lint, render, validate, and run the StatefulSet's pods as local processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import urllib3
+import yaml
+from conftest import REPO
+from yamllint import linter
+from yamllint.config import YamlLintConfig
+
+from flows.avro import MODEL, RECORD
+from flows.generators import generated_records, shipped_model
+from flows.kafka import SOURCE_PARTITION_HEADER
+from flows.local_broker import consume_all, create_topics, produce
+from flows.loopback import free_port
+from flows.settings import SHIPPED_MODELS_DIR
+
+K8S = REPO / "k8s"
+KUBERNETES_VERSION = "1.31.0"  # kubernetes-validate bundles 1.25 - 1.37; pinned in the test extra
+OVERLAYS = ["embedded", "tfserving", "seldon"]
+CUSTOM_KINDS = {"Model", "Server"}  # Seldon Core 2 CRDs: no schema offline
+LINT = YamlLintConfig(file=str(K8S / ".yamllint"))
+kubectl = shutil.which("kubectl")
+
+
+def lint_problems(text: str, name: str) -> list[str]:
+    return [
+        f"{name}:{problem.line}: {problem.desc}"
+        for problem in linter.run(text, LINT)
+        if problem.level == "error"
+    ]
+
+
+def render(overlay: str) -> str:
+    done = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_every_manifest_file_passes_yamllint():
+    files = sorted(path for path in K8S.rglob("*.yaml")) + [K8S / ".yamllint"]
+    assert len(files) > 15
+    problems = [
+        problem for path in files for problem in lint_problems(path.read_text(), str(path.relative_to(REPO)))
+    ]
+    assert problems == []
+
+
+@pytest.mark.skipif(kubectl is None, reason="kubectl is not installed (it renders the overlays offline)")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_renders_lints_and_validates_strictly(overlay):
+    rendered = render(overlay)
+    assert lint_problems(rendered, f"kustomize {overlay}") == []
+    documents = [document for document in yaml.safe_load_all(rendered) if document]
+    kinds = {document["kind"] for document in documents}
+    assert {"StatefulSet", "Service", "ConfigMap", "Secret", "Job", "Deployment"} <= kinds
+    failures = []
+    for document in documents:
+        if document["kind"] in CUSTOM_KINDS:
+            assert document["apiVersion"] == "mlops.seldon.io/v1alpha1"
+            continue
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            failures.append(
+                f"{document['kind']}/{document['metadata']['name']}: {error.message} at {list(error.path)}"
+            )
+    assert failures == []
+
+
+def test_strict_validation_catches_a_misspelt_field():
+    statefulset = next(
+        document
+        for document in yaml.safe_load_all((K8S / "base" / "dataflow-statefulset.yaml").read_text())
+        if document
+    )
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    container["readynessProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(statefulset, KUBERNETES_VERSION, strict=True)
+
+
+def pod_spec() -> tuple[dict, dict[str, str]]:
+    """The dataflow container of the StatefulSet, and the settings its pods get from the ConfigMap."""
+    statefulset = yaml.safe_load((K8S / "base" / "dataflow-statefulset.yaml").read_text())
+    config = yaml.safe_load((K8S / "base" / "serving-config.yaml").read_text())["data"]
+    containers = {c["name"]: c for c in statefulset["spec"]["template"]["spec"]["containers"]}
+    assert statefulset["spec"]["replicas"] == 2
+    return containers["dataflow"], config
+
+
+def pod_environment(
+    container: dict, config: dict[str, str], ordinal: int, scratch: Path, overrides: dict[str, str]
+) -> dict[str, str]:
+    """What Kubernetes gives pod `serving-ORDINAL`: ConfigMap, container env, field refs, its own volumes."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SERVING_", "BYTEWAX_", "OTEL_"))
+    }
+    env.update(config)
+    env["SERVING_KAFKA_CONFIG"] = "{}"  # the kafka-client Secret's placeholder
+    for variable in container["env"]:
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+    env["BYTEWAX_POD_NAME"] = f"serving-{ordinal}"  # fieldRef metadata.name
+    env["POD_NAMESPACE"] = "model-serving"  # fieldRef metadata.namespace
+    # Per-pod volumes, and what differs on one host: process i listens on 127.0.0.1{i} instead of its pod IP.
+    pod_dir = scratch / f"serving-{ordinal}"
+    (pod_dir / "recovery").mkdir(parents=True)
+    env["BYTEWAX_RECOVERY_DIRECTORY"] = str(pod_dir / "recovery")
+    env["BYTEWAX_HOSTFILE_PATH"] = str(pod_dir / "hostfile.txt")
+    env["BYTEWAX_PEER_HOST_TEMPLATE"] = "127.0.0.1{i}"
+    env["BYTEWAX_DATAFLOW_API_PORT"] = str(free_port())
+    env["SERVING_STATE_HOST"] = f"127.0.0.1{ordinal}"
+    env["SERVING_MODELS_DIR"] = str(SHIPPED_MODELS_DIR)
+    env["HOME"] = str(pod_dir)
+    env["PATH"] = os.pathsep.join(
+        [str(Path(sys.executable).parent), env.get("PATH", "")]
+    )  # the image's python
+    env.update(overrides)
+    return env
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses 127.0.0.10 and 127.0.0.11, local on Linux only")
+def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(kafka_bootstrap, tmp_path):
+    container, config = pod_spec()
+    scripts = K8S / "base" / "scripts"
+    topics = create_topics(kafka_bootstrap, "k8s", ["data", "models", "results", "dead"], partitions=4)
+    overrides = {
+        "SERVING_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "SERVING_KAFKA_DATA_TOPIC": topics["data"],
+        "SERVING_KAFKA_MODELS_TOPIC": topics["models"],
+        "SERVING_KAFKA_RESULTS_TOPIC": topics["results"],
+        "SERVING_KAFKA_DEAD_LETTERS_TOPIC": topics["dead"],
+    }
+    records = 2000
+    model = shipped_model(SHIPPED_MODELS_DIR, "1")
+    produce(kafka_bootstrap, topics["models"], [(b"m", MODEL.encode(model))])
+    produce(
+        kafka_bootstrap,
+        topics["data"],
+        [(str(r.user).encode(), RECORD.encode(r)) for r in generated_records(7, records)],
+    )
+
+    pods = []
+    environments = [pod_environment(container, config, ordinal, tmp_path, overrides) for ordinal in range(2)]
+    for env in environments:  # the init container, then the container: exactly their commands
+        subprocess.run(["sh", str(scripts / "init-recovery.sh")], env=env, check=True, capture_output=True)
+    assert container["command"] == ["sh", "/opt/serving-scripts/entrypoint.sh"]
+    for env in environments:
+        pods.append(
+            subprocess.Popen(
+                ["sh", str(scripts / "entrypoint.sh")],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        results = consume_all(
+            kafka_bootstrap, topics["results"], records, timeout=180
+        )
+        states = [
+            fetch_state(f"127.0.0.1{ordinal}", int(config["SERVING_STATE_PORT"])) for ordinal in range(2)
+        ]
+        readiness = [
+            urllib3.request("GET", f"http://127.0.0.1:{env['BYTEWAX_DATAFLOW_API_PORT']}/dataflow").status
+            for env in environments
+        ]
+    finally:
+        outputs = []
+        for pod in pods:
+            pod.send_signal(signal.SIGTERM)
+        for pod in pods:
+            try:
+                outputs.append(pod.communicate(timeout=60)[0])
+            except subprocess.TimeoutExpired:
+                pod.kill()
+                outputs.append(pod.communicate()[0])
+    assert len(results) >= records, "\n".join(output[-3000:] for output in outputs)
+    for ordinal, output in enumerate(outputs):
+        assert (
+            f"entrypoint: process {ordinal} of 2, 2 workers each; addresses 127.0.0.10:2101;127.0.0.11:2101"
+            in output
+        ), output[-3000:]
+    assert {dict(message.headers())[SOURCE_PARTITION_HEADER] for message in results} == {
+        b"0",
+        b"1",
+        b"2",
+        b"3",
+    }
+    usage = [sum(model["usage"] for model in state["models"]) for state in states]
+    assert all(share > 0 for share in usage), (
+        f"a process scored nothing: {usage}"
+    )  # both processes did their share
+    assert sum(usage) == records
+    assert {model["name"] for state in states for model in state["models"]} == {model.model_name}
+    assert readiness == [200, 200]  # the probes' endpoint answers in each pod
+    assert [pod.returncode for pod in pods] == [0, 0]
+    assert all(
+        len(list((tmp_path / f"serving-{i}" / "recovery").glob("part-*.sqlite3"))) == 1 for i in range(2)
+    )
+
+
+def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_path):
+    container, config = pod_spec()
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python").write_text('#!/bin/sh\necho "python $*"\n')  # prints the command it would run
+    (fake_bin / "python").chmod(0o755)
+    for ordinal in range(2):
+        env = pod_environment(container, config, ordinal, tmp_path, {})
+        del env["BYTEWAX_PEER_HOST_TEMPLATE"]  # as in the pod: peers by their DNS names
+        env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
+        done = subprocess.run(
+            ["sh", str(K8S / "base" / "scripts" / "entrypoint.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        recovery = env["BYTEWAX_RECOVERY_DIRECTORY"]
+        addresses = "serving-0.serving.model-serving.svc:2101;serving-1.serving.model-serving.svc:2101"
+        assert (
+            done.stdout.splitlines()[-1]
+            == f"python -m bytewax.run flows.serving -w 2 -i {ordinal} -a {addresses} -r {recovery} -s 5 -b 0"
+        )
+
+
+def fetch_state(host: str, port: int) -> dict:
+    response = urllib3.request("GET", f"http://{host}:{port}/state", timeout=5, retries=False)
+    assert response.status == 200
+    return json.loads(response.data)
+
+
+def test_the_image_installs_the_project_as_the_readme_does():
+    dockerfile = (K8S / "Dockerfile").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "pip install -e ." in readme and "RUN pip install -e ." in dockerfile
+    assert "USER 10001" in dockerfile
+    for copied in ("pyproject.toml", "flows", "schemas", "models"):
+        assert copied in dockerfile
