@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import ExitStack
 from datetime import timedelta
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -47,7 +48,6 @@ from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
 from flows.settings import Settings
 from flows.telemetry import TELEMETRY
-from tests.otlp_receiver import OtlpReceiver, otlp_receiver
 
 SCENARIOS = ("embedded", "kafka-embedded", "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest")
 REMOTE_SCENARIOS = SCENARIOS[2:]
@@ -109,7 +109,7 @@ def run_in_process(
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
     """
     with ExitStack() as stack:
-        receiver = stack.enter_context(otlp_receiver()) if tracing else None
+        receiver = stack.enter_context(_otlp_receiver()) if tracing else None
         provider = _install_tracing(receiver) if receiver else None
         try:
             return _run_in_process(scenario, model, records, rate, workers, shards, batch, provider, receiver)
@@ -117,7 +117,14 @@ def run_in_process(
             TELEMETRY.uninstall()
 
 
-def _install_tracing(receiver: OtlpReceiver) -> TracerProvider:
+def _otlp_receiver() -> Any:
+    # The receiver lives with the tests (like the TensorFlow Serving stand-in): run from the repository.
+    from tests.otlp_receiver import otlp_receiver
+
+    return otlp_receiver()
+
+
+def _install_tracing(receiver: Any) -> TracerProvider:
     provider = TracerProvider(sampler=ALWAYS_ON)
     exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
     provider.add_span_processor(BatchSpanProcessor(exporter))
@@ -134,7 +141,7 @@ def _run_in_process(
     shards: int,
     batch: int,
     provider: TracerProvider | None,
-    receiver: OtlpReceiver | None,
+    receiver: Any,
 ) -> dict:
     settings = Settings()
     timed: list[TimedScorer] = []
