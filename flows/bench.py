@@ -41,7 +41,7 @@ from flows.avro import MODEL, RECORD
 from flows.dataflow import serve
 from flows.generators import DataGenerator, ModelGenerator, generated_records, shipped_model
 from flows.kafka import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
-from flows.local_broker import consume_all, create_topics, kafka_broker, produce
+from flows.local_broker import LOCAL_BROKER_CONSUMER_CONFIG, consume_all, create_topics, kafka_broker, produce
 from flows.local_servers import mlserver, tfserving_double
 from flows.records import ModelDescriptor, ModelType, ScoredMessage
 from flows.scorers import Scorer, ScorerCache, build_scorer
@@ -249,6 +249,7 @@ def run_kafka_embedded(
             kafka_results_topic=topics["results"],
             kafka_dead_letters_topic=topics["dead"],
             kafka_tail=rate > 0,
+            kafka_consumer_config={**LOCAL_BROKER_CONSUMER_CONFIG, **settings.kafka_consumer_config},
             console_every=0,
             shards=settings.shards,
         )
@@ -322,7 +323,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
     parser.add_argument(
-        "--tracing", choices=["off", "on"], default="off", help="in-process scenarios: export every span over OTLP"
+        "--tracing",
+        choices=["off", "on"],
+        default="off",
+        help="in-process scenarios: export every span over OTLP",
     )
     parser.add_argument(
         "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
