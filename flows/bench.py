@@ -18,9 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -42,7 +45,8 @@ from flows.dataflow import serve
 from flows.generators import DataGenerator, ModelGenerator, generated_records, shipped_model
 from flows.kafka import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
 from flows.local_broker import LOCAL_BROKER_CONSUMER_CONFIG, consume_all, create_topics, kafka_broker, produce
-from flows.local_servers import mlserver, tfserving_double
+from flows.local_servers import REPO, mlserver, tfserving_double
+from flows.loopback import free_port
 from flows.records import ModelDescriptor, ModelType, ScoredMessage
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
@@ -108,20 +112,42 @@ def run_in_process(
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
     """
-    with ExitStack() as stack:
-        receiver = stack.enter_context(_otlp_receiver()) if tracing else None
-        provider = _install_tracing(receiver) if receiver else None
+    if not tracing:
+        return _run_in_process(scenario, model, records, rate, workers, shards, batch, None) | {"tracing": "off"}
+    with _otlp_receiver() as receiver:
+        provider = _install_tracing(receiver)
         try:
-            return _run_in_process(scenario, model, records, rate, workers, shards, batch, provider, receiver)
+            result = _run_in_process(scenario, model, records, rate, workers, shards, batch, provider)
         finally:
+            provider.shutdown()  # exports what is left before the receiver stops
             TELEMETRY.uninstall()
+    return result | {"tracing": f"on: {receiver.spans} spans exported over OTLP/gRPC"}
 
 
-def _otlp_receiver() -> Any:
-    # The receiver lives with the tests (like the TensorFlow Serving stand-in): run from the repository.
-    from tests.otlp_receiver import otlp_receiver
+class _ReceiverProcess:
+    """The tests' OTLP receiver in a process of its own, as a collector would be (run from the repository)."""
 
-    return otlp_receiver()
+    def __init__(self) -> None:
+        self.port = free_port()
+        command = [sys.executable, "-m", "tests.otlp_receiver", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        if self.process.stdout is None or self.process.stdout.readline().strip() != "ready":
+            raise SystemExit("bench: the OTLP receiver did not start")
+        self.spans = 0
+
+    def close(self) -> None:
+        self.process.terminate()
+        output, _ = self.process.communicate(timeout=30)
+        self.spans = json.loads(output.strip().splitlines()[-1])["spans"]
+
+
+@contextmanager
+def _otlp_receiver() -> Iterator[_ReceiverProcess]:
+    receiver = _ReceiverProcess()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
 
 
 def _install_tracing(receiver: Any) -> TracerProvider:
@@ -141,7 +167,6 @@ def _run_in_process(
     shards: int,
     batch: int,
     provider: TracerProvider | None,
-    receiver: Any,
 ) -> dict:
     settings = Settings()
     timed: list[TimedScorer] = []
@@ -168,8 +193,6 @@ def _run_in_process(
     else:
         cluster_main(flow, [], 0, epoch_interval=timedelta(seconds=1), worker_count_per_proc=workers)
     seconds = time.perf_counter() - started
-    if provider is not None:
-        provider.force_flush()  # after the clock: export runs in the background, as it would
     if len(sink.latencies) != records:
         raise SystemExit(f"bench: expected {records} results, got {len(sink.latencies)}")
     calls = np.asarray(timed[0].call_ms)
@@ -187,7 +210,6 @@ def _run_in_process(
         call_p50_ms=round(float(np.percentile(calls, 50)), 2),
         call_p99_ms=round(float(np.percentile(calls, 99)), 2),
         source=timed[0].source,
-        tracing=f"on: {len(receiver.spans)} spans exported" if receiver else "off",
     )
 
 

@@ -54,9 +54,9 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_
 
 
 @contextmanager
-def otlp_receiver() -> Iterator[OtlpReceiver]:
-    """A receiver on a free loopback port for the duration of the block."""
-    receiver = OtlpReceiver(free_port())
+def otlp_receiver(port: int | None = None) -> Iterator[OtlpReceiver]:
+    """A receiver on loopback (a free port unless given) for the duration of the block."""
+    receiver = OtlpReceiver(port or free_port())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(receiver, server)
@@ -66,3 +66,24 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         yield receiver
     finally:
         server.stop(grace=1).wait()
+
+
+def main() -> None:
+    """`python -m tests.otlp_receiver --port P`: receive until SIGTERM, then print what came as one JSON line."""
+    import argparse
+    import json
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m tests.otlp_receiver", description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with otlp_receiver(args.port) as receiver:
+        print("ready", flush=True)
+        stop.wait()
+    print(json.dumps({"spans": len(receiver.spans), "metrics": sorted(receiver.metric_names)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
