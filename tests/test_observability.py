@@ -199,3 +199,19 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
     assert batch_records == 2000
     assert {span["name"] for span in receiver.spans} >= {"score batch", "model accepted", "model swapped"}
     assert "serving.records.scored" in receiver.metric_names
+
+
+def test_prometheus_metrics_reach_the_registry_bytewax_serves_at_metrics(model_v1):
+    from bytewax._metrics import generate_python_metrics  # what Bytewax's dataflow API serves at /metrics
+
+    from flows.telemetry import configure_from_environment
+
+    assert configure_from_environment({"OTEL_METRICS_EXPORTER": "prometheus"}) == ["metrics: prometheus"]
+    try:
+        run_core(at(0.3, messages(sample_records(12))), at(0, [model_v1]))
+        exposition = generate_python_metrics()
+    finally:
+        TELEMETRY.uninstall()
+    scored = [line for line in exposition.splitlines() if line.startswith("serving_records_scored")]
+    assert scored and all(f'model="{model_v1.model_name}"' in line for line in scored)
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in scored) == 12
