@@ -22,7 +22,8 @@ def start_observability(settings: Settings) -> list[Any]:
 
         config = OtlpTracingConfig(
             service_name=os.environ.get("OTEL_SERVICE_NAME", "bytewax-model-serving"),
-            url=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://127.0.0.1:4317"),
+            # Bytewax's exporter speaks gRPC but wants an http:// URL (grpc:// fails on the :scheme header).
+            url=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
             sampling_ratio=float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")),
         )
         handles.append(setup_tracing(config))  # Bytewax stops tracing when this handle is dropped.

@@ -189,6 +189,7 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_SERVICE_NAME": "serving-under-test",
+            "SERVING_BYTEWAX_TRACING": "true",
         }
         done = subprocess.run(
             [sys.executable, "-m", "bytewax.run", "flows.serving"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
@@ -197,7 +198,10 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
     assert receiver.service_names == {"serving-under-test"}
     batch_records = sum(span["records"] for span in receiver.spans if span["name"] == "score batch")
     assert batch_records == 2000
-    assert {span["name"] for span in receiver.spans} >= {"score batch", "model accepted", "model swapped"}
+    ours = {"score batch", "model accepted", "model swapped"}
+    names = {span["name"] for span in receiver.spans}
+    assert names >= ours
+    assert names - ours - {"model rejected", "model resent", "model restored", "model failed"}, "no Bytewax spans"
     assert "serving.records.scored" in receiver.metric_names
 
 
