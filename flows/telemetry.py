@@ -44,6 +44,24 @@ def trace_context_of(origin: Any) -> str | None:
     return None
 
 
+def _links(messages: Sequence[DataMessage]) -> list[Link]:
+    """Links to the distinct trace contexts the messages came with, at most MAX_LINKS."""
+    traceparents: dict[str, None] = {}
+    for message in messages:
+        if message.origin is not None:  # generated records have none: skip the header lookup
+            traceparent = trace_context_of(message.origin)
+            if traceparent:
+                traceparents[traceparent] = None
+    links = []
+    for traceparent in traceparents:
+        span_context = _span_context(traceparent)
+        if span_context is not None:
+            links.append(Link(span_context))
+            if len(links) >= MAX_LINKS:
+                break
+    return links
+
+
 def _span_context(traceparent: str) -> SpanContext | None:
     context = _PROPAGATOR.extract({TRACEPARENT: traceparent})
     span_context = trace.get_current_span(context).get_span_context()
@@ -51,9 +69,9 @@ def _span_context(traceparent: str) -> SpanContext | None:
 
 
 def _traceparent(span: Span) -> str:
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
-    return carrier.get(TRACEPARENT, "")
+    """The W3C traceparent of `span` (version 00), as the propagator writes it, without its context plumbing."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 @dataclass
@@ -75,30 +93,45 @@ class Telemetry:
     def install(self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None) -> None:
         """Start tracing and/or metrics with these providers (None leaves that signal off)."""
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION) if tracer_provider else None
-        self._instruments = _create_instruments(meter_provider.get_meter(INSTRUMENTATION)) if meter_provider else None
+        self._instruments = (
+            _create_instruments(meter_provider.get_meter(INSTRUMENTATION)) if meter_provider else None
+        )
 
     def uninstall(self) -> None:
         self.tracer = None
         self._instruments = None
 
     @contextmanager
-    def batch(self, shard: str, model_name: str, source: str, messages: Sequence[DataMessage]) -> Iterator[Span | None]:
+    def batch(
+        self, shard: str, model_name: str, source: str, messages: Sequence[DataMessage]
+    ) -> Iterator[Span | None]:
         """Wraps the scoring of one micro-batch in a span linked to the records' own traces."""
         if self.tracer is None:
             yield None
             return
-        links = []
-        for traceparent in dict.fromkeys(filter(None, (trace_context_of(m.origin) for m in messages))):
-            span_context = _span_context(traceparent)
-            if span_context is not None:
-                links.append(Link(span_context))
-            if len(links) >= MAX_LINKS:
-                break
-        attributes = {"model.name": model_name, "model.source": source, "shard": shard, "batch.records": len(messages)}
-        with self.tracer.start_as_current_span("score batch", links=links, attributes=attributes, record_exception=False) as span:
+        attributes = {
+            "model.name": model_name,
+            "model.source": source,
+            "shard": shard,
+            "batch.records": len(messages),
+        }
+        # Not made the current span: nothing runs inside it that would attach children.
+        span = self.tracer.start_span(
+            "score batch", links=_links(messages), attributes=attributes, record_exception=False
+        )
+        try:
             yield span
+        finally:
+            span.end()
 
-    def scored(self, span: Span | None, shard: str, model_name: str, results: Sequence[ScoredMessage], batch_ms: float) -> None:
+    def scored(
+        self,
+        span: Span | None,
+        shard: str,
+        model_name: str,
+        results: Sequence[ScoredMessage],
+        batch_ms: float,
+    ) -> None:
         """Record a scored batch on its span and in the metrics; results carry the span's trace context."""
         if span is None and self._instruments is None:
             return
@@ -140,7 +173,9 @@ class Telemetry:
         if event.shard:
             attributes["shard"] = event.shard
         now = time.time_ns()
-        span = self.tracer.start_span(f"model {event.kind}", attributes=attributes, start_time=now - int(event.load_ms * 1e6))
+        span = self.tracer.start_span(
+            f"model {event.kind}", attributes=attributes, start_time=now - int(event.load_ms * 1e6)
+        )
         if event.kind in ("rejected", "failed"):
             span.set_status(Status(StatusCode.ERROR, event.reason[:500]))
         span.end(end_time=now)
@@ -156,10 +191,18 @@ def _create_instruments(meter: Meter) -> _Instruments:
     )
     return _Instruments(
         records=meter.create_counter("serving.records.scored", unit="{record}", description="Records scored"),
-        errors=meter.create_counter("serving.records.errors", unit="{record}", description="Results that carry an error"),
-        batch_size=meter.create_histogram("serving.batch.size", unit="{record}", description="Records per micro-batch"),
-        scoring_ms=meter.create_histogram("serving.batch.duration", unit="ms", description="Model call time per micro-batch"),
-        model_events=meter.create_counter("serving.model.events", unit="{event}", description="Model events by kind"),
+        errors=meter.create_counter(
+            "serving.records.errors", unit="{record}", description="Results that carry an error"
+        ),
+        batch_size=meter.create_histogram(
+            "serving.batch.size", unit="{record}", description="Records per micro-batch"
+        ),
+        scoring_ms=meter.create_histogram(
+            "serving.batch.duration", unit="ms", description="Model call time per micro-batch"
+        ),
+        model_events=meter.create_counter(
+            "serving.model.events", unit="{event}", description="Model events by kind"
+        ),
     )
 
 
