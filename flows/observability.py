@@ -34,5 +34,5 @@ def start_observability(settings: Settings) -> list[Any]:
             handles.append(server)
             switched_on.append(f"state: http://{settings.state_host}:{settings.state_port}/state")
     if switched_on:
-        log.warning("observability: %s", "; ".join(switched_on))
+        log.info("observability: %s", "; ".join(switched_on))
     return handles
