@@ -113,7 +113,9 @@ def run_in_process(
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
     """
     if not tracing:
-        return _run_in_process(scenario, model, records, rate, workers, shards, batch, None) | {"tracing": "off"}
+        return _run_in_process(scenario, model, records, rate, workers, shards, batch, None) | {
+            "tracing": "off"
+        }
     with _otlp_receiver() as receiver:
         provider = _install_tracing(receiver)
         try:
@@ -217,13 +219,10 @@ def remote_model(scenario: str, version: str, stack: ExitStack) -> ModelDescript
     """Start the scenario's server (TensorFlow Serving stand-in or MLServer) and describe its model."""
     protocol, scheme = scenario.rsplit("-", 1)
     if protocol == "tfserving":
-        server = stack.enter_context(tfserving_double(int(version)))
-        model_type, prefix = ModelType.TENSORFLOWSERVING, "/v1"
+        server, model_type = stack.enter_context(tfserving_double(int(version))), ModelType.TENSORFLOWSERVING
     else:
-        server = stack.enter_context(mlserver(int(version)))
-        model_type, prefix = ModelType.OPENINFERENCE, "/v2"
-    port = server.grpc_port if scheme == "grpc" else server.rest_port
-    location = f"{'grpc' if scheme == 'grpc' else 'http'}://127.0.0.1:{port}{prefix}/models/recommender"
+        server, model_type = stack.enter_context(mlserver(int(version))), ModelType.OPENINFERENCE
+    location = server.location("grpc" if scheme == "grpc" else "http")
     return ModelDescriptor(f"recommender-v{version}", scenario, model_type, None, location)
 
 

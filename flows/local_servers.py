@@ -42,9 +42,13 @@ class LocalServer:
         ready_path: str,
         rest_port: int,
         grpc_port: int,
+        model: str,
+        prefix: str,
         scratch: Path | None = None,
     ) -> None:
         self.name = name
+        self.model = model
+        self.prefix = prefix  # REST path before models/NAME: /v1 (TensorFlow Serving) or /v2 (V2)
         self.scratch = scratch  # removed with the server
         self.command = command
         self.ready_url = f"http://127.0.0.1:{rest_port}{ready_path}"
@@ -80,6 +84,15 @@ class LocalServer:
             self.process.wait()
         self.process = None
 
+    def location(self, scheme: str, options: str = "", other_servers: str = "") -> str:
+        """The model's location here, for a descriptor: e.g. `grpc://127.0.0.1:P/v2/models/NAME`.
+
+        `scheme` is grpc or http; `other_servers` ("HOST:PORT,") are listed before this one.
+        """
+        port = self.grpc_port if scheme == "grpc" else self.rest_port
+        query = f"?{options}" if options else ""
+        return f"{scheme}://{other_servers}127.0.0.1:{port}{self.prefix}/models/{self.model}{query}"
+
     def log_tail(self, characters: int = 2000) -> str:
         return Path(self._log.name).read_text(errors="replace")[-characters:]
 
@@ -104,7 +117,8 @@ def tfserving_double(version: int = 1, name: str = "recommender") -> LocalServer
         sys.executable, "-m", "tests.tfserving_double", "--model-dir", str(SHIPPED_MODEL / str(version)),
         "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
-    return LocalServer(f"tfserving-double-{rest_port}", command, f"/v1/models/{name}", rest_port, grpc_port)
+    ready = f"/v1/models/{name}"
+    return LocalServer(f"tfserving-double-{rest_port}", command, ready, rest_port, grpc_port, name, "/v1")
 
 
 def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
@@ -131,6 +145,5 @@ def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
     (directory / "settings.json").write_text(json.dumps(settings))
     (directory / name / "model-settings.json").write_text(json.dumps(model_settings))
     command = [sys.executable, "-m", "mlserver.cli.main", "start", str(directory)]
-    return LocalServer(
-        f"mlserver-{rest_port}", command, f"/v2/models/{name}/ready", rest_port, grpc_port, directory
-    )
+    ready = f"/v2/models/{name}/ready"
+    return LocalServer(f"mlserver-{rest_port}", command, ready, rest_port, grpc_port, name, "/v2", directory)

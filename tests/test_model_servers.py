@@ -19,12 +19,12 @@ from conftest import FlowRun, GatedSource, ScheduledSource, at, messages, run_co
 from flows.dataflow import serve
 from flows.local_servers import LocalServer, mlserver, tfserving_double
 from flows.loopback import free_port
-from flows.records import DataMessage, ModelDescriptor, ModelType
+from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.scorers.transport import RECONNECT_WITHIN_MS
 
 SCHEMES = ["grpc", "http"]
-PROTOCOLS = {"tfserving": (ModelType.TENSORFLOWSERVING, "/v1"), "v2": (ModelType.OPENINFERENCE, "/v2")}
+PROTOCOL_TYPES = {"tfserving": ModelType.TENSORFLOWSERVING, "v2": ModelType.OPENINFERENCE}
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,11 @@ def servers() -> Iterator[dict[str, LocalServer]]:
 
 
 def remote(
-    server: LocalServer, protocol: str, scheme: str, name: str = "", extra: str = ""
+    server: LocalServer, protocol: str, scheme: str, name: str = "", other_servers: str = ""
 ) -> ModelDescriptor:
     """A descriptor for the recommender on `server`, e.g. grpc://127.0.0.1:P/v1/models/recommender."""
-    model_type, prefix = PROTOCOLS[protocol]
-    port = server.grpc_port if scheme == "grpc" else server.rest_port
-    location = f"{scheme}://{extra}127.0.0.1:{port}{prefix}/models/recommender?timeout=2&retries=1"
-    return ModelDescriptor(name or f"{protocol}-{scheme}", "", model_type, None, location)
+    location = server.location(scheme, "timeout=2&retries=1", other_servers)
+    return ModelDescriptor(name or f"{protocol}-{scheme}", "", PROTOCOL_TYPES[protocol], None, location)
 
 
 def pairs(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +96,7 @@ def test_a_server_that_does_not_answer_is_refused_and_can_be_retried():
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_one_of_two_servers_down_does_not_stop_scoring(servers, model_v1, scheme):
     dead = f"127.0.0.1:{free_port()},"
-    scorer = build_scorer(remote(servers["tfserving"], "tfserving", scheme, extra=dead))
+    scorer = build_scorer(remote(servers["tfserving"], "tfserving", scheme, other_servers=dead))
     embedded = build_scorer(model_v1)
     users, products = pairs(200)
     try:
