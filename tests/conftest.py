@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,12 @@ from typing import Any
 import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition, StatelessSourcePartition
+from bytewax.inputs import (
+    DynamicSource,
+    FixedPartitionedSource,
+    StatefulSourcePartition,
+    StatelessSourcePartition,
+)
 from bytewax.testing import TestingSink, cluster_main, run_main
 
 from flows.dataflow import serve
@@ -124,6 +131,18 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> N
         time.sleep(0.05)
 
 
+def start_job(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """The main job, `python -m bytewax.run flows.serving ARGS`, as a subprocess with `env`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def at(seconds: float, items: list) -> list[tuple[float, Any]]:
     return [(seconds, item) for item in items]
 
@@ -144,16 +163,28 @@ class FlowRun:
         return [item.result.metadata.errors for item in self.results if item.result.metadata.errors]
 
 
-def build_core_flow(
-    data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000
-) -> Dataflow:
+def serve_into(run: FlowRun, data: Any, models: Any, shards: int = 4, hold_limit: int = 1000) -> Dataflow:
+    """A flow serving `data` and `models` (Bytewax sources) into `run`'s results and events."""
     flow = Dataflow("test")
-    data_stream = op.input("data", flow, ScheduledSource(data))
-    model_stream = op.input("models", flow, ScheduledSource(models))
+    data_stream = op.input("data", flow, data)
+    model_stream = op.input("models", flow, models)
     streams = serve("serve", data_stream, model_stream, shards=shards, hold_limit=hold_limit, cache=run.cache)
     op.output("results", streams.results, TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
     return flow
+
+
+def build_core_flow(
+    data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000
+) -> Dataflow:
+    return serve_into(run, ScheduledSource(data), ScheduledSource(models), shards, hold_limit)
+
+
+def run_in_thread(flow: Dataflow) -> threading.Thread:
+    """Run `flow` with one worker in a daemon thread, so the test can act while it runs."""
+    thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    thread.start()
+    return thread
 
 
 def run_core(data: Schedule, models: Schedule, workers: int = 1, **options) -> FlowRun:

@@ -23,7 +23,9 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, any_value.WhichOneof("value")) if any_value.WhichOneof("value") else None
 
 
-class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer):
+class OtlpReceiver(
+    trace_service_pb2_grpc.TraceServiceServicer, metrics_service_pb2_grpc.MetricsServiceServicer
+):
     def __init__(self, port: int) -> None:
         self.port = port
         self.spans: list[dict[str, Any]] = []
@@ -44,7 +46,13 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer, metrics_service_
                     for scope in resource_spans.scope_spans:
                         for span in scope.spans:
                             attributes = {a.key: _value(a.value) for a in span.attributes}
-                            self.spans.append({"name": span.name, "records": attributes.get("batch.records", 0), **attributes})
+                            self.spans.append(
+                                {
+                                    "name": span.name,
+                                    "records": attributes.get("batch.records", 0),
+                                    **attributes,
+                                }
+                            )
                 return trace_service_pb2.ExportTraceServiceResponse()
             for resource_metrics in request.resource_metrics:
                 self._resource(resource_metrics.resource)

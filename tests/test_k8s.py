@@ -172,9 +172,7 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
             )
         )
     try:
-        results = consume_all(
-            kafka_bootstrap, topics["results"], records, timeout=180
-        )
+        results = consume_all(kafka_bootstrap, topics["results"], records, timeout=180)
         states = [
             fetch_state(f"127.0.0.1{ordinal}", int(config["SERVING_STATE_PORT"])) for ordinal in range(2)
         ]

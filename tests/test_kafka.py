@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import REPO, sample_records
+from conftest import sample_records, start_job
 from test_main_job import free_ports
 
 from flows.avro import MODEL, RECORD, RESULT, STATS
@@ -93,14 +93,7 @@ def start_flow(bootstrap: str, topics: dict[str, str], *args: str, **settings: s
         SERVING_CONSOLE_EVERY="0",
     )
     env.update(settings)
-    return subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_job(env, *args)
 
 
 def finished_output(process: subprocess.Popen) -> str:

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import start_job
 
 from flows.generators import generated_records, partition_share
 
@@ -34,17 +34,6 @@ def job_env(output_dir: Path, **settings: str) -> dict[str, str]:
     )
     env.update(settings)
     return env
-
-
-def start_job(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 180) -> str:

@@ -9,14 +9,21 @@ import threading
 import time
 from collections.abc import Iterator
 
-import bytewax.operators as op
 import numpy as np
 import pytest
-from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, run_main
-from conftest import FlowRun, GatedSource, ScheduledSource, at, messages, run_core, sample_records, wait_for
+from conftest import (
+    FlowRun,
+    GatedSource,
+    ScheduledSource,
+    at,
+    messages,
+    run_core,
+    run_in_thread,
+    sample_records,
+    serve_into,
+    wait_for,
+)
 
-from flows.dataflow import serve
 from flows.local_servers import LocalServer, mlserver, tfserving_double
 from flows.loopback import free_port
 from flows.records import ModelDescriptor, ModelType
@@ -155,16 +162,11 @@ def test_a_server_stopped_mid_stream_gives_error_results_and_scoring_resumes(ser
     before, during, after = sample_records(20), sample_records(20, 100), sample_records(20, 200)
     gates = [threading.Event() for _ in range(3)]
     run = FlowRun()
-    flow = Dataflow("server-outage")
-    data = op.input(
-        "data", flow, GatedSource(list(zip(gates, [messages(before), messages(during), messages(after)])))
+    data = GatedSource(list(zip(gates, [messages(before), messages(during), messages(after)])))
+    flow = serve_into(
+        run, data, ScheduledSource(at(0, [remote(server, protocol, scheme)])), shards=2, hold_limit=100
     )
-    models = op.input("models", flow, ScheduledSource(at(0, [remote(server, protocol, scheme)])))
-    streams = serve("serve", data, models, shards=2, hold_limit=100, cache=run.cache)
-    op.output("results", streams.results, TestingSink(run.results))
-    op.output("events", streams.events, TestingSink(run.events))
-    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
-    flow_thread.start()
+    flow_thread = run_in_thread(flow)
     try:
         gates[0].set()
         wait_for(lambda: len(run.results) >= 20, "results before the outage")

@@ -9,13 +9,21 @@ import sys
 import threading
 from collections import Counter
 
-import bytewax.operators as op
 import pytest
 import urllib3
 from bad_models import bad_models
-from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, run_main
-from conftest import REPO, FlowRun, GatedSource, at, messages, run_core, sample_records, wait_for
+from conftest import (
+    REPO,
+    FlowRun,
+    GatedSource,
+    at,
+    messages,
+    run_core,
+    run_in_thread,
+    sample_records,
+    serve_into,
+    wait_for,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -23,7 +31,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from flows.dataflow import serve
 from flows.kafka import KafkaOrigin
 from flows.loopback import free_port
 from flows.records import DataMessage, RecommenderRecord
@@ -74,7 +81,10 @@ def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, m
     by_model = Counter()
     for span in batches:
         by_model[span.attributes["model.name"]] += span.attributes["batch.records"]
-        assert span.attributes["shard"].startswith("shard-") and span.attributes["model.source"] == "embedded:savedmodel"
+        assert (
+            span.attributes["shard"].startswith("shard-")
+            and span.attributes["model.source"] == "embedded:savedmodel"
+        )
     assert by_model == {model_v1.model_name: 40, model_v2.model_name: 41}
     linked = [span for span in batches if span.attributes["model.name"] == model_v1.model_name]
     assert all(link.context.trace_id == int(TRACE_ID, 16) for span in linked for link in span.links)
@@ -89,10 +99,16 @@ def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, m
     events = [span for span in finished if span.name.startswith("model ")]
     rejected_spans = [span for span in events if span.name == "model rejected"]
     assert len(rejected_spans) == 1 and rejected_spans[0].status.status_code == StatusCode.ERROR
-    assert reason in rejected_spans[0].status.description and rejected_spans[0].attributes["model.name"] == rejected.model_name
+    assert (
+        reason in rejected_spans[0].status.description
+        and rejected_spans[0].attributes["model.name"] == rejected.model_name
+    )
     accepted = [span for span in events if span.name == "model accepted"]
     assert [span.attributes["model.name"] for span in accepted] == [model_v1.model_name, model_v2.model_name]
-    assert accepted[1].attributes["model.previous"] == model_v1.model_name and accepted[1].attributes["model.load_ms"] > 0
+    assert (
+        accepted[1].attributes["model.previous"] == model_v1.model_name
+        and accepted[1].attributes["model.load_ms"] > 0
+    )
     assert len([span for span in events if span.name == "model swapped"]) == 2 * 4  # two models, four shards
 
     points = metric_points(metrics)
@@ -107,7 +123,9 @@ def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, m
     for point in points["serving.model.events"]:
         event_counts[point.attributes["event"]] += point.value
     assert event_counts["rejected"] == 1 and event_counts["accepted"] == 2 and event_counts["swapped"] == 8
-    current = {point.attributes["shard"]: point.attributes["model"] for point in points["serving.model.current"]}
+    current = {
+        point.attributes["shard"]: point.attributes["model"] for point in points["serving.model.current"]
+    }
     assert current == {f"shard-00{i}": model_v2.model_name for i in range(4)}
 
 
@@ -130,14 +148,9 @@ def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_
     first, second = sample_records(30), sample_records(20, 500)
     gates = [threading.Event(), threading.Event()]
     run = FlowRun()
-    flow = Dataflow("state")
-    data = op.input("data", flow, GatedSource(list(zip(gates, [messages(first), messages(second)]))))
-    models = op.input("models", flow, GatedSource(list(zip(gates, [[model_v1], [model_v2]]))))
-    streams = serve("serve", data, models, shards=4, hold_limit=100, cache=run.cache)
-    op.output("results", streams.results, TestingSink(run.results))
-    op.output("events", streams.events, TestingSink(run.events))
-    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
-    flow_thread.start()
+    data = GatedSource(list(zip(gates, [messages(first), messages(second)])))
+    flow = serve_into(run, data, GatedSource(list(zip(gates, [[model_v1], [model_v2]]))), hold_limit=100)
+    flow_thread = run_in_thread(flow)
     try:
         gates[0].set()
         wait_for(lambda: len(run.results) >= 30, "the first 30 results")
@@ -149,7 +162,9 @@ def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_
         server.shutdown()
     assert [(model["name"], model["usage"]) for model in during["models"]] == [(model_v1.model_name, 30)]
     v1 = during["models"][0]
-    assert v1["description"] == model_v1.description and sorted(v1["shards"]) == [f"shard-00{i}" for i in range(4)]
+    assert v1["description"] == model_v1.description and sorted(v1["shards"]) == [
+        f"shard-00{i}" for i in range(4)
+    ]
     assert v1["min"] <= v1["max"] and v1["average"] == pytest.approx(v1["duration"] / 30, rel=1e-3)
     assert [(model["name"], model["usage"]) for model in after["models"]] == [(model_v2.model_name, 20)]
     assert set(after["shards"].values()) == {model_v2.model_name}
@@ -159,20 +174,32 @@ def test_query_tool_prints_the_state_of_several_processes(model_v1):
     SERVING_STATE.clear()
     run_core(at(0.3, messages(sample_records(25))), at(0, [model_v1]))
     ports = [free_port(), free_port()]
-    servers = [start_state_server("127.0.0.1", port) for port in ports]  # two "processes" with the same shards
+    servers = [
+        start_state_server("127.0.0.1", port) for port in ports
+    ]  # two "processes" with the same shards
     try:
         urls = [f"http://127.0.0.1:{port}/state" for port in ports]
         done = subprocess.run(
-            [sys.executable, "-m", "flows.query_state", "--json", *urls], cwd=REPO, capture_output=True, text=True, check=True
+            [sys.executable, "-m", "flows.query_state", "--json", *urls],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         table = subprocess.run(
-            [sys.executable, "-m", "flows.query_state", *urls], cwd=REPO, capture_output=True, text=True, check=True
+            [sys.executable, "-m", "flows.query_state", *urls],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         )
     finally:
         for server in servers:
             server.shutdown()
     merged = json.loads(done.stdout)
-    assert [(model["name"], model["usage"], len(model["shards"])) for model in merged] == [(model_v1.model_name, 50, 8)]
+    assert [(model["name"], model["usage"], len(model["shards"])) for model in merged] == [
+        (model_v1.model_name, 50, 8)
+    ]
     assert model_v1.model_name in table.stdout and "50" in table.stdout
 
 
@@ -192,7 +219,12 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
             "SERVING_BYTEWAX_TRACING": "true",
         }
         done = subprocess.run(
-            [sys.executable, "-m", "bytewax.run", "flows.serving"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "bytewax.run", "flows.serving"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stdout + done.stderr
     assert receiver.service_names == {"serving-under-test"}
@@ -201,7 +233,9 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
     ours = {"score batch", "model accepted", "model swapped"}
     names = {span["name"] for span in receiver.spans}
     assert names >= ours
-    assert names - ours - {"model rejected", "model resent", "model restored", "model failed"}, "no Bytewax spans"
+    assert names - ours - {"model rejected", "model resent", "model restored", "model failed"}, (
+        "no Bytewax spans"
+    )
     assert "serving.records.scored" in receiver.metric_names
 
 

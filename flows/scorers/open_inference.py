@@ -17,7 +17,7 @@ import numpy as np
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.base import INPUTS, OUTPUT, register
 from flows.scorers.location import RemoteLocation
-from flows.scorers.remote import ClientFactory, RemoteScorer, build_remote_scorer, check_names
+from flows.scorers.remote import RemoteScorer, build_remote_scorer, check_names, client_factories
 from flows.scorers.transport import JsonHttpClient, RequestError, open_channel, sorted_rpc_error
 
 
@@ -127,11 +127,7 @@ class OpenInferenceGrpcClient:
         self._channel.close()
 
 
-FACTORIES: dict[str, ClientFactory] = {
-    "http": lambda address, location: OpenInferenceRestClient("http", address, location),
-    "https": lambda address, location: OpenInferenceRestClient("https", address, location),
-    "grpc": OpenInferenceGrpcClient,
-}
+FACTORIES = client_factories(OpenInferenceRestClient, OpenInferenceGrpcClient)
 
 
 @register(ModelType.OPENINFERENCE)

@@ -8,6 +8,7 @@ is there before the scorer is accepted, and closes every connection when the sco
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +34,13 @@ class ServerClient(Protocol):
 
 
 ClientFactory = Callable[[str, RemoteLocation], ServerClient]
+
+
+def client_factories(
+    rest: Callable[[str, str, RemoteLocation], ServerClient], grpc: ClientFactory
+) -> dict[str, ClientFactory]:
+    """A protocol's clients by URL scheme: `rest(scheme, address, location)` for http(s), `grpc` for grpc."""
+    return {"http": partial(rest, "http"), "https": partial(rest, "https"), "grpc": grpc}
 
 
 class RemoteScorer:

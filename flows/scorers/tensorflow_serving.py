@@ -15,7 +15,7 @@ import numpy as np
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE, register
 from flows.scorers.location import RemoteLocation
-from flows.scorers.remote import ClientFactory, RemoteScorer, build_remote_scorer, check_names
+from flows.scorers.remote import RemoteScorer, build_remote_scorer, check_names, client_factories
 from flows.scorers.transport import JsonHttpClient, RequestError, open_channel, sorted_rpc_error
 from flows.tensorflow_runtime import tensorflow
 
@@ -130,11 +130,7 @@ class TfServingGrpcClient:
         self._channel.close()
 
 
-FACTORIES: dict[str, ClientFactory] = {
-    "http": lambda address, location: TfServingRestClient("http", address, location),
-    "https": lambda address, location: TfServingRestClient("https", address, location),
-    "grpc": TfServingGrpcClient,
-}
+FACTORIES = client_factories(TfServingRestClient, TfServingGrpcClient)
 
 
 @register(ModelType.TENSORFLOWSERVING)
