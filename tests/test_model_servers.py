@@ -9,8 +9,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import grpc
 import numpy as np
 import pytest
+import tfserving_double as tfserving_stand_in
 from conftest import (
     FlowRun,
     GatedSource,
@@ -23,12 +25,14 @@ from conftest import (
     serve_into,
     wait_for,
 )
+from tfserving_double import ServedModel
 
 from flows.local_servers import LocalServer, mlserver, tfserving_double
 from flows.loopback import free_port
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.scorers.transport import RECONNECT_WITHIN_MS
+from flows.settings import SHIPPED_MODELS_DIR
 
 SCHEMES = ["grpc", "http"]
 PROTOCOL_TYPES = {"tfserving": ModelType.TENSORFLOWSERVING, "v2": ModelType.OPENINFERENCE}
@@ -201,3 +205,39 @@ def test_a_swapped_out_remote_scorer_closes_its_connections(servers, scheme):
     cache.release(descriptor.digest)  # what a shard does when the next model replaces this one
     with pytest.raises((ValueError, ScorerUnavailable), match="(?i)closed"):
         scorer.score(users, products)
+
+
+class _MetadataRecorder(grpc.ServerInterceptor):
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    def intercept_service(self, continuation, handler_call_details):
+        self.seen.append(dict(handler_call_details.invocation_metadata))
+        return continuation(handler_call_details)
+
+
+def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
+    """The original routed through Seldon and Ambassador with `seldon: grpc-tfserving`, `namespace: seldon`."""
+    model = ServedModel(str(SHIPPED_MODELS_DIR / "1"), "recommender", 1)
+    recorder, seen_headers = _MetadataRecorder(), []
+    grpc_port, rest_port = free_port(), free_port()
+    grpc_srv = tfserving_stand_in.grpc_server(model, grpc_port, [recorder])
+    grpc_srv.start()
+    http_srv = tfserving_stand_in.rest_server(model, rest_port, seen_headers)
+    threading.Thread(target=http_srv.serve_forever, daemon=True).start()
+    routing = "header.seldon=grpc-tfserving&header.namespace=seldon"
+    users, products = pairs(5)
+    try:
+        for scheme, port in (("grpc", grpc_port), ("http", rest_port)):
+            location = f"{scheme}://127.0.0.1:{port}/v1/models/recommender?{routing}"
+            scorer = build_scorer(ModelDescriptor("routed", "", ModelType.TENSORFLOWSERVING, None, location))
+            assert scorer.score(users, products).shape == (5,)
+            scorer.close()
+    finally:
+        http_srv.shutdown()
+        grpc_srv.stop(grace=None)
+    assert len(recorder.seen) == 2 and len(seen_headers) == 2  # the metadata check, then one Predict each
+    for metadata in recorder.seen + [
+        {key.lower(): value for key, value in headers.items()} for headers in seen_headers
+    ]:
+        assert metadata["seldon"] == "grpc-tfserving" and metadata["namespace"] == "seldon"

@@ -19,6 +19,7 @@ import signal
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -73,7 +74,9 @@ class ServedModel:
         }
 
 
-def grpc_server(model: ServedModel, port: int) -> grpc.Server:
+def grpc_server(
+    model: ServedModel, port: int, interceptors: Sequence[grpc.ServerInterceptor] = ()
+) -> grpc.Server:
     from tensorflow.core.framework import tensor_shape_pb2, types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
     from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
@@ -122,13 +125,17 @@ def grpc_server(model: ServedModel, port: int) -> grpc.Server:
             response.metadata["signature_def"].Pack(signatures)
             return response
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     return server
 
 
-def rest_server(model: ServedModel, port: int) -> ThreadingHTTPServer:
+def rest_server(
+    model: ServedModel, port: int, seen_headers: list[dict[str, str]] | None = None
+) -> ThreadingHTTPServer:
+    """`seen_headers`, if given, collects each request's headers (for tests of what clients send)."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as TensorFlow Serving
         disable_nagle_algorithm = True  # else each small answer waits ~40 ms for the client's ACK
@@ -145,6 +152,8 @@ def rest_server(model: ServedModel, port: int) -> ThreadingHTTPServer:
             self.wfile.write(data)
 
         def _route(self) -> tuple[str, str] | None:
+            if seen_headers is not None:
+                seen_headers.append(dict(self.headers))
             match = _REST_PATH.match(self.path)
             if match is None:
                 self._answer(404, {"error": f"Malformed request: {self.command} {self.path}"})
