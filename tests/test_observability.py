@@ -146,16 +146,21 @@ def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_
     port = free_port()
     server = start_state_server("127.0.0.1", port)
     first, second = sample_records(30), sample_records(20, 500)
-    gates = [threading.Event(), threading.Event()]
+    start, swap, more = threading.Event(), threading.Event(), threading.Event()
     run = FlowRun()
-    data = GatedSource(list(zip(gates, [messages(first), messages(second)])))
-    flow = serve_into(run, data, GatedSource(list(zip(gates, [[model_v1], [model_v2]]))), hold_limit=100)
+    data = GatedSource([(start, messages(first)), (more, messages(second))])
+    flow = serve_into(run, data, GatedSource([(start, [model_v1]), (swap, [model_v2])]), hold_limit=100)
     flow_thread = run_in_thread(flow)
     try:
-        gates[0].set()
+        start.set()
         wait_for(lambda: len(run.results) >= 30, "the first 30 results")
         during = get_state(port)
-        gates[1].set()
+        swap.set()  # records sent with a model may still meet the previous one: send them once it is in
+        swapped = lambda: [
+            e for e in run.events if e.kind == "swapped" and e.model_name == model_v2.model_name
+        ]  # noqa: E731
+        wait_for(lambda: len(swapped()) == 4, "model v2 on the four shards")
+        more.set()
         flow_thread.join(timeout=60)
         after = get_state(port)
     finally:
