@@ -141,6 +141,10 @@ def get_state(port: int) -> dict:
     return json.loads(response.data)
 
 
+def shards_serving(run: FlowRun, model_name: str) -> int:
+    return sum(1 for event in run.events if event.kind == "swapped" and event.model_name == model_name)
+
+
 def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_v2):
     SERVING_STATE.clear()
     port = free_port()
@@ -156,10 +160,7 @@ def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_
         wait_for(lambda: len(run.results) >= 30, "the first 30 results")
         during = get_state(port)
         swap.set()  # records sent with a model may still meet the previous one: send them once it is in
-        swapped = lambda: [
-            e for e in run.events if e.kind == "swapped" and e.model_name == model_v2.model_name
-        ]  # noqa: E731
-        wait_for(lambda: len(swapped()) == 4, "model v2 on the four shards")
+        wait_for(lambda: shards_serving(run, model_v2.model_name) == 4, "model v2 on the four shards")
         more.set()
         flow_thread.join(timeout=60)
         after = get_state(port)
