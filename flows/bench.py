@@ -23,9 +23,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import timedelta
-from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -112,18 +111,9 @@ def run_in_process(
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
     """
-    if not tracing:
-        return _run_in_process(scenario, model, records, rate, workers, shards, batch, None) | {
-            "tracing": "off"
-        }
-    with _otlp_receiver() as receiver:
-        provider = _install_tracing(receiver)
-        try:
-            result = _run_in_process(scenario, model, records, rate, workers, shards, batch, provider)
-        finally:
-            provider.shutdown()  # exports what is left before the receiver stops
-            TELEMETRY.uninstall()
-    return result | {"tracing": f"on: {receiver.spans} spans exported over OTLP/gRPC"}
+    with _exported_spans() if tracing else nullcontext() as receiver:
+        result = _measure(scenario, model, records, rate, workers, shards, batch)
+    return result | {"tracing": f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"}
 
 
 class _ReceiverProcess:
@@ -144,31 +134,24 @@ class _ReceiverProcess:
 
 
 @contextmanager
-def _otlp_receiver() -> Iterator[_ReceiverProcess]:
+def _exported_spans() -> Iterator[_ReceiverProcess]:
+    """Tracing on, every span exported to a receiver process; the receiver's count is ready on exit."""
     receiver = _ReceiverProcess()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True))
+    )
+    TELEMETRY.install(provider, None)
     try:
         yield receiver
     finally:
+        provider.shutdown()  # exports what is left before the receiver stops
+        TELEMETRY.uninstall()
         receiver.close()
 
 
-def _install_tracing(receiver: Any) -> TracerProvider:
-    provider = TracerProvider(sampler=ALWAYS_ON)
-    exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
-    TELEMETRY.install(provider, None)
-    return provider
-
-
-def _run_in_process(
-    scenario: str,
-    model: ModelDescriptor,
-    records: int,
-    rate: float,
-    workers: int,
-    shards: int,
-    batch: int,
-    provider: TracerProvider | None,
+def _measure(
+    scenario: str, model: ModelDescriptor, records: int, rate: float, workers: int, shards: int, batch: int
 ) -> dict:
     settings = Settings()
     timed: list[TimedScorer] = []
