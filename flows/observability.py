@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import time
 from typing import Any
 
 from flows.settings import Settings
@@ -26,7 +28,9 @@ def start_observability(settings: Settings) -> list[Any]:
             url=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
             sampling_ratio=float(os.environ.get("OTEL_TRACES_SAMPLER_ARG", "1.0")),
         )
-        handles.append(setup_tracing(config))  # Bytewax stops tracing when this handle is dropped.
+        tracer = setup_tracing(config)  # Bytewax stops tracing when this handle is dropped.
+        handles.append(tracer)
+        atexit.register(_drain_bytewax_exporter, tracer)
         switched_on.append("bytewax traces: otlp")
     if settings.state_port:
         server = start_state_server(settings.state_host, settings.state_port)
@@ -36,3 +40,16 @@ def start_observability(settings: Settings) -> list[Any]:
     if switched_on:
         log.info("observability: %s", "; ".join(switched_on))
     return handles
+
+
+def _drain_bytewax_exporter(tracer: Any) -> None:
+    """Keep Bytewax's tracer alive for one more export round before the process exits.
+
+    Bytewax's Rust exporter batches spans and sends them every OTEL_BSP_SCHEDULE_DELAY milliseconds
+    (default 5000) or when 512 are queued; it has no flush, and dropping its handle discards what is
+    queued. Without this wait a short run, or the last seconds of a long one, never reaches the
+    collector. Being an argument of this exit hook, `tracer` outlives the wait.
+    """
+    delay_ms = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000"))
+    log.info("observability: waiting %.1f s for Bytewax's last trace export", delay_ms / 1000 + 0.2)
+    time.sleep(delay_ms / 1000 + 0.2)

@@ -223,6 +223,7 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_SERVICE_NAME": "serving-under-test",
             "SERVING_BYTEWAX_TRACING": "true",
+            "OTEL_BSP_SCHEDULE_DELAY": "300",  # the exit waits one export round; keep it short
         }
         done = subprocess.run(
             [sys.executable, "-m", "bytewax.run", "flows.serving"],
@@ -239,9 +240,8 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
     ours = {"score batch", "model accepted", "model swapped"}
     names = {span["name"] for span in receiver.spans}
     assert names >= ours
-    assert names - ours - {"model rejected", "model resent", "model restored", "model failed"}, (
-        "no Bytewax spans"
-    )
+    # Bytewax's outermost spans end last: they arrive only if its exporter is drained at exit.
+    assert {"worker_main", "production_dataflow", "operator"} <= names
     assert "serving.records.scored" in receiver.metric_names
 
 
