@@ -11,7 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conftest import sample_records, start_job
+import urllib3
+from conftest import sample_records, start_job, wait_for
 from test_main_job import free_ports
 
 from flows.avro import MODEL, RECORD, RESULT, STATS
@@ -24,6 +25,7 @@ from flows.kafka import (
     TOPIC_HEADER,
 )
 from flows.local_broker import consume_all, create_topics, produce
+from flows.loopback import free_port
 from flows.records import ModelToServeStats
 
 
@@ -187,16 +189,29 @@ def test_two_processes_consume_every_partition_and_match_one_worker(kafka_bootst
     assert runs["two-processes"] == runs["one-worker"]
 
 
+def models_served(state_port: int) -> set[str]:
+    """The models the flow's shards serve, per its /state; none while it is not answering yet."""
+    try:
+        response = urllib3.request("GET", f"http://127.0.0.1:{state_port}/state", timeout=2, retries=False)
+    except urllib3.exceptions.HTTPError:
+        return set()
+    return set(response.json()["shards"].values())
+
+
 def test_a_model_switch_over_kafka_reaches_every_worker(kafka_bootstrap, model_v1, model_v2):
     topics = create_topics(kafka_bootstrap, "switch", ["data", "models", "results", "dead"], partitions=4)
     before, after = sample_records(400), sample_records(400, offset=400)
-    flow = start_flow(kafka_bootstrap, topics, "-w", "2", SERVING_KAFKA_TAIL="true")
+    state_port = free_port()
+    flow = start_flow(
+        kafka_bootstrap, topics, "-w", "2", SERVING_KAFKA_TAIL="true", SERVING_STATE_PORT=str(state_port)
+    )
     try:
         produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
         produce(kafka_bootstrap, topics["data"], [(str(r.user).encode(), RECORD.encode(r)) for r in before])
         assert len(consume_all(kafka_bootstrap, topics["results"], len(before))) == len(before)
         produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v2))])
-        time.sleep(3)  # a shipped model loads in well under a second
+        # The data and model topics are read independently: send the next records once every shard has v2.
+        wait_for(lambda: models_served(state_port) == {model_v2.model_name}, "v2 on every shard")
         produce(kafka_bootstrap, topics["data"], [(str(r.user).encode(), RECORD.encode(r)) for r in after])
         results = consume_all(kafka_bootstrap, topics["results"], len(before) + len(after))
     finally:
