@@ -28,6 +28,12 @@ def test_a_location_has_defaults():
     assert location.endpoints == ("[::1]:8500",)
     assert (location.model, location.version, location.prefix) == ("recommender", None, "")
     assert location.timeout_s > 0 and location.retries >= 1 and location.headers == ()
+    assert location.ca_file is None
+
+
+def test_a_tls_location_may_name_the_certificate_authorities_to_trust():
+    location = parse_location("grpcs://kserve.example:443/v2/models/recommender?ca=/etc/serving/ca.pem")
+    assert (location.scheme, location.prefix, location.ca_file) == ("grpcs", "/v2", "/etc/serving/ca.pem")
 
 
 @pytest.mark.parametrize(
@@ -40,6 +46,7 @@ def test_a_location_has_defaults():
         ("http://h:1/v1/models/m?tiemout=3", "unknown option(s) tiemout"),
         ("http://h:1/v1/models/m?timeout=-1", "timeout must be > 0"),
         ("http://h:1/v1/models/m?retries=x", "invalid literal"),
+        ("grpc://h:1/models/m?ca=/ca.pem", "option ca needs a TLS scheme"),
     ],
 )
 def test_a_malformed_location_says_what_is_wrong(location, complaint):

@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import signal
+import ssl
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -75,8 +76,12 @@ class ServedModel:
 
 
 def grpc_server(
-    model: ServedModel, port: int, interceptors: Sequence[grpc.ServerInterceptor] = ()
+    model: ServedModel,
+    port: int,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.Server:
+    """TensorFlow Serving's PredictionService (Predict, GetModelMetadata); TLS when given `credentials`."""
     from tensorflow.core.framework import tensor_shape_pb2, types_pb2
     from tensorflow.core.protobuf import meta_graph_pb2
     from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
@@ -127,14 +132,23 @@ def grpc_server(
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if credentials is None:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
     return server
 
 
 def rest_server(
-    model: ServedModel, port: int, seen_headers: list[dict[str, str]] | None = None
+    model: ServedModel,
+    port: int,
+    seen_headers: list[dict[str, str]] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ThreadingHTTPServer:
-    """`seen_headers`, if given, collects each request's headers (for tests of what clients send)."""
+    """TensorFlow Serving's REST API; HTTPS when given a server-side `tls` context.
+
+    `seen_headers`, if given, collects each request's headers (for tests of what clients send).
+    """
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as TensorFlow Serving
@@ -199,6 +213,8 @@ def rest_server(
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     return server
 
 

@@ -4,14 +4,17 @@ One URL names the protocol, one or more servers, the model and how to call it:
 
     SCHEME://HOST:PORT[,HOST:PORT...][/PREFIX]/models/NAME[/versions/VERSION][?OPTIONS]
 
-SCHEME is `http` or `https` (REST) or `grpc` (gRPC, plaintext). Several comma-separated servers share
-the load and cover for each other. For REST, PREFIX is kept in the request path, so a route through a
-proxy (`/seldon/seldon/tfserving/v1/models/NAME`) works as is; the server's own paths are
-`/v1/models/NAME` (TensorFlow Serving) and `/v2/models/NAME` (Open Inference Protocol).
+SCHEME is `http` or `https` (REST), or `grpc` or `grpcs` (gRPC, plaintext or TLS). Several
+comma-separated servers share the load and cover for each other. For REST, PREFIX is kept in the
+request path, so a route through a proxy (`/seldon/seldon/tfserving/v1/models/NAME`) works as is; the
+server's own paths are `/v1/models/NAME` (TensorFlow Serving) and `/v2/models/NAME` (Open Inference
+Protocol).
 
 OPTIONS: `timeout` (seconds per request, default 5), `retries` (extra attempts after a transient
 failure, default 2), and `header.KEY=VALUE` (sent as an HTTP header or gRPC metadata on every request,
-e.g. `header.seldon=grpc-tfserving&header.namespace=seldon` to route through Seldon and Ambassador).
+e.g. `header.seldon=grpc-tfserving&header.namespace=seldon` to route through Seldon and Ambassador),
+and for `https`/`grpcs` `ca=PATH` (a PEM file of the certificate authorities to trust instead of the
+system's, e.g. a cluster's internal CA mounted from a Secret).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
-SCHEMES = ("http", "https", "grpc")
+SCHEMES = ("http", "https", "grpc", "grpcs")
+TLS_SCHEMES = ("https", "grpcs")
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_RETRIES = 2
 _MODEL_PATH = re.compile(r"^(?P<prefix>.*?)/?models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/?$")
@@ -43,6 +47,7 @@ class RemoteLocation:
     timeout_s: float
     retries: int
     headers: tuple[tuple[str, str], ...]
+    ca_file: str | None = None  # PEM bundle to verify servers with (TLS schemes only); None: the system's
 
     @property
     def model_path(self) -> str:
@@ -70,10 +75,13 @@ def parse_location(location: str) -> RemoteLocation:
         (key.removeprefix("header."), value) for key, value in options.items() if key.startswith("header.")
     )
     unknown = sorted(
-        key for key in options if key not in ("timeout", "retries") and not key.startswith("header.")
+        key for key in options if key not in ("timeout", "retries", "ca") and not key.startswith("header.")
     )
     if unknown:
         raise LocationError(f"location {location!r}: unknown option(s) {', '.join(unknown)}")
+    ca_file = options.get("ca") or None
+    if ca_file and parts.scheme not in TLS_SCHEMES:
+        raise LocationError(f"location {location!r}: option ca needs a TLS scheme ({', '.join(TLS_SCHEMES)})")
     try:
         timeout_s = float(options.get("timeout", DEFAULT_TIMEOUT_S))
         retries = int(options.get("retries", DEFAULT_RETRIES))
@@ -90,4 +98,5 @@ def parse_location(location: str) -> RemoteLocation:
         timeout_s=timeout_s,
         retries=retries,
         headers=headers,
+        ca_file=ca_file,
     )

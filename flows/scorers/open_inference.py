@@ -25,7 +25,7 @@ class OpenInferenceRestClient:
     """The V2 REST API on one server."""
 
     def __init__(self, scheme: str, address: str, location: RemoteLocation) -> None:
-        self._http = JsonHttpClient(scheme, address, location.timeout_s, dict(location.headers))
+        self._http = JsonHttpClient(scheme, address, location)
         self._model = location.model
         self._path = location.model_path
 
@@ -74,7 +74,7 @@ class OpenInferenceGrpcClient:
         from tritonclient.grpc import service_pb2, service_pb2_grpc
 
         self._messages = service_pb2
-        self._channel = open_channel(address)
+        self._channel = open_channel(address, location)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._model = location.model
         self._version = location.version or ""

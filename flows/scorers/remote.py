@@ -39,8 +39,9 @@ ClientFactory = Callable[[str, RemoteLocation], ServerClient]
 def client_factories(
     rest: Callable[[str, str, RemoteLocation], ServerClient], grpc: ClientFactory
 ) -> dict[str, ClientFactory]:
-    """A protocol's clients by URL scheme: `rest(scheme, address, location)` for http(s), `grpc` for grpc."""
-    return {"http": partial(rest, "http"), "https": partial(rest, "https"), "grpc": grpc}
+    """A protocol's clients by URL scheme: `rest(scheme, address, location)` for http(s), `grpc` for both
+    gRPC schemes (the channel reads plaintext or TLS from the location)."""
+    return {"http": partial(rest, "http"), "https": partial(rest, "https"), "grpc": grpc, "grpcs": grpc}
 
 
 class RemoteScorer:
@@ -88,9 +89,11 @@ def build_remote_scorer(
         raise ModelLoadError(
             name, f"{protocol} is not served over {location.scheme}:// (use {', '.join(factories)})"
         )
-    pool = EndpointPool(
-        {address: factory(address, location) for address in location.endpoints}, location.retries
-    )
+    try:
+        clients = {address: factory(address, location) for address in location.endpoints}
+    except OSError as error:  # e.g. the location's CA file
+        raise ModelLoadError(name, str(error)) from error
+    pool = EndpointPool(clients, location.retries)
     scorer = RemoteScorer(f"{protocol}+{location.scheme}://{','.join(location.endpoints)}", pool)
     try:
         pool.call(lambda client: client.check_model())

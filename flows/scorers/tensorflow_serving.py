@@ -24,7 +24,7 @@ class TfServingRestClient:
     """TensorFlow Serving's REST API on one server."""
 
     def __init__(self, scheme: str, address: str, location: RemoteLocation) -> None:
-        self._http = JsonHttpClient(scheme, address, location.timeout_s, dict(location.headers))
+        self._http = JsonHttpClient(scheme, address, location)
         self._model = location.model
         self._path = location.model_path
 
@@ -80,7 +80,7 @@ class TfServingGrpcClient:
         from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
         self._messages = (get_model_metadata_pb2, predict_pb2)
-        self._channel = open_channel(address)
+        self._channel = open_channel(address, location)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model = location.model
         self._version = location.version

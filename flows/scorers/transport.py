@@ -8,12 +8,15 @@ retrying the batch is pointless, scoring its records one by one isolates the bad
 from __future__ import annotations
 
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
 import grpc
 import urllib3
 
 from flows.scorers.endpoints import TransientError
+from flows.scorers.location import RemoteLocation
 
 # Worth trying again: nothing answered, too slow, too busy, or the model is (re)loading.
 TRANSIENT_HTTP_STATUS = frozenset({404, 408, 429, 500, 502, 503, 504})
@@ -34,21 +37,43 @@ class RequestError(ValueError):
     """The server answered, and refused the request."""
 
 
+def trusted_authorities(location: RemoteLocation) -> bytes | None:
+    """The PEM bytes of the location's `ca` file, checked to hold a certificate; None: the system's roots.
+
+    Read when the scorer is built, so a missing or malformed file refuses the model with the path in the
+    reason, rather than every request failing its handshake later.
+    """
+    if location.ca_file is None:
+        return None
+    try:
+        pem = Path(location.ca_file).read_bytes()
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # ssl.SSLError is an OSError
+        raise OSError(f"CA file {location.ca_file!r}: {error}") from error
+    return pem
+
+
 class JsonHttpClient:
     """Keep-alive JSON requests to one server (urllib3 sets TCP_NODELAY, so small requests are not delayed)."""
 
-    def __init__(self, scheme: str, address: str, timeout_s: float, headers: dict[str, str]) -> None:
+    def __init__(self, scheme: str, address: str, location: RemoteLocation) -> None:
         host, _, port = address.rpartition(":")
+        pool_options: dict[str, Any] = {}
+        if scheme == "https":
+            pem = trusted_authorities(location)
+            cadata = pem.decode("ascii") if pem else None
+            pool_options["ssl_context"] = ssl.create_default_context(cadata=cadata)
         pool_class = urllib3.HTTPSConnectionPool if scheme == "https" else urllib3.HTTPConnectionPool
         self._pool = pool_class(
             host.strip("[]"),
             int(port),
             maxsize=4,
             block=False,
-            timeout=urllib3.Timeout(total=timeout_s),
+            timeout=urllib3.Timeout(total=location.timeout_s),
             retries=False,
+            **pool_options,
         )
-        self._headers = {"Content-Type": "application/json", **headers}
+        self._headers = {"Content-Type": "application/json", **dict(location.headers)}
         self.address = address
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
@@ -73,8 +98,8 @@ class JsonHttpClient:
         self._pool.close()
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """A plaintext channel to one server, allowing model-sized messages both ways.
+def open_channel(address: str, location: RemoteLocation) -> grpc.Channel:
+    """A channel to one server (TLS for `grpcs`), allowing model-sized messages both ways.
 
     Calls fail fast while the server is away (no wait-for-ready), and the channel tries to reconnect
     at least every second (gRPC's default backoff grows to two minutes), so scoring resumes soon
@@ -87,6 +112,9 @@ def open_channel(address: str) -> grpc.Channel:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", RECONNECT_WITHIN_MS),
     ]
+    if location.scheme == "grpcs":
+        credentials = grpc.ssl_channel_credentials(root_certificates=trusted_authorities(location))
+        return grpc.secure_channel(address, credentials, options=options)
     return grpc.insecure_channel(address, options=options)
 
 
