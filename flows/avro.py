@@ -172,7 +172,7 @@ class AvroCodec(Generic[T]):
         try:
             datum = schemaless_reader(buffer, writer, self.schema if writer is not self.schema else None)
             value = self.from_avro(datum)
-        except Exception as error:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
+        except Exception as error:  # noqa: BLE001 (fastavro raises EOFError, ValueError, UnicodeDecodeError, ...)
             return DecodeFailure(
                 self.name, f"corrupt {self.name} datum: {type(error).__name__}: {error}", payload
             )

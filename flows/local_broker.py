@@ -62,7 +62,7 @@ def kafka_broker() -> Iterator[str]:
     binary = Path(noida_db.__file__).parent / "noida-db"
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="test-broker-")
-    log = open(Path(data_dir) / "broker.log", "w")
+    log = open(Path(data_dir) / "broker.log", "w")  # noqa: SIM115 (the broker writes it while it runs)
     process = subprocess.Popen(
         [
             str(binary),

@@ -55,7 +55,9 @@ class LocalServer:
         self.rest_port = rest_port
         self.grpc_port = grpc_port
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (the server writes it while it runs)
+            prefix=f"{name}-", suffix=".log", delete=False
+        )
 
     def start(self, timeout: float = 60) -> None:
         """Start the server and wait until its model is ready."""
@@ -96,7 +98,7 @@ class LocalServer:
     def log_tail(self, characters: int = 2000) -> str:
         return Path(self._log.name).read_text(errors="replace")[-characters:]
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self) -> LocalServer:  # noqa: PYI034 (typing.Self needs 3.11; 3.10 is supported)
         self.start()
         return self
 

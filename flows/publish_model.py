@@ -32,7 +32,7 @@ def size_limit(bootstrap: str, topic: str, config: dict[str, str]) -> tuple[int,
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         entries = admin.describe_configs([resource])[resource].result(timeout=10)
         topic_limit = int(entries["max.message.bytes"].value)
-    except Exception:  # Topic absent or the broker does not report it: the producer's limit still holds.
+    except Exception:  # noqa: BLE001 (topic absent or not reported: the producer's limit still holds)
         return producer_limit, "the producer's message.max.bytes"
     if topic_limit < producer_limit:
         return topic_limit, f"topic {topic}'s max.message.bytes"

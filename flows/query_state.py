@@ -51,7 +51,9 @@ def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def render(models: list[dict[str, Any]]) -> str:
-    lines = [f"{'model':<22} {'since (UTC)':<19} {'records':>10} {'avg ms/rec':>10} {'min ms':>7} {'max ms':>7}  shards"]
+    lines = [
+        f"{'model':<22} {'since (UTC)':<19} {'records':>10} {'avg ms/rec':>10} {'min ms':>7} {'max ms':>7}  shards"
+    ]
     for model in models:
         since = datetime.fromtimestamp(model["since"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         lines.append(
@@ -63,7 +65,9 @@ def render(models: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.query_state", description=__doc__.split("\n")[0])
-    parser.add_argument("urls", nargs="*", default=[DEFAULT_URL], help=f"state endpoints (default {DEFAULT_URL})")
+    parser.add_argument(
+        "urls", nargs="*", default=[DEFAULT_URL], help=f"state endpoints (default {DEFAULT_URL})"
+    )
     parser.add_argument("--json", action="store_true", help="print the merged statistics as JSON")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each endpoint")
     args = parser.parse_args()

@@ -56,7 +56,7 @@ def score_batch(
     except ScorerUnavailable as error:
         reason = f"scoring with model {model_name!r} failed: {error}"
         return [unscored(message, reason, model_name, scorer.source) for message in messages], 0.0
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (a model may raise anything; the flow must not die of it)
         if len(messages) > 1:
             return _score_one_by_one(scorer, model_name, messages)
         reason = f"scoring with model {model_name!r} failed: {type(error).__name__}: {error}"

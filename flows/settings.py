@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     )
     tf_verbose: bool = Field(False, description="Show TensorFlow's start-up logging, otherwise muted.")
     state_port: int = Field(
-        8081, ge=0, le=65535, description="Port of the HTTP `GET /state` endpoint (0: off). Each process needs its own."
+        8081,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP `GET /state` endpoint (0: off). Each process needs its own.",
     )
     state_host: str = Field("0.0.0.0", description="Address the /state endpoint listens on.")
     bytewax_tracing: bool = Field(

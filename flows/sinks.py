@@ -98,7 +98,7 @@ class _JsonLinesPartition(StatelessSinkPartition[ScoredMessage]):
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             _drop_torn_last_line(path)
-        self.file = open(path, "a", encoding="utf-8")
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the partition's life)
 
     def write_batch(self, items: list[ScoredMessage]) -> None:
         self.file.write("".join(json.dumps(RESULT.to_avro(item.result)) + "\n" for item in items))

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def state_document(state: ServingState) -> dict[str, Any]:
-    return {"time": time.time_ns() // 1_000_000, "models": state.per_model(), "shards": state.models_by_shard()}
+    return {
+        "time": time.time_ns() // 1_000_000,
+        "models": state.per_model(),
+        "shards": state.models_by_shard(),
+    }
 
 
 def _handler(state: ServingState) -> type[BaseHTTPRequestHandler]:
@@ -27,7 +31,7 @@ def _handler(state: ServingState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's method name)
+        def do_GET(self) -> None:
             if self.path.split("?")[0].rstrip("/") != "/state":
                 self.send_error(404, "only GET /state is served here")
                 return
@@ -41,7 +45,9 @@ def _handler(state: ServingState) -> type[BaseHTTPRequestHandler]:
     return StateHandler
 
 
-def start_state_server(host: str, port: int, state: ServingState = SERVING_STATE) -> ThreadingHTTPServer | None:
+def start_state_server(
+    host: str, port: int, state: ServingState = SERVING_STATE
+) -> ThreadingHTTPServer | None:
     """Serve /state on host:port in a daemon thread; None (and a warning) if the port is taken."""
     try:
         server = ThreadingHTTPServer((host, port), _handler(state))

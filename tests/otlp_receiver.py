@@ -38,7 +38,7 @@ class OtlpReceiver(
             if attribute.key == "service.name":
                 self.service_names.add(_value(attribute.value))
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC method name)
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         with self._lock:
             if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
                 for resource_spans in request.resource_spans:

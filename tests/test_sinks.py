@@ -14,6 +14,6 @@ def test_restart_cuts_a_torn_last_line_before_appending(tmp_path):
     partition.write_batch([unscored(message, "no model") for message in messages(sample_records(2))])
     partition.close()
     lines = path.read_text().splitlines()
-    assert [json.loads(line) for line in lines][0] == {"complete": True}
+    assert json.loads(lines[0]) == {"complete": True}
     assert len(lines) == 3
     assert all(json.loads(line)["modelResultMetadata"]["errors"] == "no model" for line in lines[1:])

@@ -18,9 +18,9 @@ import re
 import signal
 import ssl
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -97,7 +97,7 @@ def grpc_server(
             )
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC method name)
+        def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
             check(request.model_spec, context)
             missing = [name for name in INPUTS if name not in request.inputs]
             if missing:
@@ -113,7 +113,7 @@ def grpc_server(
             response.outputs[OUTPUT].CopyFrom(model.tf.make_tensor_proto(model.predict(users, products)))
             return response
 
-        def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
             check(request.model_spec, context)
             signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
             for names, tensors in ((INPUTS, signature.inputs), ((OUTPUT,), signature.outputs)):
@@ -179,7 +179,7 @@ def rest_server(
                 return None
             return match["action"] or "", self.command
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's method name)
+        def do_GET(self) -> None:
             route = self._route()
             if route is None:
                 return
@@ -191,7 +191,7 @@ def rest_server(
                 status = {"version": str(model.version), "state": "AVAILABLE", "status": {"error_code": "OK"}}
                 self._answer(200, {"model_version_status": [status]})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             route = self._route()
             if route is None:

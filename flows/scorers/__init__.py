@@ -3,9 +3,11 @@
 Importing this package registers every scorer kind with the factory.
 """
 
-from flows.scorers import open_inference  # noqa: F401  (registers OPENINFERENCE)
-from flows.scorers import tensorflow_saved  # noqa: F401  (registers TENSORFLOWSAVED)
-from flows.scorers import tensorflow_serving  # noqa: F401  (registers TENSORFLOWSERVING)
+from flows.scorers import (
+    open_inference,  # noqa: F401  (registers OPENINFERENCE)
+    tensorflow_saved,  # noqa: F401  (registers TENSORFLOWSAVED)
+    tensorflow_serving,  # noqa: F401  (registers TENSORFLOWSERVING)
+)
 from flows.scorers.base import ModelLoadError, Scorer, ScorerUnavailable, build_scorer
 from flows.scorers.cache import ScorerCache
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from flows.records import ModelDescriptor, ModelType
 
-
 # What every recommender model takes and returns, wherever it runs: float32 tensors of shape [N, 1].
 SIGNATURE = "serving_default"
 INPUTS = ("users", "products")
