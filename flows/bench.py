@@ -7,6 +7,7 @@ the run's parameters. Scenarios:
 - tfserving-grpc, tfserving-rest, v2-grpc, v2-rest: as embedded, but scoring with a model server on
   this machine (the TensorFlow Serving stand-in from tests/, or Seldon MLServer) over gRPC or REST; the
   line adds the per-request latency (call_p50_ms, call_p99_ms) and the number of requests.
+  tfserving-grpcs and tfserving-https: the same stand-in over TLS, with a throwaway CA (needs trustme).
 - kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
   latency from the data message's produce timestamp to the result message's.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
@@ -52,7 +53,10 @@ from flows.scorers.cache import SCORERS
 from flows.settings import Settings
 from flows.telemetry import TELEMETRY
 
-SCENARIOS = ("embedded", "kafka-embedded", "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest")
+SCENARIOS = (
+    "embedded", "kafka-embedded",
+    "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
+)  # fmt: skip
 REMOTE_SCENARIOS = SCENARIOS[2:]
 
 
@@ -200,12 +204,14 @@ def _measure(
 
 def remote_model(scenario: str, version: str, stack: ExitStack) -> ModelDescriptor:
     """Start the scenario's server (TensorFlow Serving stand-in or MLServer) and describe its model."""
-    protocol, scheme = scenario.rsplit("-", 1)
+    protocol, transport = scenario.rsplit("-", 1)
+    scheme = {"grpc": "grpc", "rest": "http", "grpcs": "grpcs", "https": "https"}[transport]
     if protocol == "tfserving":
-        server, model_type = stack.enter_context(tfserving_double(int(version))), ModelType.TENSORFLOWSERVING
+        server = stack.enter_context(tfserving_double(int(version), tls=scheme in ("grpcs", "https")))
+        model_type = ModelType.TENSORFLOWSERVING
     else:
         server, model_type = stack.enter_context(mlserver(int(version))), ModelType.OPENINFERENCE
-    location = server.location("grpc" if scheme == "grpc" else "http")
+    location = server.location(scheme, f"ca={server.tls.ca}" if server.tls else "")
     return ModelDescriptor(f"recommender-v{version}", scenario, model_type, None, location)
 
 

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -25,15 +26,44 @@ REPO = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = REPO / "models" / "recommender"
 
 
-def _http_ok(url: str) -> bool:
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway certificate authority and of the certificate it issued for 127.0.0.1."""
+
+    ca: Path
+    certificate_chain: Path
+    private_key: Path
+
+
+def throwaway_tls(directory: Path) -> TlsFiles:
+    """Make a CA and a server certificate for 127.0.0.1 and localhost in `directory` (needs trustme, a test extra)."""
+    import trustme
+
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(directory / "ca.pem", directory / "server-chain.pem", directory / "server-key.pem")
+    authority.cert_pem.write_to_path(str(files.ca))
+    files.certificate_chain.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(files.private_key))
+    return files
+
+
+def _http_ok(url: str, ca: Path | None) -> bool:
+    """Whether `url` answers 200 (over HTTPS verified with `ca` when given)."""
+    pool = urllib3.PoolManager(ca_certs=str(ca) if ca else None, retries=False, timeout=1.0)
     try:
-        return urllib3.request("GET", url, timeout=1.0, retries=False).status == 200
+        return pool.request("GET", url).status == 200
     except urllib3.exceptions.HTTPError:
         return False
+    finally:
+        pool.clear()
 
 
 class LocalServer:
-    """One model server process: REST on `rest_port`, gRPC on `grpc_port`, both on 127.0.0.1."""
+    """One model server process: REST on `rest_port`, gRPC on `grpc_port`, both on 127.0.0.1.
+
+    With `tls`, both ports speak TLS only, with a certificate from that throwaway CA.
+    """
 
     def __init__(
         self,
@@ -45,13 +75,15 @@ class LocalServer:
         model: str,
         prefix: str,
         scratch: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self.model = model
         self.prefix = prefix  # REST path before models/NAME: /v1 (TensorFlow Serving) or /v2 (V2)
         self.scratch = scratch  # removed with the server
         self.command = command
-        self.ready_url = f"http://127.0.0.1:{rest_port}{ready_path}"
+        self.ready_url = f"{'https' if tls else 'http'}://127.0.0.1:{rest_port}{ready_path}"
         self.rest_port = rest_port
         self.grpc_port = grpc_port
         self.process: subprocess.Popen[bytes] | None = None
@@ -69,7 +101,12 @@ class LocalServer:
             self.command, cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT
         )
         try:
-            wait_until_ready(self.name, lambda: _http_ok(self.ready_url), self.process, timeout)
+            wait_until_ready(
+                self.name,
+                lambda: _http_ok(self.ready_url, self.tls.ca if self.tls else None),
+                self.process,
+                timeout,
+            )
         except RuntimeError as error:
             self.stop()
             raise RuntimeError(f"{error}; its log: {self.log_tail()}") from None
@@ -89,9 +126,10 @@ class LocalServer:
     def location(self, scheme: str, options: str = "", other_servers: str = "") -> str:
         """The model's location here, for a descriptor: e.g. `grpc://127.0.0.1:P/v2/models/NAME`.
 
-        `scheme` is grpc or http; `other_servers` ("HOST:PORT,") are listed before this one.
+        `scheme` is grpc or http, or grpcs or https for a TLS server (add `ca={self.tls.ca}` to `options`
+        to trust it); `other_servers` ("HOST:PORT,") are listed before this one.
         """
-        port = self.grpc_port if scheme == "grpc" else self.rest_port
+        port = self.grpc_port if scheme.startswith("grpc") else self.rest_port
         query = f"?{options}" if options else ""
         return f"{scheme}://{other_servers}127.0.0.1:{port}{self.prefix}/models/{self.model}{query}"
 
@@ -112,15 +150,25 @@ class LocalServer:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def tfserving_double(version: int = 1, name: str = "recommender") -> LocalServer:
-    """The TensorFlow Serving stand-in (tests/tfserving_double.py) serving shipped model `version` as `name`."""
+def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = False) -> LocalServer:
+    """The TensorFlow Serving stand-in (tests/tfserving_double.py) serving shipped model `version` as `name`.
+
+    With `tls`, it serves TLS only, with a certificate from a throwaway CA (see `LocalServer.tls`).
+    """
     rest_port, grpc_port = free_port(), free_port()
     command = [
         sys.executable, "-m", "tests.tfserving_double", "--model-dir", str(SHIPPED_MODEL / str(version)),
         "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
+    scratch, files = None, None
+    if tls:
+        scratch = Path(tempfile.mkdtemp(prefix="tfserving-tls-"))
+        files = throwaway_tls(scratch)
+        command += ["--tls-chain", str(files.certificate_chain), "--tls-key", str(files.private_key)]
     ready = f"/v1/models/{name}"
-    return LocalServer(f"tfserving-double-{rest_port}", command, ready, rest_port, grpc_port, name, "/v1")
+    return LocalServer(
+        f"tfserving-double-{rest_port}", command, ready, rest_port, grpc_port, name, "/v1", scratch, files
+    )
 
 
 def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:

@@ -5,7 +5,6 @@ Each server speaks REST and gRPC; every test runs over both.
 
 from __future__ import annotations
 
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -245,50 +244,26 @@ def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
 
 
 @pytest.fixture(scope="module")
-def tls_stand_in(tmp_path_factory) -> Iterator[dict[str, object]]:
-    """The TensorFlow Serving stand-in over TLS only, with a certificate from a throwaway CA.
-
-    Yields the REST and gRPC ports, the CA's PEM file (what a cluster would mount from a Secret) and
-    a PEM file of another CA that did not sign the server's certificate.
-    """
+def tls_server(tmp_path_factory) -> Iterator[tuple[LocalServer, str]]:
+    """The TensorFlow Serving stand-in over TLS only, and the PEM file of a CA that did not sign its certificate."""
     import trustme
 
-    authority, stranger = trustme.CA(), trustme.CA()
-    certificate = authority.issue_cert("127.0.0.1", "localhost")
-    directory = tmp_path_factory.mktemp("tls")
-    authority.cert_pem.write_to_path(str(directory / "ca.pem"))
-    stranger.cert_pem.write_to_path(str(directory / "other-ca.pem"))
-    model = ServedModel(str(SHIPPED_MODELS_DIR / "1"), "recommender", 1)
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    certificate.configure_cert(server_context)
-    chain = b"".join(blob.bytes() for blob in certificate.cert_chain_pems)
-    credentials = grpc.ssl_server_credentials([(certificate.private_key_pem.bytes(), chain)])
-    grpc_port, rest_port = free_port(), free_port()
-    grpc_srv = tfserving_stand_in.grpc_server(model, grpc_port, credentials=credentials)
-    grpc_srv.start()
-    http_srv = tfserving_stand_in.rest_server(model, rest_port, tls=server_context)
-    threading.Thread(target=http_srv.serve_forever, daemon=True).start()
-    try:
-        yield {
-            "grpcs": grpc_port,
-            "https": rest_port,
-            "ca": directory / "ca.pem",
-            "other-ca": directory / "other-ca.pem",
-        }
-    finally:
-        http_srv.shutdown()
-        grpc_srv.stop(grace=None)
+    stranger = tmp_path_factory.mktemp("tls") / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    with tfserving_double(1, tls=True) as server:
+        yield server, str(stranger)
 
 
-def tls_descriptor(port: object, scheme: str, options: str) -> ModelDescriptor:
-    location = f"{scheme}://127.0.0.1:{port}/v1/models/recommender?timeout=2&retries=0&{options}"
+def tls_descriptor(server: LocalServer, scheme: str, options: str) -> ModelDescriptor:
+    location = server.location(scheme, f"timeout=2&retries=0&{options}".rstrip("&"))
     return ModelDescriptor(f"tls-{scheme}", "", ModelType.TENSORFLOWSERVING, None, location)
 
 
 @pytest.mark.parametrize("scheme", ["grpcs", "https"])
-def test_tls_servers_are_scored_with_the_ca_the_location_names(tls_stand_in, model_v1, scheme):
+def test_tls_servers_are_scored_with_the_ca_the_location_names(tls_server, model_v1, scheme):
+    server, _ = tls_server
     users, products = pairs(200)
-    scorer = build_scorer(tls_descriptor(tls_stand_in[scheme], scheme, f"ca={tls_stand_in['ca']}"))
+    scorer = build_scorer(tls_descriptor(server, scheme, f"ca={server.tls.ca}"))
     try:
         np.testing.assert_allclose(
             scorer.score(users, products), build_scorer(model_v1).score(users, products), rtol=1e-5, atol=1e-6
@@ -298,16 +273,19 @@ def test_tls_servers_are_scored_with_the_ca_the_location_names(tls_stand_in, mod
 
 
 @pytest.mark.parametrize("scheme", ["grpcs", "https"])
-def test_a_tls_server_whose_certificate_is_not_trusted_is_refused(tls_stand_in, scheme):
-    for options in (f"ca={tls_stand_in['other-ca']}", ""):  # a CA that did not sign it; the system's roots
+def test_a_tls_server_whose_certificate_is_not_trusted_is_refused(tls_server, scheme):
+    server, stranger = tls_server
+    port = server.grpc_port if scheme == "grpcs" else server.rest_port
+    for options in (f"ca={stranger}", ""):  # a CA that did not sign it; the system's roots
         with pytest.raises(ModelLoadError, match="no server answered") as caught:
-            build_scorer(tls_descriptor(tls_stand_in[scheme], scheme, options))
-        assert str(tls_stand_in[scheme]) in str(caught.value)
+            build_scorer(tls_descriptor(server, scheme, options))
+        assert f"127.0.0.1:{port}" in str(caught.value) and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
 
 
-def test_plaintext_grpc_to_a_tls_server_is_refused(tls_stand_in):
+def test_plaintext_grpc_to_a_tls_server_is_refused(tls_server):
+    server, _ = tls_server
     with pytest.raises(ModelLoadError, match="no server answered"):
-        build_scorer(tls_descriptor(tls_stand_in["grpcs"], "grpc", ""))
+        build_scorer(tls_descriptor(server, "grpc", ""))
 
 
 @pytest.mark.parametrize("content", [None, b"not a certificate"])
@@ -316,6 +294,7 @@ def test_a_ca_file_that_is_missing_or_not_pem_refuses_the_model_by_path(tmp_path
     if content is not None:
         ca.write_bytes(content)
     for scheme in ("grpcs", "https"):
+        location = f"{scheme}://127.0.0.1:{free_port()}/v1/models/recommender?ca={ca}"
         with pytest.raises(ModelLoadError) as caught:
-            build_scorer(tls_descriptor(free_port(), scheme, f"ca={ca}"))
+            build_scorer(ModelDescriptor("bad-ca", "", ModelType.TENSORFLOWSERVING, None, location))
         assert str(ca) in str(caught.value) and not caught.value.retryable

@@ -19,6 +19,7 @@ import signal
 import ssl
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -227,11 +228,19 @@ def main() -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--rest-port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--tls-chain", help="PEM certificate chain: serve TLS only (with --tls-key)")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-chain")
     args = parser.parse_args()
     model = ServedModel(args.model_dir, args.name, args.version)
-    grpc_srv = grpc_server(model, args.grpc_port)
+    credentials, context = None, None
+    if args.tls_chain:
+        chain, key = Path(args.tls_chain).read_bytes(), Path(args.tls_key).read_bytes()
+        credentials = grpc.ssl_server_credentials([(key, chain)])
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_chain, args.tls_key)
+    grpc_srv = grpc_server(model, args.grpc_port, credentials=credentials)
     grpc_srv.start()
-    http_srv = rest_server(model, args.rest_port)
+    http_srv = rest_server(model, args.rest_port, tls=context)
     threading.Thread(target=http_srv.serve_forever, daemon=True).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -1,0 +1,29 @@
+"""The benchmark command runs its scenarios end to end and reports what it measured (not how fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.parametrize("scenario", ["embedded", "tfserving-https"])
+def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario):
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.bench", "--scenario", scenario, "--records", "3000"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (figures["scenario"], figures["records"], figures["errors"]) == (scenario, 3000, 0)
+    assert figures["records_per_s"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"]
+    if scenario != "embedded":
+        assert figures["source"].startswith("tfserving+https://127.0.0.1:")
+        assert figures["model_calls"] >= 3000 / figures["source_batch"]
