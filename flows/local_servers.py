@@ -36,7 +36,10 @@ class TlsFiles:
 
 
 def throwaway_tls(directory: Path) -> TlsFiles:
-    """Make a CA and a server certificate for 127.0.0.1 and localhost in `directory` (needs trustme, a test extra)."""
+    """Make a CA and a server certificate for 127.0.0.1 and localhost in `directory`.
+
+    Uses trustme, from the test extra (the servers here are for tests and benchmarks).
+    """
     import trustme
 
     authority = trustme.CA()

@@ -245,7 +245,7 @@ def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory) -> Iterator[tuple[LocalServer, str]]:
-    """The TensorFlow Serving stand-in over TLS only, and the PEM file of a CA that did not sign its certificate."""
+    """The TensorFlow Serving stand-in over TLS only, and the PEM of a CA that did not sign its certificate."""
     import trustme
 
     stranger = tmp_path_factory.mktemp("tls") / "other-ca.pem"

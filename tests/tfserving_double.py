@@ -19,9 +19,9 @@ import signal
 import ssl
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
