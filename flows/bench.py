@@ -50,6 +50,7 @@ from flows.loopback import free_port
 from flows.records import ModelDescriptor, ModelType, ScoredMessage
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
+from flows.scorers.location import TLS_SCHEMES
 from flows.settings import Settings
 from flows.telemetry import TELEMETRY
 
@@ -207,7 +208,7 @@ def remote_model(scenario: str, version: str, stack: ExitStack) -> ModelDescript
     protocol, transport = scenario.rsplit("-", 1)
     scheme = {"grpc": "grpc", "rest": "http", "grpcs": "grpcs", "https": "https"}[transport]
     if protocol == "tfserving":
-        server = stack.enter_context(tfserving_double(int(version), tls=scheme in ("grpcs", "https")))
+        server = stack.enter_context(tfserving_double(int(version), tls=scheme in TLS_SCHEMES))
         model_type = ModelType.TENSORFLOWSERVING
     else:
         server, model_type = stack.enter_context(mlserver(int(version))), ModelType.OPENINFERENCE
