@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from flows.generators import generated_records, shipped_model
 from flows.kafka import SOURCE_PARTITION_HEADER
 from flows.local_broker import consume_all, create_topics, produce
 from flows.loopback import free_port
+from flows.query_state import fetch
 from flows.settings import SHIPPED_MODELS_DIR
 
 K8S = REPO / "k8s"
@@ -174,7 +174,8 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
     try:
         results = consume_all(kafka_bootstrap, topics["results"], records, timeout=180)
         states = [
-            fetch_state(f"127.0.0.1{ordinal}", int(config["SERVING_STATE_PORT"])) for ordinal in range(2)
+            fetch(f"http://127.0.0.1{ordinal}:{config['SERVING_STATE_PORT']}/state", timeout_s=5)
+            for ordinal in range(2)
         ]
         readiness = [
             urllib3.request("GET", f"http://127.0.0.1:{env['BYTEWAX_DATAFLOW_API_PORT']}/dataflow").status
@@ -238,12 +239,6 @@ def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_p
             done.stdout.splitlines()[-1]
             == f"python -m bytewax.run flows.serving -w 2 -i {ordinal} -a {addresses} -r {recovery} -s 5 -b 0"
         )
-
-
-def fetch_state(host: str, port: int) -> dict:
-    response = urllib3.request("GET", f"http://{host}:{port}/state", timeout=5, retries=False)
-    assert response.status == 200
-    return json.loads(response.data)
 
 
 def test_the_image_installs_the_project_as_the_readme_does():

@@ -26,6 +26,7 @@ from flows.kafka import (
 )
 from flows.local_broker import consume_all, create_topics, produce
 from flows.loopback import free_port
+from flows.query_state import fetch
 from flows.records import ModelToServeStats
 
 
@@ -192,10 +193,10 @@ def test_two_processes_consume_every_partition_and_match_one_worker(kafka_bootst
 def models_served(state_port: int) -> set[str]:
     """The models the flow's shards serve, per its /state; none while it is not answering yet."""
     try:
-        response = urllib3.request("GET", f"http://127.0.0.1:{state_port}/state", timeout=2, retries=False)
+        document = fetch(f"http://127.0.0.1:{state_port}/state", timeout_s=2)
     except urllib3.exceptions.HTTPError:
         return set()
-    return set(response.json()["shards"].values())
+    return set(document["shards"].values())
 
 
 def test_a_model_switch_over_kafka_reaches_every_worker(kafka_bootstrap, model_v1, model_v2):

@@ -10,7 +10,6 @@ import threading
 from collections import Counter
 
 import pytest
-import urllib3
 from bad_models import bad_models
 from conftest import (
     REPO,
@@ -33,6 +32,7 @@ from opentelemetry.trace import StatusCode
 
 from flows.kafka import KafkaOrigin
 from flows.loopback import free_port
+from flows.query_state import fetch
 from flows.records import DataMessage, RecommenderRecord
 from flows.serving_state import SERVING_STATE
 from flows.state_server import start_state_server
@@ -136,9 +136,7 @@ def test_off_means_no_spans_and_no_context(model_v1):
 
 
 def get_state(port: int) -> dict:
-    response = urllib3.request("GET", f"http://127.0.0.1:{port}/state", timeout=5, retries=False)
-    assert response.status == 200
-    return json.loads(response.data)
+    return fetch(f"http://127.0.0.1:{port}/state", timeout_s=5)
 
 
 def shards_serving(run: FlowRun, model_name: str) -> int:
