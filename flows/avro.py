@@ -347,6 +347,7 @@ def _descriptor_to_avro(descriptor: ModelDescriptor) -> dict:
         "modelType": descriptor.model_type.value,
         "modelBytes": descriptor.model_bytes,
         "modelSourceLocation": descriptor.model_source_location,
+        "signature": descriptor.signature,
     }
 
 
@@ -357,7 +358,13 @@ def _descriptor_from_avro(datum: dict) -> ModelDescriptor:
         ModelType(datum["modelType"]),
         datum["modelBytes"],
         datum["modelSourceLocation"],
+        _bytes_field(datum.get("signature") or b""),
     )
+
+
+def _bytes_field(value: bytes | str) -> bytes:
+    """A bytes field; fastavro hands a field filled from its JSON default ("" for bytes) over as str."""
+    return value.encode("latin-1") if isinstance(value, str) else value
 
 
 def _stats_to_avro(stats: ModelToServeStats) -> dict:

@@ -39,6 +39,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from flows import shutdown
+from flows.admission.policy import AdmissionPolicy
 from flows.app import build_flow
 from flows.avro import MODEL, RECORD
 from flows.dataflow import serve
@@ -161,8 +162,8 @@ def _measure(
     settings = Settings()
     timed: list[TimedScorer] = []
 
-    def build_timed(descriptor: ModelDescriptor) -> TimedScorer:
-        timed.append(TimedScorer(build_scorer(descriptor)))
+    def build_timed(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> TimedScorer:
+        timed.append(TimedScorer(build_scorer(descriptor, policy)))
         return timed[-1]
 
     cache = ScorerCache(build=build_timed)

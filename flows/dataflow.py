@@ -43,8 +43,13 @@ def serve(
     shards: int,
     hold_limit: int,
     cache: ScorerCache = SCORERS,
+    wait_for_catch_up: bool = False,
 ) -> ServingStreams:
-    """Score `data` with the latest model from `models`; see the module docstring for the shape."""
+    """Score `data` with the latest model from `models`; see the module docstring for the shape.
+
+    With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
+    and starts with the newest model it read (see `flows.model_holder`).
+    """
     if shards < 1:
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
     keys = shard_keys(shards)
@@ -54,13 +59,15 @@ def serve(
     keyed_models = op.key_on(f"{step_id}_key_models", models, lambda _: HOLDER_KEY)
     held = op.key_rm(
         f"{step_id}_unkey_holder",
-        op.stateful_batch(f"{step_id}_model_holder", keyed_models, partial(ModelHolderLogic, cache)),
+        op.stateful_batch(
+            f"{step_id}_model_holder", keyed_models, partial(ModelHolderLogic, cache, wait_for_catch_up)
+        ),
     )
     holder_out = op.branch(f"{step_id}_split_holder", held, lambda item: isinstance(item, ModelEvent))
     broadcast = op.flat_map(
         f"{step_id}_to_every_shard",
         holder_out.falses,
-        lambda descriptor: [(key, ModelUpdate(key, descriptor)) for key in keys],
+        lambda accepted: [(key, ModelUpdate(key, accepted.descriptor, accepted.arrived_at)) for key in keys],
     )
 
     shard_in = op.merge(f"{step_id}_merge", keyed_data, broadcast)

@@ -1,9 +1,16 @@
 """The model holder: the one place the flow keeps the model it serves, and the judge of new models.
 
-Every model event passes through a single key. A descriptor that cannot become a scorer (corrupt or
-truncated bytes, an unknown type, a SavedModel without the expected signature, an unsafe archive) is
-rejected here with an event naming the model and the reason; the model in service stays. An accepted
-descriptor becomes the holder's state and is sent on to every shard.
+Every model event passes through a single key. Cheap checks (size, names, signature) refuse a descriptor
+at once; the costly ones (unpacking, graph inspection, loading, the probe: `flows.admission`) run in the
+background while the step returns, and the holder polls them. A descriptor that fails is rejected with an
+event naming the model and the reason, and the model in service stays. One that passes is accepted and
+sent on to every shard, with the time it arrived, so shards report arrival-to-serving times. A newer model
+that is ready first supersedes older ones still loading: the latest model wins and nothing waits for a
+slow one.
+
+At start-up without a model (a fresh deployment), the holder can wait until the model source says it has
+read what was on the topic when the flow started (`CaughtUp`), then judges the newest of those first: the
+backlog of records is scored by the latest model, not by each historical one in turn.
 
 Keeping the model bytes in this one key's state is what keeps recovery cheap: Bytewax snapshots a key
 only in the epochs that touch it, so the model is written once per model event, not once per shard per
@@ -13,64 +20,179 @@ had without the model stream re-sending it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
 
+from flows.admission.descriptor_checks import refusal
 from flows.avro import DecodeFailure
 from flows.records import ModelDescriptor, ModelEvent
 from flows.scorers import ModelLoadError, ScorerCache
+from flows.scorers.cache import ModelLoad
 
-HolderInput = ModelDescriptor | DecodeFailure
-HolderOutput = ModelDescriptor | ModelEvent
 HOLDER_KEY = "model-holder"
+POLL = timedelta(milliseconds=10)
+MAX_STARTUP_CANDIDATES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """The model source has read, on one of its `partitions`, every message there when the flow started."""
+
+    partition: str
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedModel:
+    """A model that passed admission, and when it arrived (seconds since the epoch)."""
+
+    descriptor: ModelDescriptor
+    arrived_at: float
+
+
+@dataclass(slots=True)
+class _Candidate:
+    descriptor: ModelDescriptor
+    arrived_at: float
+    load: ModelLoad
+
+
+HolderInput = ModelDescriptor | DecodeFailure | CaughtUp
+HolderOutput = AcceptedModel | ModelEvent
+
+
+def _ms_since(epoch_s: float) -> float:
+    return max(0.0, (time.time() - epoch_s) * 1000)
 
 
 class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescriptor]):
-    """Validates model events and keeps the latest accepted descriptor."""
+    """Judges model events off the step and keeps the latest accepted descriptor."""
 
-    def __init__(self, cache: ScorerCache, resume: ModelDescriptor | None) -> None:
+    def __init__(self, cache: ScorerCache, wait_for_catch_up: bool, resume: ModelDescriptor | None) -> None:
         self.cache = cache
         self.current = resume
         self.resend_pending = resume is not None
         # The digest this holder holds a cache reference for; none right after a restart.
         self.held_digest: str | None = None
+        self.pending: list[_Candidate] = []
+        self.catching_up = wait_for_catch_up and resume is None
+        self.caught_up: set[str] = set()
+        self.startup: list[tuple[ModelDescriptor, float]] = []  # oldest first, while catching up
 
     def on_batch(self, values: list[HolderInput]) -> tuple[Iterable[HolderOutput], bool]:
         outputs: list[HolderOutput] = []
         for value in values:
-            outputs.extend(self._consider(value))
+            self._consider(value, outputs)
+        self._settle(outputs)
         return outputs, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(timezone.utc) if self.resend_pending else None
+        if self.resend_pending:
+            return datetime.now(timezone.utc)
+        return datetime.now(timezone.utc) + POLL if self.pending else None
 
     def on_notify(self) -> tuple[Iterable[HolderOutput], bool]:
-        self.resend_pending = False
-        if self.current is None:
-            return [], StatefulBatchLogic.RETAIN
-        resent = ModelEvent("resent", self.current.model_name, "restored from recovery")
-        return [resent, self.current], StatefulBatchLogic.RETAIN
+        outputs: list[HolderOutput] = []
+        if self.resend_pending:
+            self.resend_pending = False
+            if self.current is not None:
+                outputs.append(ModelEvent("resent", self.current.model_name, "restored from recovery"))
+                outputs.append(AcceptedModel(self.current, time.time()))
+        self._settle(outputs)
+        return outputs, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[HolderOutput], bool]:
+        # The input has ended: nothing is left to score meanwhile, so wait for the loads still running.
+        outputs: list[HolderOutput] = []
+        self._end_catch_up(outputs)
+        while self.pending:
+            for candidate in self.pending:
+                candidate.load.join()
+            self._settle(outputs)
+        return outputs, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ModelDescriptor | None:
         return self.current  # Frozen dataclass: safe to hand over as is.
 
-    def _consider(self, value: HolderInput) -> list[HolderOutput]:
+    def _consider(self, value: HolderInput, outputs: list[HolderOutput]) -> None:
+        if isinstance(value, CaughtUp):
+            self.caught_up.add(value.partition)
+            if len(self.caught_up) >= value.partitions:
+                self._end_catch_up(outputs)
+            return
         if isinstance(value, DecodeFailure):
-            return [ModelEvent("rejected", "", f"undecodable {value.schema} message: {value.reason}")]
-        try:
-            _, load_ms = self.cache.acquire(value)
-        except ModelLoadError as error:
-            serving = f"; still serving {self.current.model_name!r}" if self.current else ""
-            return [ModelEvent("rejected", value.model_name, error.reason + serving)]
+            outputs.append(ModelEvent("rejected", "", f"undecodable {value.schema} message: {value.reason}"))
+            return
+        refused = refusal(value, self.cache.policy)
+        if refused:
+            outputs.append(ModelEvent("rejected", value.model_name, refused + self._still_serving()))
+            return
+        if self.catching_up:
+            self.startup = [*self.startup, (value, time.time())][-MAX_STARTUP_CANDIDATES:]
+            return
+        self._start(value, time.time())
+
+    def _start(self, descriptor: ModelDescriptor, arrived_at: float) -> None:
+        self.pending.append(_Candidate(descriptor, arrived_at, self.cache.request(descriptor)))
+
+    def _end_catch_up(self, outputs: list[HolderOutput]) -> None:
+        """Judge the newest model that was on the topic at start-up; older ones only if it fails."""
+        if not self.catching_up:
+            return
+        self.catching_up = False
+        if self.startup:
+            self._start(*self.startup.pop())
+
+    def _settle(self, outputs: list[HolderOutput]) -> None:
+        """Turn finished loads into verdicts, in arrival order; an accepted model supersedes older ones."""
+        waiting: list[_Candidate] = []
+        for candidate in self.pending:
+            if not candidate.load.ready():
+                waiting.append(candidate)
+                continue
+            try:
+                _, load_ms = candidate.load.result()
+            except ModelLoadError as error:
+                self._reject(candidate, error.reason, outputs)
+                continue
+            for older in waiting:
+                self._reject(
+                    older, f"superseded by {candidate.descriptor.model_name!r}, ready first", outputs
+                )
+            waiting = []
+            self._accept(candidate, load_ms, outputs)
+        self.pending = waiting
+        if not self.pending and self.startup and self.current is None:
+            self._start(*self.startup.pop())  # the newest start-up model failed: try the one before it
+        elif self.current is not None:
+            self.startup = []
+
+    def _reject(self, candidate: _Candidate, reason: str, outputs: list[HolderOutput]) -> None:
+        self.cache.release(candidate.descriptor.digest)
+        name = candidate.descriptor.model_name
+        outputs.append(ModelEvent("rejected", name, reason + self._still_serving()))
+
+    def _accept(self, candidate: _Candidate, load_ms: float, outputs: list[HolderOutput]) -> None:
+        descriptor = candidate.descriptor
         if self.held_digest is not None:
             self.cache.release(self.held_digest)
-        self.held_digest = value.digest
+        self.held_digest = descriptor.digest
         previous = self.current.model_name if self.current else ""
-        self.current = value
+        self.current = descriptor
         self.resend_pending = False
-        accepted = ModelEvent(
-            "accepted", value.model_name, value.description, previous_model=previous, load_ms=load_ms
+        event = ModelEvent(
+            "accepted",
+            descriptor.model_name,
+            descriptor.description,
+            previous_model=previous,
+            load_ms=load_ms,
+            arrival_ms=_ms_since(candidate.arrived_at),
         )
-        return [accepted, value]
+        outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at)])
+
+    def _still_serving(self) -> str:
+        return f"; still serving {self.current.model_name!r}" if self.current else ""

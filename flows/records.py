@@ -11,6 +11,16 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_REASON_CHARS = 1_000
+
+
+def cut(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`text` on one line and at most `limit` characters: what a reason may cost on a console or a topic."""
+    if len(text) > 4 * limit:
+        text = text[: 4 * limit]  # bound the cost of the split below, too
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class ModelType(enum.Enum):
     """How a model is served. Symbols and order follow the Avro enum `ModelType`."""
@@ -72,6 +82,7 @@ class ModelDescriptor:
     model_type: ModelType
     model_bytes: bytes | None = None
     model_source_location: str | None = None
+    signature: bytes = b""  # Ed25519, see flows.admission.signing; not part of the digest
 
     @property
     def digest(self) -> str:
@@ -157,6 +168,13 @@ class ModelEvent:
     shard: str = ""
     previous_model: str = ""
     load_ms: float = 0.0
+    arrival_ms: float = 0.0  # from the model message's arrival at the flow to this event
+
+    def __post_init__(self) -> None:
+        # Names and reasons can come from a hostile message: bounded before they reach any output.
+        object.__setattr__(self, "reason", cut(self.reason))
+        object.__setattr__(self, "model_name", cut(self.model_name, 300))
+        object.__setattr__(self, "previous_model", cut(self.previous_model, 300))
 
     def __str__(self) -> str:
         where = f" on {self.shard}" if self.shard else ""
@@ -166,6 +184,8 @@ class ModelEvent:
             text += f" (replacing {self.previous_model!r})"
         if self.load_ms:
             text += f" in {self.load_ms:.0f} ms"
+        if self.arrival_ms:
+            text += f" ({self.arrival_ms:.0f} ms after it arrived)"
         if self.reason:
             text += f": {self.reason}"
         return text

@@ -2,7 +2,9 @@
 
 All (user, product) pairs of the batch go to the scorer in one call and the probabilities are split back
 per record. If that call fails, the records are scored one by one, so a single bad record (say, a product
-the model does not know) gets the error and the rest of the batch still gets scores.
+the model does not know) gets the error and the rest of the batch still gets scores. A record with a score
+that is not finite or lies outside the policy's output range gets an error instead of its scores: a model
+that passed its probe can still misbehave on other inputs.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from itertools import chain
 
 import numpy as np
 
+from flows.admission.policy import AdmissionPolicy
+from flows.admission.probe import out_of_range
 from flows.records import (
     DataMessage,
     ModelResultMetadata,
     RecommenderResult,
     RecommenderServingOutput,
     ScoredMessage,
+    cut,
 )
 from flows.scorers import Scorer, ScorerUnavailable
 
@@ -26,7 +31,7 @@ from flows.scorers import Scorer, ScorerUnavailable
 def unscored(message: DataMessage, error: str, model_name: str = "", source: str = "") -> ScoredMessage:
     """A result with no scores that says why."""
     metadata = ModelResultMetadata(
-        errors=error, model_name=model_name, source=source, start_time=time.time_ns() // 1_000_000
+        errors=cut(error), model_name=model_name, source=source, start_time=time.time_ns() // 1_000_000
     )
     return ScoredMessage(
         RecommenderResult(message.record, RecommenderServingOutput(), metadata),
@@ -43,7 +48,7 @@ def _pairs(messages: Sequence[DataMessage]) -> tuple[np.ndarray, np.ndarray, lis
 
 
 def score_batch(
-    scorer: Scorer, model_name: str, messages: Sequence[DataMessage]
+    scorer: Scorer, model_name: str, messages: Sequence[DataMessage], policy: AdmissionPolicy
 ) -> tuple[list[ScoredMessage], float]:
     """Results for `messages` scored with one call to `scorer`, and the ms that call took."""
     users, products, counts = _pairs(messages)
@@ -52,22 +57,30 @@ def score_batch(
     try:
         probabilities = scorer.score(users, products) if users.size else np.empty(0, np.float32)
         if probabilities.shape != users.shape:
-            raise ValueError(f"scorer returned {probabilities.shape[0]} scores for {users.size} pairs")
+            raise ValueError(f"scorer returned scores of shape {probabilities.shape} for {users.size} pairs")
     except ScorerUnavailable as error:
         reason = f"scoring with model {model_name!r} failed: {error}"
         return [unscored(message, reason, model_name, scorer.source) for message in messages], 0.0
     except Exception as error:  # noqa: BLE001 (a model may raise anything; the flow must not die of it)
         if len(messages) > 1:
-            return _score_one_by_one(scorer, model_name, messages)
+            return _score_one_by_one(scorer, model_name, messages, policy)
         reason = f"scoring with model {model_name!r} failed: {type(error).__name__}: {error}"
         return [unscored(messages[0], reason, model_name, scorer.source)], 0.0
     batch_ms = (time.perf_counter() - started) * 1000
     metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
     values = probabilities.tolist()
+    bad = out_of_range(probabilities, policy)
+    bad_pairs = np.flatnonzero(bad) if bad.any() else ()
     results = []
     offset = 0
     for message, count in zip(messages, counts):
         record = message.record
+        if len(bad_pairs) and _any_between(bad_pairs, offset, offset + count):
+            results.append(
+                _out_of_range(message, values[offset : offset + count], model_name, scorer, policy)
+            )
+            offset += count
+            continue
         output = RecommenderServingOutput(list(map(str, record.products)), values[offset : offset + count])
         offset += count
         results.append(
@@ -76,13 +89,29 @@ def score_batch(
     return results, batch_ms
 
 
+def _any_between(sorted_indices: np.ndarray, start: int, end: int) -> bool:
+    position = int(np.searchsorted(sorted_indices, start))
+    return position < len(sorted_indices) and sorted_indices[position] < end
+
+
+def _out_of_range(
+    message: DataMessage, scores: list[float], model_name: str, scorer: Scorer, policy: AdmissionPolicy
+) -> ScoredMessage:
+    first = next(score for score in scores if not policy.score_in_range(score))
+    reason = (
+        f"model {model_name!r} returned a score not finite or outside "
+        f"[{policy.output_low:g}, {policy.output_high:g}] ({first!r}); scores withheld"
+    )
+    return unscored(message, reason, model_name, scorer.source)
+
+
 def _score_one_by_one(
-    scorer: Scorer, model_name: str, messages: Sequence[DataMessage]
+    scorer: Scorer, model_name: str, messages: Sequence[DataMessage], policy: AdmissionPolicy
 ) -> tuple[list[ScoredMessage], float]:
     results: list[ScoredMessage] = []
     total_ms = 0.0
     for message in messages:
-        scored, batch_ms = score_batch(scorer, model_name, [message])
+        scored, batch_ms = score_batch(scorer, model_name, [message], policy)
         results.extend(scored)
         total_ms += batch_ms
     return results, total_ms

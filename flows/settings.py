@@ -81,6 +81,52 @@ class Settings(BaseSettings):
         description="Port of the HTTP `GET /state` endpoint (0: off). Each process needs its own.",
     )
     state_host: str = Field("0.0.0.0", description="Address the /state endpoint listens on.")
+
+    # Model admission: what a model message may cost before it is refused (see the README's Security model).
+    model_load_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a new model may take from arrival to ready (unpack, check, load, probe).",
+    )
+    model_max_bytes: int = Field(
+        100 * 1024**2,
+        ge=1,
+        description="Largest inline model archive accepted, bytes (refused before unpacking).",
+    )
+    model_max_unpacked_bytes: int = Field(
+        256 * 1024**2, ge=1, description="Largest uncompressed archive (tar stream, headers included), bytes."
+    )
+    model_max_files: int = Field(10_000, ge=1, description="Most files and directories in a model archive.")
+    model_unpack_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds the unpacking child process may run (wall clock and CPU) before it is killed.",
+    )
+    model_unpack_memory: int = Field(
+        512 * 1024**2,
+        ge=64 * 1024**2,
+        description="Address-space limit of the unpacking child process, bytes.",
+    )
+    model_output_range: str = Field(
+        "0,1",
+        description="LOW,HIGH: scores outside it (or not finite) refuse a model and mark a result as an error.",
+    )
+    model_trusted_keys: str = Field(
+        "",
+        description="Ed25519 public keys (base64 or PEM file paths, comma-separated); set: only signed models are accepted.",
+    )
+    model_roots: str = Field(
+        str(SHIPPED_MODELS_DIR),
+        description="Directories local model paths must lie under (comma-separated); other paths are refused.",
+    )
+    model_max_name_chars: int = Field(200, ge=1, description="Longest model name accepted.")
+    model_max_description_chars: int = Field(2_000, ge=0, description="Longest model description accepted.")
+    remote_max_timeout: float = Field(
+        10.0, gt=0, description="Highest per-request `timeout` a model-server location may ask for, seconds."
+    )
+    remote_max_retries: int = Field(
+        3, ge=0, description="Highest `retries` a model-server location may ask for."
+    )
     bytewax_tracing: bool = Field(
         False,
         description="Also export Bytewax's own traces over OTLP, to OTEL_EXPORTER_OTLP_ENDPOINT as OTEL_SERVICE_NAME.",

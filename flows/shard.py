@@ -1,8 +1,9 @@
 """The keyed stateful scorer: one instance per shard key, the heart of the dynamically controlled stream.
 
 A shard receives, in one stream, the data records routed to it and every model the flow accepted. A model
-swaps its scorer (taken from the process-wide cache, so a process loads each model once) and resets the
-statistics; data records are scored in micro-batches, one model call per batch. Records that arrive
+is loaded in the background (by the process-wide cache, so a process loads each model once) while the
+current one keeps scoring; once it is ready in this process the shard swaps to it and resets the
+statistics. Data records are scored in micro-batches, one model call per batch. Records that arrive
 before any model are held, up to a bound, and scored when the first model arrives; past the bound, or if
 the input ends first, they are emitted with an error. Nothing is dropped.
 
@@ -16,14 +17,18 @@ import copy
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
 
 from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
+from flows.scorers.cache import ModelLoad
 from flows.scoring import score_batch, unscored
 from flows.serving_state import SERVING_STATE
 from flows.telemetry import TELEMETRY
+
+POLL = timedelta(milliseconds=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,7 @@ class ModelUpdate:
 
     shard: str
     descriptor: ModelDescriptor
+    arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
 
 
 ShardInput = DataMessage | ModelUpdate
@@ -64,6 +70,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         # After a restart the state names a model but this process has not loaded it yet: records are
         # held until the model holder sends the model again (it does so right after a restart).
         self.scorer: Scorer | None = None
+        # A model on its way in: loading in the background while the current one keeps scoring.
+        self.incoming: tuple[ModelUpdate, ModelLoad] | None = None
 
     def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []
@@ -77,8 +85,17 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             # Records before a model event are scored with the model they arrived under.
             self._score(run, outputs)
             run = []
-            self._swap(value.descriptor, outputs)
+            self._receive(value, outputs)
         self._score(run, outputs)
+        self._swap_when_ready(outputs)
+        return outputs, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(timezone.utc) + POLL if self.incoming else None
+
+    def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
+        outputs: list[ShardOutput] = []
+        self._swap_when_ready(outputs)
         return outputs, StatefulBatchLogic.RETAIN
 
     @property
@@ -91,9 +108,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         return self.keys[value.record.user % len(self.keys)]
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
+        outputs: list[ShardOutput] = []
+        if self.incoming is not None:
+            self.incoming[1].join()  # the input has ended: nothing is left to score meanwhile
+            self._swap_when_ready(outputs)
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
-        return [unscored(message, reason) for message in held], StatefulBatchLogic.RETAIN
+        outputs.extend(unscored(message, reason) for message in held)
+        return outputs, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardState:
         state = self.state
@@ -108,7 +130,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             self._hold(messages, outputs)
             return
         with TELEMETRY.batch(self.shard, self.state.model_name, self.scorer.source, messages) as span:
-            results, batch_ms = score_batch(self.scorer, self.state.model_name, messages)
+            results, batch_ms = score_batch(self.scorer, self.state.model_name, messages, self.cache.policy)
             TELEMETRY.scored(span, self.shard, self.state.model_name, results, batch_ms)
         outputs.extend(results)
         if self.state.stats is not None:
@@ -125,17 +147,32 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             )
             outputs.extend(unscored(message, reason) for message in overflow)
 
-    def _swap(self, descriptor: ModelDescriptor, outputs: list[ShardOutput]) -> None:
-        digest = descriptor.digest
+    def _receive(self, update: ModelUpdate, outputs: list[ShardOutput]) -> None:
+        """Start loading `update`'s model; swap at once if this process has it ready already."""
+        digest = update.descriptor.digest
         if digest == self.state.model_digest and self.scorer is not None:
             return  # The model we serve, sent again (e.g. re-sent after a restart elsewhere).
+        if self.incoming is not None:
+            self.cache.release(self.incoming[0].descriptor.digest)  # superseded before it was ready
+        self.incoming = (update, self.cache.request(update.descriptor))
+        self._swap_when_ready(outputs)
+
+    def _swap_when_ready(self, outputs: list[ShardOutput]) -> None:
+        if self.incoming is None or not self.incoming[1].ready():
+            return
+        update, load = self.incoming
+        self.incoming = None
+        descriptor = update.descriptor
+        arrival_ms = max(0.0, (time.time() - update.arrived_at) * 1000) if update.arrived_at else 0.0
         try:
-            scorer, load_ms = self.cache.acquire(descriptor)
+            scorer, load_ms = load.result()
         except ModelLoadError as error:
+            self.cache.release(descriptor.digest)
             outputs.append(
                 ModelEvent("failed", descriptor.model_name, error.reason, self.shard, self.state.model_name)
             )
             return
+        digest = descriptor.digest
         restored = digest == self.state.model_digest
         if self.scorer is not None and self.state.model_digest is not None:
             self.cache.release(self.state.model_digest)
@@ -144,12 +181,22 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.state.model_digest = digest
         self.state.model_name = descriptor.model_name
         if restored and self.state.stats is not None:
-            outputs.append(ModelEvent("restored", descriptor.model_name, shard=self.shard, load_ms=load_ms))
+            outputs.append(
+                ModelEvent(
+                    "restored",
+                    descriptor.model_name,
+                    shard=self.shard,
+                    load_ms=load_ms,
+                    arrival_ms=arrival_ms,
+                )
+            )
         else:
             self.state.stats = ModelToServeStats(
                 descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
             )
             SERVING_STATE.serve(self.shard, self.state.stats)
-            outputs.append(ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms))
+            outputs.append(
+                ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms)
+            )
         held, self.state.held = self.state.held, []
         self._score(held, outputs)

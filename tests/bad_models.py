@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.archive import pack_directory
+from flows.settings import SHIPPED_MODELS_DIR
 from flows.tensorflow_runtime import tensorflow
 
 
@@ -63,7 +64,7 @@ def bad_models(v1: ModelDescriptor, scratch: Path) -> list[tuple[ModelDescriptor
         ),
         (
             ModelDescriptor("not-a-savedmodel", "", saved, _tar([_member("hello.txt")])),
-            "not a loadable SavedModel",
+            "saved_model.pb does not exist",
         ),
         (
             ModelDescriptor("escape-dotdot", "", saved, _tar([_member("../evil.txt")])),
@@ -79,7 +80,15 @@ def bad_models(v1: ModelDescriptor, scratch: Path) -> list[tuple[ModelDescriptor
         ),
         (ModelDescriptor("no-model", "", saved, None, None), "neither model bytes nor a model location"),
         (
-            ModelDescriptor("missing-path", "", saved, None, str(scratch / "absent")),
+            ModelDescriptor("missing-path", "", saved, None, str(SHIPPED_MODELS_DIR / "absent")),
             "no SavedModel directory",
+        ),
+        (
+            ModelDescriptor("outside-roots", "", saved, None, str(scratch)),
+            "is not under an allowed root",
+        ),
+        (
+            ModelDescriptor("escape-roots", "", saved, None, str(SHIPPED_MODELS_DIR / ".." / "..")),
+            "is not under an allowed root",
         ),
     ]

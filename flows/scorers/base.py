@@ -12,7 +12,10 @@ from typing import Protocol
 
 import numpy as np
 
-from flows.records import ModelDescriptor, ModelType
+from flows.admission.descriptor_checks import refusal
+from flows.admission.policy import AdmissionPolicy
+from flows.admission.probe import probe_batch, probe_problem
+from flows.records import ModelDescriptor, ModelType, cut
 
 # What every recommender model takes and returns, wherever it runs: float32 tensors of shape [N, 1].
 SIGNATURE = "serving_default"
@@ -28,7 +31,8 @@ class ModelLoadError(Exception):
     """
 
     def __init__(self, model_name: str, reason: str, *, retryable: bool = False) -> None:
-        super().__init__(f"model {model_name!r} cannot be served: {reason}")
+        reason = cut(reason)
+        super().__init__(f"model {cut(model_name, 200)!r} cannot be served: {reason}")
         self.model_name = model_name
         self.reason = reason
         self.retryable = retryable
@@ -56,7 +60,7 @@ class Scorer(Protocol):
         ...
 
 
-ScorerBuilder = Callable[[ModelDescriptor], Scorer]
+ScorerBuilder = Callable[[ModelDescriptor, AdmissionPolicy], Scorer]
 _BUILDERS: dict[ModelType, ScorerBuilder] = {}
 
 
@@ -70,18 +74,45 @@ def register(model_type: ModelType) -> Callable[[ScorerBuilder], ScorerBuilder]:
     return decorate
 
 
-def build_scorer(descriptor: ModelDescriptor) -> Scorer:
-    """A scorer for `descriptor`, or ModelLoadError naming the model and the reason."""
+def build_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy | None = None) -> Scorer:
+    """A scorer for `descriptor` that passed admission, or ModelLoadError naming the model and the reason.
+
+    Admission: the descriptor checks (size, names, signature, local roots), the builder of its type
+    (which bounds its own costs), then a probe batch whose scores must be one finite float per pair
+    within the output range. This is slow (seconds for a SavedModel): call it off the dataflow's step.
+    """
+    policy = policy if policy is not None else AdmissionPolicy()
+    name = descriptor.model_name
+    refused = refusal(descriptor, policy)
+    if refused:
+        raise ModelLoadError(name, refused)
     builder = _BUILDERS.get(descriptor.model_type)
     if builder is None:
         supported = ", ".join(sorted(t.value for t in _BUILDERS))
         raise ModelLoadError(
-            descriptor.model_name,
-            f"model type {descriptor.model_type.value} is not supported (supported: {supported})",
+            name, f"model type {descriptor.model_type.value} is not supported (supported: {supported})"
         )
     try:
-        return builder(descriptor)
+        scorer = builder(descriptor, policy)
     except ModelLoadError:
         raise
     except Exception as error:
-        raise ModelLoadError(descriptor.model_name, f"{type(error).__name__}: {error}") from error
+        raise ModelLoadError(name, f"{type(error).__name__}: {error}") from error
+    _probe(name, scorer, policy)
+    return scorer
+
+
+def _probe(name: str, scorer: Scorer, policy: AdmissionPolicy) -> None:
+    users, products = probe_batch()
+    try:
+        scores = scorer.score(users, products)
+    except ScorerUnavailable as error:
+        scorer.close()
+        raise ModelLoadError(name, f"probe: {error}", retryable=True) from error
+    except Exception as error:
+        scorer.close()
+        raise ModelLoadError(name, f"probe: scoring failed: {type(error).__name__}: {error}") from error
+    problem = probe_problem(scores, users.size, policy)
+    if problem:
+        scorer.close()
+        raise ModelLoadError(name, problem)

@@ -20,6 +20,7 @@ Result = TypeVar("Result")
 
 FIRST_BACKOFF_S = 0.05
 LONGEST_SKIP_S = 2.0
+LONGEST_BACKOFF_S = 0.4  # between retries of one request: retries are capped, and so is each wait
 
 
 class TransientError(Exception):
@@ -69,7 +70,7 @@ class EndpointPool(Generic[Client]):
         failures: list[str] = []
         for attempt in range(self._retries + 1):
             if attempt:
-                self._sleep(FIRST_BACKOFF_S * 2 ** (attempt - 1))
+                self._sleep(min(LONGEST_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (attempt - 1)))
             endpoint = self._pick()
             try:
                 result = request(endpoint.client)

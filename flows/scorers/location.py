@@ -19,6 +19,7 @@ system's, e.g. a cluster's internal CA mounted from a Secret).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
@@ -56,8 +57,14 @@ class RemoteLocation:
         return f"{self.prefix}/models/{self.model}{versioned}"
 
 
-def parse_location(location: str) -> RemoteLocation:
-    """Parse `location`, or raise LocationError saying what is wrong with it."""
+def parse_location(
+    location: str, max_timeout_s: float = math.inf, max_retries: float = math.inf
+) -> RemoteLocation:
+    """Parse `location`, or raise LocationError saying what is wrong with it.
+
+    A `timeout` or `retries` over the caps is refused rather than lowered: the publisher learns that the
+    location asks for more than the flow allows (SERVING_REMOTE_MAX_TIMEOUT, SERVING_REMOTE_MAX_RETRIES).
+    """
     parts = urlsplit(location.strip())
     if parts.scheme not in SCHEMES:
         raise LocationError(f"location {location!r}: scheme must be one of {', '.join(SCHEMES)}")
@@ -89,6 +96,15 @@ def parse_location(location: str) -> RemoteLocation:
         raise LocationError(f"location {location!r}: {error}") from error
     if timeout_s <= 0 or retries < 0:
         raise LocationError(f"location {location!r}: timeout must be > 0 and retries >= 0")
+    if timeout_s > max_timeout_s:
+        raise LocationError(
+            f"location {location!r}: timeout {timeout_s:g} s is over the cap of {max_timeout_s:g} s "
+            "(SERVING_REMOTE_MAX_TIMEOUT)"
+        )
+    if retries > max_retries:
+        raise LocationError(
+            f"location {location!r}: retries {retries} is over the cap of {max_retries} (SERVING_REMOTE_MAX_RETRIES)"
+        )
     return RemoteLocation(
         scheme=parts.scheme,
         endpoints=endpoints,

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from flows.admission.policy import AdmissionPolicy
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.base import INPUTS, OUTPUT, register
 from flows.scorers.location import RemoteLocation
@@ -131,6 +132,6 @@ FACTORIES = client_factories(OpenInferenceRestClient, OpenInferenceGrpcClient)
 
 
 @register(ModelType.OPENINFERENCE)
-def build_open_inference_scorer(descriptor: ModelDescriptor) -> RemoteScorer:
+def build_open_inference_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> RemoteScorer:
     """A scorer calling the V2 inference servers named by the descriptor's location."""
-    return build_remote_scorer(descriptor, "v2", FACTORIES)
+    return build_remote_scorer(descriptor, "v2", FACTORIES, policy)

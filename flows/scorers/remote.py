@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from flows.admission.policy import AdmissionPolicy
 from flows.records import ModelDescriptor
 from flows.scorers.base import INPUTS, OUTPUT, ModelLoadError, ScorerUnavailable
 from flows.scorers.endpoints import EndpointPool
@@ -70,7 +71,10 @@ def check_names(model: str, inputs: Iterable[str], outputs: Iterable[str]) -> No
 
 
 def build_remote_scorer(
-    descriptor: ModelDescriptor, protocol: str, factories: Mapping[str, ClientFactory]
+    descriptor: ModelDescriptor,
+    protocol: str,
+    factories: Mapping[str, ClientFactory],
+    policy: AdmissionPolicy,
 ) -> RemoteScorer:
     """A scorer for a descriptor whose location names servers speaking `protocol` (e.g. "tfserving").
 
@@ -81,7 +85,9 @@ def build_remote_scorer(
     if not descriptor.model_source_location:
         raise ModelLoadError(name, f"a {protocol} model needs a location (SCHEME://HOST:PORT/models/NAME)")
     try:
-        location = parse_location(descriptor.model_source_location)
+        location = parse_location(
+            descriptor.model_source_location, policy.remote_max_timeout_s, policy.remote_max_retries
+        )
     except LocationError as error:
         raise ModelLoadError(name, str(error)) from error
     factory = factories.get(location.scheme)

@@ -1,21 +1,23 @@
 """The embedded scorer: a TensorFlow SavedModel loaded into this process.
 
 A descriptor of type TENSORFLOWSAVED carries either the model inline (`model_bytes`: a tar archive of the
-SavedModel directory) or a local path (`model_source_location`: a directory, or a `file://` URL). The
-SavedModel must have a `serving_default` signature with float32 inputs `users` and `products` of shape
-[N, 1] and an output `predictions`.
+SavedModel directory) or a local path under an allowed root (`model_source_location`: a directory, or a
+`file://` URL). Before TensorFlow sees it, the model is unpacked and its graph inspected in a child process
+with resource limits (`flows.admission.unpack`). The SavedModel must have a `serving_default` signature
+with float32 inputs `users` and `products` of shape [N, 1] and a float32 output `predictions` of [N, 1].
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
+from flows.admission.descriptor_checks import allowed_local_directory
+from flows.admission.policy import AdmissionPolicy
+from flows.admission.unpack import UnpackRefused, unpack_and_inspect
 from flows.records import ModelDescriptor, ModelType
-from flows.scorers.archive import UnsafeArchiveError, unpack_archive
 from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE, ModelLoadError, register
 from flows.tensorflow_runtime import tensorflow
 
@@ -37,13 +39,9 @@ class SavedModelScorer:
         signature = getattr(self._model, "signatures", {}).get(SIGNATURE)
         if signature is None:
             raise ModelLoadError(model_name, f"SavedModel has no {SIGNATURE!r} signature")
-        inputs = signature.structured_input_signature[1]
-        if set(inputs) != set(INPUTS) or OUTPUT not in signature.structured_outputs:
-            raise ModelLoadError(
-                model_name,
-                f"signature {SIGNATURE!r} takes {sorted(inputs)} and returns {sorted(signature.structured_outputs)}; "
-                f"expected inputs {list(INPUTS)} and output {OUTPUT!r}",
-            )
+        problem = _signature_problem(tf, signature)
+        if problem:
+            raise ModelLoadError(model_name, f"signature {SIGNATURE!r} {problem}")
         self._signature = signature
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -51,7 +49,10 @@ class SavedModelScorer:
         outputs = self._signature(
             users=tf.constant(users.reshape(-1, 1)), products=tf.constant(products.reshape(-1, 1))
         )
-        return outputs[OUTPUT].numpy().reshape(-1)
+        scores = outputs[OUTPUT].numpy()
+        if scores.shape not in ((users.size, 1), (users.size,)):
+            raise ValueError(f"model returned {OUTPUT!r} of shape {scores.shape} for {users.size} pairs")
+        return scores.reshape(-1)
 
     def close(self) -> None:
         # Dropping the references frees the model's variables; TensorFlow has no explicit unload.
@@ -59,34 +60,47 @@ class SavedModelScorer:
         self._model = None
 
 
-def local_path(location: str) -> Path:
-    """The directory named by a plain path or a file:// URL."""
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme:
-        raise ValueError(f"location {location!r} is not a local path (scheme {parsed.scheme!r})")
-    return Path(location)
+def _signature_problem(tf, signature) -> str | None:
+    """What is wrong with the signature's names, dtypes or shapes; None if it is the recommender's."""
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if set(inputs) != set(INPUTS) or OUTPUT not in outputs:
+        return (
+            f"takes {sorted(inputs)} and returns {sorted(outputs)}; "
+            f"expected inputs {list(INPUTS)} and output {OUTPUT!r}"
+        )
+    specs = {**{name: inputs[name] for name in INPUTS}, OUTPUT: outputs[OUTPUT]}
+    for name, spec in specs.items():
+        if spec.dtype != tf.float32:
+            return f"declares {name!r} as {spec.dtype.name}, expected float32"
+        shape = spec.shape
+        if shape.rank is not None and (shape.rank != 2 or shape[1] not in (None, 1)):
+            return f"declares {name!r} of shape {shape}, expected [N, 1]"
+    return None
 
 
 @register(ModelType.TENSORFLOWSAVED)
-def build_saved_model_scorer(descriptor: ModelDescriptor) -> SavedModelScorer:
-    """Load the SavedModel from the descriptor's inline archive or local path."""
+def build_saved_model_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> SavedModelScorer:
+    """Unpack and inspect (in a limited child process), then load the SavedModel."""
     name = descriptor.model_name
     if descriptor.model_bytes:
         with tempfile.TemporaryDirectory(prefix="savedmodel-") as scratch:
             try:
-                unpack_archive(descriptor.model_bytes, Path(scratch))
-            except UnsafeArchiveError as error:
+                unpack_and_inspect(descriptor.model_bytes, Path(scratch), policy)
+            except UnpackRefused as error:
                 raise ModelLoadError(name, str(error)) from error
             # Variables are read into memory at load, so the scratch directory can go right after.
             return SavedModelScorer(name, Path(scratch))
     if descriptor.model_source_location:
         try:
-            directory = local_path(descriptor.model_source_location)
+            directory = allowed_local_directory(descriptor.model_source_location, policy.model_roots)
         except ValueError as error:
             raise ModelLoadError(name, str(error)) from error
         if not directory.is_dir():
             raise ModelLoadError(name, f"no SavedModel directory at {directory}")
+        try:
+            unpack_and_inspect(None, directory, policy)
+        except UnpackRefused as error:
+            raise ModelLoadError(name, str(error)) from error
         return SavedModelScorer(name, directory)
     raise ModelLoadError(name, "descriptor has neither model bytes nor a model location")

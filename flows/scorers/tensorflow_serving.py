@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from flows.admission.policy import AdmissionPolicy
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE, register
 from flows.scorers.location import RemoteLocation
@@ -134,6 +135,6 @@ FACTORIES = client_factories(TfServingRestClient, TfServingGrpcClient)
 
 
 @register(ModelType.TENSORFLOWSERVING)
-def build_tensorflow_serving_scorer(descriptor: ModelDescriptor) -> RemoteScorer:
+def build_tensorflow_serving_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> RemoteScorer:
     """A scorer calling the TensorFlow Serving servers named by the descriptor's location."""
-    return build_remote_scorer(descriptor, "tfserving", FACTORIES)
+    return build_remote_scorer(descriptor, "tfserving", FACTORIES, policy)

@@ -1,0 +1,66 @@
+"""Checks on a model descriptor that cost microseconds, made before anything is unpacked or contacted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flows.admission.policy import AdmissionPolicy
+from flows.admission.signing import verify
+from flows.records import ModelDescriptor, ModelType
+
+
+def local_path(location: str) -> Path:
+    """The directory named by a plain path or a file:// URL, or ValueError for any other scheme."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme:
+        raise ValueError(f"location {location[:200]!r} is not a local path (scheme {parsed.scheme!r})")
+    return Path(location)
+
+
+def allowed_local_directory(location: str, roots: tuple[Path, ...]) -> Path:
+    """The real directory `location` names, or ValueError unless it lies under one of `roots`.
+
+    Symbolic links are resolved first, so a link under a root cannot point the flow elsewhere.
+    """
+    directory = local_path(location).resolve()
+    for root in roots:
+        if directory.is_relative_to(root.resolve()):
+            return directory
+    allowed = ", ".join(str(root) for root in roots) or "none configured"
+    raise ValueError(
+        f"local model path {str(directory)[:200]} is not under an allowed root "
+        f"(SERVING_MODEL_ROOTS: {allowed})"
+    )
+
+
+def refusal(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> str | None:
+    """Why `descriptor` is refused outright, or None if it may go on to be loaded."""
+    if len(descriptor.model_name) > policy.max_name_chars:
+        return (
+            f"model name is {len(descriptor.model_name):,} characters, over the limit of "
+            f"{policy.max_name_chars} (SERVING_MODEL_MAX_NAME_CHARS)"
+        )
+    if len(descriptor.description) > policy.max_description_chars:
+        return (
+            f"description is {len(descriptor.description):,} characters, over the limit of "
+            f"{policy.max_description_chars} (SERVING_MODEL_MAX_DESCRIPTION_CHARS)"
+        )
+    if policy.trusted_keys:
+        problem = verify(descriptor, policy.trusted_keys)
+        if problem:
+            return problem
+    if descriptor.model_bytes and len(descriptor.model_bytes) > policy.max_model_bytes:
+        return (
+            f"model bytes are {len(descriptor.model_bytes):,}, over the limit of {policy.max_model_bytes:,} "
+            f"(SERVING_MODEL_MAX_BYTES)"
+        )
+    is_local = descriptor.model_type is ModelType.TENSORFLOWSAVED and not descriptor.model_bytes
+    if is_local and descriptor.model_source_location:
+        try:
+            allowed_local_directory(descriptor.model_source_location, policy.model_roots)
+        except ValueError as error:
+            return str(error)
+    return None

@@ -1,0 +1,738 @@
+"""Vet a SavedModel's graph before TensorFlow loads it, without importing TensorFlow.
+
+Loading a SavedModel is not passive: the TF1 loaders (``tf.compat.v1.saved_model.load``,
+``load_v1_in_v2``, TensorFlow Serving's C++ ``LoadSavedModel``) run the saver's restore op and the
+init op (``__saved_model_init_op`` signature, else the ``saved_model_main_op`` collection, else
+``legacy_init_op``), and the TF2 loader (``tf.saved_model.load``) runs the object graph's resource
+initializers and any restore functions of objects with custom checkpointing. Serving then runs the
+signature functions. So this module parses ``saved_model.pb`` and refuses a model that uses any op
+outside an allow-list anywhere such code can reach.
+
+Parsing needs the SavedModel protobuf schema. Importing ``tensorflow.core.protobuf.saved_model_pb2``
+imports all of TensorFlow (~7 s), and TF 2.21 no longer installs tensorboard (whose
+``tensorboard.compat.proto`` copy was the usual light alternative); tensorflow-serving-api and
+tritonclient do not carry their own copy either. So the schema is taken from the serialized
+``FileDescriptorProto`` embedded in TensorFlow's installed ``*_pb2.py`` files, read as *source* (with
+``ast``, nothing of TensorFlow is executed or imported) into a private ``DescriptorPool``, so it
+cannot clash with TensorFlow's own registrations if TF is imported later. Cost: ~40 ms once.
+
+Rule implemented by :func:`inspect_saved_model` (per MetaGraphDef):
+
+* every op of every top-level node and of every function in the library must be in ``allowed_ops``,
+  except ops that call a library function (op name = function name, or a ``func`` / ``list(func)``
+  attr such as ``f`` of ``StatefulPartitionedCall``, branches of ``If``/``Case``, ``body``/``cond`` of
+  ``While``): those calls are followed and the callee is judged instead;
+* exception, the checkpoint code: a top-level node only the ``saver_def``'s save node
+  (``save_tensor_name``) depends on, and a function reached only from such nodes, may also use
+  :data:`CHECKPOINT_SAVE_OPS`; likewise for the restore node (``restore_op_name``) and
+  :data:`CHECKPOINT_RESTORE_OPS`. "Only": a top-level node loses the exemption if it is not upstream
+  of a saver node, or a signature or collection names it, or a node that lost it depends on it; a
+  function loses it if it is reachable from a node that lost it or from any library function not on
+  a saver path (every library function is treated as runnable: the TF2 loader restores all of them
+  and the object graph can attach any of them to an object). No loader runs the save path (only an
+  explicit ``Checkpoint.save``/``Saver.save`` would); the TF1 and C++ loaders (TensorFlow Serving)
+  run the restore path with the variables prefix fed; ``tf.saved_model.load`` on a TF2 model runs
+  neither (it restores variables with its own Python ``TrackableSaver``/``MultiDeviceSaver`` code,
+  and runs only the object graph's resource initializers and custom restore functions, which here
+  are general functions);
+* ``legacy_init_op`` is refused outright (only TF1 writes it); ``saved_model_main_op`` and the
+  ``__saved_model_init_op`` signature (TF2's ``tf.saved_model.save`` writes both, naming a bare
+  ``NoOp``) are accepted only if they name an existing top-level node whose transitive inputs use
+  allowed ops only and do not reach the saver nodes;
+* no ``saved_model.pbtxt`` / ``saved_model.cpb`` next to or instead of ``saved_model.pb`` (ambiguous
+  which a loader would read), the file must not exceed ``max_bytes`` (checked before reading), and
+  asset file names must be relative with no ``..``.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import pathlib
+from collections.abc import Iterable, Iterator
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # the shipped models' saved_model.pb are 37 KB
+
+# --------------------------------------------------------------------------------------------------
+# Op lists
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_ALLOWED_OPS: frozenset[str] = frozenset(
+    {
+        # Graph plumbing. Placeholder/Const feed inputs and weights; (Stateful)PartitionedCall are
+        # the TF2 function-call ops (their callee is followed and judged, not the call itself).
+        "Const",
+        "Placeholder",
+        "PlaceholderWithDefault",
+        "Identity",
+        "IdentityN",
+        "NoOp",
+        "PartitionedCall",
+        "StatefulPartitionedCall",
+        "StopGradient",
+        "PreventGradient",
+        "Snapshot",
+        "EnsureShape",
+        # Resource variables: handles, reads, the top-level "Variable/Assign" initializer nodes TF2
+        # writes, and the embedding lookup. These touch process memory only.
+        "VarHandleOp",
+        "ReadVariableOp",
+        "AssignVariableOp",
+        "VarIsInitializedOp",
+        "ResourceGather",
+        "ResourceGatherNd",
+        # Control flow (branch / body functions are followed through their func attrs). The TF1
+        # primitives are kept for TF1-era graphs; TensorList* is how Keras RNNs (LSTM/GRU) loop.
+        "If",
+        "StatelessIf",
+        "While",
+        "StatelessWhile",
+        "Case",
+        "StatelessCase",
+        "Switch",
+        "Merge",
+        "Enter",
+        "Exit",
+        "NextIteration",
+        "LoopCond",
+        "TensorListFromTensor",
+        "TensorListGetItem",
+        "TensorListSetItem",
+        "TensorListReserve",
+        "TensorListStack",
+        "TensorListLength",
+        "TensorListElementShape",
+        # Shapes, reshaping, slicing, gathering, casting (Flatten, Reshape, Concatenate, Embedding,
+        # input validation). Pure tensor computations.
+        "Shape",
+        "ShapeN",
+        "Size",
+        "Rank",
+        "Reshape",
+        "Squeeze",
+        "ExpandDims",
+        "Pack",
+        "Unpack",
+        "ConcatV2",
+        "Concat",
+        "Split",
+        "SplitV",
+        "Slice",
+        "StridedSlice",
+        "Tile",
+        "Transpose",
+        "GatherV2",
+        "Gather",
+        "GatherNd",
+        "Fill",
+        "ZerosLike",
+        "OnesLike",
+        "Range",
+        "Pad",
+        "PadV2",
+        "MirrorPad",
+        "BroadcastTo",
+        "BroadcastArgs",
+        "Where",
+        "Select",
+        "SelectV2",
+        "OneHot",
+        "Cast",
+        "ReverseV2",
+        "Cumsum",
+        "TopKV2",
+        "ArgMax",
+        "ArgMin",
+        "ScatterNd",
+        "TensorScatterUpdate",
+        "ClipByValue",
+        "CheckNumerics",
+        # Elementwise math, comparisons, logic.
+        "Add",
+        "AddV2",
+        "AddN",
+        "Sub",
+        "Mul",
+        "MulNoNan",
+        "Div",
+        "DivNoNan",
+        "RealDiv",
+        "FloorDiv",
+        "FloorMod",
+        "Maximum",
+        "Minimum",
+        "Neg",
+        "Abs",
+        "Square",
+        "SquaredDifference",
+        "Sqrt",
+        "Rsqrt",
+        "Exp",
+        "Expm1",
+        "Log",
+        "Log1p",
+        "Pow",
+        "Reciprocal",
+        "Sign",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Erf",
+        "Erfc",
+        "Sin",
+        "Cos",
+        "Equal",
+        "NotEqual",
+        "Less",
+        "LessEqual",
+        "Greater",
+        "GreaterEqual",
+        "LogicalAnd",
+        "LogicalOr",
+        "LogicalNot",
+        "IsNan",
+        "IsInf",
+        "IsFinite",
+        # Reductions.
+        "Sum",
+        "Mean",
+        "Max",
+        "Min",
+        "Prod",
+        "All",
+        "Any",
+        # Activations (relu, relu6, elu, selu, leaky_relu, sigmoid, hard_sigmoid via Relu6/Mul,
+        # softmax, log_softmax, tanh, softplus, softsign; gelu/swish are compositions).
+        "Relu",
+        "Relu6",
+        "Elu",
+        "Selu",
+        "LeakyRelu",
+        "Sigmoid",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Softmax",
+        "LogSoftmax",
+        # Dense / Conv / pooling / normalization layers at inference.
+        "MatMul",
+        "BatchMatMul",
+        "BatchMatMulV2",
+        "BatchMatMulV3",
+        "Einsum",
+        "BiasAdd",
+        "Conv2D",
+        "Conv3D",
+        "DepthwiseConv2dNative",
+        "Conv2DBackpropInput",
+        "Conv3DBackpropInputV2",
+        "MaxPool",
+        "MaxPoolV2",
+        "AvgPool",
+        "MaxPool3D",
+        "AvgPool3D",
+        "FusedBatchNorm",
+        "FusedBatchNormV2",
+        "FusedBatchNormV3",
+    }
+)
+"""Ops a Keras inference model needs (the shipped recommender uses a subset: see REPORT.md).
+
+Deliberately absent: everything that reaches the file system, the network, the Python interpreter
+or the process's stdout/stderr (see :data:`DENIED_OPS`), all ``*Dataset``/iterator ops (datasets can
+read files and run arbitrary functions), random ops (Dropout is a no-op at inference), string ops
+(only the checkpoint-save path needs them), and the checkpoint ops themselves (allowed only on the
+saver's paths, see :data:`CHECKPOINT_SAVE_OPS` / :data:`CHECKPOINT_RESTORE_OPS`).
+"""
+
+CHECKPOINT_SAVE_OPS: frozenset[str] = frozenset(
+    {
+        # What tf.saved_model.save puts in __inference__traced_save_*: build the shard file names
+        # and write the checkpoint. Never run by a loader; only by an explicit save.
+        "SaveV2",
+        "MergeV2Checkpoints",
+        "ShardedFilename",
+        "StringJoin",
+        "StaticRegexFullMatch",
+        "DisableCopyOnRead",
+    }
+)
+CHECKPOINT_RESTORE_OPS: frozenset[str] = frozenset(
+    {
+        # What __inference__traced_restore_* uses (with AssignVariableOp, allowed anyway). Run by TF1
+        # / C++ loaders (TensorFlow Serving) with the variables/ prefix fed.
+        "RestoreV2",
+    }
+)
+
+DENIED_OPS: frozenset[str] = frozenset(
+    {
+        # Documentation (and a guard, see the assert below): never in DEFAULT_ALLOWED_OPS.
+        # Files: read, write, glob, memory-map, file-backed tables, readers.
+        "ReadFile",
+        "WriteFile",
+        "MatchingFiles",
+        "ImmutableConst",
+        "InitializeTableFromTextFile",
+        "InitializeTableFromTextFileV2",
+        "WholeFileReader",
+        "WholeFileReaderV2",
+        "TextLineReader",
+        "TextLineReaderV2",
+        "TFRecordReader",
+        "TFRecordReaderV2",
+        "FixedLengthRecordReader",
+        "FixedLengthRecordReaderV2",
+        "IdentityReader",
+        "IdentityReaderV2",
+        "LMDBReader",
+        "ReaderRead",
+        "ReaderReadV2",
+        "ReaderReadUpTo",
+        "ReaderReadUpToV2",
+        # Checkpoint I/O outside the saver's own functions (any path given as a constant).
+        "Save",
+        "SaveV2",
+        "SaveSlices",
+        "Restore",
+        "RestoreV2",
+        "RestoreSlice",
+        "MergeV2Checkpoints",
+        "LoadAndRemapMatrix",
+        "GenerateVocabRemapping",
+        # Python callbacks: run whatever the loading process has registered.
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+        # Output: PrintV2's output_stream may be "file://...".
+        "PrintV2",
+        "Print",
+        # Summaries write event files.
+        "CreateSummaryFileWriter",
+        "WriteSummary",
+        "WriteScalarSummary",
+        "WriteHistogramSummary",
+        "WriteImageSummary",
+        "WriteAudioSummary",
+        "WriteGraphSummary",
+        "WriteRawProtoSummary",
+        "FlushSummaryWriter",
+        "CloseSummaryWriter",
+        "ImportEvent",
+        "SummaryWriter",
+        # Protos with descriptor_source "file://..." read a file.
+        "DecodeProtoV2",
+        "EncodeProto",
+        # Debugger ops write to debug_urls (file:// or grpc://).
+        "DebugIdentity",
+        "DebugIdentityV2",
+        "DebugIdentityV3",
+        "DebugNanCount",
+        "DebugNumericSummary",
+        "DebugNumericSummaryV2",
+        "Copy",
+        "CopyHost",
+        # Datasets / iterators (file sources, arbitrary map functions, snapshot/save write files,
+        # data service talks to the network).
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "TextLineDataset",
+        "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2",
+        "SnapshotDataset",
+        "SnapshotDatasetV2",
+        "SaveDataset",
+        "SaveDatasetV2",
+        "LoadDataset",
+        "DataServiceDataset",
+        "DataServiceDatasetV4",
+        "MapDataset",
+        "IteratorV2",
+        "IteratorGetNext",
+        "MakeIterator",
+        "OneShotIterator",
+        # Send/receive across devices and hosts.
+        "_Send",
+        "_Recv",
+        "_HostSend",
+        "_HostRecv",
+        "CollectiveReduce",
+        "CollectiveReduceV2",
+        "CollectiveGather",
+        "CollectiveBcastSend",
+        "CollectiveBcastRecv",
+        # Loading native code / remote execution.
+        "RemoteCall",
+        "TPUExecute",
+        "XlaLaunch",
+        "_XlaCompile",
+        "_XlaRun",
+        # Stateful randomness and mutation beyond plain variables are unneeded at inference.
+        "AssignAddVariableOp",
+        "AssignSubVariableOp",
+    }
+)
+
+assert not DEFAULT_ALLOWED_OPS & DENIED_OPS, DEFAULT_ALLOWED_OPS & DENIED_OPS
+assert not DEFAULT_ALLOWED_OPS & (CHECKPOINT_SAVE_OPS | CHECKPOINT_RESTORE_OPS)
+
+# Keys the TF loaders read to find the op run at load (tensorflow/python/saved_model/constants.py).
+_INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
+_MAIN_OP_KEY = "saved_model_main_op"
+_LEGACY_INIT_OP_KEY = "legacy_init_op"
+
+# --------------------------------------------------------------------------------------------------
+# Protobuf schema without importing TensorFlow
+# --------------------------------------------------------------------------------------------------
+
+_ROOT_PROTO = "tensorflow/core/protobuf/saved_model.proto"
+
+
+def _serialized_descriptor(pb2_file: pathlib.Path) -> bytes:
+    """The bytes a generated ``*_pb2.py`` passes to ``AddSerializedFile``, read without running it."""
+    for node in ast.walk(ast.parse(pb2_file.read_bytes(), filename=str(pb2_file))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "AddSerializedFile"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, bytes)
+        ):
+            return node.args[0].value
+    raise RuntimeError(f"no serialized descriptor found in {pb2_file}")
+
+
+@functools.cache
+def saved_model_message_class() -> type:
+    """The ``tensorflow.SavedModel`` message class, built in a private descriptor pool."""
+    from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    spec = importlib.util.find_spec("tensorflow")  # locates the package, does not import it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("tensorflow is not installed: cannot find the SavedModel .proto schema")
+    site = pathlib.Path(next(iter(spec.submodule_search_locations))).parent
+
+    pool = descriptor_pool.DescriptorPool()
+    builtin = {
+        "google/protobuf/any.proto": any_pb2,
+        "google/protobuf/wrappers.proto": wrappers_pb2,
+    }
+    added: set[str] = set()
+
+    def add(proto: str) -> None:
+        if proto in added:
+            return
+        if proto in builtin:
+            data = builtin[proto].DESCRIPTOR.serialized_pb
+        elif proto.startswith("tensorflow/") and proto.endswith(".proto"):
+            data = _serialized_descriptor(site / (proto[: -len(".proto")] + "_pb2.py"))
+        else:
+            raise RuntimeError(f"unexpected dependency {proto!r} of the SavedModel schema")
+        file_proto = descriptor_pb2.FileDescriptorProto.FromString(data)
+        for dependency in file_proto.dependency:
+            add(dependency)
+        pool.Add(file_proto)
+        added.add(proto)
+
+    add(_ROOT_PROTO)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.SavedModel"))
+
+
+def parse_saved_model(data: bytes):
+    """Parse ``saved_model.pb`` bytes into a ``tensorflow.SavedModel`` message (private pool)."""
+    return saved_model_message_class().FromString(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inspection
+# --------------------------------------------------------------------------------------------------
+
+
+def _node_name(tensor_or_op: str) -> str:
+    """``'^a/b'``, ``'a/b:0'`` -> ``'a/b'``."""
+    return tensor_or_op.lstrip("^").split(":", 1)[0]
+
+
+def _func_names_in_attr(value) -> Iterator[str]:
+    """Function names in an AttrValue (``func`` or ``list(func)``), including nested NameAttrLists."""
+    kind = value.WhichOneof("value")
+    if kind == "func":
+        funcs = [value.func]
+    elif kind == "list":
+        funcs = list(value.list.func)
+    else:
+        return
+    for func in funcs:
+        yield func.name
+        for nested in func.attr.values():
+            yield from _func_names_in_attr(nested)
+
+
+def _callees(node, library: dict) -> Iterator[str]:
+    """Functions a NodeDef calls: by op name or through func-valued attrs."""
+    if node.op in library:
+        yield node.op
+    for value in node.attr.values():
+        yield from _func_names_in_attr(value)
+
+
+def _closure(roots: Iterable[str], calls: dict[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = [r for r in roots if r in calls]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(c for c in calls[name] if c in calls and c not in seen)
+    return seen
+
+
+def _upstream(starts: Iterable[str], nodes: dict) -> set[str]:
+    """Top-level nodes that running ``starts`` runs (data and control inputs, transitively)."""
+    seen: set[str] = set()
+    stack = [s for s in starts if s in nodes]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(i for i in (_node_name(x) for x in nodes[name].input) if i in nodes and i not in seen)
+    return seen
+
+
+def _signature_tensor_names(tensor_info) -> Iterator[str]:
+    kind = tensor_info.WhichOneof("encoding")
+    if kind == "name":
+        yield tensor_info.name
+    elif kind == "coo_sparse":
+        sparse = tensor_info.coo_sparse
+        yield from (sparse.values_tensor_name, sparse.indices_tensor_name, sparse.dense_shape_tensor_name)
+    elif kind == "composite_tensor":
+        for component in tensor_info.composite_tensor.components:
+            yield from _signature_tensor_names(component)
+
+
+def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> list[str]:
+    problems: list[str] = []
+    graph = meta_graph.graph_def
+    library = {f.signature.name: f for f in graph.library.function}
+    nodes = {n.name: n for n in graph.node}
+
+    for name in library:
+        if (
+            name in allowed_ops
+            or name in DENIED_OPS
+            or name in CHECKPOINT_SAVE_OPS
+            or name in CHECKPOINT_RESTORE_OPS
+        ):
+            problems.append(f"{label}: library function {name!r} has the name of an op")
+
+    # Call graph of the library.
+    calls: dict[str, set[str]] = {
+        name: {c for nd in f.node_def for c in _callees(nd, library)} for name, f in library.items()
+    }
+    for name, f in library.items():
+        for nd in f.node_def:
+            for callee in _callees(nd, library):
+                if callee not in library:
+                    problems.append(
+                        f"{label}: function {name!r} node {nd.name!r} calls unknown function {callee!r}"
+                    )
+
+    # Contexts. The saver_def names a save node and a restore node in the top-level graph (TF2: one
+    # StatefulPartitionedCall each, calling __inference__traced_save_* / _restore_*; TF1: a "save/"
+    # subgraph of top-level SaveV2 / RestoreV2 nodes). A top-level node is on the save (restore)
+    # path if the save (restore) node depends on it; it is "general" if anything else may run it:
+    # it is not on a saver path, or a signature / collection names it, or a general node depends
+    # on it. Functions inherit the contexts of their callers; every library function not reached
+    # from a saver path is a general root itself (the TF2 loader restores all of them).
+    saver = meta_graph.saver_def if meta_graph.HasField("saver_def") else None
+    save_node = _node_name(saver.save_tensor_name) if saver and saver.save_tensor_name else None
+    restore_node = _node_name(saver.restore_op_name) if saver and saver.restore_op_name else None
+    up_save = _upstream([save_node], nodes) if save_node in nodes else set()
+    up_restore = _upstream([restore_node], nodes) if restore_node in nodes else set()
+    seeds = set(nodes) - up_save - up_restore
+    for signature in meta_graph.signature_def.values():
+        for info in list(signature.inputs.values()) + list(signature.outputs.values()):
+            seeds.update(_node_name(t) for t in _signature_tensor_names(info))
+    for collection in meta_graph.collection_def.values():
+        if collection.WhichOneof("kind") == "node_list":
+            seeds.update(_node_name(v) for v in collection.node_list.value)
+    general_nodes = _upstream(seeds, nodes)
+
+    def node_context(name: str) -> tuple[frozenset[str], str]:
+        if name in general_nodes:
+            return frozenset(), "reachable outside the saver's save/restore path"
+        if name in up_save and name in up_restore:
+            return (
+                CHECKPOINT_SAVE_OPS & CHECKPOINT_RESTORE_OPS,
+                "on both the saver's save and restore paths",
+            )
+        if name in up_save:
+            return CHECKPOINT_SAVE_OPS, "on the saver's save path"
+        return CHECKPOINT_RESTORE_OPS, "on the saver's restore path"
+
+    save_roots: set[str] = set()
+    restore_roots: set[str] = set()
+    general_roots: set[str] = set()
+    for node in graph.node:
+        callees = set(_callees(node, library))
+        for callee in callees - set(library):
+            problems.append(f"{label}: top-level node {node.name!r} calls unknown function {callee!r}")
+        if node.name in general_nodes:
+            general_roots |= callees
+        else:
+            if node.name in up_save:
+                save_roots |= callees
+            if node.name in up_restore:
+                restore_roots |= callees
+    saving = _closure(save_roots, calls)
+    restoring = _closure(restore_roots, calls)
+    general_roots |= set(library) - saving - restoring  # any other function may be run
+    general = _closure(general_roots, calls)
+
+    def function_context(name: str) -> tuple[frozenset[str], str]:
+        if name in general:
+            return frozenset(), "reachable outside the saver's save/restore path"
+        if name in saving and name in restoring:
+            return (
+                CHECKPOINT_SAVE_OPS & CHECKPOINT_RESTORE_OPS,
+                "reachable from both the saver's save and restore paths",
+            )
+        if name in saving:
+            return CHECKPOINT_SAVE_OPS, "on the saver's save path"
+        return CHECKPOINT_RESTORE_OPS, "on the saver's restore path"
+
+    # Judge ops; one problem per (place, op), naming up to three nodes.
+    offences: dict[tuple[str, str, str], list[str]] = {}
+
+    def judge(op: str, place: str, node_name: str, extra: frozenset[str], context: str) -> None:
+        if op in library or op in allowed_ops or op in extra:
+            return
+        offences.setdefault((place, op, context), []).append(node_name)
+
+    for node in graph.node:
+        judge(node.op, "the top-level graph", node.name, *node_context(node.name))
+    for name, f in library.items():
+        extra, context = function_context(name)
+        for nd in f.node_def:
+            judge(nd.op, f"function {name!r}", nd.name, extra, context)
+    for (place, op, context), names in offences.items():
+        shown = ", ".join(repr(n) for n in names[:3]) + (
+            f" and {len(names) - 3} more" if len(names) > 3 else ""
+        )
+        kind = "node" if len(names) == 1 else "nodes"
+        if op in CHECKPOINT_SAVE_OPS | CHECKPOINT_RESTORE_OPS:
+            problems.append(f"{label}: checkpoint op {op!r} in {place} ({kind} {shown}), which is {context}")
+        else:
+            problems.append(f"{label}: disallowed op {op!r} in {place} ({kind} {shown})")
+    saver_nodes = {n for n in (save_node, restore_node) if n}
+
+    # Init ops run at load by the TF1 / C++ loaders.
+    collections = meta_graph.collection_def
+    if _LEGACY_INIT_OP_KEY in collections:
+        problems.append(f"{label}: has a TF1 {_LEGACY_INIT_OP_KEY!r} (run at load); refused")
+    init_ops: list[tuple[str, str]] = []
+    if _INIT_OP_SIGNATURE_KEY in meta_graph.signature_def:
+        for info in meta_graph.signature_def[_INIT_OP_SIGNATURE_KEY].outputs.values():
+            init_ops += [(f"signature {_INIT_OP_SIGNATURE_KEY!r}", t) for t in _signature_tensor_names(info)]
+    if _MAIN_OP_KEY in collections:
+        collection = collections[_MAIN_OP_KEY]
+        if collection.WhichOneof("kind") != "node_list":
+            problems.append(f"{label}: collection {_MAIN_OP_KEY!r} is not a node list")
+        init_ops += [(f"main_op (collection {_MAIN_OP_KEY!r})", v) for v in collection.node_list.value]
+    for what, tensor in init_ops:
+        start = _node_name(tensor)
+        if start not in nodes:
+            problems.append(f"{label}: {what} names unknown node {tensor!r}")
+            continue
+        bad = _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes)
+        for message in bad:
+            problems.append(f"{label}: {what} {tensor!r} runs at load and {message}")
+
+    # Assets: resolved under <export_dir>/assets/ by the loaders.
+    for asset in meta_graph.asset_file_def:
+        filename = asset.filename
+        if (
+            filename.startswith(("/", "\\"))
+            or ".." in pathlib.PurePosixPath(filename).parts
+            or ".." in pathlib.PureWindowsPath(filename).parts
+            or ":" in filename
+        ):
+            problems.append(f"{label}: asset file name {filename!r} escapes the assets directory")
+    return problems
+
+
+def _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes) -> list[str]:
+    """What the top-level subgraph that running node ``start`` executes does wrong."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    stack = [start]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = nodes.get(name)
+        if node is None:
+            problems.append(f"depends on unknown node {name!r}")
+            continue
+        if name in saver_nodes:
+            problems.append(f"depends on saver node {name!r}")
+        if node.op not in library and node.op not in allowed_ops:
+            problems.append(f"reaches disallowed op {node.op!r} (node {name!r})")
+        for callee in _callees(node, library):
+            # Already judged as general functions; named again so the message says what the init
+            # op runs ("main_op ... reaches 'WriteFile' in function ...").
+            for fname in sorted(_closure([callee], calls)):
+                bad = sorted(
+                    {
+                        nd.op
+                        for nd in library[fname].node_def
+                        if nd.op not in library and nd.op not in allowed_ops
+                    }
+                )
+                if bad:
+                    problems.append(f"reaches disallowed ops {bad} in function {fname!r}")
+        stack.extend(_node_name(i) for i in node.input)
+    return list(dict.fromkeys(problems))
+
+
+def inspect_saved_model(
+    directory: pathlib.Path,
+    allowed_ops: frozenset[str] = DEFAULT_ALLOWED_OPS,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[str]:
+    """Problems that make the SavedModel in ``directory`` unsafe to load or serve (empty = fine).
+
+    Reads only ``saved_model.pb`` (at most ``max_bytes`` of it); never imports TensorFlow.
+    """
+    directory = pathlib.Path(directory)
+    path = directory / "saved_model.pb"
+    problems: list[str] = []
+    for other in ("saved_model.pbtxt", "saved_model.cpb"):
+        if (directory / other).exists():
+            problems.append(f"{directory / other} present: loaders may read it instead of saved_model.pb")
+    if not path.is_file():
+        return problems + [f"{path} does not exist or is not a regular file"]
+    size = path.stat().st_size
+    if size > max_bytes:
+        return problems + [f"{path} is {size} bytes, over the {max_bytes}-byte limit; not parsed"]
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew between stat and read
+        return problems + [f"{path} is over the {max_bytes}-byte limit; not parsed"]
+    try:
+        saved_model = parse_saved_model(data)
+    except Exception as error:  # noqa: BLE001 (protobuf raises DecodeError and others on hostile bytes)
+        return problems + [f"{path} is not a SavedModel protobuf: {error}"]
+    if not saved_model.meta_graphs:
+        problems.append(f"{path} has no MetaGraphDef")
+    for index, meta_graph in enumerate(saved_model.meta_graphs):
+        tags = ",".join(meta_graph.meta_info_def.tags) or "-"
+        problems += _inspect_meta_graph(meta_graph, f"meta_graph[{index}] (tags {tags})", allowed_ops)
+    return problems
