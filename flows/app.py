@@ -29,7 +29,15 @@ def build_flow(settings: Settings) -> Dataflow:
     else:
         data, models = embedded_inputs(flow, settings)
 
-    streams = serve("serve", data, models, shards=settings.shards, hold_limit=settings.hold_limit)
+    streams = serve(
+        "serve",
+        data,
+        models,
+        shards=settings.shards,
+        hold_limit=settings.hold_limit,
+        # A Kafka models topic holds the history: start with the newest model on it, not the oldest.
+        wait_for_catch_up=bool(settings.kafka_bootstrap_servers),
+    )
 
     if settings.kafka_bootstrap_servers:
         kafka_outputs(settings, streams.results, inputs.dead_letters)

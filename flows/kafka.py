@@ -19,6 +19,8 @@ from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.avro import MODEL, RECORD, RESULT, AvroCodec, DecodeFailure
+from flows.kafka_catch_up import CatchUpSource
+from flows.model_holder import CaughtUp
 from flows.records import DataMessage, ModelDescriptor, ScoredMessage
 from flows.settings import Settings
 from flows.stoppable import StoppableSource
@@ -45,7 +47,7 @@ class KafkaOrigin:
 class KafkaInputs:
     data: Stream[DataMessage]
     # Undecodable model messages come along as DecodeFailures, so the flow reports them as rejected models.
-    models: Stream[ModelDescriptor | DecodeFailure]
+    models: Stream[ModelDescriptor | DecodeFailure | CaughtUp]
     dead_letters: Stream[KafkaSinkMessage]
 
 
@@ -80,7 +82,9 @@ class _Undecodable:
 def _decoder(codec: AvroCodec, settings: Settings, wrap):
     """Turn a source item into its decoded (and wrapped) value, or an _Undecodable."""
 
-    def decode(item: KafkaSourceMessage | KafkaError):
+    def decode(item: KafkaSourceMessage | KafkaError | CaughtUp):
+        if isinstance(item, CaughtUp):
+            return item  # the model holder's start-up marker, see flows.kafka_catch_up
         if isinstance(item, KafkaError):
             reason = f"Kafka consumer error: {item.err.str()}"
             failure = DecodeFailure(codec.name, reason, item.msg.value)
@@ -104,18 +108,20 @@ def _data_message(record, message: KafkaSourceMessage) -> DataMessage:
     return DataMessage(record, time.time_ns(), origin)
 
 
-def _source(settings: Settings, topic: str, start: int) -> StoppableSource:
+def _source(settings: Settings, topic: str, start: int, catch_up: bool = False) -> StoppableSource:
     config = client_config(settings, settings.kafka_consumer_config)
-    return StoppableSource(
-        KafkaSource(
-            settings.kafka_bootstrap_servers.split(","),
-            [topic],
-            tail=settings.kafka_tail,
-            starting_offset=start,
-            add_config=config,
-            raise_on_errors=False,
-        )
+    source = KafkaSource(
+        settings.kafka_bootstrap_servers.split(","),
+        [topic],
+        tail=settings.kafka_tail,
+        starting_offset=start,
+        add_config=config,
+        raise_on_errors=False,
     )
+    if catch_up:
+        lookup = {"bootstrap.servers": settings.kafka_bootstrap_servers, **config}
+        return StoppableSource(CatchUpSource(source, topic, lookup))
+    return StoppableSource(source)
 
 
 def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
@@ -123,7 +129,7 @@ def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
     data_start = OFFSET_BEGINNING if settings.kafka_data_start == "earliest" else OFFSET_END
     raw_data = op.input("kafka_data", flow, _source(settings, settings.kafka_data_topic, data_start))
     raw_models = op.input(
-        "kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING)
+        "kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING, catch_up=True)
     )
 
     data = op.map("decode_data", raw_data, _decoder(RECORD, settings, _data_message))

@@ -2,7 +2,8 @@
 
 The model goes inline (a SavedModel directory packed as a tar.gz archive: `--version` for a shipped one,
 `--path` for any directory) or as a location (`--location`, with `--type`). A message larger than the
-broker accepts is refused before sending, with the limit and what to change.
+broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
+descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from flows.admission.signing import load_private_key, sign
 from flows.avro import MODEL
 from flows.generators import shipped_model
 from flows.kafka import client_config
@@ -73,11 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", help="model name (default: from the version, directory or location)")
     parser.add_argument("--description", default="")
+    parser.add_argument(
+        "--sign",
+        metavar="KEYFILE",
+        type=Path,
+        help="sign with this Ed25519 private key (PEM; make one with python -m flows.model_keys)",
+    )
     parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
     parser.add_argument("--topic", default=settings.kafka_models_topic)
     args = parser.parse_args(argv)
 
     descriptor = descriptor_from(args, settings)
+    if args.sign:
+        try:
+            descriptor = sign(descriptor, load_private_key(args.sign))
+        except ValueError as error:
+            print(f"refused: cannot sign with {args.sign}: {error}", file=sys.stderr)
+            return 2
     payload = MODEL.encode(descriptor)
     config = client_config(settings, settings.kafka_producer_config)
     limit, limited_by = size_limit(args.bootstrap_servers, args.topic, config)
@@ -103,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             f"model {descriptor.model_name!r} was not delivered to {args.topic}: {errors[0]}", file=sys.stderr
         )
         return 1
-    print(f"published model {descriptor.model_name!r} ({len(payload):,} bytes) to {args.topic}")
+    signed = ", signed" if descriptor.signature else ""
+    print(f"published model {descriptor.model_name!r} ({len(payload):,} bytes{signed}) to {args.topic}")
     return 0
 
 

@@ -9,7 +9,7 @@ number, so a given version always trains on the same data, and two versions give
 scores for the same user and product.
 
 The architecture is the original design's: an embedding for users and one for products, concatenated,
-dropout, a 50-unit relu layer, dropout, one output; adam, mean squared logarithmic error, batch 64,
+dropout, a 50-unit relu layer, dropout, one sigmoid output (a probability in [0, 1]); adam, mean squared logarithmic error, batch 64,
 3 epochs. The exported ``serving_default`` signature takes ``users`` and ``products`` (float32, [N, 1])
 and returns ``predictions`` ([N, 1]), which is what ``flows.scorers`` and TensorFlow Serving expect.
 """
@@ -68,7 +68,8 @@ def build_model():  # -> keras.Model (keras is imported lazily: it is slow to im
     hidden = keras.layers.Dropout(DROPOUT)(hidden)
     hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu")(hidden)
     hidden = keras.layers.Dropout(DROPOUT)(hidden)
-    predictions = keras.layers.Dense(1, name="predictions")(hidden)
+    # A sigmoid output: the scores are probabilities in [0, 1], the range admission checks them against.
+    predictions = keras.layers.Dense(1, activation="sigmoid", name="predictions")(hidden)
     model = keras.Model(inputs=[users, products], outputs=predictions, name="recommender")
     model.compile(optimizer="adam", loss="mean_squared_logarithmic_error")
     return model

@@ -30,9 +30,11 @@ from flows.query_state import fetch
 from flows.records import ModelToServeStats
 
 
-def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
+def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> str:
     """Run the main job on `topics` until the end of its input topics; its console output."""
-    return finished_output(start_flow(bootstrap, topics, **{"SERVING_KAFKA_TAIL": "false", **settings}))
+    return finished_output(
+        start_flow(bootstrap, topics, *args, **{"SERVING_KAFKA_TAIL": "false", **settings})
+    )
 
 
 def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap, model_v1):
