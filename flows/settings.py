@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     model_max_unpacked_bytes: int = Field(
         256 * 1024**2, ge=1, description="Largest uncompressed archive (tar stream, headers included), bytes."
     )
-    model_max_files: int = Field(10_000, ge=1, description="Most files and directories in a model archive.")
+    model_max_files: int = Field(1_000, ge=1, description="Most files and directories in a model archive.")
     model_unpack_timeout: float = Field(
         10.0,
         gt=0,

@@ -18,7 +18,7 @@ class AdmissionPolicy:
     load_timeout_s: float = 60.0
     max_model_bytes: int = 100 * 1024**2
     max_unpacked_bytes: int = 256 * 1024**2
-    max_files: int = 10_000
+    max_files: int = 1_000
     unpack_timeout_s: float = 10.0
     unpack_memory_bytes: int = 512 * 1024**2
     output_low: float = 0.0

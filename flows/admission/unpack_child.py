@@ -30,16 +30,108 @@ from flows.admission.graph import DEFAULT_MAX_BYTES, inspect_saved_model
 CHUNK = 1024 * 1024
 MAX_MEMBER_NAME = 1024
 MAX_REASON = 500
+BLOCK = 512
+# Extended headers (pax 'x'/'g', GNU long names 'L'/'K') are read whole by tarfile and pax ones parsed
+# with a regex that is quadratic on CPython 3.11.7: legitimate ones are a few hundred bytes.
+MAX_EXTENDED_HEADER = 8 * 1024
+EXTENDED_TYPES = frozenset(b"xgLK")
+ENTRY_TYPES = frozenset(b"05\x00")  # regular file (also the old NUL flag), directory
 
 
 class Refused(Exception):
     """The archive breaks a rule; the message says which."""
 
 
-class _CappedDecompressedStream(io.RawIOBase):
-    """The decompressed bytes of `raw` (gzip, bzip2, xz or none), refusing to produce more than `cap`."""
+class _TarHeaderGuard:
+    """Reads the tar headers as the bytes stream past, before tarfile sees them.
 
-    def __init__(self, raw: BinaryIO, cap: int) -> None:
+    It refuses, at the header, what would make tarfile loop or read a huge header: a negative or
+    malformed size, an extended header over MAX_EXTENDED_HEADER, a pax `size` record (which would move
+    the next header where this guard does not look), and any entry type but file, directory and the
+    extended headers. It follows the headers by their size fields, as tarfile does.
+    """
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.entries = 0
+        self.position = 0
+        self.next_header = 0
+        self.header = b""
+        self.extended: bytearray | None = None  # the body of a pax header being collected
+        self.extended_left = 0
+
+    def observe(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.extended is not None:  # right after a pax header: its body, then the padding
+                take = min(len(view), self.extended_left)
+                self.extended += view[:take]
+                self.extended_left -= take
+                view = view[take:]
+                self.position += take
+                if not self.extended_left:
+                    self._check_pax(bytes(self.extended))
+                    self.extended = None
+                continue
+            if self.position < self.next_header:
+                skip = min(len(view), self.next_header - self.position)
+                view = view[skip:]
+                self.position += skip
+                continue
+            take = min(len(view), BLOCK - len(self.header))
+            self.header += view[:take]
+            view = view[take:]
+            self.position += take
+            if len(self.header) == BLOCK:
+                self._check_header(self.header)
+                self.header = b""
+
+    def _check_header(self, header: bytes) -> None:
+        self.next_header = self.position
+        if not header.strip(b"\x00"):
+            return  # an end-of-archive block
+        kind = header[156]
+        size = _header_size(header[124:136])
+        if kind not in ENTRY_TYPES and kind not in EXTENDED_TYPES:
+            raise Refused(f"archive member of type {chr(kind)!r}: only files and directories are allowed")
+        if kind in EXTENDED_TYPES and size > MAX_EXTENDED_HEADER:
+            raise Refused(
+                f"archive has an extended header ({chr(kind)!r}) of {size:,} bytes (limit {MAX_EXTENDED_HEADER:,})"
+            )
+        if kind in ENTRY_TYPES:
+            self.entries += 1
+            if self.entries > self.max_files:  # counted ahead of tarfile, before it writes them
+                raise Refused(f"archive has more than {self.max_files:,} members (SERVING_MODEL_MAX_FILES)")
+        self.next_header = self.position + -(-size // BLOCK) * BLOCK
+        if kind in b"xg" and size:
+            self.extended, self.extended_left = bytearray(), size
+
+    @staticmethod
+    def _check_pax(body: bytes) -> None:
+        if b" size=" in body or body.startswith(b"size="):
+            raise Refused("archive has a pax header that sets a member's size: not accepted")
+
+
+def _header_size(field: bytes) -> int:
+    """A tar header's size field (octal, or GNU base-256), refusing negative or malformed values."""
+    if field[0] & 0x80:
+        if field[0] == 0xFF:
+            raise Refused("archive member declares a negative size")
+        value = int.from_bytes(field[1:], "big")
+    else:
+        text = field.split(b"\x00", 1)[0].strip() or b"0"
+        try:
+            value = int(text, 8)
+        except ValueError:
+            raise Refused(f"archive header has a malformed size field {field[:12]!r}") from None
+    return value
+
+
+class _CappedDecompressedStream(io.RawIOBase):
+    """The decompressed bytes of `raw` (gzip, bzip2, xz or none), refusing to produce more than `cap`,
+    with every tar header checked by a `_TarHeaderGuard` on its way to tarfile."""
+
+    def __init__(self, raw: BinaryIO, cap: int, max_files: int) -> None:
         self._raw = raw
         self._cap = cap
         self.produced = 0
@@ -54,6 +146,7 @@ class _CappedDecompressedStream(io.RawIOBase):
         else:
             self._decompressor = None
         self._input = head
+        self._guard = _TarHeaderGuard(max_files)
         self._is_zlib = head.startswith(b"\x1f\x8b")
 
     def readable(self) -> bool:
@@ -84,6 +177,7 @@ class _CappedDecompressedStream(io.RawIOBase):
             raise Refused(
                 f"archive expands to more than {self._cap:,} bytes (SERVING_MODEL_MAX_UNPACKED_BYTES)"
             )
+        self._guard.observe(data)
         return data
 
     def _decompress(self, wanted: int) -> bytes:
@@ -124,7 +218,7 @@ def _checked_path(target: Path, member: tarfile.TarInfo) -> Path:
 
 def unpack(payload: BinaryIO, target: Path, max_bytes: int, max_files: int) -> tuple[int, int]:
     """Unpack the archive stream into `target`; the number of members and file bytes written."""
-    stream = _CappedDecompressedStream(payload, max_bytes)
+    stream = _CappedDecompressedStream(payload, max_bytes, max_files)
     members = written = 0
     try:
         with tarfile.open(fileobj=io.BufferedReader(stream, CHUNK), mode="r|") as archive:
