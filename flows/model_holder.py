@@ -106,7 +106,9 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         return outputs, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[HolderOutput], bool]:
-        # The input has ended: nothing is left to score meanwhile, so wait for the loads still running.
+        # The model input ended (a bounded run; a tailed topic never ends). Bytewax calls nothing on this
+        # key after this, so the loads still running are waited for here, each at most its deadline:
+        # this holds the worker, and records behind it wait.
         outputs: list[HolderOutput] = []
         self._end_catch_up(outputs)
         while self.pending:

@@ -63,15 +63,18 @@ def sample_records(count: int, offset: int = 0) -> list[RecommenderRecord]:
 
 
 class _ScheduledPartition(StatefulSourcePartition):
-    def __init__(self, schedule: list[tuple[float, Any]], resume: int | None) -> None:
+    def __init__(self, schedule: list[tuple[float, Any]], resume: int | None, open_until: float) -> None:
         self.schedule = schedule
         self.position = resume or 0
         self.started = time.monotonic()
+        self.open_until = open_until
 
     def next_batch(self) -> list:
-        if self.position >= len(self.schedule):
-            raise StopIteration()
         elapsed = time.monotonic() - self.started
+        if self.position >= len(self.schedule):
+            if elapsed < self.open_until:
+                return []
+            raise StopIteration()
         batch = []
         while self.position < len(self.schedule) and self.schedule[self.position][0] <= elapsed:
             batch.append(self.schedule[self.position][1])
@@ -87,16 +90,20 @@ class _ScheduledPartition(StatefulSourcePartition):
 
 
 class ScheduledSource(FixedPartitionedSource):
-    """Emits each item at its time (seconds after start); `at(t, items)` builds the schedule."""
+    """Emits each item at its time (seconds after start); `at(t, items)` builds the schedule.
 
-    def __init__(self, schedule: list[tuple[float, Any]]) -> None:
+    With `open_until`, the input stays open (empty) until that time, as a tailed topic would.
+    """
+
+    def __init__(self, schedule: list[tuple[float, Any]], open_until: float = 0.0) -> None:
         self.schedule = schedule
+        self.open_until = open_until
 
     def list_parts(self) -> list[str]:
         return ["scheduled"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ScheduledPartition:
-        return _ScheduledPartition(self.schedule, resume_state)
+        return _ScheduledPartition(self.schedule, resume_state, self.open_until)
 
 
 class _GatedPartition(StatelessSourcePartition[Any]):

@@ -36,7 +36,7 @@ def probe_problem(scores: object, pairs: int, policy: AdmissionPolicy) -> str | 
         return f"probe: {pairs} pairs gave scores of shape {scores.shape}, expected one score per pair"
     bad = out_of_range(scores, policy)
     if bad.any():
-        first = scores[bad][0]
+        first = float(scores[bad][0])
         return (
             f"probe: {int(bad.sum())} of {pairs} scores not finite or outside "
             f"[{policy.output_low:g}, {policy.output_high:g}] (first: {first!r}; SERVING_MODEL_OUTPUT_RANGE)"

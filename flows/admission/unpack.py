@@ -23,6 +23,7 @@ from pathlib import Path
 from flows.admission.policy import AdmissionPolicy
 
 MAX_VERDICT_BYTES = 64 * 1024
+CHILD_COMMAND = (sys.executable, "-m", "flows.admission.unpack_child")
 
 
 class UnpackRefused(ValueError):
@@ -56,7 +57,7 @@ def _run_child(job: dict, scratch: Path, timeout_s: float) -> None:
     stderr_path = scratch / "stderr"
     with open(stderr_path, "wb") as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "flows.admission.unpack_child"],
+            list(CHILD_COMMAND),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
