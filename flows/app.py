@@ -62,7 +62,9 @@ def embedded_inputs(
     data = op.input("data", flow, StoppableSource(generator))
     versions = [shipped_model(settings.models_dir, version) for version in settings.versions]
     model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
-    models = op.input(
-        "models", flow, StoppableSource(ModelGenerator(versions, settings.model_interval, model_count))
+    run_seconds = (
+        settings.records / settings.record_rate if settings.records and settings.record_rate else 0.0
     )
+    generator = ModelGenerator(versions, settings.model_interval, model_count, open_for=run_seconds)
+    models = op.input("models", flow, StoppableSource(generator))
     return data, models

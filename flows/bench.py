@@ -8,6 +8,9 @@ the run's parameters. Scenarios:
   this machine (the TensorFlow Serving stand-in from tests/, or Seldon MLServer) over gRPC or REST; the
   line adds the per-request latency (call_p50_ms, call_p99_ms) and the number of requests.
   tfserving-grpcs and tfserving-https: the same stand-in over TLS, with a throwaway CA (needs trustme).
+- swap: as embedded at an offered --rate, with v1 serving and v2 published --swap-after seconds in; the
+  line adds the largest gap between consecutive results (largest_gap_ms, and within the swap:
+  swap_gap_ms) and the time from v2's arrival to the first record it scored (swap_ms).
 - kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
   latency from the data message's produce timestamp to the result message's.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
@@ -48,7 +51,7 @@ from flows.kafka import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TI
 from flows.local_broker import LOCAL_BROKER_CONSUMER_CONFIG, consume_all, create_topics, kafka_broker, produce
 from flows.local_servers import REPO, mlserver, tfserving_double
 from flows.loopback import free_port
-from flows.records import ModelDescriptor, ModelType, ScoredMessage
+from flows.records import ModelDescriptor, ModelEvent, ModelType, ScoredMessage
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
 from flows.scorers.location import TLS_SCHEMES
@@ -56,10 +59,10 @@ from flows.settings import Settings
 from flows.telemetry import TELEMETRY
 
 SCENARIOS = (
-    "embedded", "kafka-embedded",
+    "embedded", "kafka-embedded", "swap",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[2:]
+REMOTE_SCENARIOS = SCENARIOS[3:]
 
 
 class _LatencyPartition(StatelessSinkPartition[ScoredMessage]):
@@ -204,6 +207,111 @@ def _measure(
     )
 
 
+class _SwapSink(DynamicSink[ScoredMessage]):
+    """Per result: arrival (time.time()), latency, whether v2 scored it, whether it has an error.
+
+    Plain numbers only: keeping every result object would grow what each full garbage collection scans
+    and put the benchmark's own pauses into the gaps it measures.
+    """
+
+    def __init__(self, new_model: str) -> None:
+        self.new_model = new_model
+        self.arrived: list[float] = []
+        self.latency_ms: list[float] = []
+        self.by_new_model: list[bool] = []
+        self.errors = 0
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+        sink = self
+
+        class _Partition(StatelessSinkPartition[ScoredMessage]):
+            def write_batch(self, items: list[ScoredMessage]) -> None:
+                now = time.time()
+                for item in items:
+                    sink.arrived.append(now)
+                    sink.latency_ms.append((now * 1e9 - item.entered_ns) / 1e6)
+                    sink.by_new_model.append(item.result.metadata.model_name == sink.new_model)
+                    sink.errors += bool(item.result.metadata.errors)
+
+        return _Partition()
+
+
+class _EventSink(DynamicSink[ModelEvent]):
+    """Collects (time.time() at arrival, event) for every model event, in this process."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, ModelEvent]] = []
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+        arrivals = self.arrivals
+
+        class _Partition(StatelessSinkPartition[ModelEvent]):
+            def write_batch(self, items: list[ModelEvent]) -> None:
+                now = time.time()
+                arrivals.extend((now, item) for item in items)
+
+        return _Partition()
+
+
+def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: int) -> dict:
+    """v1 serving, v2 published `swap_after` seconds in while records arrive at `rate`: gaps and swap time.
+
+    v1 is loaded before the clock starts; v2 is unpacked, inspected, loaded and probed by the flow
+    while it runs, which is what this measures.
+    """
+    if rate <= 0:
+        raise SystemExit("bench: the swap scenario needs an offered --rate")
+    settings = Settings()
+    v1, v2 = (shipped_model(settings.models_dir, version) for version in ("1", "2"))
+    cache = ScorerCache()
+    cache.acquire(v1)
+    flow = Dataflow("bench-swap")
+    data = op.input("data", flow, DataGenerator(records, rate, partitions=1, batch=batch, seed=settings.seed))
+    models = ModelGenerator([v1, v2], interval=swap_after, count=2, open_for=records / rate)
+    streams = serve(
+        "serve", data, op.input("models", flow, models), shards=shards, hold_limit=records, cache=cache
+    )
+    results, events = _SwapSink(v2.model_name), _EventSink()
+    op.output("results", streams.results, results)
+    op.output("events", streams.events, events)
+    started = time.perf_counter()
+    run_main(flow, epoch_interval=timedelta(seconds=1))
+    seconds = time.perf_counter() - started
+
+    if len(results.arrived) != records:
+        raise SystemExit(f"bench: expected {records} results, got {len(results.arrived)}")
+    accepted = [(t, e) for t, e in events.arrivals if e.kind == "accepted" and e.model_name == v2.model_name]
+    if not accepted:
+        raise SystemExit(f"bench: {v2.model_name} was never accepted: {[str(e) for _, e in events.arrivals]}")
+    accepted_at, event = accepted[0]
+    published_at = accepted_at - event.arrival_ms / 1000  # when v2 reached the flow
+    times = np.asarray(results.arrived)
+    by_v2 = times[np.asarray(results.by_new_model)]
+    gaps = np.diff(times) * 1000
+    window = (times[1:] >= published_at) & (times[:-1] <= by_v2[0] + 0.5) if len(by_v2) else np.zeros(0, bool)
+    shard_ms = [
+        e.arrival_ms for _, e in events.arrivals if e.kind == "swapped" and e.model_name == v2.model_name
+    ]
+    return _report(
+        "swap",
+        records,
+        rate,
+        seconds,
+        results.latency_ms,
+        errors=results.errors,
+        largest_gap_ms=round(float(gaps.max()), 1),
+        largest_gap_at_s=round(float(times[int(gaps.argmax())] - times[0]), 2),
+        published_at_s=round(published_at - times[0], 2),
+        swap_gap_ms=round(float(gaps[window].max()), 1) if window.any() else None,
+        swap_ms=round((by_v2[0] - published_at) * 1000, 1) if len(by_v2) else None,
+        v2_load_ms=round(event.load_ms, 1),
+        all_shards_ms=round(max(shard_ms), 1) if shard_ms else None,
+        scored_by_v2=len(by_v2),
+        shards=shards,
+        source_batch=batch,
+    )
+
+
 def remote_model(scenario: str, version: str, stack: ExitStack) -> ModelDescriptor:
     """Start the scenario's server (TensorFlow Serving stand-in or MLServer) and describe its model."""
     protocol, transport = scenario.rsplit("-", 1)
@@ -344,11 +452,16 @@ def main() -> None:
         "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
     )
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
+    parser.add_argument(
+        "--swap-after", type=float, default=2.0, help="swap scenario: seconds before v2 is published"
+    )
     args = parser.parse_args()
     in_process = (args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on")
     if args.scenario == "embedded":
         model = shipped_model(Settings().models_dir, args.model_version)
         result = run_in_process(args.scenario, model, *in_process)
+    elif args.scenario == "swap":
+        result = run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
     elif args.scenario in REMOTE_SCENARIOS:
         with ExitStack() as stack:
             model = remote_model(args.scenario, args.model_version, stack)

@@ -137,17 +137,33 @@ def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
     )
 
 
+POLL_AT_MOST = timedelta(milliseconds=10)
+
+
 class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
-    def __init__(self, models: list[ModelDescriptor], interval: float, count: int | None, resume: int | None):
+    def __init__(
+        self,
+        models: list[ModelDescriptor],
+        interval: float,
+        count: int | None,
+        open_for: float,
+        resume: int | None,
+    ):
         self.models = models
         self.interval = interval
         self.count = count
+        self.open_until = time.monotonic() + open_for
         self.sent = resume or 0
         # The first model goes out at once; after a restart the next one waits a full interval.
         self.next_at = datetime.now(timezone.utc) + (timedelta(seconds=interval) if resume else timedelta(0))
 
+    def _done(self) -> bool:
+        return self.count is not None and self.sent >= self.count
+
     def next_batch(self) -> list[ModelDescriptor]:
-        if self.count is not None and self.sent >= self.count:
+        if self._done():
+            if time.monotonic() < self.open_until:
+                return []
             raise StopIteration()
         if datetime.now(timezone.utc) < self.next_at:
             return []
@@ -157,9 +173,12 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
         return [model]
 
     def next_awake(self) -> datetime | None:
-        if self.count is not None and self.sent >= self.count:
+        # Short naps only. A stateful step takes a later epoch's records only once every input has moved
+        # past the epoch, and a sleeping input moves on only when polled: waking at the next model's time
+        # held the records of each new epoch back for up to that long (a second at a time, measured).
+        if self._done() and time.monotonic() >= self.open_until:
             return None  # Poll now: the next call ends the input.
-        return self.next_at
+        return min(self.next_at, datetime.now(timezone.utc) + POLL_AT_MOST)
 
     def snapshot(self) -> int:
         return self.sent
@@ -168,21 +187,26 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
 class ModelGenerator(FixedPartitionedSource[ModelDescriptor, int]):
     """Model updates every `interval` seconds, round-robin over `models`.
 
-    With `count`, it stops after that many updates (a bounded run); without, it runs forever.
+    With `count`, it stops after that many updates (a bounded run); without, it runs forever. With
+    `open_for`, a bounded run's input stays open that many seconds after the start: the model holder
+    waits for loads in progress when its input ends, so the model input should end with the data's.
     """
 
-    def __init__(self, models: list[ModelDescriptor], interval: float, count: int | None = None) -> None:
+    def __init__(
+        self, models: list[ModelDescriptor], interval: float, count: int | None = None, open_for: float = 0.0
+    ) -> None:
         if not models:
             raise ValueError("the model generator needs at least one model")
         self.models = models
         self.interval = interval
         self.count = count
+        self.open_for = open_for
 
     def list_parts(self) -> list[str]:
         return ["models"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ModelPartition:
-        return _ModelPartition(self.models, self.interval, self.count, resume_state)
+        return _ModelPartition(self.models, self.interval, self.count, self.open_for, resume_state)
 
 
 def models_in_bounded_run(records: int, rate: float, interval: float) -> int | None:
