@@ -1,8 +1,8 @@
 """Kafka inputs and outputs of the serving flow: Avro messages in and out, dead letters for the rest.
 
 Data and model topics are read with Bytewax's KafkaSource (offsets are part of recovery snapshots). The
-model topic is always read from its beginning when there is no recovery state, so a restarted flow gets the
-latest model back. A message that cannot be decoded (garbage, another schema, truncated) goes to the
+model topic is always read from its beginning when there is no recovery state, and the model holder starts
+with the newest model on it (`flows.kafka_catch_up`). A message that cannot be decoded (garbage, another schema, truncated) goes to the
 dead-letter topic with its original key, value and headers, and headers saying why and where it came from;
 the flow goes on. Results are keyed by user.
 """

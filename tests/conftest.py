@@ -131,6 +131,26 @@ class GatedSource(DynamicSource[Any]):
         return _GatedPartition(self.steps)
 
 
+def assert_same_scores(left: list[tuple], right: list[tuple], atol: float = 1e-5) -> None:
+    """Equal lists of (..., probabilities, ...) tuples, probabilities (a tuple of floats) within `atol`.
+
+    One model call over a different micro-batch can differ in the last float bits, so scores of the same
+    record from different worker layouts are compared with a tolerance, not rounded (a rounding boundary
+    splits equal scores).
+    """
+    assert len(left) == len(right)
+    for one, other in zip(sorted(left), sorted(right)):
+        assert len(one) == len(other)
+        for mine, theirs in zip(one, other):
+            if isinstance(mine, tuple) and mine and isinstance(mine[0], float):
+                assert len(mine) == len(theirs) and all(abs(a - b) <= atol for a, b in zip(mine, theirs)), (
+                    one,
+                    other,
+                )
+            else:
+                assert mine == theirs, (one, other)
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -236,7 +236,8 @@ def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
     finally:
         http_srv.shutdown()
         grpc_srv.stop(grace=None)
-    assert len(recorder.seen) == 2 and len(seen_headers) == 2  # the metadata check, then one Predict each
+    # The metadata check, admission's probe, then one Predict each.
+    assert len(recorder.seen) == 3 and len(seen_headers) == 3
     for metadata in recorder.seen + [
         {key.lower(): value for key, value in headers.items()} for headers in seen_headers
     ]:

@@ -93,7 +93,9 @@ class _TarHeaderGuard:
         kind = header[156]
         size = _header_size(header[124:136])
         if kind not in ENTRY_TYPES and kind not in EXTENDED_TYPES:
-            raise Refused(f"archive member of type {chr(kind)!r}: only files and directories are allowed")
+            raise Refused(
+                f"unsafe archive member of type {chr(kind)!r}: only files and directories are allowed"
+            )
         if kind in EXTENDED_TYPES and size > MAX_EXTENDED_HEADER:
             raise Refused(
                 f"archive has an extended header ({chr(kind)!r}) of {size:,} bytes (limit {MAX_EXTENDED_HEADER:,})"
@@ -123,7 +125,7 @@ def _header_size(field: bytes) -> int:
         try:
             value = int(text, 8)
         except ValueError:
-            raise Refused(f"archive header has a malformed size field {field[:12]!r}") from None
+            raise Refused(f"not a readable tar archive: malformed size field {field[:12]!r}") from None
     return value
 
 
