@@ -35,6 +35,7 @@ def build_flow(settings: Settings) -> Dataflow:
         models,
         shards=settings.shards,
         hold_limit=settings.hold_limit,
+        max_products=settings.max_products,
         # A Kafka models topic holds the history: start with the newest model on it, not the oldest.
         wait_for_catch_up=bool(settings.kafka_bootstrap_servers),
     )

@@ -44,6 +44,7 @@ def serve(
     hold_limit: int,
     cache: ScorerCache = SCORERS,
     wait_for_catch_up: bool = False,
+    max_products: int = 10_000,
 ) -> ServingStreams:
     """Score `data` with the latest model from `models`; see the module docstring for the shape.
 
@@ -76,7 +77,7 @@ def serve(
         op.stateful_batch(
             f"{step_id}_shards",
             shard_in,
-            partial(ShardLogic, keys, hold_limit, cache),
+            partial(ShardLogic, keys, hold_limit, max_products, cache),
         ),
     )
     shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ScoredMessage))

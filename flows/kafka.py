@@ -10,18 +10,27 @@ the flow goes on. Results are keyed by user.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.avro import MODEL, RECORD, RESULT, AvroCodec, DecodeFailure
 from flows.kafka_catch_up import CatchUpSource
+from flows.kafka_sink import Outgoing, ResilientKafkaSink
 from flows.model_holder import CaughtUp
-from flows.records import DataMessage, ModelDescriptor, ScoredMessage
+from flows.records import (
+    DataMessage,
+    ModelDescriptor,
+    ModelResultMetadata,
+    RecommenderRecord,
+    RecommenderResult,
+    RecommenderServingOutput,
+    ScoredMessage,
+    cut,
+)
 from flows.settings import Settings
 from flows.stoppable import StoppableSource
 from flows.telemetry import TRACEPARENT, trace_context_of
@@ -58,7 +67,7 @@ def client_config(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
 
 def _dead_letter(settings: Settings, message: KafkaSourceMessage, reason: str) -> KafkaSinkMessage:
     where = [
-        (REASON_HEADER, reason.encode()),
+        (REASON_HEADER, cut(reason).encode()),
         (TOPIC_HEADER, str(message.topic).encode()),
         (PARTITION_HEADER, str(message.partition).encode()),
         (OFFSET_HEADER, str(message.offset).encode()),
@@ -171,20 +180,58 @@ def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
     )
 
 
+DEAD_LETTER_KEPT_BYTES = 1024
+REPLACED_HEADER = "replaced"
+ORIGINAL_SIZE_HEADER = "dead-letter.original-size"
+
+
+def smaller_result(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
+    """The result as an error result without the echoed products and their scores (`Outgoing.shrink`)."""
+    result = RESULT.decode(message.value or b"")
+    if isinstance(result, DecodeFailure):  # cannot happen for our own encoding; keep the coordinates anyway
+        result = RecommenderResult(
+            RecommenderRecord(-1, []), RecommenderServingOutput(), ModelResultMetadata()
+        )
+    record, metadata = result.input_record, result.metadata
+    errors = (
+        f"result not delivered as is ({reason}); the record's {len(record.products):,} products and their "
+        f"scores are withheld" + (f"; {metadata.errors}" if metadata.errors else "")
+    )
+    smaller = RecommenderResult(
+        RecommenderRecord(record.user, [], record.datatype),
+        RecommenderServingOutput(),
+        replace(metadata, errors=cut(errors)),
+    )
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return KafkaSinkMessage(message.key, RESULT.encode(smaller), topic=message.topic, headers=headers)
+
+
+def smaller_dead_letter(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
+    """The dead letter with its value cut to 1 KiB and only the flow's own headers (`Outgoing.shrink`)."""
+    ours = [(name, value[:1000]) for name, value in message.headers or [] if name.startswith("dead-letter.")]
+    headers = [
+        *ours,
+        (ORIGINAL_SIZE_HEADER, str(len(message.value or b"")).encode()),
+        (REPLACED_HEADER, reason.encode()),
+    ]
+    key = (message.key or b"")[:DEAD_LETTER_KEPT_BYTES] or None
+    value = (message.value or b"")[:DEAD_LETTER_KEPT_BYTES]
+    return KafkaSinkMessage(key, value, topic=message.topic, headers=headers)
+
+
 def kafka_outputs(
     settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]
 ) -> None:
-    """Write results to the results topic and dead letters to the dead-letter topic."""
+    """Write results to the results topic and dead letters to the dead-letter topic (see flows.kafka_sink)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
-    encoded = op.map("encode_results", results, result_message)
-    kop.output(
-        "kafka_results", encoded, brokers=brokers, topic=settings.kafka_results_topic, add_config=config
+    encoded = op.map(
+        "encode_results", results, lambda scored: Outgoing(result_message(scored), smaller_result)
     )
-    kop.output(
-        "kafka_dead_letters",
-        dead_letters,
-        brokers=brokers,
-        topic=settings.kafka_dead_letters_topic,
-        add_config=config,
+    op.output("kafka_results", encoded, ResilientKafkaSink(brokers, settings.kafka_results_topic, config))
+    letters = op.map(
+        "dead_letter_messages", dead_letters, lambda letter: Outgoing(letter, smaller_dead_letter)
+    )
+    op.output(
+        "kafka_dead_letters", letters, ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config)
     )

@@ -20,6 +20,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
 
     shards: int = Field(8, ge=1, description="Shard keys records are spread over (user % shards).")
+    max_products: int = Field(
+        10_000,
+        ge=1,
+        description="Most products a record may ask to score; more get an error result (keeps a result under ~1 MB).",
+    )
     hold_limit: int = Field(
         10_000, ge=0, description="Records a shard holds while it has no model yet; more get an error result."
     )
@@ -80,7 +85,10 @@ class Settings(BaseSettings):
         le=65535,
         description="Port of the HTTP `GET /state` endpoint (0: off). Each process needs its own.",
     )
-    state_host: str = Field("0.0.0.0", description="Address the /state endpoint listens on.")
+    state_host: str = Field(
+        "127.0.0.1",
+        description="Address the /state endpoint listens on (0.0.0.0: every interface, as in Kubernetes).",
+    )
 
     # Model admission: what a model message may cost before it is refused (see the README's Security model).
     model_load_timeout: float = Field(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
@@ -59,10 +59,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     """Scores one shard's records with the latest model it has been sent."""
 
     def __init__(
-        self, keys: list[str], hold_limit: int, cache: ScorerCache, resume: ShardState | None
+        self,
+        keys: list[str],
+        hold_limit: int,
+        max_products: int,
+        cache: ScorerCache,
+        resume: ShardState | None,
     ) -> None:
         self.keys = keys
         self.hold_limit = hold_limit
+        self.max_products = max_products
         self.cache = cache
         self.state = resume if resume is not None else ShardState()
         if self.state.shard and self.state.stats is not None:
@@ -126,6 +132,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     def _score(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
         if not messages:
             return
+        if any(len(message.record.products) > self.max_products for message in messages):
+            messages = self._refuse_oversized(messages, outputs)
         if self.scorer is None:
             self._hold(messages, outputs)
             return
@@ -135,6 +143,20 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         outputs.extend(results)
         if self.state.stats is not None:
             self.state.stats.record_batch(len(messages), batch_ms)
+
+    def _refuse_oversized(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> list[DataMessage]:
+        """Error results for records over the product limit (without their products: a result echoing
+        them would be as large); the others, to be scored."""
+        kept = []
+        for message in messages:
+            count = len(message.record.products)
+            if count <= self.max_products:
+                kept.append(message)
+                continue
+            reason = f"record has {count:,} products, over the limit of {self.max_products:,} (SERVING_MAX_PRODUCTS)"
+            record = message.record
+            outputs.append(unscored(replace(message, record=replace(record, products=[])), reason))
+        return kept
 
     def _hold(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
         room = max(self.hold_limit - len(self.state.held), 0)

@@ -1,0 +1,162 @@
+"""Accounting after an incident: `python -m flows.audit` checks that every data offset was answered.
+
+It reads the data topic, the results topic and the dead-letter topic up to their ends (as they are when it
+starts) and reports data offsets with neither a result nor a dead letter (lost), offsets answered more than
+once (duplicates: expected after a restart, up to one snapshot interval's worth), and the errors the results
+carry, grouped by reason. Results name the data message they answer in their `source.*` headers, dead
+letters in their `dead-letter.*` headers. Exit status: 0 when nothing is lost, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from flows.avro import RESULT, DecodeFailure
+from flows.kafka import (
+    OFFSET_HEADER,
+    PARTITION_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TOPIC_HEADER,
+    TOPIC_HEADER,
+    client_config,
+)
+from flows.settings import Settings
+
+Position = tuple[int, int]  # (partition, offset) of a data message
+LOOKUP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Audit:
+    """What the topics say about every data offset."""
+
+    data_offsets: set[Position] = field(default_factory=set)
+    results: Counter = field(default_factory=Counter)
+    dead_letters: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    unattributed: int = 0  # results or dead letters without source coordinates
+
+    @property
+    def answers(self) -> Counter:
+        return self.results + self.dead_letters
+
+    @property
+    def lost(self) -> list[Position]:
+        answered = self.answers
+        return sorted(position for position in self.data_offsets if not answered[position])
+
+    @property
+    def duplicated(self) -> dict[Position, int]:
+        return {position: count for position, count in sorted(self.answers.items()) if count > 1}
+
+    def summary(self) -> dict:
+        return {
+            "data_offsets": len(self.data_offsets),
+            "results": sum(self.results.values()),
+            "dead_letters": sum(self.dead_letters.values()),
+            "lost": len(self.lost),
+            "lost_offsets": [f"{partition}@{offset}" for partition, offset in self.lost[:100]],
+            "duplicated_offsets": len(self.duplicated),
+            "duplicates": sum(count - 1 for count in self.duplicated.values()),
+            "errors_by_reason": dict(self.errors.most_common(20)),
+            "unattributed": self.unattributed,
+        }
+
+
+def read_to_end(config: dict[str, str], topic: str) -> Iterator:
+    """Every message of `topic`, every partition, from the beginning to the end it had when called."""
+    consumer = Consumer({**config, "group.id": f"audit-{uuid.uuid4().hex}", "enable.auto.commit": "false"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=LOOKUP_TIMEOUT_S).topics[topic]
+        if metadata.error is not None:
+            raise SystemExit(f"audit: cannot read topic {topic}: {metadata.error.str()}")
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), LOOKUP_TIMEOUT_S)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in ends])
+        while ends:
+            for message in consumer.consume(1000, 1.0):
+                if message.error() is not None:
+                    continue
+                yield message
+                partition = message.partition()
+                if partition in ends and message.offset() >= ends[partition] - 1:
+                    del ends[partition]
+                    consumer.incremental_unassign([TopicPartition(topic, partition)])
+    finally:
+        consumer.close()
+
+
+def _reason_class(errors: str) -> str:
+    """An error with its numbers taken out, so errors of one kind count together."""
+    return re.sub(r"\d[\d,.]*", "N", errors)[:160]
+
+
+def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_letters_topic: str) -> Audit:
+    report = Audit()
+    for message in read_to_end(config, data_topic):
+        report.data_offsets.add((message.partition(), message.offset()))
+    for message in read_to_end(config, results_topic):
+        headers = dict(message.headers() or [])
+        if headers.get(SOURCE_TOPIC_HEADER, b"").decode() != data_topic:
+            report.unattributed += 1
+            continue
+        position = (int(headers[SOURCE_PARTITION_HEADER]), int(headers[SOURCE_OFFSET_HEADER]))
+        report.results[position] += 1
+        result = RESULT.decode(message.value() or b"")
+        if isinstance(result, DecodeFailure):
+            report.errors["(result not decodable)"] += 1
+        elif result.metadata.errors:
+            report.errors[_reason_class(result.metadata.errors)] += 1
+    for message in read_to_end(config, dead_letters_topic):
+        headers = dict(message.headers() or [])
+        if headers.get(TOPIC_HEADER, b"").decode() != data_topic:
+            continue  # a dead model message: not a data offset
+        report.dead_letters[(int(headers[PARTITION_HEADER]), int(headers[OFFSET_HEADER]))] += 1
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m flows.audit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
+    parser.add_argument("--data-topic", default=settings.kafka_data_topic)
+    parser.add_argument("--results-topic", default=settings.kafka_results_topic)
+    parser.add_argument("--dead-letters-topic", default=settings.kafka_dead_letters_topic)
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    args = parser.parse_args(argv)
+
+    config = {
+        "bootstrap.servers": args.bootstrap_servers,
+        **client_config(settings, settings.kafka_consumer_config),
+    }
+    report = audit(config, args.data_topic, args.results_topic, args.dead_letters_topic).summary()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(
+            f"{report['data_offsets']:,} data offsets: {report['results']:,} results, "
+            f"{report['dead_letters']:,} dead letters; {report['lost']:,} lost, "
+            f"{report['duplicates']:,} duplicates over {report['duplicated_offsets']:,} offsets"
+        )
+        for offset in report["lost_offsets"]:
+            print(f"  lost: {args.data_topic} partition@offset {offset}")
+        for reason, count in report["errors_by_reason"].items():
+            print(f"  {count:>8,} results with error: {reason}")
+    return 1 if report["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""A Kafka sink that no single message can kill, and that never gives up a message while the broker is away.
+
+Bytewax's KafkaSink raises when one message is too large (the process exits, and after a restart it
+meets the same message again: a crash loop) and drops, unreported, messages the broker refuses. Here every
+message is produced with a delivery report and the batch is not done until each one is delivered:
+
+| what happens to a message | what the sink does |
+|---|---|
+| larger than the producer's `message.max.bytes` | replaced before producing by its smaller form (below) |
+| refused for itself: too large for the topic (`MSG_SIZE_TOO_LARGE`), `INVALID_RECORD`, `POLICY_VIOLATION`, ... | replaced by its smaller form, which is produced instead |
+| its smaller form refused for itself too | retried with backoff, logged at ERROR: a topic that refuses a few hundred bytes is misconfigured |
+| broker down, timed out, not enough replicas, unknown topic, not authorised, any other error | retried with backoff (1 s, doubling to 30 s), logged; the batch, and so the epoch, waits: its input offsets are not snapshotted, nothing is lost |
+
+A message's smaller form is chosen by its producer (`Outgoing.shrink`): a result without the echoed input
+and scores, a dead letter with its value cut to 1 KiB. Replacements are counted and logged with topic and
+reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from flows.records import cut
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+# What a message costs beyond its key, value and headers, by librdkafka's reckoning (a safe upper bound).
+RECORD_OVERHEAD = 512
+PER_MESSAGE_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError._BAD_MSG,
+        KafkaError._INVALID_ARG,
+    }
+)
+FIRST_BACKOFF_S = 1.0
+LONGEST_BACKOFF_S = 30.0
+
+Shrink = Callable[[KafkaSinkMessage, str], KafkaSinkMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for the sink and how to make it smaller (a module-level function: picklable)."""
+
+    message: KafkaSinkMessage
+    shrink: Shrink
+
+
+def message_size(message: KafkaSinkMessage) -> int:
+    """Key, value and headers, plus a bound on the record's own overhead."""
+    headers = sum(len(name) + len(value or b"") for name, value in message.headers or ())
+    return len(message.key or b"") + len(message.value or b"") + headers + RECORD_OVERHEAD
+
+
+class _ResilientPartition(StatelessSinkPartition[Outgoing]):
+    def __init__(self, producer: Producer, topic: str, message_max_bytes: int) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.message_max_bytes = message_max_bytes
+        self.replaced = 0
+
+    def write_batch(self, items: list[Outgoing]) -> None:
+        # (item, message to send, whether it is already the smaller form)
+        pending = [(item, item.message, False) for item in items]
+        backoff = FIRST_BACKOFF_S
+        while pending:
+            failures: list[tuple[Outgoing, KafkaSinkMessage, bool, KafkaError]] = []
+            for item, message, shrunk in pending:
+                message, shrunk = self._fit(item, message, shrunk)
+                self._produce(item, message, shrunk, failures)
+            self._flush()
+            pending, waits = self._after(failures)
+            if waits:
+                time.sleep(backoff)
+                backoff = min(LONGEST_BACKOFF_S, backoff * 2)
+
+    def _fit(self, item: Outgoing, message: KafkaSinkMessage, shrunk: bool) -> tuple[KafkaSinkMessage, bool]:
+        size = message_size(message)
+        if shrunk or size <= self.message_max_bytes:
+            return message, shrunk
+        reason = f"{size:,} bytes, over the producer's message.max.bytes of {self.message_max_bytes:,}"
+        return self._replace(item, message, reason), True
+
+    def _produce(self, item: Outgoing, message: KafkaSinkMessage, shrunk: bool, failures: list) -> None:
+        def delivered(error: KafkaError | None, _message: object) -> None:
+            if error is not None:
+                failures.append((item, message, shrunk, error))
+
+        try:
+            self.producer.produce(
+                message.topic or self.topic,
+                value=message.value,
+                key=message.key,
+                headers=message.headers,
+                timestamp=message.timestamp,
+                on_delivery=delivered,
+            )
+        except BufferError:
+            self.producer.poll(0.5)  # the local queue is full: let deliveries drain, then try it again
+            failures.append((item, message, shrunk, KafkaError(KafkaError._QUEUE_FULL)))
+        except KafkaException as error:
+            failures.append((item, message, shrunk, error.args[0]))
+        self.producer.poll(0)
+
+    def _flush(self) -> None:
+        started = next_report = time.monotonic()
+        while self.producer.flush(1.0) > 0:
+            if time.monotonic() >= next_report:
+                waited = time.monotonic() - started
+                log.warning(
+                    "kafka sink: %d message(s) to %s not delivered yet after %.0f s (broker down?); waiting",
+                    len(self.producer),
+                    self.topic,
+                    waited,
+                )
+                next_report += 10
+
+    def _after(self, failures: list) -> tuple[list, bool]:
+        """What to send again: smaller forms of messages refused for themselves, the rest as they were."""
+        again = []
+        waits = False
+        for item, message, shrunk, error in failures:
+            topic = message.topic or self.topic
+            if error.code() in PER_MESSAGE_ERRORS and not shrunk:
+                reason = f"refused by {topic}: {error.name()} ({error.str()})"
+                again.append((item, self._replace(item, message, reason), True))
+                continue
+            waits = True
+            level = logging.ERROR if error.code() in PER_MESSAGE_ERRORS else logging.WARNING
+            log.log(
+                level,
+                "kafka sink: %s to %s failed, retrying: %s",
+                "smaller form" if shrunk else "message",
+                topic,
+                error.str(),
+            )
+            again.append((item, message, shrunk))
+        return again, waits
+
+    def _replace(self, item: Outgoing, message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
+        self.replaced += 1
+        log.warning(
+            "kafka sink: message to %s replaced by its smaller form: %s",
+            message.topic or self.topic,
+            cut(reason, 300),
+        )
+        return item.shrink(message, cut(reason, 300))
+
+    def close(self) -> None:
+        self._flush()
+
+
+class ResilientKafkaSink(DynamicSink[Outgoing]):
+    """Produce `Outgoing` messages to `topic` (or each message's own topic); see the module docstring."""
+
+    def __init__(self, brokers: list[str], topic: str, config: dict[str, str]) -> None:
+        self.brokers = brokers
+        self.topic = topic
+        self.config = config
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ResilientPartition:
+        config = {"bootstrap.servers": ",".join(self.brokers), **self.config}
+        limit = int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
+        return _ResilientPartition(Producer(config), self.topic, limit)
