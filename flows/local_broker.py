@@ -50,19 +50,24 @@ def _wait_until_ready(bootstrap: str, process: subprocess.Popen | None, timeout:
 
 
 @contextmanager
-def kafka_broker() -> Iterator[str]:
-    """Yield bootstrap servers of a broker that runs for the duration of the block."""
+def kafka_broker(port: int | None = None, data_dir: str | None = None) -> Iterator[str]:
+    """Yield bootstrap servers of a broker that runs for the duration of the block.
+
+    With `port` and `data_dir` (kept afterwards), a second block can start the same broker again, with
+    its topics: what a broker that goes away and comes back looks like.
+    """
     external = os.environ.get(EXTERNAL_BROKER_VARIABLE)
-    if external:
+    if external and port is None:
         _wait_until_ready(external, None)
         yield external
         return
     import noida_db
 
     binary = Path(noida_db.__file__).parent / "noida-db"
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="test-broker-")
-    log = open(Path(data_dir) / "broker.log", "w")  # noqa: SIM115 (the broker writes it while it runs)
+    keep_data = data_dir is not None
+    port = port or free_port()
+    data_dir = data_dir or tempfile.mkdtemp(prefix="test-broker-")
+    log = open(Path(data_dir) / "broker.log", "a")  # noqa: SIM115 (the broker writes it while it runs)
     process = subprocess.Popen(
         [
             str(binary),
@@ -90,7 +95,8 @@ def kafka_broker() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not keep_data:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def create_topics(bootstrap: str, prefix: str, names: list[str], partitions: int = 1) -> dict[str, str]:

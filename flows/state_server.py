@@ -84,6 +84,9 @@ class _BoundedServer(ThreadingHTTPServer):
     """A thread per connection, but at most `MAX_CONNECTIONS` at once; the rest are turned away."""
 
     daemon_threads = True
+    # Connections waiting to be accepted (and turned away, past the limit): socketserver's default of 5
+    # made a burst's extra clients wait for TCP's SYN retries, seconds each.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)

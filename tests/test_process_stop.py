@@ -61,7 +61,10 @@ def test_sigterm_to_one_process_ends_it_promptly_and_a_restart_loses_nothing(
         except AssertionError:
             for process in processes:
                 process.send_signal(signal.SIGKILL)
-            raise AssertionError("\n====\n".join(p.communicate()[0][-3000:] for p in processes) + str(audit_report(kafka_bootstrap, topics)))
+            raise AssertionError(
+                "\n====\n".join(p.communicate()[0][-3000:] for p in processes)
+                + str(audit_report(kafka_bootstrap, topics))
+            )
     finally:
         for process in processes:
             if process.poll() is None:
