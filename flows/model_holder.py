@@ -15,7 +15,7 @@ backlog of records is scored by the latest model, not by each historical one in 
 Keeping the model bytes in this one key's state is what keeps recovery cheap: Bytewax snapshots a key
 only in the epochs that touch it, so the model is written once per model event, not once per shard per
 epoch. After a restart the holder sends its model to every shard again, so the flow serves the model it
-had without the model stream re-sending it.
+had without the model stream re-sending it (with a Kafka model source, on its first input: see `__init__`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         self.cache = cache
         self.current = resume
         self.resend_pending = resume is not None
+        # With a model source that sends `CaughtUp` markers (Kafka: it sends them after every restart too),
+        # the re-send waits for the first input instead of going out from a notification. Bytewax can run
+        # the notification of a restored key in an epoch before the resume epoch, while other processes of
+        # a cluster are still restoring the shards' state: a shard restored after the model reached it is
+        # replaced by its restored state, without the model, and holds its records for ever. An input comes
+        # in the resume epoch or later, after every shard is restored.
+        self.resend_on_input = wait_for_catch_up
         # The digest this holder holds a cache reference for; none right after a restart.
         self.held_digest: str | None = None
         self.pending: list[_Candidate] = []
@@ -85,31 +92,39 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
 
     def on_batch(self, values: list[HolderInput]) -> tuple[Iterable[HolderOutput], bool]:
         outputs: list[HolderOutput] = []
+        if self.resend_pending:
+            self._resend(outputs)
         for value in values:
             self._consider(value, outputs)
         self._settle(outputs)
         return outputs, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self.resend_pending:
+        if self.resend_pending and not self.resend_on_input:
             return datetime.now(timezone.utc)
         return datetime.now(timezone.utc) + POLL if self.pending else None
 
     def on_notify(self) -> tuple[Iterable[HolderOutput], bool]:
         outputs: list[HolderOutput] = []
         if self.resend_pending:
-            self.resend_pending = False
-            if self.current is not None:
-                outputs.append(ModelEvent("resent", self.current.model_name, "restored from recovery"))
-                outputs.append(AcceptedModel(self.current, time.time()))
+            self._resend(outputs)
         self._settle(outputs)
         return outputs, StatefulBatchLogic.RETAIN
+
+    def _resend(self, outputs: list[HolderOutput]) -> None:
+        """Send the model restored from recovery to every shard again."""
+        self.resend_pending = False
+        if self.current is not None:
+            outputs.append(ModelEvent("resent", self.current.model_name, "restored from recovery"))
+            outputs.append(AcceptedModel(self.current, time.time()))
 
     def on_eof(self) -> tuple[Iterable[HolderOutput], bool]:
         # The model input ended (a bounded run; a tailed topic never ends). Bytewax calls nothing on this
         # key after this, so the loads still running are waited for here, each at most its deadline:
         # this holds the worker, and records behind it wait.
         outputs: list[HolderOutput] = []
+        if self.resend_pending:
+            self._resend(outputs)  # the input ended without a message (or a marker) since the restart
         self._end_catch_up(outputs)
         while self.pending:
             for candidate in self.pending:

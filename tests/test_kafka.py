@@ -156,6 +156,7 @@ def test_sigkill_then_restart_loses_no_record_and_does_not_reread_the_model(
     expected = Counter((r.user, tuple(r.products)) for r in records)
     assert not expected - seen, "records without a result"
     duplicates = sum(seen.values()) - len(records)
+    print(f"kill -9 and restart: {len(records)} records, 0 lost, {duplicates} duplicates")
     assert duplicates <= 3000, f"{duplicates} duplicates: more than the records of one snapshot interval"
 
 

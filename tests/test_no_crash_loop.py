@@ -86,6 +86,7 @@ def test_poison_messages_neither_stop_the_flow_nor_lose_an_offset(kafka_bootstra
         second_output = finished_output(job)
 
     report = audit_report(kafka_bootstrap, topics)
+    print(f"audit after the faults: {report}")  # the figures the README's fault table quotes
     total = len(before) + len(after) + len(later) + 4
     assert report["data_offsets"] == total and report["lost"] == 0, report
     assert report["duplicates"] <= len(before) + len(after) + 4, report  # at most what the snapshot covered

@@ -72,5 +72,6 @@ def test_sigterm_to_one_process_ends_it_promptly_and_a_restart_loses_nothing(
         for process in processes:
             process.communicate(timeout=60)
     report = audit_report(kafka_bootstrap, topics)
+    print(f"audit after the faults: {report}")  # the figures the README's fault table quotes
     assert report["data_offsets"] == 3000 and report["lost"] == 0, report
     assert report["duplicates"] <= 2000, report
