@@ -15,7 +15,7 @@ from flows.avro import MODEL, RECORD
 from flows.local_broker import consume_all, create_topics
 
 
-@pytest.mark.parametrize("tool", ["loadgen", "publish_model", "watch_results"])
+@pytest.mark.parametrize("tool", ["loadgen", "publish_model", "watch_results", "audit", "model_keys"])
 def test_every_tool_has_help(tool):
     done = subprocess.run(
         [sys.executable, "-m", f"flows.{tool}", "--help"],
