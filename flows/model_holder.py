@@ -106,7 +106,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
 
     def on_notify(self) -> tuple[Iterable[HolderOutput], bool]:
         outputs: list[HolderOutput] = []
-        if self.resend_pending:
+        if self.resend_pending and not self.resend_on_input:
             self._resend(outputs)
         self._settle(outputs)
         return outputs, StatefulBatchLogic.RETAIN

@@ -33,8 +33,8 @@ class UnpackRefused(ValueError):
 def unpack_and_inspect(payload: bytes | None, target: Path, policy: AdmissionPolicy) -> None:
     """Unpack `payload` (a tar archive, maybe compressed) into `target` and inspect the SavedModel there.
 
-    With `payload` None, only the SavedModel already in `target` is inspected. Raises UnsafeArchive-style
-    `UnpackRefused` naming the cause: a rule the archive breaks, a forbidden op, or the limit that stopped it.
+    With `payload` None, only the SavedModel already in `target` is inspected. Raises `UnpackRefused`
+    naming the cause: a rule the archive breaks, a forbidden op, or the limit that stopped the child.
     """
     with tempfile.TemporaryDirectory(prefix="model-unpack-") as scratch:
         job = {
