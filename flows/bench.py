@@ -48,15 +48,21 @@ from flows.avro import MODEL, RECORD
 from flows.dataflow import serve
 from flows.generators import DataGenerator, ModelGenerator, generated_records, shipped_model
 from flows.kafka import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
-from flows.local_broker import LOCAL_BROKER_CONSUMER_CONFIG, consume_all, create_topics, kafka_broker, produce
-from flows.local_servers import REPO, mlserver, tfserving_double
-from flows.loopback import free_port
 from flows.records import ModelDescriptor, ModelEvent, ModelType, ScoredMessage
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.cache import SCORERS
 from flows.scorers.location import TLS_SCHEMES
 from flows.settings import Settings
 from flows.telemetry import TELEMETRY
+from flows.testing.local_broker import (
+    LOCAL_BROKER_CONSUMER_CONFIG,
+    consume_all,
+    create_topics,
+    kafka_broker,
+    produce,
+)
+from flows.testing.local_servers import mlserver, tfserving_double
+from flows.testing.loopback import free_port
 
 SCENARIOS = (
     "embedded", "kafka-embedded", "swap",
@@ -126,12 +132,12 @@ def run_in_process(
 
 
 class _ReceiverProcess:
-    """The tests' OTLP receiver in a process of its own, as a collector would be (run from the repository)."""
+    """The OTLP receiver of flows.testing in a process of its own, as a collector would be."""
 
     def __init__(self) -> None:
         self.port = free_port()
-        command = [sys.executable, "-m", "tests.otlp_receiver", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "flows.testing.otlp_receiver", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         if self.process.stdout is None or self.process.stdout.readline().strip() != "ready":
             raise SystemExit("bench: the OTLP receiver did not start")
         self.spans = 0

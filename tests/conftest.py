@@ -228,7 +228,7 @@ def run_core(data: Schedule, models: Schedule, workers: int = 1, **options) -> F
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
     """Bootstrap servers of a broker for the whole session (see tests/kafka_broker.py)."""
-    from flows.local_broker import kafka_broker
+    from flows.testing.local_broker import kafka_broker
 
     with kafka_broker() as bootstrap:
         yield bootstrap

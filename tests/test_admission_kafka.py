@@ -13,8 +13,8 @@ from test_kafka import finished_output, run_flow_to_end_of_topics, start_flow, w
 
 from flows import model_keys, publish_model
 from flows.avro import MODEL, RECORD, RESULT
-from flows.local_broker import consume_all, create_topics, produce
 from flows.records import ModelDescriptor, ModelType
+from flows.testing.local_broker import consume_all, create_topics, produce
 
 SAVED = ModelType.TENSORFLOWSAVED
 

@@ -20,10 +20,10 @@ from yamllint.config import YamlLintConfig
 from flows.avro import MODEL, RECORD
 from flows.generators import generated_records, shipped_model
 from flows.kafka import SOURCE_PARTITION_HEADER
-from flows.local_broker import consume_all, create_topics, produce
-from flows.loopback import free_port
 from flows.query_state import fetch
 from flows.settings import SHIPPED_MODELS_DIR
+from flows.testing.local_broker import consume_all, create_topics, produce
+from flows.testing.loopback import free_port
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"  # kubernetes-validate bundles 1.25 - 1.37; pinned in the test extra

@@ -24,10 +24,10 @@ from flows.kafka import (
     SOURCE_PARTITION_HEADER,
     TOPIC_HEADER,
 )
-from flows.local_broker import consume_all, create_topics, produce
-from flows.loopback import free_port
 from flows.query_state import fetch
 from flows.records import ModelToServeStats
+from flows.testing.local_broker import consume_all, create_topics, produce
+from flows.testing.loopback import free_port
 
 
 def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> str:

@@ -12,9 +12,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from flows.avro import RESULT
 from flows.kafka import ORIGINAL_SIZE_HEADER, REPLACED_HEADER, smaller_dead_letter, smaller_result
 from flows.kafka_sink import Outgoing, ResilientKafkaSink
-from flows.local_broker import consume_all, create_topics, kafka_broker
-from flows.loopback import free_port
 from flows.records import ModelResultMetadata, RecommenderRecord, RecommenderResult, RecommenderServingOutput
+from flows.testing.local_broker import consume_all, create_topics, kafka_broker
+from flows.testing.loopback import free_port
 
 
 def big_result(products: int) -> KafkaSinkMessage:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-import tfserving_double as tfserving_stand_in
 from conftest import (
     FlowRun,
     GatedSource,
@@ -25,14 +24,15 @@ from conftest import (
     serve_into,
     wait_for,
 )
-from tfserving_double import ServedModel
 
-from flows.local_servers import LocalServer, mlserver, tfserving_double
-from flows.loopback import free_port
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.scorers.transport import RECONNECT_WITHIN_MS
 from flows.settings import SHIPPED_MODELS_DIR
+from flows.testing import tfserving_double as tfserving_stand_in
+from flows.testing.local_servers import LocalServer, mlserver, tfserving_double
+from flows.testing.loopback import free_port
+from flows.testing.tfserving_double import ServedModel
 
 SCHEMES = ["grpc", "http"]
 PROTOCOL_TYPES = {"tfserving": ModelType.TENSORFLOWSERVING, "v2": ModelType.OPENINFERENCE}

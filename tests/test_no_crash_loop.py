@@ -15,8 +15,8 @@ from test_kafka import finished_output, start_flow, wait_for_model_snapshot
 from flows import audit
 from flows.avro import MODEL, RECORD, RESULT
 from flows.kafka import ORIGINAL_SIZE_HEADER, REPLACED_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
-from flows.local_broker import consume_all, create_topics
 from flows.records import RecommenderRecord
+from flows.testing.local_broker import consume_all, create_topics
 
 FLOW_PRODUCER_LIMIT = 100_000  # the flow's producer message.max.bytes in this test, so results can exceed it
 

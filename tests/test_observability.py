@@ -31,13 +31,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from flows.kafka import KafkaOrigin
-from flows.loopback import free_port
 from flows.query_state import fetch
 from flows.records import DataMessage, RecommenderRecord
 from flows.serving_state import SERVING_STATE
 from flows.state_server import start_state_server
 from flows.telemetry import TELEMETRY
-from tests.otlp_receiver import otlp_receiver
+from flows.testing.loopback import free_port
+from flows.testing.otlp_receiver import otlp_receiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

@@ -13,7 +13,7 @@ from test_main_job import free_ports
 from test_no_crash_loop import audit_report, encoded
 
 from flows.avro import MODEL
-from flows.local_broker import create_topics, produce
+from flows.testing.local_broker import create_topics, produce
 
 
 def test_sigterm_to_one_process_ends_it_promptly_and_a_restart_loses_nothing(

@@ -7,7 +7,7 @@ from conftest import sample_records
 from test_kafka import run_flow_to_end_of_topics
 
 from flows.avro import MODEL, RECORD, RESULT
-from flows.local_broker import consume_all, create_topics, produce
+from flows.testing.local_broker import consume_all, create_topics, produce
 
 
 @pytest.mark.parametrize(("partitions", "workers"), [(1, 1), (4, 1), (1, 2), (4, 2)])

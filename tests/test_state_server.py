@@ -10,9 +10,9 @@ import urllib3
 from conftest import at, messages, run_core, sample_records
 
 from flows import state_server
-from flows.loopback import free_port
 from flows.serving_state import ServingState
 from flows.settings import Settings
+from flows.testing.loopback import free_port
 
 
 def serving_threads() -> int:

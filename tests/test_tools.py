@@ -12,7 +12,7 @@ from test_kafka import run_flow_to_end_of_topics
 
 from flows import loadgen, publish_model, watch_results
 from flows.avro import MODEL, RECORD
-from flows.local_broker import consume_all, create_topics
+from flows.testing.local_broker import consume_all, create_topics
 
 
 @pytest.mark.parametrize("tool", ["loadgen", "publish_model", "watch_results", "audit", "model_keys"])

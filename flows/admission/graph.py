@@ -237,7 +237,7 @@ DEFAULT_ALLOWED_OPS: frozenset[str] = frozenset(
         "FusedBatchNormV3",
     }
 )
-"""Ops a Keras inference model needs (the shipped recommender uses a subset: see REPORT.md).
+"""Ops a Keras inference model needs (the shipped recommender uses a subset of them).
 
 Deliberately absent: everything that reaches the file system, the network, the Python interpreter
 or the process's stdout/stderr (see :data:`DENIED_OPS`), all ``*Dataset``/iterator ops (datasets can

@@ -16,7 +16,7 @@ import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from flows.loopback import free_port
+from flows.testing.loopback import free_port
 
 
 def _value(any_value: Any) -> Any:
@@ -77,12 +77,12 @@ def otlp_receiver(port: int | None = None) -> Iterator[OtlpReceiver]:
 
 
 def main() -> None:
-    """`python -m tests.otlp_receiver --port P`: receive until SIGTERM, then print what came as one JSON line."""
+    """`python -m flows.testing.otlp_receiver --port P`: receive until SIGTERM, then print what came as one JSON line."""
     import argparse
     import json
     import signal
 
-    parser = argparse.ArgumentParser(prog="python -m tests.otlp_receiver", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m flows.testing.otlp_receiver", description=main.__doc__)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     stop = threading.Event()

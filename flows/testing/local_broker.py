@@ -17,7 +17,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.loopback import free_port, wait_until_ready
+from flows.testing.loopback import free_port, wait_until_ready
 
 EXTERNAL_BROKER_VARIABLE = "SERVING_TEST_KAFKA_BOOTSTRAP"
 

@@ -8,7 +8,6 @@ installed here), so these run from a checkout of the repository.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,11 +18,11 @@ from types import TracebackType
 
 import urllib3
 
-from flows.loopback import free_port, wait_until_ready
 from flows.scorers.base import INPUTS, OUTPUT
+from flows.settings import SHIPPED_MODELS_DIR
+from flows.testing.loopback import free_port, wait_until_ready
 
-REPO = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = REPO / "models" / "recommender"
+SHIPPED_MODEL = SHIPPED_MODELS_DIR
 
 
 @dataclass(frozen=True)
@@ -96,13 +95,7 @@ class LocalServer:
 
     def start(self, timeout: float = 60) -> None:
         """Start the server and wait until its model is ready."""
-        environment = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        }
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO, env=environment, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             wait_until_ready(
                 self.name,
@@ -154,13 +147,13 @@ class LocalServer:
 
 
 def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = False) -> LocalServer:
-    """The TensorFlow Serving stand-in (tests/tfserving_double.py) serving shipped model `version` as `name`.
+    """The TensorFlow Serving stand-in (flows/testing/tfserving_double.py) serving shipped model `version` as `name`.
 
     With `tls`, it serves TLS only, with a certificate from a throwaway CA (see `LocalServer.tls`).
     """
     rest_port, grpc_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "tests.tfserving_double", "--model-dir", str(SHIPPED_MODEL / str(version)),
+        sys.executable, "-m", "flows.testing.tfserving_double", "--model-dir", str(SHIPPED_MODEL / str(version)),
         "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
     scratch, files = None, None
@@ -175,7 +168,7 @@ def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = Fa
 
 
 def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
-    """Seldon MLServer (test extra) serving shipped model `version` as `name` through tests/mlserver_runtime.py.
+    """Seldon MLServer (test extra) serving shipped model `version` as `name` through flows/testing/mlserver_runtime.py.
 
     One process, no parallel workers (MLServer 1.7.1's worker pool fails to start with uvloop >= 0.22)
     and no metrics server (it would take port 8082).
@@ -189,7 +182,7 @@ def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
     tensor = {"datatype": "FP32", "shape": [-1, 1]}
     model_settings = {
         "name": name,
-        "implementation": "tests.mlserver_runtime.SavedModelRuntime",
+        "implementation": "flows.testing.mlserver_runtime.SavedModelRuntime",
         "parameters": {"uri": str(SHIPPED_MODEL / str(version)), "version": str(version)},
         "inputs": [{"name": input_name, **tensor} for input_name in INPUTS],
         "outputs": [{"name": OUTPUT, **tensor}],

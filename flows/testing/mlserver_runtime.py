@@ -1,7 +1,7 @@
 """A Seldon MLServer custom runtime that serves the recommender SavedModel over the Open Inference Protocol.
 
 MLServer has no TensorFlow runtime of its own; this is the custom-runtime path its docs describe (an
-`MLModel` with `load` and `predict`). `flows.local_servers.mlserver` starts MLServer with it.
+`MLModel` with `load` and `predict`). `flows.testing.local_servers.mlserver` starts MLServer with it.
 """
 
 from __future__ import annotations
