@@ -36,8 +36,9 @@ def build_flow(settings: Settings) -> Dataflow:
         shards=settings.shards,
         hold_limit=settings.hold_limit,
         max_products=settings.max_products,
-        # A Kafka models topic holds the history: start with the newest model on it, not the oldest.
-        wait_for_catch_up=bool(settings.kafka_bootstrap_servers),
+        # Both model sources mark when they have sent what was there at start: the holder starts with the
+        # newest model (a Kafka topic holds the history), and re-sends after a restart on that input.
+        wait_for_catch_up=True,
     )
 
     if settings.kafka_bootstrap_servers:

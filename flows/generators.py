@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows.model_holder import CaughtUp
 from flows.records import DataMessage, ModelDescriptor, ModelType, RecommenderRecord
 from flows.scorers.archive import pack_directory
 
@@ -156,13 +157,22 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
         self.sent = resume or 0
         # The first model goes out at once; after a restart the next one waits a full interval.
         self.next_at = datetime.now(timezone.utc) + (timedelta(seconds=interval) if resume else timedelta(0))
+        # Like the Kafka models source, say once per start that what "was there" has been sent: the model
+        # holder then starts (or, after a restart, re-sends its model) on an input, not on a timer.
+        self.marker: CaughtUp | None = CaughtUp("models", 1)
 
     def _done(self) -> bool:
         return self.count is not None and self.sent >= self.count
 
-    def next_batch(self) -> list[ModelDescriptor]:
+    def next_batch(self) -> list[ModelDescriptor | CaughtUp]:
+        batch = self._models_due()
+        if self.marker is not None:
+            batch, self.marker = [*batch, self.marker], None
+        return batch
+
+    def _models_due(self) -> list[ModelDescriptor]:
         if self._done():
-            if time.monotonic() < self.open_until:
+            if time.monotonic() < self.open_until or self.marker is not None:
                 return []
             raise StopIteration()
         if datetime.now(timezone.utc) < self.next_at:
