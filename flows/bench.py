@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import timedelta
+from typing import TypeVar
 
 import bytewax.operators as op
 import numpy as np
@@ -69,6 +70,7 @@ SCENARIOS = (
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
 REMOTE_SCENARIOS = SCENARIOS[3:]
+T = TypeVar("T")
 
 
 class _LatencyPartition(StatelessSinkPartition[ScoredMessage]):
@@ -242,17 +244,17 @@ class _SwapSink(DynamicSink[ScoredMessage]):
         return _Partition()
 
 
-class _EventSink(DynamicSink[ModelEvent]):
-    """Collects (time.time() at arrival, event) for every model event, in this process."""
+class ArrivalSink(DynamicSink[T]):
+    """Collects (time.time() at arrival, item) for every item, in this process (for few items: events)."""
 
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[float, ModelEvent]] = []
+    def __init__(self, arrivals: list[tuple[float, T]] | None = None) -> None:
+        self.arrivals: list[tuple[float, T]] = arrivals if arrivals is not None else []
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[T]:
         arrivals = self.arrivals
 
-        class _Partition(StatelessSinkPartition[ModelEvent]):
-            def write_batch(self, items: list[ModelEvent]) -> None:
+        class _Partition(StatelessSinkPartition[T]):
+            def write_batch(self, items: list[T]) -> None:
                 now = time.time()
                 arrivals.extend((now, item) for item in items)
 
@@ -277,7 +279,7 @@ def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: i
     streams = serve(
         "serve", data, op.input("models", flow, models), shards=shards, hold_limit=records, cache=cache
     )
-    results, events = _SwapSink(v2.model_name), _EventSink()
+    results, events = _SwapSink(v2.model_name), ArrivalSink[ModelEvent]()
     op.output("results", streams.results, results)
     op.output("events", streams.events, events)
     started = time.perf_counter()

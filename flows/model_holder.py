@@ -29,7 +29,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows.admission.descriptor_checks import refusal
 from flows.avro import DecodeFailure
-from flows.records import ModelDescriptor, ModelEvent
+from flows.records import ModelDescriptor, ModelEvent, ms_since
 from flows.scorers import ModelLoadError, ScorerCache
 from flows.scorers.cache import ModelLoad
 
@@ -63,10 +63,6 @@ class _Candidate:
 
 HolderInput = ModelDescriptor | DecodeFailure | CaughtUp
 HolderOutput = AcceptedModel | ModelEvent
-
-
-def _ms_since(epoch_s: float) -> float:
-    return max(0.0, (time.time() - epoch_s) * 1000)
 
 
 class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescriptor]):
@@ -125,7 +121,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         outputs: list[HolderOutput] = []
         if self.resend_pending:
             self._resend(outputs)  # the input ended without a message (or a marker) since the restart
-        self._end_catch_up(outputs)
+        self._end_catch_up()
         while self.pending:
             for candidate in self.pending:
                 candidate.load.join()
@@ -139,7 +135,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         if isinstance(value, CaughtUp):
             self.caught_up.add(value.partition)
             if len(self.caught_up) >= value.partitions:
-                self._end_catch_up(outputs)
+                self._end_catch_up()
             return
         if isinstance(value, DecodeFailure):
             outputs.append(ModelEvent("rejected", "", f"undecodable {value.schema} message: {value.reason}"))
@@ -156,7 +152,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
     def _start(self, descriptor: ModelDescriptor, arrived_at: float) -> None:
         self.pending.append(_Candidate(descriptor, arrived_at, self.cache.request(descriptor)))
 
-    def _end_catch_up(self, outputs: list[HolderOutput]) -> None:
+    def _end_catch_up(self) -> None:
         """Judge the newest model that was on the topic at start-up; older ones only if it fails."""
         if not self.catching_up:
             return
@@ -207,7 +203,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
             descriptor.description,
             previous_model=previous,
             load_ms=load_ms,
-            arrival_ms=_ms_since(candidate.arrived_at),
+            arrival_ms=ms_since(candidate.arrived_at),
         )
         outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at)])
 

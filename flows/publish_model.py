@@ -19,11 +19,10 @@ from flows.admission.signing import load_private_key, sign
 from flows.avro import MODEL
 from flows.generators import shipped_model
 from flows.kafka import client_config
+from flows.kafka_sink import DEFAULT_MESSAGE_MAX_BYTES
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.archive import pack_directory
 from flows.settings import Settings
-
-DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 
 
 def size_limit(bootstrap: str, topic: str, config: dict[str, str]) -> tuple[int, str]:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_REASON_CHARS = 1_000
+
+
+def ms_since(epoch_s: float) -> float:
+    """Milliseconds from `epoch_s` (time.time()) to now, never negative (clocks of two processes)."""
+    return max(0.0, (time.time() - epoch_s) * 1000)
 
 
 def cut(text: str, limit: int = MAX_REASON_CHARS) -> str:

@@ -70,15 +70,18 @@ def score_batch(
     metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
     values = probabilities.tolist()
     bad = out_of_range(probabilities, policy)
-    bad_pairs = np.flatnonzero(bad) if bad.any() else ()
+    # Which records have a bad pair, and each one's first bad score (pairs are laid out record by record).
+    first_bad: dict[int, float] = {}
+    if bad.any():
+        record_of_pair = np.repeat(np.arange(len(messages)), counts)
+        for pair in np.flatnonzero(bad).tolist():
+            first_bad.setdefault(int(record_of_pair[pair]), values[pair])
     results = []
     offset = 0
-    for message, count in zip(messages, counts):
+    for index, (message, count) in enumerate(zip(messages, counts)):
         record = message.record
-        if len(bad_pairs) and _any_between(bad_pairs, offset, offset + count):
-            results.append(
-                _out_of_range(message, values[offset : offset + count], model_name, scorer, policy)
-            )
+        if index in first_bad:
+            results.append(_out_of_range(message, first_bad[index], model_name, scorer, policy))
             offset += count
             continue
         output = RecommenderServingOutput(list(map(str, record.products)), values[offset : offset + count])
@@ -89,15 +92,9 @@ def score_batch(
     return results, batch_ms
 
 
-def _any_between(sorted_indices: np.ndarray, start: int, end: int) -> bool:
-    position = int(np.searchsorted(sorted_indices, start))
-    return position < len(sorted_indices) and sorted_indices[position] < end
-
-
 def _out_of_range(
-    message: DataMessage, scores: list[float], model_name: str, scorer: Scorer, policy: AdmissionPolicy
+    message: DataMessage, first: float, model_name: str, scorer: Scorer, policy: AdmissionPolicy
 ) -> ScoredMessage:
-    first = next(score for score in scores if not policy.score_in_range(score))
     reason = (
         f"model {model_name!r} returned a score not finite or outside "
         f"[{policy.output_low:g}, {policy.output_high:g}] ({first!r}); scores withheld"

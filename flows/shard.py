@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage
+from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage, ms_since
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scorers.cache import ModelLoad
 from flows.scoring import score_batch, unscored
@@ -185,7 +185,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         update, load = self.incoming
         self.incoming = None
         descriptor = update.descriptor
-        arrival_ms = max(0.0, (time.time() - update.arrived_at) * 1000) if update.arrived_at else 0.0
+        arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
         try:
             scorer, load_ms = load.result()
         except ModelLoadError as error:

@@ -14,7 +14,6 @@ import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
 from conftest import REPO, FlowRun, ScheduledSource, at, messages, sample_records
 from hostile_archives import HOSTILE_ARCHIVES
@@ -23,6 +22,7 @@ from hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRA
 from flows import model_keys
 from flows.admission.policy import AdmissionPolicy, admission_policy
 from flows.admission.signing import load_private_key, parse_trusted_keys, sign, verify
+from flows.bench import ArrivalSink
 from flows.dataflow import serve
 from flows.records import ModelDescriptor, ModelEvent, ModelType, cut
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
@@ -144,21 +144,6 @@ def test_a_hung_unpacking_child_is_killed_at_its_deadline(tmp_path, monkeypatch)
     assert time.monotonic() - started < 3
 
 
-class _TimedSink(DynamicSink):
-    def __init__(self, arrivals: list[tuple[float, object]]) -> None:
-        self.arrivals = arrivals
-
-    def build(self, step_id, worker_index, worker_count):
-        arrivals = self.arrivals
-
-        class _Partition(StatelessSinkPartition):
-            def write_batch(self, items):
-                now = time.monotonic()
-                arrivals.extend((now, item) for item in items)
-
-        return _Partition()
-
-
 def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
     """Records flow steadily while slow, hostile and broken models arrive; none replaces v1."""
     sleeper = ModelDescriptor("sleeper", "", SAVED, b"sleeps past its deadline")
@@ -188,8 +173,8 @@ def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
         hold_limit=1000,
         cache=run.cache,
     )
-    op.output("results", streams.results, _TimedSink(arrivals))
-    op.output("events", streams.events, _TimedSink(events := []))
+    op.output("results", streams.results, ArrivalSink(arrivals))
+    op.output("events", streams.events, ArrivalSink(events := []))
     run_main(flow)
 
     results = [item for _, item in arrivals]
@@ -220,8 +205,8 @@ def test_model_events_report_the_time_from_arrival_to_serving(model_v1):
         hold_limit=100,
         cache=ScorerCache(AdmissionPolicy()),
     )
-    op.output("events", streams.events, _TimedSink(events := []))
-    op.output("results", streams.results, _TimedSink([]))
+    op.output("events", streams.events, ArrivalSink(events := []))
+    op.output("results", streams.results, ArrivalSink([]))
     run_main(flow)
     accepted = [event for _, event in events if event.kind == "accepted"]
     swapped = [event for _, event in events if event.kind == "swapped"]

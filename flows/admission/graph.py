@@ -563,18 +563,6 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             seeds.update(_node_name(v) for v in collection.node_list.value)
     general_nodes = _upstream(seeds, nodes)
 
-    def node_context(name: str) -> tuple[frozenset[str], str]:
-        if name in general_nodes:
-            return frozenset(), "reachable outside the saver's save/restore path"
-        if name in up_save and name in up_restore:
-            return (
-                CHECKPOINT_SAVE_OPS & CHECKPOINT_RESTORE_OPS,
-                "on both the saver's save and restore paths",
-            )
-        if name in up_save:
-            return CHECKPOINT_SAVE_OPS, "on the saver's save path"
-        return CHECKPOINT_RESTORE_OPS, "on the saver's restore path"
-
     save_roots: set[str] = set()
     restore_roots: set[str] = set()
     general_roots: set[str] = set()
@@ -594,18 +582,6 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     general_roots |= set(library) - saving - restoring  # any other function may be run
     general = _closure(general_roots, calls)
 
-    def function_context(name: str) -> tuple[frozenset[str], str]:
-        if name in general:
-            return frozenset(), "reachable outside the saver's save/restore path"
-        if name in saving and name in restoring:
-            return (
-                CHECKPOINT_SAVE_OPS & CHECKPOINT_RESTORE_OPS,
-                "reachable from both the saver's save and restore paths",
-            )
-        if name in saving:
-            return CHECKPOINT_SAVE_OPS, "on the saver's save path"
-        return CHECKPOINT_RESTORE_OPS, "on the saver's restore path"
-
     # Judge ops; one problem per (place, op), naming up to three nodes.
     offences: dict[tuple[str, str, str], list[str]] = {}
 
@@ -615,9 +591,14 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
         offences.setdefault((place, op, context), []).append(node_name)
 
     for node in graph.node:
-        judge(node.op, "the top-level graph", node.name, *node_context(node.name))
+        judge(
+            node.op,
+            "the top-level graph",
+            node.name,
+            *_context(node.name, general_nodes, up_save, up_restore),
+        )
     for name, f in library.items():
-        extra, context = function_context(name)
+        extra, context = _context(name, general, saving, restoring)
         for nd in f.node_def:
             judge(nd.op, f"function {name!r}", nd.name, extra, context)
     for (place, op, context), names in offences.items():
@@ -664,6 +645,19 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
         ):
             problems.append(f"{label}: asset file name {filename!r} escapes the assets directory")
     return problems
+
+
+def _context(
+    name: str, general: set[str], saving: set[str], restoring: set[str]
+) -> tuple[frozenset[str], str]:
+    """The checkpoint ops a node or function may use besides the allow-list, and where it stands."""
+    if name in general:
+        return frozenset(), "reachable outside the saver's save/restore path"
+    if name in saving and name in restoring:
+        return CHECKPOINT_SAVE_OPS & CHECKPOINT_RESTORE_OPS, "on both the saver's save and restore paths"
+    if name in saving:
+        return CHECKPOINT_SAVE_OPS, "on the saver's save path"
+    return CHECKPOINT_RESTORE_OPS, "on the saver's restore path"
 
 
 def _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes) -> list[str]:

@@ -31,10 +31,6 @@ class AdmissionPolicy:
     remote_max_retries: int = 3
     allowed_ops: frozenset[str] = field(default=DEFAULT_ALLOWED_OPS, repr=False)
 
-    def score_in_range(self, value: float) -> bool:
-        """Whether one score is one the model may return (finite, within the output range)."""
-        return math.isfinite(value) and self.output_low <= value <= self.output_high
-
 
 def parse_output_range(text: str) -> tuple[float, float]:
     """`"LOW,HIGH"` as two finite floats with LOW <= HIGH, or ValueError."""

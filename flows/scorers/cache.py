@@ -69,8 +69,9 @@ class ModelLoad:
         return self.result()
 
     @property
-    def failed(self) -> bool:
-        return self._done.is_set() and self._error is not None
+    def error(self) -> ModelLoadError | None:
+        """Why the load failed, once it has (None while loading or after success)."""
+        return self._error if self._done.is_set() else None
 
     def discard(self) -> None:
         """Nobody wants this model any more: close its scorer now, or when its load finishes."""
@@ -180,15 +181,15 @@ class ScorerCache:
             return list(self._entries)
 
     def _settled(self, load: ModelLoad) -> None:
-        if not load.failed:
+        error = load.error
+        if error is None:
             return
         digest = load.descriptor.digest
-        error = load._error
         with self._lock:
             entry = self._entries.get(digest)
             if entry is not None and entry.load is load:
                 del self._entries[digest]
-            if error is not None and not error.retryable:
+            if not error.retryable:
                 if len(self._failures) >= MAX_REMEMBERED_FAILURES:
                     self._failures.pop(next(iter(self._failures)))
                 self._failures[digest] = error
