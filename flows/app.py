@@ -2,7 +2,7 @@
 
 With nothing configured it runs on the embedded default: generated records and model updates alternating
 between the shipped versions, scored in process, results and model events on the console. With
-`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka`).
+`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka.source`).
 Settings are `SERVING_*` environment variables (see `flows.settings` and the README).
 """
 
@@ -11,17 +11,21 @@ from __future__ import annotations
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
+from flows.context import ServingContext
 from flows.dataflow import serve
-from flows.generators import DataGenerator, ModelGenerator, models_in_bounded_run, shipped_model
-from flows.kafka import kafka_inputs, kafka_outputs
+from flows.kafka.outputs import kafka_outputs
+from flows.kafka.source import kafka_inputs
 from flows.records import DataMessage, ModelDescriptor
 from flows.settings import Settings
-from flows.sinks import ConsoleEventSink, ConsoleResultSink, JsonLinesResultSink
-from flows.stoppable import StoppableSource
+from flows.sinks.console import ConsoleEventSink, ConsoleResultSink
+from flows.sinks.json_lines import JsonLinesResultSink
+from flows.sources.generators import DataGenerator, ModelGenerator, models_in_bounded_run, shipped_model
+from flows.sources.stoppable import StoppableSource
 
 
-def build_flow(settings: Settings) -> Dataflow:
-    """The serving dataflow, wired to Kafka if it is configured, else to the embedded default."""
+def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
+    """The serving dataflow, wired to Kafka if it is configured, else to the embedded default; its steps
+    share `context` (scorer cache, telemetry, statistics)."""
     flow = Dataflow("serving")
     if settings.kafka_bootstrap_servers:
         inputs = kafka_inputs(flow, settings)
@@ -33,6 +37,7 @@ def build_flow(settings: Settings) -> Dataflow:
         "serve",
         data,
         models,
+        context,
         shards=settings.shards,
         hold_limit=settings.hold_limit,
         max_products=settings.max_products,

@@ -15,13 +15,15 @@ import sys
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
 
 from flows.records import (
+    DecodeFailure,
     ModelDescriptor,
     ModelResultMetadata,
     ModelToServeStats,
@@ -31,7 +33,8 @@ from flows.records import (
     RecommenderServingOutput,
 )
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# Package data (`flows/schemas/`), read through importlib.resources so an installed wheel finds them too.
+SCHEMAS_DIR: Traversable = resources.files("flows") / "schemas"
 # Dependencies first: RecommenderResult refers to the three records before it.
 SCHEMA_NAMES = (
     "RecommenderRecord",
@@ -45,25 +48,29 @@ SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
 
 
-def _load_schemas(directory: Path) -> dict[str, dict]:
+def _load_schemas(directory: Traversable) -> dict[str, dict]:
     named: dict[str, Any] = {}
     parsed = {}
     for name in SCHEMA_NAMES:
-        with open(directory / f"{name}.avsc", encoding="utf-8") as schema_file:
-            parsed[name] = parse_schema(json.load(schema_file), named_schemas=named)
+        schema = json.loads((directory / f"{name}.avsc").read_text(encoding="utf-8"))
+        parsed[name] = parse_schema(schema, named_schemas=named)
     return parsed
 
 
 SCHEMAS = _load_schemas(SCHEMAS_DIR)
 
 
-def _load_history(directory: Path, name: str) -> list[dict]:
+def _load_history(directory: Traversable, name: str) -> list[dict]:
     """Earlier versions of schema `name` (schemas/history/NAME-N.avsc) that old messages were written with."""
-    history = []
-    for path in sorted((directory / "history").glob(f"{name}-*.avsc")):
-        with open(path, encoding="utf-8") as schema_file:
-            history.append(parse_schema(json.load(schema_file), named_schemas=dict(SCHEMAS)))
-    return history
+    files = (entry for entry in (directory / "history").iterdir() if _is_version_of(entry.name, name))
+    return [
+        parse_schema(json.loads(entry.read_text(encoding="utf-8")), named_schemas=dict(SCHEMAS))
+        for entry in sorted(files, key=lambda entry: entry.name)
+    ]
+
+
+def _is_version_of(file_name: str, name: str) -> bool:
+    return file_name.startswith(f"{name}-") and file_name.endswith(".avsc")
 
 
 def _expanded_fingerprint(schema: dict) -> str:
@@ -83,15 +90,6 @@ def _fingerprint(schema: dict) -> bytes:
 def _unexpanded_fingerprint(schema: dict) -> bytes:
     """The fingerprint this project wrote before 2026-11-24, with nested records referred to by name only."""
     return struct.pack("<Q", int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16))
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeFailure:
-    """Bytes that could not be decoded as `schema`, and why."""
-
-    schema: str
-    reason: str
-    payload: bytes
 
 
 T = TypeVar("T")

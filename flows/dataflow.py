@@ -16,12 +16,10 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
+from flows.context import ServingContext
 from flows.model_holder import HOLDER_KEY, HolderInput, ModelHolderLogic
 from flows.records import DataMessage, ModelEvent, ScoredMessage
-from flows.scorers import ScorerCache
-from flows.scorers.cache import SCORERS
-from flows.shard import ModelUpdate, ShardLogic
-from flows.telemetry import TELEMETRY
+from flows.shard import ModelUpdate, ShardLogic, shard_keys, shard_of
 
 
 @dataclass(frozen=True)
@@ -30,23 +28,19 @@ class ServingStreams:
     events: Stream[ModelEvent]
 
 
-def shard_keys(shards: int) -> list[str]:
-    """The shard keys; records of user u go to shard u % shards."""
-    return [f"shard-{index:03d}" for index in range(shards)]
-
-
 def serve(
     step_id: str,
     data: Stream[DataMessage],
     models: Stream[HolderInput],
+    context: ServingContext,
     *,
     shards: int,
     hold_limit: int,
-    cache: ScorerCache = SCORERS,
     wait_for_catch_up: bool = False,
     max_products: int = 10_000,
 ) -> ServingStreams:
-    """Score `data` with the latest model from `models`; see the module docstring for the shape.
+    """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
+    load models through `context.cache` and report to its telemetry and statistics.
 
     With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
     and starts with the newest model it read (see `flows.model_holder`).
@@ -55,13 +49,15 @@ def serve(
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
     keys = shard_keys(shards)
 
-    keyed_data = op.key_on(f"{step_id}_shard_data", data, lambda message: keys[message.record.user % shards])
+    keyed_data = op.key_on(f"{step_id}_shard_data", data, lambda message: shard_of(message.record.user, keys))
 
     keyed_models = op.key_on(f"{step_id}_key_models", models, lambda _: HOLDER_KEY)
     held = op.key_rm(
         f"{step_id}_unkey_holder",
         op.stateful_batch(
-            f"{step_id}_model_holder", keyed_models, partial(ModelHolderLogic, cache, wait_for_catch_up)
+            f"{step_id}_model_holder",
+            keyed_models,
+            partial(ModelHolderLogic, context.cache, wait_for_catch_up),
         ),
     )
     holder_out = op.branch(f"{step_id}_split_holder", held, lambda item: isinstance(item, ModelEvent))
@@ -77,10 +73,12 @@ def serve(
         op.stateful_batch(
             f"{step_id}_shards",
             shard_in,
-            partial(ShardLogic, keys, hold_limit, max_products, cache),
+            partial(ShardLogic, keys, hold_limit, max_products, context),
         ),
     )
     shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ScoredMessage))
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.falses)
-    op.inspect(f"{step_id}_event_telemetry", events, lambda _step, event: TELEMETRY.model_events([event]))
+    op.inspect(
+        f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
+    )
     return ServingStreams(results=shard_out.trues, events=events)

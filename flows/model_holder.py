@@ -28,8 +28,7 @@ from datetime import datetime, timedelta, timezone
 from bytewax.operators import StatefulBatchLogic
 
 from flows.admission.descriptor_checks import refusal
-from flows.avro import DecodeFailure
-from flows.records import ModelDescriptor, ModelEvent, ms_since
+from flows.records import DecodeFailure, ModelDescriptor, ModelEvent, ms_since
 from flows.scorers import ModelLoadError, ScorerCache
 from flows.scorers.cache import ModelLoad
 

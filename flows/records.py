@@ -159,6 +159,16 @@ class ScoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeFailure:
+    """Bytes from an input that could not be decoded as `schema`, and why: the flow reports it (a rejected
+    model, a dead letter) instead of failing on it. Any wire format produces it; `flows.avro` does."""
+
+    schema: str
+    reason: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ModelEvent:
     """Something that happened to a model: accepted or rejected by the flow, or swapped in on a shard.
 

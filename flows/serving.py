@@ -3,8 +3,10 @@
 import logging
 
 from flows import shutdown
+from flows.admission.policy import admission_policy
 from flows.app import build_flow
-from flows.observability import start_observability
+from flows.context import ServingContext
+from flows.observability.setup import start_observability
 from flows.settings import Settings
 from flows.tensorflow_runtime import tensorflow
 
@@ -15,5 +17,6 @@ shutdown.install()
 # the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
 tensorflow()
 settings = Settings()
-observability = start_observability(settings)
-flow = build_flow(settings)
+context = ServingContext.create(admission_policy(settings))
+observability = start_observability(settings, context)
+flow = build_flow(settings, context)

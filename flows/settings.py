@@ -5,13 +5,17 @@ The README's configuration table lists the same settings; keep the two in step.
 
 from __future__ import annotations
 
+import os
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SHIPPED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models" / "recommender"
+# Package data (`flows/models/recommender/VERSION/`). TensorFlow loads a SavedModel from a directory, so this is
+# a real path: pip installs packages unzipped.
+SHIPPED_MODELS_DIR = Path(os.fspath(resources.files("flows.models") / "recommender"))
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -25,10 +26,21 @@ from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServe
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scorers.cache import ModelLoad
 from flows.scoring import score_batch, unscored
-from flows.serving_state import SERVING_STATE
-from flows.telemetry import TELEMETRY
+
+if TYPE_CHECKING:
+    from flows.context import ServingContext
 
 POLL = timedelta(milliseconds=10)
+
+
+def shard_keys(shards: int) -> list[str]:
+    """The shard keys of a flow with `shards` shards."""
+    return [f"shard-{index:03d}" for index in range(shards)]
+
+
+def shard_of(user: int, keys: list[str]) -> str:
+    """The shard key that scores `user`'s records: the one place records are routed."""
+    return keys[user % len(keys)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +75,18 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         keys: list[str],
         hold_limit: int,
         max_products: int,
-        cache: ScorerCache,
+        context: ServingContext,
         resume: ShardState | None,
     ) -> None:
         self.keys = keys
         self.hold_limit = hold_limit
         self.max_products = max_products
-        self.cache = cache
+        self.cache: ScorerCache = context.cache
+        self.telemetry = context.telemetry
+        self.serving_state = context.state
         self.state = resume if resume is not None else ShardState()
         if self.state.shard and self.state.stats is not None:
-            SERVING_STATE.serve(self.state.shard, self.state.stats)  # statistics survive a restart
+            self.serving_state.serve(self.state.shard, self.state.stats)  # statistics survive a restart
         # After a restart the state names a model but this process has not loaded it yet: records are
         # held until the model holder sends the model again (it does so right after a restart).
         self.scorer: Scorer | None = None
@@ -111,7 +125,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     def _shard_of(self, value: ShardInput) -> str:
         if isinstance(value, ModelUpdate):
             return value.shard
-        return self.keys[value.record.user % len(self.keys)]
+        return shard_of(value.record.user, self.keys)
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []
@@ -137,9 +151,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if self.scorer is None:
             self._hold(messages, outputs)
             return
-        with TELEMETRY.batch(self.shard, self.state.model_name, self.scorer.source, messages) as span:
+        with self.telemetry.batch(self.shard, self.state.model_name, self.scorer.source, messages) as span:
             results, batch_ms = score_batch(self.scorer, self.state.model_name, messages, self.cache.policy)
-            TELEMETRY.scored(span, self.shard, self.state.model_name, results, batch_ms)
+            self.telemetry.scored(span, self.shard, self.state.model_name, results, batch_ms)
         outputs.extend(results)
         if self.state.stats is not None:
             self.state.stats.record_batch(len(messages), batch_ms)
@@ -216,7 +230,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             self.state.stats = ModelToServeStats(
                 descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
             )
-            SERVING_STATE.serve(self.shard, self.state.stats)
+            self.serving_state.serve(self.shard, self.state.stats)
             outputs.append(
                 ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms)
             )

@@ -1,37 +1,13 @@
-"""Shared fixtures: the shipped models as descriptors, and a helper that runs the serving core."""
+"""Fixtures: TensorFlow imported once, the shipped models as descriptors, a broker for the session."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any
-
-import bytewax.operators as op
 import pytest
-from bytewax.dataflow import Dataflow
-from bytewax.inputs import (
-    DynamicSource,
-    FixedPartitionedSource,
-    StatefulSourcePartition,
-    StatelessSourcePartition,
-)
-from bytewax.testing import TestingSink, cluster_main, run_main
 
-from flows.dataflow import serve
-from flows.generators import shipped_model
-from flows.records import DataMessage, ModelDescriptor, ModelEvent, RecommenderRecord, ScoredMessage
-from flows.scorers import ScorerCache
+from flows.records import ModelDescriptor
 from flows.settings import SHIPPED_MODELS_DIR
+from flows.sources.generators import shipped_model
 from flows.tensorflow_runtime import tensorflow
-
-REPO = Path(__file__).resolve().parent.parent
-Schedule = list[tuple[float, Any]]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,184 +26,9 @@ def model_v2() -> ModelDescriptor:
     return shipped_model(SHIPPED_MODELS_DIR, "2")
 
 
-def messages(records: list[RecommenderRecord]) -> list[DataMessage]:
-    return [DataMessage(record, time.time_ns()) for record in records]
-
-
-def sample_records(count: int, offset: int = 0) -> list[RecommenderRecord]:
-    """Distinct, reproducible records: user (offset + i) * 7 % 1000 with a few products each."""
-    return [
-        RecommenderRecord((offset + i) * 7 % 1000, [(offset + i + k * 13) % 300 for k in range(1 + i % 5)])
-        for i in range(count)
-    ]
-
-
-class _ScheduledPartition(StatefulSourcePartition):
-    def __init__(self, schedule: list[tuple[float, Any]], resume: int | None, open_until: float) -> None:
-        self.schedule = schedule
-        self.position = resume or 0
-        self.started = time.monotonic()
-        self.open_until = open_until
-
-    def next_batch(self) -> list:
-        elapsed = time.monotonic() - self.started
-        if self.position >= len(self.schedule):
-            if elapsed < self.open_until:
-                return []
-            raise StopIteration()
-        batch = []
-        while self.position < len(self.schedule) and self.schedule[self.position][0] <= elapsed:
-            batch.append(self.schedule[self.position][1])
-            self.position += 1
-        return batch
-
-    def next_awake(self) -> datetime:
-        # Poll often: Bytewax 0.21 may not wake one input at its own time while another input sleeps.
-        return datetime.now(timezone.utc) + timedelta(milliseconds=10)
-
-    def snapshot(self) -> int:
-        return self.position
-
-
-class ScheduledSource(FixedPartitionedSource):
-    """Emits each item at its time (seconds after start); `at(t, items)` builds the schedule.
-
-    With `open_until`, the input stays open (empty) until that time, as a tailed topic would.
-    """
-
-    def __init__(self, schedule: list[tuple[float, Any]], open_until: float = 0.0) -> None:
-        self.schedule = schedule
-        self.open_until = open_until
-
-    def list_parts(self) -> list[str]:
-        return ["scheduled"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ScheduledPartition:
-        return _ScheduledPartition(self.schedule, resume_state, self.open_until)
-
-
-class _GatedPartition(StatelessSourcePartition[Any]):
-    def __init__(self, steps: list[tuple[threading.Event, list[Any]]]) -> None:
-        self.steps = list(steps)
-
-    def next_batch(self) -> list[Any]:
-        if not self.steps:
-            raise StopIteration()
-        gate, items = self.steps[0]
-        if not gate.is_set():
-            time.sleep(0.01)
-            return []
-        self.steps.pop(0)
-        return items
-
-
-class GatedSource(DynamicSource[Any]):
-    """Emits each list of messages once its gate is set, so a test can act between them."""
-
-    def __init__(self, steps: list[tuple[threading.Event, list[Any]]]) -> None:
-        self.steps = steps
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _GatedPartition:
-        return _GatedPartition(self.steps)
-
-
-def assert_same_scores(left: list[tuple], right: list[tuple], atol: float = 1e-5) -> None:
-    """Equal lists of (..., probabilities, ...) tuples, probabilities (a tuple of floats) within `atol`.
-
-    One model call over a different micro-batch can differ in the last float bits, so scores of the same
-    record from different worker layouts are compared with a tolerance, not rounded (a rounding boundary
-    splits equal scores).
-    """
-    assert len(left) == len(right)
-    for one, other in zip(sorted(left), sorted(right)):
-        assert len(one) == len(other)
-        for mine, theirs in zip(one, other):
-            if isinstance(mine, tuple) and mine and isinstance(mine[0], float):
-                assert len(mine) == len(theirs) and all(abs(a - b) <= atol for a, b in zip(mine, theirs)), (
-                    one,
-                    other,
-                )
-            else:
-                assert mine == theirs, (one, other)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def start_job(env: dict[str, str], *args: str) -> subprocess.Popen:
-    """The main job, `python -m bytewax.run flows.serving ARGS`, as a subprocess with `env`."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def at(seconds: float, items: list) -> list[tuple[float, Any]]:
-    return [(seconds, item) for item in items]
-
-
-@dataclass
-class FlowRun:
-    results: list[ScoredMessage] = field(default_factory=list)
-    events: list[ModelEvent] = field(default_factory=list)
-    cache: ScorerCache = field(default_factory=ScorerCache)
-
-    def by_model(self) -> dict[str, list[ScoredMessage]]:
-        grouped: dict[str, list[ScoredMessage]] = {}
-        for item in self.results:
-            grouped.setdefault(item.result.metadata.model_name, []).append(item)
-        return grouped
-
-    def errors(self) -> list[str]:
-        return [item.result.metadata.errors for item in self.results if item.result.metadata.errors]
-
-
-def serve_into(run: FlowRun, data: Any, models: Any, shards: int = 4, hold_limit: int = 1000) -> Dataflow:
-    """A flow serving `data` and `models` (Bytewax sources) into `run`'s results and events."""
-    flow = Dataflow("test")
-    data_stream = op.input("data", flow, data)
-    model_stream = op.input("models", flow, models)
-    streams = serve("serve", data_stream, model_stream, shards=shards, hold_limit=hold_limit, cache=run.cache)
-    op.output("results", streams.results, TestingSink(run.results))
-    op.output("events", streams.events, TestingSink(run.events))
-    return flow
-
-
-def build_core_flow(
-    data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000
-) -> Dataflow:
-    return serve_into(run, ScheduledSource(data), ScheduledSource(models), shards, hold_limit)
-
-
-def run_in_thread(flow: Dataflow) -> threading.Thread:
-    """Run `flow` with one worker in a daemon thread, so the test can act while it runs."""
-    thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
-    thread.start()
-    return thread
-
-
-def run_core(data: Schedule, models: Schedule, workers: int = 1, **options) -> FlowRun:
-    """Run the serving core on scheduled inputs with 1 or more workers in this process."""
-    run = FlowRun()
-    flow = build_core_flow(data, models, run, **options)
-    if workers == 1:
-        run_main(flow, epoch_interval=timedelta(milliseconds=100))
-    else:
-        cluster_main(flow, [], 0, epoch_interval=timedelta(milliseconds=100), worker_count_per_proc=workers)
-    return run
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
-    """Bootstrap servers of a broker for the whole session (see tests/kafka_broker.py)."""
+    """Bootstrap servers of a broker for the whole session (`flows.testing.local_broker`: noida-db on loopback)."""
     from flows.testing.local_broker import kafka_broker
 
     with kafka_broker() as bootstrap:

@@ -15,20 +15,22 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
-from conftest import REPO, FlowRun, ScheduledSource, at, messages, sample_records
-from hostile_archives import HOSTILE_ARCHIVES
-from hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRAPH_CHECK, WRITTEN_FILE
+from support.core_runs import FlowRun, ScheduledSource, at, messages, sample_records
+from support.hostile_archives import HOSTILE_ARCHIVES
+from support.hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRAPH_CHECK, WRITTEN_FILE
+from support.jobs import REPO
 
-from flows import model_keys
 from flows.admission.policy import AdmissionPolicy, admission_policy
 from flows.admission.signing import load_private_key, parse_trusted_keys, sign, verify
-from flows.bench import ArrivalSink
+from flows.bench.sinks import ArrivalSink
+from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.records import ModelDescriptor, ModelEvent, ModelType, cut
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.scorers.archive import pack_directory
 from flows.scorers.endpoints import LONGEST_BACKOFF_S, EndpointPool, TransientError
 from flows.settings import Settings
+from flows.tools import model_keys
 
 SAVED = ModelType.TENSORFLOWSAVED
 
@@ -97,7 +99,7 @@ def test_every_hostile_archive_is_refused_fast_with_bounded_memory_and_disk(tmp_
 import json, resource, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {str(REPO / "tests")!r})
-from hostile_archives import HOSTILE_ARCHIVES
+from support.hostile_archives import HOSTILE_ARCHIVES
 from flows.admission.policy import AdmissionPolicy
 from flows.admission.unpack import UnpackRefused, unpack_and_inspect
 verdicts = {{}}
@@ -161,7 +163,7 @@ def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
     data = [(0.3 + i * 0.01, message) for i, message in enumerate(messages(records))]  # 100/s for 7 s
     models = at(0, [model_v1]) + at(1.0, hostile)
     policy = AdmissionPolicy(load_timeout_s=3.0)
-    run = FlowRun(cache=ScorerCache(policy, build=build))
+    run = FlowRun(context=ServingContext.create(cache=ScorerCache(policy, build=build)))
     arrivals: list[tuple[float, object]] = []
     flow = Dataflow("hostile")
     streams = serve(
@@ -169,9 +171,9 @@ def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
         op.input("data", flow, ScheduledSource(data)),
         # The models input stays open while records flow, as a tailed models topic does.
         op.input("models", flow, ScheduledSource(models, open_until=data[-1][0])),
+        run.context,
         shards=4,
         hold_limit=1000,
-        cache=run.cache,
     )
     op.output("results", streams.results, ArrivalSink(arrivals))
     op.output("events", streams.events, ArrivalSink(events := []))
@@ -201,9 +203,9 @@ def test_model_events_report_the_time_from_arrival_to_serving(model_v1):
         "serve",
         op.input("data", flow, ScheduledSource(at(0.5, messages(sample_records(10))))),
         op.input("models", flow, ScheduledSource(at(0, [model_v1]))),
+        ServingContext.create(AdmissionPolicy()),
         shards=2,
         hold_limit=100,
-        cache=ScorerCache(AdmissionPolicy()),
     )
     op.output("events", streams.events, ArrivalSink(events := []))
     op.output("results", streams.results, ArrivalSink([]))

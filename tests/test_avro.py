@@ -9,9 +9,8 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from flows import avro
-from flows.avro import DecodeFailure
-from flows.generators import generated_records
 from flows.records import (
+    DecodeFailure,
     ModelDescriptor,
     ModelResultMetadata,
     ModelToServeStats,
@@ -20,6 +19,7 @@ from flows.records import (
     RecommenderResult,
     RecommenderServingOutput,
 )
+from flows.sources.generators import generated_records
 
 RECORD = RecommenderRecord(17, [3, 299, 0])
 RESULT = RecommenderResult(
@@ -45,7 +45,11 @@ def test_round_trip(codec, value):
 
 
 def test_every_schema_file_is_loaded():
-    assert set(avro.SCHEMAS) == {path.stem for path in avro.SCHEMAS_DIR.glob("*.avsc")}
+    assert set(avro.SCHEMAS) == {
+        entry.name.removesuffix(".avsc")
+        for entry in avro.SCHEMAS_DIR.iterdir()
+        if entry.name.endswith(".avsc")
+    }
 
 
 @pytest.mark.parametrize(
@@ -77,8 +81,8 @@ def test_unknown_enum_symbol_is_a_decode_failure():
 
 
 def _earlier_model_schema() -> dict:
-    with open(avro.SCHEMAS_DIR / "history" / "ModelDescriptor-1.avsc", encoding="utf-8") as schema_file:
-        return parse_schema(json.load(schema_file))
+    earlier = avro.SCHEMAS_DIR / "history" / "ModelDescriptor-1.avsc"
+    return parse_schema(json.loads(earlier.read_text(encoding="utf-8")))
 
 
 def test_descriptors_written_with_the_earlier_schema_still_decode():

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from support.jobs import REPO
 
 
 @pytest.mark.parametrize("scenario", ["embedded", "tfserving-https"])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from bad_models import bad_models
-from conftest import at, messages, run_core, sample_records
+from support.bad_models import bad_models
+from support.core_runs import at, messages, run_core, sample_records
 
-from flows.avro import DecodeFailure
+from flows.records import DecodeFailure
 
 WORKERS = [1, 2]
 
@@ -108,7 +108,7 @@ def test_a_bad_record_gets_an_error_and_its_batch_still_scores(model_v1):
 def test_a_process_loads_each_model_once_and_results_do_not_depend_on_workers(workers, model_v1):
     records = sample_records(200)
     run = run_core(at(0, messages(records)), at(0, [model_v1]), workers=workers, shards=8)
-    assert run.cache.builds == 1
+    assert run.context.cache.builds == 1
     assert run.errors() == []
     assert len(run.results) == len(records)
     single = run_core(at(0, messages(records)), at(0, [model_v1]), workers=1, shards=8)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter
-from pathlib import Path
 
 import urllib3
-from conftest import assert_same_scores, sample_records, start_job, wait_for
-from test_main_job import free_ports
+from support.core_runs import assert_same_scores, sample_records
+from support.jobs import (
+    finished_output,
+    run_flow_to_end_of_topics,
+    start_flow,
+    wait_for,
+    wait_for_model_snapshot,
+)
 
 from flows.avro import MODEL, RECORD, RESULT, STATS
-from flows.kafka import (
+from flows.kafka.headers import (
     OFFSET_HEADER,
     PARTITION_HEADER,
     REASON_HEADER,
@@ -24,17 +26,10 @@ from flows.kafka import (
     SOURCE_PARTITION_HEADER,
     TOPIC_HEADER,
 )
-from flows.query_state import fetch
 from flows.records import ModelToServeStats
 from flows.testing.local_broker import consume_all, create_topics, produce
-from flows.testing.loopback import free_port
-
-
-def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> str:
-    """Run the main job on `topics` until the end of its input topics; its console output."""
-    return finished_output(
-        start_flow(bootstrap, topics, *args, **{"SERVING_KAFKA_TAIL": "false", **settings})
-    )
+from flows.testing.loopback import free_port, free_ports
+from flows.tools.query_state import fetch
 
 
 def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap, model_v1):
@@ -87,44 +82,12 @@ def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap
     assert "corrupt RecommenderRecord datum" in reasons[2]
 
 
-def start_flow(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.update(
-        SERVING_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        SERVING_KAFKA_DATA_TOPIC=topics["data"],
-        SERVING_KAFKA_MODELS_TOPIC=topics["models"],
-        SERVING_KAFKA_RESULTS_TOPIC=topics["results"],
-        SERVING_KAFKA_DEAD_LETTERS_TOPIC=topics["dead"],
-        SERVING_CONSOLE_EVERY="0",
-    )
-    env.update(settings)
-    return start_job(env, *args)
-
-
-def finished_output(process: subprocess.Popen) -> str:
-    output, _ = process.communicate(timeout=180)
-    assert process.returncode == 0, output
-    return output
-
-
 def result_inputs(bootstrap: str, topic: str, at_least: int) -> Counter:
     messages = consume_all(bootstrap, topic, at_least)
     return Counter(
         (result.input_record.user, tuple(result.input_record.products))
         for result in (RESULT.decode(message.value()) for message in messages)
     )
-
-
-def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
-    """Wait until the model holder's state is in the recovery store, and one more snapshot interval."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sqlite3.connect(database) as db:
-            if db.execute("SELECT count(*) FROM snaps WHERE step_id LIKE '%model_holder'").fetchone()[0]:
-                time.sleep(1.5)
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"no model snapshot in {database} after {timeout} s")
 
 
 def test_sigkill_then_restart_loses_no_record_and_does_not_reread_the_model(

@@ -10,8 +10,9 @@ from bytewax.connectors.kafka import KafkaSinkMessage
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.avro import RESULT
-from flows.kafka import ORIGINAL_SIZE_HEADER, REPLACED_HEADER, smaller_dead_letter, smaller_result
-from flows.kafka_sink import Outgoing, ResilientKafkaSink
+from flows.kafka.headers import ORIGINAL_SIZE_HEADER, REPLACED_HEADER
+from flows.kafka.outputs import smaller_dead_letter, smaller_result
+from flows.kafka.sink import Outgoing, ResilientKafkaSink
 from flows.records import ModelResultMetadata, RecommenderRecord, RecommenderResult, RecommenderServingOutput
 from flows.testing.local_broker import consume_all, create_topics, kafka_broker
 from flows.testing.loopback import free_port

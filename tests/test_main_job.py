@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,9 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_scores, start_job
+from support.core_runs import assert_same_scores
+from support.jobs import start_job
 
-from flows.generators import generated_records, partition_share
+from flows.sources.generators import generated_records, partition_share
+from flows.testing.loopback import free_ports
 
 RECORDS = 3000
 PARTITIONS = 2
@@ -71,16 +72,6 @@ def expected_inputs(records: int, seed: int = 42) -> Counter:
         for record in generated_records(seed, partition_share(records, PARTITIONS, partition), partition):
             inputs[(record.user, tuple(record.products))] += 1
     return inputs
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def test_results_are_the_same_with_one_worker_two_workers_and_two_processes(tmp_path):

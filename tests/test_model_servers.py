@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from conftest import (
+from support.core_runs import (
     FlowRun,
     GatedSource,
     ScheduledSource,
@@ -22,8 +22,8 @@ from conftest import (
     run_in_thread,
     sample_records,
     serve_into,
-    wait_for,
 )
+from support.jobs import wait_for
 
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bad_models import bad_models
+from support.bad_models import bad_models
 
-from flows.generators import shipped_model
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, build_scorer
 from flows.settings import SHIPPED_MODELS_DIR
+from flows.sources.generators import shipped_model
 from flows.tensorflow_runtime import tensorflow
 
 USERS = np.array([0, 1, 17, 500, 999, 999], np.float32)

@@ -9,12 +9,16 @@ import sys
 import time
 
 from confluent_kafka import Producer
-from conftest import sample_records, wait_for
-from test_kafka import finished_output, start_flow, wait_for_model_snapshot
+from support.core_runs import sample_records
+from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 
-from flows import audit
 from flows.avro import MODEL, RECORD, RESULT
-from flows.kafka import ORIGINAL_SIZE_HEADER, REPLACED_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from flows.kafka.headers import (
+    ORIGINAL_SIZE_HEADER,
+    REPLACED_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+)
 from flows.records import RecommenderRecord
 from flows.testing.local_broker import consume_all, create_topics
 
@@ -26,15 +30,6 @@ def produce_big(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]])
     for key, value in messages:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0
-
-
-def encoded(records):
-    return [(str(r.user).encode(), RECORD.encode(r)) for r in records]
-
-
-def audit_report(bootstrap: str, topics: dict[str, str]) -> dict:
-    config = {"bootstrap.servers": bootstrap}
-    return audit.audit(config, topics["data"], topics["results"], topics["dead"]).summary()
 
 
 def test_poison_messages_neither_stop_the_flow_nor_lose_an_offset(kafka_bootstrap, model_v1, tmp_path):

@@ -10,9 +10,14 @@ import threading
 from collections import Counter
 
 import pytest
-from bad_models import bad_models
-from conftest import (
-    REPO,
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from support.bad_models import bad_models
+from support.core_runs import (
     FlowRun,
     GatedSource,
     at,
@@ -21,23 +26,16 @@ from conftest import (
     run_in_thread,
     sample_records,
     serve_into,
-    wait_for,
 )
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from support.jobs import REPO, wait_for
 
-from flows.kafka import KafkaOrigin
-from flows.query_state import fetch
+from flows.context import ServingContext
+from flows.kafka.source import KafkaOrigin
+from flows.observability.state_server import start_state_server
 from flows.records import DataMessage, RecommenderRecord
-from flows.serving_state import SERVING_STATE
-from flows.state_server import start_state_server
-from flows.telemetry import TELEMETRY
 from flows.testing.loopback import free_port
 from flows.testing.otlp_receiver import otlp_receiver
+from flows.tools.query_state import fetch
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -45,13 +43,13 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 @pytest.fixture
 def telemetry():
+    """A context whose telemetry records spans and metrics in memory."""
     spans, metrics = InMemorySpanExporter(), InMemoryMetricReader()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    TELEMETRY.install(tracer_provider, MeterProvider(metric_readers=[metrics]))
-    SERVING_STATE.clear()
-    yield spans, metrics
-    TELEMETRY.uninstall()
+    context = ServingContext.create()
+    context.telemetry.install(tracer_provider, MeterProvider(metric_readers=[metrics]))
+    return context, spans, metrics
 
 
 def traced(records: list[RecommenderRecord]) -> list[DataMessage]:
@@ -69,12 +67,12 @@ def metric_points(reader: InMemoryMetricReader) -> dict[str, list]:
 
 
 def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, model_v1, model_v2, tmp_path):
-    spans, metrics = telemetry
+    context, spans, metrics = telemetry
     rejected, reason = bad_models(model_v1, tmp_path)[0]
     records = sample_records(40)
     bad_record = RecommenderRecord(5, [100_000])  # fails to score: an error result
     data = at(0.3, traced(records)) + at(1.2, messages([*records, bad_record]))
-    run = run_core(data, at(0, [model_v1]) + at(0.6, [rejected]) + at(0.9, [model_v2]))
+    run = run_core(data, at(0, [model_v1]) + at(0.6, [rejected]) + at(0.9, [model_v2]), context=context)
 
     finished = spans.get_finished_spans()
     batches = [span for span in finished if span.name == "score batch"]
@@ -130,7 +128,6 @@ def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, m
 
 
 def test_off_means_no_spans_and_no_context(model_v1):
-    TELEMETRY.uninstall()
     run = run_core(at(0.3, traced(sample_records(10))), at(0, [model_v1]))
     assert len(run.results) == 10 and all(item.trace_context == "" for item in run.results)
 
@@ -144,12 +141,11 @@ def shards_serving(run: FlowRun, model_name: str) -> int:
 
 
 def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_v2):
-    SERVING_STATE.clear()
     port = free_port()
-    server = start_state_server("127.0.0.1", port)
+    run = FlowRun()
+    server = start_state_server("127.0.0.1", port, run.context.state)
     first, second = sample_records(30), sample_records(20, 500)
     start, swap, more = threading.Event(), threading.Event(), threading.Event()
-    run = FlowRun()
     data = GatedSource([(start, messages(first)), (more, messages(second))])
     flow = serve_into(run, data, GatedSource([(start, [model_v1]), (swap, [model_v2])]), hold_limit=100)
     flow_thread = run_in_thread(flow)
@@ -175,23 +171,22 @@ def test_state_answers_during_a_run_and_matches_what_was_scored(model_v1, model_
 
 
 def test_query_tool_prints_the_state_of_several_processes(model_v1):
-    SERVING_STATE.clear()
-    run_core(at(0.3, messages(sample_records(25))), at(0, [model_v1]))
+    run = run_core(at(0.3, messages(sample_records(25))), at(0, [model_v1]))
     ports = [free_port(), free_port()]
     servers = [
-        start_state_server("127.0.0.1", port) for port in ports
+        start_state_server("127.0.0.1", port, run.context.state) for port in ports
     ]  # two "processes" with the same shards
     try:
         urls = [f"http://127.0.0.1:{port}/state" for port in ports]
         done = subprocess.run(
-            [sys.executable, "-m", "flows.query_state", "--json", *urls],
+            [sys.executable, "-m", "flows.tools.query_state", "--json", *urls],
             cwd=REPO,
             capture_output=True,
             text=True,
             check=True,
         )
         table = subprocess.run(
-            [sys.executable, "-m", "flows.query_state", *urls],
+            [sys.executable, "-m", "flows.tools.query_state", *urls],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -247,14 +242,24 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
 def test_prometheus_metrics_reach_the_registry_bytewax_serves_at_metrics(model_v1):
     from bytewax._metrics import generate_python_metrics  # what Bytewax's dataflow API serves at /metrics
 
-    from flows.telemetry import configure_from_environment
+    from flows.observability.telemetry import configure_from_environment
 
-    assert configure_from_environment({"OTEL_METRICS_EXPORTER": "prometheus"}) == ["metrics: prometheus"]
-    try:
-        run_core(at(0.3, messages(sample_records(12))), at(0, [model_v1]))
-        exposition = generate_python_metrics()
-    finally:
-        TELEMETRY.uninstall()
+    context = ServingContext.create()
+    switched_on = configure_from_environment(context.telemetry, {"OTEL_METRICS_EXPORTER": "prometheus"})
+    assert switched_on == ["metrics: prometheus"]
+    run_core(at(0.3, messages(sample_records(12))), at(0, [model_v1]), context=context)
+    exposition = generate_python_metrics()
     scored = [line for line in exposition.splitlines() if line.startswith("serving_records_scored")]
     assert scored and all(f'model="{model_v1.model_name}"' in line for line in scored)
     assert sum(float(line.rsplit(" ", 1)[1]) for line in scored) == 12
+
+
+def test_two_flows_in_one_process_keep_their_own_statistics(model_v1, model_v2):
+    first = run_core(at(0.3, messages(sample_records(12))), at(0, [model_v1]))
+    second = run_core(at(0.3, messages(sample_records(30))), at(0, [model_v2]))
+    assert [(model["name"], model["usage"]) for model in first.context.state.per_model()] == [
+        (model_v1.model_name, 12)
+    ]
+    assert [(model["name"], model["usage"]) for model in second.context.state.per_model()] == [
+        (model_v2.model_name, 30)
+    ]

@@ -7,13 +7,12 @@ import subprocess
 import sys
 import time
 
-from conftest import sample_records, wait_for
-from test_kafka import start_flow
-from test_main_job import free_ports
-from test_no_crash_loop import audit_report, encoded
+from support.core_runs import sample_records
+from support.jobs import audit_report, encoded, start_flow, wait_for
 
 from flows.avro import MODEL
 from flows.testing.local_broker import create_topics, produce
+from flows.testing.loopback import free_ports
 
 
 def test_sigterm_to_one_process_ends_it_promptly_and_a_restart_loses_nothing(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import REPO
+from support.jobs import REPO
 
 from flows.settings import Settings
 

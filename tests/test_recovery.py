@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import pickle
 import sqlite3
 from datetime import timedelta
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
-from conftest import FlowRun, messages, sample_records
+from support.core_runs import FlowRun, messages, sample_records
 
+from flows.admission.policy import AdmissionPolicy
+from flows.app import build_flow
+from flows.context import ServingContext
 from flows.dataflow import serve
-from flows.serving_state import SERVING_STATE
+from flows.model_holder import ModelHolderLogic
+from flows.settings import Settings
+from flows.shard import ShardLogic, shard_keys
 
 SHARDS = 4
 
@@ -21,7 +28,7 @@ def recoverable_flow(data: list, models: list, run: FlowRun) -> Dataflow:
     flow = Dataflow("recovery")
     data_stream = op.input("data", flow, TestingSource(data, batch_size=5))
     model_stream = op.input("models", flow, TestingSource(models))
-    streams = serve("serve", data_stream, model_stream, shards=SHARDS, hold_limit=1000, cache=run.cache)
+    streams = serve("serve", data_stream, model_stream, run.context, shards=SHARDS, hold_limit=1000)
     op.output("results", streams.results, TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
     return flow
@@ -40,7 +47,7 @@ def test_after_an_abort_the_model_is_restored_without_the_model_stream(model_v1,
     assert [event.kind for event in run.events if not event.shard] == ["accepted"]
     results_before = len(run.results)
     run.events.clear()
-    SERVING_STATE.clear()  # what /state shows next must come from the recovery snapshot
+    run.context.state.clear()  # what /state shows next must come from the recovery snapshot
 
     run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)  # resumes from the snapshot
     flow_events = [(event.kind, event.model_name) for event in run.events if not event.shard]
@@ -53,7 +60,7 @@ def test_after_an_abort_the_model_is_restored_without_the_model_stream(model_v1,
     assert seen == {(record.user, tuple(record.products)) for record in first + second}  # at-least-once
     # Statistics survive: usage counts the records scored before the abort too (a record replayed after
     # the restart may count twice; without the snapshot only the second run's records would count).
-    [(name, usage)] = [(model["name"], model["usage"]) for model in SERVING_STATE.per_model()]
+    [(name, usage)] = [(model["name"], model["usage"]) for model in run.context.state.per_model()]
     assert name == model_v1.model_name and len(first + second) <= usage <= len(run.results)
 
 
@@ -75,3 +82,61 @@ def test_snapshots_hold_the_model_once_not_per_shard_per_epoch(model_v1, tmp_pat
     assert len({row[1] for row in shard_rows}) == SHARDS
     assert max(row[3] for row in shard_rows) < model_size / 50, "a shard snapshot carries the model"
     assert len(holder_rows) == 1 and holder_rows[0][3] > model_size  # written once, in its epoch
+
+
+# What the flow's stateful steps were called in release 0.1.0: a recovery store keys snapshots by these ids,
+# so renaming one would make a restarted flow forget its model, offsets or statistics.
+STATEFUL_STEP_IDS_0_1_0 = {
+    "embedded": ["serving.data", "serving.models", "serving.serve_model_holder", "serving.serve_shards"],
+    "kafka": [
+        "serving.kafka_data",
+        "serving.kafka_models",
+        "serving.serve_model_holder",
+        "serving.serve_shards",
+    ],
+}
+
+
+def stateful_step_ids(flow: Dataflow) -> list[str]:
+    """The ids of the steps that write recovery snapshots: inputs and stateful operators, however nested."""
+    found: list[str] = []
+    steps = list(flow.substeps)
+    while steps:
+        step = steps.pop()
+        if type(step).__name__ in ("input", "stateful_batch"):
+            found.append(step.step_id)
+        steps.extend(step.substeps)
+    return sorted(found)
+
+
+def test_the_main_jobs_stateful_steps_keep_their_ids():
+    for mode, settings in (
+        ("embedded", Settings()),
+        ("kafka", Settings(kafka_bootstrap_servers="127.0.0.1:1")),
+    ):
+        flow = build_flow(settings, ServingContext.create())
+        assert stateful_step_ids(flow) == STATEFUL_STEP_IDS_0_1_0[mode]
+
+
+def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
+    """Snapshots pickled by 0.1.0 (before the package was laid out in subpackages) still restore: the holder
+    its model, a shard its model digest, statistics and held records (with their Kafka origin)."""
+    with open(Path(__file__).parent / "data" / "snapshots-0.1.0.pickle", "rb") as snapshots:
+        restored = pickle.load(snapshots)
+    context = ServingContext.create(AdmissionPolicy())
+    holder = ModelHolderLogic(context.cache, True, restored["serve_model_holder"])
+    assert holder.snapshot().model_source_location == "grpc://127.0.0.1:8500/models/recommender"
+    [held_before] = restored["serve_shards"].held
+    shard = ShardLogic(shard_keys(SHARDS), 1000, 10_000, context, restored["serve_shards"])
+    state = shard.snapshot()
+    assert (state.shard, state.model_digest, state.model_name) == (
+        "shard-003",
+        "0123456789abcdef",
+        "recommender-v2",
+    )
+    [(name, usage)] = [(model["name"], model["usage"]) for model in context.state.per_model()]
+    assert (name, usage) == ("recommender-v2", 1200)
+    outputs, _ = shard.on_eof()  # no model arrives: the held record is answered, not lost
+    [held] = outputs
+    assert held.result.input_record.products == [3, 5, 8] and held.origin.offset == 4711
+    assert held.origin == held_before.origin and type(held.origin).__name__ == "KafkaOrigin"

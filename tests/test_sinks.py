@@ -2,9 +2,10 @@
 
 import json
 
+from support.core_runs import messages, sample_records
+
 from flows.scoring import unscored
-from flows.sinks import JsonLinesResultSink
-from tests.conftest import messages, sample_records
+from flows.sinks.json_lines import JsonLinesResultSink
 
 
 def test_restart_cuts_a_torn_last_line_before_appending(tmp_path):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import sample_records
-from test_kafka import run_flow_to_end_of_topics
+from support.core_runs import sample_records
+from support.jobs import run_flow_to_end_of_topics
 
 from flows.avro import MODEL, RECORD, RESULT
 from flows.testing.local_broker import consume_all, create_topics, produce

@@ -7,10 +7,10 @@ import threading
 import time
 
 import urllib3
-from conftest import at, messages, run_core, sample_records
+from support.core_runs import at, messages, run_core, sample_records
 
-from flows import state_server
-from flows.serving_state import ServingState
+from flows.observability import state_server
+from flows.observability.serving_state import ServingState
 from flows.settings import Settings
 from flows.testing.loopback import free_port
 

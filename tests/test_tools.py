@@ -7,24 +7,43 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
-from test_kafka import run_flow_to_end_of_topics
+import tomllib
+from support.jobs import REPO, run_flow_to_end_of_topics
 
-from flows import loadgen, publish_model, watch_results
 from flows.avro import MODEL, RECORD
 from flows.testing.local_broker import consume_all, create_topics
+from flows.tools import loadgen, publish_model, watch_results
+
+TOOLS = [
+    "loadgen",
+    "publish_model",
+    "watch_results",
+    "query_state",
+    "audit",
+    "model_keys",
+    "train_model",
+    "plot_bench",
+]
 
 
-@pytest.mark.parametrize("tool", ["loadgen", "publish_model", "watch_results", "audit", "model_keys"])
-def test_every_tool_has_help(tool):
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_has_help_under_its_script_name(tool):
     done = subprocess.run(
-        [sys.executable, "-m", f"flows.{tool}", "--help"],
+        [sys.executable, "-m", f"flows.tools.{tool}", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
     )
-    assert done.returncode == 0 and "usage: python -m flows." in done.stdout
+    script = f"serving-{tool.replace('_', '-')}"
+    assert done.returncode == 0 and f"usage: {script}" in done.stdout, done.stderr
+
+
+def test_every_tool_is_a_script_and_every_script_is_a_tool():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    scripts = pyproject["project"]["scripts"]
+    assert scripts.pop("serving-bench") == "flows.bench.__main__:main"
+    assert scripts == {f"serving-{tool.replace('_', '-')}": f"flows.tools.{tool}:main" for tool in TOOLS}
 
 
 def test_publish_load_serve_and_watch(kafka_bootstrap, capsys):
@@ -56,3 +75,31 @@ def test_publisher_refuses_a_model_over_the_size_limit(kafka_bootstrap, monkeypa
     assert code == 2
     assert "over the 100,000 bytes allowed by the producer's message.max.bytes" in capsys.readouterr().err
     assert consume_all(kafka_bootstrap, topics["models"], 1, timeout=3) == []
+
+
+def test_plot_bench_draws_throughput_and_latency_from_json_lines(tmp_path):
+    from flows.tools import plot_bench
+
+    lines = [
+        {"scenario": "embedded", "offered_rate": "unthrottled", "records_per_s": 20_000, "p50_ms": 9, "p99_ms": 20},
+        {"scenario": "embedded", "offered_rate": "unthrottled", "records_per_s": 30_000, "p50_ms": 8, "p99_ms": 19},
+        {"scenario": "kafka-embedded", "offered_rate": "pre-loaded", "records_per_s": 9_000, "partitions": 4,
+         "p50_ms": 900, "p99_ms": 1500},
+        {"scenario": "embedded", "offered_rate": 1000, "records_per_s": 1000, "p50_ms": 1.0, "p99_ms": 3.0},
+        {"scenario": "embedded", "offered_rate": 1000, "records_per_s": 1000, "p50_ms": 2.0, "p99_ms": 5.0},
+        {"scenario": "embedded", "offered_rate": 5000, "records_per_s": 5000, "p50_ms": 1.5, "p99_ms": 4.0},
+    ]  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    read = plot_bench.read_results([results])
+    assert plot_bench.throughput_by_scenario(read) == {
+        "embedded": [20_000, 30_000],
+        "kafka-embedded ×4 partitions": [9_000],
+    }
+    assert plot_bench.latency_by_rate(read) == {"embedded": {1000.0: (1.5, 4.0), 5000.0: (1.5, 4.0)}}
+    out = tmp_path / "plot.png"
+    assert plot_bench.main([str(results), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert plot_bench.main([str(empty), "--out", str(tmp_path / "none.png")]) == 2

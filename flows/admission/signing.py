@@ -4,7 +4,7 @@ A signature covers the model's name, description, type and either the SHA-256 of
 location, each length-prefixed so no two descriptors share a signed message. With trusted keys
 configured, a descriptor whose signature does not verify under one of them is refused before anything is
 unpacked or any server is contacted. Keys: a private key is a PKCS#8 PEM file; a public key is a PEM file
-or the base64 of its 32 raw bytes (what `python -m flows.model_keys` prints for SERVING_MODEL_TRUSTED_KEYS).
+or the base64 of its 32 raw bytes (what `python -m flows.tools.model_keys` prints for SERVING_MODEL_TRUSTED_KEYS).
 """
 
 from __future__ import annotations

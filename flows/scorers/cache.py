@@ -193,8 +193,3 @@ class ScorerCache:
                 if len(self._failures) >= MAX_REMEMBERED_FAILURES:
                     self._failures.pop(next(iter(self._failures)))
                 self._failures[digest] = error
-
-
-# The process-wide cache the dataflow uses. Scorers are never part of Bytewax state: state must be
-# picklable, and a process must load a model once however many shards it holds.
-SCORERS = ScorerCache()

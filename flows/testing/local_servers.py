@@ -1,8 +1,9 @@
 """Model servers on loopback for tests and benchmarks, started as subprocesses on free ports.
 
 A server can be stopped and started again on the same ports, so a test can take it away mid-stream
-and bring it back. The TensorFlow Serving stand-in lives in `tests/` (the real binary cannot be
-installed here), so these run from a checkout of the repository.
+and bring it back. The TensorFlow Serving stand-in (`tfserving_double`, since the real binary cannot be
+installed here) and the MLServer runtime are modules of this package, so these run from an installed wheel
+too.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import urllib3
 from flows.scorers.base import INPUTS, OUTPUT
 from flows.settings import SHIPPED_MODELS_DIR
 from flows.testing.loopback import free_port, wait_until_ready
-
-SHIPPED_MODEL = SHIPPED_MODELS_DIR
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = Fa
     """
     rest_port, grpc_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "flows.testing.tfserving_double", "--model-dir", str(SHIPPED_MODEL / str(version)),
+        sys.executable, "-m", "flows.testing.tfserving_double", "--model-dir", str(SHIPPED_MODELS_DIR / str(version)),
         "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
     scratch, files = None, None
@@ -183,7 +182,7 @@ def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
     model_settings = {
         "name": name,
         "implementation": "flows.testing.mlserver_runtime.SavedModelRuntime",
-        "parameters": {"uri": str(SHIPPED_MODEL / str(version)), "version": str(version)},
+        "parameters": {"uri": str(SHIPPED_MODELS_DIR / str(version)), "version": str(version)},
         "inputs": [{"name": input_name, **tensor} for input_name in INPUTS],
         "outputs": [{"name": OUTPUT, **tensor}],
     }

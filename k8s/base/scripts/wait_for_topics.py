@@ -8,7 +8,7 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from flows.kafka import client_config
+from flows.kafka.config import client_config
 from flows.settings import Settings
 
 settings = Settings()

@@ -1,4 +1,4 @@
-"""Ask running flows what they serve: `python -m flows.query_state [URL ...]`.
+"""Ask running flows what they serve: `python -m flows.tools.query_state [URL ...]`.
 
 Each process of a flow answers `GET /state` for its own shards; given several URLs (one per process),
 the tool merges their statistics per model and prints one line per model.
@@ -14,6 +14,8 @@ from typing import Any
 
 import urllib3
 
+from flows.observability.serving_state import merge_model_stats
+
 DEFAULT_URL = "http://localhost:8081/state"
 
 
@@ -25,29 +27,8 @@ def fetch(url: str, timeout_s: float) -> dict[str, Any]:
 
 
 def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per model over all processes: usage and duration summed, min/max/since over all."""
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for document in documents:
-        for model in document["models"]:
-            by_name.setdefault(model["name"], []).append(model)
-    merged = []
-    for name, parts in by_name.items():
-        usage = sum(part["usage"] for part in parts)
-        duration = sum(part["duration"] for part in parts)
-        merged.append(
-            {
-                "name": name,
-                "description": parts[0]["description"],
-                "since": min(part["since"] for part in parts),
-                "usage": usage,
-                "duration": duration,
-                "average": duration / usage if usage else 0.0,
-                "min": min((part["min"] for part in parts if part["usage"]), default=0),
-                "max": max(part["max"] for part in parts),
-                "shards": [shard for part in parts for shard in part["shards"]],
-            }
-        )
-    return sorted(merged, key=lambda entry: entry["since"], reverse=True)
+    """One entry per model over all processes' /state documents."""
+    return merge_model_stats(model for document in documents for model in document["models"])
 
 
 def render(models: list[dict[str, Any]]) -> str:
@@ -64,7 +45,7 @@ def render(models: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.query_state", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="serving-query-state", description=__doc__.split("\n")[0])
     parser.add_argument(
         "urls", nargs="*", default=[DEFAULT_URL], help=f"state endpoints (default {DEFAULT_URL})"
     )

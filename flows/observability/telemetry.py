@@ -24,8 +24,8 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observa
 from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from flows.observability.serving_state import ServingState
 from flows.records import DataMessage, ModelEvent, ScoredMessage
-from flows.serving_state import SERVING_STATE
 
 TRACEPARENT = "traceparent"
 INSTRUMENTATION = "flows.serving"
@@ -84,9 +84,11 @@ class _Instruments:
 
 
 class Telemetry:
-    """The flow's tracer and instruments; both None until `install` (that is: off, at no cost)."""
+    """A flow's tracer and instruments; both None until `install` (that is: off, at no cost). The gauge of
+    the model each shard serves reads `state`."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: ServingState) -> None:
+        self.state = state
         self.tracer: Tracer | None = None
         self._instruments: _Instruments | None = None
 
@@ -94,7 +96,9 @@ class Telemetry:
         """Start tracing and/or metrics with these providers (None leaves that signal off)."""
         self.tracer = tracer_provider.get_tracer(INSTRUMENTATION) if tracer_provider else None
         self._instruments = (
-            _create_instruments(meter_provider.get_meter(INSTRUMENTATION)) if meter_provider else None
+            _create_instruments(meter_provider.get_meter(INSTRUMENTATION), self.state)
+            if meter_provider
+            else None
         )
 
     def uninstall(self) -> None:
@@ -181,9 +185,9 @@ class Telemetry:
         span.end(end_time=now)
 
 
-def _create_instruments(meter: Meter) -> _Instruments:
+def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
     def current_models(options: CallbackOptions) -> Iterable[Observation]:
-        served = SERVING_STATE.models_by_shard().items()
+        served = state.models_by_shard().items()
         return [Observation(1, {"shard": shard, "model": model}) for shard, model in served]
 
     meter.create_observable_gauge(
@@ -206,18 +210,15 @@ def _create_instruments(meter: Meter) -> _Instruments:
     )
 
 
-# The process-wide telemetry the dataflow reports to.
-TELEMETRY = Telemetry()
-
-
-def configure_from_environment(environ: dict[str, str] | None = None) -> list[str]:
-    """Install the exporters the OTEL_* variables name; returns what was switched on, for the start-up log."""
+def configure_from_environment(telemetry: Telemetry, environ: dict[str, str] | None = None) -> list[str]:
+    """Install the exporters the OTEL_* variables name into `telemetry`; returns what was switched on, for
+    the start-up log."""
     environ = dict(os.environ if environ is None else environ)
     traces = environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower()
     metrics = environ.get("OTEL_METRICS_EXPORTER", "none").strip().lower()
     tracer_provider = _tracer_provider(traces) if traces != "none" else None
     meter_provider = _meter_provider(metrics) if metrics != "none" else None
-    TELEMETRY.install(tracer_provider, meter_provider)
+    telemetry.install(tracer_provider, meter_provider)
     if tracer_provider is not None:
         trace.set_tracer_provider(tracer_provider)
     switched_on = [f"traces: {traces}"] if tracer_provider else []

@@ -8,17 +8,19 @@ import os
 import time
 from typing import Any
 
+from flows.context import ServingContext
+from flows.observability.state_server import start_state_server
+from flows.observability.telemetry import configure_from_environment
 from flows.settings import Settings
-from flows.state_server import start_state_server
-from flows.telemetry import configure_from_environment
 
 log = logging.getLogger("flows.serving")
 
 
-def start_observability(settings: Settings) -> list[Any]:
-    """Start what the settings and OTEL_* variables ask for; returns handles to keep alive for the run."""
+def start_observability(settings: Settings, context: ServingContext) -> list[Any]:
+    """Start what the settings and OTEL_* variables ask for, reporting on `context`'s flow; returns handles
+    to keep alive for the run."""
     handles: list[Any] = []
-    switched_on = configure_from_environment()
+    switched_on = configure_from_environment(context.telemetry)
     if settings.bytewax_tracing:
         from bytewax.tracing import OtlpTracingConfig, setup_tracing
 
@@ -33,7 +35,7 @@ def start_observability(settings: Settings) -> list[Any]:
         atexit.register(_drain_bytewax_exporter, tracer)
         switched_on.append("bytewax traces: otlp")
     if settings.state_port:
-        server = start_state_server(settings.state_host, settings.state_port)
+        server = start_state_server(settings.state_host, settings.state_port, context.state)
         if server is not None:
             handles.append(server)
             switched_on.append(f"state: http://{settings.state_host}:{settings.state_port}/state")

@@ -1,4 +1,4 @@
-"""Load generator: `python -m flows.loadgen --records N --rate R` writes generated RecommenderRecords
+"""Load generator: `python -m flows.tools.loadgen --records N --rate R` writes generated RecommenderRecords
 (Avro, keyed by user) to the data topic at R records/s, with a progress line."""
 
 from __future__ import annotations
@@ -10,42 +10,35 @@ import time
 from confluent_kafka import Producer
 
 from flows.avro import RECORD
-from flows.generators import generated_records
-from flows.kafka import client_config
 from flows.settings import Settings
+from flows.sources.generators import generated_records
+from flows.sources.pacing import Pace
+from flows.tools.kafka_args import add_kafka_arguments, producer_config
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m flows.loadgen", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="serving-loadgen", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, required=True, help="records to send")
     parser.add_argument(
         "--rate", type=float, default=333.0, help="records per second (0: as fast as possible)"
     )
-    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
-    parser.add_argument("--topic", default=settings.kafka_data_topic)
+    add_kafka_arguments(parser, settings, {"--topic": settings.kafka_data_topic})
     parser.add_argument("--seed", type=int, default=settings.seed)
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
 
-    config = {
-        "bootstrap.servers": args.bootstrap_servers,
-        "linger.ms": "5",
-        **client_config(settings, settings.kafka_producer_config),
-    }
-    producer = Producer(config)
+    producer = Producer({"linger.ms": "5", **producer_config(args, settings)})
     failures: list[str] = []
 
     def delivered(error, message) -> None:
         if error is not None:
             failures.append(f"{message.topic()}[{message.partition()}]: {error}")
 
-    started = time.monotonic()
+    pace = Pace(args.rate)
+    started = pace.started
     for position, record in enumerate(generated_records(args.seed, args.records)):
-        if args.rate > 0:
-            delay = started + position / args.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+        pace.wait_for(position)
         while True:
             try:
                 producer.produce(

@@ -1,8 +1,8 @@
-"""Kafka inputs and outputs of the serving flow: Avro messages in and out, dead letters for the rest.
+"""Kafka inputs of the serving flow: Avro messages in, dead letters for what does not decode.
 
 Data and model topics are read with Bytewax's KafkaSource (offsets are part of recovery snapshots). The
 model topic is always read from its beginning when there is no recovery state, and the model holder starts
-with the newest model on it (`flows.kafka_catch_up`). A message that cannot be decoded (garbage, another schema, truncated) goes to the
+with the newest model on it (`flows.kafka.catch_up`). A message that cannot be decoded (garbage, another schema, truncated) goes to the
 dead-letter topic with its original key, value and headers, and headers saying why and where it came from;
 the flow goes on. Results are keyed by user.
 """
@@ -10,35 +10,26 @@ the flow goes on. Results are keyed by user.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-from flows.avro import MODEL, RECORD, RESULT, AvroCodec, DecodeFailure
-from flows.kafka_catch_up import CatchUpSource
-from flows.kafka_sink import Outgoing, ResilientKafkaSink
+from flows.avro import MODEL, RECORD, AvroCodec
+from flows.kafka.catch_up import CatchUpSource
+from flows.kafka.config import client_config
+from flows.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.model_holder import CaughtUp
 from flows.records import (
     DataMessage,
+    DecodeFailure,
     ModelDescriptor,
-    ModelResultMetadata,
-    RecommenderRecord,
-    RecommenderResult,
-    RecommenderServingOutput,
-    ScoredMessage,
     cut,
 )
 from flows.settings import Settings
-from flows.stoppable import StoppableSource
-from flows.telemetry import TRACEPARENT, trace_context_of
-
-REASON_HEADER = "dead-letter.reason"
-TOPIC_HEADER = "dead-letter.topic"
-PARTITION_HEADER = "dead-letter.partition"
-OFFSET_HEADER = "dead-letter.offset"
+from flows.sources.stoppable import StoppableSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +49,6 @@ class KafkaInputs:
     # Undecodable model messages come along as DecodeFailures, so the flow reports them as rejected models.
     models: Stream[ModelDescriptor | DecodeFailure | CaughtUp]
     dead_letters: Stream[KafkaSinkMessage]
-
-
-def client_config(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
-    """librdkafka settings: the shared ones, overridden by the consumer- or producer-only `extra`."""
-    return {**settings.kafka_config, **extra}
 
 
 def _dead_letter(settings: Settings, message: KafkaSourceMessage, reason: str) -> KafkaSinkMessage:
@@ -93,7 +79,7 @@ def _decoder(codec: AvroCodec, settings: Settings, wrap):
 
     def decode(item: KafkaSourceMessage | KafkaError | CaughtUp):
         if isinstance(item, CaughtUp):
-            return item  # the model holder's start-up marker, see flows.kafka_catch_up
+            return item  # the model holder's start-up marker, see flows.kafka.catch_up
         if isinstance(item, KafkaError):
             reason = f"Kafka consumer error: {item.err.str()}"
             failure = DecodeFailure(codec.name, reason, item.msg.value)
@@ -151,87 +137,4 @@ def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
         data=data_split.trues,
         models=op.merge("models_and_failures", model_split.trues, model_failures),
         dead_letters=op.map("dead_message", dead, lambda item: item.dead_letter),
-    )
-
-
-SOURCE_TOPIC_HEADER = "source.topic"
-SOURCE_PARTITION_HEADER = "source.partition"
-SOURCE_OFFSET_HEADER = "source.offset"
-SOURCE_TIMESTAMP_HEADER = "source.timestamp"
-
-
-def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
-    """A result as a Kafka message keyed by user, with headers naming the data message it answers."""
-    origin = scored.origin
-    headers = []
-    if isinstance(origin, KafkaOrigin):
-        headers = [
-            (SOURCE_TOPIC_HEADER, origin.topic.encode()),
-            (SOURCE_PARTITION_HEADER, str(origin.partition).encode()),
-            (SOURCE_OFFSET_HEADER, str(origin.offset).encode()),
-            (SOURCE_TIMESTAMP_HEADER, str(origin.timestamp_ms).encode()),
-        ]
-    # The batch span's context when tracing is on (it links to the record's own), else the record's own.
-    traceparent = scored.trace_context or trace_context_of(origin)
-    if traceparent:
-        headers.append((TRACEPARENT, traceparent.encode()))
-    return KafkaSinkMessage(
-        str(scored.result.input_record.user).encode(), RESULT.encode(scored.result), headers=headers
-    )
-
-
-DEAD_LETTER_KEPT_BYTES = 1024
-REPLACED_HEADER = "replaced"
-ORIGINAL_SIZE_HEADER = "dead-letter.original-size"
-
-
-def smaller_result(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
-    """The result as an error result without the echoed products and their scores (`Outgoing.shrink`)."""
-    result = RESULT.decode(message.value or b"")
-    if isinstance(result, DecodeFailure):  # cannot happen for our own encoding; keep the coordinates anyway
-        result = RecommenderResult(
-            RecommenderRecord(-1, []), RecommenderServingOutput(), ModelResultMetadata()
-        )
-    record, metadata = result.input_record, result.metadata
-    errors = (
-        f"result not delivered as is ({reason}); the record's {len(record.products):,} products and their "
-        f"scores are withheld" + (f"; {metadata.errors}" if metadata.errors else "")
-    )
-    smaller = RecommenderResult(
-        RecommenderRecord(record.user, [], record.datatype),
-        RecommenderServingOutput(),
-        replace(metadata, errors=cut(errors)),
-    )
-    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
-    return KafkaSinkMessage(message.key, RESULT.encode(smaller), topic=message.topic, headers=headers)
-
-
-def smaller_dead_letter(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
-    """The dead letter with its value cut to 1 KiB and only the flow's own headers (`Outgoing.shrink`)."""
-    ours = [(name, value[:1000]) for name, value in message.headers or [] if name.startswith("dead-letter.")]
-    headers = [
-        *ours,
-        (ORIGINAL_SIZE_HEADER, str(len(message.value or b"")).encode()),
-        (REPLACED_HEADER, reason.encode()),
-    ]
-    key = (message.key or b"")[:DEAD_LETTER_KEPT_BYTES] or None
-    value = (message.value or b"")[:DEAD_LETTER_KEPT_BYTES]
-    return KafkaSinkMessage(key, value, topic=message.topic, headers=headers)
-
-
-def kafka_outputs(
-    settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]
-) -> None:
-    """Write results to the results topic and dead letters to the dead-letter topic (see flows.kafka_sink)."""
-    brokers = settings.kafka_bootstrap_servers.split(",")
-    config = client_config(settings, settings.kafka_producer_config)
-    encoded = op.map(
-        "encode_results", results, lambda scored: Outgoing(result_message(scored), smaller_result)
-    )
-    op.output("kafka_results", encoded, ResilientKafkaSink(brokers, settings.kafka_results_topic, config))
-    letters = op.map(
-        "dead_letter_messages", dead_letters, lambda letter: Outgoing(letter, smaller_dead_letter)
-    )
-    op.output(
-        "kafka_dead_letters", letters, ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config)
     )

@@ -1,7 +1,7 @@
 """HTTP `GET /state`: the ModelToServeStats of the models this process serves, as JSON (as the original did).
 
-Each process answers for its own shards; `python -m flows.query_state` asks several and merges. Runs in
-a daemon thread next to the dataflow; it only reads the registry in `flows.serving_state`.
+Each process answers for its own shards; `python -m flows.tools.query_state` asks several and merges. Runs in
+a daemon thread next to the dataflow; it only reads the flow's `ServingState`.
 
 Whoever can reach the port can open connections, so the server bounds what they cost: at most
 `MAX_CONNECTIONS` are served at once (more are closed at once, with a 503 if they can take it), a
@@ -20,7 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from flows.serving_state import SERVING_STATE, ServingState
+from flows.observability.serving_state import ServingState
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,7 @@ class _BoundedServer(ThreadingHTTPServer):
         self.shutdown_request(request)
 
 
-def start_state_server(
-    host: str, port: int, state: ServingState = SERVING_STATE
-) -> ThreadingHTTPServer | None:
+def start_state_server(host: str, port: int, state: ServingState) -> ThreadingHTTPServer | None:
     """Serve /state on host:port in a daemon thread; None (and a warning) if the port is taken."""
     try:
         server = _BoundedServer((host, port), _handler(state))

@@ -1,10 +1,11 @@
 """Train the recommender (DeepCollaborativeFiltering) and export it as a SavedModel.
 
-Usage (from the repository root)::
+Usage::
 
-    python -m models.train --version 3
+    serving-train-model --version 3        # or python -m flows.tools.train_model --version 3
 
-writes ``models/recommender/3/``. The data is synthetic purchase history generated from the version
+writes ``flows/models/recommender/3/`` next to the shipped versions (``--out DIR`` elsewhere), where
+``SERVING_MODEL_VERSIONS=1,2,3`` finds it. The data is synthetic purchase history generated from the version
 number, so a given version always trains on the same data, and two versions give visibly different
 scores for the same user and product.
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.settings import SHIPPED_MODELS_DIR
+
 USERS = 1000
 PRODUCTS = 300
 EMBEDDING_SIZE = 50
@@ -32,7 +35,6 @@ BATCH_SIZE = 64
 EPOCHS = 3
 LATENT_TASTES = 8
 PURCHASES_PER_USER = 60
-MODELS_DIR = Path(__file__).resolve().parent / "recommender"
 
 
 def synthetic_purchases(version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,14 +120,14 @@ def train(version: int, directory: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="serving-train-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", type=int, required=True, help="model version to train (seeds the data)")
     parser.add_argument(
-        "--out", type=Path, default=None, help=f"export directory (default: {MODELS_DIR}/VERSION)"
+        "--out", type=Path, default=None, help=f"export directory (default: {SHIPPED_MODELS_DIR}/VERSION)"
     )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    directory = train(args.version, args.out or MODELS_DIR / str(args.version))
+    directory = train(args.version, args.out or SHIPPED_MODELS_DIR / str(args.version))
     print(f"exported recommender version {args.version} to {directory}")
 
 

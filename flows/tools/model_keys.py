@@ -1,8 +1,8 @@
-"""Key pair for signed model descriptors: `python -m flows.model_keys --out DIR`.
+"""Key pair for signed model descriptors: `python -m flows.tools.model_keys --out DIR`.
 
 Writes `DIR/model-signing.key` (the private key, PKCS#8 PEM, readable by its owner only: keep it with
 whoever publishes models) and `DIR/model-signing.pub` (PEM), and prints the base64 public key to put in
-SERVING_MODEL_TRUSTED_KEYS. Sign with `python -m flows.publish_model --sign DIR/model-signing.key ...`.
+SERVING_MODEL_TRUSTED_KEYS. Sign with `python -m flows.tools.publish_model --sign DIR/model-signing.key ...`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flows.admission.signing import new_private_key, private_key_pem, public_key
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.model_keys", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="serving-model-keys", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="directory to write the key pair into")
     parser.add_argument("--name", default="model-signing", help="file name stem (default: model-signing)")
     args = parser.parse_args(argv)

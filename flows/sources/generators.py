@@ -23,6 +23,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from flows.model_holder import CaughtUp
 from flows.records import DataMessage, ModelDescriptor, ModelType, RecommenderRecord
 from flows.scorers.archive import pack_directory
+from flows.sources.pacing import Pace
 
 USERS = 1000
 PRODUCTS = 300
@@ -63,17 +64,14 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
         self.rate = rate
         self.batch = batch
         self.emitted = resume or 0
-        self.started_at = time.monotonic()
-        self.started_count = self.emitted
+        self.pace = Pace(rate, first=self.emitted)
         self.block_number = -1
         self.block: list[RecommenderRecord] = []
         self.wake: datetime | None = None
 
     def _due(self) -> int:
-        if self.rate <= 0:
-            return self.batch
-        should_have = self.started_count + int((time.monotonic() - self.started_at) * self.rate)
-        return max(should_have - self.emitted, 0)
+        due = self.pace.due()
+        return self.batch if due is None else max(due - self.emitted, 0)
 
     def next_batch(self) -> list[DataMessage]:
         count = min(self._due(), self.batch)

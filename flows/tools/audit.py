@@ -1,4 +1,4 @@
-"""Accounting after an incident: `python -m flows.audit` checks that every data offset was answered.
+"""Accounting after an incident: `python -m flows.tools.audit` checks that every data offset was answered.
 
 It reads the data topic, the results topic and the dead-letter topic up to their ends (as they are when it
 starts) and reports data offsets with neither a result nor a dead letter (lost), offsets answered more than
@@ -20,17 +20,18 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from flows.avro import RESULT, DecodeFailure
-from flows.kafka import (
+from flows.avro import RESULT
+from flows.kafka.headers import (
     OFFSET_HEADER,
     PARTITION_HEADER,
     SOURCE_OFFSET_HEADER,
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
     TOPIC_HEADER,
-    client_config,
 )
+from flows.records import DecodeFailure
 from flows.settings import Settings
+from flows.tools.kafka_args import add_kafka_arguments, consumer_config
 
 Position = tuple[int, int]  # (partition, offset) of a data message
 LOOKUP_TIMEOUT_S = 10.0
@@ -130,19 +131,22 @@ def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_lett
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m flows.audit", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
-    parser.add_argument("--data-topic", default=settings.kafka_data_topic)
-    parser.add_argument("--results-topic", default=settings.kafka_results_topic)
-    parser.add_argument("--dead-letters-topic", default=settings.kafka_dead_letters_topic)
+    parser = argparse.ArgumentParser(prog="serving-audit", description=__doc__.split("\n\n")[0])
+    add_kafka_arguments(
+        parser,
+        settings,
+        {
+            "--data-topic": settings.kafka_data_topic,
+            "--results-topic": settings.kafka_results_topic,
+            "--dead-letters-topic": settings.kafka_dead_letters_topic,
+        },
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
 
-    config = {
-        "bootstrap.servers": args.bootstrap_servers,
-        **client_config(settings, settings.kafka_consumer_config),
-    }
-    report = audit(config, args.data_topic, args.results_topic, args.dead_letters_topic).summary()
+    report = audit(
+        consumer_config(args, settings), args.data_topic, args.results_topic, args.dead_letters_topic
+    ).summary()
     if args.json:
         print(json.dumps(report))
     else:

@@ -1,4 +1,4 @@
-"""Model publisher: `python -m flows.publish_model --version 2` sends a model to the models topic.
+"""Model publisher: `python -m flows.tools.publish_model --version 2` sends a model to the models topic.
 
 The model goes inline (a SavedModel directory packed as a tar.gz archive: `--version` for a shipped one,
 `--path` for any directory) or as a location (`--location`, with `--type`). A message larger than the
@@ -17,18 +17,18 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from flows.admission.signing import load_private_key, sign
 from flows.avro import MODEL
-from flows.generators import shipped_model
-from flows.kafka import client_config
-from flows.kafka_sink import DEFAULT_MESSAGE_MAX_BYTES
+from flows.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.archive import pack_directory
 from flows.settings import Settings
+from flows.sources.generators import shipped_model
+from flows.tools.kafka_args import add_kafka_arguments, producer_config
 
 
-def size_limit(bootstrap: str, topic: str, config: dict[str, str]) -> tuple[int, str]:
+def size_limit(topic: str, config: dict[str, str]) -> tuple[int, str]:
     """The largest message the producer and the topic accept, and which setting sets it."""
     producer_limit = int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
-    admin = AdminClient({"bootstrap.servers": bootstrap, **config})
+    admin = AdminClient(config)
     try:
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         entries = admin.describe_configs([resource])[resource].result(timeout=10)
@@ -59,11 +59,9 @@ def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescri
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.publish_model", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="serving-publish-model", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
+    source.add_argument("--version", help="a shipped model version (flows/models/recommender/VERSION)")
     source.add_argument("--path", help="a SavedModel directory to send inline")
     source.add_argument("--location", help="a model location to send instead of bytes")
     parser.add_argument(
@@ -78,10 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sign",
         metavar="KEYFILE",
         type=Path,
-        help="sign with this Ed25519 private key (PEM; make one with python -m flows.model_keys)",
+        help="sign with this Ed25519 private key (PEM; make one with python -m flows.tools.model_keys)",
     )
-    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
-    parser.add_argument("--topic", default=settings.kafka_models_topic)
+    add_kafka_arguments(parser, settings, {"--topic": settings.kafka_models_topic})
     args = parser.parse_args(argv)
 
     descriptor = descriptor_from(args, settings)
@@ -92,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refused: cannot sign with {args.sign}: {error}", file=sys.stderr)
             return 2
     payload = MODEL.encode(descriptor)
-    config = client_config(settings, settings.kafka_producer_config)
-    limit, limited_by = size_limit(args.bootstrap_servers, args.topic, config)
+    config = producer_config(args, settings)
+    limit, limited_by = size_limit(args.topic, config)
     if len(payload) > limit:
         print(
             f"refused: model {descriptor.model_name!r} encodes to {len(payload):,} bytes, over the {limit:,} bytes "
@@ -102,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    producer = Producer({"bootstrap.servers": args.bootstrap_servers, **config})
+    producer = Producer(config)
     errors: list[str] = []
     producer.produce(
         args.topic,

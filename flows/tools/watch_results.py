@@ -1,4 +1,4 @@
-"""Console egress: `python -m flows.watch_results` follows the results topic and prints readable lines."""
+"""Console egress: `python -m flows.tools.watch_results` follows the results topic and prints readable lines."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from flows.avro import RESULT, DecodeFailure
-from flows.kafka import client_config
+from flows.avro import RESULT
+from flows.records import DecodeFailure
 from flows.settings import Settings
-from flows.sinks import describe_result
+from flows.sinks.console import describe_result
+from flows.tools.kafka_args import add_kafka_arguments, consumer_config
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="python -m flows.watch_results", description=__doc__.split("\n")[0])
-    parser.add_argument("--bootstrap-servers", default=settings.kafka_bootstrap_servers or "127.0.0.1:9092")
-    parser.add_argument("--topic", default=settings.kafka_results_topic)
+    parser = argparse.ArgumentParser(prog="serving-watch-results", description=__doc__.split("\n")[0])
+    add_kafka_arguments(parser, settings, {"--topic": settings.kafka_results_topic})
     parser.add_argument(
         "--from-beginning", action="store_true", help="start at the oldest result, not the newest"
     )
@@ -29,12 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
     consumer = Consumer(
         {
-            "bootstrap.servers": args.bootstrap_servers,
             "group.id": f"watch-results-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest" if args.from_beginning else "latest",
             "enable.auto.commit": "false",
             "session.timeout.ms": "6000",
-            **client_config(settings, settings.kafka_consumer_config),
+            **consumer_config(args, settings),
         }
     )
     consumer.subscribe([args.topic])

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Reruns the benchmark set the README's plot shows, in interleaved rounds (the machine is shared and noisy:
+# scenarios measured together compare; across sessions they may not), appends each run's JSON line to
+# results.jsonl and redraws plot.png. Needs the test extra (broker, model servers) and matplotlib:
+#   pip install -e '.[test]' && bash docs/benchmarks/run.sh        (ROUNDS=N for more rounds)
+set -euo pipefail
+cd "$(dirname "$0")"
+results=results.jsonl
+for round in $(seq "${ROUNDS:-3}"); do
+    echo "round $round" >&2
+    for scenario in embedded kafka-embedded tfserving-grpc tfserving-rest v2-grpc v2-rest; do
+        serving-bench --scenario "$scenario" --records 50000 --out "$results"
+    done
+    for rate in 1000 2500 5000 10000; do
+        for scenario in embedded kafka-embedded; do
+            serving-bench --scenario "$scenario" --records $((rate * 5)) --rate "$rate" --out "$results"
+        done
+    done
+done
+serving-plot-bench "$results" --out plot.png

@@ -1,0 +1,19 @@
+"""Benchmarks of the serving flow: `python -m flows.bench --scenario SCENARIO --records N [--rate R]`
+(or `serving-bench`).
+
+Prints, as its last line, one JSON object: scenario, records, seconds, records_per_s, p50_ms, p99_ms, plus
+the run's parameters. Scenarios:
+- embedded: the dataflow in this process on generated records; latency from the moment the source emitted
+  a record to the moment its result reached the sink.
+- tfserving-grpc, tfserving-rest, v2-grpc, v2-rest: as embedded, but scoring with a model server on
+  this machine (the TensorFlow Serving stand-in of flows.testing, or Seldon MLServer) over gRPC or REST; the
+  line adds the per-request latency (call_p50_ms, call_p99_ms) and the number of requests.
+  tfserving-grpcs and tfserving-https: the same stand-in over TLS, with a throwaway CA (needs trustme).
+- swap: as embedded at an offered --rate, with v1 serving and v2 published --swap-after seconds in; the
+  line adds the largest gap between consecutive results (largest_gap_ms, and within the swap:
+  swap_gap_ms) and the time from v2's arrival to the first record it scored (swap_ms).
+- kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
+  latency from the data message's produce timestamp to the result message's.
+The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
+start-up.
+"""

@@ -1,0 +1,73 @@
+"""The benchmark's command line; the scenarios are described in `flows.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+from flows import bench
+from flows.bench.in_process import remote_model, run_in_process, run_swap
+from flows.bench.kafka import run_kafka_embedded
+from flows.settings import Settings
+from flows.sources.generators import shipped_model
+
+SCENARIOS = (
+    "embedded", "kafka-embedded", "swap",
+    "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
+)  # fmt: skip
+REMOTE_SCENARIOS = SCENARIOS[3:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="serving-bench", description=bench.__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=SCENARIOS, default="embedded")
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument(
+        "--rate", type=float, default=0, help="offered records/s (default: as fast as possible)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in this process")
+    parser.add_argument("--shards", type=int, default=Settings().shards)
+    parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
+    parser.add_argument("--model-version", default="1")
+    parser.add_argument(
+        "--tracing",
+        choices=["off", "on"],
+        default="off",
+        help="in-process scenarios: export every span over OTLP",
+    )
+    parser.add_argument(
+        "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
+    )
+    parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
+    parser.add_argument(
+        "--swap-after", type=float, default=2.0, help="swap scenario: seconds before v2 is published"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="also append the JSON line to this file (for serving-plot-bench)"
+    )
+    args = parser.parse_args()
+    in_process = (args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on")
+    if args.scenario == "embedded":
+        model = shipped_model(Settings().models_dir, args.model_version)
+        result = run_in_process(args.scenario, model, *in_process)
+    elif args.scenario == "swap":
+        result = run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
+    elif args.scenario in REMOTE_SCENARIOS:
+        with ExitStack() as stack:
+            model = remote_model(args.scenario, args.model_version, stack)
+            result = run_in_process(args.scenario, model, *in_process)
+    else:
+        result = run_kafka_embedded(
+            args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version
+        )
+    line = json.dumps(result)
+    print(line, flush=True)
+    if args.out is not None:
+        with open(args.out, "a", encoding="utf-8") as results:
+            results.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

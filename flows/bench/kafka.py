@@ -1,0 +1,115 @@
+"""The Kafka scenario: a data topic through the main job's flow (in this process) to a results topic."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import ExitStack
+from datetime import timedelta
+
+from bytewax.testing import run_main
+from confluent_kafka import Producer
+
+from flows import shutdown
+from flows.app import build_flow
+from flows.avro import MODEL, RECORD
+from flows.bench.report import report
+from flows.context import ServingContext
+from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
+from flows.settings import Settings
+from flows.sources.generators import generated_records, shipped_model
+from flows.sources.pacing import Pace
+from flows.testing.local_broker import (
+    LOCAL_BROKER_CONSUMER_CONFIG,
+    consume_all,
+    create_topics,
+    kafka_broker,
+    produce,
+)
+
+
+def run_kafka_embedded(
+    records: int, rate: float, bootstrap: str | None, partitions: int, version: str
+) -> dict:
+    """Through a broker: data topic -> flow (in this process) -> results topic.
+
+    Without `rate` the data topic is filled first and the flow reads it to the end; with `rate` a producer
+    thread offers that many records/s while the flow runs. Latency: the result message's timestamp minus
+    the data message's (both set when produced), so it includes the time in Kafka on both sides.
+    """
+    settings = Settings()
+    model = shipped_model(settings.models_dir, version)
+    context = ServingContext.create()
+    context.cache.acquire(model)
+    with ExitStack() as stack:
+        servers = bootstrap or stack.enter_context(kafka_broker())
+        topics = create_topics(servers, "bench", ["data", "models", "results", "dead"], partitions=partitions)
+        produce(servers, topics["models"], [(model.model_name.encode(), MODEL.encode(model))])
+        encoded = [
+            (str(r.user).encode(), RECORD.encode(r)) for r in generated_records(settings.seed, records)
+        ]
+        flow_settings = Settings(
+            kafka_bootstrap_servers=servers,
+            kafka_data_topic=topics["data"],
+            kafka_models_topic=topics["models"],
+            kafka_results_topic=topics["results"],
+            kafka_dead_letters_topic=topics["dead"],
+            kafka_tail=rate > 0,
+            kafka_consumer_config={**LOCAL_BROKER_CONSUMER_CONFIG, **settings.kafka_consumer_config},
+            console_every=0,
+            shards=settings.shards,
+        )
+        flow = build_flow(flow_settings, context)
+        clock: dict[str, float] = {}
+        if rate > 0:
+            feeder = threading.Thread(
+                target=_offer, args=(servers, topics, encoded, rate, clock), daemon=True
+            )
+            feeder.start()
+        else:
+            produce(servers, topics["data"], encoded)
+            clock["started"] = time.perf_counter()
+        run_main(flow, epoch_interval=timedelta(seconds=1))
+        seconds = time.perf_counter() - clock["started"]
+        expected = records + (1 if rate > 0 else 0)
+        results = consume_all(servers, topics["results"], expected)
+    if len(results) < expected:
+        raise SystemExit(f"bench: expected {expected} results, got {len(results)}")
+    latencies = []
+    for message in results:
+        headers = dict(message.headers())
+        warm_up = (
+            rate > 0 and headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
+        )
+        if not warm_up:
+            latencies.append(message.timestamp()[1] - int(headers[SOURCE_TIMESTAMP_HEADER]))
+    return report(
+        "kafka-embedded",
+        records,
+        rate or "pre-loaded",
+        seconds,
+        latencies,
+        partitions=partitions,
+        broker="external" if bootstrap else "noida-db (local)",
+    )
+
+
+def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, clock: dict[str, float]) -> None:
+    """Produce `encoded` at `rate` records/s, then ask the flow to stop once every result is out.
+
+    One warm-up record (partition 0, offset 0) goes first, and the offered load starts only when its result
+    is out: records offered while the flow is still starting would measure the start-up, not the serving.
+    """
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": "1"})
+    producer.produce(topics["data"], key=encoded[0][0], value=encoded[0][1], partition=0)
+    producer.flush(30)
+    consume_all(servers, topics["results"], 1, timeout=120)
+    clock["started"] = time.perf_counter()
+    pace = Pace(rate)
+    for position, (key, value) in enumerate(encoded):
+        pace.wait_for(position)
+        producer.produce(topics["data"], key=key, value=value)
+        producer.poll(0)
+    producer.flush(60)
+    consume_all(servers, topics["results"], len(encoded) + 1, timeout=120)
+    shutdown.request()

@@ -1,0 +1,27 @@
+"""The JSON line every benchmark scenario prints, and appends to a results file for `serving-plot-bench`."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+
+import numpy as np
+
+
+def report(
+    scenario: str, records: int, offered: float | str, seconds: float, latencies_ms, **details
+) -> dict:
+    """The JSON line every scenario prints: the common figures first, then the scenario's own details."""
+    latencies = np.asarray(latencies_ms, dtype=float)
+    return {
+        "scenario": scenario,
+        "records": records,
+        "offered_rate": offered,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(records / seconds),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        **details,
+        "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

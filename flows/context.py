@@ -1,0 +1,35 @@
+"""What one serving flow shares between its steps within a process: the scorer cache, the telemetry and the
+serving statistics.
+
+They cannot be Bytewax state (a scorer is not picklable, and a process loads each model once however many
+shards it holds), so they live beside the dataflow. Passing one context to `serve` (instead of module-level
+singletons) keeps two flows in one process apart: each has its own statistics on its own /state, and a test
+starts from a fresh context instead of resetting globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flows.admission.policy import AdmissionPolicy
+from flows.observability.serving_state import ServingState
+from flows.observability.telemetry import Telemetry
+from flows.scorers import ScorerCache
+
+
+@dataclass(frozen=True)
+class ServingContext:
+    """The process-side companions of one serving flow; see the module docstring."""
+
+    cache: ScorerCache
+    state: ServingState
+    telemetry: Telemetry
+
+    @classmethod
+    def create(
+        cls, policy: AdmissionPolicy | None = None, cache: ScorerCache | None = None
+    ) -> ServingContext:
+        """A fresh context: an empty cache (with `policy`, or the settings' policy read on first use), empty
+        statistics, telemetry off until installed."""
+        state = ServingState()
+        return cls(cache if cache is not None else ScorerCache(policy), state, Telemetry(state))

@@ -1,0 +1,79 @@
+"""What the shards of this process serve, and how it went: the statistics behind /state and the gauges.
+
+Each shard registers its `ModelToServeStats` when it swaps a model in (or is restored with one); the
+registry keeps a reference, so counts made while scoring are visible without further calls. Readers
+get copies, merged per model across shards.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from flows.records import ModelToServeStats
+
+
+class ServingState:
+    """The statistics of the shards this process serves for one flow (see `flows.context`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_shard: dict[str, ModelToServeStats] = {}
+
+    def serve(self, shard: str, stats: ModelToServeStats) -> None:
+        """`shard` now serves the model `stats` describes."""
+        with self._lock:
+            self._by_shard[shard] = stats
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_shard.clear()
+
+    def models_by_shard(self) -> dict[str, str]:
+        with self._lock:
+            return {shard: stats.name for shard, stats in self._by_shard.items()}
+
+    def per_model(self) -> list[dict[str, Any]]:
+        """ModelToServeStats per model served here, summed over its shards, the newest model first."""
+        with self._lock:
+            shards = {shard: copy.copy(stats) for shard, stats in self._by_shard.items()}
+        return merge_model_stats(
+            {
+                "name": stats.name,
+                "description": stats.description,
+                "since": stats.since,
+                "usage": stats.usage,
+                "duration": stats.duration,
+                "min": stats.min,
+                "max": stats.max,
+                "shards": [shard],
+            }
+            for shard, stats in sorted(shards.items())
+        )
+
+
+def merge_model_stats(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model name over `entries` (per shard, or per process from several /state documents):
+    usage and duration summed, `min` over the entries that scored anything, `since` the earliest, shards
+    listed; with the average per record. The newest model first."""
+    merged: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        into = merged.setdefault(
+            entry["name"],
+            {"name": entry["name"], "description": entry["description"], "since": entry["since"], "usage": 0,
+             "duration": 0.0, "min": None, "max": 0, "shards": []},
+        )  # fmt: skip
+        into["since"] = min(into["since"], entry["since"])
+        into["usage"] += entry["usage"]
+        into["duration"] += entry["duration"]
+        if entry["usage"]:
+            into["min"] = entry["min"] if into["min"] is None else min(into["min"], entry["min"])
+        into["max"] = max(into["max"], entry["max"])
+        into["shards"].extend(entry["shards"])
+    for into in merged.values():
+        into["min"] = into["min"] or 0
+        into["duration"] = round(into["duration"], 3)
+        into["average"] = round(into["duration"] / into["usage"], 6) if into["usage"] else 0.0
+    return sorted(merged.values(), key=lambda into: into["since"], reverse=True)

@@ -1,0 +1,1 @@
+"""Where results and model events go besides Kafka: the console, and JSON-lines files."""

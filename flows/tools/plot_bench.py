@@ -1,0 +1,127 @@
+"""Plot benchmark results: `serving-plot-bench RESULTS.jsonl... --out PLOT.png`.
+
+Reads the JSON lines `serving-bench --out FILE` appends (one per run) and draws two panels: throughput per
+scenario for the unthrottled runs (median of the runs, with their range), and latency (p50 and p99) against
+the offered rate for the runs at a fixed rate. The README's plot is made this way from
+`docs/benchmarks/results.jsonl`; see `docs/benchmarks.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def read_results(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every benchmark line of `paths`; blank lines and lines that are not JSON objects are skipped."""
+    results = []
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                results.append(json.loads(line))
+    return results
+
+
+def throughput_by_scenario(results: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """records/s of the unthrottled runs, per scenario (plus partitions or workers where they are not 1)."""
+    by_scenario: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        if not isinstance(result.get("offered_rate"), (int, float)):
+            by_scenario[_label(result)].append(result["records_per_s"])
+    return dict(by_scenario)
+
+
+def latency_by_rate(results: list[dict[str, Any]]) -> dict[str, dict[float, tuple[float, float]]]:
+    """Per scenario and offered rate: the median p50 and p99 latency (ms) of the runs at that rate."""
+    runs: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        rate = result.get("offered_rate")
+        if isinstance(rate, (int, float)) and result["scenario"] != "swap":
+            runs[_label(result)][float(rate)].append(result)
+    return {
+        label: {
+            rate: (
+                statistics.median(run["p50_ms"] for run in at_rate),
+                statistics.median(run["p99_ms"] for run in at_rate),
+            )
+            for rate, at_rate in sorted(by_rate.items())
+        }
+        for label, by_rate in runs.items()
+    }
+
+
+def _label(result: dict[str, Any]) -> str:
+    label = result["scenario"]
+    if result.get("partitions", 1) != 1:
+        label += f" ×{result['partitions']} partitions"
+    if result.get("workers", 1) != 1:
+        label += f" ×{result['workers']} workers"
+    return label
+
+
+def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            "serving-plot-bench needs matplotlib: pip install 'bytewax-model-serving[plot]'"
+        ) from None
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+
+    throughput, latency = throughput_by_scenario(results), latency_by_rate(results)
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    labels = sorted(throughput, key=lambda label: statistics.median(throughput[label]))
+    medians = [statistics.median(throughput[label]) for label in labels]
+    spread = [
+        [median - min(throughput[label]) for label, median in zip(labels, medians)],
+        [max(throughput[label]) - median for label, median in zip(labels, medians)],
+    ]
+    left.barh(labels, medians, xerr=spread, color="tab:blue", capsize=3)
+    for row, median in enumerate(medians):
+        left.annotate(
+            f"{median:,.0f}", (median, row), xytext=(4, -10), textcoords="offset points", fontsize=8
+        )
+    left.set_xlabel("records/s (median of runs; whiskers: min–max)")
+    left.set_title("Throughput, unthrottled")
+    for label, by_rate in sorted(latency.items()):
+        rates = list(by_rate)
+        (line,) = right.plot(rates, [p50 for p50, _ in by_rate.values()], marker="o", label=f"{label} p50")
+        right.plot(rates, [p99 for _, p99 in by_rate.values()], marker="^", linestyle="--",
+                   color=line.get_color(), label=f"{label} p99")  # fmt: skip
+    right.set_xlabel("offered load, records/s")
+    right.set_ylabel("latency, ms")
+    right.set_yscale("log")
+    right.set_title("Latency under an offered load")
+    if latency:
+        right.legend(fontsize=8)
+    figure.suptitle(title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serving-plot-bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "results", nargs="+", type=Path, help="JSON-lines files written by serving-bench --out"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("--title", default="bytewax-model-serving benchmarks")
+    args = parser.parse_args(argv)
+    results = read_results(args.results)
+    if not results:
+        print(f"no benchmark results in {', '.join(map(str, args.results))}", file=sys.stderr)
+        return 2
+    plot(results, args.out, args.title)
+    print(f"wrote {args.out} from {len(results)} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""The package stands on its own: a wheel built from the project's files, installed (not editable) and run
+from another directory, finds its schemas and shipped models and runs the main job, the tools and the
+benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.jobs import REPO
+
+TOOLS = (
+    "bench", "publish-model", "loadgen", "watch-results", "query-state", "audit", "model-keys", "train-model",
+    "plot-bench",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The wheel, installed into a directory of its own; the environment that runs it from elsewhere."""
+    scratch = tmp_path_factory.mktemp("package")
+    source = scratch / "source"  # what the image's build stage copies: no tests, no work tree around it
+    source.mkdir()
+    shutil.copy(REPO / "pyproject.toml", source)
+    shutil.copy(REPO / "README.md", source)
+    shutil.copytree(REPO / "flows", source / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    wheels, site = scratch / "wheels", scratch / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    # No build isolation: the build backend (setuptools) is installed already; nothing is downloaded.
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source], check=True)
+    [wheel] = wheels.glob("*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", site, wheel], check=True)
+    env = {**os.environ, "PYTHONPATH": str(site), "SERVING_STATE_PORT": "0"}
+    return site, env
+
+
+def run_elsewhere(env: dict[str, str], cwd: Path, *command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False)
+
+
+def test_the_wheel_carries_the_schemas_and_the_shipped_models(installed):
+    site, _ = installed
+    assert sorted(path.name for path in (site / "flows" / "schemas").glob("*.avsc")) == sorted(
+        path.name for path in (REPO / "flows" / "schemas").glob("*.avsc")
+    )
+    assert (site / "flows" / "schemas" / "history" / "ModelDescriptor-1.avsc").is_file()
+    for version in ("1", "2"):
+        model = site / "flows" / "models" / "recommender" / version
+        assert (model / "saved_model.pb").is_file() and (model / "variables" / "variables.index").is_file()
+
+
+def test_the_installed_main_job_runs_from_another_directory(installed, tmp_path):
+    site, env = installed
+    where = run_elsewhere(env, tmp_path, sys.executable, "-c", "import flows; print(flows.__file__)")
+    assert where.stdout.strip() == str(site / "flows" / "__init__.py"), where.stderr
+    env = {**env, "SERVING_RECORDS": "500", "SERVING_RECORD_RATE": "0", "SERVING_CONSOLE_EVERY": "100"}
+    done = run_elsewhere(env, tmp_path, sys.executable, "-m", "bytewax.run", "flows.serving")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "model 'recommender-v1' accepted" in done.stdout
+    assert str(site) in done.stdout  # the shipped model came from the installed package's data
+    assert done.stdout.count("user ") == 5  # every 100th of 500 results
+
+
+def test_the_installed_tools_and_their_scripts_answer(installed, tmp_path):
+    site, env = installed
+    for tool in TOOLS:
+        script = site / "bin" / f"serving-{tool}"
+        done = run_elsewhere(env, tmp_path, str(script), "--help")
+        assert done.returncode == 0 and f"usage: serving-{tool}" in done.stdout, done.stderr
+
+
+def test_the_installed_benchmark_runs_from_another_directory(installed, tmp_path):
+    _, env = installed
+    done = run_elsewhere(
+        env, tmp_path, sys.executable, "-m", "flows.bench", "--scenario", "embedded", "--records", "2000"
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["records"] == 2000 and result["errors"] == 0 and result["records_per_s"] > 0
+
+
+def test_the_wheel_holds_the_package_only(installed):
+    site, _ = installed
+    [record] = site.glob("bytewax_model_serving-*.dist-info/RECORD")
+    installed = [line.split(",")[0] for line in record.read_text().splitlines()]
+    scripts = [path for path in installed if path.startswith("../")]  # bin/serving-*, beside the target
+    top_levels = {path.split("/")[0] for path in installed if path not in scripts}
+    assert top_levels == {"flows", record.parent.name}, top_levels
+    assert sorted(Path(path).name for path in scripts) == sorted(f"serving-{tool}" for tool in TOOLS)
