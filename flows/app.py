@@ -2,7 +2,7 @@
 
 With nothing configured it runs on the embedded default: generated records and model updates alternating
 between the shipped versions, scored in process, results and model events on the console. With
-`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka.source`).
+`SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.kafka`).
 Settings are `SERVING_*` environment variables (see `flows.settings` and the README).
 """
 

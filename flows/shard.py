@@ -18,17 +18,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
 
 from bytewax.operators import StatefulBatchLogic
 
+from flows.context import ServingContext
 from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelToServeStats, ScoredMessage, ms_since
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scorers.cache import ModelLoad
 from flows.scoring import score_batch, unscored
-
-if TYPE_CHECKING:
-    from flows.context import ServingContext
 
 POLL = timedelta(milliseconds=10)
 

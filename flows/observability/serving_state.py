@@ -7,9 +7,9 @@ get copies, merged per model across shards.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Any
 
 from flows.records import ModelToServeStats
@@ -37,21 +37,11 @@ class ServingState:
 
     def per_model(self) -> list[dict[str, Any]]:
         """ModelToServeStats per model served here, summed over its shards, the newest model first."""
-        with self._lock:
-            shards = {shard: copy.copy(stats) for shard, stats in self._by_shard.items()}
-        return merge_model_stats(
-            {
-                "name": stats.name,
-                "description": stats.description,
-                "since": stats.since,
-                "usage": stats.usage,
-                "duration": stats.duration,
-                "min": stats.min,
-                "max": stats.max,
-                "shards": [shard],
-            }
-            for shard, stats in sorted(shards.items())
-        )
+        with self._lock:  # asdict copies the counts: scoring goes on updating the originals
+            entries = [
+                {**asdict(stats), "shards": [shard]} for shard, stats in sorted(self._by_shard.items())
+            ]
+        return merge_model_stats(entries)
 
 
 def merge_model_stats(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -56,6 +56,18 @@ def latency_by_rate(results: list[dict[str, Any]]) -> dict[str, dict[float, tupl
     }
 
 
+def _provenance(results: list[dict[str, Any]]) -> str:
+    """Where and when the runs were measured, as the plot's subtitle."""
+    machines = sorted({result.get("machine", "unknown machine") for result in results})
+    dates = sorted(result["date"][:10] for result in results if "date" in result)
+    when = (
+        f", {dates[0]} to {dates[-1]}"
+        if dates and dates[0] != dates[-1]
+        else (f", {dates[0]}" if dates else "")
+    )
+    return f"{len(results)} runs on {' / '.join(machines)}{when}"
+
+
 def _label(result: dict[str, Any]) -> str:
     label = result["scenario"]
     if result.get("partitions", 1) != 1:
@@ -101,7 +113,7 @@ def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
     right.set_title("Latency under an offered load")
     if latency:
         right.legend(fontsize=8)
-    figure.suptitle(title)
+    figure.suptitle(f"{title}\n{_provenance(results)}", fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
 
