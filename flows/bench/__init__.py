@@ -13,7 +13,10 @@ the run's parameters. Scenarios:
   line adds the largest gap between consecutive results (largest_gap_ms, and within the swap:
   swap_gap_ms) and the time from v2's arrival to the first record it scored (swap_ms).
 - kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
-  latency from the data message's produce timestamp to the result message's.
+  latency from the data message's produce timestamp to the result message's; throughput from the first
+  result message to the last.
+- kafka-baseline: the same broker and data through a hand-written batched confluent-kafka loop (consume 500,
+  decode, one model call, encode, produce, commit): what a user would write instead of this project.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's
 start-up.
 """

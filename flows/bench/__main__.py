@@ -10,14 +10,15 @@ from pathlib import Path
 from flows import bench
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
+from flows.bench.kafka_baseline import run_kafka_baseline
 from flows.settings import Settings
 from flows.sources.generators import shipped_model
 
 SCENARIOS = (
-    "embedded", "kafka-embedded", "swap",
+    "embedded", "kafka-embedded", "kafka-baseline", "swap",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[3:]
+REMOTE_SCENARIOS = SCENARIOS[4:]
 
 
 def main() -> None:
@@ -58,6 +59,8 @@ def main() -> None:
         with ExitStack() as stack:
             model = remote_model(args.scenario, args.model_version, stack)
             result = run_in_process(args.scenario, model, *in_process)
+    elif args.scenario == "kafka-baseline":
+        result = run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
     else:
         result = run_kafka_embedded(
             args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version

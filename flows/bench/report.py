@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from flows.kafka.headers import SOURCE_TIMESTAMP_HEADER
+
 
 def report(
     scenario: str, records: int, offered: float | str, seconds: float, latencies_ms, **details
@@ -25,3 +27,31 @@ def report(
         "machine": f"{platform.machine()} {platform.python_implementation()} {platform.python_version()}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def kafka_report(
+    scenario: str,
+    records: int,
+    offered: float | str,
+    results: list,
+    partitions: int,
+    bootstrap: str | None,
+    **details,
+) -> dict:
+    """The JSON line of a Kafka scenario: throughput between the first and the last result message (so start-up
+    is not counted), latency from each data message's timestamp to its result's."""
+    stamps = sorted(message.timestamp()[1] for message in results)
+    seconds = max((stamps[-1] - stamps[0]) / 1000, 0.001)
+    latencies = [
+        message.timestamp()[1] - int(dict(message.headers())[SOURCE_TIMESTAMP_HEADER]) for message in results
+    ]
+    return report(
+        scenario,
+        records,
+        offered,
+        seconds,
+        latencies,
+        partitions=partitions,
+        broker="external" if bootstrap else "noida-db (local)",
+        **details,
+    )
