@@ -19,6 +19,7 @@ from flows.records import DataMessage, ModelDescriptor
 from flows.settings import Settings
 from flows.sinks.console import ConsoleEventSink, ConsoleResultSink
 from flows.sinks.json_lines import JsonLinesResultSink
+from flows.sources.batched import PollBatches
 from flows.sources.generators import DataGenerator, ModelGenerator, models_in_bounded_run, shipped_model
 from flows.sources.stoppable import StoppableSource
 
@@ -57,8 +58,9 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
 
 def embedded_inputs(
     flow: Dataflow, settings: Settings
-) -> tuple[Stream[DataMessage], Stream[ModelDescriptor]]:
-    """Generated records and model updates alternating between the shipped versions."""
+) -> tuple[Stream[list[DataMessage]], Stream[ModelDescriptor]]:
+    """Generated records (in batches, one per generator poll) and model updates alternating between the
+    shipped versions."""
     generator = DataGenerator(
         settings.records,
         settings.record_rate,
@@ -66,7 +68,7 @@ def embedded_inputs(
         settings.generator_batch,
         settings.seed,
     )
-    data = op.input("data", flow, StoppableSource(generator))
+    data = op.input("data", flow, StoppableSource(PollBatches(generator)))
     versions = [shipped_model(settings.models_dir, version) for version in settings.versions]
     model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
     run_seconds = (

@@ -1,11 +1,12 @@
 """The serving dataflow's core, independent of where its inputs come from and where its outputs go.
 
-    data ──key_on(user % shards)──────────────────────────┐
-                                                            ├─merge─▶ stateful_batch(shard) ─▶ results
+    data batches ──split by shard (user % shards)─────────┐
+                                                            ├─merge─▶ stateful_batch(shard) ─▶ result batches
     models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                └▶ events
 
-Sources (generators, Kafka) feed `serve` a stream of DataMessage and a stream of ModelDescriptor;
-sinks take the results and the model events it returns.
+Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
+`flows.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
+events it returns. Records travel in batches so that the engine's per-item cost is paid per batch.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ from bytewax.dataflow import Stream
 from flows.context import ServingContext
 from flows.model_holder import HOLDER_KEY, HolderInput, ModelHolderLogic
 from flows.records import DataMessage, ModelEvent, ScoredMessage
-from flows.shard import ModelUpdate, ShardLogic, shard_keys, shard_of
+from flows.shard import ModelUpdate, ShardLogic, shard_keys, split_by_shard
 
 
 @dataclass(frozen=True)
 class ServingStreams:
-    results: Stream[ScoredMessage]
+    results: Stream[list[ScoredMessage]]
     events: Stream[ModelEvent]
 
 
 def serve(
     step_id: str,
-    data: Stream[DataMessage],
+    data: Stream[list[DataMessage]],
     models: Stream[HolderInput],
     context: ServingContext,
     *,
@@ -49,7 +50,7 @@ def serve(
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
     keys = shard_keys(shards)
 
-    keyed_data = op.key_on(f"{step_id}_shard_data", data, lambda message: shard_of(message.record.user, keys))
+    keyed_data = op.flat_map(f"{step_id}_shard_data", data, partial(split_by_shard, keys))
 
     keyed_models = op.key_on(f"{step_id}_key_models", models, lambda _: HOLDER_KEY)
     held = op.key_rm(
@@ -76,7 +77,7 @@ def serve(
             partial(ShardLogic, keys, hold_limit, max_products, context),
         ),
     )
-    shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ScoredMessage))
+    shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, list))
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.falses)
     op.inspect(
         f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])

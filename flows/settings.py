@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     kafka_data_start: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a flow without recovery state starts reading the data topic."
     )
+    kafka_poll_size: int = Field(
+        1000, ge=1, description="Most messages a data partition reads per poll; a poll travels the flow as one batch."
+    )
     kafka_tail: bool = Field(
         True, description="Keep waiting for messages; false: stop at the end of the topics."
     )

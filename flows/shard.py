@@ -40,6 +40,16 @@ def shard_of(user: int, keys: list[str]) -> str:
     return keys[user % len(keys)]
 
 
+def split_by_shard(keys: list[str], batch: list[DataMessage]) -> list[tuple[str, list[DataMessage]]]:
+    """A batch of records as one batch per shard that has records in it, each in the batch's order."""
+    if len(keys) == 1:
+        return [(keys[0], batch)]
+    parts: dict[str, list[DataMessage]] = {}
+    for message in batch:
+        parts.setdefault(shard_of(message.record.user, keys), []).append(message)
+    return list(parts.items())
+
+
 @dataclass(frozen=True, slots=True)
 class ModelUpdate:
     """A model sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
@@ -49,8 +59,10 @@ class ModelUpdate:
     arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
 
 
-ShardInput = DataMessage | ModelUpdate
-ShardOutput = ScoredMessage | ModelEvent
+# Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
+# per-item cost is paid per batch (see flows.sources.batched).
+ShardInput = list[DataMessage] | ModelUpdate
+ShardOutput = list[ScoredMessage] | ModelEvent
 
 
 @dataclass
@@ -96,8 +108,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if not self.state.shard:
             self.state.shard = self._shard_of(values[0])
         for value in values:
-            if isinstance(value, DataMessage):
-                run.append(value)
+            if not isinstance(value, ModelUpdate):
+                run.extend(value)
                 continue
             # Records before a model event are scored with the model they arrived under.
             self._score(run, outputs)
@@ -122,7 +134,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     def _shard_of(self, value: ShardInput) -> str:
         if isinstance(value, ModelUpdate):
             return value.shard
-        return shard_of(value.record.user, self.keys)
+        return shard_of(value[0].record.user, self.keys)
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []
@@ -131,7 +143,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             self._swap_when_ready(outputs)
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
-        outputs.extend(unscored(message, reason) for message in held)
+        if held:
+            outputs.append([unscored(message, reason) for message in held])
         return outputs, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardState:
@@ -145,20 +158,22 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             return
         if any(len(message.record.products) > self.max_products for message in messages):
             messages = self._refuse_oversized(messages, outputs)
+            if not messages:
+                return
         if self.scorer is None:
             self._hold(messages, outputs)
             return
         with self.telemetry.batch(self.shard, self.state.model_name, self.scorer.source, messages) as span:
             results, batch_ms = score_batch(self.scorer, self.state.model_name, messages, self.cache.policy)
             self.telemetry.scored(span, self.shard, self.state.model_name, results, batch_ms)
-        outputs.extend(results)
+        outputs.append(results)
         if self.state.stats is not None:
             self.state.stats.record_batch(len(messages), batch_ms)
 
     def _refuse_oversized(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> list[DataMessage]:
         """Error results for records over the product limit (without their products: a result echoing
         them would be as large); the others, to be scored."""
-        kept = []
+        kept, refused = [], []
         for message in messages:
             count = len(message.record.products)
             if count <= self.max_products:
@@ -166,7 +181,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 continue
             reason = f"record has {count:,} products, over the limit of {self.max_products:,} (SERVING_MAX_PRODUCTS)"
             record = message.record
-            outputs.append(unscored(replace(message, record=replace(record, products=[])), reason))
+            refused.append(unscored(replace(message, record=replace(record, products=[])), reason))
+        outputs.append(refused)
         return kept
 
     def _hold(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
@@ -178,7 +194,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 f"no model loaded yet on {self.shard} and its hold buffer is full "
                 f"({self.hold_limit} records held; setting SERVING_HOLD_LIMIT)"
             )
-            outputs.extend(unscored(message, reason) for message in overflow)
+            outputs.append([unscored(message, reason) for message in overflow])
 
     def _receive(self, update: ModelUpdate, outputs: list[ShardOutput]) -> None:
         """Start loading `update`'s model; swap at once if this process has it ready already."""

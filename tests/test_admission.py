@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
-from support.core_runs import FlowRun, ScheduledSource, at, messages, sample_records
+from support.core_runs import FlowRun, ScheduledSource, as_batches, at, messages, sample_records
 from support.hostile_archives import HOSTILE_ARCHIVES
 from support.hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRAPH_CHECK, WRITTEN_FILE
 from support.jobs import REPO
@@ -168,7 +168,7 @@ def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
     flow = Dataflow("hostile")
     streams = serve(
         "serve",
-        op.input("data", flow, ScheduledSource(data)),
+        as_batches("batches", op.input("data", flow, ScheduledSource(data))),
         # The models input stays open while records flow, as a tailed models topic does.
         op.input("models", flow, ScheduledSource(models, open_until=data[-1][0])),
         run.context,
@@ -179,11 +179,11 @@ def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
     op.output("events", streams.events, ArrivalSink(events := []))
     run_main(flow)
 
-    results = [item for _, item in arrivals]
+    results = [item for _, batch in arrivals for item in batch]
     assert len(results) == len(records)
     assert {item.result.metadata.model_name for item in results} == {model_v1.model_name}
     assert not [item for item in results if item.result.metadata.errors]
-    times = [moment for moment, _ in arrivals]
+    times = [moment for moment, batch in arrivals for _ in batch]
     gaps = np.diff(times)
     assert gaps.max() < 1.0, f"results stalled for {gaps.max():.2f} s while models were judged"
     rejected = {event.model_name: event.reason for _, event in events if event.kind == "rejected"}
@@ -201,7 +201,7 @@ def test_model_events_report_the_time_from_arrival_to_serving(model_v1):
     flow = Dataflow("arrival")
     streams = serve(
         "serve",
-        op.input("data", flow, ScheduledSource(at(0.5, messages(sample_records(10))))),
+        as_batches("batches", op.input("data", flow, ScheduledSource(at(0.5, messages(sample_records(10)))))),
         op.input("models", flow, ScheduledSource(at(0, [model_v1]))),
         ServingContext.create(AdmissionPolicy()),
         shards=2,

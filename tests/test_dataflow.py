@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from support.bad_models import bad_models
-from support.core_runs import at, messages, run_core, sample_records
+from support.core_runs import assert_same_scores, at, messages, run_core, sample_records
 
 from flows.records import DecodeFailure
 
@@ -113,3 +113,30 @@ def test_a_process_loads_each_model_once_and_results_do_not_depend_on_workers(wo
     assert len(run.results) == len(records)
     single = run_core(at(0, messages(records)), at(0, [model_v1]), workers=1, shards=8)
     assert scores(run, model_v1.model_name) == scores(single, model_v1.model_name)
+
+
+@pytest.mark.parametrize("workers", WORKERS)
+def test_results_are_the_same_whether_records_come_one_by_one_or_in_one_batch(workers, model_v1):
+    records = sample_records(500)
+    one_by_one = run_core(at(0.3, messages(records)), at(0, [model_v1]), workers=workers)
+    in_one_batch = run_core(at(0.3, [messages(records)]), at(0, [model_v1]), workers=workers)
+    assert one_by_one.errors() == in_one_batch.errors() == []
+    assert len(one_by_one.results) == len(in_one_batch.results) == len(records)
+    assert_same_scores(
+        [
+            (
+                item.result.input_record.user,
+                tuple(item.result.input_record.products),
+                tuple(item.result.model_result.probabilities),
+            )
+            for item in one_by_one.results
+        ],
+        [
+            (
+                item.result.input_record.user,
+                tuple(item.result.input_record.products),
+                tuple(item.result.model_result.probabilities),
+            )
+            for item in in_one_batch.results
+        ],
+    )

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from collections import Counter
 
+import numpy as np
+import pytest
 import urllib3
 from support.core_runs import assert_same_scores, sample_records
 from support.jobs import (
@@ -27,6 +29,7 @@ from flows.kafka.headers import (
     TOPIC_HEADER,
 )
 from flows.records import ModelToServeStats
+from flows.scorers import build_scorer
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.testing.loopback import free_port, free_ports
 from flows.tools.query_state import fetch
@@ -194,3 +197,47 @@ def test_a_model_switch_over_kafka_reaches_every_worker(kafka_bootstrap, model_v
     assert {model_of[(r.user, tuple(r.products))] for r in after} == {"recommender-v2"}
     partitions = {int(dict(m.headers())[SOURCE_PARTITION_HEADER]) for m in results}
     assert partitions == {0, 1, 2, 3}  # every partition was consumed
+
+
+def scored_results(bootstrap: str, topic: str, expected: int) -> list[tuple]:
+    """(partition, offset, user, products, scores) of every result on `topic`."""
+    rows = []
+    for message in consume_all(bootstrap, topic, expected):
+        headers, result = dict(message.headers()), RESULT.decode(message.value())
+        assert not result.metadata.errors, result.metadata.errors
+        rows.append(
+            (
+                int(headers[SOURCE_PARTITION_HEADER]),
+                int(headers[SOURCE_OFFSET_HEADER]),
+                result.input_record.user,
+                tuple(result.input_record.products),
+                tuple(result.model_result.probabilities),
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 4])
+def test_results_do_not_depend_on_the_poll_size_or_the_partitions(kafka_bootstrap, model_v1, partitions):
+    """Polls of 1 and of 500 messages give the same results, coordinates included; and with any number of
+    partitions every record gets the score the model gives it alone."""
+    records = sample_records(600)
+    topics = create_topics(
+        kafka_bootstrap, "polls", ["data", "models", "results", "results500", "dead"], partitions
+    )
+    produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
+    produce(kafka_bootstrap, topics["data"], [(str(r.user).encode(), RECORD.encode(r)) for r in records])
+    run_flow_to_end_of_topics(kafka_bootstrap, topics, SERVING_KAFKA_POLL_SIZE="1")
+    run_flow_to_end_of_topics(
+        kafka_bootstrap, {**topics, "results": topics["results500"]}, SERVING_KAFKA_POLL_SIZE="500"
+    )
+    by_one = scored_results(kafka_bootstrap, topics["results"], len(records))
+    by_500 = scored_results(kafka_bootstrap, topics["results500"], len(records))
+    assert len(by_one) == len(by_500) == len(records)
+    assert_same_scores(by_one, by_500)
+    assert len({(partition, offset) for partition, offset, *_ in by_one}) == len(records)
+    assert {partition for partition, *_ in by_one} == set(range(partitions))
+    scorer = build_scorer(model_v1)
+    for _, _, user, products, scores in by_500:
+        alone = scorer.score(np.full(len(products), user, np.float32), np.asarray(products, np.float32))
+        assert np.allclose(scores, alone, atol=1e-5)

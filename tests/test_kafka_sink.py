@@ -28,7 +28,9 @@ def big_result(products: int) -> KafkaSinkMessage:
 def test_a_result_over_the_producer_limit_goes_out_in_its_smaller_form(kafka_bootstrap):
     topic = create_topics(kafka_bootstrap, "sink", ["results"])["results"]
     sink = ResilientKafkaSink([kafka_bootstrap], topic, {"message.max.bytes": "50000"}).build("s", 0, 1)
-    sink.write_batch([Outgoing(big_result(10_000), smaller_result), Outgoing(big_result(3), smaller_result)])
+    sink.write_batch(
+        [[Outgoing(big_result(10_000), smaller_result)], [Outgoing(big_result(3), smaller_result)]]
+    )
     messages = consume_all(kafka_bootstrap, topic, 2)
     assert len(messages) == 2 and sink.replaced == 1
     replaced = [m for m in messages if REPLACED_HEADER in dict(m.headers())]
@@ -48,7 +50,7 @@ def test_a_dead_letter_the_topic_refuses_goes_out_cut_to_a_kibibyte(kafka_bootst
     letter = KafkaSinkMessage(
         b"k", b"v" * 20_000, headers=[("dead-letter.reason", b"why"), ("theirs", b"x" * 3000)]
     )
-    sink.write_batch([Outgoing(letter, smaller_dead_letter)])
+    sink.write_batch([[Outgoing(letter, smaller_dead_letter)]])
     (message,) = consume_all(kafka_bootstrap, topic, 1)
     headers = dict(message.headers())
     assert len(message.value()) == 1024 and headers[ORIGINAL_SIZE_HEADER] == b"20000"
@@ -63,10 +65,11 @@ def test_a_broker_that_goes_away_is_waited_for_and_nothing_is_lost(tmp_path):
         # Short delivery timeouts, so the retry path (not only librdkafka's own) is taken while it is away.
         config = {"message.timeout.ms": "3000", "reconnect.backoff.max.ms": "500"}
         sink = ResilientKafkaSink([bootstrap], topic, config).build("s", 0, 1)
-        sink.write_batch([Outgoing(big_result(3), smaller_result)])
+        sink.write_batch([[Outgoing(big_result(3), smaller_result)]])
     done = threading.Event()
     writer = threading.Thread(
-        target=lambda: (sink.write_batch([Outgoing(big_result(4), smaller_result)]), done.set()), daemon=True
+        target=lambda: (sink.write_batch([[Outgoing(big_result(4), smaller_result)]]), done.set()),
+        daemon=True,
     )
     writer.start()  # the broker is down now
     time.sleep(8)

@@ -11,7 +11,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
-from support.core_runs import FlowRun, messages, sample_records
+from support.core_runs import FlowRun, messages, sample_records, unbatched
 
 from flows.admission.policy import AdmissionPolicy
 from flows.app import build_flow
@@ -20,16 +20,17 @@ from flows.dataflow import serve
 from flows.model_holder import ModelHolderLogic
 from flows.settings import Settings
 from flows.shard import ShardLogic, shard_keys
+from flows.sources.batched import PollBatches
 
 SHARDS = 4
 
 
 def recoverable_flow(data: list, models: list, run: FlowRun) -> Dataflow:
     flow = Dataflow("recovery")
-    data_stream = op.input("data", flow, TestingSource(data, batch_size=5))
+    data_stream = op.input("data", flow, PollBatches(TestingSource(data, batch_size=5)))
     model_stream = op.input("models", flow, TestingSource(models))
     streams = serve("serve", data_stream, model_stream, run.context, shards=SHARDS, hold_limit=1000)
-    op.output("results", streams.results, TestingSink(run.results))
+    op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
     return flow
 
@@ -137,6 +138,6 @@ def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
     [(name, usage)] = [(model["name"], model["usage"]) for model in context.state.per_model()]
     assert (name, usage) == ("recommender-v2", 1200)
     outputs, _ = shard.on_eof()  # no model arrives: the held record is answered, not lost
-    [held] = outputs
+    [[held]] = outputs  # one batch of results: the held record's
     assert held.result.input_record.products == [3, 5, 8] and held.origin.offset == 4711
     assert held.origin == held_before.origin and type(held.origin).__name__ == "KafkaOrigin"

@@ -29,6 +29,7 @@ from flows.records import ModelDescriptor, ModelEvent, ModelType
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.location import TLS_SCHEMES
 from flows.settings import Settings
+from flows.sources.batched import PollBatches
 from flows.sources.generators import DataGenerator, ModelGenerator, shipped_model
 from flows.testing.local_servers import mlserver, tfserving_double
 from flows.testing.loopback import free_port
@@ -134,7 +135,9 @@ def _measure(
     timed[0].call_ms.clear()
     flow = Dataflow("bench")
     data = op.input(
-        "data", flow, DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)
+        "data",
+        flow,
+        PollBatches(DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)),
     )
     models = op.input("models", flow, ModelGenerator([model], interval=3600, count=1))
     streams = serve("serve", data, models, context, shards=shards, hold_limit=records)
@@ -179,7 +182,8 @@ def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: i
     context = ServingContext.create()
     context.cache.acquire(v1)
     flow = Dataflow("bench-swap")
-    data = op.input("data", flow, DataGenerator(records, rate, partitions=1, batch=batch, seed=settings.seed))
+    generator = DataGenerator(records, rate, partitions=1, batch=batch, seed=settings.seed)
+    data = op.input("data", flow, PollBatches(generator))
     models = ModelGenerator([v1, v2], interval=swap_after, count=2, open_for=records / rate)
     streams = serve(
         "serve", data, op.input("models", flow, models), context, shards=shards, hold_limit=records

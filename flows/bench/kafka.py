@@ -19,7 +19,6 @@ from flows.settings import Settings
 from flows.sources.generators import generated_records, shipped_model
 from flows.sources.pacing import Pace
 from flows.testing.local_broker import (
-    LOCAL_BROKER_CONSUMER_CONFIG,
     consume_all,
     create_topics,
     kafka_broker,
@@ -55,7 +54,7 @@ def run_kafka_embedded(
             kafka_results_topic=topics["results"],
             kafka_dead_letters_topic=topics["dead"],
             kafka_tail=rate > 0,
-            kafka_consumer_config={**LOCAL_BROKER_CONSUMER_CONFIG, **settings.kafka_consumer_config},
+            kafka_consumer_config=settings.kafka_consumer_config,
             console_every=0,
             shards=settings.shards,
         )

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer
 from flows.admission.policy import admission_policy
 from flows.avro import RECORD, RESULT
 from flows.bench.report import kafka_report
+from flows.kafka.config import CONSUMER_DEFAULTS
 from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
 from flows.records import (
     DecodeFailure,
@@ -29,7 +30,6 @@ from flows.scorers import Scorer, build_scorer
 from flows.settings import Settings
 from flows.sources.generators import generated_records, shipped_model
 from flows.testing.local_broker import (
-    LOCAL_BROKER_CONSUMER_CONFIG,
     consume_all,
     create_topics,
     kafka_broker,
@@ -69,7 +69,7 @@ def _serve(
             "group.id": f"baseline-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": "false",
-            **LOCAL_BROKER_CONSUMER_CONFIG,  # the same read-ahead as the flow's consumers in the benchmark
+            **CONSUMER_DEFAULTS,  # the same read-ahead as the flow's consumers
         }
     )
     producer = Producer({"bootstrap.servers": servers, "linger.ms": "5"})

@@ -12,19 +12,20 @@ from flows.records import ScoredMessage
 T = TypeVar("T")
 
 
-class _LatencyPartition(StatelessSinkPartition[ScoredMessage]):
+class _LatencyPartition(StatelessSinkPartition[list[ScoredMessage]]):
     def __init__(self, latencies: list[int], errors: list[str]) -> None:
         self.latencies = latencies
         self.errors = errors
 
-    def write_batch(self, items: list[ScoredMessage]) -> None:
+    def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
         now = time.time_ns()
-        self.latencies.extend(now - item.entered_ns for item in items)
-        self.errors.extend(item.result.metadata.errors for item in items if item.result.metadata.errors)
+        for batch in batches:
+            self.latencies.extend(now - item.entered_ns for item in batch)
+            self.errors.extend(item.result.metadata.errors for item in batch if item.result.metadata.errors)
 
 
-class LatencySink(DynamicSink[ScoredMessage]):
-    """Collects each result's latency (ns) and any error, in this process."""
+class LatencySink(DynamicSink[list[ScoredMessage]]):
+    """Collects each result's latency (ns) and any error, from batches of results, in this process."""
 
     def __init__(self) -> None:
         self.latencies: list[int] = []
@@ -34,7 +35,7 @@ class LatencySink(DynamicSink[ScoredMessage]):
         return _LatencyPartition(self.latencies, self.errors)
 
 
-class SwapSink(DynamicSink[ScoredMessage]):
+class SwapSink(DynamicSink[list[ScoredMessage]]):
     """Per result: arrival (time.time()), latency, whether v2 scored it, whether it has an error.
 
     Plain numbers only: keeping every result object would grow what each full garbage collection scans
@@ -51,10 +52,10 @@ class SwapSink(DynamicSink[ScoredMessage]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
         sink = self
 
-        class _Partition(StatelessSinkPartition[ScoredMessage]):
-            def write_batch(self, items: list[ScoredMessage]) -> None:
+        class _Partition(StatelessSinkPartition[list[ScoredMessage]]):
+            def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
                 now = time.time()
-                for item in items:
+                for item in (item for batch in batches for item in batch):
                     sink.arrived.append(now)
                     sink.latency_ms.append((now * 1e9 - item.entered_ns) / 1e6)
                     sink.by_new_model.append(item.result.metadata.model_name == sink.new_model)

@@ -94,17 +94,20 @@ def smaller_dead_letter(message: KafkaSinkMessage, reason: str) -> KafkaSinkMess
 
 
 def kafka_outputs(
-    settings: Settings, results: Stream[ScoredMessage], dead_letters: Stream[KafkaSinkMessage]
+    settings: Settings, results: Stream[list[ScoredMessage]], dead_letters: Stream[KafkaSinkMessage]
 ) -> None:
-    """Write results to the results topic and dead letters to the dead-letter topic (see flows.kafka.sink)."""
+    """Write result batches to the results topic and dead letters to the dead-letter topic (see
+    flows.kafka.sink; both travel as batches, a dead letter as a batch of one)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map(
-        "encode_results", results, lambda scored: Outgoing(result_message(scored), smaller_result)
+        "encode_results",
+        results,
+        lambda batch: [Outgoing(result_message(scored), smaller_result) for scored in batch],
     )
     op.output("kafka_results", encoded, ResilientKafkaSink(brokers, settings.kafka_results_topic, config))
     letters = op.map(
-        "dead_letter_messages", dead_letters, lambda letter: Outgoing(letter, smaller_dead_letter)
+        "dead_letter_messages", dead_letters, lambda letter: [Outgoing(letter, smaller_dead_letter)]
     )
     op.output(
         "kafka_dead_letters", letters, ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config)

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.avro import MODEL, RECORD, AvroCodec
 from flows.kafka.catch_up import CatchUpSource
-from flows.kafka.config import client_config
+from flows.kafka.config import consumer_config
 from flows.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.model_holder import CaughtUp
 from flows.records import (
@@ -29,6 +29,7 @@ from flows.records import (
     cut,
 )
 from flows.settings import Settings
+from flows.sources.batched import PollBatches
 from flows.sources.stoppable import StoppableSource
 
 
@@ -45,7 +46,7 @@ class KafkaOrigin:
 
 @dataclass(frozen=True)
 class KafkaInputs:
-    data: Stream[DataMessage]
+    data: Stream[list[DataMessage]]  # one batch per poll of a partition
     # Undecodable model messages come along as DecodeFailures, so the flow reports them as rejected models.
     models: Stream[ModelDescriptor | DecodeFailure | CaughtUp]
     dead_letters: Stream[KafkaSinkMessage]
@@ -95,6 +96,27 @@ def _decoder(codec: AvroCodec, settings: Settings, wrap):
     return decode
 
 
+@dataclass(frozen=True, slots=True)
+class _DecodedPoll:
+    """One poll of a data partition: its records, in order, and the messages that did not decode."""
+
+    batch: list[DataMessage]
+    undecodable: list[_Undecodable]
+
+
+def _poll_decoder(decode):
+    """Decode a whole poll (see `flows.sources.batched`) with the per-message `decode`."""
+
+    def decode_poll(items: list[KafkaSourceMessage | KafkaError]) -> _DecodedPoll:
+        batch, undecodable = [], []
+        for item in items:
+            value = decode(item)
+            (undecodable if isinstance(value, _Undecodable) else batch).append(value)
+        return _DecodedPoll(batch, undecodable)
+
+    return decode_poll
+
+
 def _data_message(record, message: KafkaSourceMessage) -> DataMessage:
     timestamp_ms = message.timestamp[1] if message.timestamp else 0
     origin = KafkaOrigin(
@@ -103,38 +125,44 @@ def _data_message(record, message: KafkaSourceMessage) -> DataMessage:
     return DataMessage(record, time.time_ns(), origin)
 
 
-def _source(settings: Settings, topic: str, start: int, catch_up: bool = False) -> StoppableSource:
-    config = client_config(settings, settings.kafka_consumer_config)
+def _source(
+    settings: Settings, topic: str, start: int, catch_up: bool = False, polls: bool = False
+) -> StoppableSource:
+    config = consumer_config(settings)
     source = KafkaSource(
         settings.kafka_bootstrap_servers.split(","),
         [topic],
         tail=settings.kafka_tail,
         starting_offset=start,
         add_config=config,
+        batch_size=settings.kafka_poll_size,
         raise_on_errors=False,
     )
     if catch_up:
         lookup = {"bootstrap.servers": settings.kafka_bootstrap_servers, **config}
         return StoppableSource(CatchUpSource(source, topic, lookup))
-    return StoppableSource(source)
+    return StoppableSource(PollBatches(source) if polls else source)
 
 
 def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
     """The data and model streams from Kafka, and the dead letters of both."""
     data_start = OFFSET_BEGINNING if settings.kafka_data_start == "earliest" else OFFSET_END
-    raw_data = op.input("kafka_data", flow, _source(settings, settings.kafka_data_topic, data_start))
+    raw_data = op.input(
+        "kafka_data", flow, _source(settings, settings.kafka_data_topic, data_start, polls=True)
+    )
     raw_models = op.input(
         "kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING, catch_up=True)
     )
 
-    data = op.map("decode_data", raw_data, _decoder(RECORD, settings, _data_message))
+    polls = op.map("decode_data", raw_data, _poll_decoder(_decoder(RECORD, settings, _data_message)))
+    data = op.filter_map("data_batches", polls, lambda poll: poll.batch or None)
+    undecodable_data = op.flat_map("undecodable_data", polls, lambda poll: poll.undecodable)
     models = op.map("decode_models", raw_models, _decoder(MODEL, settings, lambda value, _: value))
-    data_split = op.branch("split_data", data, lambda item: not isinstance(item, _Undecodable))
     model_split = op.branch("split_models", models, lambda item: not isinstance(item, _Undecodable))
-    dead = op.merge("dead_letters", data_split.falses, model_split.falses)
+    dead = op.merge("dead_letters", undecodable_data, model_split.falses)
     model_failures = op.map("model_failures", model_split.falses, lambda item: item.failure)
     return KafkaInputs(
-        data=data_split.trues,
+        data=data,
         models=op.merge("models_and_failures", model_split.trues, model_failures),
         dead_letters=op.map("dead_message", dead, lambda item: item.dead_letter),
     )

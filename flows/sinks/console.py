@@ -25,24 +25,24 @@ def describe_result(result: RecommenderResult) -> str:
     return f"{user}: top of {len(ranked):>2} products {best}  [{metadata.model_name}, batch {metadata.duration} ms]"
 
 
-class _ConsolePartition(StatelessSinkPartition[ScoredMessage]):
+class _ConsolePartition(StatelessSinkPartition[list[ScoredMessage]]):
     def __init__(self, every: int, stream: TextIO) -> None:
         self.every = every
         self.stream = stream
         self.seen = 0
 
-    def write_batch(self, items: list[ScoredMessage]) -> None:
+    def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
         lines = []
-        for item in items:
-            self.seen += 1
-            if self.seen % self.every == 0:
-                lines.append(describe_result(item.result))
+        for batch in batches:
+            first = self.every - self.seen % self.every - 1  # the batch's first result due for the console
+            lines.extend(describe_result(item.result) for item in batch[first :: self.every])
+            self.seen += len(batch)
         if lines:
             print("\n".join(lines), file=self.stream, flush=True)
 
 
-class ConsoleResultSink(DynamicSink[ScoredMessage]):
-    """Prints every `every`-th result per worker (0: none)."""
+class ConsoleResultSink(DynamicSink[list[ScoredMessage]]):
+    """Prints every `every`-th result per worker (0: none), from batches of results."""
 
     def __init__(self, every: int, stream: TextIO = sys.stdout) -> None:
         self.every = every
@@ -50,7 +50,7 @@ class ConsoleResultSink(DynamicSink[ScoredMessage]):
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[ScoredMessage]:
+    ) -> StatelessSinkPartition[list[ScoredMessage]]:
         return _ConsolePartition(self.every or 1 << 62, self.stream)
 
 

@@ -25,28 +25,29 @@ def _drop_torn_last_line(path: Path) -> None:
             file.truncate(content.rfind(b"\n") + 1)
 
 
-class _JsonLinesPartition(StatelessSinkPartition[ScoredMessage]):
+class _JsonLinesPartition(StatelessSinkPartition[list[ScoredMessage]]):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             _drop_torn_last_line(path)
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the partition's life)
 
-    def write_batch(self, items: list[ScoredMessage]) -> None:
-        self.file.write("".join(json.dumps(RESULT.to_avro(item.result)) + "\n" for item in items))
+    def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
+        lines = (json.dumps(RESULT.to_avro(item.result)) + "\n" for batch in batches for item in batch)
+        self.file.write("".join(lines))
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
 
 
-class JsonLinesResultSink(DynamicSink[ScoredMessage]):
-    """Appends results, in the RecommenderResult Avro schema's JSON shape, to DIR/results-W.jsonl."""
+class JsonLinesResultSink(DynamicSink[list[ScoredMessage]]):
+    """Appends batches of results, in the RecommenderResult Avro schema's JSON shape, to DIR/results-W.jsonl."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[ScoredMessage]:
+    ) -> StatelessSinkPartition[list[ScoredMessage]]:
         return _JsonLinesPartition(self.directory / f"results-{worker_index}.jsonl")

@@ -21,20 +21,6 @@ from flows.testing.loopback import free_port, wait_until_ready
 
 EXTERNAL_BROKER_VARIABLE = "SERVING_TEST_KAFKA_BOOTSTRAP"
 
-# noida-db answers a Fetch at the end of a partition at once, empty, where Kafka holds it for up to
-# fetch.wait.max.ms (it ignores that and fetch.min.bytes). librdkafka then fetches again straight away, so a
-# consumer at the end of its partition makes 20,000-35,000 Fetch requests a second, and its broker thread and
-# noida-db burn a core between them. With librdkafka's default read-ahead (100,000 messages per partition)
-# a consumer of a pre-loaded topic is at the end after its first fetch and spins for the whole run, one
-# spinning consumer per partition, taking the CPU from the flow. A short read-ahead keeps consumers away from
-# the end until the flow has read nearly everything (harmless with Kafka: Bytewax polls 1,000 at a time).
-# A consumer that waits at the end for new messages (a tailing flow) still spins.
-LOCAL_BROKER_CONSUMER_CONFIG = {
-    "queued.min.messages": "1000",
-    # librdkafka waits this long before looking again whether its queue is short enough (default 1000 ms).
-    "fetch.queue.backoff.ms": "10",
-}
-
 
 def _answers(admin: AdminClient) -> bool:
     try:

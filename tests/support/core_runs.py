@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import (
     DynamicSource,
     FixedPartitionedSource,
@@ -146,13 +146,23 @@ class FlowRun:
         return [item.result.metadata.errors for item in self.results if item.result.metadata.errors]
 
 
+def as_batches(step_id: str, stream: Stream[Any]) -> Stream[list[DataMessage]]:
+    """Records as `serve` takes them, in batches: a test source's item (a record, or a list) as one batch."""
+    return op.map(step_id, stream, lambda item: item if isinstance(item, list) else [item])
+
+
+def unbatched(step_id: str, results: Stream[list[ScoredMessage]]) -> Stream[ScoredMessage]:
+    """The flow's result batches as single results, for a sink that collects them."""
+    return op.flat_map(step_id, results, lambda batch: batch)
+
+
 def serve_into(run: FlowRun, data: Any, models: Any, shards: int = 4, hold_limit: int = 1000) -> Dataflow:
     """A flow serving `data` and `models` (Bytewax sources) into `run`'s results and events."""
     flow = Dataflow("test")
-    data_stream = op.input("data", flow, data)
+    data_stream = as_batches("batches", op.input("data", flow, data))
     model_stream = op.input("models", flow, models)
     streams = serve("serve", data_stream, model_stream, run.context, shards=shards, hold_limit=hold_limit)
-    op.output("results", streams.results, TestingSink(run.results))
+    op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
     return flow
 
