@@ -1,12 +1,13 @@
 """The serving dataflow's core, independent of where its inputs come from and where its outputs go.
 
-    data batches ──split by shard (user % shards)─────────┐
+    data batches ──to a shard, in turn──────────────────────┐
                                                             ├─merge─▶ stateful_batch(shard) ─▶ result batches
     models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                └▶ events
 
 Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
 `flows.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
-events it returns. Records travel in batches so that the engine's per-item cost is paid per batch.
+events it returns. Records travel in batches so that the engine's per-item cost, and the model's per-call
+cost, are paid per batch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from bytewax.dataflow import Stream
 from flows.context import ServingContext
 from flows.model_holder import HOLDER_KEY, HolderInput, ModelHolderLogic
 from flows.records import DataMessage, ModelEvent, ScoredMessage
-from flows.shard import ModelUpdate, ShardLogic, shard_keys, split_by_shard
+from flows.shard import ModelUpdate, ShardLogic, batch_router, shard_keys
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def serve(
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
     keys = shard_keys(shards)
 
-    keyed_data = op.flat_map(f"{step_id}_shard_data", data, partial(split_by_shard, keys))
+    keyed_data = op.map(f"{step_id}_shard_data", data, batch_router(keys))
 
     keyed_models = op.key_on(f"{step_id}_key_models", models, lambda _: HOLDER_KEY)
     held = op.key_rm(
@@ -74,7 +75,7 @@ def serve(
         op.stateful_batch(
             f"{step_id}_shards",
             shard_in,
-            partial(ShardLogic, keys, hold_limit, max_products, context),
+            partial(ShardLogic, hold_limit, max_products, context),
         ),
     )
     shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, list))

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVING_", frozen=True)
 
-    shards: int = Field(8, ge=1, description="Shard keys records are spread over (user % shards).")
+    shards: int = Field(
+        8, ge=1, description="Shard keys batches of records (one per source poll) are spread over, in turn."
+    )
     max_products: int = Field(
         10_000,
         ge=1,
@@ -70,7 +72,9 @@ class Settings(BaseSettings):
         "earliest", description="Where a flow without recovery state starts reading the data topic."
     )
     kafka_poll_size: int = Field(
-        1000, ge=1, description="Most messages a data partition reads per poll; a poll travels the flow as one batch."
+        1000,
+        ge=1,
+        description="Most messages a data partition reads per poll; a poll travels the flow as one batch.",
     )
     kafka_tail: bool = Field(
         True, description="Keep waiting for messages; false: stop at the end of the topics."

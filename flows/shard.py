@@ -14,8 +14,9 @@ itself, which lives once in the model holder's state (see `flows.model_holder`).
 from __future__ import annotations
 
 import copy
+import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
@@ -35,19 +36,29 @@ def shard_keys(shards: int) -> list[str]:
     return [f"shard-{index:03d}" for index in range(shards)]
 
 
-def shard_of(user: int, keys: list[str]) -> str:
-    """The shard key that scores `user`'s records: the one place records are routed."""
-    return keys[user % len(keys)]
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """Records sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
+
+    shard: str
+    messages: list[DataMessage]
 
 
-def split_by_shard(keys: list[str], batch: list[DataMessage]) -> list[tuple[str, list[DataMessage]]]:
-    """A batch of records as one batch per shard that has records in it, each in the batch's order."""
-    if len(keys) == 1:
-        return [(keys[0], batch)]
-    parts: dict[str, list[DataMessage]] = {}
-    for message in batch:
-        parts.setdefault(shard_of(message.record.user, keys), []).append(message)
-    return list(parts.items())
+def batch_router(keys: list[str]) -> Callable[[list[DataMessage]], tuple[str, ShardBatch]]:
+    """Routes each batch of records, whole, to the next shard in turn: the one place records are routed.
+
+    A batch stays whole so that it is scored with one model call: a call has a fixed cost (about 1 ms for
+    the shipped SavedModel, as much as 3,000 pairs), so splitting a poll of 1,000 records over 8 shards
+    made 8 calls where one does. Taking the shards in turn spreads batches, and so the scoring, evenly over
+    the workers that own the shards. Any shard may score any record: every shard serves every model.
+    """
+    turns = itertools.count()
+
+    def route(batch: list[DataMessage]) -> tuple[str, ShardBatch]:
+        key = keys[next(turns) % len(keys)]
+        return key, ShardBatch(key, batch)
+
+    return route
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +72,7 @@ class ModelUpdate:
 
 # Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
 # per-item cost is paid per batch (see flows.sources.batched).
-ShardInput = list[DataMessage] | ModelUpdate
+ShardInput = ShardBatch | ModelUpdate
 ShardOutput = list[ScoredMessage] | ModelEvent
 
 
@@ -81,13 +92,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
 
     def __init__(
         self,
-        keys: list[str],
         hold_limit: int,
         max_products: int,
         context: ServingContext,
         resume: ShardState | None,
     ) -> None:
-        self.keys = keys
         self.hold_limit = hold_limit
         self.max_products = max_products
         self.cache: ScorerCache = context.cache
@@ -106,10 +115,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         outputs: list[ShardOutput] = []
         run: list[DataMessage] = []
         if not self.state.shard:
-            self.state.shard = self._shard_of(values[0])
+            self.state.shard = values[0].shard
         for value in values:
-            if not isinstance(value, ModelUpdate):
-                run.extend(value)
+            if isinstance(value, ShardBatch):
+                run.extend(value.messages)
                 continue
             # Records before a model event are scored with the model they arrived under.
             self._score(run, outputs)
@@ -130,11 +139,6 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     @property
     def shard(self) -> str:
         return self.state.shard
-
-    def _shard_of(self, value: ShardInput) -> str:
-        if isinstance(value, ModelUpdate):
-            return value.shard
-        return shard_of(value[0].record.user, self.keys)
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []

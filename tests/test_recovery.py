@@ -19,7 +19,7 @@ from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.model_holder import ModelHolderLogic
 from flows.settings import Settings
-from flows.shard import ShardLogic, shard_keys
+from flows.shard import ShardLogic
 from flows.sources.batched import PollBatches
 
 SHARDS = 4
@@ -128,7 +128,7 @@ def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
     holder = ModelHolderLogic(context.cache, True, restored["serve_model_holder"])
     assert holder.snapshot().model_source_location == "grpc://127.0.0.1:8500/models/recommender"
     [held_before] = restored["serve_shards"].held
-    shard = ShardLogic(shard_keys(SHARDS), 1000, 10_000, context, restored["serve_shards"])
+    shard = ShardLogic(1000, 10_000, context, restored["serve_shards"])
     state = shard.snapshot()
     assert (state.shard, state.model_digest, state.model_name) == (
         "shard-003",

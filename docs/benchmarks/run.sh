@@ -8,8 +8,11 @@ cd "$(dirname "$0")"
 results=results.jsonl
 for round in $(seq "${ROUNDS:-3}"); do
     echo "round $round" >&2
-    for scenario in embedded kafka-embedded tfserving-grpc tfserving-rest v2-grpc v2-rest; do
+    for scenario in embedded kafka-embedded kafka-baseline tfserving-grpc tfserving-rest v2-grpc v2-rest; do
         serving-bench --scenario "$scenario" --records 50000 --out "$results"
+    done
+    for scenario in kafka-embedded kafka-baseline; do
+        serving-bench --scenario "$scenario" --records 50000 --partitions 4 --out "$results"
     done
     for rate in 1000 2500 5000 10000; do
         for scenario in embedded kafka-embedded; do
