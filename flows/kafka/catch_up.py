@@ -13,7 +13,6 @@ returned nothing for `IDLE_CATCH_UP` also counts as caught up.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
@@ -21,16 +20,17 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, TopicPartition
 
 from flows.model_holder import CaughtUp
+from flows.sources.wrapping import PartitionWrapper
 
 IDLE_CATCH_UP_S = 2.0
 LOOKUP_TIMEOUT_S = 10.0
 
 
-class _CatchUpPartition(StatefulSourcePartition[Any, Any]):
+class _CatchUpPartition(PartitionWrapper):
     def __init__(
         self, inner: StatefulSourcePartition, name: str, end_offset: int, partitions: int, resume: int | None
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.marker: CaughtUp | None = CaughtUp(name, partitions)
         self.last_offset = end_offset - 1  # the last message there was at start-up
         if resume is not None and resume > self.last_offset:
@@ -51,15 +51,6 @@ class _CatchUpPartition(StatefulSourcePartition[Any, Any]):
             batch = [self.marker]
             self.marker = None
         return batch
-
-    def next_awake(self) -> datetime | None:
-        return self.inner.next_awake()
-
-    def snapshot(self) -> Any:
-        return self.inner.snapshot()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _offset(item: KafkaSourceMessage | KafkaError) -> int:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import StatefulSourcePartition
 
 from flows import shutdown
+from flows.sources.wrapping import PartitionWrapper, SourceWrapper
 
 STOP_POLL = timedelta(seconds=0.5)
 
 
-class _StoppablePartition(StatefulSourcePartition[Any, Any]):
-    def __init__(self, inner: StatefulSourcePartition) -> None:
-        self.inner = inner
-
+class _StoppablePartition(PartitionWrapper):
     def next_batch(self) -> list:
         if shutdown.requested():
             raise StopIteration()
@@ -27,21 +24,9 @@ class _StoppablePartition(StatefulSourcePartition[Any, Any]):
             return None
         return min(wake, datetime.now(timezone.utc) + STOP_POLL)
 
-    def snapshot(self) -> Any:
-        return self.inner.snapshot()
 
-    def close(self) -> None:
-        self.inner.close()
-
-
-class StoppableSource(FixedPartitionedSource[Any, Any]):
+class StoppableSource(SourceWrapper):
     """`inner`, except that its partitions end their input once a stop is requested."""
 
-    def __init__(self, inner: FixedPartitionedSource) -> None:
-        self.inner = inner
-
-    def list_parts(self) -> list[str]:
-        return self.inner.list_parts()
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
-        return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state))
+    def wrap(self, partition: StatefulSourcePartition) -> _StoppablePartition:
+        return _StoppablePartition(partition)

@@ -1,0 +1,45 @@
+"""The base of the flow's source wrappers (stoppable, batched, the Kafka catch-up): a partition that hands
+everything to the partition it wraps, and a source that wraps each partition of another source. A wrapper
+overrides only what it changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+
+class PartitionWrapper(StatefulSourcePartition[Any, Any]):
+    """`inner`, unchanged: its batches, wake-ups, snapshots (so recovery state is the inner source's) and close."""
+
+    def __init__(self, inner: StatefulSourcePartition) -> None:
+        self.inner = inner
+
+    def next_batch(self) -> list:
+        return self.inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SourceWrapper(FixedPartitionedSource[Any, Any]):
+    """`inner`'s partitions, each wrapped by `wrap`."""
+
+    def __init__(self, inner: FixedPartitionedSource) -> None:
+        self.inner = inner
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> PartitionWrapper:
+        return self.wrap(self.inner.build_part(step_id, for_part, resume_state))
+
+    def wrap(self, partition: StatefulSourcePartition) -> PartitionWrapper:
+        raise NotImplementedError
