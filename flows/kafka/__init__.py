@@ -2,9 +2,17 @@
 results and dead letters out (`outputs`, through the delivery-checking `sink`), Avro messages throughout.
 
 `KafkaOrigin` is importable from here because recovery snapshots written before this package was split
-name it `flows.kafka.KafkaOrigin` (records a shard holds before its first model keep their origin).
+name it `flows.kafka.KafkaOrigin` (records a shard holds before its first model keep their origin). It is
+looked up on first use, so that importing `flows.kafka.headers` or `flows.kafka.config` (as the tools do)
+does not import the source and everything behind it.
 """
 
-from flows.kafka.source import KafkaOrigin
+from typing import Any
 
-__all__ = ["KafkaOrigin"]
+
+def __getattr__(name: str) -> Any:
+    if name == "KafkaOrigin":
+        from flows.kafka.source import KafkaOrigin
+
+        return KafkaOrigin
+    raise AttributeError(f"module 'flows.kafka' has no attribute {name!r}")
