@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -63,15 +64,29 @@ def finished_output(process: subprocess.Popen) -> str:
 
 
 def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
-    """Wait until the model holder's state is in the recovery store, and one more snapshot interval."""
+    """Wait until a snapshot of the model holder that holds a model is committed: what a restart resumes from.
+
+    A holder row alone is not enough: the holder also writes a snapshot without a model (its start-up
+    marker arrives before the model is judged), and a snapshot of an epoch later than the committed one is
+    not what a restart reads. Under load, waiting for any row and a fixed second and a half once killed a
+    job before its model's snapshot was committed, and the restarted job had no model.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(database) as db:
-            if db.execute("SELECT count(*) FROM snaps WHERE step_id LIKE '%model_holder'").fetchone()[0]:
-                time.sleep(1.5)
-                return
+            [(committed,)] = db.execute("SELECT min(commit_epoch) FROM commits").fetchall()
+            holders = db.execute(
+                "SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
+            ).fetchall()
+        if committed is not None and any(
+            epoch < committed and pickle.loads(state) is not None  # the test's own recovery store
+            for epoch, state in holders
+        ):
+            return
         time.sleep(0.2)
-    raise AssertionError(f"no model snapshot in {database} after {timeout} s")
+    raise AssertionError(
+        f"no committed snapshot of the model holder with a model in {database} after {timeout} s"
+    )
 
 
 def encoded(records):
