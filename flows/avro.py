@@ -31,6 +31,8 @@ from flows.records import (
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
+    ScoredBatch,
+    ScoredMessage,
 )
 
 # Package data (`flows/schemas/`), read through importlib.resources so an installed wheel finds them too.
@@ -304,6 +306,31 @@ def _metadata(metadata: ModelResultMetadata) -> bytes:
     return encoded
 
 
+# Product ids as result strings (`str(id)`, encoded), by id: bounded like _STRINGS.
+_ID_STRINGS: dict[int, bytes] = {}
+
+
+def _id_string(product: int) -> bytes:
+    encoded = _ID_STRINGS.get(product)
+    if encoded is None:
+        encoded = _string(str(product))
+        if len(_ID_STRINGS) >= _MAX_STRINGS:
+            _ID_STRINGS.clear()
+        _ID_STRINGS[product] = encoded
+    return encoded
+
+
+def _id_string_array(products: Sequence[int]) -> bytes:
+    """The array of strings a result gives for `products`: what _string_array writes for their `str`s."""
+    if not products:
+        return b"\x00"
+    try:
+        items = b"".join(map(_ID_STRINGS.__getitem__, products))
+    except KeyError:
+        items = b"".join(map(_id_string, products))
+    return _long(len(products)) + items + b"\x00"
+
+
 def _write_result(result: RecommenderResult) -> bytes:
     record, output = result.input_record, result.model_result
     return b"".join(
@@ -320,6 +347,41 @@ def _write_result(result: RecommenderResult) -> bytes:
 
 # The RecommenderResult schema (with the three records it uses) that _write_result encodes.
 _RESULT_WRITER = DatumWriter(_write_result, schema_fingerprint="1adba0e682f7b96b")
+
+
+def encode_results(batch: Sequence[ScoredMessage]) -> list[bytes]:
+    """Every result of `batch`, as `RESULT.encode` writes it.
+
+    A ScoredBatch is read in columns: its scores are converted to Avro doubles once for the whole batch and
+    sliced per record, and no result object is built (about half the cost of encoding a result).
+    """
+    if not isinstance(batch, ScoredBatch) or not RESULT.fast_path:
+        return [RESULT.encode(item.result) for item in batch]
+    header = RESULT.header
+    doubles = batch.scores.astype("<f8").tobytes()  # IEEE 754 binary64, little-endian, as Avro writes them
+    metadata = _metadata(batch.metadata)
+    replaced = batch.replaced
+    encoded = []
+    for index, (message, start, count) in enumerate(zip(batch.messages, batch.starts, batch.counts)):
+        if index in replaced:
+            encoded.append(RESULT.encode(replaced[index].result))
+            continue
+        record = message.record
+        scores = _long(count) + doubles[8 * start : 8 * (start + count)] + b"\x00" if count else b"\x00"
+        encoded.append(
+            b"".join(
+                (
+                    header,
+                    _long(record.user),
+                    _long_array(record.products),
+                    _string(record.datatype),
+                    _id_string_array(record.products),
+                    scores,
+                    metadata,
+                )
+            )
+        )
+    return encoded
 
 
 def _result_from_avro(datum: dict) -> RecommenderResult:

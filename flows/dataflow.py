@@ -12,6 +12,7 @@ cost, are paid per batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -26,7 +27,7 @@ from flows.shard import ModelUpdate, ShardLogic, batch_router, shard_keys
 
 @dataclass(frozen=True)
 class ServingStreams:
-    results: Stream[list[ScoredMessage]]
+    results: Stream[Sequence[ScoredMessage]]  # a ScoredBatch per model call, a list for errors
     events: Stream[ModelEvent]
 
 
@@ -78,9 +79,9 @@ def serve(
             partial(ShardLogic, hold_limit, max_products, context),
         ),
     )
-    shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, list))
-    events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.falses)
+    shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ModelEvent))
+    events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.trues)
     op.inspect(
         f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
     )
-    return ServingStreams(results=shard_out.trues, events=events)
+    return ServingStreams(results=shard_out.falses, events=events)

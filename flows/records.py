@@ -9,8 +9,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import accumulate
+from typing import Any, overload
+
+import numpy as np
 
 MAX_REASON_CHARS = 1_000
 
@@ -156,6 +160,104 @@ class ScoredMessage:
     entered_ns: int
     origin: Any = None
     trace_context: str = ""
+
+
+class ScoredBatch(Sequence[ScoredMessage]):
+    """The results of one model call, kept in columns: the input messages, the pairs each record had, the
+    scores of all pairs in one array, the batch's metadata, and the records whose result is an error.
+
+    It is a sequence of ScoredMessage, built on demand, so any sink reads it like a list. A sink that
+    writes bytes (`flows.avro.encode_results`) reads the columns instead: one conversion of the scores for
+    the whole batch rather than three objects and two lists per record, which was a fifth of the Kafka
+    flow's time.
+    """
+
+    __slots__ = ("_starts", "counts", "messages", "metadata", "replaced", "scores", "trace_context")
+
+    def __init__(
+        self,
+        messages: list[DataMessage],
+        counts: list[int],
+        scores: np.ndarray,
+        metadata: ModelResultMetadata,
+        replaced: dict[int, ScoredMessage] | None = None,
+    ) -> None:
+        self.messages = messages
+        self.counts = (
+            counts  # pairs of each record; record i's scores are scores[starts[i]:starts[i] + counts[i]]
+        )
+        self.scores = scores  # empty when every record is replaced
+        self.metadata = metadata
+        self.replaced = replaced or {}  # by index: records whose result is an error (scores withheld)
+        self.trace_context = ""  # the W3C traceparent of the batch's span, carried by every result
+        self._starts: list[int] | None = None
+
+    @classmethod
+    def of_results(cls, messages: list[DataMessage], results: Sequence[ScoredMessage]) -> ScoredBatch:
+        """A batch whose results were made one by one (errors, records scored alone)."""
+        counts = [len(message.record.products) for message in messages]
+        return cls(messages, counts, np.empty(0, np.float32), ModelResultMetadata(), dict(enumerate(results)))
+
+    @property
+    def starts(self) -> list[int]:
+        """Where each record's scores begin in `scores`."""
+        if self._starts is None:
+            self._starts = [0, *accumulate(self.counts)][:-1]
+        return self._starts
+
+    def errors(self) -> list[str]:
+        """The error of every result that has one."""
+        return [item.result.metadata.errors for item in self.replaced.values() if item.result.metadata.errors]
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @overload
+    def __getitem__(self, index: int) -> ScoredMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ScoredMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> ScoredMessage | list[ScoredMessage]:
+        if isinstance(index, slice):
+            return [self._result(position) for position in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"result {index} of a batch of {len(self)}")
+        return self._result(index)
+
+    def __iter__(self) -> Iterator[ScoredMessage]:
+        values = self.scores.tolist()
+        for index, (start, count) in enumerate(zip(self.starts, self.counts)):
+            yield self._result(index, values[start : start + count])
+
+    def _result(self, index: int, scores: list[float] | None = None) -> ScoredMessage:
+        replaced = self.replaced.get(index)
+        if replaced is not None:
+            replaced.trace_context = self.trace_context or replaced.trace_context
+            return replaced
+        message = self.messages[index]
+        if scores is None:
+            start = self.starts[index]
+            scores = self.scores[start : start + self.counts[index]].tolist()
+        output = RecommenderServingOutput(list(map(str, message.record.products)), scores)
+        return ScoredMessage(
+            RecommenderResult(message.record, output, self.metadata),
+            message.entered_ns,
+            message.origin,
+            self.trace_context,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  (mutable, like the list it stands for)
+
+    def __repr__(self) -> str:
+        return f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, model {self.metadata.model_name!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from flows.records import (
     ModelResultMetadata,
     RecommenderResult,
     RecommenderServingOutput,
+    ScoredBatch,
     ScoredMessage,
     cut,
 )
@@ -48,8 +49,8 @@ def _pairs(messages: Sequence[DataMessage]) -> tuple[np.ndarray, np.ndarray, lis
 
 
 def score_batch(
-    scorer: Scorer, model_name: str, messages: Sequence[DataMessage], policy: AdmissionPolicy
-) -> tuple[list[ScoredMessage], float]:
+    scorer: Scorer, model_name: str, messages: list[DataMessage], policy: AdmissionPolicy
+) -> tuple[ScoredBatch, float]:
     """Results for `messages` scored with one call to `scorer`, and the ms that call took."""
     users, products, counts = _pairs(messages)
     start_ms = time.time_ns() // 1_000_000
@@ -60,36 +61,28 @@ def score_batch(
             raise ValueError(f"scorer returned scores of shape {probabilities.shape} for {users.size} pairs")
     except ScorerUnavailable as error:
         reason = f"scoring with model {model_name!r} failed: {error}"
-        return [unscored(message, reason, model_name, scorer.source) for message in messages], 0.0
+        failed = [unscored(message, reason, model_name, scorer.source) for message in messages]
+        return ScoredBatch.of_results(messages, failed), 0.0
     except Exception as error:  # noqa: BLE001 (a model may raise anything; the flow must not die of it)
         if len(messages) > 1:
             return _score_one_by_one(scorer, model_name, messages, policy)
         reason = f"scoring with model {model_name!r} failed: {type(error).__name__}: {error}"
-        return [unscored(messages[0], reason, model_name, scorer.source)], 0.0
+        return ScoredBatch.of_results(
+            messages, [unscored(messages[0], reason, model_name, scorer.source)]
+        ), 0.0
     batch_ms = (time.perf_counter() - started) * 1000
     metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
-    values = probabilities.tolist()
     bad = out_of_range(probabilities, policy)
-    # Which records have a bad pair, and each one's first bad score (pairs are laid out record by record).
-    first_bad: dict[int, float] = {}
+    # Records with a bad pair get an error instead of their scores (pairs are laid out record by record).
+    replaced: dict[int, ScoredMessage] = {}
     if bad.any():
         record_of_pair = np.repeat(np.arange(len(messages)), counts)
         for pair in np.flatnonzero(bad).tolist():
-            first_bad.setdefault(int(record_of_pair[pair]), values[pair])
-    results = []
-    offset = 0
-    for index, (message, count) in enumerate(zip(messages, counts)):
-        record = message.record
-        if index in first_bad:
-            results.append(_out_of_range(message, first_bad[index], model_name, scorer, policy))
-            offset += count
-            continue
-        output = RecommenderServingOutput(list(map(str, record.products)), values[offset : offset + count])
-        offset += count
-        results.append(
-            ScoredMessage(RecommenderResult(record, output, metadata), message.entered_ns, message.origin)
-        )
-    return results, batch_ms
+            index = int(record_of_pair[pair])
+            if index not in replaced:
+                first = float(probabilities[pair])
+                replaced[index] = _out_of_range(messages[index], first, model_name, scorer, policy)
+    return ScoredBatch(messages, counts, probabilities, metadata, replaced), batch_ms
 
 
 def _out_of_range(
@@ -103,12 +96,12 @@ def _out_of_range(
 
 
 def _score_one_by_one(
-    scorer: Scorer, model_name: str, messages: Sequence[DataMessage], policy: AdmissionPolicy
-) -> tuple[list[ScoredMessage], float]:
+    scorer: Scorer, model_name: str, messages: list[DataMessage], policy: AdmissionPolicy
+) -> tuple[ScoredBatch, float]:
     results: list[ScoredMessage] = []
     total_ms = 0.0
     for message in messages:
         scored, batch_ms = score_batch(scorer, model_name, [message], policy)
         results.extend(scored)
         total_ms += batch_ms
-    return results, total_ms
+    return ScoredBatch.of_results(messages, results), total_ms

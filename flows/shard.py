@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
@@ -73,7 +73,7 @@ class ModelUpdate:
 # Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
 # per-item cost is paid per batch (see flows.sources.batched).
 ShardInput = ShardBatch | ModelUpdate
-ShardOutput = list[ScoredMessage] | ModelEvent
+ShardOutput = Sequence[ScoredMessage] | ModelEvent
 
 
 @dataclass

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from flows import avro
 from flows.records import (
+    DataMessage,
     DecodeFailure,
     ModelDescriptor,
     ModelResultMetadata,
@@ -18,7 +20,9 @@ from flows.records import (
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
+    ScoredBatch,
 )
+from flows.scoring import unscored
 from flows.sources.generators import generated_records
 
 RECORD = RecommenderRecord(17, [3, 299, 0])
@@ -171,3 +175,40 @@ def test_results_written_with_the_earlier_unexpanded_fingerprint_still_decode():
     legacy = avro.SINGLE_OBJECT_MARKER + avro._unexpanded_fingerprint(avro.RESULT.schema)
     assert legacy != avro.RESULT.header
     assert avro.RESULT.decode(legacy + payload[avro.HEADER_SIZE :]) == RESULT
+
+
+def _scored_batch(records: list[RecommenderRecord], replaced_at: set[int]) -> ScoredBatch:
+    messages = [DataMessage(record, index) for index, record in enumerate(records)]
+    counts = [len(record.products) for record in records]
+    scores = np.linspace(0, 1, sum(counts), dtype=np.float32)
+    metadata = ModelResultMetadata("", "recommender-v1", "embedded:savedmodel", 1_700_000_000_000, 3)
+    replaced = {index: unscored(messages[index], "withheld", "recommender-v1") for index in replaced_at}
+    return ScoredBatch(messages, counts, scores, metadata, replaced)
+
+
+@pytest.mark.parametrize("replaced_at", [set(), {0}, {1, 4}])
+def test_a_scored_batch_is_encoded_from_its_columns_as_each_result_alone(replaced_at):
+    records = [*generated_records(7, 5)]
+    records[2] = RecommenderRecord(-3, [], "dätatype ✓")  # no products: empty arrays, no scores
+    records[3] = RecommenderRecord(1 << 40, _EDGE_LONGS)
+    batch = _scored_batch(records, replaced_at)
+    one_by_one = [avro.RESULT.encode(item.result) for item in batch]
+    assert avro.encode_results(batch) == one_by_one
+    assert [avro.RESULT.decode(value) for value in one_by_one] == [item.result for item in batch]
+    assert [bool(item.result.metadata.errors) for item in batch] == [i in replaced_at for i in range(5)]
+
+
+def test_a_scored_batch_reads_like_the_list_of_its_results():
+    batch = _scored_batch([*generated_records(7, 6)], {2})
+    results = list(batch)
+    assert len(batch) == 6 and batch == results and results == batch
+    assert [batch[index] for index in range(-6, 6)] == results + results
+    assert batch[1:5:2] == results[1:5:2]
+    with pytest.raises(IndexError):
+        batch[6]
+    first = batch.counts[0]
+    assert results[0].result.model_result.probabilities == batch.scores[:first].tolist()
+    assert results[1].result.model_result.products == [str(p) for p in batch.messages[1].record.products]
+    assert batch.errors() == ["withheld"]
+    batch.trace_context = "00-abc-def-01"
+    assert {item.trace_context for item in batch} == {"00-abc-def-01"}

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from flows.avro import RESULT
 from flows.kafka.headers import ORIGINAL_SIZE_HEADER, REPLACED_HEADER
 from flows.kafka.outputs import smaller_dead_letter, smaller_result
-from flows.kafka.sink import Outgoing, ResilientKafkaSink
+from flows.kafka.sink import ResilientKafkaSink
 from flows.records import ModelResultMetadata, RecommenderRecord, RecommenderResult, RecommenderServingOutput
 from flows.testing.local_broker import consume_all, create_topics, kafka_broker
 from flows.testing.loopback import free_port
@@ -27,10 +27,9 @@ def big_result(products: int) -> KafkaSinkMessage:
 
 def test_a_result_over_the_producer_limit_goes_out_in_its_smaller_form(kafka_bootstrap):
     topic = create_topics(kafka_bootstrap, "sink", ["results"])["results"]
-    sink = ResilientKafkaSink([kafka_bootstrap], topic, {"message.max.bytes": "50000"}).build("s", 0, 1)
-    sink.write_batch(
-        [[Outgoing(big_result(10_000), smaller_result)], [Outgoing(big_result(3), smaller_result)]]
-    )
+    sink = ResilientKafkaSink([kafka_bootstrap], topic, {"message.max.bytes": "50000"}, smaller_result)
+    sink = sink.build("s", 0, 1)
+    sink.write_batch([[big_result(10_000)], [big_result(3)]])
     messages = consume_all(kafka_bootstrap, topic, 2)
     assert len(messages) == 2 and sink.replaced == 1
     replaced = [m for m in messages if REPLACED_HEADER in dict(m.headers())]
@@ -46,11 +45,11 @@ def test_a_dead_letter_the_topic_refuses_goes_out_cut_to_a_kibibyte(kafka_bootst
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     for future in admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "5000"})]).values():
         future.result(30)
-    sink = ResilientKafkaSink([kafka_bootstrap], topic, {}).build("s", 0, 1)
+    sink = ResilientKafkaSink([kafka_bootstrap], topic, {}, smaller_dead_letter).build("s", 0, 1)
     letter = KafkaSinkMessage(
         b"k", b"v" * 20_000, headers=[("dead-letter.reason", b"why"), ("theirs", b"x" * 3000)]
     )
-    sink.write_batch([[Outgoing(letter, smaller_dead_letter)]])
+    sink.write_batch([[letter]])
     (message,) = consume_all(kafka_bootstrap, topic, 1)
     headers = dict(message.headers())
     assert len(message.value()) == 1024 and headers[ORIGINAL_SIZE_HEADER] == b"20000"
@@ -64,11 +63,11 @@ def test_a_broker_that_goes_away_is_waited_for_and_nothing_is_lost(tmp_path):
         topic = create_topics(bootstrap, "away", ["results"])["results"]
         # Short delivery timeouts, so the retry path (not only librdkafka's own) is taken while it is away.
         config = {"message.timeout.ms": "3000", "reconnect.backoff.max.ms": "500"}
-        sink = ResilientKafkaSink([bootstrap], topic, config).build("s", 0, 1)
-        sink.write_batch([[Outgoing(big_result(3), smaller_result)]])
+        sink = ResilientKafkaSink([bootstrap], topic, config, smaller_result).build("s", 0, 1)
+        sink.write_batch([[big_result(3)]])
     done = threading.Event()
     writer = threading.Thread(
-        target=lambda: (sink.write_batch([[Outgoing(big_result(4), smaller_result)]]), done.set()),
+        target=lambda: (sink.write_batch([[big_result(4)]]), done.set()),
         daemon=True,
     )
     writer.start()  # the broker is down now

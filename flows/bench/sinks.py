@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.records import ScoredMessage
+from flows.records import ScoredBatch, ScoredMessage
 
 T = TypeVar("T")
 
@@ -17,9 +18,13 @@ class _LatencyPartition(StatelessSinkPartition[list[ScoredMessage]]):
         self.latencies = latencies
         self.errors = errors
 
-    def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
+    def write_batch(self, batches: list[Sequence[ScoredMessage]]) -> None:
         now = time.time_ns()
         for batch in batches:
+            if isinstance(batch, ScoredBatch):  # its columns: no result objects built for a number
+                self.latencies.extend(now - message.entered_ns for message in batch.messages)
+                self.errors.extend(batch.errors())
+                continue
             self.latencies.extend(now - item.entered_ns for item in batch)
             self.errors.extend(item.result.metadata.errors for item in batch if item.result.metadata.errors)
 

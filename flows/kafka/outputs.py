@@ -5,13 +5,14 @@ by its smaller form (built here) and retries the rest until delivered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Stream
 
-from flows.avro import RESULT
+from flows.avro import RESULT, encode_results
 from flows.kafka.config import client_config
 from flows.kafka.headers import (
     ORIGINAL_SIZE_HEADER,
@@ -21,7 +22,7 @@ from flows.kafka.headers import (
     SOURCE_TIMESTAMP_HEADER,
     SOURCE_TOPIC_HEADER,
 )
-from flows.kafka.sink import Outgoing, ResilientKafkaSink
+from flows.kafka.sink import ResilientKafkaSink
 from flows.kafka.source import KafkaOrigin
 from flows.observability.telemetry import TRACEPARENT, trace_context_of
 from flows.records import (
@@ -30,37 +31,69 @@ from flows.records import (
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
+    ScoredBatch,
     ScoredMessage,
     cut,
 )
 from flows.settings import Settings
 
 
-def result_message(scored: ScoredMessage) -> KafkaSinkMessage:
-    """A result as a Kafka message keyed by user, with headers naming the data message it answers."""
-    origin = scored.origin
+def result_messages(batch: Sequence[ScoredMessage]) -> list[KafkaSinkMessage]:
+    """Results as Kafka messages keyed by user, with headers naming the data message each one answers."""
+    values = encode_results(batch)
+    if isinstance(batch, ScoredBatch):  # read in columns, see flows.records.ScoredBatch
+        carried = batch.trace_context
+        return [
+            KafkaSinkMessage(
+                b"%d" % message.record.user,
+                value,
+                headers=_source_headers(message.origin, carried or trace_context_of(message.origin)),
+            )
+            for message, value in zip(batch.messages, values)
+        ]
+    return [
+        KafkaSinkMessage(
+            b"%d" % item.result.input_record.user,
+            value,
+            headers=_source_headers(item.origin, item.trace_context or trace_context_of(item.origin)),
+        )
+        for item, value in zip(batch, values)
+    ]
+
+
+# The topic and partition headers, shared by every result from that partition (bounded: emptied when full).
+_PARTITION_HEADERS: dict[tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
+_MAX_PARTITION_HEADERS = 1 << 12
+
+
+def _source_headers(origin: object, traceparent: str | None) -> list[tuple[str, bytes]]:
+    """Where the record came from (a Kafka origin's coordinates) and the trace context to carry on."""
     headers = []
     if isinstance(origin, KafkaOrigin):
+        where = _PARTITION_HEADERS.get((origin.topic, origin.partition))
+        if where is None:
+            where = (
+                (SOURCE_TOPIC_HEADER, origin.topic.encode()),
+                (SOURCE_PARTITION_HEADER, b"%d" % origin.partition),
+            )
+            if len(_PARTITION_HEADERS) >= _MAX_PARTITION_HEADERS:
+                _PARTITION_HEADERS.clear()
+            _PARTITION_HEADERS[(origin.topic, origin.partition)] = where
         headers = [
-            (SOURCE_TOPIC_HEADER, origin.topic.encode()),
-            (SOURCE_PARTITION_HEADER, str(origin.partition).encode()),
-            (SOURCE_OFFSET_HEADER, str(origin.offset).encode()),
-            (SOURCE_TIMESTAMP_HEADER, str(origin.timestamp_ms).encode()),
+            *where,
+            (SOURCE_OFFSET_HEADER, b"%d" % origin.offset),
+            (SOURCE_TIMESTAMP_HEADER, b"%d" % origin.timestamp_ms),
         ]
-    # The batch span's context when tracing is on (it links to the record's own), else the record's own.
-    traceparent = scored.trace_context or trace_context_of(origin)
     if traceparent:
         headers.append((TRACEPARENT, traceparent.encode()))
-    return KafkaSinkMessage(
-        str(scored.result.input_record.user).encode(), RESULT.encode(scored.result), headers=headers
-    )
+    return headers
 
 
 DEAD_LETTER_KEPT_BYTES = 1024
 
 
 def smaller_result(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
-    """The result as an error result without the echoed products and their scores (`Outgoing.shrink`)."""
+    """The result as an error result without the echoed products and their scores (the sink's `shrink`)."""
     result = RESULT.decode(message.value or b"")
     if isinstance(result, DecodeFailure):  # cannot happen for our own encoding; keep the coordinates anyway
         result = RecommenderResult(
@@ -81,7 +114,7 @@ def smaller_result(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
 
 
 def smaller_dead_letter(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
-    """The dead letter with its value cut to 1 KiB and only the flow's own headers (`Outgoing.shrink`)."""
+    """The dead letter with its value cut to 1 KiB and only the flow's own headers (the sink's `shrink`)."""
     ours = [(name, value[:1000]) for name, value in message.headers or [] if name.startswith("dead-letter.")]
     headers = [
         *ours,
@@ -100,15 +133,15 @@ def kafka_outputs(
     flows.kafka.sink; both travel as batches, a dead letter as a batch of one)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
-    encoded = op.map(
-        "encode_results",
-        results,
-        lambda batch: [Outgoing(result_message(scored), smaller_result) for scored in batch],
-    )
-    op.output("kafka_results", encoded, ResilientKafkaSink(brokers, settings.kafka_results_topic, config))
-    letters = op.map(
-        "dead_letter_messages", dead_letters, lambda letter: [Outgoing(letter, smaller_dead_letter)]
-    )
+    encoded = op.map("encode_results", results, result_messages)
     op.output(
-        "kafka_dead_letters", letters, ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config)
+        "kafka_results",
+        encoded,
+        ResilientKafkaSink(brokers, settings.kafka_results_topic, config, smaller_result),
+    )
+    letters = op.map("dead_letter_messages", dead_letters, lambda letter: [letter])
+    op.output(
+        "kafka_dead_letters",
+        letters,
+        ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config, smaller_dead_letter),
     )

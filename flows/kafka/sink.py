@@ -11,9 +11,12 @@ message is produced with a delivery report and the batch is not done until each 
 | its smaller form refused for itself too | retried with backoff, logged at ERROR: a topic that refuses a few hundred bytes is misconfigured |
 | broker down, timed out, not enough replicas, unknown topic, not authorised, any other error | retried with backoff (1 s, doubling to 30 s), logged; the batch, and so the epoch, waits: its input offsets are not snapshotted, nothing is lost |
 
-A message's smaller form is chosen by its producer (`Outgoing.shrink`): a result without the echoed input
-and scores, a dead letter with its value cut to 1 KiB. Replacements are counted and logged with topic and
-reason.
+A message's smaller form is made by the sink's `shrink` function, given by whoever builds the sink: a result
+without the echoed input and scores, a dead letter with its value cut to 1 KiB. Replacements are counted and
+logged with topic and reason.
+
+A batch costs one delivery callback per message and one flush: messages are produced as they are, and
+the few that fail are rebuilt from their delivery reports.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 
 from flows.records import cut
 
@@ -53,54 +56,50 @@ LONGEST_BACKOFF_S = 30.0
 Shrink = Callable[[KafkaSinkMessage, str], KafkaSinkMessage]
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message for the sink and how to make it smaller (a module-level function: picklable)."""
-
-    message: KafkaSinkMessage
-    shrink: Shrink
-
-
 def message_size(message: KafkaSinkMessage) -> int:
     """Key, value and headers, plus a bound on the record's own overhead."""
-    headers = sum(len(name) + len(value or b"") for name, value in message.headers or ())
+    headers = sum(len(name) + len(value or b"") for name, value in message.headers) if message.headers else 0
     return len(message.key or b"") + len(message.value or b"") + headers + RECORD_OVERHEAD
 
 
-class _ResilientPartition(StatelessSinkPartition[list[Outgoing]]):
-    def __init__(self, producer: Producer, topic: str, message_max_bytes: int) -> None:
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: KafkaSinkMessage
+    smaller: bool  # whether it is already the smaller form
+    error: KafkaError
+
+
+class _ResilientPartition(StatelessSinkPartition[list[KafkaSinkMessage]]):
+    def __init__(self, producer: Producer, topic: str, message_max_bytes: int, shrink: Shrink) -> None:
         self.producer = producer
         self.topic = topic
         self.message_max_bytes = message_max_bytes
+        self.shrink = shrink
         self.replaced = 0
+        self._failures: list[_Failure] = []
 
-    def write_batch(self, batches: list[list[Outgoing]]) -> None:
-        # (item, message to send, whether it is already the smaller form)
-        pending = [(item, item.message, False) for batch in batches for item in batch]
+    def write_batch(self, batches: list[list[KafkaSinkMessage]]) -> None:
+        # (message to send, whether it is already the smaller form)
+        pending = [(message, False) for batch in batches for message in batch]
         backoff = FIRST_BACKOFF_S
         while pending:
-            failures: list[tuple[Outgoing, KafkaSinkMessage, bool, KafkaError]] = []
-            for item, message, shrunk in pending:
-                message, shrunk = self._fit(item, message, shrunk)
-                self._produce(item, message, shrunk, failures)
+            self._failures = []
+            for message, smaller in pending:
+                if not smaller and message_size(message) > self.message_max_bytes:
+                    message, smaller = self._over_limit(message), True
+                self._produce(message, smaller)
             self._flush()
-            pending, waits = self._after(failures)
+            pending, waits = self._after(self._failures)
             if waits:
                 time.sleep(backoff)
                 backoff = min(LONGEST_BACKOFF_S, backoff * 2)
 
-    def _fit(self, item: Outgoing, message: KafkaSinkMessage, shrunk: bool) -> tuple[KafkaSinkMessage, bool]:
+    def _over_limit(self, message: KafkaSinkMessage) -> KafkaSinkMessage:
         size = message_size(message)
-        if shrunk or size <= self.message_max_bytes:
-            return message, shrunk
         reason = f"{size:,} bytes, over the producer's message.max.bytes of {self.message_max_bytes:,}"
-        return self._replace(item, message, reason), True
+        return self._replace(message, reason)
 
-    def _produce(self, item: Outgoing, message: KafkaSinkMessage, shrunk: bool, failures: list) -> None:
-        def delivered(error: KafkaError | None, _message: object) -> None:
-            if error is not None:
-                failures.append((item, message, shrunk, error))
-
+    def _produce(self, message: KafkaSinkMessage, smaller: bool) -> None:
         try:
             self.producer.produce(
                 message.topic or self.topic,
@@ -108,15 +107,23 @@ class _ResilientPartition(StatelessSinkPartition[list[Outgoing]]):
                 key=message.key,
                 headers=message.headers,
                 timestamp=message.timestamp,
-                on_delivery=delivered,
+                on_delivery=self._smaller_delivered if smaller else self._delivered,
             )
         except BufferError:
             self.producer.poll(0.5)  # the local queue is full: let deliveries drain, then try it again
-            failures.append((item, message, shrunk, KafkaError(KafkaError._QUEUE_FULL)))
+            self._failures.append(_Failure(message, smaller, KafkaError(KafkaError._QUEUE_FULL)))
         except KafkaException as error:
-            failures.append((item, message, shrunk, error.args[0]))
+            self._failures.append(_Failure(message, smaller, error.args[0]))
         # No poll per message: the flush after the batch serves the delivery reports (and a full local
         # queue is drained above), so a batch of a thousand results costs one poll, not a thousand.
+
+    def _delivered(self, error: KafkaError | None, delivered: Message) -> None:
+        if error is not None:
+            self._failures.append(_Failure(_rebuilt(delivered), False, error))
+
+    def _smaller_delivered(self, error: KafkaError | None, delivered: Message) -> None:
+        if error is not None:
+            self._failures.append(_Failure(_rebuilt(delivered), True, error))
 
     def _flush(self) -> None:
         started = next_report = time.monotonic()
@@ -131,50 +138,65 @@ class _ResilientPartition(StatelessSinkPartition[list[Outgoing]]):
                 )
                 next_report += 10
 
-    def _after(self, failures: list) -> tuple[list, bool]:
+    def _after(self, failures: list[_Failure]) -> tuple[list[tuple[KafkaSinkMessage, bool]], bool]:
         """What to send again: smaller forms of messages refused for themselves, the rest as they were."""
         again = []
         waits = False
-        for item, message, shrunk, error in failures:
+        for failure in failures:
+            message, error = failure.message, failure.error
             topic = message.topic or self.topic
-            if error.code() in PER_MESSAGE_ERRORS and not shrunk:
+            if error.code() in PER_MESSAGE_ERRORS and not failure.smaller:
                 reason = f"refused by {topic}: {error.name()} ({error.str()})"
-                again.append((item, self._replace(item, message, reason), True))
+                again.append((self._replace(message, reason), True))
                 continue
             waits = True
             level = logging.ERROR if error.code() in PER_MESSAGE_ERRORS else logging.WARNING
             log.log(
                 level,
                 "kafka sink: %s to %s failed, retrying: %s",
-                "smaller form" if shrunk else "message",
+                "smaller form" if failure.smaller else "message",
                 topic,
                 error.str(),
             )
-            again.append((item, message, shrunk))
+            again.append((message, failure.smaller))
         return again, waits
 
-    def _replace(self, item: Outgoing, message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
+    def _replace(self, message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
         self.replaced += 1
         log.warning(
             "kafka sink: message to %s replaced by its smaller form: %s",
             message.topic or self.topic,
             cut(reason, 300),
         )
-        return item.shrink(message, cut(reason, 300))
+        return self.shrink(message, cut(reason, 300))
 
     def close(self) -> None:
         self._flush()
 
 
-class ResilientKafkaSink(DynamicSink[list[Outgoing]]):
-    """Produce batches of `Outgoing` messages to `topic` (or each message's own topic); see the module docstring."""
+def _rebuilt(delivered: Message) -> KafkaSinkMessage:
+    """The message a delivery report is about, to be sent again (with the timestamp it was first given)."""
+    kind, timestamp = delivered.timestamp()
+    return KafkaSinkMessage(
+        delivered.key(),
+        delivered.value(),
+        topic=delivered.topic(),
+        headers=delivered.headers() or [],
+        timestamp=timestamp if kind != TIMESTAMP_NOT_AVAILABLE else 0,
+    )
 
-    def __init__(self, brokers: list[str], topic: str, config: dict[str, str]) -> None:
+
+class ResilientKafkaSink(DynamicSink[list[KafkaSinkMessage]]):
+    """Produce batches of messages to `topic` (or each message's own topic); a message the topic cannot take
+    is replaced by `shrink(message, reason)`. See the module docstring."""
+
+    def __init__(self, brokers: list[str], topic: str, config: dict[str, str], shrink: Shrink) -> None:
         self.brokers = brokers
         self.topic = topic
         self.config = config
+        self.shrink = shrink
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ResilientPartition:
         config = {"bootstrap.servers": ",".join(self.brokers), **self.config}
         limit = int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
-        return _ResilientPartition(Producer(config), self.topic, limit)
+        return _ResilientPartition(Producer(config), self.topic, limit, self.shrink)

@@ -25,7 +25,7 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from flows.observability.serving_state import ServingState
-from flows.records import DataMessage, ModelEvent, ScoredMessage
+from flows.records import DataMessage, ModelEvent, ScoredBatch
 
 TRACEPARENT = "traceparent"
 INSTRUMENTATION = "flows.serving"
@@ -133,22 +133,20 @@ class Telemetry:
         span: Span | None,
         shard: str,
         model_name: str,
-        results: Sequence[ScoredMessage],
+        results: ScoredBatch,
         batch_ms: float,
     ) -> None:
         """Record a scored batch on its span and in the metrics; results carry the span's trace context."""
         if span is None and self._instruments is None:
             return
-        errors = [item.result.metadata.errors for item in results if item.result.metadata.errors]
+        errors = results.errors()
         if span is not None:
             span.set_attribute("batch.errors", len(errors))
             span.set_attribute("batch.duration_ms", batch_ms)
             if errors:
                 span.set_status(Status(StatusCode.ERROR, errors[0][:500]))
             if span.is_recording():
-                traceparent = _traceparent(span)
-                for item in results:
-                    item.trace_context = traceparent
+                results.trace_context = _traceparent(span)
         instruments = self._instruments
         if instruments is not None:
             labels = {"model": model_name, "shard": shard}
