@@ -22,6 +22,7 @@ from flows.kafka.catch_up import CatchUpSource
 from flows.kafka.config import consumer_config
 from flows.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.model_holder import CaughtUp
+from flows.record_polls import decode_records
 from flows.records import (
     DataMessage,
     DecodeFailure,
@@ -75,23 +76,32 @@ class _Undecodable:
     failure: DecodeFailure
 
 
-def _decoder(codec: AvroCodec, settings: Settings, wrap):
-    """Turn a source item into its decoded (and wrapped) value, or an _Undecodable."""
+def _undecodable(
+    codec: AvroCodec,
+    settings: Settings,
+    item: KafkaSourceMessage | KafkaError,
+    failure: DecodeFailure | None = None,
+) -> _Undecodable:
+    """A consumer error, or a message that did not decode (`failure`), as a dead letter and a DecodeFailure."""
+    if isinstance(item, KafkaError):
+        reason = f"Kafka consumer error: {item.err.str()}"
+        return _Undecodable(
+            _dead_letter(settings, item.msg, reason), DecodeFailure(codec.name, reason, item.msg.value)
+        )
+    reason = f"{item.topic}[{item.partition}]@{item.offset}: {failure.reason if failure else 'not decoded'}"
+    return _Undecodable(_dead_letter(settings, item, reason), DecodeFailure(codec.name, reason, item.value))
+
+
+def _model_decoder(settings: Settings):
+    """Turn a model-source item into its ModelDescriptor (or marker), or an _Undecodable."""
 
     def decode(item: KafkaSourceMessage | KafkaError | CaughtUp):
         if isinstance(item, CaughtUp):
             return item  # the model holder's start-up marker, see flows.kafka.catch_up
         if isinstance(item, KafkaError):
-            reason = f"Kafka consumer error: {item.err.str()}"
-            failure = DecodeFailure(codec.name, reason, item.msg.value)
-            return _Undecodable(_dead_letter(settings, item.msg, reason), failure)
-        value = codec.decode(item.value)
-        if isinstance(value, DecodeFailure):
-            reason = f"{item.topic}[{item.partition}]@{item.offset}: {value.reason}"
-            return _Undecodable(
-                _dead_letter(settings, item, reason), DecodeFailure(codec.name, reason, item.value)
-            )
-        return wrap(value, item)
+            return _undecodable(MODEL, settings, item)
+        value = MODEL.decode(item.value)
+        return _undecodable(MODEL, settings, item, value) if isinstance(value, DecodeFailure) else value
 
     return decode
 
@@ -104,25 +114,29 @@ class _DecodedPoll:
     undecodable: list[_Undecodable]
 
 
-def _poll_decoder(decode):
-    """Decode a whole poll (see `flows.sources.batched`) with the per-message `decode`."""
+def _poll_decoder(settings: Settings):
+    """Decode a whole poll of a data partition (see `flows.sources.batched` and `flows.record_polls`)."""
 
     def decode_poll(items: list[KafkaSourceMessage | KafkaError]) -> _DecodedPoll:
-        batch, undecodable = [], []
-        for item in items:
-            value = decode(item)
-            (undecodable if isinstance(value, _Undecodable) else batch).append(value)
+        entered_ns = time.time_ns()  # the poll's records entered the flow together
+        messages = [item for item in items if not isinstance(item, KafkaError)]
+        undecodable = [_undecodable(RECORD, settings, item) for item in items if isinstance(item, KafkaError)]
+        batch = []
+        for message, value in zip(messages, decode_records([message.value for message in messages])):
+            if isinstance(value, DecodeFailure):
+                undecodable.append(_undecodable(RECORD, settings, message, value))
+            else:
+                batch.append(DataMessage(value, entered_ns, _origin(message)))
         return _DecodedPoll(batch, undecodable)
 
     return decode_poll
 
 
-def _data_message(record, message: KafkaSourceMessage) -> DataMessage:
+def _origin(message: KafkaSourceMessage) -> KafkaOrigin:
     timestamp_ms = message.timestamp[1] if message.timestamp else 0
-    origin = KafkaOrigin(
+    return KafkaOrigin(
         message.topic, message.partition, message.offset, timestamp_ms, tuple(message.headers or ())
     )
-    return DataMessage(record, time.time_ns(), origin)
 
 
 def _source(
@@ -154,10 +168,10 @@ def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
         "kafka_models", flow, _source(settings, settings.kafka_models_topic, OFFSET_BEGINNING, catch_up=True)
     )
 
-    polls = op.map("decode_data", raw_data, _poll_decoder(_decoder(RECORD, settings, _data_message)))
+    polls = op.map("decode_data", raw_data, _poll_decoder(settings))
     data = op.filter_map("data_batches", polls, lambda poll: poll.batch or None)
     undecodable_data = op.flat_map("undecodable_data", polls, lambda poll: poll.undecodable)
-    models = op.map("decode_models", raw_models, _decoder(MODEL, settings, lambda value, _: value))
+    models = op.map("decode_models", raw_models, _model_decoder(settings))
     model_split = op.branch("split_models", models, lambda item: not isinstance(item, _Undecodable))
     dead = op.merge("dead_letters", undecodable_data, model_split.falses)
     model_failures = op.map("model_failures", model_split.falses, lambda item: item.failure)
