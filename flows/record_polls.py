@@ -82,8 +82,6 @@ def _decode_usual(payloads: list[bytes]) -> list[RecommenderRecord | None]:
     usual = ~too_long & (last == 0) & (((items == 0) & (count == 2)) | ((items > 0) & (count == items + 3)))
     listed = values.tolist()
     return [
-        RecommenderRecord(listed[at], listed[at + 2 : at + 2 + products] if products else [])
-        if ok
-        else None
+        RecommenderRecord(listed[at], listed[at + 2 : at + 2 + products] if products else []) if ok else None
         for at, products, ok in zip(first.tolist(), items.tolist(), usual.tolist())
     ]

@@ -43,6 +43,12 @@ def main() -> None:
     )
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="kafka-embedded: run the main job as this many processes of one cluster (pre-loaded topic)",
+    )
+    parser.add_argument(
         "--swap-after", type=float, default=2.0, help="swap scenario: seconds before v2 is published"
     )
     parser.add_argument(
@@ -63,7 +69,12 @@ def main() -> None:
         result = run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
     else:
         result = run_kafka_embedded(
-            args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version
+            args.records,
+            args.rate,
+            args.bootstrap_servers,
+            args.partitions,
+            args.model_version,
+            args.processes,
         )
     line = json.dumps(result)
     print(line, flush=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from contextlib import ExitStack
 from datetime import timedelta
@@ -18,6 +21,7 @@ from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
 from flows.settings import Settings
 from flows.sources.generators import generated_records, shipped_model
 from flows.sources.pacing import Pace
+from flows.testing.loopback import free_port
 from flows.testing.local_broker import (
     consume_all,
     create_topics,
@@ -27,9 +31,12 @@ from flows.testing.local_broker import (
 
 
 def run_kafka_embedded(
-    records: int, rate: float, bootstrap: str | None, partitions: int, version: str
+    records: int, rate: float, bootstrap: str | None, partitions: int, version: str, processes: int = 1
 ) -> dict:
     """Through a broker: data topic -> flow (in this process) -> results topic.
+
+    With `processes` > 1 the main job runs instead, as that many processes of one cluster (`bytewax.run`
+    with `-i`/`-a`, as the Kubernetes StatefulSet runs it), on the pre-loaded topic.
 
     Without `rate` the data topic is filled first and the flow reads it to the end; with `rate` a producer
     thread offers that many records/s while the flow runs. Latency: the result message's timestamp minus
@@ -58,8 +65,28 @@ def run_kafka_embedded(
             console_every=0,
             shards=settings.shards,
         )
-        flow = build_flow(flow_settings, context)
-        if rate > 0:
+        if processes > 1:
+            if rate > 0:
+                raise SystemExit("bench: --processes runs on a pre-loaded topic; leave --rate out")
+            produce(servers, topics["data"], encoded)
+            _run_main_job(flow_settings, processes)
+        else:
+            _run_here(flow_settings, context, rate, servers, topics, encoded)
+        expected = records + (1 if rate > 0 else 0)
+        results = consume_all(servers, topics["results"], expected)
+    if len(results) < expected:
+        raise SystemExit(f"bench: expected {expected} results, got {len(results)}")
+    if rate > 0:  # the warm-up record (partition 0, offset 0) answered before the offered load began
+        results = [message for message in results if not _is_warm_up(message)]
+    report = kafka_report("kafka-embedded", records, rate or "pre-loaded", results, partitions, bootstrap)
+    return report | ({"processes": processes} if processes > 1 else {})
+
+
+def _run_here(
+    flow_settings: Settings, context: ServingContext, rate: float, servers: str, topics: dict, encoded: list
+) -> None:
+    flow = build_flow(flow_settings, context)
+    if rate > 0:
             threading.Thread(target=_offer, args=(servers, topics, encoded, rate), daemon=True).start()
         else:
             produce(servers, topics["data"], encoded)

@@ -12,7 +12,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "KafkaOrigin":
-        from flows.kafka.source import KafkaOrigin
+        from flows.kafka.data_source import KafkaOrigin
 
         return KafkaOrigin
     raise AttributeError(f"module 'flows.kafka' has no attribute {name!r}")

@@ -1,0 +1,141 @@
+"""The data topic as a source of decoded polls: each poll of a partition becomes one item of the dataflow,
+its records decoded together (`flows.record_polls`) and its undecodable messages set apart as dead letters.
+
+Bytewax's KafkaSource makes a KafkaSourceMessage of every message, which a decoding step then reads: about
+2 us per record, a tenth of the flow's time once records travel in batches. This source reads confluent-kafka's
+messages directly and emits what the flow needs. Everything else is Bytewax's KafkaSource: the partitions
+(listed by it, named "<partition>-<topic>") and the recovery state (the next offset of each partition), so
+snapshots written by the flow before this source still resume it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
+from bytewax.inputs import StatefulSourcePartition
+from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import KafkaError as ConsumerError
+
+from flows.avro import RECORD
+from flows.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
+from flows.record_polls import decode_records
+from flows.records import DataMessage, DecodeFailure
+from flows.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaOrigin:
+    """Where a data message was read; `timestamp_ms` is the message's Kafka timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedPoll:
+    """One poll of a data partition: its records, in order, and the messages that did not decode."""
+
+    batch: list[DataMessage]
+    undecodable: list[Undecodable]
+
+
+class DataPollSource(KafkaSource):
+    """The data topic's partitions, each poll emitted as one DecodedPoll (see the module docstring)."""
+
+    def __init__(self, settings: Settings, topic: str, starting_offset: int, config: dict[str, str]) -> None:
+        brokers = settings.kafka_bootstrap_servers.split(",")
+        super().__init__(brokers, [topic], settings.kafka_tail, starting_offset, config)
+        self.settings = settings
+        self.topic = topic
+        self.starting_offset = starting_offset
+        self.consumer_config = {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": "BYTEWAX_IGNORED",  # offsets are kept in the recovery snapshots, not by a group
+            "enable.auto.commit": "false",
+            "enable.partition.eof": str(not settings.kafka_tail),
+            **config,
+        }
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DataPollPartition:
+        index, topic = for_part.split("-", 1)
+        if topic != self.topic:
+            raise ValueError(
+                f"{step_id}: resuming partition {for_part!r}, but the data topic is {self.topic!r}"
+            )
+        offset = self.starting_offset if resume_state is None else resume_state
+        return _DataPollPartition(Consumer(self.consumer_config), topic, int(index), offset, self.settings)
+
+
+class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
+    def __init__(
+        self, consumer: Consumer, topic: str, partition: int, offset: int, settings: Settings
+    ) -> None:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        self.consumer = consumer
+        self.offset = offset  # the next one to read: the recovery state
+        self.settings = settings
+        self.ended = False
+
+    def next_batch(self) -> list[DecodedPoll]:
+        if self.ended:
+            raise StopIteration()
+        polled = self.consumer.consume(self.settings.kafka_poll_size, 0.001)
+        messages: list[Message] = []
+        failed: list[Undecodable] = []
+        for message in polled:
+            error = message.error()
+            if error is None:
+                messages.append(message)
+            elif error.code() == ConsumerError._PARTITION_EOF:
+                self.ended = True  # the end of a bounded run: emit this poll, stop at the next
+                break
+            else:
+                failed.append(consumer_failure(RECORD, self.settings, _source_message(message), error))
+            offset = message.offset()
+            if offset is not None and offset >= 0:
+                self.offset = offset + 1
+        if not messages and not failed:
+            return []
+        return [self._decoded(messages, failed)]
+
+    def _decoded(self, messages: list[Message], failed: list[Undecodable]) -> DecodedPoll:
+        entered_ns = time.time_ns()  # the poll's records entered the flow together
+        batch = []
+        for message, value in zip(messages, decode_records([message.value() for message in messages])):
+            if isinstance(value, DecodeFailure):
+                failed.append(decode_failure(RECORD, self.settings, _source_message(message), value))
+                continue
+            kind_and_ms = message.timestamp()
+            origin = KafkaOrigin(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                kind_and_ms[1] if kind_and_ms else 0,
+                tuple(message.headers() or ()),
+            )
+            batch.append(DataMessage(value, entered_ns, origin))
+        return DecodedPoll(batch, failed)
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _source_message(message: Message) -> KafkaSourceMessage:
+    """A message that goes to the dead letters, in the form they are made from."""
+    return KafkaSourceMessage(
+        message.key(),
+        message.value(),
+        topic=message.topic(),
+        headers=message.headers() or [],
+        partition=message.partition(),
+        offset=message.offset(),
+        timestamp=message.timestamp(),
+    )
