@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from support.bad_models import bad_models
 from support.core_runs import assert_same_scores, at, messages, run_core, sample_records
 
-from flows.records import DecodeFailure
+from flows.kafka.data_source import KafkaOrigin
+from flows.records import DataMessage, DecodeFailure, RecommenderRecord
+from flows.shard import ShardBatch
 
 WORKERS = [1, 2]
 
@@ -140,3 +144,15 @@ def test_results_are_the_same_whether_records_come_one_by_one_or_in_one_batch(wo
             for item in in_one_batch.results
         ],
     )
+
+
+def test_a_shard_batch_pickles_whole_for_a_shard_in_another_process():
+    messages = [
+        DataMessage(
+            RecommenderRecord(1, [2, 3]), 5, KafkaOrigin("data", 0, 7, 9, (("traceparent", b"00-a"),))
+        ),
+        DataMessage(RecommenderRecord(2, [], "other"), 6, None),
+    ]
+    batch = ShardBatch("shard-001", messages)
+    copy = pickle.loads(pickle.dumps(batch))
+    assert copy == batch and copy.messages[0].origin.headers == (("traceparent", b"00-a"),)

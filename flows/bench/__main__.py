@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        default=1,
-        help="kafka-embedded: run the main job as this many processes of one cluster (pre-loaded topic)",
+        help="kafka-embedded: run the main job as this many processes of one cluster (pre-loaded topic); "
+        "default: the flow in this process",
     )
     parser.add_argument(
         "--swap-after", type=float, default=2.0, help="swap scenario: seconds before v2 is published"

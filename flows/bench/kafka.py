@@ -21,21 +21,26 @@ from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
 from flows.settings import Settings
 from flows.sources.generators import generated_records, shipped_model
 from flows.sources.pacing import Pace
-from flows.testing.loopback import free_port
 from flows.testing.local_broker import (
     consume_all,
     create_topics,
     kafka_broker,
     produce,
 )
+from flows.testing.loopback import free_port
 
 
 def run_kafka_embedded(
-    records: int, rate: float, bootstrap: str | None, partitions: int, version: str, processes: int = 1
+    records: int,
+    rate: float,
+    bootstrap: str | None,
+    partitions: int,
+    version: str,
+    processes: int | None = None,
 ) -> dict:
     """Through a broker: data topic -> flow (in this process) -> results topic.
 
-    With `processes` > 1 the main job runs instead, as that many processes of one cluster (`bytewax.run`
+    With `processes`, the main job runs instead, as that many processes of one cluster (`bytewax.run`
     with `-i`/`-a`, as the Kubernetes StatefulSet runs it), on the pre-loaded topic.
 
     Without `rate` the data topic is filled first and the flow reads it to the end; with `rate` a producer
@@ -65,7 +70,7 @@ def run_kafka_embedded(
             console_every=0,
             shards=settings.shards,
         )
-        if processes > 1:
+        if processes:
             if rate > 0:
                 raise SystemExit("bench: --processes runs on a pre-loaded topic; leave --rate out")
             produce(servers, topics["data"], encoded)
@@ -79,7 +84,7 @@ def run_kafka_embedded(
     if rate > 0:  # the warm-up record (partition 0, offset 0) answered before the offered load began
         results = [message for message in results if not _is_warm_up(message)]
     report = kafka_report("kafka-embedded", records, rate or "pre-loaded", results, partitions, bootstrap)
-    return report | ({"processes": processes} if processes > 1 else {})
+    return report | ({"processes": processes} if processes else {})
 
 
 def _run_here(
@@ -87,17 +92,42 @@ def _run_here(
 ) -> None:
     flow = build_flow(flow_settings, context)
     if rate > 0:
-            threading.Thread(target=_offer, args=(servers, topics, encoded, rate), daemon=True).start()
-        else:
-            produce(servers, topics["data"], encoded)
-        run_main(flow, epoch_interval=timedelta(seconds=1))
-        expected = records + (1 if rate > 0 else 0)
-        results = consume_all(servers, topics["results"], expected)
-    if len(results) < expected:
-        raise SystemExit(f"bench: expected {expected} results, got {len(results)}")
-    if rate > 0:  # the warm-up record (partition 0, offset 0) answered before the offered load began
-        results = [message for message in results if not _is_warm_up(message)]
-    return kafka_report("kafka-embedded", records, rate or "pre-loaded", results, partitions, bootstrap)
+        threading.Thread(target=_offer, args=(servers, topics, encoded, rate), daemon=True).start()
+    else:
+        produce(servers, topics["data"], encoded)
+    run_main(flow, epoch_interval=timedelta(seconds=1))
+
+
+def _run_main_job(flow_settings: Settings, processes: int) -> None:
+    """`python -m bytewax.run flows.serving` as `processes` processes of one cluster, until the topic ends."""
+    ports = [free_port() for _ in range(processes)]
+    addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
+    env = {**os.environ, **_environment(flow_settings), "BYTEWAX_ADDRESSES": addresses}
+    command = [sys.executable, "-m", "bytewax.run", "flows.serving"]
+    jobs = [
+        subprocess.Popen([*command, "-i", str(index)], env=env, stdout=subprocess.DEVNULL)
+        for index in range(processes)
+    ]
+    try:
+        for job in jobs:
+            if job.wait(timeout=600) != 0:
+                raise SystemExit(f"bench: a process of the main job exited with {job.returncode}")
+    finally:
+        for job in jobs:
+            job.kill()
+
+
+def _environment(flow_settings: Settings) -> dict[str, str]:
+    """The SERVING_* variables that give the main job `flow_settings`' Kafka topics."""
+    return {
+        "SERVING_KAFKA_BOOTSTRAP_SERVERS": flow_settings.kafka_bootstrap_servers,
+        "SERVING_KAFKA_DATA_TOPIC": flow_settings.kafka_data_topic,
+        "SERVING_KAFKA_MODELS_TOPIC": flow_settings.kafka_models_topic,
+        "SERVING_KAFKA_RESULTS_TOPIC": flow_settings.kafka_results_topic,
+        "SERVING_KAFKA_DEAD_LETTERS_TOPIC": flow_settings.kafka_dead_letters_topic,
+        "SERVING_KAFKA_TAIL": "false",
+        "SERVING_CONSOLE_EVERY": "0",
+    }
 
 
 def _is_warm_up(message) -> bool:
