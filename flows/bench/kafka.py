@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from contextlib import ExitStack
 from datetime import timedelta
 
 from bytewax.testing import run_main
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from flows import shutdown
 from flows.app import build_flow
@@ -20,7 +21,6 @@ from flows.context import ServingContext
 from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
 from flows.settings import Settings
 from flows.sources.generators import generated_records, shipped_model
-from flows.sources.pacing import Pace
 from flows.testing.local_broker import (
     consume_all,
     create_topics,
@@ -92,7 +92,8 @@ def _run_here(
 ) -> None:
     flow = build_flow(flow_settings, context)
     if rate > 0:
-        threading.Thread(target=_offer, args=(servers, topics, encoded, rate), daemon=True).start()
+        offer = (servers, topics, encoded, rate, flow_settings.seed)
+        threading.Thread(target=_offer, args=offer, daemon=True).start()
     else:
         produce(servers, topics["data"], encoded)
     run_main(flow, epoch_interval=timedelta(seconds=1))
@@ -135,21 +136,47 @@ def _is_warm_up(message) -> bool:
     return headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
 
 
-def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float) -> None:
-    """Produce `encoded` at `rate` records/s, then ask the flow to stop once every result is out.
+def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, seed: int) -> None:
+    """Offer `encoded` at `rate` records/s from another process, then ask the flow to stop once every result
+    is out.
 
     One warm-up record (partition 0, offset 0) goes first, and the offered load starts only when its result
     is out: records offered while the flow is still starting would measure the start-up, not the serving.
+    The load comes from `serving-loadgen` in a process of its own, as producers are: a producer thread in
+    this process would take the GIL from the flow it measures.
     """
     producer = Producer({"bootstrap.servers": servers, "linger.ms": "1"})
     producer.produce(topics["data"], key=encoded[0][0], value=encoded[0][1], partition=0)
     producer.flush(30)
     consume_all(servers, topics["results"], 1, timeout=120)
-    pace = Pace(rate)
-    for position, (key, value) in enumerate(encoded):
-        pace.wait_for(position)
-        producer.produce(topics["data"], key=key, value=value)
-        producer.poll(0)
-    producer.flush(60)
-    consume_all(servers, topics["results"], len(encoded) + 1, timeout=120)
+    command = [
+        sys.executable,
+        "-m",
+        "flows.tools.loadgen",
+        "--records",
+        str(len(encoded)),
+        "--rate",
+        str(rate),
+    ]
+    command += ["--bootstrap-servers", servers, "--topic", topics["data"], "--seed", str(seed), "--quiet"]
+    environment = {**os.environ, "SERVING_KAFKA_PRODUCER_CONFIG": '{"linger.ms": "1"}'}
+    subprocess.run(command, env=environment, check=True, timeout=600)
+    _wait_for_results(servers, topics["results"], len(encoded) + 1)
     shutdown.request()
+
+
+def _wait_for_results(servers: str, topic: str, expected: int, timeout_s: float = 120) -> None:
+    """Until the topic holds `expected` messages (its end offsets, looked up ten times a second)."""
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "bench-results-count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+            ]
+            if sum(ends) >= expected:
+                return
+            time.sleep(0.1)
+    finally:
+        consumer.close()
