@@ -6,23 +6,22 @@ from __future__ import annotations
 import threading
 import time
 
-from bytewax.connectors.kafka import KafkaSinkMessage
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.avro import RESULT
 from flows.kafka.headers import ORIGINAL_SIZE_HEADER, REPLACED_HEADER
 from flows.kafka.outputs import smaller_dead_letter, smaller_result
-from flows.kafka.sink import ResilientKafkaSink
+from flows.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.records import ModelResultMetadata, RecommenderRecord, RecommenderResult, RecommenderServingOutput
 from flows.testing.local_broker import consume_all, create_topics, kafka_broker
 from flows.testing.loopback import free_port
 
 
-def big_result(products: int) -> KafkaSinkMessage:
+def big_result(products: int) -> SinkMessage:
     record = RecommenderRecord(5, list(range(products)))
     output = RecommenderServingOutput([str(p) for p in range(products)], [0.5] * products)
     result = RecommenderResult(record, output, ModelResultMetadata("", "m", "embedded:savedmodel", 1, 2))
-    return KafkaSinkMessage(b"5", RESULT.encode(result), headers=[("source.offset", b"42")])
+    return SinkMessage(b"5", RESULT.encode(result), headers=[("source.offset", b"42")])
 
 
 def test_a_result_over_the_producer_limit_goes_out_in_its_smaller_form(kafka_bootstrap):
@@ -46,7 +45,7 @@ def test_a_dead_letter_the_topic_refuses_goes_out_cut_to_a_kibibyte(kafka_bootst
     for future in admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "5000"})]).values():
         future.result(30)
     sink = ResilientKafkaSink([kafka_bootstrap], topic, {}, smaller_dead_letter).build("s", 0, 1)
-    letter = KafkaSinkMessage(
+    letter = SinkMessage(
         b"k", b"v" * 20_000, headers=[("dead-letter.reason", b"why"), ("theirs", b"x" * 3000)]
     )
     sink.write_batch([[letter]])

@@ -11,6 +11,7 @@ from flows import bench
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
 from flows.bench.kafka_baseline import run_kafka_baseline
+from flows.bench.profile import profiled
 from flows.settings import Settings
 from flows.sources.generators import shipped_model
 
@@ -52,35 +53,41 @@ def main() -> None:
         "--swap-after", type=float, default=2.0, help="swap scenario: seconds before v2 is published"
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run under cProfile and add where a record's time goes (us per record, see flows.bench.profile)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="also append the JSON line to this file (for serving-plot-bench)"
     )
     args = parser.parse_args()
-    in_process = (args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on")
-    if args.scenario == "embedded":
-        model = shipped_model(Settings().models_dir, args.model_version)
-        result = run_in_process(args.scenario, model, *in_process)
-    elif args.scenario == "swap":
-        result = run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
-    elif args.scenario in REMOTE_SCENARIOS:
-        with ExitStack() as stack:
-            model = remote_model(args.scenario, args.model_version, stack)
-            result = run_in_process(args.scenario, model, *in_process)
-    elif args.scenario == "kafka-baseline":
-        result = run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
-    else:
-        result = run_kafka_embedded(
-            args.records,
-            args.rate,
-            args.bootstrap_servers,
-            args.partitions,
-            args.model_version,
-            args.processes,
-        )
+    if args.profile and args.processes:
+        parser.error("--profile profiles this process: leave --processes out")
+    result = profiled(lambda: _run(args), args.records) if args.profile else _run(args)
     line = json.dumps(result)
     print(line, flush=True)
     if args.out is not None:
         with open(args.out, "a", encoding="utf-8") as results:
             results.write(line + "\n")
+
+
+def _run(args: argparse.Namespace) -> dict:
+    """The scenario `args` names, run once: its report."""
+    in_process = (args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on")
+    if args.scenario == "embedded":
+        model = shipped_model(Settings().models_dir, args.model_version)
+        return run_in_process(args.scenario, model, *in_process)
+    if args.scenario == "swap":
+        return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
+    if args.scenario in REMOTE_SCENARIOS:
+        with ExitStack() as stack:
+            model = remote_model(args.scenario, args.model_version, stack)
+            return run_in_process(args.scenario, model, *in_process)
+    if args.scenario == "kafka-baseline":
+        return run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
+    return run_kafka_embedded(
+        args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version, args.processes
+    )
 
 
 if __name__ == "__main__":

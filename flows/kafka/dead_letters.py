@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSourceMessage
 from confluent_kafka import KafkaError as ConsumerError
 
 from flows.avro import AvroCodec
 from flows.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
+from flows.kafka.sink import SinkMessage
 from flows.records import DecodeFailure, cut
 from flows.settings import Settings
 
@@ -18,7 +19,7 @@ from flows.settings import Settings
 class Undecodable:
     """A message that goes to the dead letters, and what the flow is told about it."""
 
-    dead_letter: KafkaSinkMessage
+    dead_letter: SinkMessage
     failure: DecodeFailure
 
 
@@ -46,7 +47,7 @@ def _undecodable(
         (PARTITION_HEADER, str(message.partition).encode()),
         (OFFSET_HEADER, str(message.offset).encode()),
     ]
-    letter = KafkaSinkMessage(
+    letter = SinkMessage(
         message.key,
         message.value,
         topic=settings.kafka_dead_letters_topic,

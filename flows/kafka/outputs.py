@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Stream
 
 from flows.avro import RESULT, encode_results
 from flows.kafka.config import client_config
+from flows.kafka.data_source import KafkaOrigin
 from flows.kafka.headers import (
     ORIGINAL_SIZE_HEADER,
     REPLACED_HEADER,
@@ -22,8 +22,7 @@ from flows.kafka.headers import (
     SOURCE_TIMESTAMP_HEADER,
     SOURCE_TOPIC_HEADER,
 )
-from flows.kafka.sink import ResilientKafkaSink
-from flows.kafka.source import KafkaOrigin
+from flows.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.observability.telemetry import TRACEPARENT, trace_context_of
 from flows.records import (
     DecodeFailure,
@@ -38,13 +37,13 @@ from flows.records import (
 from flows.settings import Settings
 
 
-def result_messages(batch: Sequence[ScoredMessage]) -> list[KafkaSinkMessage]:
+def result_messages(batch: Sequence[ScoredMessage]) -> list[SinkMessage]:
     """Results as Kafka messages keyed by user, with headers naming the data message each one answers."""
     values = encode_results(batch)
     if isinstance(batch, ScoredBatch):  # read in columns, see flows.records.ScoredBatch
         carried = batch.trace_context
         return [
-            KafkaSinkMessage(
+            SinkMessage(
                 b"%d" % message.record.user,
                 value,
                 headers=_source_headers(message.origin, carried or trace_context_of(message.origin)),
@@ -52,7 +51,7 @@ def result_messages(batch: Sequence[ScoredMessage]) -> list[KafkaSinkMessage]:
             for message, value in zip(batch.messages, values)
         ]
     return [
-        KafkaSinkMessage(
+        SinkMessage(
             b"%d" % item.result.input_record.user,
             value,
             headers=_source_headers(item.origin, item.trace_context or trace_context_of(item.origin)),
@@ -92,7 +91,7 @@ def _source_headers(origin: object, traceparent: str | None) -> list[tuple[str, 
 DEAD_LETTER_KEPT_BYTES = 1024
 
 
-def smaller_result(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
+def smaller_result(message: SinkMessage, reason: str) -> SinkMessage:
     """The result as an error result without the echoed products and their scores (the sink's `shrink`)."""
     result = RESULT.decode(message.value or b"")
     if isinstance(result, DecodeFailure):  # cannot happen for our own encoding; keep the coordinates anyway
@@ -110,10 +109,10 @@ def smaller_result(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
         replace(metadata, errors=cut(errors)),
     )
     headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
-    return KafkaSinkMessage(message.key, RESULT.encode(smaller), topic=message.topic, headers=headers)
+    return SinkMessage(message.key, RESULT.encode(smaller), topic=message.topic, headers=headers)
 
 
-def smaller_dead_letter(message: KafkaSinkMessage, reason: str) -> KafkaSinkMessage:
+def smaller_dead_letter(message: SinkMessage, reason: str) -> SinkMessage:
     """The dead letter with its value cut to 1 KiB and only the flow's own headers (the sink's `shrink`)."""
     ours = [(name, value[:1000]) for name, value in message.headers or [] if name.startswith("dead-letter.")]
     headers = [
@@ -123,11 +122,11 @@ def smaller_dead_letter(message: KafkaSinkMessage, reason: str) -> KafkaSinkMess
     ]
     key = (message.key or b"")[:DEAD_LETTER_KEPT_BYTES] or None
     value = (message.value or b"")[:DEAD_LETTER_KEPT_BYTES]
-    return KafkaSinkMessage(key, value, topic=message.topic, headers=headers)
+    return SinkMessage(key, value, topic=message.topic, headers=headers)
 
 
 def kafka_outputs(
-    settings: Settings, results: Stream[list[ScoredMessage]], dead_letters: Stream[KafkaSinkMessage]
+    settings: Settings, results: Stream[Sequence[ScoredMessage]], dead_letters: Stream[SinkMessage]
 ) -> None:
     """Write result batches to the results topic and dead letters to the dead-letter topic (see
     flows.kafka.sink; both travel as batches, a dead letter as a batch of one)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow, Stream
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
@@ -21,6 +21,7 @@ from flows.kafka.catch_up import CatchUpSource
 from flows.kafka.config import consumer_config
 from flows.kafka.data_source import DataPollSource, KafkaOrigin
 from flows.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
+from flows.kafka.sink import SinkMessage
 from flows.model_holder import CaughtUp
 from flows.records import DataMessage, DecodeFailure, ModelDescriptor
 from flows.settings import Settings
@@ -38,7 +39,7 @@ class KafkaInputs:
     data: Stream[list[DataMessage]]  # one batch per poll of a partition
     # Undecodable model messages come along as DecodeFailures, so the flow reports them as rejected models.
     models: Stream[ModelDescriptor | DecodeFailure | CaughtUp]
-    dead_letters: Stream[KafkaSinkMessage]
+    dead_letters: Stream[SinkMessage]
 
 
 def _decode_model(settings: Settings, item: KafkaSourceMessage | KafkaError | CaughtUp):

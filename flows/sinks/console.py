@@ -5,6 +5,7 @@ each, so a person can watch models being swapped and records being scored.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TextIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -25,13 +26,13 @@ def describe_result(result: RecommenderResult) -> str:
     return f"{user}: top of {len(ranked):>2} products {best}  [{metadata.model_name}, batch {metadata.duration} ms]"
 
 
-class _ConsolePartition(StatelessSinkPartition[list[ScoredMessage]]):
+class _ConsolePartition(StatelessSinkPartition[Sequence[ScoredMessage]]):
     def __init__(self, every: int, stream: TextIO) -> None:
         self.every = every
         self.stream = stream
         self.seen = 0
 
-    def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
+    def write_batch(self, batches: list[Sequence[ScoredMessage]]) -> None:
         lines = []
         for batch in batches:
             first = self.every - self.seen % self.every - 1  # the batch's first result due for the console
@@ -41,7 +42,7 @@ class _ConsolePartition(StatelessSinkPartition[list[ScoredMessage]]):
             print("\n".join(lines), file=self.stream, flush=True)
 
 
-class ConsoleResultSink(DynamicSink[list[ScoredMessage]]):
+class ConsoleResultSink(DynamicSink[Sequence[ScoredMessage]]):
     """Prints every `every`-th result per worker (0: none), from batches of results."""
 
     def __init__(self, every: int, stream: TextIO = sys.stdout) -> None:
@@ -50,7 +51,7 @@ class ConsoleResultSink(DynamicSink[list[ScoredMessage]]):
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[list[ScoredMessage]]:
+    ) -> StatelessSinkPartition[Sequence[ScoredMessage]]:
         return _ConsolePartition(self.every or 1 << 62, self.stream)
 
 

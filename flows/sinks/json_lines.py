@@ -5,6 +5,7 @@ can read back, in the RecommenderResult Avro schema's JSON shape. It survives a 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -25,14 +26,14 @@ def _drop_torn_last_line(path: Path) -> None:
             file.truncate(content.rfind(b"\n") + 1)
 
 
-class _JsonLinesPartition(StatelessSinkPartition[list[ScoredMessage]]):
+class _JsonLinesPartition(StatelessSinkPartition[Sequence[ScoredMessage]]):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             _drop_torn_last_line(path)
         self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the partition's life)
 
-    def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
+    def write_batch(self, batches: list[Sequence[ScoredMessage]]) -> None:
         lines = (json.dumps(RESULT.to_avro(item.result)) + "\n" for batch in batches for item in batch)
         self.file.write("".join(lines))
         self.file.flush()
@@ -41,7 +42,7 @@ class _JsonLinesPartition(StatelessSinkPartition[list[ScoredMessage]]):
         self.file.close()
 
 
-class JsonLinesResultSink(DynamicSink[list[ScoredMessage]]):
+class JsonLinesResultSink(DynamicSink[Sequence[ScoredMessage]]):
     """Appends batches of results, in the RecommenderResult Avro schema's JSON shape, to DIR/results-W.jsonl."""
 
     def __init__(self, directory: Path) -> None:
@@ -49,5 +50,5 @@ class JsonLinesResultSink(DynamicSink[list[ScoredMessage]]):
 
     def build(
         self, step_id: str, worker_index: int, worker_count: int
-    ) -> StatelessSinkPartition[list[ScoredMessage]]:
+    ) -> StatelessSinkPartition[Sequence[ScoredMessage]]:
         return _JsonLinesPartition(self.directory / f"results-{worker_index}.jsonl")
