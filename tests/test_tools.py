@@ -103,3 +103,23 @@ def test_plot_bench_draws_throughput_and_latency_from_json_lines(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert plot_bench.main([str(empty), "--out", str(tmp_path / "none.png")]) == 2
+
+
+def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
+    from flows.tools import plot_bench
+
+    lines = [
+        {"scenario": "kafka-embedded", "offered_rate": "pre-loaded", "records_per_s": rate, "p50_ms": p50,
+         "p99_ms": 2 * p50, "partitions": 2, "processes": 2}
+        for rate, p50 in [(30_000, 10), (20_000, 30), (40_000, 20)]
+    ] + [{"scenario": "kafka-baseline", "offered_rate": "pre-loaded", "records_per_s": 25_000, "p50_ms": 1,
+          "p99_ms": 2}, {"scenario": "embedded", "offered_rate": 1000, "records_per_s": 1000, "p50_ms": 1,
+          "p99_ms": 2}]  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in lines))
+    assert plot_bench.main([str(results), "--table"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2:] == [
+        "| `kafka-embedded ×2 partitions, main job ×2 processes` | 30,000 (20,000 – 40,000; 3) | 20.0 | 40.0 |",
+        "| `kafka-baseline` | 25,000 (25,000 – 25,000; 1) | 1.0 | 2.0 |",
+    ]

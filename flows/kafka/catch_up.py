@@ -19,6 +19,7 @@ from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, TopicPartition
 
+from flows.kafka.data_source import partition_names
 from flows.model_holder import CaughtUp
 from flows.sources.wrapping import PartitionWrapper
 
@@ -67,7 +68,7 @@ class CatchUpSource(FixedPartitionedSource[Any, Any]):
         self.config = config
 
     def list_parts(self) -> list[str]:
-        return self.inner.list_parts()
+        return partition_names(self.config, self.topic)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _CatchUpPartition:
         index = int(for_part.split("-", 1)[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flows.settings import Settings
 
-# The flow's consumers read ahead at most about one poll (Bytewax takes up to 1,000 messages a poll) instead of
+# The flow's consumers read ahead at most about one poll (SERVING_KAFKA_POLL_SIZE, 1,000 messages) instead of
 # librdkafka's 100,000 messages (up to 64 MB) per partition, and look again every 10 ms whether to fetch more
 # (librdkafka waits 1 s when its queue is long enough, which a short queue would turn into stalls).
 # Against Kafka this costs nothing (the broker holds each fetch up to fetch.wait.max.ms, and memory per

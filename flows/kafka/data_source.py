@@ -24,6 +24,8 @@ from flows.record_polls import decode_records
 from flows.records import DataMessage, DecodeFailure
 from flows.settings import Settings
 
+LOOKUP_TIMEOUT_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaOrigin:
@@ -64,6 +66,9 @@ class DataPollSource(KafkaSource):
             "enable.partition.eof": str(not settings.kafka_tail),
             **config,
         }
+
+    def list_parts(self) -> list[str]:
+        return partition_names(self.consumer_config, self.topic)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DataPollPartition:
         index, topic = for_part.split("-", 1)
@@ -130,6 +135,22 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def partition_names(config: dict[str, str], topic: str) -> list[str]:
+    """The topic's partitions as Bytewax's KafkaSource names them ("<partition>-<topic>").
+
+    Looked up with a consumer: Bytewax's KafkaSource uses an AdminClient, which is a producer inside and
+    warns (CONFWARN) about every consumer setting in the configuration it is given.
+    """
+    consumer = Consumer({**config, "group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=LOOKUP_TIMEOUT_S).topics[topic]
+    finally:
+        consumer.close()
+    if metadata.error is not None:
+        raise RuntimeError(f"cannot list the partitions of Kafka topic {topic!r}: {metadata.error.str()}")
+    return [f"{index}-{topic}" for index in sorted(metadata.partitions)]
 
 
 def _source_message(message: Message) -> KafkaSourceMessage:

@@ -1,4 +1,4 @@
-"""Plot benchmark results: `serving-plot-bench RESULTS.jsonl... --out PLOT.png`.
+"""Plot benchmark results: `serving-plot-bench RESULTS.jsonl... --out PLOT.png [--table]`.
 
 Reads the JSON lines `serving-bench --out FILE` appends (one per run) and draws two panels: throughput per
 scenario for the unthrottled runs (median of the runs, with their range), and latency (p50 and p99) against
@@ -74,7 +74,30 @@ def _label(result: dict[str, Any]) -> str:
         label += f" ×{result['partitions']} partitions"
     if result.get("workers", 1) != 1:
         label += f" ×{result['workers']} workers"
+    if result.get("processes"):
+        label += f", main job ×{result['processes']} process{'es' if result['processes'] > 1 else ''}"
     return label
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table of the unthrottled runs: per scenario, median records/s (range, runs) and the
+    median p50 and p99 latency."""
+    rows = defaultdict(list)
+    for result in results:
+        if not isinstance(result.get("offered_rate"), (int, float)):
+            rows[_label(result)].append(result)
+    lines = ["| scenario | records/s, median (range; runs) | p50 ms | p99 ms |", "|---|---|---|---|"]
+    for label, runs in sorted(
+        rows.items(), key=lambda row: -statistics.median(r["records_per_s"] for r in row[1])
+    ):
+        rates = [run["records_per_s"] for run in runs]
+        p50 = statistics.median(run["p50_ms"] for run in runs)
+        p99 = statistics.median(run["p99_ms"] for run in runs)
+        lines.append(
+            f"| `{label}` | {statistics.median(rates):,.0f} ({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)}) "
+            f"| {p50:,.1f} | {p99:,.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
@@ -123,15 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "results", nargs="+", type=Path, help="JSON-lines files written by serving-bench --out"
     )
-    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("--out", type=Path, help="the PNG to write")
+    parser.add_argument(
+        "--table", action="store_true", help="print a Markdown table of the unthrottled runs' medians"
+    )
     parser.add_argument("--title", default="bytewax-model-serving benchmarks")
     args = parser.parse_args(argv)
     results = read_results(args.results)
     if not results:
         print(f"no benchmark results in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2
-    plot(results, args.out, args.title)
-    print(f"wrote {args.out} from {len(results)} runs")
+    if args.table:
+        print(table(results))
+    if args.out is not None:
+        plot(results, args.out, args.title)
+        print(f"wrote {args.out} from {len(results)} runs")
+    elif not args.table:
+        parser.error("nothing to do: give --out PLOT.png, --table or both")
     return 0
 
 
