@@ -239,18 +239,32 @@ def _long(value: int) -> bytes:
     return encoded if encoded is not None else _varint_long(value)
 
 
-def _long_array(values: Sequence[int]) -> bytes:
+def _array(values: Sequence[Any], cache: dict[Any, bytes], encode: Callable[[Any], bytes]) -> bytes:
+    """An Avro array in one block: each item's encoding looked up in `cache`, or made by `encode` if one
+    is missing there."""
     if not values:
         return b"\x00"
     try:
-        items = b"".join(map(_SMALL_LONGS.__getitem__, values))
+        items = b"".join(map(cache.__getitem__, values))
     except KeyError:
-        items = b"".join(map(_long, values))
+        items = b"".join(map(encode, values))
     return _long(len(values)) + items + b"\x00"
 
 
-# Encoded strings by value: product ids, model names and sources repeat from record to record. Bounded by
-# emptying it when full (error texts can be all different).
+def _remember(cache: dict[Any, bytes], key: Any, encoded: bytes, limit: int) -> bytes:
+    """Keep `encoded` in `cache` under `key`; a full cache is emptied first (values from a topic can all
+    differ, so the caches are bounded)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = encoded
+    return encoded
+
+
+def _long_array(values: Sequence[int]) -> bytes:
+    return _array(values, _SMALL_LONGS, _long)
+
+
+# Encoded strings by value: product ids, model names and sources repeat from record to record.
 _STRINGS: dict[str, bytes] = {}
 _MAX_STRINGS = 1 << 16
 
@@ -260,21 +274,12 @@ def _string(value: str) -> bytes:
     encoded = _STRINGS.get(value)
     if encoded is None:
         utf8 = value.encode()
-        encoded = _long(len(utf8)) + utf8
-        if len(_STRINGS) >= _MAX_STRINGS:
-            _STRINGS.clear()
-        _STRINGS[value] = encoded
+        encoded = _remember(_STRINGS, value, _long(len(utf8)) + utf8, _MAX_STRINGS)
     return encoded
 
 
 def _string_array(values: Sequence[str]) -> bytes:
-    if not values:
-        return b"\x00"
-    try:
-        items = b"".join(map(_STRINGS.__getitem__, values))
-    except KeyError:
-        items = b"".join(map(_string, values))
-    return _long(len(values)) + items + b"\x00"
+    return _array(values, _STRINGS, _string)
 
 
 def _double_array(values: Sequence[float]) -> bytes:
@@ -287,7 +292,7 @@ def _double_array(values: Sequence[float]) -> bytes:
 
 
 # Encoded metadata by value: the results of a micro-batch share theirs (and its start time in ms is a
-# 6-byte long, slow to encode in Python). Bounded like _STRINGS.
+# 6-byte long, slow to encode in Python).
 _METADATA: dict[tuple[str, str, str, int, int], bytes] = {}
 _MAX_METADATA = 1 << 10
 
@@ -297,38 +302,25 @@ def _metadata(metadata: ModelResultMetadata) -> bytes:
     encoded = _METADATA.get(key)
     if encoded is None:
         errors, model_name, source, start_time, duration = key
-        encoded = b"".join(
-            (_string(errors), _string(model_name), _string(source), _long(start_time), _long(duration))
-        )
-        if len(_METADATA) >= _MAX_METADATA:
-            _METADATA.clear()
-        _METADATA[key] = encoded
+        fields = (_string(errors), _string(model_name), _string(source), _long(start_time), _long(duration))
+        encoded = _remember(_METADATA, key, b"".join(fields), _MAX_METADATA)
     return encoded
 
 
-# Product ids as result strings (`str(id)`, encoded), by id: bounded like _STRINGS.
+# Product ids as a result's strings (`str(id)`, encoded), by id.
 _ID_STRINGS: dict[int, bytes] = {}
 
 
 def _id_string(product: int) -> bytes:
     encoded = _ID_STRINGS.get(product)
     if encoded is None:
-        encoded = _string(str(product))
-        if len(_ID_STRINGS) >= _MAX_STRINGS:
-            _ID_STRINGS.clear()
-        _ID_STRINGS[product] = encoded
+        encoded = _remember(_ID_STRINGS, product, _string(str(product)), _MAX_STRINGS)
     return encoded
 
 
 def _id_string_array(products: Sequence[int]) -> bytes:
     """The array of strings a result gives for `products`: what _string_array writes for their `str`s."""
-    if not products:
-        return b"\x00"
-    try:
-        items = b"".join(map(_ID_STRINGS.__getitem__, products))
-    except KeyError:
-        items = b"".join(map(_id_string, products))
-    return _long(len(products)) + items + b"\x00"
+    return _array(products, _ID_STRINGS, _id_string)
 
 
 def _write_result(result: RecommenderResult) -> bytes:
