@@ -11,7 +11,7 @@ snapshots written by the flow before this source still resume it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
@@ -27,9 +27,13 @@ from flows.settings import Settings
 LOOKUP_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KafkaOrigin:
-    """Where a data message was read; `timestamp_ms` is the message's Kafka timestamp."""
+    """Where a data message was read; `timestamp_ms` is the message's Kafka timestamp.
+
+    Not frozen, though nothing changes it: a frozen dataclass costs 1.3 us to make instead of 0.4, once
+    per record.
+    """
 
     topic: str
     partition: int
@@ -40,6 +44,11 @@ class KafkaOrigin:
     def __reduce__(self) -> tuple:
         # Its fields, not the dataclass state: cheaper to pickle when records cross to another process.
         return KafkaOrigin, (self.topic, self.partition, self.offset, self.timestamp_ms, self.headers)
+
+    def __setstate__(self, state: tuple) -> None:
+        # Snapshots written while KafkaOrigin was frozen (0.1.0 to 2026-11-30) hold its field values in order.
+        for name, value in zip((field.name for field in fields(self)), state):
+            setattr(self, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +95,8 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
     ) -> None:
         consumer.assign([TopicPartition(topic, partition, offset)])
         self.consumer = consumer
+        self.topic = topic
+        self.partition = partition
         self.offset = offset  # the next one to read: the recovery state
         self.settings = settings
         self.ended = False
@@ -114,18 +125,15 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
 
     def _decoded(self, messages: list[Message], failed: list[Undecodable]) -> DecodedPoll:
         entered_ns = time.time_ns()  # the poll's records entered the flow together
+        topic, partition = self.topic, self.partition  # a poll reads one partition
         batch = []
         for message, value in zip(messages, decode_records([message.value() for message in messages])):
             if isinstance(value, DecodeFailure):
                 failed.append(decode_failure(RECORD, self.settings, _source_message(message), value))
                 continue
-            kind_and_ms = message.timestamp()
+            headers = message.headers()
             origin = KafkaOrigin(
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                kind_and_ms[1] if kind_and_ms else 0,
-                tuple(message.headers() or ()),
+                topic, partition, message.offset(), message.timestamp()[1], tuple(headers) if headers else ()
             )
             batch.append(DataMessage(value, entered_ns, origin))
         return DecodedPoll(batch, failed)

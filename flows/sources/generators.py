@@ -85,13 +85,16 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
         self.wake = None
         now = time.time_ns()
         messages = []
-        for position in range(self.emitted, self.emitted + count):
+        position, end = self.emitted, self.emitted + count
+        while position < end:  # a slice of a block at a time
             block_number, offset = divmod(position, BLOCK)
             if block_number != self.block_number:
                 self.block = generate_block(self.seed, self.index, block_number)
                 self.block_number = block_number
-            messages.append(DataMessage(self.block[offset], now))
-        self.emitted += count
+            records = self.block[offset : offset + end - position]
+            messages += [DataMessage(record, now) for record in records]
+            position += len(records)
+        self.emitted = end
         return messages
 
     def next_awake(self) -> datetime | None:

@@ -1,0 +1,30 @@
+"""The data generator emits the same records whatever its batch size, a block boundary or a restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.sources.generators import DataGenerator, generated_records
+
+
+def _emitted(generator: DataGenerator, resume: int | None = None, polls: int | None = None) -> list:
+    partition = generator.build_part("data", "data-0", resume)
+    records = []
+    while polls is None or polls > 0:
+        try:
+            records += [message.record for message in partition.next_batch()]
+        except StopIteration:
+            break
+        polls = None if polls is None else polls - 1
+    return records
+
+
+@pytest.mark.parametrize("batch", [1, 100, 256, 1000])
+def test_every_batch_size_emits_the_generated_records(batch):
+    assert _emitted(DataGenerator(1_500, 0, batch=batch, seed=9)) == list(generated_records(9, 1_500))
+
+
+def test_a_resumed_partition_goes_on_where_it_stopped():
+    generator = DataGenerator(1_500, 0, batch=300, seed=9)
+    first = _emitted(generator, polls=2)
+    assert first + _emitted(generator, resume=len(first)) == list(generated_records(9, 1_500))
