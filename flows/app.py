@@ -13,6 +13,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from flows.context import ServingContext
 from flows.dataflow import serve
+from flows.drift import DriftSettings
 from flows.kafka.outputs import kafka_outputs
 from flows.kafka.source import kafka_inputs
 from flows.records import DataMessage, ModelDescriptor
@@ -42,6 +43,7 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
         shards=settings.shards,
         hold_limit=settings.hold_limit,
         max_products=settings.max_products,
+        drift=DriftSettings.of(settings),
         # Both model sources mark when they have sent what was there at start: the holder starts with the
         # newest model (a Kafka topic holds the history), and re-sends after a restart on that input.
         wait_for_catch_up=True,
@@ -67,6 +69,7 @@ def embedded_inputs(
         settings.generator_partitions,
         settings.generator_batch,
         settings.seed,
+        settings.data_shift_after,
     )
     data = op.input("data", flow, StoppableSource(PollBatches(generator)))
     versions = [shipped_model(settings.models_dir, version) for version in settings.versions]

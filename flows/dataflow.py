@@ -20,8 +20,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from flows.context import ServingContext
+from flows.drift import DriftLogic, DriftSettings, batch_features
 from flows.model_holder import HOLDER_KEY, HolderInput, ModelHolderLogic
-from flows.records import DataMessage, ModelEvent, ScoredMessage
+from flows.records import DataMessage, ModelEvent, ScoredBatch, ScoredMessage
 from flows.shard import ModelUpdate, ShardLogic, batch_router, shard_keys
 
 
@@ -41,12 +42,14 @@ def serve(
     hold_limit: int,
     wait_for_catch_up: bool = False,
     max_products: int = 10_000,
+    drift: DriftSettings | None = None,
 ) -> ServingStreams:
     """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
     load models through `context.cache` and report to its telemetry and statistics.
 
     With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
-    and starts with the newest model it read (see `flows.model_holder`).
+    and starts with the newest model it read (see `flows.model_holder`). With `drift`, each model's scored
+    batches also go to a drift monitor keyed by model name, whose events join the model events (`flows.drift`).
     """
     if shards < 1:
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
@@ -81,7 +84,24 @@ def serve(
     )
     shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ModelEvent))
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.trues)
+    if drift is not None and drift.enabled:
+        events = op.merge(
+            f"{step_id}_with_drift", events, _drift_events(step_id, shard_out.falses, drift, context)
+        )
     op.inspect(
         f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
     )
     return ServingStreams(results=shard_out.falses, events=events)
+
+
+def _drift_events(
+    step_id: str, results: Stream[Sequence[ScoredMessage]], drift: DriftSettings, context: ServingContext
+) -> Stream[ModelEvent]:
+    features = op.filter_map(
+        f"{step_id}_drift_features",
+        results,
+        lambda batch: batch_features(batch, drift.sample) if isinstance(batch, ScoredBatch) else None,
+    )
+    keyed = op.key_on(f"{step_id}_key_drift", features, lambda features: features.model_name)
+    monitors = op.stateful_batch(f"{step_id}_drift", keyed, partial(DriftLogic, drift, context.state))
+    return op.key_rm(f"{step_id}_unkey_drift", monitors)

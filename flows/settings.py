@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     )
     generator_batch: int = Field(500, ge=1, description="Most records one generator partition emits at once.")
     seed: int = Field(42, description="Seed of the data generator: the same seed gives the same records.")
+    data_shift_after: int = Field(
+        10_000,
+        ge=0,
+        description="Generated records (per partition) after which the data drifts for as many again (0: never).",
+    )
     model_interval: float = Field(
         10.0, gt=0, description="Seconds between model updates from the model generator."
     )
@@ -145,6 +150,23 @@ class Settings(BaseSettings):
     )
     remote_max_retries: int = Field(
         3, ge=0, description="Highest `retries` a model-server location may ask for."
+    )
+    # Drift monitoring (see flows.drift).
+    drift_reference: int = Field(
+        2_000,
+        ge=0,
+        description="Records a model's drift reference is taken from (its first ones); 0: no drift monitoring.",
+    )
+    drift_window: int = Field(
+        2_000, ge=1, description="Records per drift window, compared with the reference."
+    )
+    drift_threshold: float = Field(
+        0.2,
+        gt=0,
+        description="Population stability index over which a window is `drift` (under it again: `recovered`).",
+    )
+    drift_sample: int = Field(
+        1_000, ge=1, description="Most records of each scored batch the drift monitor reads (the first ones)."
     )
     bytewax_tracing: bool = Field(
         False,

@@ -30,9 +30,11 @@ from support.core_runs import (
 from support.jobs import REPO, wait_for
 
 from flows.context import ServingContext
+from flows.drift import DriftSettings
 from flows.kafka.source import KafkaOrigin
-from flows.observability.state_server import start_state_server
+from flows.observability.state_server import start_state_server, state_document
 from flows.records import DataMessage, RecommenderRecord
+from flows.sources.generators import generate_block
 from flows.testing.loopback import free_port
 from flows.testing.otlp_receiver import otlp_receiver
 from flows.tools.query_state import fetch
@@ -125,6 +127,22 @@ def test_spans_and_metrics_of_a_run_with_a_swap_and_a_failing_model(telemetry, m
         point.attributes["shard"]: point.attributes["model"] for point in points["serving.model.current"]
     }
     assert current == {f"shard-00{i}": model_v2.model_name for i in range(4)}
+
+
+def test_drift_shows_on_the_metrics_and_on_the_state(telemetry, model_v1):
+    context, _spans, metrics = telemetry
+    plain = [record for block in range(12) for record in generate_block(5, 0, block)]
+    shifted = [record for block in range(12, 20) for record in generate_block(5, 0, block, shifted=True)]
+    data = at(0.5, [messages(plain[at_ : at_ + 200]) for at_ in range(0, len(plain), 200)])
+    data += at(1.5, [messages(shifted[at_ : at_ + 200]) for at_ in range(0, len(shifted), 200)])
+    run_core(data, at(0, [model_v1]), context=context, drift=DriftSettings(2_000, 1_000, 0.2, 1_000))
+    psi = {
+        (point.attributes["model"], point.attributes["feature"]): point.value
+        for point in metric_points(metrics)["serving.drift.psi"]
+    }
+    assert psi[(model_v1.model_name, "product")] > 0.2 > psi[(model_v1.model_name, "user")]
+    shown = state_document(context.state)["drift"][model_v1.model_name]
+    assert shown["drifting"] and shown["windows"] >= 1 and shown["reference_taken"]
 
 
 def test_off_means_no_spans_and_no_context(model_v1):

@@ -40,6 +40,12 @@ def main() -> None:
         help="in-process scenarios: export every span over OTLP",
     )
     parser.add_argument(
+        "--drift",
+        choices=["off", "on"],
+        default="on",
+        help="in-process scenarios: monitor drift, as the main job does by default",
+    )
+    parser.add_argument(
         "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
     )
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
@@ -73,7 +79,9 @@ def main() -> None:
 
 def _run(args: argparse.Namespace) -> dict:
     """The scenario `args` names, run once: its report."""
-    in_process = (args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on")
+    in_process = (
+        args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on", args.drift == "on"
+    )  # fmt: skip
     if args.scenario == "embedded":
         model = shipped_model(Settings().models_dir, args.model_version)
         return run_in_process(args.scenario, model, *in_process)

@@ -24,6 +24,7 @@ from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, LatencySink, SwapSink
 from flows.context import ServingContext
 from flows.dataflow import serve
+from flows.drift import DriftSettings
 from flows.observability.telemetry import Telemetry
 from flows.records import ModelDescriptor, ModelEvent, ModelType
 from flows.scorers import Scorer, ScorerCache, build_scorer
@@ -63,15 +64,18 @@ def run_in_process(
     shards: int,
     batch: int,
     tracing: bool = False,
+    drift: bool = True,
 ) -> dict:
     """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
+    With `drift`, the flow monitors drift as the main job does by default (`flows.drift`).
     """
     context = ServingContext.create(cache=ScorerCache(build=_timed_scorers(timed := [])))
     with _exported_spans(context.telemetry) if tracing else nullcontext() as receiver:
-        result = _measure(scenario, model, records, rate, workers, shards, batch, context, timed)
-    return result | {"tracing": f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"}
+        result = _measure(scenario, model, records, rate, workers, shards, batch, context, timed, drift)
+    tracing_line = f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"
+    return result | {"tracing": tracing_line, "drift": "on" if drift else "off"}
 
 
 class _ReceiverProcess:
@@ -128,6 +132,7 @@ def _measure(
     batch: int,
     context: ServingContext,
     timed: list[TimedScorer],
+    drift_on: bool,
 ) -> dict:
     settings = Settings()
     context.cache.acquire(model)  # Load (and warm up) before timing; the flow then shares this scorer.
@@ -140,7 +145,8 @@ def _measure(
         PollBatches(DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)),
     )
     models = op.input("models", flow, ModelGenerator([model], interval=3600, count=1))
-    streams = serve("serve", data, models, context, shards=shards, hold_limit=records)
+    drift = DriftSettings.of(settings) if drift_on else None
+    streams = serve("serve", data, models, context, shards=shards, hold_limit=records, drift=drift)
     sink = LatencySink()
     op.output("latency", streams.results, sink)
     started = time.perf_counter()

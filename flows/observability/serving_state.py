@@ -21,15 +21,26 @@ class ServingState:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_shard: dict[str, ModelToServeStats] = {}
+        self._drift: dict[str, dict[str, Any]] = {}
 
     def serve(self, shard: str, stats: ModelToServeStats) -> None:
         """`shard` now serves the model `stats` describes."""
         with self._lock:
             self._by_shard[shard] = stats
 
+    def drift(self, model_name: str, drift: dict[str, Any]) -> None:
+        """The drift monitor of `model_name` (in this process) says `drift` about its last window."""
+        with self._lock:
+            self._drift[model_name] = drift
+
+    def drift_per_model(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: dict(drift) for name, drift in self._drift.items()}
+
     def clear(self) -> None:
         with self._lock:
             self._by_shard.clear()
+            self._drift.clear()
 
     def models_by_shard(self) -> dict[str, str]:
         with self._lock:

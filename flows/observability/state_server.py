@@ -30,6 +30,7 @@ def state_document(state: ServingState) -> dict[str, Any]:
         "time": time.time_ns() // 1_000_000,
         "models": state.per_model(),
         "shards": state.models_by_shard(),
+        "drift": state.drift_per_model(),
     }
 
 

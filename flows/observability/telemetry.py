@@ -188,8 +188,21 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
         served = state.models_by_shard().items()
         return [Observation(1, {"shard": shard, "model": model}) for shard, model in served]
 
+    def drift(options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(values["psi"], {"model": model, "feature": feature})
+            for model, shown in state.drift_per_model().items()
+            for feature, values in shown["features"].items()
+        ]
+
     meter.create_observable_gauge(
         "serving.model.current", [current_models], unit="1", description="1 for the model each shard serves"
+    )
+    meter.create_observable_gauge(
+        "serving.drift.psi",
+        [drift],
+        unit="1",
+        description="Population stability index of each feature in a model's last drift window",
     )
     return _Instruments(
         records=meter.create_counter("serving.records.scored", unit="{record}", description="Records scored"),

@@ -6,6 +6,10 @@ flow running with recovery picks up where its last snapshot left off.
 
 Records are generated in fixed blocks from a seed, so the n-th record of a partition is the same
 whatever the timing, the number of workers or a restart in between.
+
+With `shift_after`, the data drifts for a while, to show drift monitoring (`flows.drift`): from record
+`shift_after` of each partition to record `2 * shift_after`, most products come from a newly popular
+range (the last sixth of the catalogue), then the data is as before.
 """
 
 from __future__ import annotations
@@ -29,14 +33,23 @@ USERS = 1000
 PRODUCTS = 300
 MAX_PRODUCTS_PER_RECORD = 30
 BLOCK = 256
+POPULAR_PRODUCTS = range(PRODUCTS - PRODUCTS // 6, PRODUCTS)  # the shifted data's favourites
+POPULAR_SHARE = 0.8
 
 
-def generate_block(seed: int, partition: int, block: int) -> list[RecommenderRecord]:
-    """Records [block * BLOCK, (block + 1) * BLOCK) of one partition."""
-    rng = np.random.default_rng([seed, partition, block])
+def generate_block(seed: int, partition: int, block: int, shifted: bool = False) -> list[RecommenderRecord]:
+    """Records [block * BLOCK, (block + 1) * BLOCK) of one partition (as they are while `shifted`)."""
+    rng = np.random.default_rng([seed, partition, block, 1] if shifted else [seed, partition, block])
     users = rng.integers(0, USERS, BLOCK).tolist()
     counts = rng.integers(1, MAX_PRODUCTS_PER_RECORD + 1, BLOCK)
-    products = rng.integers(0, PRODUCTS, int(counts.sum())).tolist()
+    pairs = int(counts.sum())
+    products_array = rng.integers(0, PRODUCTS, pairs)
+    if shifted:
+        popular = rng.random(pairs) < POPULAR_SHARE
+        products_array[popular] = rng.integers(
+            POPULAR_PRODUCTS.start, POPULAR_PRODUCTS.stop, int(popular.sum())
+        )
+    products = products_array.tolist()
     records = []
     offset = 0
     for user, count in zip(users, counts.tolist()):
@@ -45,10 +58,44 @@ def generate_block(seed: int, partition: int, block: int) -> list[RecommenderRec
     return records
 
 
-def generated_records(seed: int, count: int, partition: int = 0) -> Iterator[RecommenderRecord]:
-    """The first `count` records of one generator partition."""
-    for block in range(-(-count // BLOCK)):
-        yield from generate_block(seed, partition, block)[: count - block * BLOCK]
+class _Blocks:
+    """The records of one generator partition by position, a block generated at a time."""
+
+    def __init__(self, seed: int, partition: int, shift_after: int = 0) -> None:
+        self.seed = seed
+        self.partition = partition
+        self.shift_after = shift_after
+        self.key: tuple[int, bool] | None = None
+        self.block: list[RecommenderRecord] = []
+
+    def records(self, start: int, end: int) -> list[RecommenderRecord]:
+        """Records [start, end), a slice of a block at a time."""
+        records: list[RecommenderRecord] = []
+        position = start
+        while position < end:
+            block_number, offset = divmod(position, BLOCK)
+            shifted = self.shift_after > 0 and self.shift_after <= position < 2 * self.shift_after
+            stop = min(end, (block_number + 1) * BLOCK, self._next_change(position))
+            if (block_number, shifted) != self.key:
+                self.block = generate_block(self.seed, self.partition, block_number, shifted)
+                self.key = (block_number, shifted)
+            records += self.block[offset : offset + stop - position]
+            position = stop
+        return records
+
+    def _next_change(self, position: int) -> float:
+        """Where the data next starts or stops drifting after `position`."""
+        changes = (self.shift_after, 2 * self.shift_after) if self.shift_after > 0 else ()
+        return min((change for change in changes if change > position), default=math.inf)
+
+
+def generated_records(
+    seed: int, count: int, partition: int = 0, shift_after: int = 0
+) -> Iterator[RecommenderRecord]:
+    """The first `count` records of one generator partition (drifting from `shift_after`: see above)."""
+    blocks = _Blocks(seed, partition, shift_after)
+    for start in range(0, count, BLOCK):
+        yield from blocks.records(start, min(count, start + BLOCK))
 
 
 def partition_share(total: int, partitions: int, index: int) -> int:
@@ -57,16 +104,22 @@ def partition_share(total: int, partitions: int, index: int) -> int:
 
 
 class _DataPartition(StatefulSourcePartition[DataMessage, int]):
-    def __init__(self, seed: int, index: int, limit: int | None, rate: float, batch: int, resume: int | None):
-        self.seed = seed
-        self.index = index
+    def __init__(
+        self,
+        seed: int,
+        index: int,
+        limit: int | None,
+        rate: float,
+        batch: int,
+        resume: int | None,
+        shift_after: int = 0,
+    ):
+        self.blocks = _Blocks(seed, index, shift_after)
         self.limit = limit
         self.rate = rate
         self.batch = batch
         self.emitted = resume or 0
         self.pace = Pace(rate, first=self.emitted)
-        self.block_number = -1
-        self.block: list[RecommenderRecord] = []
         self.wake: datetime | None = None
 
     def _due(self) -> int:
@@ -84,16 +137,8 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
             return []
         self.wake = None
         now = time.time_ns()
-        messages = []
-        position, end = self.emitted, self.emitted + count
-        while position < end:  # a slice of a block at a time
-            block_number, offset = divmod(position, BLOCK)
-            if block_number != self.block_number:
-                self.block = generate_block(self.seed, self.index, block_number)
-                self.block_number = block_number
-            records = self.block[offset : offset + end - position]
-            messages += [DataMessage(record, now) for record in records]
-            position += len(records)
+        end = self.emitted + count
+        messages = [DataMessage(record, now) for record in self.blocks.records(self.emitted, end)]
         self.emitted = end
         return messages
 
@@ -105,12 +150,20 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
 
 
 class DataGenerator(FixedPartitionedSource[DataMessage, int]):
-    """RecommenderRecords at `rate` records/s in total (0: unthrottled), `records` in all (0: unbounded)."""
+    """RecommenderRecords at `rate` records/s in total (0: unthrottled), `records` in all (0: unbounded);
+    with `shift_after`, drifting for a while (see the module docstring)."""
 
     def __init__(
-        self, records: int, rate: float, partitions: int = 1, batch: int = 500, seed: int = 42
+        self,
+        records: int,
+        rate: float,
+        partitions: int = 1,
+        batch: int = 500,
+        seed: int = 42,
+        shift_after: int = 0,
     ) -> None:
         self.records = records
+        self.shift_after = shift_after
         self.rate = rate
         self.partitions = partitions
         self.batch = batch
@@ -122,7 +175,8 @@ class DataGenerator(FixedPartitionedSource[DataMessage, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DataPartition:
         index = int(for_part.rsplit("-", 1)[1])
         limit = partition_share(self.records, self.partitions, index) if self.records else None
-        return _DataPartition(self.seed, index, limit, self.rate / self.partitions, self.batch, resume_state)
+        rate = self.rate / self.partitions
+        return _DataPartition(self.seed, index, limit, rate, self.batch, resume_state, self.shift_after)
 
 
 @lru_cache(maxsize=8)

@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_kafka_arguments(parser, settings, {"--topic": settings.kafka_data_topic})
     parser.add_argument("--seed", type=int, default=settings.seed)
+    parser.add_argument(
+        "--shift-after",
+        type=int,
+        default=0,
+        help="records after which the data drifts for as many again (a newly popular product range; 0: never)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
 
@@ -37,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
     pace = Pace(args.rate)
     started = pace.started
-    for position, record in enumerate(generated_records(args.seed, args.records)):
+    for position, record in enumerate(
+        generated_records(args.seed, args.records, shift_after=args.shift_after)
+    ):
         pace.wait_for(position)
         while True:
             try:

@@ -20,6 +20,7 @@ from bytewax.testing import TestingSink, cluster_main, run_main
 
 from flows.context import ServingContext
 from flows.dataflow import serve
+from flows.drift import DriftSettings
 from flows.records import DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
 
 Schedule = list[tuple[float, Any]]
@@ -156,21 +157,28 @@ def unbatched(step_id: str, results: Stream[list[ScoredMessage]]) -> Stream[Scor
     return op.flat_map(step_id, results, lambda batch: batch)
 
 
-def serve_into(run: FlowRun, data: Any, models: Any, shards: int = 4, hold_limit: int = 1000) -> Dataflow:
+def serve_into(
+    run: FlowRun,
+    data: Any,
+    models: Any,
+    shards: int = 4,
+    hold_limit: int = 1000,
+    drift: DriftSettings | None = None,
+) -> Dataflow:
     """A flow serving `data` and `models` (Bytewax sources) into `run`'s results and events."""
     flow = Dataflow("test")
     data_stream = as_batches("batches", op.input("data", flow, data))
     model_stream = op.input("models", flow, models)
-    streams = serve("serve", data_stream, model_stream, run.context, shards=shards, hold_limit=hold_limit)
+    streams = serve(
+        "serve", data_stream, model_stream, run.context, shards=shards, hold_limit=hold_limit, drift=drift
+    )
     op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
     return flow
 
 
-def build_core_flow(
-    data: Schedule, models: Schedule, run: FlowRun, shards: int = 4, hold_limit: int = 1000
-) -> Dataflow:
-    return serve_into(run, ScheduledSource(data), ScheduledSource(models), shards, hold_limit)
+def build_core_flow(data: Schedule, models: Schedule, run: FlowRun, **options: Any) -> Dataflow:
+    return serve_into(run, ScheduledSource(data), ScheduledSource(models), **options)
 
 
 def run_in_thread(flow: Dataflow) -> threading.Thread:

@@ -1,0 +1,234 @@
+"""Drift monitoring: is the model still seeing the inputs, and giving the scores, it saw when it started?
+
+For each model in service the flow keeps a reference profile, taken from the first records it scored
+(`SERVING_DRIFT_REFERENCE` records), and compares tumbling windows of the records that follow
+(`SERVING_DRIFT_WINDOW` records each) with it, feature by feature: the user ids, the number of products
+of a record, the product ids and the scores. Each feature's reference is cut into bins at its deciles
+(plus one bin below and one above, so values never seen before count); a window is a count per bin. The
+statistic is the population stability index (PSI: sum over bins of (window - reference) * ln(window /
+reference), proportions floored at 1e-4), with the two-sample Kolmogorov-Smirnov distance of the binned
+distributions alongside. A window whose largest PSI crosses `SERVING_DRIFT_THRESHOLD` (0.2, the usual "the
+population has shifted") emits a `drift` model event; the first window back under it, `recovered`.
+
+Memory is bounded whatever the traffic: during the reference a bounded sample of each feature, afterwards
+the bin edges, the reference proportions and one window's counts. All of it is the step's recovery state.
+The monitor sees up to `SERVING_DRIFT_SAMPLE` records of each scored batch (the first ones), which bounds
+its cost per batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from itertools import chain
+
+import numpy as np
+from bytewax.operators import StatefulBatchLogic
+
+from flows.observability.serving_state import ServingState
+from flows.records import ModelEvent, ScoredBatch
+from flows.settings import Settings
+
+FEATURES = ("user", "products per record", "product", "score")
+DECILES = np.linspace(0.1, 0.9, 9)
+SMALLEST_SHARE = (
+    1e-4  # a bin's share is floored here, so a bin empty on one side gives a large but finite PSI
+)
+PAIRS_PER_RECORD_KEPT = 4  # the reference keeps up to 4 pairs per record of its sample
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """How the flow watches for drift (`SERVING_DRIFT_*`); `reference` 0 turns it off."""
+
+    reference: int = 2_000
+    window: int = 2_000
+    threshold: float = 0.2
+    sample: int = 1_000
+
+    @property
+    def enabled(self) -> bool:
+        return self.reference > 0 and self.window > 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> DriftSettings:
+        return cls(
+            settings.drift_reference, settings.drift_window, settings.drift_threshold, settings.drift_sample
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFeatures:
+    """The features of (a sample of) one scored batch, sent to the drift step of its model."""
+
+    model_name: str
+    users: np.ndarray
+    counts: np.ndarray
+    products: np.ndarray
+    scores: np.ndarray
+
+    def values(self) -> tuple[np.ndarray, ...]:
+        """Per feature, in the order of FEATURES."""
+        return self.users, self.counts, self.products, self.scores
+
+
+def batch_features(batch: ScoredBatch, sample: int) -> BatchFeatures | None:
+    """The first `sample` records of a scored batch, as the drift step reads them; None if it has no scores."""
+    if not batch.scores.size or not batch.metadata.model_name:
+        return None
+    messages = batch.messages[:sample]
+    counts = np.asarray(batch.counts[: len(messages)], np.int64)
+    pairs = int(counts.sum())
+    users = np.fromiter((message.record.user for message in messages), np.float64, len(messages))
+    products = np.fromiter(
+        chain.from_iterable(message.record.products for message in messages), np.float64, pairs
+    )
+    scores = np.asarray(batch.scores[:pairs], np.float64)
+    return BatchFeatures(batch.metadata.model_name, users, counts.astype(np.float64), products, scores)
+
+
+@dataclass
+class FeatureDrift:
+    """One feature's drift in the last window."""
+
+    psi: float
+    ks: float
+
+
+@dataclass
+class DriftState:
+    """A model's drift monitor: its reference (a bounded sample, then bins), its window, what it last said."""
+
+    model_name: str = ""
+    reference_records: int = 0
+    samples: list[list[np.ndarray]] = field(default_factory=lambda: [[] for _ in FEATURES])
+    edges: list[np.ndarray] = field(default_factory=list)  # per feature, once the reference is taken
+    reference: list[np.ndarray] = field(default_factory=list)  # per feature: the share of each bin
+    window: list[np.ndarray] = field(default_factory=list)  # per feature: counts in the current window
+    window_records: int = 0
+    windows: int = 0  # windows evaluated
+    drifting: bool = False
+    last: dict[str, FeatureDrift] = field(default_factory=dict)
+
+
+def psi(window: np.ndarray, reference: np.ndarray) -> float:
+    """Population stability index of a window's bin counts against the reference's bin shares."""
+    shares = np.maximum(window / max(window.sum(), 1), SMALLEST_SHARE)
+    expected = np.maximum(reference, SMALLEST_SHARE)
+    return float(np.sum((shares - expected) * np.log(shares / expected)))
+
+
+def binned_ks(window: np.ndarray, reference: np.ndarray) -> float:
+    """The largest distance between the two cumulative distributions at the bin edges."""
+    shares = window / max(window.sum(), 1)
+    return float(np.max(np.abs(np.cumsum(shares) - np.cumsum(reference))))
+
+
+class DriftMonitor:
+    """The statistics of one model's drift (see the module docstring); `observe` returns the events."""
+
+    def __init__(self, reference_size: int, window_size: int, threshold: float, state: DriftState) -> None:
+        self.reference_size = reference_size
+        self.window_size = window_size
+        self.threshold = threshold
+        self.state = state
+
+    def observe(self, features: BatchFeatures) -> list[ModelEvent]:
+        state = self.state
+        if not state.edges:
+            self._add_to_reference(features)
+            return []
+        for index, values in enumerate(features.values()):
+            state.window[index] += np.bincount(
+                np.searchsorted(state.edges[index], values, side="right"), minlength=len(state.window[index])
+            )
+        state.window_records += len(features.users)
+        if state.window_records < self.window_size:
+            return []
+        return self._close_window()
+
+    def _add_to_reference(self, features: BatchFeatures) -> None:
+        state = self.state
+        room = self.reference_size - state.reference_records
+        records = min(room, len(features.users))
+        pairs = int(features.counts[:records].sum())
+        kept = (records, records, pairs, pairs)
+        for index, (values, count) in enumerate(zip(features.values(), kept)):
+            limit = self.reference_size * (PAIRS_PER_RECORD_KEPT if index >= 2 else 1)
+            held = sum(len(part) for part in state.samples[index])
+            state.samples[index].append(values[: min(count, limit - held)].copy())
+        state.reference_records += records
+        if state.reference_records >= self.reference_size:
+            self._take_reference()
+
+    def _take_reference(self) -> None:
+        state = self.state
+        for samples in state.samples:
+            values = np.concatenate(samples) if samples else np.empty(0)
+            edges = np.unique(np.quantile(values, DECILES)) if values.size else np.empty(0)
+            counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+            state.edges.append(edges)
+            state.reference.append(counts / max(counts.sum(), 1))
+            state.window.append(np.zeros(len(edges) + 1, np.int64))
+        state.samples = [[] for _ in FEATURES]
+
+    def _close_window(self) -> list[ModelEvent]:
+        state = self.state
+        state.last = {
+            name: FeatureDrift(round(psi(window, reference), 4), round(binned_ks(window, reference), 4))
+            for name, window, reference in zip(FEATURES, state.window, state.reference)
+        }
+        records, state.windows = state.window_records, state.windows + 1
+        state.window = [np.zeros_like(window) for window in state.window]
+        state.window_records = 0
+        worst = max(state.last, key=lambda name: state.last[name].psi)
+        over = state.last[worst].psi > self.threshold
+        if over == state.drifting:
+            return []
+        state.drifting = over
+        reason = (
+            f"PSI of {worst} {state.last[worst].psi:.3f} "
+            f"{'over' if over else 'back under'} {self.threshold:g} in window {state.windows} "
+            f"({records:,} records; reference: the first {self.reference_size:,}); "
+            + ", ".join(f"{name} {drift.psi:.3f}" for name, drift in state.last.items())
+        )
+        return [ModelEvent("drift" if over else "recovered", state.model_name, reason)]
+
+
+class DriftLogic(StatefulBatchLogic[BatchFeatures, ModelEvent, DriftState]):
+    """The drift step of one model (the key): feeds its monitor and shows its last window on /state."""
+
+    def __init__(
+        self, settings: DriftSettings, serving_state: ServingState, resume: DriftState | None
+    ) -> None:
+        state = resume if resume is not None else DriftState()
+        self.monitor = DriftMonitor(settings.reference, settings.window, settings.threshold, state)
+        self.serving_state = serving_state
+        if state.model_name:
+            self._publish()
+
+    def on_batch(self, values: list[BatchFeatures]) -> tuple[list[ModelEvent], bool]:
+        events: list[ModelEvent] = []
+        state = self.monitor.state
+        for features in values:
+            state.model_name = state.model_name or features.model_name
+            before = (state.windows, bool(state.edges))
+            events.extend(self.monitor.observe(features))
+            if (state.windows, bool(state.edges)) != before:  # a window closed, or the reference was taken
+                self._publish()
+        return events, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> DriftState:
+        return copy.deepcopy(self.monitor.state)
+
+    def _publish(self) -> None:
+        state = self.monitor.state
+        self.serving_state.drift(
+            state.model_name,
+            {
+                "reference_taken": bool(state.edges),
+                "windows": state.windows,
+                "drifting": state.drifting,
+                "features": {name: asdict(drift) for name, drift in state.last.items()},
+            },
+        )
