@@ -1,4 +1,5 @@
-"""The data generator emits the same records whatever its batch size, a block boundary or a restart."""
+"""The data generator emits the same records whatever its batch size, a block boundary, a drift boundary or
+a restart."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ def _emitted(generator: DataGenerator, resume: int | None = None, polls: int | N
     return records
 
 
+@pytest.mark.parametrize("shift_after", [0, 300])
 @pytest.mark.parametrize("batch", [1, 100, 256, 1000])
-def test_every_batch_size_emits_the_generated_records(batch):
-    assert _emitted(DataGenerator(1_500, 0, batch=batch, seed=9)) == list(generated_records(9, 1_500))
+def test_every_batch_size_emits_the_generated_records(batch, shift_after):
+    generator = DataGenerator(1_500, 0, batch=batch, seed=9, shift_after=shift_after)
+    assert _emitted(generator) == list(generated_records(9, 1_500, shift_after=shift_after))
 
 
 def test_a_resumed_partition_goes_on_where_it_stopped():
