@@ -186,10 +186,14 @@ class DriftMonitor:
         if over == state.drifting:
             return []
         state.drifting = over
+        verdict = (
+            f"PSI of {worst} {state.last[worst].psi:.3f} over {self.threshold:g}"
+            if over
+            else f"every PSI back under {self.threshold:g}"
+        )
         reason = (
-            f"PSI of {worst} {state.last[worst].psi:.3f} "
-            f"{'over' if over else 'back under'} {self.threshold:g} in window {state.windows} "
-            f"({records:,} records; reference: the first {self.reference_size:,}); "
+            f"{verdict} in window {state.windows} ({records:,} records; reference: the first "
+            f"{self.reference_size:,}); "
             + ", ".join(f"{name} {drift.psi:.3f}" for name, drift in state.last.items())
         )
         return [ModelEvent("drift" if over else "recovered", state.model_name, reason)]
