@@ -172,7 +172,16 @@ class ScoredBatch(Sequence[ScoredMessage]):
     flow's time.
     """
 
-    __slots__ = ("_starts", "counts", "messages", "metadata", "replaced", "scores", "trace_context")
+    __slots__ = (
+        "_starts",
+        "counts",
+        "messages",
+        "metadata",
+        "products",
+        "replaced",
+        "scores",
+        "trace_context",
+    )
 
     def __init__(
         self,
@@ -181,6 +190,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
         scores: np.ndarray,
         metadata: ModelResultMetadata,
         replaced: dict[int, ScoredMessage] | None = None,
+        products: np.ndarray | None = None,
     ) -> None:
         self.messages = messages
         self.counts = (
@@ -190,6 +200,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
         self.metadata = metadata
         self.replaced = replaced or {}  # by index: records whose result is an error (scores withheld)
         self.trace_context = ""  # the W3C traceparent of the batch's span, carried by every result
+        self.products = products  # the product of each pair, as the model was given it (for flows.drift)
         self._starts: list[int] | None = None
 
     @classmethod

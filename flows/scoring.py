@@ -82,7 +82,7 @@ def score_batch(
             if index not in replaced:
                 first = float(probabilities[pair])
                 replaced[index] = _out_of_range(messages[index], first, model_name, scorer, policy)
-    return ScoredBatch(messages, counts, probabilities, metadata, replaced), batch_ms
+    return ScoredBatch(messages, counts, probabilities, metadata, replaced, products), batch_ms
 
 
 def _out_of_range(

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from support.core_runs import at, messages, run_core
 
-from flows.drift import BatchFeatures, DriftLogic, DriftMonitor, DriftSettings, DriftState, batch_features
+from flows.drift import (
+    BatchFeatures,
+    DriftLogic,
+    DriftMonitor,
+    DriftSettings,
+    DriftState,
+    batch_features,
+    bin_counts,
+)
 from flows.observability.serving_state import ServingState
 from flows.records import ModelResultMetadata, RecommenderRecord, ScoredBatch
 from flows.sources.generators import POPULAR_PRODUCTS, generate_block
@@ -143,3 +151,12 @@ def test_generated_records_drift_only_between_shift_after_and_twice_that():
     shifting, plain = list(plain_records(7, 1_000, shift_after=300)), list(plain_records(7, 1_000))
     assert shifting[:300] == plain[:300] and shifting[600:] == plain[600:]
     assert all(a != b for a, b in zip(shifting[300:600], plain[300:600]))
+
+
+def test_bin_counts_place_each_value_by_the_edges_at_or_below_it():
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.integers(-5, 40, 3_000).astype(np.float64), [10.0, 20.0, 30.0]])
+    edges = np.array([10.0, 20.0, 30.0])
+    expected = np.bincount(np.searchsorted(edges, values, side="right"), minlength=4)
+    assert bin_counts(edges, values).tolist() == expected.tolist()
+    assert bin_counts(np.empty(0), values).tolist() == [len(values)]
