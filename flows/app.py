@@ -50,7 +50,7 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
     )
 
     if settings.kafka_bootstrap_servers:
-        kafka_outputs(settings, streams.results, inputs.dead_letters)
+        kafka_outputs(settings, streams.results, inputs.dead_letters, streams.events)
     op.output("console_results", streams.results, ConsoleResultSink(settings.console_every))
     op.output("console_events", streams.events, ConsoleEventSink())
     if settings.output_dir is not None:

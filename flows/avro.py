@@ -25,6 +25,7 @@ from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing
 from flows.records import (
     DecodeFailure,
     ModelDescriptor,
+    ModelEvent,
     ModelResultMetadata,
     ModelToServeStats,
     ModelType,
@@ -45,6 +46,7 @@ SCHEMA_NAMES = (
     "RecommenderResult",
     "ModelDescriptor",
     "ModelToServeStats",
+    "ModelEvent",
 )
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
@@ -439,3 +441,30 @@ RECORD = AvroCodec("RecommenderRecord", _record_to_avro, _record_from_avro)
 RESULT = AvroCodec("RecommenderResult", _result_to_avro, _result_from_avro, _RESULT_WRITER)
 MODEL = AvroCodec("ModelDescriptor", _descriptor_to_avro, _descriptor_from_avro)
 STATS = AvroCodec("ModelToServeStats", _stats_to_avro, _stats_from_avro)
+
+
+def _event_to_avro(event: ModelEvent) -> dict:
+    return {
+        "kind": event.kind,
+        "modelName": event.model_name,
+        "reason": event.reason,
+        "shard": event.shard,
+        "previousModel": event.previous_model,
+        "loadMs": event.load_ms,
+        "arrivalMs": event.arrival_ms,
+    }
+
+
+def _event_from_avro(datum: dict) -> ModelEvent:
+    return ModelEvent(
+        datum["kind"],
+        datum["modelName"],
+        datum["reason"],
+        datum["shard"],
+        datum["previousModel"],
+        datum["loadMs"],
+        datum["arrivalMs"],
+    )
+
+
+EVENT = AvroCodec("ModelEvent", _event_to_avro, _event_from_avro)

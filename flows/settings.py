@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         "recommender-dead-letters",
         description="Topic of messages that could not be decoded, with the reason.",
     )
+    kafka_events_topic: str = Field(
+        "",
+        description="If set, model events (accepted, rejected, drift, recovered, ...) also go to this topic, Avro `ModelEvent`s keyed by model name.",
+    )
     kafka_data_start: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a flow without recovery state starts reading the data topic."
     )

@@ -77,3 +77,11 @@ def test_a_broker_that_goes_away_is_waited_for_and_nothing_is_lost(tmp_path):
         messages = consume_all(bootstrap, topic, 2)
     products = sorted(len(RESULT.decode(m.value()).input_record.products) for m in messages)
     assert products[:2] == [3, 4] and sink.replaced == 0
+
+
+def test_a_message_without_headers_is_produced(kafka_bootstrap):
+    topic = create_topics(kafka_bootstrap, "bare", ["out"])["out"]
+    sink = ResilientKafkaSink([kafka_bootstrap], topic, {}, smaller_dead_letter).build("s", 0, 1)
+    sink.write_batch([[SinkMessage(b"k", b"v")]])
+    (message,) = consume_all(kafka_bootstrap, topic, 1)
+    assert (message.key(), message.value(), message.headers()) == (b"k", b"v", None)

@@ -16,7 +16,7 @@ from support.jobs import REPO
 
 TOOLS = (
     "bench", "publish-model", "loadgen", "watch-results", "query-state", "audit", "model-keys", "train-model",
-    "plot-bench",
+    "plot-bench", "retrain",
 )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ TOOLS = [
     "model_keys",
     "train_model",
     "plot_bench",
+    "retrain",
 ]
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.avro import RESULT, encode_results
+from flows.avro import EVENT, RESULT, encode_results
 from flows.kafka.config import client_config
 from flows.kafka.data_source import KafkaOrigin
 from flows.kafka.headers import (
@@ -26,6 +26,7 @@ from flows.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.observability.telemetry import TRACEPARENT, trace_context_of
 from flows.records import (
     DecodeFailure,
+    ModelEvent,
     ModelResultMetadata,
     RecommenderRecord,
     RecommenderResult,
@@ -125,11 +126,30 @@ def smaller_dead_letter(message: SinkMessage, reason: str) -> SinkMessage:
     return SinkMessage(key, value, topic=message.topic, headers=headers)
 
 
+def event_message(event: ModelEvent) -> list[SinkMessage]:
+    """A model event as a message keyed by model name (a batch of one, for the sink)."""
+    return [SinkMessage(event.model_name.encode(), EVENT.encode(event))]
+
+
+def smaller_event(message: SinkMessage, reason: str) -> SinkMessage:
+    """The event with its reason cut to what a few hundred bytes hold (the sink's `shrink`)."""
+    event = EVENT.decode(message.value or b"")
+    if isinstance(event, DecodeFailure):  # cannot happen for our own encoding
+        event = ModelEvent("unknown", "")
+    smaller = replace(event, reason=cut(f"{event.reason} (cut: {reason})", 300))
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return SinkMessage(message.key, EVENT.encode(smaller), topic=message.topic, headers=headers)
+
+
 def kafka_outputs(
-    settings: Settings, results: Stream[Sequence[ScoredMessage]], dead_letters: Stream[SinkMessage]
+    settings: Settings,
+    results: Stream[Sequence[ScoredMessage]],
+    dead_letters: Stream[SinkMessage],
+    events: Stream[ModelEvent],
 ) -> None:
-    """Write result batches to the results topic and dead letters to the dead-letter topic (see
-    flows.kafka.sink; both travel as batches, a dead letter as a batch of one)."""
+    """Write result batches to the results topic, dead letters to the dead-letter topic and, if
+    SERVING_KAFKA_EVENTS_TOPIC is set, model events to it (see flows.kafka.sink; all travel as batches, a
+    dead letter or an event as a batch of one)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map("encode_results", results, result_messages)
@@ -144,3 +164,7 @@ def kafka_outputs(
         letters,
         ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config, smaller_dead_letter),
     )
+    if settings.kafka_events_topic:
+        topic = settings.kafka_events_topic
+        messages = op.map("event_messages", events, event_message)
+        op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, smaller_event))

@@ -61,7 +61,7 @@ class SinkMessage(NamedTuple):
     key: bytes | None
     value: bytes | None
     topic: str | None = None  # None: the sink's topic
-    headers: list[tuple[str, bytes]] | tuple[()] = ()
+    headers: list[tuple[str, bytes]] | None = None  # a list or None: confluent-kafka refuses a tuple
     timestamp: int = 0  # ms since the epoch; 0: the producer's clock
 
 
