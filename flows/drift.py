@@ -44,7 +44,7 @@ class DriftSettings:
     reference: int = 2_000
     window: int = 2_000
     threshold: float = 0.2
-    sample: int = 1_000
+    sample: int = 250
 
     @property
     def enabled(self) -> bool:

@@ -170,7 +170,7 @@ class Settings(BaseSettings):
         description="Population stability index over which a window is `drift` (under it again: `recovered`).",
     )
     drift_sample: int = Field(
-        1_000, ge=1, description="Most records of each scored batch the drift monitor reads (the first ones)."
+        250, ge=1, description="Most records of each scored batch the drift monitor reads (the first ones)."
     )
     bytewax_tracing: bool = Field(
         False,
