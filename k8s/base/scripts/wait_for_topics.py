@@ -1,4 +1,4 @@
-"""Wait until the broker answers and the flow's four topics exist (init step of the flow and the publishers).
+"""Wait until the broker answers and the flow's topics exist (init step of the flow and the publishers).
 
 Uses the flow's own settings (SERVING_* variables), so it reaches the broker the way the flow does.
 """
@@ -18,6 +18,7 @@ wanted = {
     settings.kafka_models_topic,
     settings.kafka_results_topic,
     settings.kafka_dead_letters_topic,
+    *([settings.kafka_events_topic] if settings.kafka_events_topic else []),
 }
 while True:
     try:
