@@ -13,7 +13,8 @@ from flows.settings import SHIPPED_MODELS_DIR
 from flows.sources.generators import generated_records, shipped_model
 from flows.testing.local_broker import consume_all, create_topics, produce
 
-DRIFT = {"SERVING_DRIFT_REFERENCE": "1000", "SERVING_DRIFT_WINDOW": "1000"}
+# Every record of a poll read (a pre-loaded topic gives polls of 1,000; the default reads 250 of each).
+DRIFT = {"SERVING_DRIFT_REFERENCE": "1000", "SERVING_DRIFT_WINDOW": "1000", "SERVING_DRIFT_SAMPLE": "1000"}
 
 
 def test_drift_on_the_events_topic_retrains_and_publishes_a_version_the_flow_accepts(kafka_bootstrap):
