@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from itertools import chain
 
 import numpy as np
@@ -35,6 +36,7 @@ SMALLEST_SHARE = (
     1e-4  # a bin's share is floored here, so a bin empty on one side gives a large but finite PSI
 )
 PAIRS_PER_RECORD_KEPT = 4  # the reference keeps up to 4 pairs per record of its sample
+IDLE_FORGET = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,12 @@ class DriftMonitor:
 
 
 class DriftLogic(StatefulBatchLogic[BatchFeatures, ModelEvent, DriftState]):
-    """The drift step of one model (the key): feeds its monitor and shows its last window on /state."""
+    """The drift step of one model (the key): feeds its monitor and shows its last window on /state.
+
+    A model that scores nothing for IDLE_FORGET (a retired version, most often) is forgotten: its monitor
+    leaves the state and /state, so monitors do not pile up over a long run of model versions. If it
+    scores again, it gets a new reference.
+    """
 
     def __init__(
         self, settings: DriftSettings, serving_state: ServingState, resume: DriftState | None
@@ -232,6 +239,13 @@ class DriftLogic(StatefulBatchLogic[BatchFeatures, ModelEvent, DriftState]):
             if (state.windows, bool(state.edges)) != before:  # a window closed, or the reference was taken
                 self._publish()
         return events, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime:
+        return datetime.now(timezone.utc) + IDLE_FORGET  # asked again after every batch: idle time, not age
+
+    def on_notify(self) -> tuple[list[ModelEvent], bool]:
+        self.serving_state.forget_drift(self.monitor.state.model_name)
+        return [], StatefulBatchLogic.DISCARD
 
     def snapshot(self) -> DriftState:
         return copy.deepcopy(self.monitor.state)

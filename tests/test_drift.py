@@ -4,10 +4,12 @@ back, bounded state that survives a restart, and the same verdict through the da
 from __future__ import annotations
 
 import pickle
+from datetime import datetime, timedelta, timezone
 from itertools import chain
 
 import numpy as np
 import pytest
+from bytewax.operators import StatefulBatchLogic
 from support.core_runs import at, messages, run_core
 
 from flows.drift import (
@@ -160,3 +162,15 @@ def test_bin_counts_place_each_value_by_the_edges_at_or_below_it():
     expected = np.bincount(np.searchsorted(edges, values, side="right"), minlength=4)
     assert bin_counts(edges, values).tolist() == expected.tolist()
     assert bin_counts(np.empty(0), values).tolist() == [len(values)]
+
+
+def test_a_model_idle_for_an_hour_is_forgotten():
+    serving_state = ServingState()
+    logic = DriftLogic(SETTINGS, serving_state, None)
+    data = records(7, range(8))
+    logic.on_batch([features(data, "recommender-v1")])
+    assert "recommender-v1" in serving_state.drift_per_model()
+    wake = logic.notify_at() - datetime.now(timezone.utc)
+    assert timedelta(minutes=59) < wake <= timedelta(hours=1)
+    assert logic.on_notify() == ([], StatefulBatchLogic.DISCARD)
+    assert serving_state.drift_per_model() == {}

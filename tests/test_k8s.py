@@ -137,7 +137,9 @@ def pod_environment(
 def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(kafka_bootstrap, tmp_path):
     container, config = pod_spec()
     scripts = K8S / "base" / "scripts"
-    topics = create_topics(kafka_bootstrap, "k8s", ["data", "models", "results", "dead", "events"], partitions=4)
+    topics = create_topics(
+        kafka_bootstrap, "k8s", ["data", "models", "results", "dead", "events"], partitions=4
+    )
     overrides = {
         "SERVING_KAFKA_EVENTS_TOPIC": topics["events"],
         "SERVING_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,

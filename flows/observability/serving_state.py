@@ -33,6 +33,10 @@ class ServingState:
         with self._lock:
             self._drift[model_name] = drift
 
+    def forget_drift(self, model_name: str) -> None:
+        with self._lock:
+            self._drift.pop(model_name, None)
+
     def drift_per_model(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: dict(drift) for name, drift in self._drift.items()}
