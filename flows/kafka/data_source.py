@@ -3,9 +3,9 @@ its records decoded together (`flows.record_polls`) and its undecodable messages
 
 Bytewax's KafkaSource makes a KafkaSourceMessage of every message, which a decoding step then reads: about
 2 us per record, a tenth of the flow's time once records travel in batches. This source reads confluent-kafka's
-messages directly and emits what the flow needs. Everything else is Bytewax's KafkaSource: the partitions
-(listed by it, named "<partition>-<topic>") and the recovery state (the next offset of each partition), so
-snapshots written by the flow before this source still resume it.
+messages directly and emits what the flow needs. It keeps what Bytewax's KafkaSource had: partitions named
+"<partition>-<topic>" and the next offset of each as the recovery state, so snapshots written by the flow
+before this source still resume it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, fields
 
-from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
-from bytewax.inputs import StatefulSourcePartition
+from bytewax.connectors.kafka import KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka import KafkaError as ConsumerError
 
@@ -59,12 +59,10 @@ class DecodedPoll:
     undecodable: list[Undecodable]
 
 
-class DataPollSource(KafkaSource):
+class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
     """The data topic's partitions, each poll emitted as one DecodedPoll (see the module docstring)."""
 
     def __init__(self, settings: Settings, topic: str, starting_offset: int, config: dict[str, str]) -> None:
-        brokers = settings.kafka_bootstrap_servers.split(",")
-        super().__init__(brokers, [topic], settings.kafka_tail, starting_offset, config)
         self.settings = settings
         self.topic = topic
         self.starting_offset = starting_offset
