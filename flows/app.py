@@ -11,6 +11,7 @@ from __future__ import annotations
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
+from flows.challenger import ChallengerSettings
 from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.drift import DriftSettings
@@ -21,7 +22,7 @@ from flows.settings import Settings
 from flows.sinks.console import ConsoleEventSink, ConsoleResultSink
 from flows.sinks.json_lines import JsonLinesResultSink
 from flows.sources.batched import PollBatches
-from flows.sources.generators import DataGenerator, ModelGenerator, models_in_bounded_run, shipped_model
+from flows.sources.generators import DataGenerator, ModelGenerator, models_in_bounded_run, scheduled_model
 from flows.sources.stoppable import StoppableSource
 
 
@@ -44,15 +45,17 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
         hold_limit=settings.hold_limit,
         max_products=settings.max_products,
         drift=DriftSettings.of(settings),
+        challengers=ChallengerSettings.of(settings),
         # Both model sources mark when they have sent what was there at start: the holder starts with the
         # newest model (a Kafka topic holds the history), and re-sends after a restart on that input.
         wait_for_catch_up=True,
     )
 
     if settings.kafka_bootstrap_servers:
-        kafka_outputs(settings, streams.results, inputs.dead_letters, streams.events)
+        kafka_outputs(settings, streams.results, inputs.dead_letters, streams.events, streams.reports)
     op.output("console_results", streams.results, ConsoleResultSink(settings.console_every))
     op.output("console_events", streams.events, ConsoleEventSink())
+    op.output("console_reports", streams.reports, ConsoleEventSink())
     if settings.output_dir is not None:
         op.output("file_results", streams.results, JsonLinesResultSink(settings.output_dir))
     return flow
@@ -61,8 +64,8 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
 def embedded_inputs(
     flow: Dataflow, settings: Settings
 ) -> tuple[Stream[list[DataMessage]], Stream[ModelDescriptor]]:
-    """Generated records (in batches, one per generator poll) and model updates alternating between the
-    shipped versions."""
+    """Generated records (in batches, one per generator poll) and model updates following the schedule of
+    shipped versions (`SERVING_MODEL_VERSIONS`: champions, challengers and commands, in turn)."""
     generator = DataGenerator(
         settings.records,
         settings.record_rate,
@@ -72,7 +75,7 @@ def embedded_inputs(
         settings.data_shift_after,
     )
     data = op.input("data", flow, StoppableSource(PollBatches(generator)))
-    versions = [shipped_model(settings.models_dir, version) for version in settings.versions]
+    versions = [scheduled_model(settings.models_dir, entry) for entry in settings.versions]
     model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
     run_seconds = (
         settings.records / settings.record_rate if settings.records and settings.record_rate else 0.0

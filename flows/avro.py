@@ -23,6 +23,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
 
 from flows.records import (
+    ChallengerReport,
     DecodeFailure,
     ModelDescriptor,
     ModelEvent,
@@ -47,6 +48,7 @@ SCHEMA_NAMES = (
     "ModelDescriptor",
     "ModelToServeStats",
     "ModelEvent",
+    "ChallengerReport",
 )
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
@@ -402,6 +404,10 @@ def _descriptor_to_avro(descriptor: ModelDescriptor) -> dict:
         "modelBytes": descriptor.model_bytes,
         "modelSourceLocation": descriptor.model_source_location,
         "signature": descriptor.signature,
+        "role": descriptor.role,
+        "mode": descriptor.mode,
+        "fraction": descriptor.fraction,
+        "command": descriptor.command,
     }
 
 
@@ -413,6 +419,10 @@ def _descriptor_from_avro(datum: dict) -> ModelDescriptor:
         datum["modelBytes"],
         datum["modelSourceLocation"],
         _bytes_field(datum.get("signature") or b""),
+        datum["role"],
+        datum["mode"],
+        datum["fraction"],
+        datum["command"],
     )
 
 
@@ -468,3 +478,35 @@ def _event_from_avro(datum: dict) -> ModelEvent:
 
 
 EVENT = AvroCodec("ModelEvent", _event_to_avro, _event_from_avro)
+
+
+_REPORT_FIELDS = {
+    "challenger": "challenger",
+    "champion": "champion",
+    "mode": "mode",
+    "fraction": "fraction",
+    "shard": "shard",
+    "window": "window",
+    "closedBy": "closed_by",
+    "records": "records",
+    "challengerRecords": "challenger_records",
+    "challengerErrors": "challenger_errors",
+    "topK": "top_k",
+    "topKAgreement": "top_k_agreement",
+    "meanAbsDiff": "mean_abs_diff",
+    "championBatchMs": "champion_batch_ms",
+    "challengerBatchMs": "challenger_batch_ms",
+    "startTime": "start_time",
+    "endTime": "end_time",
+}
+
+
+def _report_to_avro(report: ChallengerReport) -> dict:
+    return {avro_name: getattr(report, name) for avro_name, name in _REPORT_FIELDS.items()}
+
+
+def _report_from_avro(datum: dict) -> ChallengerReport:
+    return ChallengerReport(**{name: datum[avro_name] for avro_name, name in _REPORT_FIELDS.items()})
+
+
+REPORT = AvroCodec("ChallengerReport", _report_to_avro, _report_from_avro)

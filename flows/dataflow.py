@@ -2,7 +2,8 @@
 
     data batches ──to a shard, in turn──────────────────────┐
                                                             ├─merge─▶ stateful_batch(shard) ─▶ result batches
-    models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                └▶ events
+    models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                ├▶ events
+                                                                                           └▶ challenger reports
 
 Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
 `flows.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
@@ -19,17 +20,19 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
+from flows.challenger import ChallengerSettings
 from flows.context import ServingContext
 from flows.drift import DriftLogic, DriftSettings, batch_features
-from flows.model_holder import HOLDER_KEY, HolderInput, ModelHolderLogic
-from flows.records import DataMessage, ModelEvent, ScoredBatch, ScoredMessage
-from flows.shard import ModelUpdate, ShardLogic, batch_router, shard_keys
+from flows.model_holder import HOLDER_KEY, AcceptedModel, ChallengerEnded, HolderInput, ModelHolderLogic
+from flows.records import ChallengerReport, DataMessage, ModelEvent, ScoredBatch, ScoredMessage
+from flows.shard import ChallengerEnd, ModelUpdate, ShardInput, ShardLogic, batch_router, shard_keys
 
 
 @dataclass(frozen=True)
 class ServingStreams:
     results: Stream[Sequence[ScoredMessage]]  # a ScoredBatch per model call, a list for errors
     events: Stream[ModelEvent]
+    reports: Stream[ChallengerReport]  # how each challenger compares, per window and shard
 
 
 def serve(
@@ -43,6 +46,7 @@ def serve(
     wait_for_catch_up: bool = False,
     max_products: int = 10_000,
     drift: DriftSettings | None = None,
+    challengers: ChallengerSettings | None = None,
 ) -> ServingStreams:
     """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
     load models through `context.cache` and report to its telemetry and statistics.
@@ -50,6 +54,7 @@ def serve(
     With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
     and starts with the newest model it read (see `flows.model_holder`). With `drift`, each model's scored
     batches also go to a drift monitor keyed by model name, whose events join the model events (`flows.drift`).
+    `challengers` says how shards compare a challenger with the champion (`flows.challenger`).
     """
     if shards < 1:
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
@@ -70,7 +75,7 @@ def serve(
     broadcast = op.flat_map(
         f"{step_id}_to_every_shard",
         holder_out.falses,
-        lambda accepted: [(key, ModelUpdate(key, accepted.descriptor, accepted.arrived_at)) for key in keys],
+        lambda update: [(key, _for_shard(key, update)) for key in keys],
     )
 
     shard_in = op.merge(f"{step_id}_merge", keyed_data, broadcast)
@@ -79,10 +84,15 @@ def serve(
         op.stateful_batch(
             f"{step_id}_shards",
             shard_in,
-            partial(ShardLogic, hold_limit, max_products, context),
+            partial(ShardLogic, hold_limit, max_products, context, challengers=challengers),
         ),
     )
-    shard_out = op.branch(f"{step_id}_split_shards", scored, lambda item: isinstance(item, ModelEvent))
+    with_reports = op.branch(
+        f"{step_id}_split_reports", scored, lambda item: isinstance(item, ChallengerReport)
+    )
+    shard_out = op.branch(
+        f"{step_id}_split_shards", with_reports.falses, lambda item: isinstance(item, ModelEvent)
+    )
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.trues)
     if drift is not None and drift.enabled:
         events = op.merge(
@@ -91,7 +101,13 @@ def serve(
     op.inspect(
         f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
     )
-    return ServingStreams(results=shard_out.falses, events=events)
+    return ServingStreams(results=shard_out.falses, events=events, reports=with_reports.trues)
+
+
+def _for_shard(key: str, update: AcceptedModel | ChallengerEnded) -> ShardInput:
+    if isinstance(update, ChallengerEnded):
+        return ChallengerEnd(key, update.model_name, update.closed_by)
+    return ModelUpdate(key, update.descriptor, update.arrived_at)
 
 
 def _drift_events(

@@ -8,6 +8,11 @@ sent on to every shard, with the time it arrived, so shards report arrival-to-se
 that is ready first supersedes older ones still loading: the latest model wins and nothing waits for a
 slow one.
 
+The holder also keeps a challenger (`flows.challenger`): a descriptor with role `challenger` is judged
+the same way and, once accepted, sent to every shard beside the champion. `promote` and `retire` commands
+on the model stream act on it at once (the shards already hold its scorer). Both roles, with the
+challenger's mode and fraction, are in the holder's recovery state.
+
 At start-up without a model (a fresh deployment), the holder can wait until the model source says it has
 read what was on the topic when the flow started (`CaughtUp`), then judges the newest of those first: the
 backlog of records is scored by the latest model, not by each historical one in turn.
@@ -22,13 +27,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
 
 from flows.admission.descriptor_checks import refusal
-from flows.records import DecodeFailure, ModelDescriptor, ModelEvent, ms_since
+from flows.records import PROMOTE, DecodeFailure, ModelDescriptor, ModelEvent, ms_since
 from flows.scorers import ModelLoadError, ScorerCache
 from flows.scorers.cache import ModelLoad
 
@@ -53,6 +58,22 @@ class AcceptedModel:
     arrived_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ChallengerEnded:
+    """The challenger `model_name` leaves the shards: `promoted` (it is the champion now) or `retired`."""
+
+    model_name: str
+    closed_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class HolderState:
+    """What the holder persists: the champion and the challenger (its role, mode and fraction included)."""
+
+    champion: ModelDescriptor | None = None
+    challenger: ModelDescriptor | None = None
+
+
 @dataclass(slots=True)
 class _Candidate:
     descriptor: ModelDescriptor
@@ -61,16 +82,22 @@ class _Candidate:
 
 
 HolderInput = ModelDescriptor | DecodeFailure | CaughtUp
-HolderOutput = AcceptedModel | ModelEvent
+HolderOutput = AcceptedModel | ChallengerEnded | ModelEvent
 
 
-class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescriptor]):
-    """Judges model events off the step and keeps the latest accepted descriptor."""
+class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState]):
+    """Judges model events off the step and keeps the latest accepted champion and challenger."""
 
-    def __init__(self, cache: ScorerCache, wait_for_catch_up: bool, resume: ModelDescriptor | None) -> None:
+    def __init__(
+        self, cache: ScorerCache, wait_for_catch_up: bool, resume: HolderState | ModelDescriptor | None
+    ) -> None:
         self.cache = cache
-        self.current = resume
-        self.resend_pending = resume is not None
+        if isinstance(resume, ModelDescriptor):  # written before challengers existed
+            resume = HolderState(resume)
+        resume = resume or HolderState()
+        self.current = resume.champion
+        self.challenger = resume.challenger
+        self.resend_pending = self.current is not None
         # With a model source that sends `CaughtUp` markers (Kafka: it sends them after every restart too),
         # the re-send waits for the first input instead of going out from a notification. Bytewax can run
         # the notification of a restored key in an epoch before the resume epoch, while other processes of
@@ -78,12 +105,14 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         # replaced by its restored state, without the model, and holds its records for ever. An input comes
         # in the resume epoch or later, after every shard is restored.
         self.resend_on_input = wait_for_catch_up
-        # The digest this holder holds a cache reference for; none right after a restart.
+        # The digests this holder holds a cache reference for; none right after a restart.
         self.held_digest: str | None = None
+        self.held_challenger_digest: str | None = None
         self.pending: list[_Candidate] = []
-        self.catching_up = wait_for_catch_up and resume is None
+        self.catching_up = wait_for_catch_up and self.current is None
         self.caught_up: set[str] = set()
-        self.startup: list[tuple[ModelDescriptor, float]] = []  # oldest first, while catching up
+        self.startup: list[tuple[ModelDescriptor, float]] = []  # champions, oldest first, while catching up
+        self.startup_challenger: tuple[ModelDescriptor, float] | None = None
 
     def on_batch(self, values: list[HolderInput]) -> tuple[Iterable[HolderOutput], bool]:
         outputs: list[HolderOutput] = []
@@ -112,6 +141,10 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         if self.current is not None:
             outputs.append(ModelEvent("resent", self.current.model_name, "restored from recovery"))
             outputs.append(AcceptedModel(self.current, time.time()))
+        if self.challenger is not None:
+            reason = f"restored from recovery, {self.challenger.experiment()}"
+            outputs.append(ModelEvent("resent", self.challenger.model_name, reason))
+            outputs.append(AcceptedModel(self.challenger, time.time()))
 
     def on_eof(self) -> tuple[Iterable[HolderOutput], bool]:
         # The model input ended (a bounded run; a tailed topic never ends). Bytewax calls nothing on this
@@ -127,8 +160,10 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
             self._settle(outputs)
         return outputs, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> ModelDescriptor | None:
-        return self.current  # Frozen dataclass: safe to hand over as is.
+    def snapshot(self) -> HolderState:
+        return HolderState(
+            self.current, self.challenger
+        )  # Frozen dataclasses: safe to hand over as they are.
 
     def _consider(self, value: HolderInput, outputs: list[HolderOutput]) -> None:
         if isinstance(value, CaughtUp):
@@ -144,9 +179,57 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
             outputs.append(ModelEvent("rejected", value.model_name, refused + self._still_serving()))
             return
         if self.catching_up:
-            self.startup = [*self.startup, (value, time.time())][-MAX_STARTUP_CANDIDATES:]
+            self._remember_at_startup(value)
+            return
+        if value.command:
+            self._command(value, outputs)
             return
         self._start(value, time.time())
+
+    def _remember_at_startup(self, descriptor: ModelDescriptor) -> None:
+        """Replay the topic's history: the champions in order, and the challenger the commands leave."""
+        challenger = self.startup_challenger[0] if self.startup_challenger else None
+        if descriptor.is_challenger:
+            self.startup_challenger = (descriptor, time.time())
+        elif not descriptor.command:
+            self.startup = [*self.startup, (descriptor, time.time())][-MAX_STARTUP_CANDIDATES:]
+        elif challenger is not None and challenger.model_name == descriptor.model_name:
+            if descriptor.command == PROMOTE:
+                promoted = (_as_champion(challenger), time.time())
+                self.startup = [*self.startup, promoted][-MAX_STARTUP_CANDIDATES:]
+            self.startup_challenger = None
+
+    def _command(self, command: ModelDescriptor, outputs: list[HolderOutput]) -> None:
+        """Promote or retire the challenger `command` names."""
+        name = command.model_name
+        challenger = self.challenger
+        if challenger is None or challenger.model_name != name:
+            serving = repr(challenger.model_name) if challenger else "none"
+            outputs.append(
+                ModelEvent(
+                    "rejected", name, f"cannot {command.command} {name!r}: the challenger is {serving}"
+                )
+            )
+            return
+        self.challenger = None
+        if command.command == PROMOTE:
+            if self.held_digest is not None:
+                self.cache.release(self.held_digest)
+            self.held_digest, self.held_challenger_digest = self.held_challenger_digest, None
+            previous = self.current.model_name if self.current else ""
+            self.current = _as_champion(challenger)
+            outputs.append(
+                ModelEvent("promoted", name, "the challenger is the champion", previous_model=previous)
+            )
+            # The champion first: shards then take the scorer they hold as challenger, and let go of it after.
+            outputs.append(AcceptedModel(self.current, time.time()))
+            outputs.append(ChallengerEnded(name, "promoted"))
+            return
+        if self.held_challenger_digest is not None:
+            self.cache.release(self.held_challenger_digest)
+            self.held_challenger_digest = None
+        outputs.append(ModelEvent("retired", name, f"the champion {self._champion_name()!r} answers alone"))
+        outputs.append(ChallengerEnded(name, "retired"))
 
     def _start(self, descriptor: ModelDescriptor, arrived_at: float) -> None:
         self.pending.append(_Candidate(descriptor, arrived_at, self.cache.request(descriptor)))
@@ -158,25 +241,38 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         self.catching_up = False
         if self.startup:
             self._start(*self.startup.pop())
+        if self.startup_challenger is not None:
+            self._start(*self.startup_challenger)
+            self.startup_challenger = None
 
     def _settle(self, outputs: list[HolderOutput]) -> None:
         """Turn finished loads into verdicts, in arrival order; an accepted model supersedes older ones."""
         waiting: list[_Candidate] = []
+        champion_due = self.current is None and any(not c.descriptor.is_challenger for c in self.pending)
         for candidate in self.pending:
-            if not candidate.load.ready():
-                waiting.append(candidate)
+            if not candidate.load.ready() or (candidate.descriptor.is_challenger and champion_due):
+                waiting.append(candidate)  # a challenger ready before the first champion waits for it
                 continue
             try:
                 _, load_ms = candidate.load.result()
             except ModelLoadError as error:
                 self._reject(candidate, error.reason, outputs)
+                if not candidate.descriptor.is_challenger:
+                    champion_due = self.current is None and any(
+                        not c.descriptor.is_challenger for c in waiting
+                    )
                 continue
-            for older in waiting:
+            role = candidate.descriptor.is_challenger
+            for older in [c for c in waiting if c.descriptor.is_challenger == role]:
+                waiting.remove(older)
                 self._reject(
                     older, f"superseded by {candidate.descriptor.model_name!r}, ready first", outputs
                 )
-            waiting = []
-            self._accept(candidate, load_ms, outputs)
+            if role:
+                self._accept_challenger(candidate, load_ms, outputs)
+            else:
+                self._accept(candidate, load_ms, outputs)
+                champion_due = False
         self.pending = waiting
         if not self.pending and self.startup and self.current is None:
             self._start(*self.startup.pop())  # the newest start-up model failed: try the one before it
@@ -206,5 +302,33 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, ModelDescri
         )
         outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at)])
 
+    def _accept_challenger(self, candidate: _Candidate, load_ms: float, outputs: list[HolderOutput]) -> None:
+        descriptor = candidate.descriptor
+        if self.current is None:
+            self._reject(candidate, "a challenger needs a champion in service, and there is none", outputs)
+            return
+        if self.held_challenger_digest is not None:
+            self.cache.release(self.held_challenger_digest)
+        self.held_challenger_digest = descriptor.digest
+        replaced = f" (replacing challenger {self.challenger.model_name!r})" if self.challenger else ""
+        self.challenger = descriptor
+        reason = f"as {descriptor.experiment()} beside {self.current.model_name!r}{replaced}"
+        event = ModelEvent(
+            "accepted",
+            descriptor.model_name,
+            reason,
+            load_ms=load_ms,
+            arrival_ms=ms_since(candidate.arrived_at),
+        )
+        outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at)])
+
+    def _champion_name(self) -> str:
+        return self.current.model_name if self.current else ""
+
     def _still_serving(self) -> str:
         return f"; still serving {self.current.model_name!r}" if self.current else ""
+
+
+def _as_champion(descriptor: ModelDescriptor) -> ModelDescriptor:
+    """`descriptor` promoted: the same model (and digest), answering every record."""
+    return replace(descriptor, role="champion", mode="", fraction=1.0, signature=b"")

@@ -83,9 +83,24 @@ class RecommenderResult:
     metadata: ModelResultMetadata
 
 
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SHADOW = "shadow"
+CANARY = "canary"
+PROMOTE = "promote"
+RETIRE = "retire"
+
+
 @dataclass(frozen=True, slots=True)
 class ModelDescriptor:
-    """A model to serve: inline bytes (a SavedModel archive) or a location."""
+    """A model to serve: inline bytes (a SavedModel archive) or a location; or a command about one.
+
+    `role` is `champion` (it answers every record: the default) or `challenger`, run beside the champion in
+    `mode` `shadow` (it scores a `fraction` of the records, results keep the champion's scores) or `canary`
+    (a `fraction` of users, chosen by a sticky hash, get its results). A descriptor with a `command`
+    (`promote`, `retire`) carries no model: it acts on the challenger named `model_name` (see
+    `flows.challenger`).
+    """
 
     model_name: str
     description: str
@@ -93,6 +108,17 @@ class ModelDescriptor:
     model_bytes: bytes | None = None
     model_source_location: str | None = None
     signature: bytes = b""  # Ed25519, see flows.admission.signing; not part of the digest
+    role: str = CHAMPION
+    mode: str = ""
+    fraction: float = 1.0
+    command: str = ""
+
+    def __setstate__(self, state: tuple) -> None:
+        # Snapshots taken before the challenger fields existed hold fewer values: the rest keep their defaults.
+        defaults = (None, None, b"", CHAMPION, "", 1.0, "")
+        values = (*state, *defaults[len(state) - 3 :])
+        for name, value in zip(_DESCRIPTOR_FIELDS, values):
+            object.__setattr__(self, name, value)
 
     @property
     def digest(self) -> str:
@@ -105,12 +131,29 @@ class ModelDescriptor:
         hasher.update((self.model_source_location or "").encode())
         return hasher.hexdigest()[:16]
 
+    @property
+    def is_challenger(self) -> bool:
+        return self.role == CHALLENGER and not self.command
+
+    def experiment(self) -> str:
+        """How the model is to serve, in words: "champion", "shadow challenger on 50% of records", ..."""
+        if self.command:
+            return f"{self.command} {self.model_name!r}"
+        if not self.is_challenger:
+            return CHAMPION
+        population = "records" if self.mode == SHADOW else "users"
+        return f"{self.mode} challenger on {self.fraction * 100:g}% of {population}"
+
     def __repr__(self) -> str:
         size = len(self.model_bytes) if self.model_bytes else 0
+        role = "" if self.role == CHAMPION and not self.command else f", {self.experiment()}"
         return (
             f"ModelDescriptor({self.model_name!r}, {self.model_type.value}, "
-            f"bytes={size}, location={self.model_source_location!r})"
+            f"bytes={size}, location={self.model_source_location!r}{role})"
         )
+
+
+_DESCRIPTOR_FIELDS = tuple(ModelDescriptor.__dataclass_fields__)
 
 
 @dataclass(slots=True)
@@ -269,6 +312,54 @@ class ScoredBatch(Sequence[ScoredMessage]):
 
     def __repr__(self) -> str:
         return f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, model {self.metadata.model_name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengerReport:
+    """How a challenger did beside the champion over one window of records on one shard (`flows.challenger`).
+
+    Shadow: `challenger_records` were scored by both models, compared by the mean share of each record's
+    top-`top_k` products the two agree on and the mean absolute difference of a pair's two scores. Canary:
+    `challenger_records` were answered by the challenger; the comparison fields are 0. Batch times are
+    the mean of each model's calls.
+    """
+
+    challenger: str
+    champion: str
+    mode: str
+    fraction: float
+    shard: str
+    window: int
+    closed_by: str
+    records: int
+    challenger_records: int
+    challenger_errors: int
+    top_k: int
+    top_k_agreement: float
+    mean_abs_diff: float
+    champion_batch_ms: float
+    challenger_batch_ms: float
+    start_time: int
+    end_time: int
+
+    def __str__(self) -> str:
+        head = (
+            f"challenger {self.challenger!r} ({self.mode} of {self.champion!r}) on {self.shard}, "
+            f"window {self.window}"
+        )
+        closed = "" if self.closed_by == "window" else f" ({self.closed_by})"
+        if self.mode == "shadow":
+            body = (
+                f"{self.challenger_records:,} of {self.records:,} records compared: top-{self.top_k} agreement "
+                f"{self.top_k_agreement:.2f}, mean |score difference| {self.mean_abs_diff:.3f}"
+            )
+        else:
+            body = f"answered {self.challenger_records:,} of {self.records:,} records"
+        errors = f", {self.challenger_errors:,} challenger errors" if self.challenger_errors else ""
+        timing = (
+            f"; batch {self.champion_batch_ms:.1f} ms champion, {self.challenger_batch_ms:.1f} ms challenger"
+        )
+        return f"{head}{closed}: {body}{errors}{timing}"
 
 
 @dataclass(frozen=True, slots=True)

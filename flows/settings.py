@@ -53,7 +53,10 @@ class Settings(BaseSettings):
     model_interval: float = Field(
         10.0, gt=0, description="Seconds between model updates from the model generator."
     )
-    model_versions: str = Field("1,2", description="Shipped model versions the model generator alternates.")
+    model_versions: str = Field(
+        "1,2:shadow,promote:2,1:canary:0.25,retire:1",
+        description="The model generator's schedule, one entry per interval, in turn: VERSION (a shipped model as champion), VERSION:shadow|canary[:FRACTION] (as challenger), promote:VERSION, retire:VERSION.",
+    )
     models_dir: Path = Field(SHIPPED_MODELS_DIR, description="Directory holding one SavedModel per version.")
     console_every: int = Field(
         100, ge=0, description="Print every Nth result on the console (0: none); model events always print."
@@ -76,6 +79,10 @@ class Settings(BaseSettings):
     kafka_events_topic: str = Field(
         "",
         description="If set, model events (accepted, rejected, drift, recovered, ...) also go to this topic, Avro `ModelEvent`s keyed by model name.",
+    )
+    kafka_challenger_topic: str = Field(
+        "",
+        description="If set, challenger reports (shadow and canary comparisons per window) also go to this topic, Avro `ChallengerReport`s keyed by challenger name.",
     )
     kafka_data_start: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a flow without recovery state starts reading the data topic."
@@ -171,6 +178,13 @@ class Settings(BaseSettings):
     )
     drift_sample: int = Field(
         250, ge=1, description="Most records of each scored batch the drift monitor reads (the first ones)."
+    )
+    # Challenger models (see flows.challenger).
+    challenger_window: int = Field(
+        1_000, ge=1, description="Challenger records per challenger report, on each shard."
+    )
+    challenger_top_k: int = Field(
+        5, ge=1, description="k of a shadow challenger's top-k agreement with the champion."
     )
     bytewax_tracing: bool = Field(
         False,

@@ -7,8 +7,12 @@ statistics. Data records are scored in micro-batches, one model call per batch. 
 before any model are held, up to a bound, and scored when the first model arrives; past the bound, or if
 the input ends first, they are emitted with an error. Nothing is dropped.
 
-The snapshot holds the model's digest and name, the statistics and the held records: never the model
-itself, which lives once in the model holder's state (see `flows.model_holder`).
+A shard may also hold a challenger (`flows.challenger`): loaded the same way, it scores beside the
+champion as its experiment says, and the shard emits a `ChallengerReport` per window of its records.
+
+The snapshot holds the model's digest and name, the statistics, the held records and the challenger's
+role and window sums: never a model itself, which lives once in the model holder's state (see
+`flows.model_holder`).
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
 
+from flows.challenger import ChallengerSettings, ChallengerSlot, ModelCall, score_with_challenger
 from flows.context import ServingContext
 from flows.records import (
+    ChallengerReport,
     DataMessage,
     ModelDescriptor,
     ModelEvent,
@@ -98,10 +104,19 @@ class ModelUpdate:
     arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
 
 
+@dataclass(frozen=True, slots=True)
+class ChallengerEnd:
+    """The challenger `model_name` leaves one shard: `closed_by` "promoted" or "retired"."""
+
+    shard: str
+    model_name: str
+    closed_by: str
+
+
 # Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
 # per-item cost is paid per batch (see flows.sources.batched).
-ShardInput = ShardBatch | ModelUpdate
-ShardOutput = Sequence[ScoredMessage] | ModelEvent
+ShardInput = ShardBatch | ModelUpdate | ChallengerEnd
+ShardOutput = Sequence[ScoredMessage] | ModelEvent | ChallengerReport
 
 
 @dataclass
@@ -113,6 +128,7 @@ class ShardState:
     model_name: str = ""
     stats: ModelToServeStats | None = None
     held: list[DataMessage] = field(default_factory=list)
+    challenger: ChallengerSlot | None = None  # (snapshots from before challengers read the class default)
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
@@ -124,8 +140,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         max_products: int,
         context: ServingContext,
         resume: ShardState | None,
+        *,
+        challengers: ChallengerSettings | None = None,
     ) -> None:
         self.hold_limit = hold_limit
+        self.challengers = challengers or ChallengerSettings()
         self.max_products = max_products
         self.cache: ScorerCache = context.cache
         self.telemetry = context.telemetry
@@ -138,6 +157,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.scorer: Scorer | None = None
         # A model on its way in: loading in the background while the current one keeps scoring.
         self.incoming: tuple[ModelUpdate, ModelLoad] | None = None
+        # The same for the challenger (named, with its window, in `state.challenger` once it has loaded).
+        self.challenger_scorer: Scorer | None = None
+        self.incoming_challenger: tuple[ModelUpdate, ModelLoad] | None = None
 
     def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []
@@ -151,13 +173,18 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             # Records before a model event are scored with the model they arrived under.
             self._score(run, outputs)
             run = []
-            self._receive(value, outputs)
+            if isinstance(value, ChallengerEnd):
+                self._end_challenger(value.model_name, value.closed_by, outputs)
+            elif value.descriptor.is_challenger:
+                self._receive_challenger(value, outputs)
+            else:
+                self._receive(value, outputs)
         self._score(run, outputs)
         self._swap_when_ready(outputs)
         return outputs, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(timezone.utc) + POLL if self.incoming else None
+        return datetime.now(timezone.utc) + POLL if self.incoming or self.incoming_challenger else None
 
     def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []
@@ -170,9 +197,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs: list[ShardOutput] = []
-        if self.incoming is not None:
-            self.incoming[1].join()  # the input has ended: nothing is left to score meanwhile
-            self._swap_when_ready(outputs)
+        for incoming in (self.incoming, self.incoming_challenger):
+            if incoming is not None:
+                incoming[1].join()  # the input has ended: nothing is left to score meanwhile
+        self._swap_when_ready(outputs)
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
         if held:
@@ -181,8 +209,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
 
     def snapshot(self) -> ShardState:
         state = self.state
+        challenger = state.challenger
+        if challenger is not None:
+            challenger = replace(challenger, window=copy.copy(challenger.window))
         return ShardState(
-            state.shard, state.model_digest, state.model_name, copy.copy(state.stats), list(state.held)
+            state.shard,
+            state.model_digest,
+            state.model_name,
+            copy.copy(state.stats),
+            list(state.held),
+            challenger,
         )
 
     def _score(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
@@ -195,12 +231,35 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if self.scorer is None:
             self._hold(messages, outputs)
             return
-        with self.telemetry.batch(self.shard, self.state.model_name, self.scorer.source, messages) as span:
-            results, batch_ms = score_batch(self.scorer, self.state.model_name, messages, self.cache.policy)
-            self.telemetry.scored(span, self.shard, self.state.model_name, results, batch_ms)
-        outputs.append(results)
-        if self.state.stats is not None:
-            self.state.stats.record_batch(len(messages), batch_ms)
+        champion = self.state.model_name
+        with self.telemetry.batch(self.shard, champion, self.scorer.source, messages) as span:
+            slot = self.state.challenger
+            if slot is not None and self.challenger_scorer is not None:
+                scored = score_with_challenger(
+                    ModelCall(self.scorer, champion),
+                    ModelCall(self.challenger_scorer, slot.name),
+                    slot,
+                    messages,
+                    self.cache.policy,
+                    self.challengers.top_k,
+                )
+            else:
+                results, batch_ms = score_batch(self.scorer, champion, messages, self.cache.policy)
+                scored = [(results, batch_ms, champion)]
+            for results, batch_ms, answered_by in scored:
+                self.telemetry.scored(span, self.shard, answered_by, results, batch_ms)
+        for results, batch_ms, answered_by in scored:
+            outputs.append(results)
+            if answered_by == champion and self.state.stats is not None:
+                self.state.stats.record_batch(len(results), batch_ms)
+        if slot is not None and slot.window.challenger_records >= self.challengers.window:
+            self._report(slot, "window", outputs)
+            slot.window = slot.window.next()
+
+    def _report(self, slot: ChallengerSlot, closed_by: str, outputs: list[ShardOutput]) -> None:
+        report = slot.report(self.shard, closed_by, self.challengers.top_k)
+        self.serving_state.challenger(report)
+        outputs.append(report)
 
     def _refuse_oversized(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> list[DataMessage]:
         """Error results for records over the product limit (without their products: a result echoing
@@ -238,7 +297,70 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.incoming = (update, self.cache.request(update.descriptor))
         self._swap_when_ready(outputs)
 
+    def _receive_challenger(self, update: ModelUpdate, outputs: list[ShardOutput]) -> None:
+        """Start loading the challenger in `update`; swap at once if this process has it ready already."""
+        descriptor = update.descriptor
+        slot = self.state.challenger
+        if (
+            slot is not None
+            and self.challenger_scorer is not None
+            and (slot.digest, slot.name, slot.mode, slot.fraction)
+            == (descriptor.digest, descriptor.model_name, descriptor.mode, descriptor.fraction)
+        ):
+            return  # The challenger we run, sent again.
+        if self.incoming_challenger is not None:
+            self.cache.release(self.incoming_challenger[0].descriptor.digest)
+        self.incoming_challenger = (update, self.cache.request(descriptor))
+        self._swap_when_ready(outputs)
+
+    def _end_challenger(self, name: str, closed_by: str, outputs: list[ShardOutput]) -> None:
+        """The challenger `name` leaves this shard, with a last report of its partial window."""
+        if self.incoming_challenger is not None and self.incoming_challenger[0].descriptor.model_name == name:
+            self.cache.release(self.incoming_challenger[0].descriptor.digest)
+            self.incoming_challenger = None
+        slot = self.state.challenger
+        if slot is None or slot.name != name:
+            return
+        self._close_challenger(closed_by, outputs)
+
+    def _close_challenger(self, closed_by: str, outputs: list[ShardOutput]) -> None:
+        slot = self.state.challenger
+        assert slot is not None
+        if slot.window.records:
+            self._report(slot, closed_by, outputs)
+        if self.challenger_scorer is not None:
+            self.cache.release(slot.digest)
+        self.state.challenger = None
+        self.challenger_scorer = None
+
+    def _swap_challenger_when_ready(self, outputs: list[ShardOutput]) -> None:
+        if self.incoming_challenger is None or not self.incoming_challenger[1].ready():
+            return
+        update, load = self.incoming_challenger
+        self.incoming_challenger = None
+        descriptor = update.descriptor
+        try:
+            scorer, load_ms = load.result()
+        except ModelLoadError as error:
+            self.cache.release(descriptor.digest)
+            outputs.append(ModelEvent("failed", descriptor.model_name, error.reason, self.shard))
+            return
+        slot = self.state.challenger
+        restored = slot is not None and self.challenger_scorer is None and slot.digest == descriptor.digest
+        if restored and slot is not None:
+            slot.mode, slot.fraction = descriptor.mode, descriptor.fraction
+        else:
+            if slot is not None:
+                self._close_challenger("replaced", outputs)
+            self.state.challenger = ChallengerSlot.of(descriptor, self.state.model_name)
+        self.challenger_scorer = scorer
+        reason = f"{descriptor.experiment()} beside {self.state.model_name!r}"
+        arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
+        kind = "restored" if restored else "challenging"
+        outputs.append(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
+
     def _swap_when_ready(self, outputs: list[ShardOutput]) -> None:
+        self._swap_challenger_when_ready(outputs)
         if self.incoming is None or not self.incoming[1].ready():
             return
         update, load = self.incoming
@@ -261,6 +383,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.scorer = scorer
         self.state.model_digest = digest
         self.state.model_name = descriptor.model_name
+        slot = self.state.challenger
+        if (
+            slot is not None and slot.name != descriptor.model_name
+        ):  # (a promoted one reports its old champion)
+            slot.champion = descriptor.model_name
         if restored and self.state.stats is not None:
             outputs.append(
                 ModelEvent(

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.parse import urlparse
 
 from flows.admission.policy import AdmissionPolicy
 from flows.admission.signing import verify
-from flows.records import ModelDescriptor, ModelType
+from flows.records import (
+    CANARY,
+    CHALLENGER,
+    CHAMPION,
+    PROMOTE,
+    RETIRE,
+    SHADOW,
+    ModelDescriptor,
+    ModelType,
+)
 
 
 def local_path(location: str) -> Path:
@@ -52,6 +62,9 @@ def refusal(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> str | None:
         problem = verify(descriptor, policy.trusted_keys)
         if problem:
             return problem
+    problem = experiment_refusal(descriptor)
+    if problem or descriptor.command:
+        return problem
     if descriptor.model_bytes and len(descriptor.model_bytes) > policy.max_model_bytes:
         return (
             f"model bytes are {len(descriptor.model_bytes):,}, over the limit of {policy.max_model_bytes:,} "
@@ -63,4 +76,25 @@ def refusal(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> str | None:
             allowed_local_directory(descriptor.model_source_location, policy.model_roots)
         except ValueError as error:
             return str(error)
+    return None
+
+
+def experiment_refusal(descriptor: ModelDescriptor) -> str | None:
+    """Why `descriptor`'s role, mode, fraction or command make no sense (see `flows.challenger`), or None."""
+    if descriptor.command:
+        if descriptor.command not in (PROMOTE, RETIRE):
+            return f"unknown command {descriptor.command[:40]!r} (expected {PROMOTE!r} or {RETIRE!r})"
+        if descriptor.model_bytes or descriptor.model_source_location:
+            return f"a {descriptor.command} command names a challenger and carries no model"
+        return None
+    if descriptor.role == CHAMPION:
+        if descriptor.mode or descriptor.fraction != 1.0:
+            return "a champion answers every record: mode and fraction are for a challenger"
+        return None
+    if descriptor.role != CHALLENGER:
+        return f"unknown role {descriptor.role[:40]!r} (expected {CHAMPION!r} or {CHALLENGER!r})"
+    if descriptor.mode not in (SHADOW, CANARY):
+        return f"a challenger's mode must be {SHADOW!r} or {CANARY!r}, not {descriptor.mode[:40]!r}"
+    if not (math.isfinite(descriptor.fraction) and 0 < descriptor.fraction <= 1):
+        return f"a challenger's fraction must lie in (0, 1], not {descriptor.fraction!r}"
     return None

@@ -1,7 +1,10 @@
 """Signed model descriptors: Ed25519 signatures over everything the flow acts on.
 
 A signature covers the model's name, description, type and either the SHA-256 of its bytes or its
-location, each length-prefixed so no two descriptors share a signed message. With trusted keys
+location, each length-prefixed so no two descriptors share a signed message. A challenger or a command
+(`flows.challenger`) also signs its role, mode, fraction and command, so a signed challenger cannot be
+replayed as a champion, nor a command forged; a plain champion signs exactly what it signed before those
+fields existed, so its signatures stay valid. With trusted keys
 configured, a descriptor whose signature does not verify under one of them is refused before anything is
 unpacked or any server is contacted. Keys: a private key is a PKCS#8 PEM file; a public key is a PEM file
 or the base64 of its 32 raw bytes (what `python -m flows.tools.model_keys` prints for SERVING_MODEL_TRUSTED_KEYS).
@@ -21,10 +24,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from flows.records import ModelDescriptor
+from flows.records import CHAMPION, ModelDescriptor
 
 DOMAIN = b"bytewax-model-serving/ModelDescriptor/v1"
+EXPERIMENT_DOMAIN = b"bytewax-model-serving/ModelDescriptor/experiment/v1"
 SIGNATURE_BYTES = 64
+PLAIN_CHAMPION = (CHAMPION, "", 1.0, "")
 
 
 def signed_message(descriptor: ModelDescriptor) -> bytes:
@@ -33,13 +38,21 @@ def signed_message(descriptor: ModelDescriptor) -> bytes:
         content = b"bytes:" + hashlib.sha256(descriptor.model_bytes).digest()
     else:
         content = b"location:" + (descriptor.model_source_location or "").encode()
-    fields = (
+    fields: tuple[bytes, ...] = (
         DOMAIN,
         descriptor.model_name.encode(),
         descriptor.description.encode(),
         descriptor.model_type.value.encode(),
         content,
     )
+    if (descriptor.role, descriptor.mode, descriptor.fraction, descriptor.command) != PLAIN_CHAMPION:
+        fields += (
+            EXPERIMENT_DOMAIN,
+            descriptor.role.encode(),
+            descriptor.mode.encode(),
+            repr(float(descriptor.fraction)).encode(),
+            descriptor.command.encode(),
+        )
     return b"".join(struct.pack(">Q", len(part)) + part for part in fields)
 
 

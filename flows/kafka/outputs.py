@@ -11,7 +11,7 @@ from dataclasses import replace
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.avro import EVENT, RESULT, encode_results
+from flows.avro import EVENT, REPORT, RESULT, encode_results
 from flows.kafka.config import client_config
 from flows.kafka.data_source import KafkaOrigin
 from flows.kafka.headers import (
@@ -25,6 +25,7 @@ from flows.kafka.headers import (
 from flows.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.observability.telemetry import TRACEPARENT, trace_context_of
 from flows.records import (
+    ChallengerReport,
     DecodeFailure,
     ModelEvent,
     ModelResultMetadata,
@@ -141,15 +142,33 @@ def smaller_event(message: SinkMessage, reason: str) -> SinkMessage:
     return SinkMessage(message.key, EVENT.encode(smaller), topic=message.topic, headers=headers)
 
 
+def report_message(report: ChallengerReport) -> list[SinkMessage]:
+    """A challenger report as a message keyed by the challenger's name (a batch of one, for the sink)."""
+    return [SinkMessage(report.challenger.encode(), REPORT.encode(report))]
+
+
+def smaller_report(message: SinkMessage, reason: str) -> SinkMessage:
+    """The report with the model names cut short (the sink's `shrink`; a report is a few hundred bytes)."""
+    report = REPORT.decode(message.value or b"")
+    if isinstance(report, DecodeFailure):  # cannot happen for our own encoding
+        return SinkMessage(
+            message.key, b"", topic=message.topic, headers=[(REPLACED_HEADER, reason.encode())]
+        )
+    smaller = replace(report, challenger=report.challenger[:40], champion=report.champion[:40])
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return SinkMessage(message.key, REPORT.encode(smaller), topic=message.topic, headers=headers)
+
+
 def kafka_outputs(
     settings: Settings,
     results: Stream[Sequence[ScoredMessage]],
     dead_letters: Stream[SinkMessage],
     events: Stream[ModelEvent],
+    reports: Stream[ChallengerReport],
 ) -> None:
     """Write result batches to the results topic, dead letters to the dead-letter topic and, if
-    SERVING_KAFKA_EVENTS_TOPIC is set, model events to it (see flows.kafka.sink; all travel as batches, a
-    dead letter or an event as a batch of one)."""
+    SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC are set, model events and challenger reports
+    to them (see flows.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map("encode_results", results, result_messages)
@@ -168,3 +187,7 @@ def kafka_outputs(
         topic = settings.kafka_events_topic
         messages = op.map("event_messages", events, event_message)
         op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, smaller_event))
+    if settings.kafka_challenger_topic:
+        topic = settings.kafka_challenger_topic
+        messages = op.map("report_messages", reports, report_message)
+        op.output("kafka_reports", messages, ResilientKafkaSink(brokers, topic, config, smaller_report))

@@ -31,6 +31,7 @@ def state_document(state: ServingState) -> dict[str, Any]:
         "models": state.per_model(),
         "shards": state.models_by_shard(),
         "drift": state.drift_per_model(),
+        "challengers": state.challengers(),
     }
 
 

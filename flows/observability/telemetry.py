@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +195,25 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
             for feature, values in shown["features"].items()
         ]
 
+    def challenger(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(totals[field], {"challenger": totals["challenger"], "champion": totals["champion"],
+                                            "mode": totals["mode"]})
+                for totals in state.challengers()
+            ]  # fmt: skip
+
+        return observe
+
+    for field, description in (
+        ("top_k_agreement", "A shadow challenger's mean top-k agreement with the champion"),
+        ("mean_abs_diff", "A shadow challenger's mean absolute score difference from the champion"),
+        ("challenger_records", "Records a challenger scored (shadow) or answered (canary)"),
+        ("challenger_errors", "Records a challenger failed on"),
+    ):
+        meter.create_observable_gauge(
+            f"serving.challenger.{field}", [challenger(field)], unit="1", description=description
+        )
     meter.create_observable_gauge(
         "serving.model.current", [current_models], unit="1", description="1 for the model each shard serves"
     )

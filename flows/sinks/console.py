@@ -10,7 +10,8 @@ from typing import TextIO
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.records import ModelEvent, RecommenderResult, ScoredMessage
+from flows.challenger import merge_reports
+from flows.records import ChallengerReport, ModelEvent, RecommenderResult, ScoredMessage
 
 TOP_PRODUCTS = 3
 
@@ -55,23 +56,39 @@ class ConsoleResultSink(DynamicSink[Sequence[ScoredMessage]]):
         return _ConsolePartition(self.every or 1 << 62, self.stream)
 
 
-class _EventPartition(StatelessSinkPartition[ModelEvent]):
+class _EventPartition(StatelessSinkPartition[ModelEvent | ChallengerReport]):
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def write_batch(self, items: list[ModelEvent]) -> None:
-        for event in items:
+    def write_batch(self, items: list[ModelEvent | ChallengerReport]) -> None:
+        # The shards' reports of one window, which a promote or retire closes together, make one line.
+        windows: dict[tuple[str, int, str], list[ChallengerReport]] = {}
+        for item in items:
+            if isinstance(item, ChallengerReport):
+                windows.setdefault((item.challenger, item.window, item.closed_by), []).append(item)
+        for item in items:
             # Per-shard successes repeat the flow-wide "accepted" line once per shard; failures do not.
-            if event.shard and event.kind in ("swapped", "restored"):
+            if isinstance(item, ModelEvent) and item.shard and item.kind in PER_SHARD_SUCCESSES:
                 continue
-            print(f"** {event}", file=self.stream, flush=True)
+            if isinstance(item, ChallengerReport):
+                reports = windows.pop((item.challenger, item.window, item.closed_by), None)
+                if reports is None:
+                    continue  # printed with the first of its window
+                item = merge_reports(reports)
+            print(f"** {item}", file=self.stream, flush=True)
 
 
-class ConsoleEventSink(DynamicSink[ModelEvent]):
-    """Prints model events: accepted, rejected, re-sent after a restart, and shard failures."""
+PER_SHARD_SUCCESSES = ("swapped", "restored", "challenging")
+
+
+class ConsoleEventSink(DynamicSink[ModelEvent | ChallengerReport]):
+    """Prints model events (accepted, rejected, re-sent after a restart, shard failures, drift) and
+    challenger reports."""
 
     def __init__(self, stream: TextIO = sys.stdout) -> None:
         self.stream = stream
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition[ModelEvent]:
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[ModelEvent | ChallengerReport]:
         return _EventPartition(self.stream)

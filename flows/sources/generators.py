@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,17 @@ import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows.model_holder import CaughtUp
-from flows.records import DataMessage, ModelDescriptor, ModelType, RecommenderRecord
+from flows.records import (
+    CANARY,
+    CHALLENGER,
+    PROMOTE,
+    RETIRE,
+    SHADOW,
+    DataMessage,
+    ModelDescriptor,
+    ModelType,
+    RecommenderRecord,
+)
 from flows.scorers.archive import pack_directory
 from flows.sources.pacing import Pace
 
@@ -191,6 +202,27 @@ def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
         ModelType.TENSORFLOWSAVED,
         model_bytes=pack_directory(directory),
     )
+
+
+def scheduled_model(models_dir: Path, entry: str) -> ModelDescriptor:
+    """One entry of the model generator's schedule (`SERVING_MODEL_VERSIONS`), or ValueError saying why not.
+
+    `2` is shipped version 2 as champion; `2:shadow` or `2:canary:0.25` is it as a challenger, on that
+    fraction (default 1) of records or users; `promote:2` and `retire:2` act on the challenger `recommender-v2`.
+    """
+    parts = [part.strip() for part in entry.split(":")]
+    if parts[0] in (PROMOTE, RETIRE) and len(parts) == 2:
+        return ModelDescriptor(f"recommender-v{parts[1]}", "", ModelType.UNKNOWN, command=parts[0])
+    model = shipped_model(models_dir, parts[0])
+    if len(parts) == 1:
+        return model
+    if parts[1] not in (SHADOW, CANARY) or len(parts) > 3:
+        raise ValueError(
+            f"model schedule entry {entry!r}: expected VERSION, VERSION:shadow|canary[:FRACTION], "
+            "promote:VERSION or retire:VERSION"
+        )
+    fraction = float(parts[2]) if len(parts) == 3 else 1.0
+    return replace(model, role=CHALLENGER, mode=parts[1], fraction=fraction)
 
 
 POLL_AT_MOST = timedelta(milliseconds=10)

@@ -1,0 +1,295 @@
+"""Challenger models: a second model beside the champion, on live records, that never touches its answers
+unless an experiment says so.
+
+A descriptor with role `challenger` goes through the same admission as any model; the model holder then
+keeps it beside the champion and sends it to every shard (see `flows.model_holder`), which scores with both:
+
+- **shadow**: the champion answers every record. The challenger also scores the records of a `fraction` of
+  users, in one extra model call per micro-batch, and the two are compared record by record: the share of
+  the champion's top-k products the challenger also ranks top-k, and the absolute difference of each
+  pair's two scores. A challenger that fails costs its comparison, nothing else.
+- **canary**: the users whose sticky hash falls under `fraction` get the challenger's result (its name is
+  in the result's metadata), the others the champion's. A record the challenger fails on is answered by
+  the champion instead, so a broken canary degrades to the champion rather than to errors.
+
+Users are chosen by a hash of the user id salted with the challenger's name: a user sees one model for the
+whole experiment, on every shard and after a restart, and a new challenger draws its own users.
+
+Each shard sums what it saw over windows of `ChallengerSettings.window` challenger records and emits a
+`ChallengerReport` per window (and a last, partial one when the challenger is promoted, retired or
+replaced). The sums are a few numbers, part of the shard's recovery state.
+
+A `promote` command makes the challenger the champion (shards already hold its scorer: the swap is
+immediate); `retire` drops it. Both are model-stream messages, so an experiment is driven by publishing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from flows.admission.policy import AdmissionPolicy
+from flows.records import CANARY, ChallengerReport, DataMessage, ModelDescriptor, ScoredBatch
+from flows.scorers import Scorer
+from flows.scoring import score_batch
+
+
+@dataclass(frozen=True)
+class ChallengerSettings:
+    """How shards compare a challenger with the champion."""
+
+    window: int = 1_000  # challenger records per report
+    top_k: int = 5  # k of the top-k agreement
+
+    @classmethod
+    def of(cls, settings: object) -> ChallengerSettings:
+        """From `flows.settings.Settings` (its `challenger_*` fields)."""
+        return cls(settings.challenger_window, settings.challenger_top_k)  # type: ignore[attr-defined]
+
+
+def user_buckets(users: np.ndarray, salt: str) -> np.ndarray:
+    """A number in [0, 1) per user, the same for a user and `salt` wherever and whenever it is computed.
+
+    SplitMix64's finaliser over the user id mixed with a digest of `salt`: uniform enough that a fraction
+    f of users falls under f, vectorised, and stable across processes (Python's `hash` is salted per run).
+    """
+    salt_value = np.uint64(int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little"))
+    with np.errstate(over="ignore"):
+        mixed = users.astype(np.int64).view(np.uint64) ^ salt_value
+        mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        mixed = mixed ^ (mixed >> np.uint64(31))
+    return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def chosen(messages: list[DataMessage], fraction: float, salt: str) -> np.ndarray:
+    """Which of `messages` belong to the `fraction` of users the challenger named `salt` gets."""
+    users = np.fromiter((message.record.user for message in messages), np.int64, len(messages))
+    if fraction >= 1.0:
+        return np.ones(len(messages), bool)
+    return user_buckets(users, salt) < fraction
+
+
+@dataclass(slots=True)
+class ComparisonWindow:
+    """Sums over one window of a challenger's records on one shard: bounded, whatever the traffic."""
+
+    number: int = 1
+    start_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    records: int = 0
+    challenger_records: int = 0
+    challenger_errors: int = 0
+    agreement_sum: float = 0.0
+    compared_records: int = 0
+    abs_diff_sum: float = 0.0
+    compared_pairs: int = 0
+    champion_calls: int = 0
+    champion_ms: float = 0.0
+    challenger_calls: int = 0
+    challenger_ms: float = 0.0
+
+    def next(self) -> ComparisonWindow:
+        return ComparisonWindow(self.number + 1)
+
+
+@dataclass(slots=True)
+class ChallengerSlot:
+    """What a shard keeps of its challenger, in its recovery state: never the model itself."""
+
+    name: str
+    digest: str
+    mode: str
+    fraction: float
+    champion: str = ""
+    window: ComparisonWindow = field(default_factory=ComparisonWindow)
+
+    @classmethod
+    def of(cls, descriptor: ModelDescriptor, champion: str) -> ChallengerSlot:
+        return cls(descriptor.model_name, descriptor.digest, descriptor.mode, descriptor.fraction, champion)
+
+    def report(self, shard: str, closed_by: str, top_k: int) -> ChallengerReport:
+        """The window so far as a report."""
+        window = self.window
+        return ChallengerReport(
+            challenger=self.name,
+            champion=self.champion,
+            mode=self.mode,
+            fraction=self.fraction,
+            shard=shard,
+            window=window.number,
+            closed_by=closed_by,
+            records=window.records,
+            challenger_records=window.challenger_records,
+            challenger_errors=window.challenger_errors,
+            top_k=top_k,
+            top_k_agreement=_mean(window.agreement_sum, window.compared_records),
+            mean_abs_diff=_mean(window.abs_diff_sum, window.compared_pairs),
+            champion_batch_ms=_mean(window.champion_ms, window.champion_calls),
+            challenger_batch_ms=_mean(window.challenger_ms, window.challenger_calls),
+            start_time=window.start_ms,
+            end_time=time.time_ns() // 1_000_000,
+        )
+
+
+def merge_reports(reports: list[ChallengerReport]) -> ChallengerReport:
+    """One report for the same window of several shards: counts summed, means weighted by the records
+    each shard's challenger scored (batch times by its records), `shard` saying how many."""
+    first = reports[0]
+    if len(reports) == 1:
+        return first
+    challenger_records = sum(report.challenger_records for report in reports)
+    records = sum(report.records for report in reports)
+
+    def weighted(field: str, weight: str) -> float:
+        total = sum(getattr(report, weight) for report in reports)
+        values = sum(getattr(report, field) * getattr(report, weight) for report in reports)
+        return round(values / total, 6) if total else 0.0
+
+    return replace(
+        first,
+        shard=f"{len(reports)} shards",
+        records=records,
+        challenger_records=challenger_records,
+        challenger_errors=sum(report.challenger_errors for report in reports),
+        top_k_agreement=weighted("top_k_agreement", "challenger_records"),
+        mean_abs_diff=weighted("mean_abs_diff", "challenger_records"),
+        champion_batch_ms=weighted("champion_batch_ms", "records"),
+        challenger_batch_ms=weighted("challenger_batch_ms", "challenger_records"),
+        start_time=min(report.start_time for report in reports),
+        end_time=max(report.end_time for report in reports),
+    )
+
+
+def _mean(total: float, count: int) -> float:
+    return round(total / count, 6) if count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """A model, named, to score with."""
+
+    scorer: Scorer
+    name: str
+
+
+def score_with_challenger(
+    champion: ModelCall,
+    challenger: ModelCall,
+    slot: ChallengerSlot,
+    messages: list[DataMessage],
+    policy: AdmissionPolicy,
+    top_k: int,
+) -> list[tuple[ScoredBatch, float, str]]:
+    """The result batches for `messages` under `slot`'s experiment, each with its call's ms and the name of
+    the model that answered; `slot.window` counts what happened."""
+    window = slot.window
+    window.records += len(messages)
+    mask = chosen(messages, slot.fraction, slot.name)
+    if slot.mode == CANARY:
+        return _canary(champion, challenger, window, messages, mask, policy)
+    answered, champion_ms = score_batch(champion.scorer, champion.name, messages, policy)
+    window.champion_calls += 1
+    window.champion_ms += champion_ms
+    sample = [message for message, take in zip(messages, mask.tolist()) if take]
+    if sample:
+        shadow, challenger_ms = score_batch(challenger.scorer, challenger.name, sample, policy)
+        window.challenger_calls += 1
+        window.challenger_ms += challenger_ms
+        window.challenger_records += len(sample)
+        _compare(answered, np.flatnonzero(mask), shadow, top_k, window)
+    return [(answered, champion_ms, champion.name)]
+
+
+def _canary(
+    champion: ModelCall,
+    challenger: ModelCall,
+    window: ComparisonWindow,
+    messages: list[DataMessage],
+    mask: np.ndarray,
+    policy: AdmissionPolicy,
+) -> list[tuple[ScoredBatch, float, str]]:
+    to_challenger = [message for message, take in zip(messages, mask.tolist()) if take]
+    to_champion = [message for message, take in zip(messages, mask.tolist()) if not take]
+    outputs: list[tuple[ScoredBatch, float, str]] = []
+    if to_challenger:
+        answered, challenger_ms = score_batch(challenger.scorer, challenger.name, to_challenger, policy)
+        window.challenger_calls += 1
+        window.challenger_ms += challenger_ms
+        failed = {index for index, item in answered.replaced.items() if item.result.metadata.errors}
+        if failed:
+            # The champion answers what the challenger could not: a broken canary is the champion's business.
+            to_champion += [message for index, message in enumerate(to_challenger) if index in failed]
+            kept = [index for index in range(len(to_challenger)) if index not in failed]
+            answered = ScoredBatch.of_results([to_challenger[i] for i in kept], [answered[i] for i in kept])
+            window.challenger_errors += len(failed)
+        window.challenger_records += len(answered)
+        if len(answered):
+            outputs.append((answered, challenger_ms, challenger.name))
+    if to_champion:
+        scored, champion_ms = score_batch(champion.scorer, champion.name, to_champion, policy)
+        window.champion_calls += 1
+        window.champion_ms += champion_ms
+        outputs.append((scored, champion_ms, champion.name))
+    return outputs
+
+
+def pair_scores(batch: ScoredBatch) -> tuple[np.ndarray, np.ndarray]:
+    """The score of every pair of `batch` (NaN where a record has none) and which records have scores."""
+    total = sum(batch.counts)
+    scored = np.ones(len(batch), bool)
+    if batch.scores.size == total:
+        scores = batch.scores.astype(np.float64)
+        scored[list(batch.replaced)] = False  # a columnar batch replaces only records with an error
+        return scores, scored
+    scores = np.full(total, np.nan)  # results made one by one (see `flows.scoring`)
+    for index, (start, item) in enumerate(zip(batch.starts, batch)):
+        probabilities = item.result.model_result.probabilities
+        if item.result.metadata.errors or len(probabilities) != batch.counts[index]:
+            scored[index] = False
+            continue
+        scores[start : start + batch.counts[index]] = probabilities
+    return scores, scored
+
+
+def _compare(
+    champion: ScoredBatch, sampled: np.ndarray, challenger: ScoredBatch, top_k: int, window: ComparisonWindow
+) -> None:
+    """Add the comparison of `challenger` (scores of `champion`'s records at `sampled`) to `window`."""
+    champion_scores, champion_ok = pair_scores(champion)
+    challenger_scores, challenger_ok = pair_scores(challenger)
+    window.challenger_errors += int((~challenger_ok).sum())
+    counts = np.asarray(champion.counts, np.int64)
+    in_sample = np.repeat(np.isin(np.arange(len(champion)), sampled), counts)
+    champion_scores = champion_scores[in_sample]
+    counts = counts[sampled]
+    usable = champion_ok[sampled] & challenger_ok & (counts > 0)
+    if not usable.any():
+        return
+    pair_usable = np.repeat(usable, counts)
+    counts = counts[usable]
+    a, b = champion_scores[pair_usable], challenger_scores[pair_usable]
+    agreement = top_k_agreement(a, b, counts, top_k)
+    window.agreement_sum += float(agreement.sum())
+    window.compared_records += int(counts.size)
+    window.abs_diff_sum += float(np.abs(a - b).sum())
+    window.compared_pairs += int(a.size)
+
+
+def top_k_agreement(a: np.ndarray, b: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """Per record (its pairs laid out in turn, `counts` of them): the share of the top-`k` pairs by `a`
+    that are also top-`k` by `b` (ties broken by position). Sorted once for the whole batch."""
+    records = np.repeat(np.arange(counts.size), counts)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    both = (_ranks(a, records, starts) < k) & (_ranks(b, records, starts) < k)
+    shared = np.bincount(records, weights=both, minlength=counts.size)
+    return shared / np.maximum(np.minimum(counts, k), 1)
+
+
+def _ranks(scores: np.ndarray, records: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    order = np.lexsort((-scores, records))
+    ranks = np.empty(scores.size, np.int64)
+    ranks[order] = np.arange(scores.size) - starts[records[order]]
+    return ranks
