@@ -491,6 +491,8 @@ _REPORT_FIELDS = {
     "records": "records",
     "challengerRecords": "challenger_records",
     "challengerErrors": "challenger_errors",
+    "comparedRecords": "compared_records",
+    "comparedPairs": "compared_pairs",
     "topK": "top_k",
     "topKAgreement": "top_k_agreement",
     "meanAbsDiff": "mean_abs_diff",

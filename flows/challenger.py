@@ -124,6 +124,8 @@ class ChallengerSlot:
             records=window.records,
             challenger_records=window.challenger_records,
             challenger_errors=window.challenger_errors,
+            compared_records=window.compared_records,
+            compared_pairs=window.compared_pairs,
             top_k=top_k,
             top_k_agreement=_mean(window.agreement_sum, window.compared_records),
             mean_abs_diff=_mean(window.abs_diff_sum, window.compared_pairs),
@@ -135,32 +137,36 @@ class ChallengerSlot:
 
 
 def merge_reports(reports: list[ChallengerReport]) -> ChallengerReport:
-    """One report for the same window of several shards: counts summed, means weighted by the records
-    each shard's challenger scored (batch times by its records), `shard` saying how many."""
+    """One report for several (the same window of several shards, or a challenger's whole run): counts
+    summed, each mean weighted by what it is a mean of (`MEAN_WEIGHTS`), `shard` saying how many."""
     first = reports[0]
     if len(reports) == 1:
         return first
-    challenger_records = sum(report.challenger_records for report in reports)
-    records = sum(report.records for report in reports)
 
-    def weighted(field: str, weight: str) -> float:
+    def weighted(mean: str, weight: str) -> float:
         total = sum(getattr(report, weight) for report in reports)
-        values = sum(getattr(report, field) * getattr(report, weight) for report in reports)
+        values = sum(getattr(report, mean) * getattr(report, weight) for report in reports)
         return round(values / total, 6) if total else 0.0
 
+    shards = len({report.shard for report in reports})
     return replace(
         first,
-        shard=f"{len(reports)} shards",
-        records=records,
-        challenger_records=challenger_records,
-        challenger_errors=sum(report.challenger_errors for report in reports),
-        top_k_agreement=weighted("top_k_agreement", "challenger_records"),
-        mean_abs_diff=weighted("mean_abs_diff", "challenger_records"),
-        champion_batch_ms=weighted("champion_batch_ms", "records"),
-        challenger_batch_ms=weighted("challenger_batch_ms", "challenger_records"),
+        shard=f"{shards} shards" if shards > 1 else first.shard,
+        **{count: sum(getattr(report, count) for report in reports) for count in SUMMED_COUNTS},
+        **{mean: weighted(mean, weight) for mean, weight in MEAN_WEIGHTS.items()},
         start_time=min(report.start_time for report in reports),
         end_time=max(report.end_time for report in reports),
     )
+
+
+SUMMED_COUNTS = ("records", "challenger_records", "challenger_errors", "compared_records", "compared_pairs")
+# Each mean of a report, and the count it is the mean over (batch times: approximately, by records).
+MEAN_WEIGHTS = {
+    "top_k_agreement": "compared_records",
+    "mean_abs_diff": "compared_pairs",
+    "champion_batch_ms": "records",
+    "challenger_batch_ms": "challenger_records",
+}
 
 
 def _mean(total: float, count: int) -> float:
@@ -279,17 +285,34 @@ def _compare(
 
 
 def top_k_agreement(a: np.ndarray, b: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
-    """Per record (its pairs laid out in turn, `counts` of them): the share of the top-`k` pairs by `a`
-    that are also top-`k` by `b` (ties broken by position). Sorted once for the whole batch."""
+    """Per record (its pairs laid out in turn, `counts` of them, at least one): the share of its top-`k`
+    pairs by `a` that are also top-`k` by `b`. Vectorised over the batch (see `_top_k`)."""
     records = np.repeat(np.arange(counts.size), counts)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    both = (_ranks(a, records, starts) < k) & (_ranks(b, records, starts) < k)
-    shared = np.bincount(records, weights=both, minlength=counts.size)
-    return shared / np.maximum(np.minimum(counts, k), 1)
+    starts = np.cumsum(counts) - counts
+    column = np.arange(records.size) - starts[records]
+    both = _top_k(a, records, column, counts, k) & _top_k(b, records, column, counts, k)
+    return np.bincount(records, weights=both, minlength=counts.size) / np.minimum(counts, k)
 
 
-def _ranks(scores: np.ndarray, records: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    order = np.lexsort((-scores, records))
-    ranks = np.empty(scores.size, np.int64)
-    ranks[order] = np.arange(scores.size) - starts[records[order]]
-    return ranks
+def _top_k(
+    scores: np.ndarray, records: np.ndarray, column: np.ndarray, counts: np.ndarray, k: int
+) -> np.ndarray:
+    """Whether each pair is among its record's `k` highest scores (`column`: its place in its record).
+
+    Records padded into a matrix, one row each, and partitioned row by row: 1 ms for 1,000 records of up
+    to 30 products, a tenth of sorting by (record, score). A batch whose widest record would make the
+    matrix much larger than the batch sorts instead.
+    """
+    width = int(counts.max())
+    if width <= k:
+        return np.ones(scores.size, bool)
+    if counts.size * width > 4 * scores.size + 4096:
+        order = np.lexsort((-scores, records))  # by record, then by score, highest first
+        ranks = np.empty(scores.size, np.int64)
+        ranks[order] = column  # the sorted pairs of a record take its columns 0, 1, ... in turn
+        return ranks < k
+    matrix = np.full((counts.size, width), -np.inf)
+    matrix[records, column] = scores
+    top = np.zeros(matrix.shape, bool)
+    np.put_along_axis(top, np.argpartition(-matrix, k - 1, axis=1)[:, :k], True, axis=1)
+    return top[records, column]

@@ -334,6 +334,8 @@ class ChallengerReport:
     records: int
     challenger_records: int
     challenger_errors: int
+    compared_records: int
+    compared_pairs: int
     top_k: int
     top_k_agreement: float
     mean_abs_diff: float

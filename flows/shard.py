@@ -29,6 +29,7 @@ from bytewax.operators import StatefulBatchLogic
 from flows.challenger import ChallengerSettings, ChallengerSlot, ModelCall, score_with_challenger
 from flows.context import ServingContext
 from flows.records import (
+    CANARY,
     ChallengerReport,
     DataMessage,
     ModelDescriptor,
@@ -201,6 +202,15 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             if incoming is not None:
                 incoming[1].join()  # the input has ended: nothing is left to score meanwhile
         self._swap_when_ready(outputs)
+        if (
+            self.scorer is not None and self._canary_reloading()
+        ):  # the canary never came back: the champion answers
+            self._close_challenger("ended", outputs)
+            self._score_held(outputs)
+        slot = self.state.challenger
+        if slot is not None and slot.window.records:
+            self._report(slot, "ended", outputs)  # a bounded run's last, partial window
+            slot.window = slot.window.next()
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
         if held:
@@ -228,7 +238,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             messages = self._refuse_oversized(messages, outputs)
             if not messages:
                 return
-        if self.scorer is None:
+        if self.scorer is None or self._canary_reloading():
             self._hold(messages, outputs)
             return
         champion = self.state.model_name
@@ -260,6 +270,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         report = slot.report(self.shard, closed_by, self.challengers.top_k)
         self.serving_state.challenger(report)
         outputs.append(report)
+
+    def _canary_reloading(self) -> bool:
+        """After a restart, a canary's users wait for it to load again: none of them sees the champion
+        meanwhile (a shadow challenger only misses some comparisons)."""
+        slot = self.state.challenger
+        return slot is not None and slot.mode == CANARY and self.challenger_scorer is None
+
+    def _score_held(self, outputs: list[ShardOutput]) -> None:
+        held, self.state.held = self.state.held, []
+        self._score(held, outputs)
 
     def _refuse_oversized(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> list[DataMessage]:
         """Error results for records over the product limit (without their products: a result echoing
@@ -322,6 +342,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if slot is None or slot.name != name:
             return
         self._close_challenger(closed_by, outputs)
+        self._score_held(outputs)  # records a restored canary held, if it never loaded again
 
     def _close_challenger(self, closed_by: str, outputs: list[ShardOutput]) -> None:
         slot = self.state.challenger
@@ -344,6 +365,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         except ModelLoadError as error:
             self.cache.release(descriptor.digest)
             outputs.append(ModelEvent("failed", descriptor.model_name, error.reason, self.shard))
+            if self.challenger_scorer is None and self.state.challenger is not None:
+                self.state.challenger = None  # restored, and it cannot run again here: the champion answers
+                self._score_held(outputs)
             return
         slot = self.state.challenger
         restored = slot is not None and self.challenger_scorer is None and slot.digest == descriptor.digest
@@ -358,6 +382,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
         kind = "restored" if restored else "challenging"
         outputs.append(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
+        if self.scorer is not None:
+            self._score_held(outputs)
 
     def _swap_when_ready(self, outputs: list[ShardOutput]) -> None:
         self._swap_challenger_when_ready(outputs)
@@ -406,5 +432,4 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             outputs.append(
                 ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms)
             )
-        held, self.state.held = self.state.held, []
-        self._score(held, outputs)
+        self._score_held(outputs)

@@ -102,6 +102,20 @@ def test_descriptors_written_with_the_earlier_schema_still_decode():
     )
 
 
+def test_descriptors_written_before_challengers_existed_decode_as_champions():
+    before = parse_schema(
+        json.loads((avro.SCHEMAS_DIR / "history" / "ModelDescriptor-3.avsc").read_text(encoding="utf-8"))
+    )
+    buffer = io.BytesIO()
+    buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(before))
+    datum = {"modelName": "m", "description": "d", "modelType": "TENSORFLOWSAVED", "modelBytes": b"tar",
+             "modelSourceLocation": None, "signature": b"s" * 64}  # fmt: skip
+    schemaless_writer(buffer, before, datum)
+    decoded = avro.MODEL.decode(buffer.getvalue())
+    assert decoded == ModelDescriptor("m", "d", ModelType.TENSORFLOWSAVED, b"tar", None, b"s" * 64)
+    assert (decoded.role, decoded.mode, decoded.fraction, decoded.command) == ("champion", "", 1.0, "")
+
+
 def test_a_consumer_on_the_earlier_schema_reads_the_new_symbol_as_unknown():
     encoded = avro.MODEL.encode(
         ModelDescriptor("m", "", ModelType.OPENINFERENCE, None, "grpc://h:1/models/m")

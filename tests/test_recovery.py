@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -15,9 +17,11 @@ from support.core_runs import FlowRun, messages, sample_records, unbatched
 
 from flows.admission.policy import AdmissionPolicy
 from flows.app import build_flow
+from flows.challenger import user_buckets
 from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.model_holder import ModelHolderLogic
+from flows.records import CANARY, CHALLENGER
 from flows.settings import Settings
 from flows.shard import ShardLogic
 from flows.sources.batched import PollBatches
@@ -63,6 +67,41 @@ def test_after_an_abort_the_model_is_restored_without_the_model_stream(model_v1,
     # the restart may count twice; without the snapshot only the second run's records would count).
     [(name, usage)] = [(model["name"], model["usage"]) for model in run.context.state.per_model()]
     assert name == model_v1.model_name and len(first + second) <= usage <= len(run.results)
+
+
+def test_after_an_abort_the_challenger_keeps_its_role_fraction_and_users(model_v1, model_v2, tmp_path):
+    init_db_dir(tmp_path, 1)
+    first, second = sample_records(300), sample_records(300, offset=300)
+    pause = TestingSource.PAUSE(timedelta(seconds=1))  # let both models in before the data
+    data = [pause, *messages(first), TestingSource.ABORT(), *messages(second)]
+    canary = replace(model_v2, role=CHALLENGER, mode=CANARY, fraction=0.3)
+    run = FlowRun()
+    flow = recoverable_flow(data, [model_v1, canary], run)
+    recovery = RecoveryConfig(str(tmp_path))
+
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    results_before = len(run.results)
+    run.events.clear()
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+
+    resent = [(event.kind, event.model_name, event.reason) for event in run.events if not event.shard]
+    assert resent == [
+        ("resent", model_v1.model_name, "restored from recovery"),
+        ("resent", model_v2.model_name, "restored from recovery, canary challenger on 30% of users"),
+    ]
+    restored = [event for event in run.events if event.shard and event.model_name == model_v2.model_name]
+    assert restored and {event.kind for event in restored} == {"restored"}  # its window goes on
+    after = run.results[results_before:]
+    assert after and all(item.result.metadata.errors == "" for item in after)
+    # From the restart on, the canary's users get the canary's answers only: they wait for it to load again
+    # rather than see the champion (before the abort, records that came before it loaded got the champion).
+    users = np.array(sorted({item.result.input_record.user for item in run.results}))
+    in_canary = dict(zip(users.tolist(), (user_buckets(users, model_v2.model_name) < 0.3).tolist()))
+    for item in after:
+        expected = model_v2 if in_canary[item.result.input_record.user] else model_v1
+        assert item.result.metadata.model_name == expected.model_name
+    assert {item.result.metadata.model_name for item in after} == {model_v1.model_name, model_v2.model_name}
+    assert model_v2.model_name in {item.result.metadata.model_name for item in run.results[:results_before]}
 
 
 def test_snapshots_hold_the_model_once_not_per_shard_per_epoch(model_v1, tmp_path):
@@ -130,10 +169,12 @@ def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
         restored = pickle.load(snapshots)
     context = ServingContext.create(AdmissionPolicy())
     holder = ModelHolderLogic(context.cache, True, restored["serve_model_holder"])
-    assert holder.snapshot().model_source_location == "grpc://127.0.0.1:8500/models/recommender"
+    assert holder.snapshot().champion.model_source_location == "grpc://127.0.0.1:8500/models/recommender"
+    assert holder.snapshot().champion.role == "champion" and holder.snapshot().challenger is None
     [held_before] = restored["serve_shards"].held
     shard = ShardLogic(1000, 10_000, context, restored["serve_shards"])
     state = shard.snapshot()
+    assert state.challenger is None
     assert (state.shard, state.model_digest, state.model_name) == (
         "shard-003",
         "0123456789abcdef",

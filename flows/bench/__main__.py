@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from flows import bench
@@ -12,6 +13,7 @@ from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
 from flows.bench.kafka_baseline import run_kafka_baseline
 from flows.bench.profile import profiled
+from flows.records import CANARY, CHALLENGER, SHADOW, ModelDescriptor
 from flows.settings import Settings
 from flows.sources.generators import shipped_model
 
@@ -44,6 +46,18 @@ def main() -> None:
         choices=["off", "on"],
         default="on",
         help="in-process scenarios: monitor drift, as the main job does by default",
+    )
+    parser.add_argument(
+        "--challenger",
+        choices=["off", SHADOW, CANARY],
+        default="off",
+        help="embedded scenario: run the other shipped version beside the model as a challenger",
+    )
+    parser.add_argument(
+        "--challenger-fraction",
+        type=float,
+        default=1.0,
+        help="the challenger's share of records (shadow) or users (canary); default 1",
     )
     parser.add_argument(
         "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
@@ -84,7 +98,7 @@ def _run(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     if args.scenario == "embedded":
         model = shipped_model(Settings().models_dir, args.model_version)
-        return run_in_process(args.scenario, model, *in_process)
+        return run_in_process(args.scenario, model, *in_process, challenger=_challenger(args))
     if args.scenario == "swap":
         return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
     if args.scenario in REMOTE_SCENARIOS:
@@ -96,6 +110,15 @@ def _run(args: argparse.Namespace) -> dict:
     return run_kafka_embedded(
         args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version, args.processes
     )
+
+
+def _challenger(args: argparse.Namespace) -> ModelDescriptor | None:
+    """The other shipped version as the challenger `--challenger` asks for, or None."""
+    if args.challenger == "off":
+        return None
+    version = "2" if args.model_version == "1" else "1"
+    model = shipped_model(Settings().models_dir, version)
+    return replace(model, role=CHALLENGER, mode=args.challenger, fraction=args.challenger_fraction)
 
 
 if __name__ == "__main__":

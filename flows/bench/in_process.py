@@ -65,17 +65,22 @@ def run_in_process(
     batch: int,
     tracing: bool = False,
     drift: bool = True,
+    challenger: ModelDescriptor | None = None,
 ) -> dict:
     """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
-    With `drift`, the flow monitors drift as the main job does by default (`flows.drift`).
+    With `drift`, the flow monitors drift as the main job does by default (`flows.drift`). With
+    `challenger`, that model runs beside `model` as its descriptor says (`flows.challenger`).
     """
     context = ServingContext.create(cache=ScorerCache(build=_timed_scorers(timed := [])))
     with _exported_spans(context.telemetry) if tracing else nullcontext() as receiver:
-        result = _measure(scenario, model, records, rate, workers, shards, batch, context, timed, drift)
+        result = _measure(
+            scenario, model, records, rate, workers, shards, batch, context, timed, drift, challenger
+        )
     tracing_line = f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"
-    return result | {"tracing": tracing_line, "drift": "on" if drift else "off"}
+    experiment = challenger.experiment() if challenger else "off"
+    return result | {"tracing": tracing_line, "drift": "on" if drift else "off", "challenger": experiment}
 
 
 class _ReceiverProcess:
@@ -133,18 +138,21 @@ def _measure(
     context: ServingContext,
     timed: list[TimedScorer],
     drift_on: bool,
+    challenger: ModelDescriptor | None,
 ) -> dict:
     settings = Settings()
-    context.cache.acquire(model)  # Load (and warm up) before timing; the flow then shares this scorer.
-    timed[0].score(np.ones(1, np.float32), np.ones(1, np.float32))
-    timed[0].call_ms.clear()
+    served = [model, challenger] if challenger else [model]
+    for index, descriptor in enumerate(served):
+        context.cache.acquire(descriptor)  # Load (and warm up) before timing; the flow then shares it.
+        timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
+        timed[index].call_ms.clear()
     flow = Dataflow("bench")
     data = op.input(
         "data",
         flow,
         PollBatches(DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)),
     )
-    models = op.input("models", flow, ModelGenerator([model], interval=3600, count=1))
+    models = op.input("models", flow, ModelGenerator(served, interval=0.0, count=len(served)))
     drift = DriftSettings.of(settings) if drift_on else None
     streams = serve("serve", data, models, context, shards=shards, hold_limit=records, drift=drift)
     sink = LatencySink()
@@ -171,8 +179,19 @@ def _measure(
         model_calls=len(calls),
         call_p50_ms=round(float(np.percentile(calls, 50)), 2),
         call_p99_ms=round(float(np.percentile(calls, 99)), 2),
+        model_ms_per_record=round(float(calls.sum()) / records, 5),
+        **(_challenger_calls(timed[1], records) if challenger else {}),
         source=timed[0].source,
     )
+
+
+def _challenger_calls(timed: TimedScorer, records: int) -> dict:
+    calls = np.asarray(timed.call_ms)
+    return {
+        "challenger_calls": len(calls),
+        "challenger_call_p50_ms": round(float(np.percentile(calls, 50)), 2) if len(calls) else None,
+        "challenger_ms_per_record": round(float(calls.sum()) / records, 5),
+    }
 
 
 def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: int) -> dict:

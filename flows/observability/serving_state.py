@@ -12,11 +12,10 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
+from flows.challenger import merge_reports
 from flows.records import ChallengerReport, ModelToServeStats
 
 MAX_CHALLENGERS_SHOWN = 8
-_SUMMED = ("records", "challenger_records", "challenger_errors")
-_WEIGHTED = ("top_k_agreement", "mean_abs_diff", "champion_batch_ms", "challenger_batch_ms")
 
 
 class ServingState:
@@ -26,7 +25,8 @@ class ServingState:
         self._lock = threading.Lock()
         self._by_shard: dict[str, ModelToServeStats] = {}
         self._drift: dict[str, dict[str, Any]] = {}
-        self._challengers: dict[str, dict[str, Any]] = {}
+        # Per challenger: its reports merged, how many, and what closed the last one.
+        self._challengers: dict[str, tuple[ChallengerReport, int, str]] = {}
 
     def serve(self, shard: str, stats: ModelToServeStats) -> None:
         """`shard` now serves the model `stats` describes."""
@@ -49,32 +49,21 @@ class ServingState:
     def challenger(self, report: ChallengerReport) -> None:
         """Add a challenger report of a shard of this process to its challenger's totals."""
         with self._lock:
-            totals = self._challengers.pop(report.challenger, None) or {
-                "challenger": report.challenger, "windows": 0, "shards": [],
-                **dict.fromkeys(_SUMMED, 0), **dict.fromkeys(_WEIGHTED, 0.0),
-            }  # fmt: skip
-            weight = report.challenger_records
-            so_far = totals["challenger_records"]
-            for name in _WEIGHTED:  # means weighted by the records each window compared or answered
-                value = getattr(report, name)
-                totals[name] = (
-                    (totals[name] * so_far + value * weight) / (so_far + weight) if weight else totals[name]
-                )
-            for name in _SUMMED:
-                totals[name] += getattr(report, name)
-            totals.update(
-                champion=report.champion, mode=report.mode, fraction=report.fraction, top_k=report.top_k,
-                last_closed_by=report.closed_by, last_end_time=report.end_time, windows=totals["windows"] + 1,
-                shards=sorted({*totals["shards"], report.shard}),
-            )  # fmt: skip
-            self._challengers[report.challenger] = totals  # the latest last
+            so_far = self._challengers.pop(report.challenger, None)
+            totals = merge_reports([so_far[0], report]) if so_far else report
+            windows = so_far[1] + 1 if so_far else 1
+            self._challengers[report.challenger] = (totals, windows, report.closed_by)  # the latest last
             while len(self._challengers) > MAX_CHALLENGERS_SHOWN:
                 self._challengers.pop(next(iter(self._challengers)))
 
     def challengers(self) -> list[dict[str, Any]]:
         """What each recent challenger did in this process, summed over its shards' reports, the latest first."""
         with self._lock:
-            return [dict(totals) for totals in reversed(self._challengers.values())]
+            entries = list(reversed(self._challengers.values()))
+        return [
+            {**asdict(totals), "shard": None, "window": None, "windows": windows, "closed_by": closed_by}
+            for totals, windows, closed_by in entries
+        ]
 
     def clear(self) -> None:
         with self._lock:

@@ -4,21 +4,26 @@ The model goes inline (a SavedModel directory packed as a tar.gz archive: `--ver
 `--path` for any directory) or as a location (`--location`, with `--type`). A message larger than the
 broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
 descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
+
+Experiments (see `flows.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as a
+challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from flows.admission.descriptor_checks import experiment_refusal
 from flows.admission.signing import load_private_key, sign
 from flows.avro import MODEL
 from flows.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
-from flows.records import ModelDescriptor, ModelType
+from flows.records import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.scorers.archive import pack_directory
 from flows.settings import Settings
 from flows.sources.generators import shipped_model
@@ -41,6 +46,16 @@ def size_limit(topic: str, config: dict[str, str]) -> tuple[int, str]:
 
 
 def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor:
+    if args.promote or args.retire:
+        command = PROMOTE if args.promote else RETIRE
+        return ModelDescriptor(args.promote or args.retire, "", ModelType.UNKNOWN, command=command)
+    model = _model_from(args, settings)
+    if args.challenger:
+        return replace(model, role=CHALLENGER, mode=args.challenger, fraction=args.fraction)
+    return model
+
+
+def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor:
     if args.version:
         return shipped_model(settings.models_dir, args.version)
     if args.path:
@@ -64,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--version", help="a shipped model version (flows/models/recommender/VERSION)")
     source.add_argument("--path", help="a SavedModel directory to send inline")
     source.add_argument("--location", help="a model location to send instead of bytes")
+    source.add_argument("--promote", metavar="NAME", help="make the challenger NAME the champion")
+    source.add_argument("--retire", metavar="NAME", help="stop the challenger NAME")
+    parser.add_argument(
+        "--challenger",
+        choices=[SHADOW, CANARY],
+        help="publish the model as a challenger: shadow (scores beside the champion) or canary (answers some users)",
+    )
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="a challenger's share of records (shadow) or users (canary), in (0, 1]; default 1",
+    )
     parser.add_argument(
         "--type",
         default="TENSORFLOWSAVED",
@@ -81,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     add_kafka_arguments(parser, settings, {"--topic": settings.kafka_models_topic})
     args = parser.parse_args(argv)
 
+    if args.fraction != 1.0 and not args.challenger:
+        parser.error("--fraction is for a challenger (--challenger shadow|canary)")
     descriptor = descriptor_from(args, settings)
+    problem = experiment_refusal(descriptor)
+    if problem:
+        parser.error(problem)
     if args.sign:
         try:
             descriptor = sign(descriptor, load_private_key(args.sign))
@@ -114,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     signed = ", signed" if descriptor.signature else ""
-    print(f"published model {descriptor.model_name!r} ({len(payload):,} bytes{signed}) to {args.topic}")
+    if descriptor.command:
+        print(f"published {descriptor.command} {descriptor.model_name!r}{signed} to {args.topic}")
+        return 0
+    role = f" as {descriptor.experiment()}" if descriptor.is_challenger else ""
+    print(f"published model {descriptor.model_name!r}{role} ({len(payload):,} bytes{signed}) to {args.topic}")
     return 0
 
 

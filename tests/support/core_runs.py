@@ -18,10 +18,11 @@ from bytewax.inputs import (
 )
 from bytewax.testing import TestingSink, cluster_main, run_main
 
+from flows.challenger import ChallengerSettings
 from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.drift import DriftSettings
-from flows.records import DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
+from flows.records import ChallengerReport, DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
 
 Schedule = list[tuple[float, Any]]
 
@@ -135,6 +136,7 @@ def at(seconds: float, items: list) -> list[tuple[float, Any]]:
 class FlowRun:
     results: list[ScoredMessage] = field(default_factory=list)
     events: list[ModelEvent] = field(default_factory=list)
+    reports: list[ChallengerReport] = field(default_factory=list)
     context: ServingContext = field(default_factory=ServingContext.create)
 
     def by_model(self) -> dict[str, list[ScoredMessage]]:
@@ -164,16 +166,25 @@ def serve_into(
     shards: int = 4,
     hold_limit: int = 1000,
     drift: DriftSettings | None = None,
+    challengers: ChallengerSettings | None = None,
 ) -> Dataflow:
-    """A flow serving `data` and `models` (Bytewax sources) into `run`'s results and events."""
+    """A flow serving `data` and `models` (Bytewax sources) into `run`'s results, events and reports."""
     flow = Dataflow("test")
     data_stream = as_batches("batches", op.input("data", flow, data))
     model_stream = op.input("models", flow, models)
     streams = serve(
-        "serve", data_stream, model_stream, run.context, shards=shards, hold_limit=hold_limit, drift=drift
+        "serve",
+        data_stream,
+        model_stream,
+        run.context,
+        shards=shards,
+        hold_limit=hold_limit,
+        drift=drift,
+        challengers=challengers,
     )
     op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
+    op.output("reports", streams.reports, TestingSink(run.reports))
     return flow
 
 

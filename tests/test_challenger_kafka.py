@@ -1,0 +1,113 @@
+"""A challenger experiment driven through a broker with `serving-publish-model`: a canary on half of the
+users, then promoted; results, model events and challenger reports on their topics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
+
+from flows.avro import EVENT, MODEL, REPORT, RESULT
+from flows.challenger import user_buckets
+from flows.kafka.headers import SOURCE_OFFSET_HEADER
+from flows.settings import SHIPPED_MODELS_DIR
+from flows.sources.generators import generated_records, shipped_model
+from flows.testing.local_broker import consume_all, create_topics, produce
+
+
+def publish(bootstrap: str, topic: str, *args: str) -> str:
+    """Run `serving-publish-model` with `args`; its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.tools.publish_model", *args, "--bootstrap-servers", bootstrap,
+         "--topic", topic],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def flow_events(bootstrap: str, topic: str) -> list[tuple[str, str]]:
+    messages = consume_all(bootstrap, topic, 1_000_000, timeout=2)
+    events = [EVENT.decode(message.value()) for message in messages]
+    return [(event.kind, event.model_name) for event in events if not event.shard]
+
+
+def results_by_offset(bootstrap: str, topic: str, expected: int) -> dict[int, list]:
+    """Every result so far, grouped by the data offset it answers."""
+    found: dict[int, list] = {}
+    for message in consume_all(bootstrap, topic, expected, timeout=60):
+        offset = int(dict(message.headers())[SOURCE_OFFSET_HEADER])
+        found.setdefault(offset, []).append(RESULT.decode(message.value()))
+    return found
+
+
+def test_a_canary_published_then_promoted_through_the_models_topic(kafka_bootstrap):
+    topics = create_topics(
+        kafka_bootstrap, "challenger", ["data", "models", "results", "dead", "events", "reports"]
+    )
+    produce(
+        kafka_bootstrap, topics["models"], [(b"v1", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))]
+    )
+    flow = start_flow(
+        kafka_bootstrap,
+        topics,
+        SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
+        SERVING_KAFKA_CHALLENGER_TOPIC=topics["reports"],
+        SERVING_KAFKA_TAIL="true",
+        SERVING_CHALLENGER_WINDOW="100000",  # one report per shard, when the promotion closes it
+        SERVING_SHARDS="2",
+    )
+    try:
+
+        def events() -> list[tuple[str, str]]:
+            return flow_events(kafka_bootstrap, topics["events"])
+
+        wait_for(lambda: ("accepted", "recommender-v1") in events(), "v1 accepted", timeout=120)
+        output = publish(kafka_bootstrap, topics["models"], "--version", "2", "--challenger", "canary",
+                         "--fraction", "0.5")  # fmt: skip
+        assert "published model 'recommender-v2' as canary challenger on 50% of users" in output
+        wait_for(lambda: ("accepted", "recommender-v2") in events(), "the canary accepted", timeout=120)
+
+        first = list(generated_records(21, 2_000))
+        produce(kafka_bootstrap, topics["data"], encoded(first))
+        answers = results_by_offset(kafka_bootstrap, topics["results"], len(first))
+        assert sorted(answers) == list(range(len(first)))
+        assert all(len(results) == 1 for results in answers.values())  # none twice
+        users = np.array([record.user for record in first])
+        in_canary = user_buckets(users, "recommender-v2") < 0.5
+        for offset, [result] in answers.items():
+            assert result.metadata.errors == ""
+            expected = "recommender-v2" if in_canary[offset] else "recommender-v1"
+            assert result.metadata.model_name == expected
+
+        assert "published promote 'recommender-v2'" in publish(
+            kafka_bootstrap, topics["models"], "--promote", "recommender-v2"
+        )
+        wait_for(lambda: ("promoted", "recommender-v2") in events(), "the promotion", timeout=60)
+        second = list(generated_records(22, 1_000))
+        produce(kafka_bootstrap, topics["data"], encoded(second))
+        answers = results_by_offset(kafka_bootstrap, topics["results"], len(first) + len(second))
+        assert sorted(answers) == list(range(len(first) + len(second)))
+        assert all(len(results) == 1 for results in answers.values())
+        after = [answers[offset][0].metadata.model_name for offset in range(len(first), len(first) + 1_000)]
+        assert set(after) == {"recommender-v2"}
+
+        def promoted() -> list:
+            return [report for report in challenger_reports() if report.closed_by == "promoted"]
+
+        def challenger_reports() -> list:
+            found = consume_all(kafka_bootstrap, topics["reports"], 10**6, timeout=2)
+            return [REPORT.decode(message.value()) for message in found]
+
+        wait_for(lambda: len(promoted()) == 2, "both shards' last canary reports", timeout=60)
+        reports = challenger_reports()
+        assert {report.challenger for report in reports} == {"recommender-v2"}
+        assert {report.mode for report in reports} == {"canary"}
+        assert {report.closed_by for report in reports} == {"promoted"}
+        answered = sum(report.challenger_records for report in reports)
+        assert answered == int(in_canary.sum())  # every canary answer is counted, once
+    finally:
+        flow.terminate()
+        finished_output(flow)
