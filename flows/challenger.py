@@ -34,7 +34,7 @@ import numpy as np
 from flows.admission.policy import AdmissionPolicy
 from flows.records import CANARY, ChallengerReport, DataMessage, ModelDescriptor, ScoredBatch
 from flows.scorers import Scorer
-from flows.scoring import score_batch
+from flows.scoring import Pairs, pairs_of, score_batch
 
 
 @dataclass(frozen=True)
@@ -196,17 +196,27 @@ def score_with_challenger(
     mask = chosen(messages, slot.fraction, slot.name)
     if slot.mode == CANARY:
         return _canary(champion, challenger, window, messages, mask, policy)
-    answered, champion_ms = score_batch(champion.scorer, champion.name, messages, policy)
+    pairs = pairs_of(messages)  # made once, for both calls
+    answered, champion_ms = score_batch(champion.scorer, champion.name, messages, policy, pairs)
     window.champion_calls += 1
     window.champion_ms += champion_ms
-    sample = [message for message, take in zip(messages, mask.tolist()) if take]
-    if sample:
-        shadow, challenger_ms = score_batch(challenger.scorer, challenger.name, sample, policy)
+    if mask.any():
+        sample, sample_pairs = (messages, pairs) if mask.all() else _sampled(messages, pairs, mask)
+        shadow, challenger_ms = score_batch(challenger.scorer, challenger.name, sample, policy, sample_pairs)
         window.challenger_calls += 1
         window.challenger_ms += challenger_ms
         window.challenger_records += len(sample)
-        _compare(answered, np.flatnonzero(mask), shadow, top_k, window)
+        _compare(answered, mask, shadow, top_k, window)
     return [(answered, champion_ms, champion.name)]
+
+
+def _sampled(messages: list[DataMessage], pairs: Pairs, mask: np.ndarray) -> tuple[list[DataMessage], Pairs]:
+    """The messages `mask` chooses, and their pairs cut from `pairs`."""
+    users, products, counts = pairs
+    in_sample = np.repeat(mask, counts)
+    chosen_counts = [count for count, take in zip(counts, mask.tolist()) if take]
+    sample = [message for message, take in zip(messages, mask.tolist()) if take]
+    return sample, (users[in_sample], products[in_sample], chosen_counts)
 
 
 def _canary(
@@ -263,15 +273,16 @@ def pair_scores(batch: ScoredBatch) -> tuple[np.ndarray, np.ndarray]:
 def _compare(
     champion: ScoredBatch, sampled: np.ndarray, challenger: ScoredBatch, top_k: int, window: ComparisonWindow
 ) -> None:
-    """Add the comparison of `challenger` (scores of `champion`'s records at `sampled`) to `window`."""
+    """Add the comparison of `challenger` (scores of the records of `champion` that `sampled` marks) to
+    `window`."""
     champion_scores, champion_ok = pair_scores(champion)
     challenger_scores, challenger_ok = pair_scores(challenger)
     window.challenger_errors += int((~challenger_ok).sum())
     counts = np.asarray(champion.counts, np.int64)
-    in_sample = np.repeat(np.isin(np.arange(len(champion)), sampled), counts)
-    champion_scores = champion_scores[in_sample]
-    counts = counts[sampled]
-    usable = champion_ok[sampled] & challenger_ok & (counts > 0)
+    if not sampled.all():
+        champion_scores = champion_scores[np.repeat(sampled, counts)]
+        counts, champion_ok = counts[sampled], champion_ok[sampled]
+    usable = champion_ok & challenger_ok & (counts > 0)
     if not usable.any():
         return
     pair_usable = np.repeat(usable, counts)

@@ -41,7 +41,11 @@ def unscored(message: DataMessage, error: str, model_name: str = "", source: str
     )
 
 
-def _pairs(messages: Sequence[DataMessage]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+Pairs = tuple[np.ndarray, np.ndarray, list[int]]  # users and products of every pair, pairs per record
+
+
+def pairs_of(messages: Sequence[DataMessage]) -> Pairs:
+    """The (user, product) pairs of `messages`, laid out record by record, as a model call takes them."""
     counts = [len(message.record.products) for message in messages]
     users = np.repeat(np.fromiter((m.record.user for m in messages), np.float32, len(messages)), counts)
     products = np.fromiter(chain.from_iterable(m.record.products for m in messages), np.float32, sum(counts))
@@ -49,10 +53,15 @@ def _pairs(messages: Sequence[DataMessage]) -> tuple[np.ndarray, np.ndarray, lis
 
 
 def score_batch(
-    scorer: Scorer, model_name: str, messages: list[DataMessage], policy: AdmissionPolicy
+    scorer: Scorer,
+    model_name: str,
+    messages: list[DataMessage],
+    policy: AdmissionPolicy,
+    pairs: Pairs | None = None,
 ) -> tuple[ScoredBatch, float]:
-    """Results for `messages` scored with one call to `scorer`, and the ms that call took."""
-    users, products, counts = _pairs(messages)
+    """Results for `messages` scored with one call to `scorer`, and the ms that call took (`pairs`: their
+    pairs, if the caller has them already)."""
+    users, products, counts = pairs if pairs is not None else pairs_of(messages)
     start_ms = time.time_ns() // 1_000_000
     started = time.perf_counter()
     try:

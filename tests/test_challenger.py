@@ -144,11 +144,13 @@ def test_a_signature_covers_the_experiment(model_v2):
 # --- in the dataflow -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", WORKERS)
-def test_a_shadow_challenger_never_answers_and_compares_as_the_two_models_alone(workers, model_v1, model_v2):
+@pytest.mark.parametrize(("workers", "fraction"), [(1, 1.0), (2, 1.0), (1, 0.5)])
+def test_a_shadow_challenger_never_answers_and_compares_as_the_two_models_alone(
+    workers, fraction, model_v1, model_v2
+):
     data_records = records(600)
     data = at(1.5, in_batches(numbered(data_records), 50))
-    models = at(0, [model_v1]) + at(0.5, [challenger(model_v2, SHADOW)])
+    models = at(0, [model_v1]) + at(0.5, [challenger(model_v2, SHADOW, fraction)])
     run = run_core(data, models, workers=workers, challengers=SETTINGS)
 
     assert run.errors() == []
@@ -158,12 +160,15 @@ def test_a_shadow_challenger_never_answers_and_compares_as_the_two_models_alone(
     for item in run.results:
         assert np.allclose(item.result.model_result.probabilities, v1[item.origin], atol=1e-5)
 
-    # The reports (closed when the input ended) compare every record, as the two models alone would.
+    # The reports (closed when the input ended) compare the sampled users' records, as the models alone would.
     assert {report.closed_by for report in run.reports} == {"ended"}
     merged = merge_reports(run.reports)
-    assert merged.challenger_records == merged.records == len(data_records)
+    users = np.array([record.user for record in data_records])
+    sampled = np.flatnonzero(user_buckets(users, model_v2.model_name) < fraction).tolist()
+    assert merged.records == len(data_records)
+    assert merged.challenger_records == merged.compared_records == len(sampled)
     assert merged.challenger_errors == 0
-    pairs = [(np.array(v1[i]), np.array(v2[i])) for i in range(len(data_records))]
+    pairs = [(np.array(v1[i]), np.array(v2[i])) for i in sampled]
     expected_diff = np.concatenate([abs(a - b) for a, b in pairs]).mean()
     counts = np.array([len(a) for a, _ in pairs])
     expected_agreement = top_k_agreement(
@@ -173,9 +178,7 @@ def test_a_shadow_challenger_never_answers_and_compares_as_the_two_models_alone(
     assert merged.top_k_agreement == pytest.approx(expected_agreement, abs=0.01)
     assert 0.05 < merged.mean_abs_diff and merged.top_k_agreement < 0.9  # the two models do differ
     shown = run.context.state.challengers()
-    assert shown[0]["challenger"] == model_v2.model_name and shown[0]["challenger_records"] == len(
-        data_records
-    )
+    assert shown[0]["challenger"] == model_v2.model_name and shown[0]["challenger_records"] == len(sampled)
 
 
 @pytest.mark.parametrize("workers", WORKERS)

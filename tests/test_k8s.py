@@ -138,10 +138,11 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
     container, config = pod_spec()
     scripts = K8S / "base" / "scripts"
     topics = create_topics(
-        kafka_bootstrap, "k8s", ["data", "models", "results", "dead", "events"], partitions=4
+        kafka_bootstrap, "k8s", ["data", "models", "results", "dead", "events", "reports"], partitions=4
     )
     overrides = {
         "SERVING_KAFKA_EVENTS_TOPIC": topics["events"],
+        "SERVING_KAFKA_CHALLENGER_TOPIC": topics["reports"],
         "SERVING_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "SERVING_KAFKA_DATA_TOPIC": topics["data"],
         "SERVING_KAFKA_MODELS_TOPIC": topics["models"],

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -33,7 +34,7 @@ from flows.context import ServingContext
 from flows.drift import DriftSettings
 from flows.kafka.source import KafkaOrigin
 from flows.observability.state_server import start_state_server, state_document
-from flows.records import DataMessage, RecommenderRecord
+from flows.records import CANARY, CHALLENGER, DataMessage, RecommenderRecord
 from flows.sources.generators import generate_block
 from flows.testing.loopback import free_port
 from flows.testing.otlp_receiver import otlp_receiver
@@ -143,6 +144,32 @@ def test_drift_shows_on_the_metrics_and_on_the_state(telemetry, model_v1):
     assert psi[(model_v1.model_name, "product")] > 0.2 > psi[(model_v1.model_name, "user")]
     shown = state_document(context.state)["drift"][model_v1.model_name]
     assert shown["drifting"] and shown["windows"] >= 1 and shown["reference_taken"]
+
+
+def test_a_challenger_shows_on_the_metrics_and_on_the_state(telemetry, model_v1, model_v2):
+    context, spans, metrics = telemetry
+    canary = replace(model_v2, role=CHALLENGER, mode=CANARY, fraction=0.4)
+    records = [record for block in range(4) for record in generate_block(9, 0, block)]
+    data = at(1.5, [messages(records[start : start + 128]) for start in range(0, len(records), 128)])
+    run_core(data, at(0, [model_v1]) + at(0.5, [canary]), context=context)
+    points = metric_points(metrics)
+    [answered] = points["serving.challenger.challenger_records"]
+    assert answered.attributes == {"challenger": model_v2.model_name, "champion": model_v1.model_name,
+                                   "mode": CANARY}  # fmt: skip
+    [shown] = state_document(context.state)["challengers"]
+    assert shown["challenger_records"] == answered.value > 0 and shown["records"] == len(records)
+    assert shown["closed_by"] == "ended" and shown["mode"] == CANARY and shown["fraction"] == 0.4
+    # Both models' batches are spans; the records each answered are counted under its name.
+    scored = Counter()
+    for point in points["serving.records.scored"]:
+        scored[point.attributes["model"]] += point.value
+    assert scored[model_v2.model_name] == answered.value
+    assert scored[model_v1.model_name] == len(records) - answered.value
+    assert {
+        span.attributes["model.name"] for span in spans.get_finished_spans() if span.name == "score batch"
+    } == {
+        model_v1.model_name
+    }  # one span per micro-batch, named after the champion, whichever model answered a record
 
 
 def test_off_means_no_spans_and_no_context(model_v1):

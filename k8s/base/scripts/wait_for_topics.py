@@ -19,6 +19,7 @@ wanted = {
     settings.kafka_results_topic,
     settings.kafka_dead_letters_topic,
     *([settings.kafka_events_topic] if settings.kafka_events_topic else []),
+    *([settings.kafka_challenger_topic] if settings.kafka_challenger_topic else []),
 }
 while True:
     try:
