@@ -35,6 +35,7 @@ from flows.admission.policy import AdmissionPolicy
 from flows.records import CANARY, ChallengerReport, DataMessage, ModelDescriptor, ScoredBatch
 from flows.scorers import Scorer
 from flows.scoring import Pairs, pairs_of, score_batch
+from flows.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,8 @@ class ChallengerSettings:
     top_k: int = 5  # k of the top-k agreement
 
     @classmethod
-    def of(cls, settings: object) -> ChallengerSettings:
-        """From `flows.settings.Settings` (its `challenger_*` fields)."""
-        return cls(settings.challenger_window, settings.challenger_top_k)  # type: ignore[attr-defined]
+    def of(cls, settings: Settings) -> ChallengerSettings:
+        return cls(settings.challenger_window, settings.challenger_top_k)
 
 
 def user_buckets(users: np.ndarray, salt: str) -> np.ndarray:
@@ -67,9 +67,9 @@ def user_buckets(users: np.ndarray, salt: str) -> np.ndarray:
 
 def chosen(messages: list[DataMessage], fraction: float, salt: str) -> np.ndarray:
     """Which of `messages` belong to the `fraction` of users the challenger named `salt` gets."""
-    users = np.fromiter((message.record.user for message in messages), np.int64, len(messages))
     if fraction >= 1.0:
         return np.ones(len(messages), bool)
+    users = np.fromiter((message.record.user for message in messages), np.int64, len(messages))
     return user_buckets(users, salt) < fraction
 
 

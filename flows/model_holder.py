@@ -26,7 +26,7 @@ had without the model stream re-sending it (with a Kafka model source, on its fi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
@@ -161,9 +161,8 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         return outputs, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> HolderState:
-        return HolderState(
-            self.current, self.challenger
-        )  # Frozen dataclasses: safe to hand over as they are.
+        # Frozen dataclasses: safe to hand over as they are.
+        return HolderState(self.current, self.challenger)
 
     def _consider(self, value: HolderInput, outputs: list[HolderOutput]) -> None:
         if isinstance(value, CaughtUp):
@@ -246,38 +245,46 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             self.startup_challenger = None
 
     def _settle(self, outputs: list[HolderOutput]) -> None:
-        """Turn finished loads into verdicts, in arrival order; an accepted model supersedes older ones."""
+        """Turn finished loads into verdicts, in arrival order within a role (champions first); an accepted
+        model supersedes older ones of its role. A challenger ready before the first champion waits for it."""
+        champions = [c for c in self.pending if not c.descriptor.is_challenger]
+        challengers = [c for c in self.pending if c.descriptor.is_challenger]
+        waiting = self._settle_role(champions, self._accept, outputs)
+        if self.current is not None or not waiting:
+            waiting += self._settle_role(challengers, self._accept_challenger, outputs)
+        else:
+            waiting += challengers
+        self.pending = waiting
+        champion_pending = any(not candidate.descriptor.is_challenger for candidate in waiting)
+        if not champion_pending and self.startup and self.current is None:
+            self._start(*self.startup.pop())  # the newest start-up model failed: try the one before it
+        elif self.current is not None:
+            self.startup = []
+
+    def _settle_role(
+        self,
+        candidates: list[_Candidate],
+        accept: Callable[[_Candidate, float, list[HolderOutput]], None],
+        outputs: list[HolderOutput],
+    ) -> list[_Candidate]:
+        """Verdicts on the finished loads of `candidates` (one role, in arrival order); those still loading."""
         waiting: list[_Candidate] = []
-        champion_due = self.current is None and any(not c.descriptor.is_challenger for c in self.pending)
-        for candidate in self.pending:
-            if not candidate.load.ready() or (candidate.descriptor.is_challenger and champion_due):
-                waiting.append(candidate)  # a challenger ready before the first champion waits for it
+        for candidate in candidates:
+            if not candidate.load.ready():
+                waiting.append(candidate)
                 continue
             try:
                 _, load_ms = candidate.load.result()
             except ModelLoadError as error:
                 self._reject(candidate, error.reason, outputs)
-                if not candidate.descriptor.is_challenger:
-                    champion_due = self.current is None and any(
-                        not c.descriptor.is_challenger for c in waiting
-                    )
                 continue
-            role = candidate.descriptor.is_challenger
-            for older in [c for c in waiting if c.descriptor.is_challenger == role]:
-                waiting.remove(older)
+            for older in waiting:
                 self._reject(
                     older, f"superseded by {candidate.descriptor.model_name!r}, ready first", outputs
                 )
-            if role:
-                self._accept_challenger(candidate, load_ms, outputs)
-            else:
-                self._accept(candidate, load_ms, outputs)
-                champion_due = False
-        self.pending = waiting
-        if not self.pending and self.startup and self.current is None:
-            self._start(*self.startup.pop())  # the newest start-up model failed: try the one before it
-        elif self.current is not None:
-            self.startup = []
+            waiting = []
+            accept(candidate, load_ms, outputs)
+        return waiting
 
     def _reject(self, candidate: _Candidate, reason: str, outputs: list[HolderOutput]) -> None:
         self.cache.release(candidate.descriptor.digest)
