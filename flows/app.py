@@ -52,7 +52,14 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
     )
 
     if settings.kafka_bootstrap_servers:
-        kafka_outputs(settings, streams.results, inputs.dead_letters, streams.events, streams.reports)
+        kafka_outputs(
+            settings,
+            streams.results,
+            inputs.dead_letters,
+            streams.events,
+            streams.reports,
+            streams.shadow_results,
+        )
     op.output("console_results", streams.results, ConsoleResultSink(settings.console_every))
     op.output("console_events", streams.events, ConsoleEventSink())
     op.output("console_reports", streams.reports, ConsoleEventSink())

@@ -15,6 +15,10 @@ keeps it beside the champion and sends it to every shard (see `flows.model_holde
 Users are chosen by a hash of the user id salted with the challenger's name: a user sees one model for the
 whole experiment, on every shard and after a restart, and a new challenger draws its own users.
 
+With `ChallengerSettings.shadow_results`, a shadow challenger's own results leave the shard too
+(`ShadowResults`), for a topic of their own: joined with the results by the data message they answer, they
+give both models' scores of every sampled record.
+
 Each shard sums what it saw over windows of `ChallengerSettings.window` challenger records and emits a
 `ChallengerReport` per window (and a last, partial one when the challenger is promoted, retired or
 replaced). The sums are a few numbers, part of the shard's recovery state.
@@ -44,10 +48,28 @@ class ChallengerSettings:
 
     window: int = 1_000  # challenger records per report
     top_k: int = 5  # k of the top-k agreement
+    shadow_results: bool = False  # emit a shadow challenger's results (someone writes them somewhere)
 
     @classmethod
     def of(cls, settings: Settings) -> ChallengerSettings:
-        return cls(settings.challenger_window, settings.challenger_top_k)
+        shadow_results = bool(settings.kafka_bootstrap_servers and settings.kafka_shadow_results_topic)
+        return cls(settings.challenger_window, settings.challenger_top_k, shadow_results)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowResults:
+    """What a shadow challenger would have answered for a micro-batch: its results, never the answer."""
+
+    batch: ScoredBatch
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentScores:
+    """A micro-batch scored under an experiment: the result batches (each with its call's ms and the model
+    that answered) and, in shadow mode, the challenger's own results."""
+
+    answered: list[tuple[ScoredBatch, float, str]]
+    shadow: ScoredBatch | None = None
 
 
 def user_buckets(users: np.ndarray, salt: str) -> np.ndarray:
@@ -188,18 +210,18 @@ def score_with_challenger(
     messages: list[DataMessage],
     policy: AdmissionPolicy,
     top_k: int,
-) -> list[tuple[ScoredBatch, float, str]]:
-    """The result batches for `messages` under `slot`'s experiment, each with its call's ms and the name of
-    the model that answered; `slot.window` counts what happened."""
+) -> ExperimentScores:
+    """`messages` scored under `slot`'s experiment; `slot.window` counts what happened."""
     window = slot.window
     window.records += len(messages)
     mask = chosen(messages, slot.fraction, slot.name)
     if slot.mode == CANARY:
-        return _canary(champion, challenger, window, messages, mask, policy)
+        return ExperimentScores(_canary(champion, challenger, window, messages, mask, policy))
     pairs = pairs_of(messages)  # made once, for both calls
     answered, champion_ms = score_batch(champion.scorer, champion.name, messages, policy, pairs)
     window.champion_calls += 1
     window.champion_ms += champion_ms
+    shadow = None
     if mask.any():
         sample, sample_pairs = (messages, pairs) if mask.all() else _sampled(messages, pairs, mask)
         shadow, challenger_ms = score_batch(challenger.scorer, challenger.name, sample, policy, sample_pairs)
@@ -207,7 +229,7 @@ def score_with_challenger(
         window.challenger_ms += challenger_ms
         window.challenger_records += len(sample)
         _compare(answered, mask, shadow, top_k, window)
-    return [(answered, champion_ms, champion.name)]
+    return ExperimentScores([(answered, champion_ms, champion.name)], shadow)
 
 
 def _sampled(messages: list[DataMessage], pairs: Pairs, mask: np.ndarray) -> tuple[list[DataMessage], Pairs]:

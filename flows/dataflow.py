@@ -3,7 +3,8 @@
     data batches ──to a shard, in turn──────────────────────┐
                                                             ├─merge─▶ stateful_batch(shard) ─▶ result batches
     models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                ├▶ events
-                                                                                           └▶ challenger reports
+                                                                                           ├▶ challenger reports
+                                                                                           └▶ shadow results
 
 Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
 `flows.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
@@ -20,7 +21,7 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.challenger import ChallengerSettings
+from flows.challenger import ChallengerSettings, ShadowResults
 from flows.context import ServingContext
 from flows.drift import DriftLogic, DriftSettings, batch_features
 from flows.model_holder import HOLDER_KEY, AcceptedModel, ChallengerEnded, HolderInput, ModelHolderLogic
@@ -33,6 +34,7 @@ class ServingStreams:
     results: Stream[Sequence[ScoredMessage]]  # a ScoredBatch per model call, a list for errors
     events: Stream[ModelEvent]
     reports: Stream[ChallengerReport]  # how each challenger compares, per window and shard
+    shadow_results: Stream[ScoredBatch]  # a shadow challenger's results, if `challengers` asks for them
 
 
 def serve(
@@ -87,8 +89,9 @@ def serve(
             partial(ShardLogic, hold_limit, max_products, context, challengers=challengers),
         ),
     )
+    with_shadow = op.branch(f"{step_id}_split_shadow", scored, lambda item: isinstance(item, ShadowResults))
     with_reports = op.branch(
-        f"{step_id}_split_reports", scored, lambda item: isinstance(item, ChallengerReport)
+        f"{step_id}_split_reports", with_shadow.falses, lambda item: isinstance(item, ChallengerReport)
     )
     shard_out = op.branch(
         f"{step_id}_split_shards", with_reports.falses, lambda item: isinstance(item, ModelEvent)
@@ -101,7 +104,8 @@ def serve(
     op.inspect(
         f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
     )
-    return ServingStreams(results=shard_out.falses, events=events, reports=with_reports.trues)
+    shadow_results = op.map(f"{step_id}_unwrap_shadow", with_shadow.trues, lambda shadow: shadow.batch)
+    return ServingStreams(shard_out.falses, events, with_reports.trues, shadow_results)
 
 
 def _for_shard(key: str, update: AcceptedModel | ChallengerEnded) -> ShardInput:

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
         "",
         description="If set, challenger reports (shadow and canary comparisons per window) also go to this topic, Avro `ChallengerReport`s keyed by challenger name.",
     )
+    kafka_shadow_results_topic: str = Field(
+        "",
+        description="If set, a shadow challenger's results (what it would have answered) also go to this topic, Avro `RecommenderResult`s with the results topic's headers, to join with the champion's by data offset.",
+    )
     kafka_data_start: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a flow without recovery state starts reading the data topic."
     )

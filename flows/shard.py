@@ -26,7 +26,14 @@ from datetime import datetime, timedelta, timezone
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.challenger import ChallengerSettings, ChallengerSlot, ModelCall, score_with_challenger
+from flows.challenger import (
+    ChallengerSettings,
+    ChallengerSlot,
+    ExperimentScores,
+    ModelCall,
+    ShadowResults,
+    score_with_challenger,
+)
 from flows.context import ServingContext
 from flows.records import (
     CANARY,
@@ -117,7 +124,7 @@ class ChallengerEnd:
 # Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
 # per-item cost is paid per batch (see flows.sources.batched).
 ShardInput = ShardBatch | ModelUpdate | ChallengerEnd
-ShardOutput = Sequence[ScoredMessage] | ModelEvent | ChallengerReport
+ShardOutput = Sequence[ScoredMessage] | ModelEvent | ChallengerReport | ShadowResults
 
 
 @dataclass
@@ -255,13 +262,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 )
             else:
                 results, batch_ms = score_batch(self.scorer, champion, messages, self.cache.policy)
-                scored = [(results, batch_ms, champion)]
-            for results, batch_ms, answered_by in scored:
+                scored = ExperimentScores([(results, batch_ms, champion)])
+            for results, batch_ms, answered_by in scored.answered:
                 self.telemetry.scored(span, self.shard, answered_by, results, batch_ms)
-        for results, batch_ms, answered_by in scored:
+        for results, batch_ms, answered_by in scored.answered:
             outputs.append(results)
             if answered_by == champion and self.state.stats is not None:
                 self.state.stats.record_batch(len(results), batch_ms)
+        if scored.shadow is not None and self.challengers.shadow_results:
+            scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
+            outputs.append(ShadowResults(scored.shadow))
         if slot is not None and slot.window.challenger_records >= self.challengers.window:
             self._report(slot, "window", outputs)
             slot.window = slot.window.next()

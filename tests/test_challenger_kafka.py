@@ -1,5 +1,6 @@
 """A challenger experiment driven through a broker with `serving-publish-model`: a canary on half of the
-users, then promoted; results, model events and challenger reports on their topics."""
+users, promoted; then a shadow, retired. Results, shadow results, model events and challenger reports on
+their topics."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import sys
 import numpy as np
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
 
+from flows.admission.policy import AdmissionPolicy
 from flows.avro import EVENT, MODEL, REPORT, RESULT
 from flows.challenger import user_buckets
 from flows.kafka.headers import SOURCE_OFFSET_HEADER
+from flows.scorers.base import build_scorer
 from flows.settings import SHIPPED_MODELS_DIR
 from flows.sources.generators import generated_records, shipped_model
 from flows.testing.local_broker import consume_all, create_topics, produce
@@ -43,9 +46,9 @@ def results_by_offset(bootstrap: str, topic: str, expected: int) -> dict[int, li
     return found
 
 
-def test_a_canary_published_then_promoted_through_the_models_topic(kafka_bootstrap):
+def test_a_canary_promoted_then_a_shadow_retired_through_the_models_topic(kafka_bootstrap):
     topics = create_topics(
-        kafka_bootstrap, "challenger", ["data", "models", "results", "dead", "events", "reports"]
+        kafka_bootstrap, "challenger", ["data", "models", "results", "dead", "events", "reports", "shadow"]
     )
     produce(
         kafka_bootstrap, topics["models"], [(b"v1", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))]
@@ -55,6 +58,7 @@ def test_a_canary_published_then_promoted_through_the_models_topic(kafka_bootstr
         topics,
         SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
         SERVING_KAFKA_CHALLENGER_TOPIC=topics["reports"],
+        SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
         SERVING_KAFKA_TAIL="true",
         SERVING_CHALLENGER_WINDOW="100000",  # one report per shard, when the promotion closes it
         SERVING_SHARDS="2",
@@ -108,6 +112,35 @@ def test_a_canary_published_then_promoted_through_the_models_topic(kafka_bootstr
         assert {report.closed_by for report in reports} == {"promoted"}
         answered = sum(report.challenger_records for report in reports)
         assert answered == int(in_canary.sum())  # every canary answer is counted, once
+        assert consume_all(kafka_bootstrap, topics["shadow"], 1, timeout=2) == []  # a canary has no shadow
+
+        # v1 back as a shadow: the results stay v2's, v1's own go to the shadow results topic.
+        publish(kafka_bootstrap, topics["models"], "--version", "1", "--challenger", "shadow")
+        wait_for(
+            lambda: events().count(("accepted", "recommender-v1")) == 2, "the shadow accepted", timeout=60
+        )
+        third = list(generated_records(23, 500))
+        produce(kafka_bootstrap, topics["data"], encoded(third))
+        start = len(first) + len(second)
+        answers = results_by_offset(kafka_bootstrap, topics["results"], start + len(third))
+        shadow = results_by_offset(kafka_bootstrap, topics["shadow"], len(third))
+        assert sorted(shadow) == list(range(start, start + len(third)))  # every record, once
+        v1 = build_scorer(shipped_model(SHIPPED_MODELS_DIR, "1"), AdmissionPolicy())
+        for offset, [result] in shadow.items():
+            [answer] = answers[offset]
+            assert (answer.metadata.model_name, result.metadata.model_name) == (
+                "recommender-v2",
+                "recommender-v1",
+            )
+            record = third[offset - start]
+            alone = v1.score(np.full(len(record.products), record.user, np.float32),
+                             np.asarray(record.products, np.float32))  # fmt: skip
+            assert np.allclose(result.model_result.probabilities, alone, atol=1e-5)
+        v1.close()
+        assert "published retire 'recommender-v1'" in publish(
+            kafka_bootstrap, topics["models"], "--retire", "recommender-v1"
+        )
+        wait_for(lambda: ("retired", "recommender-v1") in events(), "the retirement", timeout=60)
     finally:
         flow.terminate()
         finished_output(flow)

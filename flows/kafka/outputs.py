@@ -165,10 +165,12 @@ def kafka_outputs(
     dead_letters: Stream[SinkMessage],
     events: Stream[ModelEvent],
     reports: Stream[ChallengerReport],
+    shadow_results: Stream[ScoredBatch],
 ) -> None:
     """Write result batches to the results topic, dead letters to the dead-letter topic and, if
-    SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC are set, model events and challenger reports
-    to them (see flows.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one)."""
+    SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
+    model events, challenger reports and shadow results to them (see flows.kafka.sink; all travel as batches,
+    a dead letter, event or report as a batch of one)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map("encode_results", results, result_messages)
@@ -191,3 +193,9 @@ def kafka_outputs(
         topic = settings.kafka_challenger_topic
         messages = op.map("report_messages", reports, report_message)
         op.output("kafka_reports", messages, ResilientKafkaSink(brokers, topic, config, smaller_report))
+    if settings.kafka_shadow_results_topic:
+        topic = settings.kafka_shadow_results_topic
+        messages = op.map("encode_shadow_results", shadow_results, result_messages)
+        op.output(
+            "kafka_shadow_results", messages, ResilientKafkaSink(brokers, topic, config, smaller_result)
+        )
