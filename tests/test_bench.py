@@ -10,10 +10,13 @@ import pytest
 from support.jobs import REPO
 
 
-@pytest.mark.parametrize("scenario", ["embedded", "tfserving-https"])
-def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario):
+@pytest.mark.parametrize(
+    ("scenario", "options"),
+    [("embedded", []), ("tfserving-https", []), ("embedded", ["--challenger", "shadow"])],
+)
+def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario, options):
     done = subprocess.run(
-        [sys.executable, "-m", "flows.bench", "--scenario", scenario, "--records", "3000"],
+        [sys.executable, "-m", "flows.bench", "--scenario", scenario, "--records", "3000", *options],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -27,6 +30,10 @@ def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario):
     if scenario != "embedded":
         assert figures["source"].startswith("tfserving+https://127.0.0.1:")
         assert figures["model_calls"] >= 3000 / figures["source_batch"]
+    if options:  # the challenger (v2) scored beside v1: at most one extra call per batch
+        assert figures["challenger"] == "shadow challenger on 100% of records"
+        assert 0 < figures["challenger_calls"] <= figures["model_calls"]
+        assert figures["challenger_ms_per_record"] > 0
 
 
 KAFKA_RUNS = {
