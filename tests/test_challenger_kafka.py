@@ -4,16 +4,20 @@ their topics."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 
 import numpy as np
-from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
+from support.jobs import REPO, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 
 from flows.admission.policy import AdmissionPolicy
 from flows.avro import EVENT, MODEL, REPORT, RESULT
 from flows.challenger import user_buckets
 from flows.kafka.headers import SOURCE_OFFSET_HEADER
+from flows.records import CANARY, CHALLENGER
 from flows.scorers.base import build_scorer
 from flows.settings import SHIPPED_MODELS_DIR
 from flows.sources.generators import generated_records, shipped_model
@@ -37,13 +41,17 @@ def flow_events(bootstrap: str, topic: str) -> list[tuple[str, str]]:
     return [(event.kind, event.model_name) for event in events if not event.shard]
 
 
-def results_by_offset(bootstrap: str, topic: str, expected: int) -> dict[int, list]:
-    """Every result so far, grouped by the data offset it answers."""
-    found: dict[int, list] = {}
-    for message in consume_all(bootstrap, topic, expected, timeout=60):
-        offset = int(dict(message.headers())[SOURCE_OFFSET_HEADER])
-        found.setdefault(offset, []).append(RESULT.decode(message.value()))
-    return found
+def results_by_offset(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> dict[int, list]:
+    """Every result on `topic`, grouped by the data offset it answers, once offsets 0 to `expected` - 1 all
+    have one (or `timeout` passed): duplicates after a restart must not end the reading early."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found: dict[int, list] = {}
+        for message in consume_all(bootstrap, topic, 10**9, timeout=3):
+            offset = int(dict(message.headers())[SOURCE_OFFSET_HEADER])
+            found.setdefault(offset, []).append(RESULT.decode(message.value()))
+        if len(found) >= expected or time.monotonic() > deadline:
+            return found
 
 
 def test_a_canary_promoted_then_a_shadow_retired_through_the_models_topic(kafka_bootstrap):
@@ -144,3 +152,50 @@ def test_a_canary_promoted_then_a_shadow_retired_through_the_models_topic(kafka_
     finally:
         flow.terminate()
         finished_output(flow)
+
+
+def test_kill_9_with_a_canary_running_loses_no_record_and_keeps_its_users(kafka_bootstrap, tmp_path):
+    topics = create_topics(kafka_bootstrap, "canary-crash", ["data", "models", "results", "dead", "events"])
+    canary = replace(shipped_model(SHIPPED_MODELS_DIR, "2"), role=CHALLENGER, mode=CANARY, fraction=0.3)
+    produce(
+        kafka_bootstrap,
+        topics["models"],
+        [(b"v1", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1"))), (b"v2", MODEL.encode(canary))],
+    )
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
+    flags = ["-r", str(recovery), "-s", "1", "-b", "0"]
+    settings = {"SERVING_KAFKA_EVENTS_TOPIC": topics["events"], "SERVING_SHARDS": "2"}
+    records = list(generated_records(31, 6_000))
+
+    first = start_flow(kafka_bootstrap, topics, *flags, SERVING_KAFKA_TAIL="true", **settings)
+
+    def shards_challenging() -> int:
+        events = consume_all(kafka_bootstrap, topics["events"], 10**6, timeout=2)
+        return sum(EVENT.decode(message.value()).kind == "challenging" for message in events)
+
+    wait_for(lambda: shards_challenging() == 2, "the canary on both shards", timeout=120)
+    produce(kafka_bootstrap, topics["data"], encoded(records[:3_000]))
+    assert len(consume_all(kafka_bootstrap, topics["results"], 1_000, timeout=60)) >= 1_000
+    wait_for_model_snapshot(recovery / "part-0.sqlite3", holds=lambda state: state.challenger is not None)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+
+    produce(kafka_bootstrap, topics["data"], encoded(records[3_000:]))
+    output = finished_output(
+        start_flow(kafka_bootstrap, topics, *flags, SERVING_KAFKA_TAIL="false", **settings)
+    )
+    assert "resent: restored from recovery, canary challenger on 30% of users" in output
+
+    answers = results_by_offset(kafka_bootstrap, topics["results"], len(records))
+    assert sorted(answers) == list(range(len(records))), "records without a result"
+    in_canary = user_buckets(np.array([record.user for record in records]), "recommender-v2") < 0.3
+    for offset, results in answers.items():  # duplicates too: every answer by the user's model
+        expected = "recommender-v2" if in_canary[offset] else "recommender-v1"
+        assert {result.metadata.model_name for result in results} == {expected}
+        assert all(result.metadata.errors == "" for result in results)
+    duplicates = sum(len(results) for results in answers.values()) - len(records)
+    print(f"kill -9 with a canary running: {len(records)} records, 0 lost, {duplicates} duplicates")
+    assert duplicates <= 3_000

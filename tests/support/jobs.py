@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flows.avro import RECORD
+from flows.model_holder import HolderState
 from flows.tools import audit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +64,16 @@ def finished_output(process: subprocess.Popen) -> str:
     return output
 
 
-def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
+def wait_for_model_snapshot(
+    database: Path, timeout: float = 30, holds: Callable[[HolderState], bool] = lambda state: True
+) -> None:
     """Wait until a snapshot of the model holder that holds a model is committed: what a restart resumes from.
 
     A holder row alone is not enough: the holder also writes a snapshot without a model (its start-up
     marker arrives before the model is judged), and a snapshot of an epoch later than the committed one is
     not what a restart reads. Under load, waiting for any row and a fixed second and a half once killed a
-    job before its model's snapshot was committed, and the restarted job had no model.
+    job before its model's snapshot was committed, and the restarted job had no model. `holds` can ask for
+    more of the snapshot (a challenger, say).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,7 +83,7 @@ def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
                 "SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
             ).fetchall()
         if committed is not None and any(
-            epoch < committed and pickle.loads(state) is not None  # the test's own recovery store
+            epoch < committed and _holds_a_champion(pickle.loads(state), holds)  # the test's own store
             for epoch, state in holders
         ):
             return
@@ -87,6 +91,10 @@ def wait_for_model_snapshot(database: Path, timeout: float = 30) -> None:
     raise AssertionError(
         f"no committed snapshot of the model holder with a model in {database} after {timeout} s"
     )
+
+
+def _holds_a_champion(state: HolderState | None, holds: Callable[[HolderState], bool]) -> bool:
+    return state is not None and state.champion is not None and holds(state)
 
 
 def encoded(records):
