@@ -247,6 +247,30 @@ def test_query_tool_prints_the_state_of_several_processes(model_v1):
     assert model_v1.model_name in table.stdout and "50" in table.stdout
 
 
+def test_query_tool_merges_the_challengers_of_several_processes(model_v1, model_v2):
+    shadow = replace(model_v2, role=CHALLENGER, mode="shadow", fraction=1.0)
+    records = [record for block in range(2) for record in generate_block(3, 0, block)]
+    data = at(1.5, [messages(records[start : start + 64]) for start in range(0, len(records), 64)])
+    run = run_core(data, at(0, [model_v1]) + at(0.5, [shadow]))
+    [alone] = run.context.state.challengers()
+    ports = [free_port(), free_port()]
+    servers = [start_state_server("127.0.0.1", port, run.context.state) for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}/state" for port in ports]
+        query = [sys.executable, "-m", "flows.tools.query_state", "--challengers"]
+        done = subprocess.run([*query, "--json", *urls], cwd=REPO, capture_output=True, text=True, check=True)
+        table = subprocess.run([*query, *urls], cwd=REPO, capture_output=True, text=True, check=True)
+    finally:
+        for server in servers:
+            server.shutdown()
+    [merged] = json.loads(done.stdout)
+    assert (merged["challenger"], merged["processes"]) == (model_v2.model_name, 2)
+    assert merged["records"] == 2 * alone["records"] == 2 * len(records)  # two "processes", the same shards
+    assert merged["top_k_agreement"] == pytest.approx(alone["top_k_agreement"])
+    assert merged["mean_abs_diff"] == pytest.approx(alone["mean_abs_diff"])
+    assert f"{model_v2.model_name} (shadow 1 of {model_v1.model_name})" in table.stdout
+
+
 def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
     with otlp_receiver() as receiver:
         env = {

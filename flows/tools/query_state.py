@@ -1,7 +1,8 @@
 """Ask running flows what they serve: `python -m flows.tools.query_state [URL ...]`.
 
 Each process of a flow answers `GET /state` for its own shards; given several URLs (one per process),
-the tool merges their statistics per model and prints one line per model.
+the tool merges their statistics per model and prints one line per model. With `--challengers`, it merges
+the challengers' reports instead (`flows.challenger`), one line per challenger.
 """
 
 from __future__ import annotations
@@ -9,12 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
 import urllib3
 
+from flows.challenger import merge_reports
 from flows.observability.serving_state import merge_model_stats
+from flows.records import ChallengerReport
+
+REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
 
 DEFAULT_URL = "http://localhost:8081/state"
 
@@ -29,6 +35,41 @@ def fetch(url: str, timeout_s: float) -> dict[str, Any]:
 def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per model over all processes' /state documents."""
     return merge_model_stats(model for document in documents for model in document["models"])
+
+
+def merge_challengers(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per challenger over all processes' /state documents: counts summed, means weighted."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for document in documents:
+        for entry in document.get("challengers", []):
+            by_name.setdefault(entry["challenger"], []).append(entry)
+    merged = []
+    for entries in by_name.values():
+        reports = [ChallengerReport(**{name: entry[name] for name in REPORT_FIELDS}) for entry in entries]
+        total = asdict(merge_reports(reports))
+        latest = max(entries, key=lambda entry: entry["end_time"])
+        merged.append(
+            {**total, "shard": None, "window": None, "windows": sum(entry["windows"] for entry in entries),
+             "closed_by": latest["closed_by"], "processes": len(entries)}
+        )  # fmt: skip
+    return sorted(merged, key=lambda entry: entry["end_time"], reverse=True)
+
+
+def render_challengers(challengers: list[dict[str, Any]]) -> str:
+    lines = []
+    for entry in challengers:
+        head = f"{entry['challenger']} ({entry['mode']} {entry['fraction']:g} of {entry['champion']})"
+        comparison = (
+            f"top-{entry['top_k']} agreement {entry['top_k_agreement']:.3f}, mean |diff| {entry['mean_abs_diff']:.4f}"
+            if entry["mode"] == "shadow"
+            else f"answered {entry['challenger_records']:,}"
+        )
+        lines.append(
+            f"{head}: {entry['records']:,} records, {entry['challenger_records']:,} to the challenger, "
+            f"{entry['challenger_errors']:,} errors; {comparison}; {entry['windows']} windows, "
+            f"last closed by {entry['closed_by']}"
+        )
+    return "\n".join(lines) or "no challenger reports"
 
 
 def render(models: list[dict[str, Any]]) -> str:
@@ -50,13 +91,21 @@ def main() -> None:
         "urls", nargs="*", default=[DEFAULT_URL], help=f"state endpoints (default {DEFAULT_URL})"
     )
     parser.add_argument("--json", action="store_true", help="print the merged statistics as JSON")
+    parser.add_argument(
+        "--challengers", action="store_true", help="the challengers' merged reports instead of the models"
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each endpoint")
     args = parser.parse_args()
     try:
-        models = merge([fetch(url, args.timeout) for url in args.urls])
+        documents = [fetch(url, args.timeout) for url in args.urls]
     except (urllib3.exceptions.HTTPError, RuntimeError, ValueError) as error:
         print(f"cannot read the flow's state: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.challengers:
+        challengers = merge_challengers(documents)
+        print(json.dumps(challengers, indent=2) if args.json else render_challengers(challengers))
+        return
+    models = merge(documents)
     print(json.dumps(models, indent=2) if args.json else render(models))
 
 
