@@ -18,9 +18,13 @@ read what was on the topic when the flow started (`CaughtUp`), then judges the n
 backlog of records is scored by the latest model, not by each historical one in turn.
 
 Keeping the model bytes in this one key's state is what keeps recovery cheap: Bytewax snapshots a key
-only in the epochs that touch it, so the model is written once per model event, not once per shard per
-epoch. After a restart the holder sends its model to every shard again, so the flow serves the model it
-had without the model stream re-sending it (with a Kafka model source, on its first input: see `__init__`).
+only in the epochs that touch it, so the model is written in the epochs of its model event (while it is
+judged, and once accepted), not once per shard per epoch. After a restart the holder sends its model to
+every shard again, so the flow serves the model it had without the model stream re-sending it (with a
+Kafka model source, on its first input: see `__init__`).
+
+Models still being judged are in the state too: the model source's snapshot has moved past their messages,
+so a restart that forgot them would never judge them. A restored holder judges them again.
 """
 
 from __future__ import annotations
@@ -66,12 +70,19 @@ class ChallengerEnded:
     closed_by: str
 
 
+Arrival = tuple[ModelDescriptor, float]  # a model message and when it reached the flow
+
+
 @dataclass(frozen=True, slots=True)
 class HolderState:
-    """What the holder persists: the champion and the challenger (its role, mode and fraction included)."""
+    """What the holder persists: the champion and the challenger (its role, mode and fraction included),
+    and the models not judged yet (being judged, or kept from the topic's history at start-up)."""
 
     champion: ModelDescriptor | None = None
     challenger: ModelDescriptor | None = None
+    judging: tuple[Arrival, ...] = ()
+    startup: tuple[Arrival, ...] = ()
+    startup_challenger: Arrival | None = None
 
 
 @dataclass(slots=True)
@@ -109,10 +120,12 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         self.held_digest: str | None = None
         self.held_challenger_digest: str | None = None
         self.pending: list[_Candidate] = []
-        self.catching_up = wait_for_catch_up and self.current is None
+        for descriptor, arrived_at in resume.judging:  # judged again: their messages will not come back
+            self._start(descriptor, arrived_at)
+        self.catching_up = wait_for_catch_up and self.current is None and not self.pending
         self.caught_up: set[str] = set()
-        self.startup: list[tuple[ModelDescriptor, float]] = []  # champions, oldest first, while catching up
-        self.startup_challenger: tuple[ModelDescriptor, float] | None = None
+        self.startup: list[Arrival] = list(resume.startup)  # champions, oldest first, while catching up
+        self.startup_challenger: Arrival | None = resume.startup_challenger
 
     def on_batch(self, values: list[HolderInput]) -> tuple[Iterable[HolderOutput], bool]:
         outputs: list[HolderOutput] = []
@@ -161,8 +174,11 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         return outputs, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> HolderState:
-        # Frozen dataclasses: safe to hand over as they are.
-        return HolderState(self.current, self.challenger)
+        # Frozen dataclasses, in new tuples: safe to hand over as they are.
+        judging = tuple((candidate.descriptor, candidate.arrived_at) for candidate in self.pending)
+        return HolderState(
+            self.current, self.challenger, judging, tuple(self.startup), self.startup_challenger
+        )
 
     def _consider(self, value: HolderInput, outputs: list[HolderOutput]) -> None:
         if isinstance(value, CaughtUp):
@@ -256,7 +272,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             waiting += challengers
         self.pending = waiting
         champion_pending = any(not candidate.descriptor.is_challenger for candidate in waiting)
-        if not champion_pending and self.startup and self.current is None:
+        if not champion_pending and self.startup and self.current is None and not self.catching_up:
             self._start(*self.startup.pop())  # the newest start-up model failed: try the one before it
         elif self.current is not None:
             self.startup = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sqlite3
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -13,15 +14,26 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
-from support.core_runs import FlowRun, messages, sample_records, unbatched
+from support.core_runs import (
+    AbortOnce,
+    FlowRun,
+    ScheduledSource,
+    at,
+    messages,
+    sample_records,
+    serve_into,
+    unbatched,
+)
 
 from flows.admission.policy import AdmissionPolicy
 from flows.app import build_flow
 from flows.challenger import user_buckets
 from flows.context import ServingContext
 from flows.dataflow import serve
-from flows.model_holder import ModelHolderLogic
+from flows.model_holder import CaughtUp, ModelHolderLogic
 from flows.records import CANARY, CHALLENGER
+from flows.scorers import ScorerCache
+from flows.scorers.base import build_scorer
 from flows.settings import Settings
 from flows.shard import ShardLogic
 from flows.sources.batched import PollBatches
@@ -102,6 +114,58 @@ def test_after_an_abort_the_challenger_keeps_its_role_fraction_and_users(model_v
         assert item.result.metadata.model_name == expected.model_name
     assert {item.result.metadata.model_name for item in after} == {model_v1.model_name, model_v2.model_name}
     assert model_v2.model_name in {item.result.metadata.model_name for item in run.results[:results_before]}
+
+
+def test_a_model_still_being_judged_at_an_abort_is_judged_after_the_restart(model_v1, model_v2, tmp_path):
+    """The model source's snapshot has moved past v2's message while v2 was being judged: the restarted
+    holder must judge it from its own state, or v2 is lost."""
+
+    def slow_for_v2(descriptor, policy):
+        if descriptor.model_name == model_v2.model_name:
+            time.sleep(6)  # still being judged when the data source aborts
+        return build_scorer(descriptor, policy)
+
+    init_db_dir(tmp_path, 1)
+    first, second = sample_records(40), sample_records(40, offset=40)
+    # Scheduled sources poll every 10 ms: a sleeping input would hold back the epochs, so their snapshots.
+    data = at(0.5, [messages(first)]) + at(2.0, [AbortOnce(), messages(second)])
+    models = at(0, [model_v1]) + at(0.8, [model_v2])  # v2 is judged from 0.8 s to 6.8 s
+    run = FlowRun(context=ServingContext.create(cache=ScorerCache(AdmissionPolicy(), slow_for_v2)))
+    # Both open until 9 s, as a tailed topic: at the end of its input the holder would wait for v2.
+    flow = serve_into(run, ScheduledSource(data, open_until=9), ScheduledSource(models, open_until=9))
+    recovery = RecoveryConfig(str(tmp_path))
+
+    run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=recovery)
+    assert ("accepted", model_v2.model_name) not in [(e.kind, e.model_name) for e in run.events]
+    results_before = len(run.results)
+    run.events.clear()
+    run_main(flow, epoch_interval=timedelta(milliseconds=50), recovery_config=recovery)
+
+    flow_events = [(event.kind, event.model_name) for event in run.events if not event.shard]
+    assert flow_events == [("resent", model_v1.model_name), ("accepted", model_v2.model_name)]
+    assert len(run.results) - results_before >= len(second)  # scored by v1 while v2 is judged again
+    swapped = {event.shard for event in run.events if event.kind == "swapped"}
+    assert len(swapped) == SHARDS  # and then every shard serves v2
+
+
+def test_models_kept_from_the_topic_at_start_up_survive_a_restart_during_the_catch_up(model_v1, model_v2):
+    """Killed while catching up: what the holder had read of the topic's history is in its snapshot (the
+    model source will not read it again), and is judged once the source has caught up after the restart."""
+    context = ServingContext.create(AdmissionPolicy())
+    holder = ModelHolderLogic(context.cache, True, None)
+    holder.on_batch([model_v1, model_v2])  # the history so far; no CaughtUp yet
+    restored = pickle.loads(pickle.dumps(holder.snapshot()))
+    assert [descriptor.model_name for descriptor, _ in restored.startup] == [
+        "recommender-v1",
+        "recommender-v2",
+    ]
+
+    again = ModelHolderLogic(context.cache, True, restored)
+    outputs, _ = again.on_batch([CaughtUp("models", 1)])
+    more, _ = again.on_eof()
+    accepted = [item.model_name for item in [*outputs, *more] if getattr(item, "kind", "") == "accepted"]
+    assert accepted == [model_v2.model_name]  # the newest, as a fresh start would
+    assert again.snapshot().champion.model_name == model_v2.model_name and not again.snapshot().judging
 
 
 def test_snapshots_hold_the_model_once_not_per_shard_per_epoch(model_v1, tmp_path):

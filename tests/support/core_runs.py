@@ -16,7 +16,7 @@ from bytewax.inputs import (
     StatefulSourcePartition,
     StatelessSourcePartition,
 )
-from bytewax.testing import TestingSink, cluster_main, run_main
+from bytewax.testing import AbortExecution, TestingSink, cluster_main, run_main
 
 from flows.challenger import ChallengerSettings
 from flows.context import ServingContext
@@ -39,6 +39,14 @@ def sample_records(count: int, offset: int = 0) -> list[RecommenderRecord]:
     ]
 
 
+@dataclass
+class AbortOnce:
+    """A schedule item that aborts the execution when its time comes, in the first execution only (as
+    Bytewax's `TestingSource.ABORT`, for a source that keeps polling while it waits)."""
+
+    triggered: bool = False
+
+
 class _ScheduledPartition(StatefulSourcePartition):
     def __init__(self, schedule: list[tuple[float, Any]], resume: int | None, open_until: float) -> None:
         self.schedule = schedule
@@ -54,7 +62,16 @@ class _ScheduledPartition(StatefulSourcePartition):
             raise StopIteration()
         batch = []
         while self.position < len(self.schedule) and self.schedule[self.position][0] <= elapsed:
-            batch.append(self.schedule[self.position][1])
+            item = self.schedule[self.position][1]
+            if isinstance(item, AbortOnce):
+                if batch:
+                    break  # what came before it goes out first; the abort on the next poll
+                self.position += 1
+                if not item.triggered:
+                    item.triggered = True
+                    raise AbortExecution()
+                continue
+            batch.append(item)
             self.position += 1
         return batch
 
