@@ -209,9 +209,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             if incoming is not None:
                 incoming[1].join()  # the input has ended: nothing is left to score meanwhile
         self._swap_when_ready(outputs)
-        if (
-            self.scorer is not None and self._canary_reloading()
-        ):  # the canary never came back: the champion answers
+        if self.scorer is not None and self._canary_reloading():
+            # The restored canary never came back: the champion answers its held users.
             self._close_challenger("ended", outputs)
             self._score_held(outputs)
         slot = self.state.challenger
@@ -420,9 +419,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.state.model_digest = digest
         self.state.model_name = descriptor.model_name
         slot = self.state.challenger
-        if (
-            slot is not None and slot.name != descriptor.model_name
-        ):  # (a promoted one reports its old champion)
+        # A challenger promoted to champion keeps naming its old champion in its last report.
+        if slot is not None and slot.name != descriptor.model_name:
             slot.champion = descriptor.model_name
         if restored and self.state.stats is not None:
             outputs.append(
