@@ -10,7 +10,7 @@ import enum
 import hashlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import accumulate
 from typing import Any, overload
 
@@ -115,10 +115,8 @@ class ModelDescriptor:
 
     def __setstate__(self, state: tuple) -> None:
         # Snapshots taken before the challenger fields existed hold fewer values: the rest keep their defaults.
-        defaults = (None, None, b"", CHAMPION, "", 1.0, "")
-        values = (*state, *defaults[len(state) - 3 :])
-        for name, value in zip(_DESCRIPTOR_FIELDS, values):
-            object.__setattr__(self, name, value)
+        for index, field_ in enumerate(fields(ModelDescriptor)):
+            object.__setattr__(self, field_.name, state[index] if index < len(state) else field_.default)
 
     @property
     def digest(self) -> str:
@@ -151,9 +149,6 @@ class ModelDescriptor:
             f"ModelDescriptor({self.model_name!r}, {self.model_type.value}, "
             f"bytes={size}, location={self.model_source_location!r}{role})"
         )
-
-
-_DESCRIPTOR_FIELDS = tuple(ModelDescriptor.__dataclass_fields__)
 
 
 @dataclass(slots=True)
