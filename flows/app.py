@@ -23,6 +23,7 @@ from flows.sinks.console import ConsoleEventSink, ConsoleResultSink
 from flows.sinks.json_lines import JsonLinesResultSink
 from flows.sources.batched import PollBatches
 from flows.sources.generators import DataGenerator, ModelGenerator, models_in_bounded_run, scheduled_model
+from flows.sources.model_gate import ChampionGate, WaitForChampion
 from flows.sources.stoppable import StoppableSource
 
 
@@ -31,10 +32,10 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
     share `context` (scorer cache, telemetry, statistics)."""
     flow = Dataflow("serving")
     if settings.kafka_bootstrap_servers:
-        inputs = kafka_inputs(flow, settings)
+        inputs = kafka_inputs(flow, settings, context.champion_gate)
         data, models = inputs.data, inputs.models
     else:
-        data, models = embedded_inputs(flow, settings)
+        data, models = embedded_inputs(flow, settings, context.champion_gate)
 
     streams = serve(
         "serve",
@@ -69,10 +70,11 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
 
 
 def embedded_inputs(
-    flow: Dataflow, settings: Settings
+    flow: Dataflow, settings: Settings, gate: ChampionGate
 ) -> tuple[Stream[list[DataMessage]], Stream[ModelDescriptor]]:
-    """Generated records (in batches, one per generator poll) and model updates following the schedule of
-    shipped versions (`SERVING_MODEL_VERSIONS`: champions, challengers and commands, in turn)."""
+    """Generated records (in batches, one per generator poll, none before `gate` opens) and model updates
+    following the schedule of shipped versions (`SERVING_MODEL_VERSIONS`: champions, challengers and
+    commands, in turn)."""
     generator = DataGenerator(
         settings.records,
         settings.record_rate,
@@ -81,7 +83,8 @@ def embedded_inputs(
         settings.seed,
         settings.data_shift_after,
     )
-    data = op.input("data", flow, StoppableSource(PollBatches(generator)))
+    gated = WaitForChampion(PollBatches(generator), gate, settings.data_wait_for_model)
+    data = op.input("data", flow, StoppableSource(gated))
     versions = [scheduled_model(settings.models_dir, entry) for entry in settings.versions]
     model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
     run_seconds = (

@@ -1,5 +1,5 @@
-"""What one serving flow shares between its steps within a process: the scorer cache, the telemetry and the
-serving statistics.
+"""What one serving flow shares between its steps within a process: the scorer cache, the telemetry, the
+serving statistics and the gate that holds the data sources back until a champion is ready.
 
 They cannot be Bytewax state (a scorer is not picklable, and a process loads each model once however many
 shards it holds), so they live beside the dataflow. Passing one context to `serve` (instead of module-level
@@ -9,12 +9,13 @@ starts from a fresh context instead of resetting globals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flows.admission.policy import AdmissionPolicy
 from flows.observability.serving_state import ServingState
 from flows.observability.telemetry import Telemetry
 from flows.scorers import ScorerCache
+from flows.sources.model_gate import ChampionGate
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ServingContext:
     cache: ScorerCache
     state: ServingState
     telemetry: Telemetry
+    # Opened by the first shard of this process that serves a champion; the data sources wait for it.
+    champion_gate: ChampionGate = field(default_factory=ChampionGate)
 
     @classmethod
     def create(

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     hold_limit: int = Field(
         10_000, ge=0, description="Records a shard holds while it has no model yet; more get an error result."
     )
+    data_wait_for_model: float = Field(
+        120.0,
+        ge=0,
+        description="Seconds a process waits for a champion before it reads data anyway (back-pressure at start-up: a backlog waits on the topic instead of filling the hold buffers).",
+    )
     records: int = Field(
         0, ge=0, description="Records the data generator produces, then stops (0: unbounded)."
     )

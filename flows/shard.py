@@ -4,8 +4,11 @@ A shard receives, in one stream, the data records routed to it and every model t
 is loaded in the background (by the process-wide cache, so a process loads each model once) while the
 current one keeps scoring; once it is ready in this process the shard swaps to it and resets the
 statistics. Data records are scored in micro-batches, one model call per batch. Records that arrive
-before any model are held, up to a bound, and scored when the first model arrives; past the bound, or if
-the input ends first, they are emitted with an error. Nothing is dropped.
+before any model are held and scored when the first model is ready: all of them while a model is on its
+way to the shard (loading, or named by the restored state), up to SERVING_HOLD_LIMIT while none is; past
+that bound, once the awaited model fails, or if the input ends first, they are emitted with an error.
+Nothing is dropped. The first champion swapped in opens the process's data sources
+(`flows.sources.model_gate`).
 
 A shard may also hold a challenger (`flows.challenger`): loaded the same way, it scores beside the
 champion as its experiment says, and the shard emits a `ChallengerReport` per window of its records.
@@ -157,12 +160,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.cache: ScorerCache = context.cache
         self.telemetry = context.telemetry
         self.serving_state = context.state
+        self.champion_gate = context.champion_gate
         self.state = resume if resume is not None else ShardState()
         if self.state.shard and self.state.stats is not None:
             self.serving_state.serve(self.state.shard, self.state.stats)  # statistics survive a restart
         # After a restart the state names a model but this process has not loaded it yet: records are
         # held until the model holder sends the model again (it does so right after a restart).
         self.scorer: Scorer | None = None
+        self.awaiting_resend = self.state.model_digest is not None
         # A model on its way in: loading in the background while the current one keeps scoring.
         self.incoming: tuple[ModelUpdate, ModelLoad] | None = None
         # The same for the challenger (named, with its window, in `state.challenger` once it has loaded).
@@ -305,7 +310,25 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         outputs.append(refused)
         return kept
 
+    def _champion_on_its_way(self) -> bool:
+        """Whether a model this shard will serve is loading, or known and about to be sent again (after a
+        restart): then records wait for it whatever their number, until it is ready or its load fails."""
+        return self.incoming is not None or self.awaiting_resend or self._canary_reloading()
+
     def _hold(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
+        if self._champion_on_its_way():
+            # Bounded by what the data sources read meanwhile: they wait for a champion in their own process
+            # (flows.sources.model_gate), and a load has a deadline.
+            self.state.held.extend(messages)
+            return
+        self._hold_within_limit(messages, outputs)
+
+    def _release_overflow(self, outputs: list[ShardOutput]) -> None:
+        """The model the held records waited for failed: those past the hold limit get their error now."""
+        held, self.state.held = self.state.held, []
+        self._hold_within_limit(held, outputs)
+
+    def _hold_within_limit(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
         room = max(self.hold_limit - len(self.state.held), 0)
         self.state.held.extend(messages[:room])
         overflow = messages[room:]
@@ -402,6 +425,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.incoming = None
         descriptor = update.descriptor
         arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
+        self.awaiting_resend = False
         try:
             scorer, load_ms = load.result()
         except ModelLoadError as error:
@@ -409,6 +433,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             outputs.append(
                 ModelEvent("failed", descriptor.model_name, error.reason, self.shard, self.state.model_name)
             )
+            if self.scorer is None:
+                self._release_overflow(outputs)
             return
         digest = descriptor.digest
         restored = digest == self.state.model_digest
@@ -416,6 +442,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             self.cache.release(self.state.model_digest)
         previous = self.state.model_name
         self.scorer = scorer
+        self.champion_gate.open()
         self.state.model_digest = digest
         self.state.model_name = descriptor.model_name
         slot = self.state.challenger

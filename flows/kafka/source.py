@@ -25,6 +25,7 @@ from flows.kafka.sink import SinkMessage
 from flows.model_holder import CaughtUp
 from flows.records import DataMessage, DecodeFailure, ModelDescriptor
 from flows.settings import Settings
+from flows.sources.model_gate import ChampionGate, WaitForChampion
 from flows.sources.stoppable import StoppableSource
 
 __all__ = [
@@ -68,11 +69,13 @@ def _models_source(settings: Settings) -> StoppableSource:
     return StoppableSource(CatchUpSource(source, topic, lookup))
 
 
-def kafka_inputs(flow: Dataflow, settings: Settings) -> KafkaInputs:
-    """The data and model streams from Kafka, and the dead letters of both."""
+def kafka_inputs(flow: Dataflow, settings: Settings, gate: ChampionGate) -> KafkaInputs:
+    """The data and model streams from Kafka, and the dead letters of both. The data partitions read
+    nothing until `gate` opens (a champion is ready in this process: `flows.sources.model_gate`)."""
     data_start = OFFSET_BEGINNING if settings.kafka_data_start == "earliest" else OFFSET_END
     data_source = DataPollSource(settings, settings.kafka_data_topic, data_start, consumer_config(settings))
-    polls = op.input("kafka_data", flow, StoppableSource(data_source))
+    gated = WaitForChampion(data_source, gate, settings.data_wait_for_model)
+    polls = op.input("kafka_data", flow, StoppableSource(gated))
     data = op.filter_map("data_batches", polls, lambda poll: poll.batch or None)
     undecodable_data = op.flat_map("undecodable_data", polls, lambda poll: poll.undecodable)
 
