@@ -408,6 +408,9 @@ def _descriptor_to_avro(descriptor: ModelDescriptor) -> dict:
         "mode": descriptor.mode,
         "fraction": descriptor.fraction,
         "command": descriptor.command,
+        "sequence": descriptor.sequence,
+        "expiresAt": descriptor.expires_at,
+        "targetDigest": descriptor.target_digest,
     }
 
 
@@ -423,6 +426,9 @@ def _descriptor_from_avro(datum: dict) -> ModelDescriptor:
         datum["mode"],
         datum["fraction"],
         datum["command"],
+        datum["sequence"],
+        datum["expiresAt"],
+        datum["targetDigest"],
     )
 
 

@@ -25,6 +25,21 @@ Kafka model source, on its first input: see `__init__`).
 
 Models still being judged are in the state too: the model source's snapshot has moved past their messages,
 so a restart that forgot them would never judge them. A restored holder judges them again.
+
+Authority. With trusted keys, the holder is the one place a message's signature and freshness are checked
+(`flows.admission.freshness`), when it arrives; the newest sequence taken in from each key is in the state.
+What the holder accepted is the flow's own state from then on: a promoted challenger becomes the champion
+on the authority of the signed promote command, and a restored model serves after a restart without being
+verified again. The recovery store is written and read only by the flow, by whoever runs it, who can also
+change its trusted keys; verifying restored state again would turn a key rotation, or turning signing on,
+into an outage (every shard refusing the model it served) without keeping anyone out.
+
+Identity. A model is known to every result, event and report by the name it was accepted under: a
+challenger cannot take the champion's name (nor a champion the serving challenger's), and commands name
+their target's digest too.
+
+Bounded work. Loads run at most `SERVING_MODEL_MAX_LOADS` at a time (`flows.scorers.cache`); a model still
+waiting for its turn is dropped, unloaded, when a newer one of its role arrives.
 """
 
 from __future__ import annotations
@@ -37,7 +52,8 @@ from datetime import datetime, timedelta, timezone
 from bytewax.operators import StatefulBatchLogic
 
 from flows.admission.descriptor_checks import refusal
-from flows.records import PROMOTE, DecodeFailure, ModelDescriptor, ModelEvent, ms_since
+from flows.admission.freshness import FreshnessMarks
+from flows.records import PROMOTE, DecodeFailure, ModelDescriptor, ModelEvent, ms_since, restore_with_defaults
 from flows.scorers import ModelLoadError, ScorerCache
 from flows.scorers.cache import ModelLoad
 
@@ -83,6 +99,10 @@ class HolderState:
     judging: tuple[Arrival, ...] = ()
     startup: tuple[Arrival, ...] = ()
     startup_challenger: Arrival | None = None
+    freshness: tuple[tuple[str, int], ...] = ()  # (signing key id, newest sequence taken in)
+
+    def __setstate__(self, state: tuple) -> None:
+        restore_with_defaults(self, state)  # snapshots from before a field existed hold fewer values
 
 
 @dataclass(slots=True)
@@ -120,6 +140,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         self.held_digest: str | None = None
         self.held_challenger_digest: str | None = None
         self.pending: list[_Candidate] = []
+        self.freshness = FreshnessMarks.restored(resume.freshness)
         for descriptor, arrived_at in resume.judging:  # judged again: their messages will not come back
             self._start(descriptor, arrived_at)
         self.catching_up = wait_for_catch_up and self.current is None and not self.pending
@@ -177,7 +198,12 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         # Frozen dataclasses, in new tuples: safe to hand over as they are.
         judging = tuple((candidate.descriptor, candidate.arrived_at) for candidate in self.pending)
         return HolderState(
-            self.current, self.challenger, judging, tuple(self.startup), self.startup_challenger
+            self.current,
+            self.challenger,
+            judging,
+            tuple(self.startup),
+            self.startup_challenger,
+            self.freshness.snapshot(),
         )
 
     def _consider(self, value: HolderInput, outputs: list[HolderOutput]) -> None:
@@ -189,7 +215,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         if isinstance(value, DecodeFailure):
             outputs.append(ModelEvent("rejected", "", f"undecodable {value.schema} message: {value.reason}"))
             return
-        refused = refusal(value, self.cache.policy)
+        refused = self._refusal(value)
         if refused:
             outputs.append(ModelEvent("rejected", value.model_name, refused + self._still_serving()))
             return
@@ -199,7 +225,29 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         if value.command:
             self._command(value, outputs)
             return
-        self._start(value, time.time())
+        self._start(value, time.time(), outputs)
+
+    def _refusal(self, descriptor: ModelDescriptor) -> str | None:
+        """Why `descriptor` is refused at once (content, signature and freshness, identity), or None."""
+        policy = self.cache.policy
+        refused = refusal(descriptor, policy)
+        if refused is None and policy.trusted_keys:
+            refused = self.freshness.admit(descriptor, policy.trusted_keys, int(time.time() * 1000))
+            if refused is None and descriptor.command and not descriptor.target_digest:
+                refused = f"a signed {descriptor.command} command must name its target's digest"
+        return refused or self._name_clash(descriptor)
+
+    def _name_clash(self, descriptor: ModelDescriptor) -> str | None:
+        """Why `descriptor`'s name would make results name the wrong model, or None."""
+        if descriptor.command:
+            return None
+        name = descriptor.model_name
+        if descriptor.is_challenger and self.current is not None and self.current.model_name == name:
+            return f"a challenger cannot take the name of the champion {name!r}"
+        challenger = self.challenger
+        if not descriptor.is_challenger and challenger is not None and challenger.model_name == name:
+            return f"a champion cannot take the name of the challenger {name!r}: promote or retire it"
+        return None
 
     def _remember_at_startup(self, descriptor: ModelDescriptor) -> None:
         """Replay the topic's history: the champions in order, and the challenger the commands leave."""
@@ -208,7 +256,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             self.startup_challenger = (descriptor, time.time())
         elif not descriptor.command:
             self.startup = [*self.startup, (descriptor, time.time())][-MAX_STARTUP_CANDIDATES:]
-        elif challenger is not None and challenger.model_name == descriptor.model_name:
+        elif challenger is not None and _targets(descriptor, challenger):
             if descriptor.command == PROMOTE:
                 promoted = (_as_champion(challenger), time.time())
                 self.startup = [*self.startup, promoted][-MAX_STARTUP_CANDIDATES:]
@@ -218,11 +266,14 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         """Promote or retire the challenger `command` names."""
         name = command.model_name
         challenger = self.challenger
-        if challenger is None or challenger.model_name != name:
-            serving = repr(challenger.model_name) if challenger else "none"
+        if challenger is None or not _targets(command, challenger):
+            serving = f"{challenger.model_name!r} ({challenger.digest})" if challenger else "none"
+            target = f" ({command.target_digest})" if command.target_digest else ""
             outputs.append(
                 ModelEvent(
-                    "rejected", name, f"cannot {command.command} {name!r}: the challenger is {serving}"
+                    "rejected",
+                    name,
+                    f"cannot {command.command} {name!r}{target}: the challenger is {serving}",
                 )
             )
             return
@@ -246,7 +297,17 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         outputs.append(ModelEvent("retired", name, f"the champion {self._champion_name()!r} answers alone"))
         outputs.append(ChallengerEnded(name, "retired"))
 
-    def _start(self, descriptor: ModelDescriptor, arrived_at: float) -> None:
+    def _start(
+        self, descriptor: ModelDescriptor, arrived_at: float, outputs: list[HolderOutput] | None = None
+    ) -> None:
+        """Judge `descriptor`; older models of its role still waiting for their load to start are dropped."""
+        if outputs is not None:
+            role = descriptor.is_challenger
+            waiting = [c for c in self.pending if c.descriptor.is_challenger == role and c.load.queued()]
+            for candidate in waiting:
+                self.pending.remove(candidate)
+                reason = f"superseded by {descriptor.model_name!r} before its load started"
+                self._reject(candidate, reason, outputs)
         self.pending.append(_Candidate(descriptor, arrived_at, self.cache.request(descriptor)))
 
     def _end_catch_up(self) -> None:
@@ -309,6 +370,10 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
 
     def _accept(self, candidate: _Candidate, load_ms: float, outputs: list[HolderOutput]) -> None:
         descriptor = candidate.descriptor
+        clash = self._name_clash(descriptor)  # a challenger may have arrived while it loaded
+        if clash:
+            self._reject(candidate, clash, outputs)
+            return
         if self.held_digest is not None:
             self.cache.release(self.held_digest)
         self.held_digest = descriptor.digest
@@ -329,6 +394,10 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         descriptor = candidate.descriptor
         if self.current is None:
             self._reject(candidate, "a challenger needs a champion in service, and there is none", outputs)
+            return
+        clash = self._name_clash(descriptor)  # the champion may have changed while it loaded
+        if clash:
+            self._reject(candidate, clash, outputs)
             return
         if self.held_challenger_digest is not None:
             self.cache.release(self.held_challenger_digest)
@@ -353,5 +422,13 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
 
 
 def _as_champion(descriptor: ModelDescriptor) -> ModelDescriptor:
-    """`descriptor` promoted: the same model (and digest), answering every record."""
-    return replace(descriptor, role="champion", mode="", fraction=1.0, signature=b"")
+    """`descriptor` promoted: the same model (and digest), answering every record, on the authority of the
+    promote command that was checked when it arrived (nothing verifies it again: see the module docstring)."""
+    return replace(descriptor, role="champion", mode="", fraction=1.0)
+
+
+def _targets(command: ModelDescriptor, challenger: ModelDescriptor) -> bool:
+    """Whether `command` acts on `challenger`: its name, and its digest when the command names one."""
+    if command.model_name != challenger.model_name:
+        return False
+    return not command.target_digest or command.target_digest == challenger.digest

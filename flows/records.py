@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import posixpath
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from itertools import accumulate
 from typing import Any, overload
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -24,12 +26,52 @@ def ms_since(epoch_s: float) -> float:
     return max(0.0, (time.time() - epoch_s) * 1000)
 
 
+def restore_with_defaults(instance: Any, state: tuple) -> None:
+    """Unpickle a slots dataclass (frozen or not) from `state`, its fields' values in order: a recovery
+    snapshot written before the class gained fields at its end holds fewer, and those keep their defaults."""
+    for index, field_ in enumerate(fields(instance)):
+        if index < len(state):
+            value = state[index]
+        elif field_.default_factory is not MISSING:
+            value = field_.default_factory()
+        else:
+            value = field_.default
+        object.__setattr__(instance, field_.name, value)
+
+
 def cut(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """`text` on one line and at most `limit` characters: what a reason may cost on a console or a topic."""
     if len(text) > 4 * limit:
         text = text[: 4 * limit]  # bound the cost of the split below, too
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def canonical_location(location: str) -> str:
+    """`location` written one way: a local path (plain or file://) normalised (`.`, `..`, repeated and
+    trailing slashes), a URL with its scheme and host in lower case, its default port and trailing slash
+    dropped. Syntax only: nothing is looked up, so it costs microseconds on the step."""
+    if not location:
+        return ""
+    parsed = urlsplit(location)
+    if not parsed.scheme or parsed.scheme.lower() == "file":
+        path = posixpath.normpath(parsed.path if parsed.scheme else location)
+        return "/" + path.lstrip("/") if path.startswith("//") else path
+    scheme = parsed.scheme.lower()
+    try:
+        port = parsed.port
+    except ValueError:
+        return location  # not a valid URL: refused later, by the scorer that parses it
+    host = (parsed.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    if parsed.username or parsed.password:
+        return location  # credentials in a URL: kept verbatim, never rewritten
+    path = posixpath.normpath(parsed.path) if parsed.path not in ("", "/") else ""
+    return urlunsplit((scheme, netloc, path, parsed.query, parsed.fragment))
 
 
 class ModelType(enum.Enum):
@@ -112,21 +154,26 @@ class ModelDescriptor:
     mode: str = ""
     fraction: float = 1.0
     command: str = ""
+    # Freshness (signed; see flows.admission.freshness): a number that grows with every message a signer
+    # publishes (the tools use the issue time in microseconds), and an optional expiry, ms since the epoch.
+    sequence: int = 0
+    expires_at: int = 0
+    # A command's exact target: the digest of the challenger it promotes or retires.
+    target_digest: str = ""
 
     def __setstate__(self, state: tuple) -> None:
-        # Snapshots taken before the challenger fields existed hold fewer values: the rest keep their defaults.
-        for index, field_ in enumerate(fields(ModelDescriptor)):
-            object.__setattr__(self, field_.name, state[index] if index < len(state) else field_.default)
+        restore_with_defaults(self, state)  # snapshots from before the challenger or freshness fields
 
     @property
     def digest(self) -> str:
-        """Identity of the model's content: equal digests mean the same scorer can be reused."""
+        """Identity of the model's content: equal digests mean the same scorer can be reused. Two spellings
+        of one location (`/m/1`, `/m//1/`, `file:///m/x/../1`; `HTTP://Host:80/v2`) are one model."""
         hasher = hashlib.sha256()
         hasher.update(self.model_type.value.encode())
         hasher.update(b"\0")
         hasher.update(self.model_bytes or b"")
         hasher.update(b"\0")
-        hasher.update((self.model_source_location or "").encode())
+        hasher.update(canonical_location(self.model_source_location or "").encode())
         return hasher.hexdigest()[:16]
 
     @property

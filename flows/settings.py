@@ -132,6 +132,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a new model may take from arrival to ready (unpack, check, load, probe).",
     )
+    model_max_loads: int = Field(
+        2,
+        ge=1,
+        description="Most model loads a process runs at once; the others wait their turn (a waiting model that a newer one of its role supersedes is never loaded).",
+    )
     model_max_bytes: int = Field(
         100 * 1024**2,
         ge=1,

@@ -343,11 +343,33 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         """Start loading `update`'s model; swap at once if this process has it ready already."""
         digest = update.descriptor.digest
         if digest == self.state.model_digest and self.scorer is not None:
-            return  # The model we serve, sent again (e.g. re-sent after a restart elsewhere).
+            # The model we serve, sent again (re-sent after a restart elsewhere), or under a new name.
+            if self.incoming is not None:
+                self.cache.release(self.incoming[0].descriptor.digest)  # superseded by this message
+                self.incoming = None
+            if update.descriptor.model_name != self.state.model_name:
+                self._rename(update.descriptor, outputs)
+            return
         if self.incoming is not None:
             self.cache.release(self.incoming[0].descriptor.digest)  # superseded before it was ready
         self.incoming = (update, self.cache.request(update.descriptor))
         self._swap_when_ready(outputs)
+
+    def _rename(self, descriptor: ModelDescriptor, outputs: list[ShardOutput]) -> None:
+        """The served model was accepted again under another name: results carry the name it was accepted
+        under, so from now on that one, with statistics of its own."""
+        previous = self.state.model_name
+        self.state.model_name = descriptor.model_name
+        if self.state.challenger is not None:
+            self.state.challenger.champion = descriptor.model_name
+        self._new_stats(descriptor)
+        outputs.append(ModelEvent("swapped", descriptor.model_name, "renamed", self.shard, previous))
+
+    def _new_stats(self, descriptor: ModelDescriptor) -> None:
+        self.state.stats = ModelToServeStats(
+            descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
+        )
+        self.serving_state.serve(self.shard, self.state.stats)
 
     def _receive_challenger(self, update: ModelUpdate, outputs: list[ShardOutput]) -> None:
         """Start loading the challenger in `update`; swap at once if this process has it ready already."""
@@ -437,7 +459,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 self._release_overflow(outputs)
             return
         digest = descriptor.digest
-        restored = digest == self.state.model_digest
+        restored = digest == self.state.model_digest and descriptor.model_name == self.state.model_name
         if self.scorer is not None and self.state.model_digest is not None:
             self.cache.release(self.state.model_digest)
         previous = self.state.model_name
@@ -460,10 +482,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 )
             )
         else:
-            self.state.stats = ModelToServeStats(
-                descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
-            )
-            self.serving_state.serve(self.shard, self.state.stats)
+            self._new_stats(descriptor)
             outputs.append(
                 ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms)
             )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import pytest
 from support.bad_models import bad_models
 from support.core_runs import assert_same_scores, at, messages, run_core, sample_records
 
+from flows.admission.policy import admission_policy
+from flows.context import ServingContext
 from flows.kafka.data_source import KafkaOrigin
 from flows.records import DataMessage, DecodeFailure, RecommenderRecord
+from flows.settings import Settings
 from flows.shard import ShardBatch
 
 WORKERS = [1, 2]
@@ -83,7 +87,10 @@ def test_bad_models_leave_the_previous_model_serving(workers, model_v1, tmp_path
     models = at(0, [model_v1]) + at(0.5, [descriptor for descriptor, _ in rejects] + [undecodable])
     records = sample_records(20)
     data = at(1.5, messages(records))
-    run = run_core(data, models, workers=workers)
+    # A slot for every load, so none waits and is superseded by the next (that has a test of its own in
+    # test_model_lifecycle): each bad model is judged, with its own reason.
+    policy = replace(admission_policy(Settings()), max_loads=len(rejects) + 1)
+    run = run_core(data, models, workers=workers, context=ServingContext.create(policy))
 
     assert run.errors() == []
     assert len(run.by_model()[model_v1.model_name]) == len(records)

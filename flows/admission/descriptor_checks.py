@@ -1,4 +1,5 @@
-"""Checks on a model descriptor that cost microseconds, made before anything is unpacked or contacted."""
+"""Checks on a model descriptor's content that cost microseconds, made before anything is unpacked or
+contacted. Its signature and freshness are the model holder's to check, once (`flows.admission.freshness`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from flows.admission.policy import AdmissionPolicy
-from flows.admission.signing import verify
 from flows.records import (
     CANARY,
     CHALLENGER,
@@ -58,13 +58,13 @@ def refusal(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> str | None:
             f"description is {len(descriptor.description):,} characters, over the limit of "
             f"{policy.max_description_chars} (SERVING_MODEL_MAX_DESCRIPTION_CHARS)"
         )
-    if policy.trusted_keys:
-        problem = verify(descriptor, policy.trusted_keys)
-        if problem:
-            return problem
     problem = experiment_refusal(descriptor)
     if problem or descriptor.command:
         return problem
+    if descriptor.model_bytes and descriptor.model_source_location:
+        # The bytes are the model; a location beside them would change its identity (the digest) without
+        # being what is served, so one signed message could become many models.
+        return "a descriptor carries either model bytes or a location, not both"
     if descriptor.model_bytes and len(descriptor.model_bytes) > policy.max_model_bytes:
         return (
             f"model bytes are {len(descriptor.model_bytes):,}, over the limit of {policy.max_model_bytes:,} "
@@ -87,6 +87,8 @@ def experiment_refusal(descriptor: ModelDescriptor) -> str | None:
         if descriptor.model_bytes or descriptor.model_source_location:
             return f"a {descriptor.command} command names a challenger and carries no model"
         return None
+    if descriptor.target_digest:
+        return "only a command names a target digest"
     if descriptor.role == CHAMPION:
         if descriptor.mode or descriptor.fraction != 1.0:
             return "a champion answers every record: mode and fraction are for a challenger"

@@ -16,6 +16,7 @@ class AdmissionPolicy:
     """What a new model may cost and must satisfy; see `flows.settings` for each field's meaning."""
 
     load_timeout_s: float = 60.0
+    max_loads: int = 2
     max_model_bytes: int = 100 * 1024**2
     max_unpacked_bytes: int = 256 * 1024**2
     max_files: int = 1_000
@@ -48,6 +49,7 @@ def admission_policy(settings: Settings) -> AdmissionPolicy:
     low, high = parse_output_range(settings.model_output_range)
     return AdmissionPolicy(
         load_timeout_s=settings.model_load_timeout,
+        max_loads=settings.model_max_loads,
         max_model_bytes=settings.model_max_bytes,
         max_unpacked_bytes=settings.model_max_unpacked_bytes,
         max_files=settings.model_max_files,

@@ -1,12 +1,15 @@
 """Signed model descriptors: Ed25519 signatures over everything the flow acts on.
 
 A signature covers the model's name, description, type and either the SHA-256 of its bytes or its
-location, each length-prefixed so no two descriptors share a signed message. A challenger or a command
+location, each length-prefixed so no two descriptors share a signed message (a descriptor carrying both
+bytes and a location is refused: `flows.admission.descriptor_checks`). A challenger or a command
 (`flows.challenger`) also signs its role, mode, fraction and command, so a signed challenger cannot be
-replayed as a champion, nor a command forged; a plain champion signs exactly what it signed before those
-fields existed, so its signatures stay valid. With trusted keys
-configured, a descriptor whose signature does not verify under one of them is refused before anything is
-unpacked or any server is contacted. Keys: a private key is a PKCS#8 PEM file; a public key is a PEM file
+replayed as a champion, nor a command forged; and every message signed by `sign` carries a signed
+sequence, expiry and, for a command, the digest of its target (`flows.admission.freshness` refuses
+replays). Fields left at their defaults are not part of the message, so signatures made before a field
+existed still verify (and are then refused as not fresh, with the reason). With trusted keys configured,
+a descriptor whose signature does not verify under one of them is refused before anything is unpacked or
+any server is contacted: once, by the model holder; what it accepted is the flow's own state after that. Keys: a private key is a PKCS#8 PEM file; a public key is a PEM file
 or the base64 of its 32 raw bytes (what `python -m flows.tools.model_keys` prints for SERVING_MODEL_TRUSTED_KEYS).
 """
 
@@ -16,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +32,7 @@ from flows.records import CHAMPION, ModelDescriptor
 
 DOMAIN = b"bytewax-model-serving/ModelDescriptor/v1"
 EXPERIMENT_DOMAIN = b"bytewax-model-serving/ModelDescriptor/experiment/v1"
+FRESHNESS_DOMAIN = b"bytewax-model-serving/ModelDescriptor/freshness/v1"
 SIGNATURE_BYTES = 64
 PLAIN_CHAMPION = (CHAMPION, "", 1.0, "")
 
@@ -53,28 +58,50 @@ def signed_message(descriptor: ModelDescriptor) -> bytes:
             repr(float(descriptor.fraction)).encode(),
             descriptor.command.encode(),
         )
+    if descriptor.sequence or descriptor.expires_at or descriptor.target_digest:
+        fields += (
+            FRESHNESS_DOMAIN,
+            str(descriptor.sequence).encode(),
+            str(descriptor.expires_at).encode(),
+            descriptor.target_digest.encode(),
+        )
     return b"".join(struct.pack(">Q", len(part)) + part for part in fields)
 
 
 def sign(descriptor: ModelDescriptor, private_key: Ed25519PrivateKey) -> ModelDescriptor:
-    """`descriptor` carrying its signature by `private_key`."""
+    """`descriptor` carrying its signature by `private_key`, stamped with a fresh sequence (the time in
+    microseconds since the epoch) unless it has one: a newer message from the same key always wins."""
+    if not descriptor.sequence:
+        descriptor = replace(descriptor, sequence=time.time_ns() // 1_000)
     return replace(descriptor, signature=private_key.sign(signed_message(descriptor)))
 
 
-def verify(descriptor: ModelDescriptor, trusted_keys: Iterable[bytes]) -> str | None:
-    """None if one of the raw public keys signed `descriptor`, else why not."""
+def signer(descriptor: ModelDescriptor, trusted_keys: Iterable[bytes]) -> tuple[bytes, str | None]:
+    """The raw public key that signed `descriptor` and None; or b"" and why no trusted key did."""
     if not descriptor.signature:
-        return "model is not signed, and SERVING_MODEL_TRUSTED_KEYS requires a signature"
+        return b"", "model is not signed, and SERVING_MODEL_TRUSTED_KEYS requires a signature"
     if len(descriptor.signature) != SIGNATURE_BYTES:
-        return f"signature is {len(descriptor.signature)} bytes, not an Ed25519 signature ({SIGNATURE_BYTES})"
+        return b"", (
+            f"signature is {len(descriptor.signature)} bytes, not an Ed25519 signature ({SIGNATURE_BYTES})"
+        )
     message = signed_message(descriptor)
     for raw_key in trusted_keys:
         try:
             Ed25519PublicKey.from_public_bytes(raw_key).verify(descriptor.signature, message)
-            return None
+            return raw_key, None
         except InvalidSignature:
             continue
-    return "signature does not verify under any key in SERVING_MODEL_TRUSTED_KEYS"
+    return b"", "signature does not verify under any key in SERVING_MODEL_TRUSTED_KEYS"
+
+
+def verify(descriptor: ModelDescriptor, trusted_keys: Iterable[bytes]) -> str | None:
+    """None if one of the raw public keys signed `descriptor`, else why not."""
+    return signer(descriptor, trusted_keys)[1]
+
+
+def key_id(raw_key: bytes) -> str:
+    """A short, stable name for a public key, for reasons and the freshness marks."""
+    return hashlib.sha256(raw_key).hexdigest()[:12]
 
 
 def new_private_key() -> Ed25519PrivateKey:
