@@ -7,10 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import tomllib
 import urllib3
 import yaml
 from support.jobs import REPO
@@ -41,12 +43,32 @@ def lint_problems(text: str, name: str) -> list[str]:
     ]
 
 
+@cache
 def render(overlay: str) -> str:
     done = subprocess.run(
         [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def rendered(overlay: str) -> list[dict]:
+    """The overlay's resources, parsed afresh (callers may change them)."""
+    return [document for document in yaml.safe_load_all(render(overlay)) if document]
+
+
+def pod_templates(documents: list[dict]) -> dict[str, dict]:
+    """Every workload's pod template (Deployments, StatefulSets, Jobs) by the workload's name."""
+    return {
+        document["metadata"]["name"]: document["spec"]["template"]
+        for document in documents
+        if document["kind"] in {"Deployment", "StatefulSet", "Job"}
+    }
+
+
+needs_kubectl = pytest.mark.skipif(
+    kubectl is None, reason="kubectl is not installed (it renders the overlays offline)"
+)
 
 
 def test_every_manifest_file_passes_yamllint():
@@ -58,7 +80,7 @@ def test_every_manifest_file_passes_yamllint():
     assert problems == []
 
 
-@pytest.mark.skipif(kubectl is None, reason="kubectl is not installed (it renders the overlays offline)")
+@needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_overlay_renders_lints_and_validates_strictly(overlay):
     rendered = render(overlay)
@@ -246,8 +268,66 @@ def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_p
 
 def test_the_image_installs_a_built_wheel_and_nothing_of_the_source_tree():
     dockerfile = (K8S / "Dockerfile").read_text()
-    build, image = dockerfile.split("\nFROM python:3.11-slim\n")
+    build, image = dockerfile.split("\nFROM python:3.11.13-slim\n")
     assert "pip wheel --no-deps" in build and "COPY flows ./flows" in build
     assert "COPY --from=build /wheels /wheels" in image and "pip install /wheels/*.whl" in image
     assert "COPY flows" not in image and "pip install -e" not in dockerfile
     assert "USER 10001" in image
+
+
+PROJECT_VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+PROJECT_IMAGE = "ghcr.io/model-serving/bytewax-serving"
+
+
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference (None without one); a registry's port is not a tag."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def test_image_tag_reads_a_reference():
+    assert image_tag("apache/kafka:3.9.1") == "3.9.1"
+    assert image_tag("registry.local:5000/serving") is None
+    assert image_tag("registry.local:5000/serving:0.1.0") == "0.1.0"
+    assert image_tag("tensorflow/serving") is None
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_pinned_and_the_project_image_is_the_project_version(overlay):
+    images = {
+        container["image"]
+        for template in pod_templates(rendered(overlay)).values()
+        for container in template["spec"].get("initContainers", []) + template["spec"]["containers"]
+    }
+    assert images
+    loose = {image for image in images if image_tag(image) in {None, "latest"}}
+    assert loose == set()
+    assert {image for image in images if image.startswith(f"{PROJECT_IMAGE}:")} == {
+        f"{PROJECT_IMAGE}:{PROJECT_VERSION}"
+    }
+
+
+def images_in(node) -> list[str]:
+    """Every `image:` value anywhere in a parsed manifest."""
+    if isinstance(node, dict):
+        here = [node["image"]] if isinstance(node.get("image"), str) else []
+        return here + [image for value in node.values() for image in images_in(value)]
+    if isinstance(node, list):
+        return [image for item in node for image in images_in(item)]
+    return []
+
+
+def test_the_manifests_and_the_dockerfile_name_no_moving_tag():
+    """Also outside what kustomize renders: the raw files (which a reader copies) and the image's base."""
+    for path in K8S.rglob("*.yaml"):
+        for document in yaml.safe_load_all(path.read_text()):
+            for image in images_in(document):
+                assert image_tag(image) not in {None, "latest"}, f"{path}: {image}"
+    bases = [
+        line.split()[1] for line in (K8S / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")
+    ]
+    assert bases and all(image_tag(base).count(".") == 2 for base in bases), (
+        bases
+    )  # a patch release: X.Y.Z-...
