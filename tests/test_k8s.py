@@ -325,9 +325,164 @@ def test_the_manifests_and_the_dockerfile_name_no_moving_tag():
         for document in yaml.safe_load_all(path.read_text()):
             for image in images_in(document):
                 assert image_tag(image) not in {None, "latest"}, f"{path}: {image}"
-    bases = [
-        line.split()[1] for line in (K8S / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")
+    dockerfile = (K8S / "Dockerfile").read_text().splitlines()
+    bases = [line.split()[1] for line in dockerfile if line.startswith("FROM ")]
+    # A patch release (X.Y.Z-...), not a line that moves (3.11-slim).
+    assert bases and all(image_tag(base).count(".") == 2 for base in bases), bases
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions In / NotIn / Exists) selects these labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+def port_matches(rule_port: dict, name: str | None, number: int) -> bool:
+    assert rule_port.get("protocol", "TCP") == "TCP" and "endPort" not in rule_port, rule_port
+    return rule_port["port"] in {name, number}
+
+
+def admitted(documents: list[dict], labels: dict[str, str], port_name: str | None, port: int) -> set[str]:
+    """Who the namespace's NetworkPolicies let reach a pod with `labels` on a port: the workloads of the rendering
+    by name, other namespaces as 'namespace:SELECTOR', anyone as '*'. Empty: nobody but the node (probes)."""
+    templates = pod_templates(documents)
+    sources: set[str] = set()
+    for policy in (document for document in documents if document["kind"] == "NetworkPolicy"):
+        spec = policy["spec"]
+        assert "Ingress" in spec["policyTypes"], policy["metadata"]["name"]
+        if not selects(spec["podSelector"], labels):
+            continue
+        for rule in spec.get("ingress", []):
+            if rule.get("ports") and not any(port_matches(p, port_name, port) for p in rule["ports"]):
+                continue
+            if not rule.get("from"):
+                sources.add("*")
+            for peer in rule.get("from", []):
+                assert "ipBlock" not in peer, policy["metadata"]["name"]
+                if "namespaceSelector" in peer:
+                    sources.add(f"namespace:{peer['namespaceSelector']}")
+                    continue
+                sources |= {
+                    name
+                    for name, template in templates.items()
+                    if selects(peer["podSelector"], template["metadata"]["labels"])
+                }
+    return sources
+
+
+def test_admitted_reads_selectors_ports_and_peers():
+    """The policy evaluator the tests below rely on, on a small namespace: it must be able to say no."""
+
+    def workload(name: str, labels: dict[str, str]) -> dict:
+        template = {"metadata": {"labels": labels}, "spec": {"containers": []}}
+        return {"kind": "Deployment", "metadata": {"name": name}, "spec": {"template": template}}
+
+    def policy(selector: dict, ingress: list[dict]) -> dict:
+        spec = {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": ingress}
+        return {"kind": "NetworkPolicy", "metadata": {"name": "p"}, "spec": spec}
+
+    documents = [
+        workload("db", {"app": "db"}),
+        workload("client", {"app": "client", "role": "client"}),
+        workload("other", {"app": "other"}),
+        policy({}, []),
+        policy(
+            {"matchLabels": {"app": "db"}},
+            [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "sql"}]}],
+        ),
+        policy(
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]},
+            [{"from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}], "ports": [{"port": 9100}]}],
+        ),
     ]
-    assert bases and all(image_tag(base).count(".") == 2 for base in bases), (
-        bases
-    )  # a patch release: X.Y.Z-...
+    assert admitted(documents, {"app": "db"}, "sql", 5432) == {"client"}
+    assert admitted(documents, {"app": "db"}, "metrics", 9100) == {
+        "namespace:{'matchLabels': {'team': 'ops'}}"
+    }
+    assert admitted(documents, {"app": "db"}, "admin", 8080) == set()
+    assert admitted(documents, {"app": "other"}, "http", 80) == set()
+    documents.append(policy({"matchLabels": {"app": "other"}}, [{}]))
+    assert admitted(documents, {"app": "other"}, "http", 80) == {"*"}
+
+
+# Who reaches each port of each pod, in every overlay (more in some, below). A port added without a decision
+# here fails the test, as does a policy that opens a port to one more workload.
+KAFKA_CLIENTS = {"serving", "kafka-topics", "publish-model"}
+ADMITTED = {
+    ("kafka", "broker"): KAFKA_CLIENTS | {"kafka"},
+    ("kafka", "controller"): {"kafka"},
+    ("serving", "worker"): {"serving"},
+    ("serving", "api"): {"serving", "otel-collector"},
+    ("serving", "state"): {"serving", "otel-collector"},
+    ("otel-collector", "otlp-grpc"): {"serving"},
+    ("otel-collector", "otlp-http"): {"serving"},
+    ("otel-collector", "health"): set(),
+    ("jaeger", "otlp-grpc"): {"otel-collector"},
+    ("jaeger", "otlp-http"): {"otel-collector"},
+    ("jaeger", "ui"): set(),
+    ("jaeger", "health"): set(),
+}
+ADMITTED_IN = {
+    "embedded": ADMITTED,
+    "tfserving": ADMITTED
+    | {("tfserving", "grpc"): {"serving"}, ("tfserving", "rest"): {"serving", "publish-model"}},
+    "seldon": ADMITTED,
+}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_is_denied_by_default_and_every_port_open_only_to_its_clients(overlay):
+    documents = rendered(overlay)
+    policies = [document for document in documents if document["kind"] == "NetworkPolicy"]
+    assert any(
+        policy["spec"]["podSelector"] == {}
+        and policy["spec"]["policyTypes"] == ["Ingress"]
+        and not policy["spec"].get("ingress")
+        for policy in policies
+    ), "no default-deny ingress policy"
+    templates = pod_templates(documents)
+    assert {"serving", "kafka", "kafka-topics", "publish-model", "otel-collector", "jaeger"} <= set(templates)
+    actual = {
+        (name, port.get("name")): admitted(
+            documents, template["metadata"]["labels"], port.get("name"), port["containerPort"]
+        )
+        for name, template in templates.items()
+        for container in template["spec"]["containers"]
+        for port in container.get("ports", [])
+    }
+    assert actual == ADMITTED_IN[overlay]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_exactly_the_kafka_clients_carry_the_kafka_client_label(overlay):
+    labelled = {
+        name
+        for name, template in pod_templates(rendered(overlay)).items()
+        if template["metadata"]["labels"].get("serving.bytewax.io/kafka-client") == "true"
+    }
+    assert labelled == KAFKA_CLIENTS
+
+
+@needs_kubectl
+def test_of_our_pods_only_the_flow_and_the_publish_job_reach_the_seldon_mesh_and_none_its_servers():
+    """Seldon's pods are created by its operator, not rendered here: their labels as the operator sets them."""
+    documents = rendered("seldon")
+    assert admitted(documents, {"app.kubernetes.io/name": "seldon-envoy"}, None, 9000) == {
+        "serving",
+        "publish-model",
+    }
+    server = {"app.kubernetes.io/name": "seldon-server", "seldon-server-name": "recommender-triton"}
+    assert admitted(documents, server, None, 9500) == set()  # Envoy and Seldon's other components only
