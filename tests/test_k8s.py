@@ -19,6 +19,7 @@ from support.jobs import REPO
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
+from flows.admission.signing import parse_trusted_keys
 from flows.avro import MODEL, RECORD
 from flows.kafka.headers import SOURCE_PARTITION_HEADER
 from flows.settings import SHIPPED_MODELS_DIR
@@ -486,3 +487,42 @@ def test_of_our_pods_only_the_flow_and_the_publish_job_reach_the_seldon_mesh_and
     }
     server = {"app.kubernetes.io/name": "seldon-server", "seldon-server-name": "recommender-triton"}
     assert admitted(documents, server, None, 9500) == set()  # Envoy and Seldon's other components only
+
+
+def container(template: dict, name: str) -> dict:
+    return next(c for c in template["spec"]["containers"] if c["name"] == name)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_flow_takes_its_trusted_keys_from_a_secret_whose_placeholder_it_refuses(overlay):
+    documents = rendered(overlay)
+    dataflow = container(pod_templates(documents)["serving"], "dataflow")
+    (variable,) = [v for v in dataflow["env"] if v["name"] == "SERVING_MODEL_TRUSTED_KEYS"]
+    reference = variable["valueFrom"]["secretKeyRef"]
+    assert not reference.get("optional", False)  # no Secret, no flow: never a flow without the check
+    (secret,) = [d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == reference["name"]]
+    shipped = secret["stringData"][reference["key"]]
+    with pytest.raises(ValueError, match="neither a PEM file nor a base64 Ed25519 key"):
+        parse_trusted_keys(shipped)  # the flow exits at start until an operator puts a real key there
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_publish_job_signs_with_a_key_from_a_secret_that_is_not_in_the_manifests(overlay):
+    documents = rendered(overlay)
+    template = pod_templates(documents)["publish-model"]
+    publish = container(template, "publish")
+    line = publish["command"] + publish["args"]
+    assert line[:3] == ["python", "-m", "flows.tools.publish_model"]
+    key_path = Path(line[line.index("--sign") + 1])
+    (mount,) = [m for m in publish["volumeMounts"] if Path(m["mountPath"]) == key_path.parent]
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert mount.get("readOnly") and volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    assert template["spec"]["securityContext"]["fsGroup"] == template["spec"]["securityContext"]["runAsGroup"]
+    secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
+    assert volume["secret"]["secretName"] not in secrets  # created by the operator, never committed
+
+
+def test_no_private_key_is_committed_under_k8s():
+    assert [path for path in K8S.rglob("*") if path.is_file() and b"PRIVATE KEY" in path.read_bytes()] == []
