@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from flows.tools.query_state import fetch
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"  # kubernetes-validate bundles 1.25 - 1.37; pinned in the test extra
-OVERLAYS = ["embedded", "tfserving", "seldon"]
+OVERLAYS = ["embedded", "tfserving", "seldon", "embedded-sasl"]
 CUSTOM_KINDS = {"Model", "Server"}  # Seldon Core 2 CRDs: no schema offline
 LINT = YamlLintConfig(file=str(K8S / ".yamllint"))
 kubectl = shutil.which("kubectl")
@@ -439,6 +440,7 @@ ADMITTED_IN = {
     "tfserving": ADMITTED
     | {("tfserving", "grpc"): {"serving"}, ("tfserving", "rest"): {"serving", "publish-model"}},
     "seldon": ADMITTED,
+    "embedded-sasl": ADMITTED,
 }
 
 
@@ -526,3 +528,99 @@ def test_the_publish_job_signs_with_a_key_from_a_secret_that_is_not_in_the_manif
 
 def test_no_private_key_is_committed_under_k8s():
     assert [path for path in K8S.rglob("*") if path.is_file() and b"PRIVATE KEY" in path.read_bytes()] == []
+
+
+def acl_grants(script: str) -> set[tuple[str, str, str, str]]:
+    """(principal, operation, 'topic' or 'group', name) of each `acls --allow-principal ...` line of kafka-acls.sh,
+    its variables substituted; a prefixed pattern's name ends with '*'."""
+    lines = script.replace("\\\n", " ").splitlines()
+    variables = dict(line.split("=", 1) for line in lines if line.split("=", 1)[0].isidentifier())
+    grants = set()
+    for line in lines:
+        if not line.startswith("acls "):
+            continue
+        words = [
+            variables.get(word[1:], word) if word.startswith("$") else word for word in shlex.split(line)[1:]
+        ]
+        options: dict[str, list[str]] = {}
+        for flag, value in zip(words[::2], words[1::2], strict=True):
+            options.setdefault(flag, []).append(value)
+        (principal,) = options.pop("--allow-principal")
+        suffix = "*" if options.pop("--resource-pattern-type", None) == ["prefixed"] else ""
+        for operation in options.pop("--operation"):
+            for kind in ("topic", "group"):
+                grants |= {
+                    (principal, operation, kind, name + suffix) for name in options.pop(f"--{kind}", [])
+                }
+        assert options == {}, line
+    return grants
+
+
+def test_the_kafka_acls_give_each_principal_only_its_topics():
+    sasl = K8S / "components" / "kafka-sasl"
+    grants = acl_grants((sasl / "kafka-acls.sh").read_text())
+    topics = yaml.safe_load((K8S / "base" / "serving-config.yaml").read_text())["data"]
+    data, models = topics["SERVING_KAFKA_DATA_TOPIC"], topics["SERVING_KAFKA_MODELS_TOPIC"]
+    flow_output = {
+        topics[f"SERVING_KAFKA_{name}_TOPIC"] for name in ("RESULTS", "DEAD_LETTERS", "EVENTS", "CHALLENGER")
+    }
+
+    def who(operation: str, topic: str) -> set[str]:
+        return {p for p, o, kind, name in grants if (o, kind) == (operation, "topic") and name == topic}
+
+    assert who("Write", models) == {"User:model-publisher", "User:retrain"}
+    assert who("Write", data) == {"User:record-producer"}
+    assert all(who("Write", topic) == {"User:serving"} for topic in flow_output)
+    assert {name for p, o, kind, name in grants if (p, o, kind) == ("User:serving", "Read", "topic")} == {
+        data,
+        models,
+    }
+    assert {name for p, o, kind, name in grants if (p, o, kind) == ("User:retrain", "Read", "topic")} == {
+        topics["SERVING_KAFKA_EVENTS_TOPIC"]
+    }
+    written = {name for p, o, kind, name in grants if o == "Write"}
+    assert written == {data, models} | flow_output  # every topic the script names is one of serving-config's
+
+
+@needs_kubectl
+def test_with_sasl_the_broker_authenticates_and_authorizes_and_each_client_has_its_own_credentials():
+    documents = rendered("embedded-sasl")
+    templates = pod_templates(documents)
+    broker = {e["name"]: e.get("value") for e in container(templates["kafka"], "kafka")["env"]}
+    assert broker["KAFKA_LISTENERS"].startswith("SASL_PLAINTEXT://:9092,")
+    assert "SASL_PLAINTEXT:SASL_PLAINTEXT" in broker["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    assert broker["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert broker["KAFKA_AUTHORIZER_CLASS_NAME"].endswith(".StandardAuthorizer")
+    assert broker["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    # PLAINTEXT (whose principal is the super user) only on the controller port and the loopback.
+    plaintext = [
+        listener
+        for listener in broker["KAFKA_LISTENERS"].split(",")
+        if listener.split("://")[0] in {"CONTROLLER", "LOCAL"}
+    ]
+    assert plaintext == ["CONTROLLER://:9093", "LOCAL://127.0.0.1:9094"]
+
+    rendered_secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
+
+    def credentials(name: str, container_name: str) -> set[str]:
+        found = {
+            source["secretRef"]["name"]
+            for source in container(templates[name], container_name).get("envFrom", [])
+            if "secretRef" in source
+        }
+        assert found and found.isdisjoint(rendered_secrets)  # created by the operator, not committed
+        return found
+
+    assert credentials("serving", "dataflow") == {"kafka-client"}
+    assert credentials("publish-model", "publish") == {"kafka-client-publisher"}
+    topics_job = templates["kafka-topics"]
+    command_config = {e["name"]: e["value"] for e in container(topics_job, "create-topics")["env"]}[
+        "KAFKA_COMMAND_CONFIG"
+    ]
+    mount = next(
+        m
+        for m in container(topics_job, "create-topics")["volumeMounts"]
+        if Path(command_config).parent == Path(m["mountPath"])
+    )
+    volume = next(v for v in topics_job["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] not in rendered_secrets
