@@ -7,6 +7,8 @@ descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 
 Experiments (see `flows.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as a
 challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops it.
+A command names the exact challenger it acts on by its digest (`--target-digest`, or the digest of the
+newest challenger NAME on the models topic, looked up), so it cannot act on another model of that name.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from flows.records import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDesc
 from flows.scorers.archive import pack_directory
 from flows.settings import Settings
 from flows.sources.generators import shipped_model
-from flows.tools.kafka_args import add_kafka_arguments, producer_config
+from flows.tools.audit import read_to_end
+from flows.tools.kafka_args import add_kafka_arguments, consumer_config, producer_config
 
 
 def size_limit(topic: str, config: dict[str, str]) -> tuple[int, str]:
@@ -45,10 +48,24 @@ def size_limit(topic: str, config: dict[str, str]) -> tuple[int, str]:
     return producer_limit, "the producer's message.max.bytes"
 
 
+def newest_challenger_digest(config: dict[str, str], topic: str, name: str) -> str:
+    """The digest of the newest challenger called `name` on the models `topic`, or "" if there is none."""
+    digest = ""
+    for message in read_to_end(config, topic):
+        descriptor = MODEL.decode(message.value())
+        if isinstance(descriptor, ModelDescriptor) and descriptor.is_challenger and descriptor.model_name == name:
+            digest = descriptor.digest
+    return digest
+
+
 def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor:
     if args.promote or args.retire:
         command = PROMOTE if args.promote else RETIRE
-        return ModelDescriptor(args.promote or args.retire, "", ModelType.UNKNOWN, command=command)
+        name = args.promote or args.retire
+        target = args.target_digest or newest_challenger_digest(
+            consumer_config(args, settings), args.topic, name
+        )
+        return ModelDescriptor(name, "", ModelType.UNKNOWN, command=command, target_digest=target)
     model = _model_from(args, settings)
     if args.challenger:
         return replace(model, role=CHALLENGER, mode=args.challenger, fraction=args.fraction)
@@ -98,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=[t.name for t in ModelType],
         help="model type for --location",
     )
+    parser.add_argument(
+        "--target-digest",
+        help="with --promote/--retire: the digest of the challenger to act on (default: looked up on the topic)",
+    )
     parser.add_argument("--name", help="model name (default: from the version, directory or location)")
     parser.add_argument("--description", default="")
     parser.add_argument(
@@ -115,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     problem = experiment_refusal(descriptor)
     if problem:
         parser.error(problem)
+    if descriptor.command and args.sign and not descriptor.target_digest:
+        print(
+            f"refused: no challenger {descriptor.model_name!r} on {args.topic} to {descriptor.command}, and a "
+            "signed command must name its target: give --target-digest",
+            file=sys.stderr,
+        )
+        return 2
     if args.sign:
         try:
             descriptor = sign(descriptor, load_private_key(args.sign))
