@@ -300,14 +300,15 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
     def _start(
         self, descriptor: ModelDescriptor, arrived_at: float, outputs: list[HolderOutput] | None = None
     ) -> None:
-        """Judge `descriptor`; older models of its role still waiting for their load to start are dropped."""
+        """Judge `descriptor`. Older models of its role that are still waiting for their load to start, or
+        are the same model (one load, shared), are dropped: only the newest message of a role is judged."""
         if outputs is not None:
-            role = descriptor.is_challenger
-            waiting = [c for c in self.pending if c.descriptor.is_challenger == role and c.load.queued()]
-            for candidate in waiting:
-                self.pending.remove(candidate)
-                reason = f"superseded by {descriptor.model_name!r} before its load started"
-                self._reject(candidate, reason, outputs)
+            role, digest = descriptor.is_challenger, descriptor.digest
+            for candidate in [c for c in self.pending if c.descriptor.is_challenger == role]:
+                if candidate.load.queued() or candidate.descriptor.digest == digest:
+                    self.pending.remove(candidate)
+                    when = "before its load started" if candidate.load.queued() else "(the same model)"
+                    self._reject(candidate, f"superseded by {descriptor.model_name!r} {when}", outputs)
         self.pending.append(_Candidate(descriptor, arrived_at, self.cache.request(descriptor)))
 
     def _end_catch_up(self) -> None:

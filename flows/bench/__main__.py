@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from flows import bench
+from flows.bench.flood import run_model_flood
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
 from flows.bench.kafka_baseline import run_kafka_baseline
@@ -18,10 +19,10 @@ from flows.settings import Settings
 from flows.sources.generators import shipped_model
 
 SCENARIOS = (
-    "embedded", "kafka-embedded", "kafka-baseline", "swap",
+    "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[4:]
+REMOTE_SCENARIOS = SCENARIOS[5:]
 
 
 def main() -> None:
@@ -70,7 +71,11 @@ def main() -> None:
         "default: the flow in this process",
     )
     parser.add_argument(
-        "--swap-after", type=float, default=2.0, help="swap scenario: seconds before v2 is published"
+        "--swap-after", type=float, default=2.0,
+        help="swap and model-flood scenarios: seconds before v2 (the flood) is published"
+    )
+    parser.add_argument(
+        "--flood", type=int, default=40, help="model-flood scenario: model messages that arrive at once"
     )
     parser.add_argument(
         "--profile",
@@ -101,6 +106,8 @@ def _run(args: argparse.Namespace) -> dict:
         return run_in_process(args.scenario, model, *in_process, challenger=_challenger(args))
     if args.scenario == "swap":
         return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
+    if args.scenario == "model-flood":
+        return run_model_flood(args.records, args.rate, args.flood, args.swap_after, args.shards, args.batch)
     if args.scenario in REMOTE_SCENARIOS:
         with ExitStack() as stack:
             model = remote_model(args.scenario, args.model_version, stack)
