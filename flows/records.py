@@ -40,10 +40,15 @@ def restore_with_defaults(instance: Any, state: tuple) -> None:
 
 
 def cut(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """`text` on one line and at most `limit` characters: what a reason may cost on a console or a topic."""
+    """`text` on one line, with no control characters and at most `limit` characters: what a reason may
+    cost on a console or a topic. A control character (an ANSI escape's ESC, say) is written as its escape
+    (`\\x1b`): text from a message must not drive the terminal that shows it. Cutting twice changes
+    nothing."""
     if len(text) > 4 * limit:
         text = text[: 4 * limit]  # bound the cost of the split below, too
     text = " ".join(text.split())
+    if not text.isprintable():  # rare: the check runs at C speed, the escaping below does not
+        text = "".join(char if char.isprintable() else _escaped(char) for char in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -72,6 +77,11 @@ def canonical_location(location: str) -> str:
         return location  # credentials in a URL: kept verbatim, never rewritten
     path = posixpath.normpath(parsed.path) if parsed.path not in ("", "/") else ""
     return urlunsplit((scheme, netloc, path, parsed.query, parsed.fragment))
+
+
+def _escaped(char: str) -> str:
+    """A character that is not printable as its Python escape (`\\x1b`, `\\u200b`)."""
+    return char.encode("unicode_escape").decode("ascii")
 
 
 class ModelType(enum.Enum):

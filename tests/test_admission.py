@@ -232,6 +232,14 @@ def test_names_descriptions_and_reasons_are_bounded(model_v1):
     assert len(cut("a\nb " * 10_000_000)) <= 1_000
 
 
+def test_reasons_carry_no_control_characters_to_a_console():
+    # An ANSI escape (clear the screen), a carriage return, a zero-width space and a bell from a message.
+    event = ModelEvent("rejected", "m\x1b[31m", "bad\x1b[2J\r\nmodel\u200b\x07")
+    assert event.reason == "bad\\x1b[2J model\\u200b\\x07" and event.model_name == "m\\x1b[31m"
+    assert str(event).isprintable()
+    assert cut(event.reason) == event.reason  # cutting twice changes nothing (signed events rely on it)
+
+
 def test_model_bytes_over_the_limit_are_refused_before_unpacking(model_v1):
     policy = AdmissionPolicy(max_model_bytes=100_000)
     with pytest.raises(ModelLoadError, match="over the limit of 100,000 .SERVING_MODEL_MAX_BYTES"):
