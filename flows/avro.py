@@ -35,6 +35,7 @@ from flows.records import (
     RecommenderServingOutput,
     ScoredBatch,
     ScoredMessage,
+    SignedModelEvent,
 )
 
 # Package data (`flows/schemas/`), read through importlib.resources so an installed wheel finds them too.
@@ -460,6 +461,11 @@ STATS = AvroCodec("ModelToServeStats", _stats_to_avro, _stats_from_avro)
 
 
 def _event_to_avro(event: ModelEvent) -> dict:
+    return _signed_event_to_avro(SignedModelEvent(event))
+
+
+def _signed_event_to_avro(signed: SignedModelEvent) -> dict:
+    event = signed.event
     return {
         "kind": event.kind,
         "modelName": event.model_name,
@@ -468,6 +474,9 @@ def _event_to_avro(event: ModelEvent) -> dict:
         "previousModel": event.previous_model,
         "loadMs": event.load_ms,
         "arrivalMs": event.arrival_ms,
+        "signer": signed.signer,
+        "issuedMs": signed.issued_ms,
+        "signature": signed.signature,
     }
 
 
@@ -483,7 +492,16 @@ def _event_from_avro(datum: dict) -> ModelEvent:
     )
 
 
+def _signed_event_from_avro(datum: dict) -> SignedModelEvent:
+    return SignedModelEvent(
+        _event_from_avro(datum), datum["signer"], datum["issuedMs"], _bytes_field(datum["signature"])
+    )
+
+
+# The same schema read two ways: EVENT for what happened (unsigned when encoded), SIGNED_EVENT for the
+# signed message on the events topic (`flows.admission.event_signing`).
 EVENT = AvroCodec("ModelEvent", _event_to_avro, _event_from_avro)
+SIGNED_EVENT = AvroCodec("ModelEvent", _signed_event_to_avro, _signed_event_from_avro)
 
 
 _REPORT_FIELDS = {

@@ -463,3 +463,20 @@ class ModelEvent:
         if self.reason:
             text += f": {self.reason}"
         return text
+
+
+@dataclass(frozen=True, slots=True)
+class SignedModelEvent:
+    """A model event as it travels on the events topic, with who signed it, when, and the signature
+    (`flows.admission.event_signing`). Only the topic's writer and readers see it: the flow's steps pass
+    plain ModelEvents and the Kafka output signs them as it encodes them. Empty signer and signature,
+    issued_ms 0: unsigned."""
+
+    event: ModelEvent
+    signer: str = ""
+    issued_ms: int = 0
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        # The signer's name comes from the message too, and ends up in the log lines of whoever refuses it.
+        object.__setattr__(self, "signer", cut(self.signer, 200))

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         "",
         description="If set, model events (accepted, rejected, drift, recovered, ...) also go to this topic, Avro `ModelEvent`s keyed by model name.",
     )
+    events_signing_key: Path | None = Field(
+        None,
+        description="Ed25519 private key (PKCS#8 PEM file) the flow signs the events it writes to SERVING_KAFKA_EVENTS_TOPIC with, so that serving-retrain --trusted-keys acts on the flow's events only (unset: unsigned).",
+    )
     kafka_challenger_topic: str = Field(
         "",
         description="If set, challenger reports (shadow and canary comparisons per window) also go to this topic, Avro `ChallengerReport`s keyed by challenger name.",

@@ -14,6 +14,7 @@ from flows.records import (
     DataMessage,
     DecodeFailure,
     ModelDescriptor,
+    ModelEvent,
     ModelResultMetadata,
     ModelToServeStats,
     ModelType,
@@ -21,6 +22,7 @@ from flows.records import (
     RecommenderResult,
     RecommenderServingOutput,
     ScoredBatch,
+    SignedModelEvent,
 )
 from flows.scoring import unscored
 from flows.sources.generators import generated_records
@@ -40,6 +42,11 @@ VALUES = [
         ModelDescriptor("m", "remote", ModelType.TENSORFLOWSERVING, None, "http://host:8501/v1/models/m"),
     ),
     (avro.STATS, ModelToServeStats("m", "d", 1, 10, 12.5, 1, 4)),
+    (avro.EVENT, ModelEvent("drift", "m", "PSI 0.3", "", "", 1.5, 2.5)),
+    (
+        avro.SIGNED_EVENT,
+        SignedModelEvent(ModelEvent("drift", "m", "PSI 0.3"), "host/1", 1_700_000_000_000, b"s" * 64),
+    ),
 ]
 
 
@@ -114,6 +121,19 @@ def test_descriptors_written_before_challengers_existed_decode_as_champions():
     decoded = avro.MODEL.decode(buffer.getvalue())
     assert decoded == ModelDescriptor("m", "d", ModelType.TENSORFLOWSAVED, b"tar", None, b"s" * 64)
     assert (decoded.role, decoded.mode, decoded.fraction, decoded.command) == ("champion", "", 1.0, "")
+
+
+def test_events_written_before_events_were_signed_decode_as_unsigned():
+    before = parse_schema(
+        json.loads((avro.SCHEMAS_DIR / "history" / "ModelEvent-1.avsc").read_text(encoding="utf-8"))
+    )
+    buffer = io.BytesIO()
+    buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(before))
+    datum = {"kind": "drift", "modelName": "m", "reason": "r", "shard": "", "previousModel": "", "loadMs": 0.0,
+             "arrivalMs": 0.0}  # fmt: skip
+    schemaless_writer(buffer, before, datum)
+    assert avro.EVENT.decode(buffer.getvalue()) == ModelEvent("drift", "m", "r")
+    assert avro.SIGNED_EVENT.decode(buffer.getvalue()) == SignedModelEvent(ModelEvent("drift", "m", "r"))
 
 
 def test_a_consumer_on_the_earlier_schema_reads_the_new_symbol_as_unknown():

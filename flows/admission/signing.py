@@ -65,6 +65,11 @@ def signed_message(descriptor: ModelDescriptor) -> bytes:
             str(descriptor.expires_at).encode(),
             descriptor.target_digest.encode(),
         )
+    return length_prefixed(fields)
+
+
+def length_prefixed(fields: Iterable[bytes]) -> bytes:
+    """The fields joined, each after its length (8 bytes, big-endian): no two lists of fields join alike."""
     return b"".join(struct.pack(">Q", len(part)) + part for part in fields)
 
 
@@ -84,19 +89,31 @@ def signer(descriptor: ModelDescriptor, trusted_keys: Iterable[bytes]) -> tuple[
         return b"", (
             f"signature is {len(descriptor.signature)} bytes, not an Ed25519 signature ({SIGNATURE_BYTES})"
         )
-    message = signed_message(descriptor)
-    for raw_key in trusted_keys:
-        try:
-            Ed25519PublicKey.from_public_bytes(raw_key).verify(descriptor.signature, message)
-            return raw_key, None
-        except InvalidSignature:
-            continue
-    return b"", "signature does not verify under any key in SERVING_MODEL_TRUSTED_KEYS"
+    raw_key = signing_key(descriptor.signature, signed_message(descriptor), trusted_keys)
+    if raw_key is None:
+        return b"", "signature does not verify under any key in SERVING_MODEL_TRUSTED_KEYS"
+    return raw_key, None
 
 
 def verify(descriptor: ModelDescriptor, trusted_keys: Iterable[bytes]) -> str | None:
     """None if one of the raw public keys signed `descriptor`, else why not."""
     return signer(descriptor, trusted_keys)[1]
+
+
+def signing_key(signature: bytes, message: bytes, trusted_keys: Iterable[bytes]) -> bytes | None:
+    """The raw Ed25519 public key, of `trusted_keys`, that made `signature` over `message`, or None."""
+    for raw_key in trusted_keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(raw_key).verify(signature, message)
+            return raw_key
+        except InvalidSignature:
+            continue
+    return None
+
+
+def signed_by_any(signature: bytes, message: bytes, trusted_keys: Iterable[bytes]) -> bool:
+    """Whether one of the raw Ed25519 public keys made `signature` over `message`."""
+    return signing_key(signature, message, trusted_keys) is not None
 
 
 def key_id(raw_key: bytes) -> str:

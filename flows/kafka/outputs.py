@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.avro import EVENT, REPORT, RESULT, encode_results
+from flows.admission.event_signing import EventSigner, event_signer
+from flows.avro import EVENT, REPORT, RESULT, SIGNED_EVENT, encode_results
 from flows.kafka.config import client_config
 from flows.kafka.data_source import KafkaOrigin
 from flows.kafka.headers import (
@@ -127,19 +129,24 @@ def smaller_dead_letter(message: SinkMessage, reason: str) -> SinkMessage:
     return SinkMessage(key, value, topic=message.topic, headers=headers)
 
 
-def event_message(event: ModelEvent) -> list[SinkMessage]:
-    """A model event as a message keyed by model name (a batch of one, for the sink)."""
-    return [SinkMessage(event.model_name.encode(), EVENT.encode(event))]
+def event_message(event: ModelEvent, signer: EventSigner | None = None) -> list[SinkMessage]:
+    """A model event as a message keyed by model name (a batch of one, for the sink), signed by `signer`
+    if given (SERVING_EVENTS_SIGNING_KEY)."""
+    return [SinkMessage(event.model_name.encode(), _encode_event(event, signer))]
 
 
-def smaller_event(message: SinkMessage, reason: str) -> SinkMessage:
-    """The event with its reason cut to what a few hundred bytes hold (the sink's `shrink`)."""
+def smaller_event(message: SinkMessage, reason: str, signer: EventSigner | None = None) -> SinkMessage:
+    """The event with its reason cut to what a few hundred bytes hold (the sink's `shrink`), signed anew."""
     event = EVENT.decode(message.value or b"")
     if isinstance(event, DecodeFailure):  # cannot happen for our own encoding
         event = ModelEvent("unknown", "")
     smaller = replace(event, reason=cut(f"{event.reason} (cut: {reason})", 300))
     headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
-    return SinkMessage(message.key, EVENT.encode(smaller), topic=message.topic, headers=headers)
+    return SinkMessage(message.key, _encode_event(smaller, signer), topic=message.topic, headers=headers)
+
+
+def _encode_event(event: ModelEvent, signer: EventSigner | None) -> bytes:
+    return EVENT.encode(event) if signer is None else SIGNED_EVENT.encode(signer.sign(event))
 
 
 def report_message(report: ChallengerReport) -> list[SinkMessage]:
@@ -169,8 +176,8 @@ def kafka_outputs(
 ) -> None:
     """Write result batches to the results topic, dead letters to the dead-letter topic and, if
     SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
-    model events, challenger reports and shadow results to them (see flows.kafka.sink; all travel as batches,
-    a dead letter, event or report as a batch of one)."""
+    model events (signed if SERVING_EVENTS_SIGNING_KEY is set), challenger reports and shadow results to them
+    (see flows.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one)."""
     brokers = settings.kafka_bootstrap_servers.split(",")
     config = client_config(settings, settings.kafka_producer_config)
     encoded = op.map("encode_results", results, result_messages)
@@ -187,8 +194,10 @@ def kafka_outputs(
     )
     if settings.kafka_events_topic:
         topic = settings.kafka_events_topic
-        messages = op.map("event_messages", events, event_message)
-        op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, smaller_event))
+        signer = event_signer(settings)
+        messages = op.map("event_messages", events, partial(event_message, signer=signer))
+        shrink = partial(smaller_event, signer=signer)
+        op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, shrink))
     if settings.kafka_challenger_topic:
         topic = settings.kafka_challenger_topic
         messages = op.map("report_messages", reports, report_message)
