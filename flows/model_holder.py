@@ -302,14 +302,17 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
     ) -> None:
         """Judge `descriptor`. Older models of its role that are still waiting for their load to start, or
         are the same model (one load, shared), are dropped: only the newest message of a role is judged."""
+        # Requested first: a dropped message of the same model must not take its load's last reference.
+        load = self.cache.request(descriptor)
         if outputs is not None:
             role, digest = descriptor.is_challenger, descriptor.digest
             for candidate in [c for c in self.pending if c.descriptor.is_challenger == role]:
-                if candidate.load.queued() or candidate.descriptor.digest == digest:
+                same_model = candidate.descriptor.digest == digest
+                if same_model or candidate.load.queued():
                     self.pending.remove(candidate)
-                    when = "before its load started" if candidate.load.queued() else "(the same model)"
+                    when = "(the same model)" if same_model else "before its load started"
                     self._reject(candidate, f"superseded by {descriptor.model_name!r} {when}", outputs)
-        self.pending.append(_Candidate(descriptor, arrived_at, self.cache.request(descriptor)))
+        self.pending.append(_Candidate(descriptor, arrived_at, load))
 
     def _end_catch_up(self) -> None:
         """Judge the newest model that was on the topic at start-up; older ones only if it fails."""

@@ -246,3 +246,24 @@ def test_a_scored_batch_reads_like_the_list_of_its_results():
     assert batch.errors() == ["withheld"]
     batch.trace_context = "00-abc-def-01"
     assert {item.trace_context for item in batch} == {"00-abc-def-01"}
+
+
+def test_descriptors_written_before_freshness_existed_decode_unsequenced():
+    before = parse_schema(
+        json.loads((avro.SCHEMAS_DIR / "history" / "ModelDescriptor-4.avsc").read_text(encoding="utf-8"))
+    )
+    buffer = io.BytesIO()
+    buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(before))
+    datum = {"modelName": "m", "description": "", "modelType": "UNKNOWN", "modelBytes": None,
+             "modelSourceLocation": None, "signature": b"s" * 64, "role": "champion", "mode": "",
+             "fraction": 1.0, "command": "retire"}  # fmt: skip
+    schemaless_writer(buffer, before, datum)
+    decoded = avro.MODEL.decode(buffer.getvalue())
+    assert decoded.command == "retire" and decoded.signature == b"s" * 64
+    assert (decoded.sequence, decoded.expires_at, decoded.target_digest) == (0, 0, "")
+
+
+def test_freshness_fields_round_trip():
+    descriptor = ModelDescriptor("m", "", ModelType.UNKNOWN, command="promote", sequence=1_764_000_000_000_001,
+                                 expires_at=1_764_000_000_000, target_digest="0123456789abcdef")  # fmt: skip
+    assert avro.MODEL.decode(avro.MODEL.encode(descriptor)) == descriptor
