@@ -5,6 +5,7 @@ Prints, as its last line, one JSON object: scenario, records, seconds, records_p
 the run's parameters. Scenarios:
 - embedded: the dataflow in this process on generated records; latency from the moment the source emitted
   a record to the moment its result reached the sink.
+  With --bad-every N, every N-th record has a user no model can take (2**63-1): what bad records cost.
 - tfserving-grpc, tfserving-rest, v2-grpc, v2-rest: as embedded, but scoring with a model server on
   this machine (the TensorFlow Serving stand-in of flows.testing, or Seldon MLServer) over gRPC or REST; the
   line adds the per-request latency (call_p50_ms, call_p99_ms) and the number of requests.

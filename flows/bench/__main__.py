@@ -61,6 +61,12 @@ def main() -> None:
         help="the challenger's share of records (shadow) or users (canary); default 1",
     )
     parser.add_argument(
+        "--bad-every",
+        type=int,
+        default=0,
+        help="in-process scenarios: give every N-th record a user no model can take (2**63-1); default none",
+    )
+    parser.add_argument(
         "--bootstrap-servers", help="kafka scenarios: use this broker instead of starting one"
     )
     parser.add_argument("--partitions", type=int, default=1, help="kafka scenarios: data topic partitions")
@@ -103,7 +109,9 @@ def _run(args: argparse.Namespace) -> dict:
     )  # fmt: skip
     if args.scenario == "embedded":
         model = shipped_model(Settings().models_dir, args.model_version)
-        return run_in_process(args.scenario, model, *in_process, challenger=_challenger(args))
+        return run_in_process(
+            args.scenario, model, *in_process, challenger=_challenger(args), bad_every=args.bad_every
+        )
     if args.scenario == "swap":
         return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
     if args.scenario == "model-flood":
@@ -111,7 +119,7 @@ def _run(args: argparse.Namespace) -> dict:
     if args.scenario in REMOTE_SCENARIOS:
         with ExitStack() as stack:
             model = remote_model(args.scenario, args.model_version, stack)
-            return run_in_process(args.scenario, model, *in_process)
+            return run_in_process(args.scenario, model, *in_process, bad_every=args.bad_every)
     if args.scenario == "kafka-baseline":
         return run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
     return run_kafka_embedded(

@@ -8,11 +8,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import timedelta
 
 import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import StatefulSourcePartition
 from bytewax.testing import cluster_main, run_main
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,12 +28,13 @@ from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.drift import DriftSettings
 from flows.observability.telemetry import Telemetry
-from flows.records import ModelDescriptor, ModelEvent, ModelType
+from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelType
 from flows.scorers import Scorer, ScorerCache, build_scorer
 from flows.scorers.location import TLS_SCHEMES
 from flows.settings import Settings
 from flows.sources.batched import PollBatches
 from flows.sources.generators import DataGenerator, ModelGenerator, shipped_model
+from flows.sources.wrapping import PartitionWrapper, SourceWrapper
 from flows.testing.local_servers import mlserver, tfserving_double
 from flows.testing.loopback import free_port
 
@@ -55,6 +58,37 @@ class TimedScorer:
         self.inner.close()
 
 
+UNSCORABLE_USER = 2**63 - 1  # the largest Avro long: past any model's users, and not exact in float32
+
+
+class _UnscorablePartition(PartitionWrapper):
+    """`inner`'s records, every `every`-th of them with the user UNSCORABLE_USER."""
+
+    def __init__(self, inner: StatefulSourcePartition, every: int) -> None:
+        super().__init__(inner)
+        self.every = every
+        self.emitted = 0
+
+    def next_batch(self) -> list[DataMessage]:
+        messages = self.inner.next_batch()
+        for index in range(-(self.emitted + 1) % self.every, len(messages), self.every):
+            message = messages[index]
+            messages[index] = replace(message, record=replace(message.record, user=UNSCORABLE_USER))
+        self.emitted += len(messages)
+        return messages
+
+
+class UnscorableRecords(SourceWrapper):
+    """`inner`, with one record in `every` that no model can score: what one bad record in a poll costs."""
+
+    def __init__(self, inner: DataGenerator, every: int) -> None:
+        super().__init__(inner)
+        self.every = every
+
+    def wrap(self, partition: StatefulSourcePartition) -> _UnscorablePartition:
+        return _UnscorablePartition(partition, self.every)
+
+
 def run_in_process(
     scenario: str,
     model: ModelDescriptor,
@@ -66,21 +100,29 @@ def run_in_process(
     tracing: bool = False,
     drift: bool = True,
     challenger: ModelDescriptor | None = None,
+    bad_every: int = 0,
 ) -> dict:
     """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
     With `drift`, the flow monitors drift as the main job does by default (`flows.drift`). With
-    `challenger`, that model runs beside `model` as its descriptor says (`flows.challenger`).
+    `challenger`, that model runs beside `model` as its descriptor says (`flows.challenger`). With
+    `bad_every`, one record in that many has a user no model can take (`UnscorableRecords`).
     """
     context = ServingContext.create(cache=ScorerCache(build=_timed_scorers(timed := [])))
     with _exported_spans(context.telemetry) if tracing else nullcontext() as receiver:
         result = _measure(
-            scenario, model, records, rate, workers, shards, batch, context, timed, drift, challenger
-        )
+            scenario, model, records, rate, workers, shards, batch, context, timed, drift, challenger,
+            bad_every,
+        )  # fmt: skip
     tracing_line = f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"
     experiment = challenger.experiment() if challenger else "off"
-    return result | {"tracing": tracing_line, "drift": "on" if drift else "off", "challenger": experiment}
+    return result | {
+        "tracing": tracing_line,
+        "drift": "on" if drift else "off",
+        "challenger": experiment,
+        "bad_every": bad_every,
+    }
 
 
 class _ReceiverProcess:
@@ -139,6 +181,7 @@ def _measure(
     timed: list[TimedScorer],
     drift_on: bool,
     challenger: ModelDescriptor | None,
+    bad_every: int,
 ) -> dict:
     settings = Settings()
     served = [model, challenger] if challenger else [model]
@@ -147,10 +190,9 @@ def _measure(
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
     flow = Dataflow("bench")
+    generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)
     data = op.input(
-        "data",
-        flow,
-        PollBatches(DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)),
+        "data", flow, PollBatches(UnscorableRecords(generator, bad_every) if bad_every else generator)
     )
     models = op.input("models", flow, ModelGenerator(served, interval=0.0, count=len(served)))
     drift = DriftSettings.of(settings) if drift_on else None
