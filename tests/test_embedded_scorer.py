@@ -7,7 +7,8 @@ import pytest
 from support.bad_models import bad_models
 
 from flows.records import ModelDescriptor, ModelType
-from flows.scorers import ModelLoadError, ScorerCache, build_scorer
+from flows.scorers import InputBounds, ModelLoadError, ScorerCache, build_scorer
+from flows.scorers.tensorflow_saved import SavedModelScorer
 from flows.settings import SHIPPED_MODELS_DIR
 from flows.sources.generators import shipped_model
 from flows.tensorflow_runtime import tensorflow
@@ -81,3 +82,42 @@ def test_cache_remembers_failures(tmp_path):
         with pytest.raises(ModelLoadError):
             cache.acquire(bad)
     assert cache.builds == 1 and cache.loaded() == []  # judged once, then refused from memory
+
+
+def saved_model(directory, products_rows: int | None, users_rows: int | None):
+    """A SavedModel whose products table is made before its users table (a table of None rows: that input
+    is used as a number, not an index), scoring the sum of the two tables' looked-up values."""
+    tf = tensorflow()
+
+    class Model(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.products_table = tf.Variable(tf.fill([products_rows or 1, 1], 0.25))
+            self.users_table = tf.Variable(tf.fill([users_rows or 1, 1], 0.25))
+
+        def looked_up(self, table, ids, rows):
+            return tf.gather(table, tf.cast(ids[:, 0], tf.int32)) if rows else ids * 0.0 + 0.25
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 1], tf.float32, "users"),
+                tf.TensorSpec([None, 1], tf.float32, "products"),
+            ]
+        )
+        def serve(self, users, products):
+            users_part = self.looked_up(self.users_table, users, users_rows)
+            return {"predictions": users_part + self.looked_up(self.products_table, products, products_rows)}
+
+    module = Model()
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    return SavedModelScorer("traced", directory)
+
+
+def test_which_table_an_input_indexes_is_traced_in_the_graph_not_taken_from_the_order(tmp_path):
+    scorer = saved_model(tmp_path, products_rows=7, users_rows=5)
+    assert scorer.input_bounds == InputBounds(users=5, products=7)
+    np.testing.assert_allclose(scorer.score(np.array([4.0], np.float32), np.array([6.0], np.float32)), [0.5])
+
+
+def test_a_model_whose_input_indexes_no_table_has_no_bounds(tmp_path):
+    assert saved_model(tmp_path, products_rows=7, users_rows=None).input_bounds is None

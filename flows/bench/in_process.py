@@ -45,6 +45,7 @@ class TimedScorer:
     def __init__(self, inner: Scorer) -> None:
         self.inner = inner
         self.source = inner.source
+        self.input_bounds = inner.input_bounds
         self.call_ms: list[float] = []
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from flows.scorers import (
     tensorflow_saved,  # noqa: F401  (registers TENSORFLOWSAVED)
     tensorflow_serving,  # noqa: F401  (registers TENSORFLOWSERVING)
 )
-from flows.scorers.base import ModelLoadError, Scorer, ScorerUnavailable, build_scorer
+from flows.scorers.base import InputBounds, ModelLoadError, Scorer, ScorerUnavailable, build_scorer
 from flows.scorers.cache import ScorerCache
 
-__all__ = ["ModelLoadError", "Scorer", "ScorerCache", "ScorerUnavailable", "build_scorer"]
+__all__ = ["InputBounds", "ModelLoadError", "Scorer", "ScorerCache", "ScorerUnavailable", "build_scorer"]

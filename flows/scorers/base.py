@@ -8,6 +8,7 @@ Each kind of model registers a builder for its `ModelType`; the dataflow only ev
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -41,15 +42,31 @@ class ModelLoadError(Exception):
 class ScorerUnavailable(Exception):
     """The scorer could not score the batch at all (its server is down or unreachable).
 
-    Every record of the batch gets this error in its result; there is no point in retrying the
-    records one by one, as there is for a batch that one bad record made fail.
+    Every record of the batch gets this error in its result; there is no point in splitting the batch
+    to find the records that made it fail, as there is for other errors (`flows.scoring`).
     """
 
 
+@dataclass(frozen=True, slots=True)
+class InputBounds:
+    """The ids a model can take: users 0 to `users` - 1 and products 0 to `products` - 1 (the rows of
+    its embeddings). Any other id would be refused by the model, or worse, wrapped or clipped by it to
+    some other row and given a score that belongs to nobody."""
+
+    users: int
+    products: int
+
+
 class Scorer(Protocol):
-    """A loaded model. `source` says where it runs, for result metadata (e.g. "embedded:savedmodel")."""
+    """A loaded model. `source` says where it runs, for result metadata (e.g. "embedded:savedmodel").
+
+    `input_bounds` is what ids the model can take, when the scorer can tell (an embedded model's
+    embeddings); None when it cannot (a model behind a server): records are checked against it before
+    the call (`flows.scoring`), so an id outside it costs an error for its record, not a failed call.
+    """
 
     source: str
+    input_bounds: InputBounds | None
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         """Probabilities for each pair; inputs and output are 1-D float32 arrays of one length."""

@@ -46,7 +46,10 @@ def client_factories(
 
 
 class RemoteScorer:
-    """Scores with whichever server of the pool is up."""
+    """Scores with whichever server of the pool is up. What ids its model takes is not known here: a
+    record the server refuses is found by splitting the batch (`flows.scoring`)."""
+
+    input_bounds = None
 
     def __init__(self, source: str, pool: EndpointPool[ServerClient]) -> None:
         self.source = source

@@ -5,6 +5,7 @@ SavedModel directory) or a local path under an allowed root (`model_source_locat
 `file://` URL). Before TensorFlow sees it, the model is unpacked and its graph inspected in a child process
 with resource limits (`flows.admission.unpack`). The SavedModel must have a `serving_default` signature
 with float32 inputs `users` and `products` of shape [N, 1] and a float32 output `predictions` of [N, 1].
+The ids each input can take are read from the embeddings it indexes (`flows.scorers.embedding_bounds`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from flows.admission.policy import AdmissionPolicy
 from flows.admission.unpack import UnpackRefused, unpack_and_inspect
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE, ModelLoadError, register
+from flows.scorers.embedding_bounds import embedding_bounds
 from flows.tensorflow_runtime import tensorflow
 
 
@@ -43,6 +45,7 @@ class SavedModelScorer:
         if problem:
             raise ModelLoadError(model_name, f"signature {SIGNATURE!r} {problem}")
         self._signature = signature
+        self.input_bounds = embedding_bounds(tf, signature)
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         tf = self._tf
