@@ -329,6 +329,7 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
 
     class SometimesNan:
         source = "test"
+        input_bounds = None
 
         def score(self, users, products):
             scores = np.full(users.shape, 0.5, np.float32)

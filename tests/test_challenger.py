@@ -261,6 +261,7 @@ class _Throwing:
     """A scorer that passed its probe and then fails every call."""
 
     source = "test:throwing"
+    input_bounds = None
 
     def __init__(self, inner) -> None:
         self.inner = inner

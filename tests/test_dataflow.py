@@ -112,7 +112,8 @@ def test_a_bad_record_gets_an_error_and_its_batch_still_scores(model_v1):
     run = run_core(at(1, messages(records)), at(0, [model_v1]), shards=1)
     assert len(run.results) == len(records)
     errors = run.errors()
-    assert len(errors) == 1 and "scoring with model 'recommender-v1' failed" in errors[0]
+    assert len(errors) == 1
+    assert "product 100000 (user 5) is outside what model 'recommender-v1' takes: products 0 to 299" in errors[0]
 
 
 @pytest.mark.parametrize("workers", WORKERS)
