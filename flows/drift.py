@@ -75,7 +75,11 @@ class BatchFeatures:
 
 
 def batch_features(batch: ScoredBatch, sample: int) -> BatchFeatures | None:
-    """The first `sample` records of a scored batch, as the drift step reads them; None if it has no scores."""
+    """The first `sample` records of a scored batch, as the drift step reads them; None if it has no scores.
+
+    Records with an error are left out: an id the model could not take, or a score it gave but that was
+    withheld, is not what the model sees and answers in service.
+    """
     if not batch.scores.size or not batch.metadata.model_name:
         return None
     messages = batch.messages[:sample]
@@ -89,6 +93,13 @@ def batch_features(batch: ScoredBatch, sample: int) -> BatchFeatures | None:
             chain.from_iterable(message.record.products for message in messages), np.float64, pairs
         )
     scores = np.asarray(batch.scores[:pairs], np.float64)
+    scored = np.ones(len(messages), bool)
+    scored[[index for index in batch.replaced if index < len(messages)]] = False
+    if not scored.any():
+        return None
+    if not scored.all():
+        in_pairs = np.repeat(scored, counts)
+        users, counts, products, scores = users[scored], counts[scored], products[in_pairs], scores[in_pairs]
     return BatchFeatures(batch.metadata.model_name, users, counts.astype(np.float64), products, scores)
 
 

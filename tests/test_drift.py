@@ -23,6 +23,7 @@ from flows.drift import (
 )
 from flows.observability.serving_state import ServingState
 from flows.records import ModelResultMetadata, RecommenderRecord, ScoredBatch
+from flows.scoring import unscored
 from flows.sources.generators import POPULAR_PRODUCTS, generate_block
 from flows.sources.generators import generated_records as plain_records
 
@@ -119,6 +120,25 @@ def test_batch_features_read_a_sample_of_the_scored_batch():
     assert sampled.products.tolist() == list(chain.from_iterable(record.products for record in data[:4]))
     assert np.allclose(sampled.scores, scores[: sum(counts[:4])])
     assert batch_features(ScoredBatch.of_results([], []), 4) is None
+
+
+def test_batch_features_leave_out_records_with_an_error():
+    """A refused id (2**63 - 1 here) or a withheld score is not what the model sees and answers."""
+    data = list(plain_records(3, 10))
+    data[1] = RecommenderRecord(2**63 - 1, data[1].products)
+    counts = [len(record.products) for record in data]
+    scores = np.linspace(0, 1, sum(counts), dtype=np.float32)
+    given = messages(data)
+    replaced = {1: unscored(given[1], "refused"), 6: unscored(given[6], "refused")}
+    batch = ScoredBatch(given, counts, scores, ModelResultMetadata(model_name="m"), replaced)
+    sampled = batch_features(batch, 4)
+    kept = [0, 2, 3]
+    assert sampled.users.tolist() == [data[i].user for i in kept]
+    assert sampled.counts.tolist() == [counts[i] for i in kept]
+    starts = np.cumsum([0, *counts])
+    assert sampled.scores.tolist() == np.concatenate([scores[starts[i] : starts[i + 1]] for i in kept]).tolist()
+    only_errors = ScoredBatch(given[1:2], counts[1:2], scores[: counts[1]], batch.metadata, {0: replaced[1]})
+    assert batch_features(only_errors, 4) is None
 
 
 def test_the_generator_shifts_to_the_popular_range_for_a_while():
