@@ -36,6 +36,20 @@ def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario, option
         assert figures["challenger_ms_per_record"] > 0
 
 
+def test_a_benchmark_with_bad_records_answers_them_with_errors():
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.bench", "--records", "3000", "--bad-every", "500", "--drift", "off"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (figures["records"], figures["errors"], figures["bad_every"]) == (3000, 6, 500)
+
+
 KAFKA_RUNS = {
     "offered load": ["--scenario", "kafka-embedded", "--records", "2000", "--rate", "2000"],
     "two processes": [
