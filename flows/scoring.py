@@ -74,13 +74,10 @@ def score_batch(
     users, products, counts = pairs if pairs is not None else pairs_of(messages)
     start_ms = time.time_ns() // 1_000_000
     errors = refused_records(messages, users, products, counts, scorer.input_bounds, model_name)
-    kept = np.ones(len(messages), bool)
-    kept[list(errors)] = False
-    in_call = np.repeat(kept, counts) if errors else slice(None)  # the pairs that go to the model
-    kept_index = np.flatnonzero(kept).tolist()
+    in_call, kept_index, kept_counts = _kept(errors, counts)
     try:
         kept_scores, failures, batch_ms = _scores_by_halves(
-            scorer, model_name, users[in_call], products[in_call], [counts[i] for i in kept_index]
+            scorer, model_name, users[in_call], products[in_call], kept_counts
         )
     except ScorerUnavailable as error:
         reason = f"scoring with model {model_name!r} failed: {error}"
@@ -89,13 +86,24 @@ def score_batch(
         return ScoredBatch.of_results(messages, failed), 0.0
     errors |= {kept_index[index]: reason for index, reason in failures.items()}
     probabilities = kept_scores
-    if not kept.all():
+    if len(kept_index) < len(messages):
         probabilities = np.full(users.size, np.nan, np.float32)  # NaN: no score, where a record was refused
         probabilities[in_call] = kept_scores
     replaced = {i: unscored(messages[i], reason, model_name, scorer.source) for i, reason in errors.items()}
     _withhold_out_of_range(probabilities, counts, messages, model_name, scorer, policy, replaced)
     metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
     return ScoredBatch(messages, counts, probabilities, metadata, replaced, products), batch_ms
+
+
+def _kept(errors: dict[int, str], counts: list[int]) -> tuple[np.ndarray | slice, Sequence[int], list[int]]:
+    """The pairs that go to the model, the records they belong to and their counts: all of them but the
+    records in `errors` (when there are none, with no work: this runs on every batch)."""
+    if not errors:
+        return slice(None), range(len(counts)), counts
+    kept = np.ones(len(counts), bool)
+    kept[list(errors)] = False
+    kept_index = np.flatnonzero(kept).tolist()
+    return np.repeat(kept, counts), kept_index, [counts[index] for index in kept_index]
 
 
 def refused_records(
@@ -150,14 +158,14 @@ def _scores_by_halves(
     records that fail alone, so k bad records cost about 2k log2(n) calls. ScorerUnavailable is raised:
     splitting the batch for a server that is down would only call it more.
     """
-    edges = [0, *accumulate(counts)]
+    edges: list[int] = []  # where each record's pairs start, worked out once a call has failed
     scores = np.full(users.size, np.nan, np.float32)
     failures: dict[int, str] = {}
     elapsed = 0.0
     pending = [(0, len(counts))]
     while pending:
         low, high = pending.pop()
-        start, end = edges[low], edges[high]
+        start, end = (edges[low], edges[high]) if edges else (0, users.size)
         started = time.perf_counter()
         try:
             scores[start:end] = _call(scorer, users[start:end], products[start:end])
@@ -167,6 +175,7 @@ def _scores_by_halves(
             if high - low == 1:
                 failures[low] = f"scoring with model {model_name!r} failed: {type(error).__name__}: {error}"
             else:
+                edges = edges or [0, *accumulate(counts)]
                 middle = (low + high) // 2
                 pending += [(middle, high), (low, middle)]
         finally:
