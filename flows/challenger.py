@@ -282,7 +282,7 @@ def pair_scores(batch: ScoredBatch) -> tuple[np.ndarray, np.ndarray]:
         scores = batch.scores.astype(np.float64)
         scored[list(batch.replaced)] = False  # a columnar batch replaces only records with an error
         return scores, scored
-    scores = np.full(total, np.nan)  # results made one by one (see `flows.scoring`)
+    scores = np.full(total, np.nan)  # results made one by one (`ScoredBatch.of_results`)
     for index, (start, item) in enumerate(zip(batch.starts, batch)):
         probabilities = item.result.model_result.probabilities
         if item.result.metadata.errors or len(probabilities) != batch.counts[index]:

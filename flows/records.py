@@ -300,7 +300,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
 
     @classmethod
     def of_results(cls, messages: list[DataMessage], results: Sequence[ScoredMessage]) -> ScoredBatch:
-        """A batch whose results were made one by one (errors, records scored alone)."""
+        """A batch whose results were made one by one (a batch that failed whole, a canary's kept results)."""
         counts = [len(message.record.products) for message in messages]
         return cls(messages, counts, np.empty(0, np.float32), ModelResultMetadata(), dict(enumerate(results)))
 

@@ -2,7 +2,7 @@
 
 Errors are sorted in two: a TransientError (the server is down, slow, overloaded or does not have the
 model right now: try another server or later) and a RequestError (the server refused this request:
-retrying the batch is pointless, scoring its records one by one isolates the bad one).
+retrying the batch is pointless, splitting it isolates the bad records: `flows.scoring`).
 """
 
 from __future__ import annotations
