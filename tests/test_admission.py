@@ -20,8 +20,8 @@ from support.hostile_archives import HOSTILE_ARCHIVES
 from support.hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRAPH_CHECK, WRITTEN_FILE
 from support.jobs import REPO
 
-from flows.admission.policy import AdmissionPolicy, admission_policy
 from flows.admission.freshness import FreshnessMarks
+from flows.admission.policy import AdmissionPolicy, admission_policy
 from flows.admission.signing import load_private_key, parse_trusted_keys, sign, verify
 from flows.bench.sinks import ArrivalSink
 from flows.context import ServingContext

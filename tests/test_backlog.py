@@ -72,14 +72,20 @@ def run_layout(bootstrap, topics, processes: int, stores: list[Path] | None, tai
 @pytest.mark.parametrize(
     ("partitions", "processes", "restart"),
     [(1, 1, False), (4, 2, False), (4, 1, True), (1, 2, True)],
-    ids=["1-partition-1-process-fresh", "4-partitions-2-processes-fresh", "4-partitions-1-process-restart",
-         "1-partition-2-processes-restart"],
+    ids=[
+        "1-partition-1-process-fresh",
+        "4-partitions-2-processes-fresh",
+        "4-partitions-1-process-restart",
+        "1-partition-2-processes-restart",
+    ],
 )
 def test_a_backlog_waiting_at_start_is_scored_by_the_model_not_answered_with_errors(
     kafka_bootstrap, model_v1, tmp_path, partitions, processes, restart
 ):
     name = f"backlog-{partitions}p{processes}{'r' if restart else 'f'}"
-    topics = create_topics(kafka_bootstrap, name, ["data", "models", "results", "dead"], partitions=partitions)
+    topics = create_topics(
+        kafka_bootstrap, name, ["data", "models", "results", "dead"], partitions=partitions
+    )
     produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
     records = encoded(sample_records(BACKLOG + 1_000))
     stores = recovery_stores(tmp_path, processes) if restart else None

@@ -113,7 +113,9 @@ def test_a_bad_record_gets_an_error_and_its_batch_still_scores(model_v1):
     assert len(run.results) == len(records)
     errors = run.errors()
     assert len(errors) == 1
-    assert "product 100000 (user 5) is outside what model 'recommender-v1' takes: products 0 to 299" in errors[0]
+    assert (
+        "product 100000 (user 5) is outside what model 'recommender-v1' takes: products 0 to 299" in errors[0]
+    )
 
 
 @pytest.mark.parametrize("workers", WORKERS)

@@ -136,7 +136,9 @@ def test_batch_features_leave_out_records_with_an_error():
     assert sampled.users.tolist() == [data[i].user for i in kept]
     assert sampled.counts.tolist() == [counts[i] for i in kept]
     starts = np.cumsum([0, *counts])
-    assert sampled.scores.tolist() == np.concatenate([scores[starts[i] : starts[i + 1]] for i in kept]).tolist()
+    assert (
+        sampled.scores.tolist() == np.concatenate([scores[starts[i] : starts[i + 1]] for i in kept]).tolist()
+    )
     only_errors = ScoredBatch(given[1:2], counts[1:2], scores[: counts[1]], batch.metadata, {0: replaced[1]})
     assert batch_features(only_errors, 4) is None
 

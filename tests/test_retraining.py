@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from fastavro import schemaless_writer
-
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
 
 from flows.admission.event_signing import EventSigner, verify_event
@@ -139,10 +138,14 @@ def test_forged_events_train_nothing(kafka_bootstrap, tmp_path, capsys):
     printed = capsys.readouterr()
     assert all(line.isprintable() for line in (printed.out + printed.err).splitlines())
     assert printed.err.splitlines() == [
-        f"ignored drift of 'recommender-v1\\\\x1b[2J' at topic {topics['events']} partition 0 offset 0: "
-        "the event is not signed",
-        f"ignored drift of 'recommender-v2' at topic {topics['events']} partition 0 offset 1: "
-        "the signature (signer 'host/1') does not verify under any trusted key",
+        (
+            f"ignored drift of 'recommender-v1\\\\x1b[2J' at topic {topics['events']} partition 0 offset 0: "
+            "the event is not signed"
+        ),
+        (
+            f"ignored drift of 'recommender-v2' at topic {topics['events']} partition 0 offset 1: "
+            "the signature (signer 'host/1') does not verify under any trusted key"
+        ),
     ]
 
 

@@ -33,9 +33,11 @@ def test_a_signed_promote_survives_kill_9_and_an_old_signed_descriptor_cannot_be
     recovery = tmp_path / "recovery"
     recovery.mkdir()
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True)
-    settings = dict(
-        SERVING_MODEL_TRUSTED_KEYS=trusted, SERVING_KAFKA_EVENTS_TOPIC=topics["events"], SERVING_STATE_PORT="0"
-    )
+    settings = {
+        "SERVING_MODEL_TRUSTED_KEYS": trusted,
+        "SERVING_KAFKA_EVENTS_TOPIC": topics["events"],
+        "SERVING_STATE_PORT": "0",
+    }
     flags = ["-r", str(recovery), "-s", "1", "-b", "0"]
 
     def events() -> list[tuple[str, str]]:

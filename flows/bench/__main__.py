@@ -77,8 +77,10 @@ def main() -> None:
         "default: the flow in this process",
     )
     parser.add_argument(
-        "--swap-after", type=float, default=2.0,
-        help="swap and model-flood scenarios: seconds before v2 (the flood) is published"
+        "--swap-after",
+        type=float,
+        default=2.0,
+        help="swap and model-flood scenarios: seconds before v2 (the flood) is published",
     )
     parser.add_argument(
         "--flood", type=int, default=40, help="model-flood scenario: model messages that arrive at once"

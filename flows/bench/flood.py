@@ -66,11 +66,10 @@ class _ProcessSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _ProcessSampler:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -91,7 +90,9 @@ class _ProcessSampler:
             self.peak_children = max(self.peak_children, children)
 
 
-def run_model_flood(records: int, rate: float, flood: int, flood_after: float, shards: int, batch: int) -> dict:
+def run_model_flood(
+    records: int, rate: float, flood: int, flood_after: float, shards: int, batch: int
+) -> dict:
     """v1 serving at `rate`; `flood` model messages arrive together after `flood_after` seconds."""
     if rate <= 0:
         raise SystemExit("bench: the model-flood scenario needs an offered --rate")
@@ -114,8 +115,12 @@ def run_model_flood(records: int, rate: float, flood: int, flood_after: float, s
         op.output("results", streams.results, results)
         op.output("events", streams.events, events)
         started = time.perf_counter()
-        with _ProcessSampler() as sampler:
+        sampler = _ProcessSampler()
+        sampler.start()
+        try:
             run_main(flow, epoch_interval=timedelta(seconds=1))
+        finally:
+            sampler.stop()
         seconds = time.perf_counter() - started
 
     names = {message.model_name for message in messages}

@@ -53,7 +53,11 @@ def newest_challenger_digest(config: dict[str, str], topic: str, name: str) -> s
     digest = ""
     for message in read_to_end(config, topic):
         descriptor = MODEL.decode(message.value())
-        if isinstance(descriptor, ModelDescriptor) and descriptor.is_challenger and descriptor.model_name == name:
+        if (
+            isinstance(descriptor, ModelDescriptor)
+            and descriptor.is_challenger
+            and descriptor.model_name == name
+        ):
             digest = descriptor.digest
     return digest
 

@@ -77,4 +77,3 @@ class RetrainGate:
             return f"stale: issued {age_s:.0f} s ago, over --max-age {self.max_age_s:g} s"
         self._last_issued_ms[key] = signed.issued_ms
         return None
-
