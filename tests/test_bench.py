@@ -10,21 +10,26 @@ import pytest
 from support.jobs import REPO
 
 
+def bench(*arguments: str) -> dict:
+    """Run `python -m flows.bench ARGUMENTS`; the JSON line it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.bench", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize(
     ("scenario", "options"),
     [("embedded", []), ("tfserving-https", []), ("embedded", ["--challenger", "shadow"])],
 )
 def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario, options):
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.bench", "--scenario", scenario, "--records", "3000", *options],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = bench("--scenario", scenario, "--records", "3000", *options)
     assert (figures["scenario"], figures["records"], figures["errors"]) == (scenario, 3000, 0)
     assert figures["records_per_s"] > 0 and 0 < figures["p50_ms"] <= figures["p99_ms"]
     if scenario != "embedded":
@@ -37,17 +42,17 @@ def test_a_benchmark_scores_every_record_and_prints_its_figures(scenario, option
 
 
 def test_a_benchmark_with_bad_records_answers_them_with_errors():
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.bench", "--records", "3000", "--bad-every", "500", "--drift", "off"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = bench("--records", "3000", "--bad-every", "500", "--drift", "off")
     assert (figures["records"], figures["errors"], figures["bad_every"]) == (3000, 6, 500)
+
+
+def test_the_model_flood_benchmark_reports_what_the_flood_cost():
+    figures = bench("--scenario", "model-flood", "--records", "3000", "--rate", "1000", "--flood", "8",
+                    "--swap-after", "0.5")  # fmt: skip
+    assert (figures["records"], figures["errors"], figures["flood"]) == (3000, 0, 8)
+    assert 1 <= figures["loads_started"] <= 1 + 4 and figures["most_loads_at_once"] <= 2
+    assert figures["accepted"] >= 1 and figures["accepted"] + figures["rejected"] == 8
+    assert figures["peak_rss_mb"] > 0 and figures["peak_children"] <= 2
 
 
 KAFKA_RUNS = {
@@ -68,16 +73,7 @@ KAFKA_RUNS = {
 
 @pytest.mark.parametrize("arguments", KAFKA_RUNS.values(), ids=KAFKA_RUNS.keys())
 def test_a_kafka_benchmark_answers_every_record_through_a_broker(arguments):
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.bench", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = bench(*arguments)
     options = dict(zip(arguments[::2], arguments[1::2]))
     assert figures["scenario"] == options["--scenario"] and figures["records"] == int(options["--records"])
     assert figures["records_per_s"] > 0 and 0 <= figures["p50_ms"] <= figures["p99_ms"]
