@@ -69,16 +69,9 @@ def run_layout(bootstrap, topics, processes: int, stores: list[Path] | None, tai
     return jobs
 
 
-@pytest.mark.parametrize(
-    ("partitions", "processes", "restart"),
-    [(1, 1, False), (4, 2, False), (4, 1, True), (1, 2, True)],
-    ids=[
-        "1-partition-1-process-fresh",
-        "4-partitions-2-processes-fresh",
-        "4-partitions-1-process-restart",
-        "1-partition-2-processes-restart",
-    ],
-)
+@pytest.mark.parametrize("restart", [False, True], ids=["fresh", "restart"])
+@pytest.mark.parametrize("processes", [1, 2], ids=["1-process", "2-processes"])
+@pytest.mark.parametrize("partitions", [1, 4], ids=["1-partition", "4-partitions"])
 def test_a_backlog_waiting_at_start_is_scored_by_the_model_not_answered_with_errors(
     kafka_bootstrap, model_v1, tmp_path, partitions, processes, restart
 ):
