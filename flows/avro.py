@@ -38,8 +38,9 @@ from flows.records import (
     SignedModelEvent,
 )
 
-# Package data (`flows/schemas/`), read through importlib.resources so an installed wheel finds them too.
-SCHEMAS_DIR: Traversable = resources.files("flows") / "schemas"
+# Package data (`flows.schemas`, the repository's top-level `schemas/`), read through importlib.resources so
+# an installed wheel finds them too.
+SCHEMAS_DIR: Traversable = resources.files("flows.schemas")
 # Dependencies first: RecommenderResult refers to the three records before it.
 SCHEMA_NAMES = (
     "RecommenderRecord",

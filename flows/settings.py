@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Package data (`flows/models/recommender/VERSION/`). TensorFlow loads a SavedModel from a directory, so this is
+# Package data (`flows.models`, the repository's top-level `models/recommender/VERSION/`). TensorFlow loads a SavedModel from a directory, so this is
 # a real path: pip installs packages unzipped.
 SHIPPED_MODELS_DIR = Path(os.fspath(resources.files("flows.models") / "recommender"))
 

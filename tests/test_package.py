@@ -28,7 +28,8 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     source.mkdir()
     shutil.copy(REPO / "pyproject.toml", source)
     shutil.copy(REPO / "README.md", source)
-    shutil.copytree(REPO / "flows", source / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("flows", "models", "schemas"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     wheels, site = scratch / "wheels", scratch / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     # No build isolation: the build backend (setuptools) is installed already; nothing is downloaded.
@@ -46,7 +47,7 @@ def run_elsewhere(env: dict[str, str], cwd: Path, *command: str) -> subprocess.C
 def test_the_wheel_carries_the_schemas_and_the_shipped_models(installed):
     site, _ = installed
     assert sorted(path.name for path in (site / "flows" / "schemas").glob("*.avsc")) == sorted(
-        path.name for path in (REPO / "flows" / "schemas").glob("*.avsc")
+        path.name for path in (REPO / "schemas").glob("*.avsc")
     )
     assert (site / "flows" / "schemas" / "history" / "ModelDescriptor-1.avsc").is_file()
     for version in ("1", "2"):
@@ -92,3 +93,13 @@ def test_the_wheel_holds_the_package_only(installed):
     top_levels = {path.split("/")[0] for path in installed if path not in scripts}
     assert top_levels == {"flows", record.parent.name}, top_levels
     assert sorted(Path(path).name for path in scripts) == sorted(f"serving-{tool}" for tool in TOOLS)
+
+
+def test_every_package_of_the_source_tree_is_in_the_wheel_list():
+    """pyproject.toml lists the packages (models/ and schemas/ are mapped into flows): a new subpackage of
+    flows/ that is not listed would be missing from the wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "flows").rglob("__init__.py")}
+    assert found | {"flows.models", "flows.schemas"} == listed

@@ -6,7 +6,7 @@ scorers use, the way TensorFlow Serving does: `PredictionService/Predict` and `G
 gRPC (servicer base from tensorflow-serving-api), and `GET /v1/models/NAME[/versions/V][/metadata]`
 and `POST /v1/models/NAME[/versions/V]:predict` (columnar "inputs" or row "instances") over REST.
 
-    python -m flows.testing.tfserving_double --model-dir flows/models/recommender/1 --name recommender \
+    python -m flows.testing.tfserving_double --model-dir models/recommender/1 --name recommender \
         --version 1 --rest-port 8501 --grpc-port 8500
 """
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="serving-publish-model", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--version", help="a shipped model version (flows/models/recommender/VERSION)")
+    source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
     source.add_argument("--path", help="a SavedModel directory to send inline")
     source.add_argument("--location", help="a model location to send instead of bytes")
     source.add_argument("--promote", metavar="NAME", help="make the challenger NAME the champion")

@@ -4,7 +4,7 @@ Usage::
 
     serving-train-model --version 3        # or python -m flows.tools.train_model --version 3
 
-writes ``flows/models/recommender/3/`` next to the shipped versions (``--out DIR`` elsewhere), where
+writes ``models/recommender/3/`` next to the shipped versions (``--out DIR`` elsewhere), where
 ``SERVING_MODEL_VERSIONS=1,2,3`` finds it. The data is synthetic purchase history generated from the version
 number, so a given version always trains on the same data, and two versions give visibly different
 scores for the same user and product.
