@@ -9,10 +9,12 @@ from support.jobs import REPO
 from flows.settings import Settings
 
 
-def test_every_setting_is_in_the_readme_table():
+def test_every_setting_is_in_the_readme_table_and_the_configuration_reference():
     readme = (REPO / "README.md").read_text()
+    reference = (REPO / "docs" / "configuration.md").read_text()
     for name in Settings.model_fields:
-        assert f"`SERVING_{name.upper()}`" in readme, f"SERVING_{name.upper()} is not documented"
+        assert f"`SERVING_{name.upper()}`" in readme, f"SERVING_{name.upper()} is not in the README"
+        assert f"`SERVING_{name.upper()}`" in reference, f"SERVING_{name.upper()} is not in docs/configuration.md"
 
 
 def test_ci_runs_the_quickstart_test_command():
@@ -23,3 +25,12 @@ def test_ci_runs_the_quickstart_test_command():
     assert ci_command == "pip install -e '.[test]' && python -m pytest"
     assert f"```bash\n{ci_command}\n```" in quickstart
     assert "```bash\npip install -e . && python -m bytewax.run flows.serving\n```" in quickstart
+
+
+def test_the_readme_is_short_with_the_commands_and_the_picture_on_its_first_screen():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024, "the README grew past 12 KB: move the detail to docs/"
+    first_screen = "\n".join(readme.splitlines()[:50])
+    assert "pip install -e . && python -m bytewax.run flows.serving" in first_screen
+    assert "pip install -e '.[test]' && python -m pytest" in first_screen
+    assert "dataflow.serve" in first_screen  # the picture
