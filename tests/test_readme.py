@@ -14,7 +14,9 @@ def test_every_setting_is_in_the_readme_table_and_the_configuration_reference():
     reference = (REPO / "docs" / "configuration.md").read_text()
     for name in Settings.model_fields:
         assert f"`SERVING_{name.upper()}`" in readme, f"SERVING_{name.upper()} is not in the README"
-        assert f"`SERVING_{name.upper()}`" in reference, f"SERVING_{name.upper()} is not in docs/configuration.md"
+        assert f"`SERVING_{name.upper()}`" in reference, (
+            f"SERVING_{name.upper()} is not in docs/configuration.md"
+        )
 
 
 def test_ci_runs_the_quickstart_test_command():
