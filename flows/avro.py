@@ -14,7 +14,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
@@ -398,40 +398,42 @@ def _result_from_avro(datum: dict) -> RecommenderResult:
     )
 
 
+def _camel(name: str) -> str:
+    """A snake_case field name as the schemas spell it: model_source_location -> modelSourceLocation."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _field_map(record_type: type) -> dict[str, str]:
+    """Avro field name -> dataclass field name, for a flat record whose schema spells each field in camelCase."""
+    return {_camel(field_.name): field_.name for field_ in fields(record_type)}
+
+
+def _flat_to_avro(value: Any, field_map: dict[str, str]) -> dict:
+    return {avro_name: getattr(value, name) for avro_name, name in field_map.items()}
+
+
+def _flat_from_avro(record_type: type[T], datum: dict, field_map: dict[str, str]) -> T:
+    return record_type(**{name: datum[avro_name] for avro_name, name in field_map.items()})
+
+
+_DESCRIPTOR_FIELDS = _field_map(ModelDescriptor)
+_STATS_FIELDS = _field_map(ModelToServeStats)
+_EVENT_FIELDS = _field_map(ModelEvent)
+_REPORT_FIELDS = _field_map(ChallengerReport)
+
+
 def _descriptor_to_avro(descriptor: ModelDescriptor) -> dict:
-    return {
-        "modelName": descriptor.model_name,
-        "description": descriptor.description,
-        "modelType": descriptor.model_type.value,
-        "modelBytes": descriptor.model_bytes,
-        "modelSourceLocation": descriptor.model_source_location,
-        "signature": descriptor.signature,
-        "role": descriptor.role,
-        "mode": descriptor.mode,
-        "fraction": descriptor.fraction,
-        "command": descriptor.command,
-        "sequence": descriptor.sequence,
-        "expiresAt": descriptor.expires_at,
-        "targetDigest": descriptor.target_digest,
-    }
+    return {**_flat_to_avro(descriptor, _DESCRIPTOR_FIELDS), "modelType": descriptor.model_type.value}
 
 
 def _descriptor_from_avro(datum: dict) -> ModelDescriptor:
-    return ModelDescriptor(
-        datum["modelName"],
-        datum["description"],
-        ModelType(datum["modelType"]),
-        datum["modelBytes"],
-        datum["modelSourceLocation"],
-        _bytes_field(datum.get("signature") or b""),
-        datum["role"],
-        datum["mode"],
-        datum["fraction"],
-        datum["command"],
-        datum["sequence"],
-        datum["expiresAt"],
-        datum["targetDigest"],
-    )
+    datum = {
+        **datum,
+        "modelType": ModelType(datum["modelType"]),
+        "signature": _bytes_field(datum.get("signature") or b""),
+    }
+    return _flat_from_avro(ModelDescriptor, datum, _DESCRIPTOR_FIELDS)
 
 
 def _bytes_field(value: bytes | str) -> bytes:
@@ -440,19 +442,11 @@ def _bytes_field(value: bytes | str) -> bytes:
 
 
 def _stats_to_avro(stats: ModelToServeStats) -> dict:
-    return {
-        "name": stats.name,
-        "description": stats.description,
-        "since": stats.since,
-        "usage": stats.usage,
-        "duration": stats.duration,
-        "min": stats.min,
-        "max": stats.max,
-    }
+    return _flat_to_avro(stats, _STATS_FIELDS)
 
 
 def _stats_from_avro(datum: dict) -> ModelToServeStats:
-    return ModelToServeStats(**datum)
+    return _flat_from_avro(ModelToServeStats, datum, _STATS_FIELDS)
 
 
 RECORD = AvroCodec("RecommenderRecord", _record_to_avro, _record_from_avro)
@@ -466,15 +460,8 @@ def _event_to_avro(event: ModelEvent) -> dict:
 
 
 def _signed_event_to_avro(signed: SignedModelEvent) -> dict:
-    event = signed.event
     return {
-        "kind": event.kind,
-        "modelName": event.model_name,
-        "reason": event.reason,
-        "shard": event.shard,
-        "previousModel": event.previous_model,
-        "loadMs": event.load_ms,
-        "arrivalMs": event.arrival_ms,
+        **_flat_to_avro(signed.event, _EVENT_FIELDS),
         "signer": signed.signer,
         "issuedMs": signed.issued_ms,
         "signature": signed.signature,
@@ -482,15 +469,7 @@ def _signed_event_to_avro(signed: SignedModelEvent) -> dict:
 
 
 def _event_from_avro(datum: dict) -> ModelEvent:
-    return ModelEvent(
-        datum["kind"],
-        datum["modelName"],
-        datum["reason"],
-        datum["shard"],
-        datum["previousModel"],
-        datum["loadMs"],
-        datum["arrivalMs"],
-    )
+    return _flat_from_avro(ModelEvent, datum, _EVENT_FIELDS)
 
 
 def _signed_event_from_avro(datum: dict) -> SignedModelEvent:
@@ -505,35 +484,12 @@ EVENT = AvroCodec("ModelEvent", _event_to_avro, _event_from_avro)
 SIGNED_EVENT = AvroCodec("ModelEvent", _signed_event_to_avro, _signed_event_from_avro)
 
 
-_REPORT_FIELDS = {
-    "challenger": "challenger",
-    "champion": "champion",
-    "mode": "mode",
-    "fraction": "fraction",
-    "shard": "shard",
-    "window": "window",
-    "closedBy": "closed_by",
-    "records": "records",
-    "challengerRecords": "challenger_records",
-    "challengerErrors": "challenger_errors",
-    "comparedRecords": "compared_records",
-    "comparedPairs": "compared_pairs",
-    "topK": "top_k",
-    "topKAgreement": "top_k_agreement",
-    "meanAbsDiff": "mean_abs_diff",
-    "championBatchMs": "champion_batch_ms",
-    "challengerBatchMs": "challenger_batch_ms",
-    "startTime": "start_time",
-    "endTime": "end_time",
-}
-
-
 def _report_to_avro(report: ChallengerReport) -> dict:
-    return {avro_name: getattr(report, name) for avro_name, name in _REPORT_FIELDS.items()}
+    return _flat_to_avro(report, _REPORT_FIELDS)
 
 
 def _report_from_avro(datum: dict) -> ChallengerReport:
-    return ChallengerReport(**{name: datum[avro_name] for avro_name, name in _REPORT_FIELDS.items()})
+    return _flat_from_avro(ChallengerReport, datum, _REPORT_FIELDS)
 
 
 REPORT = AvroCodec("ChallengerReport", _report_to_avro, _report_from_avro)

@@ -354,3 +354,15 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
         and results[2].result.model_result.probabilities == []
     )
     assert results[0].result.model_result.probabilities == [0.5, 0.5]
+
+
+def test_the_allowed_ops_share_none_with_the_denied_or_checkpoint_ops():
+    from flows.admission.graph import (
+        CHECKPOINT_RESTORE_OPS,
+        CHECKPOINT_SAVE_OPS,
+        DEFAULT_ALLOWED_OPS,
+        DENIED_OPS,
+    )
+
+    assert not DEFAULT_ALLOWED_OPS & DENIED_OPS
+    assert not DEFAULT_ALLOWED_OPS & (CHECKPOINT_SAVE_OPS | CHECKPOINT_RESTORE_OPS)

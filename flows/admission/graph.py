@@ -50,7 +50,7 @@ import ast
 import functools
 import importlib.util
 import pathlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # the shipped models' saved_model.pb are 37 KB
 
@@ -374,8 +374,7 @@ DENIED_OPS: frozenset[str] = frozenset(
     }
 )
 
-assert not DEFAULT_ALLOWED_OPS & DENIED_OPS, DEFAULT_ALLOWED_OPS & DENIED_OPS
-assert not DEFAULT_ALLOWED_OPS & (CHECKPOINT_SAVE_OPS | CHECKPOINT_RESTORE_OPS)
+# The allow-list shares no op with the denied or checkpoint lists: tests/test_admission.py checks it.
 
 # Keys the TF loaders read to find the op run at load (tensorflow/python/saved_model/constants.py).
 _INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
@@ -478,29 +477,29 @@ def _callees(node, library: dict) -> Iterator[str]:
         yield from _func_names_in_attr(value)
 
 
-def _closure(roots: Iterable[str], calls: dict[str, set[str]]) -> set[str]:
+def _reachable(
+    starts: Iterable[str], known: Container[str], after: Callable[[str], Iterable[str]]
+) -> set[str]:
+    """The names in ``known`` reachable from ``starts`` (themselves included), going from a name to ``after(name)``."""
     seen: set[str] = set()
-    stack = [r for r in roots if r in calls]
+    stack = [name for name in starts if name in known]
     while stack:
         name = stack.pop()
         if name in seen:
             continue
         seen.add(name)
-        stack.extend(c for c in calls[name] if c in calls and c not in seen)
+        stack.extend(next_name for next_name in after(name) if next_name in known and next_name not in seen)
     return seen
+
+
+def _closure(roots: Iterable[str], calls: dict[str, set[str]]) -> set[str]:
+    """Functions that calling ``roots`` may run (the callees, transitively)."""
+    return _reachable(roots, calls, calls.__getitem__)
 
 
 def _upstream(starts: Iterable[str], nodes: dict) -> set[str]:
     """Top-level nodes that running ``starts`` runs (data and control inputs, transitively)."""
-    seen: set[str] = set()
-    stack = [s for s in starts if s in nodes]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        stack.extend(i for i in (_node_name(x) for x in nodes[name].input) if i in nodes and i not in seen)
-    return seen
+    return _reachable(starts, nodes, lambda name: (_node_name(x) for x in nodes[name].input))
 
 
 def _signature_tensor_names(tensor_info) -> Iterator[str]:
