@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from support.core_runs import at, messages, run_core
+from support.core_runs import Turn, at, every_shard, messages, run_core, run_in_turns
 
 from flows.admission.descriptor_checks import experiment_refusal
 from flows.admission.policy import AdmissionPolicy
@@ -216,15 +216,20 @@ def test_a_canary_answers_its_fraction_of_users_always_the_same_ones(workers, mo
 def test_promote_and_retire_swap_roles_without_losing_or_repeating_a_record(workers, model_v1, model_v2):
     data_records = records(2000, seed=3)
     batches = in_batches(numbered(data_records), 25)
-    data = [(0.5 + 4.0 * index / len(batches), batch) for index, batch in enumerate(batches)]  # 500/s
-    models = (
-        at(0, [model_v1])
-        + at(0.3, [challenger(model_v2, SHADOW)])
-        + at(2.0, [command(model_v2.model_name, PROMOTE)])  # near record 750
-        + at(2.8, [challenger(model_v1, CANARY, 0.5)])  # near record 1150
-        + at(3.8, [command(model_v1.model_name, RETIRE)])  # near record 1650
-    )
-    run = run_core(data, models, workers=workers, challengers=SETTINGS)
+
+    def retired_everywhere(run) -> bool:
+        closed = {r.shard for r in list(run.reports) if (r.challenger, r.closed_by) == (v1, "retired")}
+        return len(closed) >= 4
+
+    v1, v2 = model_v1.model_name, model_v2.model_name
+    turns = [
+        Turn([model_v1], batches[:12], every_shard("swapped", v1, 4)),  # records 0-299
+        Turn([challenger(model_v2, SHADOW)], batches[12:30], every_shard("challenging", v2, 4)),
+        Turn([command(v2, PROMOTE)], batches[30:46], every_shard("swapped", v2, 4)),  # from record 750
+        Turn([challenger(model_v1, CANARY, 0.5)], batches[46:66], every_shard("challenging", v1, 4)),
+        Turn([command(v1, RETIRE)], batches[66:], retired_everywhere),  # from record 1650
+    ]
+    run = run_in_turns(turns, workers=workers, challengers=SETTINGS)
 
     assert run.errors() == []
     assert sorted(item.origin for item in run.results) == list(range(len(data_records)))  # none lost or twice

@@ -7,7 +7,16 @@ from dataclasses import replace
 
 import pytest
 from support.bad_models import bad_models
-from support.core_runs import assert_same_scores, at, messages, run_core, sample_records
+from support.core_runs import (
+    Turn,
+    assert_same_scores,
+    at,
+    every_shard,
+    messages,
+    run_core,
+    run_in_turns,
+    sample_records,
+)
 
 from flows.admission.policy import admission_policy
 from flows.context import ServingContext
@@ -32,9 +41,13 @@ def scores(run, model_name):
 @pytest.mark.parametrize("workers", WORKERS)
 def test_model_swap_mid_stream_changes_the_scores(workers, model_v1, model_v2):
     records = sample_records(40)
-    data = at(0, messages(records)) + at(1.5, messages(records))
-    models = at(0, [model_v1]) + at(0.75, [model_v2])
-    run = run_core(data, models, workers=workers)
+    run = run_in_turns(
+        [
+            Turn([model_v1], messages(records), every_shard("swapped", model_v1.model_name, 4)),
+            Turn([model_v2], messages(records), every_shard("swapped", model_v2.model_name, 4)),
+        ],
+        workers=workers,
+    )
 
     assert run.errors() == []
     by_model = run.by_model()
@@ -84,13 +97,22 @@ def test_input_ending_before_any_model_is_reported(workers):
 def test_bad_models_leave_the_previous_model_serving(workers, model_v1, tmp_path):
     rejects = bad_models(model_v1, tmp_path)
     undecodable = DecodeFailure("ModelDescriptor", "not Avro single-object encoded", b"junk")
-    models = at(0, [model_v1]) + at(0.5, [descriptor for descriptor, _ in rejects] + [undecodable])
     records = sample_records(20)
-    data = at(1.5, messages(records))
+
+    def all_judged(run) -> bool:
+        return sum(event.kind == "rejected" for event in list(run.events)) >= len(rejects) + 1
+
     # A slot for every load, so none waits and is superseded by the next (that has a test of its own in
     # test_model_lifecycle): each bad model is judged, with its own reason.
     policy = replace(admission_policy(Settings()), max_loads=len(rejects) + 1)
-    run = run_core(data, models, workers=workers, context=ServingContext.create(policy))
+    run = run_in_turns(
+        [
+            Turn([model_v1], [], every_shard("swapped", model_v1.model_name, 4)),
+            Turn([descriptor for descriptor, _ in rejects] + [undecodable], messages(records), all_judged),
+        ],
+        workers=workers,
+        context=ServingContext.create(policy),
+    )
 
     assert run.errors() == []
     assert len(run.by_model()[model_v1.model_name]) == len(records)

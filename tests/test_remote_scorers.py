@@ -16,10 +16,12 @@ from support.core_runs import (
     FlowRun,
     GatedSource,
     ScheduledSource,
+    Turn,
     at,
+    every_shard,
     messages,
-    run_core,
     run_in_thread,
+    run_in_turns,
     sample_records,
     serve_into,
 )
@@ -124,15 +126,11 @@ def test_swaps_between_embedded_and_remote_and_between_servers_mid_stream(server
     grpc_v1 = remote(servers["tfserving"], "tfserving", "grpc", "remote-v1")
     rest_v2 = remote(servers["tfserving-v2"], "tfserving", "http", "remote-v2")
     mlserver_v1 = remote(servers["v2"], "v2", "grpc", "mlserver-v1")
-    models = (
-        at(0, [model_v1])
-        + at(0.6, [grpc_v1])
-        + at(1.2, [rest_v2])
-        + at(1.8, [mlserver_v1])
-        + at(2.4, [model_v2])
-    )
-    data = [item for t in (0.3, 0.9, 1.5, 2.1, 2.7) for item in at(t, messages(records))]
-    run = run_core(data, models)
+    turns = [
+        Turn([model], messages(records), every_shard("swapped", model.model_name, 4))
+        for model in (model_v1, grpc_v1, rest_v2, mlserver_v1, model_v2)
+    ]
+    run = run_in_turns(turns)
 
     assert run.errors() == []
     scores = {
@@ -236,8 +234,9 @@ def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
     finally:
         http_srv.shutdown()
         grpc_srv.stop(grace=None)
-    # The metadata check, admission's probe, then one Predict each.
-    assert len(recorder.seen) == 3 and len(seen_headers) == 3
+    # The metadata check, admission's probe, then one Predict each (more if a call was retried: every
+    # request must carry the headers, however many a loaded machine made).
+    assert len(recorder.seen) >= 3 and len(seen_headers) >= 3
     for metadata in recorder.seen + [
         {key.lower(): value for key, value in headers.items()} for headers in seen_headers
     ]:

@@ -228,3 +228,104 @@ def run_core(
     else:
         cluster_main(flow, [], 0, epoch_interval=timedelta(milliseconds=100), worker_count_per_proc=workers)
     return run
+
+
+# --- runs in turns: each step waits for an event, not for a wall-clock window -------------------------------
+
+
+class _TurnPartition(StatefulSourcePartition):
+    def __init__(self, steps: list[tuple[threading.Event, list[Any]]], resume: int | None) -> None:
+        self.steps = steps
+        self.position = resume or 0
+
+    def next_batch(self) -> list:
+        if self.position >= len(self.steps):
+            raise StopIteration()
+        gate, items = self.steps[self.position]
+        if not gate.is_set():
+            return []
+        self.position += 1
+        return list(items)
+
+    def next_awake(self) -> datetime:
+        return datetime.now(timezone.utc) + timedelta(milliseconds=10)
+
+    def snapshot(self) -> int:
+        return self.position
+
+
+class TurnSource(FixedPartitionedSource):
+    """Emits each step's items once its gate is set; one partition, so any number of workers emit them once."""
+
+    def __init__(self, steps: list[tuple[threading.Event, list[Any]]]) -> None:
+        self.steps = steps
+
+    def list_parts(self) -> list[str]:
+        return ["turns"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _TurnPartition:
+        return _TurnPartition(self.steps, resume_state)
+
+
+@dataclass
+class Turn:
+    """Model messages, then, once `ready(run)` holds, records: a step of a run in turns."""
+
+    models: list[Any]
+    records: list[Any]
+    ready: Any  # Callable[[FlowRun], bool]
+
+
+def every_shard(kind: str, model_name: str, shards: int) -> Any:
+    """A `Turn.ready`: every shard has reported `kind` (swapped, challenging, ...) for `model_name`."""
+
+    def ready(run: FlowRun) -> bool:
+        events = list(run.events)
+        return (
+            len({e.shard for e in events if e.kind == kind and e.model_name == model_name and e.shard})
+            >= shards
+        )
+
+    return ready
+
+
+def run_in_turns(
+    turns: list[Turn],
+    workers: int = 1,
+    context: ServingContext | None = None,
+    timeout: float = 120,
+    **options: Any,
+) -> FlowRun:
+    """Run the serving core turn by turn: a turn's models go in, its records follow once the run shows the
+    turn's event (every shard serving the model, say), and the next turn starts once they are all answered.
+    What a test asserts then depends on events and counts, not on how fast a loaded machine loads a model."""
+    run = FlowRun(context=context or ServingContext.create())
+    model_steps = [(threading.Event(), turn.models) for turn in turns]
+    data_steps = [(threading.Event(), turn.records) for turn in turns]
+    flow = serve_into(run, TurnSource(data_steps), TurnSource(model_steps), **options)
+    if workers == 1:
+        target, args = run_main, (flow,)
+    else:
+        target, args = cluster_main, (flow, [], 0)
+    kwargs = {"epoch_interval": timedelta(milliseconds=100)}
+    if workers > 1:
+        kwargs["worker_count_per_proc"] = workers
+    thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
+    thread.start()
+    answered = 0
+    for index, turn in enumerate(turns):
+        model_steps[index][0].set()
+        _wait(lambda ready=turn.ready: ready(run), f"turn {index}'s event", timeout)
+        data_steps[index][0].set()
+        answered += sum(len(item) if isinstance(item, list) else 1 for item in turn.records)
+        _wait(lambda count=answered: len(run.results) >= count, f"turn {index}'s {answered} results", timeout)
+    thread.join(timeout)
+    assert not thread.is_alive(), "the run did not end after its last turn"
+    return run
+
+
+def _wait(condition: Any, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
