@@ -1,4 +1,10 @@
-"""Fixtures: TensorFlow imported once, the shipped models as descriptors, a broker for the session."""
+"""Fixtures: the shipped models as descriptors (TensorFlow imported once, by the tests that use a model), a
+broker for the session; and the markers that let a developer run one layer of the suite.
+
+Markers, set here from what a test uses: `kafka` (it needs the session's broker), `servers` (it starts model
+servers), `k8s` (the Kubernetes manifests), `slow` (it runs the main job, a tool or the benchmark as a
+process). The fast unit layer: `python -m pytest -m "not kafka and not servers and not k8s and not slow"`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,46 @@ from flows.settings import SHIPPED_MODELS_DIR
 from flows.sources.generators import shipped_model
 from flows.tensorflow_runtime import tensorflow
 
+# Modules whose tests run the main job, a tool or the benchmark as a process of its own.
+PROCESS_MODULES = {
+    "test_admission_kafka", "test_backlog", "test_bench", "test_challenger_kafka", "test_kafka", "test_main_job",
+    "test_no_crash_loop", "test_package", "test_retraining", "test_shutdown", "test_signed_lifecycle_kafka",
+    "test_layers",
+}  # fmt: skip
+SERVER_MODULES = {"test_remote_scorers"}
+# Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).
+WITHOUT_TENSORFLOW = {
+    "test_avro", "test_event_signing", "test_generators", "test_json_lines_sink", "test_kafka_sink",
+    "test_locations_and_endpoints", "test_readme", "test_record_polls", "test_retrain_gate",
+}  # fmt: skip
 
-@pytest.fixture(scope="session", autouse=True)
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        fixtures = getattr(item, "fixturenames", ())
+        if "kafka_bootstrap" in fixtures:
+            item.add_marker(pytest.mark.kafka)
+        if module in SERVER_MODULES:
+            item.add_marker(pytest.mark.servers)
+        if module == "test_k8s":
+            item.add_marker(pytest.mark.k8s)
+        if module in PROCESS_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
 def tensorflow_imported():
-    """Import TensorFlow once up front, so model loads inside timed flows take milliseconds, not seconds."""
+    """Import TensorFlow once, in the main thread, before a test loads a model: a model load inside a flow
+    then takes milliseconds, not seconds, and TensorFlow is never first imported on a loader thread."""
     return tensorflow()
+
+
+@pytest.fixture(autouse=True)
+def _tensorflow_unless_not_needed(request: pytest.FixtureRequest) -> None:
+    """Every module but those that never load a model gets TensorFlow imported first."""
+    if request.module.__name__.rsplit(".", 1)[-1] not in WITHOUT_TENSORFLOW:
+        request.getfixturevalue("tensorflow_imported")
 
 
 @pytest.fixture(scope="session")
