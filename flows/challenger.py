@@ -40,6 +40,7 @@ from flows.records import CANARY, ChallengerReport, DataMessage, ModelDescriptor
 from flows.scorers import Scorer
 from flows.scoring import Pairs, pairs_of, score_batch
 from flows.settings import Settings
+from flows.vocabulary import ClosedBy
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class ChallengerSlot:
     def of(cls, descriptor: ModelDescriptor, champion: str) -> ChallengerSlot:
         return cls(descriptor.model_name, descriptor.digest, descriptor.mode, descriptor.fraction, champion)
 
-    def report(self, shard: str, closed_by: str, top_k: int) -> ChallengerReport:
+    def report(self, shard: str, closed_by: ClosedBy, top_k: int) -> ChallengerReport:
         """The window so far as a report."""
         window = self.window
         return ChallengerReport(

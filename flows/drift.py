@@ -29,6 +29,7 @@ from bytewax.operators import StatefulBatchLogic
 from flows.observability.serving_state import ServingState
 from flows.records import ModelEvent, ScoredBatch
 from flows.settings import Settings
+from flows.vocabulary import EventKind
 
 FEATURES = ("user", "products per record", "product", "score")
 DECILES = np.linspace(0.1, 0.9, 9)
@@ -220,7 +221,7 @@ class DriftMonitor:
             f"{self.reference_size:,}); "
             + ", ".join(f"{name} {drift.psi:.3f}" for name, drift in state.last.items())
         )
-        return [ModelEvent("drift" if over else "recovered", state.model_name, reason)]
+        return [ModelEvent(EventKind.DRIFT if over else EventKind.RECOVERED, state.model_name, reason)]
 
 
 class DriftLogic(StatefulBatchLogic[BatchFeatures, ModelEvent, DriftState]):

@@ -56,6 +56,7 @@ from flows.admission.freshness import FreshnessMarks
 from flows.records import PROMOTE, DecodeFailure, ModelDescriptor, ModelEvent, ms_since, restore_with_defaults
 from flows.scorers import ModelLoadError, ScorerCache
 from flows.scorers.cache import ModelLoad
+from flows.vocabulary import ClosedBy, EventKind
 
 HOLDER_KEY = "model-holder"
 POLL = timedelta(milliseconds=10)
@@ -83,7 +84,7 @@ class ChallengerEnded:
     """The challenger `model_name` leaves the shards: `promoted` (it is the champion now) or `retired`."""
 
     model_name: str
-    closed_by: str
+    closed_by: ClosedBy
 
 
 Arrival = tuple[ModelDescriptor, float]  # a model message and when it reached the flow
@@ -173,11 +174,11 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         """Send the model restored from recovery to every shard again."""
         self.resend_pending = False
         if self.current is not None:
-            outputs.append(ModelEvent("resent", self.current.model_name, "restored from recovery"))
+            outputs.append(ModelEvent(EventKind.RESENT, self.current.model_name, "restored from recovery"))
             outputs.append(AcceptedModel(self.current, time.time()))
         if self.challenger is not None:
             reason = f"restored from recovery, {self.challenger.experiment()}"
-            outputs.append(ModelEvent("resent", self.challenger.model_name, reason))
+            outputs.append(ModelEvent(EventKind.RESENT, self.challenger.model_name, reason))
             outputs.append(AcceptedModel(self.challenger, time.time()))
 
     def on_eof(self) -> tuple[Iterable[HolderOutput], bool]:
@@ -213,11 +214,13 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
                 self._end_catch_up()
             return
         if isinstance(value, DecodeFailure):
-            outputs.append(ModelEvent("rejected", "", f"undecodable {value.schema} message: {value.reason}"))
+            outputs.append(
+                ModelEvent(EventKind.REJECTED, "", f"undecodable {value.schema} message: {value.reason}")
+            )
             return
         refused = self._refusal(value)
         if refused:
-            outputs.append(ModelEvent("rejected", value.model_name, refused + self._still_serving()))
+            outputs.append(ModelEvent(EventKind.REJECTED, value.model_name, refused + self._still_serving()))
             return
         if self.catching_up:
             self._remember_at_startup(value)
@@ -271,7 +274,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             target = f" ({command.target_digest})" if command.target_digest else ""
             outputs.append(
                 ModelEvent(
-                    "rejected",
+                    EventKind.REJECTED,
                     name,
                     f"cannot {command.command} {name!r}{target}: the challenger is {serving}",
                 )
@@ -285,17 +288,21 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             previous = self.current.model_name if self.current else ""
             self.current = _as_champion(challenger)
             outputs.append(
-                ModelEvent("promoted", name, "the challenger is the champion", previous_model=previous)
+                ModelEvent(
+                    EventKind.PROMOTED, name, "the challenger is the champion", previous_model=previous
+                )
             )
             # The champion first: shards then take the scorer they hold as challenger, and let go of it after.
             outputs.append(AcceptedModel(self.current, time.time()))
-            outputs.append(ChallengerEnded(name, "promoted"))
+            outputs.append(ChallengerEnded(name, ClosedBy.PROMOTED))
             return
         if self.held_challenger_digest is not None:
             self.cache.release(self.held_challenger_digest)
             self.held_challenger_digest = None
-        outputs.append(ModelEvent("retired", name, f"the champion {self._champion_name()!r} answers alone"))
-        outputs.append(ChallengerEnded(name, "retired"))
+        outputs.append(
+            ModelEvent(EventKind.RETIRED, name, f"the champion {self._champion_name()!r} answers alone")
+        )
+        outputs.append(ChallengerEnded(name, ClosedBy.RETIRED))
 
     def _start(
         self, descriptor: ModelDescriptor, arrived_at: float, outputs: list[HolderOutput] | None = None
@@ -370,7 +377,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
     def _reject(self, candidate: _Candidate, reason: str, outputs: list[HolderOutput]) -> None:
         self.cache.release(candidate.descriptor.digest)
         name = candidate.descriptor.model_name
-        outputs.append(ModelEvent("rejected", name, reason + self._still_serving()))
+        outputs.append(ModelEvent(EventKind.REJECTED, name, reason + self._still_serving()))
 
     def _accept(self, candidate: _Candidate, load_ms: float, outputs: list[HolderOutput]) -> None:
         descriptor = candidate.descriptor
@@ -385,7 +392,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         self.current = descriptor
         self.resend_pending = False
         event = ModelEvent(
-            "accepted",
+            EventKind.ACCEPTED,
             descriptor.model_name,
             descriptor.description,
             previous_model=previous,
@@ -410,7 +417,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         self.challenger = descriptor
         reason = f"as {descriptor.experiment()} beside {self.current.model_name!r}{replaced}"
         event = ModelEvent(
-            "accepted",
+            EventKind.ACCEPTED,
             descriptor.model_name,
             reason,
             load_ms=load_ms,

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from flows.vocabulary import ClosedBy, Command, EventKind, Mode, Role
+
 MAX_REASON_CHARS = 1_000
 
 
@@ -135,12 +137,10 @@ class RecommenderResult:
     metadata: ModelResultMetadata
 
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-SHADOW = "shadow"
-CANARY = "canary"
-PROMOTE = "promote"
-RETIRE = "retire"
+# The words of an experiment, as the descriptor's fields hold them (see `flows.vocabulary`).
+CHAMPION, CHALLENGER = Role.CHAMPION, Role.CHALLENGER
+SHADOW, CANARY = Mode.SHADOW, Mode.CANARY
+PROMOTE, RETIRE = Command.PROMOTE, Command.RETIRE
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +382,7 @@ class ChallengerReport:
     fraction: float
     shard: str
     window: int
-    closed_by: str
+    closed_by: ClosedBy
     records: int
     challenger_records: int
     challenger_errors: int
@@ -401,8 +401,8 @@ class ChallengerReport:
             f"challenger {self.challenger!r} ({self.mode} of {self.champion!r}) on {self.shard}, "
             f"window {self.window}"
         )
-        closed = "" if self.closed_by == "window" else f" ({self.closed_by})"
-        if self.mode == "shadow":
+        closed = "" if self.closed_by == ClosedBy.WINDOW else f" ({self.closed_by})"
+        if self.mode == Mode.SHADOW:
             body = (
                 f"{self.challenger_records:,} of {self.records:,} records compared: top-{self.top_k} agreement "
                 f"{self.top_k_agreement:.2f}, mean |score difference| {self.mean_abs_diff:.3f}"
@@ -428,15 +428,10 @@ class DecodeFailure:
 
 @dataclass(frozen=True, slots=True)
 class ModelEvent:
-    """Something that happened to a model: accepted or rejected by the flow, or swapped in on a shard.
+    """Something that happened to a model: its `kind` (`flows.vocabulary.EventKind` says each one), the
+    model, why, and on which shard (empty: flow-wide)."""
 
-    Flow-wide (empty `shard`): "accepted", "rejected" (with the reason; the previous model keeps serving),
-    "resent" (the holder re-sent its model after a restart). Per shard: "swapped", "restored" (the model
-    the shard had before a restart is back, statistics kept), "failed" (the shard could not build a model
-    the flow had accepted; its previous model keeps serving).
-    """
-
-    kind: str
+    kind: EventKind
     model_name: str
     reason: str = ""
     shard: str = ""
@@ -445,6 +440,9 @@ class ModelEvent:
     arrival_ms: float = 0.0  # from the model message's arrival at the flow to this event
 
     def __post_init__(self) -> None:
+        # A kind read from the events topic that this version does not know stays the string it was.
+        if not isinstance(self.kind, EventKind) and self.kind in EventKind._value2member_map_:
+            object.__setattr__(self, "kind", EventKind(self.kind))
         # Names and reasons can come from a hostile message: bounded before they reach any output.
         object.__setattr__(self, "reason", cut(self.reason))
         object.__setattr__(self, "model_name", cut(self.model_name, 300))

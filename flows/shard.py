@@ -52,6 +52,7 @@ from flows.records import (
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scorers.cache import ModelLoad
 from flows.scoring import score_batch, unscored
+from flows.vocabulary import ClosedBy, EventKind
 
 POLL = timedelta(milliseconds=10)
 
@@ -121,7 +122,7 @@ class ChallengerEnd:
 
     shard: str
     model_name: str
-    closed_by: str
+    closed_by: ClosedBy
 
 
 # Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
@@ -216,11 +217,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self._swap_when_ready(outputs)
         if self.scorer is not None and self._canary_reloading():
             # The restored canary never came back: the champion answers its held users.
-            self._close_challenger("ended", outputs)
+            self._close_challenger(ClosedBy.ENDED, outputs)
             self._score_held(outputs)
         slot = self.state.challenger
         if slot is not None and slot.window.records:
-            self._report(slot, "ended", outputs)  # a bounded run's last, partial window
+            self._report(slot, ClosedBy.ENDED, outputs)  # a bounded run's last, partial window
             slot.window = slot.window.next()
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
@@ -277,10 +278,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
             outputs.append(ShadowResults(scored.shadow))
         if slot is not None and slot.window.challenger_records >= self.challengers.window:
-            self._report(slot, "window", outputs)
+            self._report(slot, ClosedBy.WINDOW, outputs)
             slot.window = slot.window.next()
 
-    def _report(self, slot: ChallengerSlot, closed_by: str, outputs: list[ShardOutput]) -> None:
+    def _report(self, slot: ChallengerSlot, closed_by: ClosedBy, outputs: list[ShardOutput]) -> None:
         report = slot.report(self.shard, closed_by, self.challengers.top_k)
         self.serving_state.challenger(report)
         outputs.append(report)
@@ -363,7 +364,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if self.state.challenger is not None:
             self.state.challenger.champion = descriptor.model_name
         self._new_stats(descriptor)
-        outputs.append(ModelEvent("swapped", descriptor.model_name, "renamed", self.shard, previous))
+        outputs.append(ModelEvent(EventKind.SWAPPED, descriptor.model_name, "renamed", self.shard, previous))
 
     def _new_stats(self, descriptor: ModelDescriptor) -> None:
         self.state.stats = ModelToServeStats(
@@ -387,7 +388,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.incoming_challenger = (update, self.cache.request(descriptor))
         self._swap_when_ready(outputs)
 
-    def _end_challenger(self, name: str, closed_by: str, outputs: list[ShardOutput]) -> None:
+    def _end_challenger(self, name: str, closed_by: ClosedBy, outputs: list[ShardOutput]) -> None:
         """The challenger `name` leaves this shard, with a last report of its partial window."""
         if self.incoming_challenger is not None and self.incoming_challenger[0].descriptor.model_name == name:
             self.cache.release(self.incoming_challenger[0].descriptor.digest)
@@ -398,7 +399,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self._close_challenger(closed_by, outputs)
         self._score_held(outputs)  # records a restored canary held, if it never loaded again
 
-    def _close_challenger(self, closed_by: str, outputs: list[ShardOutput]) -> None:
+    def _close_challenger(self, closed_by: ClosedBy, outputs: list[ShardOutput]) -> None:
         slot = self.state.challenger
         assert slot is not None
         if slot.window.records:
@@ -418,7 +419,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             scorer, load_ms = load.result()
         except ModelLoadError as error:
             self.cache.release(descriptor.digest)
-            outputs.append(ModelEvent("failed", descriptor.model_name, error.reason, self.shard))
+            outputs.append(ModelEvent(EventKind.FAILED, descriptor.model_name, error.reason, self.shard))
             if self.challenger_scorer is None and self.state.challenger is not None:
                 self.state.challenger = None  # restored, and it cannot run again here: the champion answers
                 self._score_held(outputs)
@@ -429,12 +430,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             slot.mode, slot.fraction = descriptor.mode, descriptor.fraction
         else:
             if slot is not None:
-                self._close_challenger("replaced", outputs)
+                self._close_challenger(ClosedBy.REPLACED, outputs)
             self.state.challenger = ChallengerSlot.of(descriptor, self.state.model_name)
         self.challenger_scorer = scorer
         reason = f"{descriptor.experiment()} beside {self.state.model_name!r}"
         arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
-        kind = "restored" if restored else "challenging"
+        kind = EventKind.RESTORED if restored else EventKind.CHALLENGING
         outputs.append(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
         if self.scorer is not None:
             self._score_held(outputs)
@@ -453,7 +454,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         except ModelLoadError as error:
             self.cache.release(descriptor.digest)
             outputs.append(
-                ModelEvent("failed", descriptor.model_name, error.reason, self.shard, self.state.model_name)
+                ModelEvent(
+                    EventKind.FAILED, descriptor.model_name, error.reason, self.shard, self.state.model_name
+                )
             )
             if self.scorer is None:
                 self._release_overflow(outputs)
@@ -474,7 +477,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if restored and self.state.stats is not None:
             outputs.append(
                 ModelEvent(
-                    "restored",
+                    EventKind.RESTORED,
                     descriptor.model_name,
                     shard=self.shard,
                     load_ms=load_ms,
@@ -484,6 +487,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         else:
             self._new_stats(descriptor)
             outputs.append(
-                ModelEvent("swapped", descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms)
+                ModelEvent(
+                    EventKind.SWAPPED, descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms
+                )
             )
         self._score_held(outputs)

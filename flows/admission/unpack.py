@@ -21,12 +21,13 @@ import tempfile
 from pathlib import Path
 
 from flows.admission.policy import AdmissionPolicy
+from flows.errors import ServingError
 
 MAX_VERDICT_BYTES = 64 * 1024
 CHILD_COMMAND = (sys.executable, "-m", "flows.admission.unpack_child")
 
 
-class UnpackRefused(ValueError):
+class UnpackRefused(ServingError, ValueError):
     """The child refused the model, or was stopped by a limit; the message says which."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from flows.admission.graph import DEFAULT_MAX_BYTES, inspect_saved_model
+from flows.errors import ServingError
 
 CHUNK = 1024 * 1024
 MAX_MEMBER_NAME = 1024
@@ -38,7 +39,7 @@ EXTENDED_TYPES = frozenset(b"xgLK")
 ENTRY_TYPES = frozenset(b"05\x00")  # regular file (also the old NUL flag), directory
 
 
-class Refused(Exception):
+class Refused(ServingError):
     """The archive breaks a rule; the message says which."""
 
 

@@ -34,6 +34,7 @@ from flows.records import ModelDescriptor, ModelEvent, ModelType
 from flows.settings import SHIPPED_MODELS_DIR, Settings
 from flows.sources.batched import PollBatches
 from flows.sources.generators import DataGenerator, shipped_model
+from flows.vocabulary import EventKind
 
 
 def flood_of(directory: Path, count: int) -> list[ModelDescriptor]:
@@ -125,7 +126,11 @@ def run_model_flood(
 
     names = {message.model_name for message in messages}
     verdicts = [(t, e) for t, e in events.arrivals if not e.shard and e.model_name in names]
-    arrived = min(t - e.arrival_ms / 1000 for t, e in verdicts if e.kind == "accepted") if verdicts else None
+    arrived = (
+        min(t - e.arrival_ms / 1000 for t, e in verdicts if e.kind == EventKind.ACCEPTED)
+        if verdicts
+        else None
+    )
     return report(
         "model-flood",
         records,
@@ -136,8 +141,8 @@ def run_model_flood(
         flood=flood,
         loads_started=context.cache.builds,
         most_loads_at_once=getattr(context.cache, "most_running", None),
-        accepted=sum(e.kind == "accepted" for _, e in verdicts),
-        rejected=sum(e.kind == "rejected" for _, e in verdicts),
+        accepted=sum(e.kind == EventKind.ACCEPTED for _, e in verdicts),
+        rejected=sum(e.kind == EventKind.REJECTED for _, e in verdicts),
         settled_s=round(max(t for t, _ in verdicts) - arrived, 2) if arrived is not None else None,
         max_latency_ms=round(float(np.max(results.latency_ms)), 1),
         peak_rss_mb=round(sampler.peak_rss_mb),

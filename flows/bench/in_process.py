@@ -37,6 +37,7 @@ from flows.sources.generators import DataGenerator, ModelGenerator, shipped_mode
 from flows.sources.wrapping import PartitionWrapper, SourceWrapper
 from flows.testing.local_servers import mlserver, tfserving_double
 from flows.testing.loopback import free_port
+from flows.vocabulary import EventKind
 
 
 class TimedScorer:
@@ -265,7 +266,9 @@ def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: i
 
     if len(results.arrived) != records:
         raise SystemExit(f"bench: expected {records} results, got {len(results.arrived)}")
-    accepted = [(t, e) for t, e in events.arrivals if e.kind == "accepted" and e.model_name == v2.model_name]
+    accepted = [
+        (t, e) for t, e in events.arrivals if e.kind == EventKind.ACCEPTED and e.model_name == v2.model_name
+    ]
     if not accepted:
         raise SystemExit(f"bench: {v2.model_name} was never accepted: {[str(e) for _, e in events.arrivals]}")
     accepted_at, event = accepted[0]
@@ -275,7 +278,9 @@ def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: i
     gaps = np.diff(times) * 1000
     window = (times[1:] >= published_at) & (times[:-1] <= by_v2[0] + 0.5) if len(by_v2) else np.zeros(0, bool)
     shard_ms = [
-        e.arrival_ms for _, e in events.arrivals if e.kind == "swapped" and e.model_name == v2.model_name
+        e.arrival_ms
+        for _, e in events.arrivals
+        if e.kind == EventKind.SWAPPED and e.model_name == v2.model_name
     ]
     return report(
         "swap",

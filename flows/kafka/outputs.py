@@ -39,6 +39,7 @@ from flows.records import (
     cut,
 )
 from flows.settings import Settings
+from flows.vocabulary import EventKind
 
 
 def result_messages(batch: Sequence[ScoredMessage]) -> list[SinkMessage]:
@@ -139,7 +140,7 @@ def smaller_event(message: SinkMessage, reason: str, signer: EventSigner | None 
     """The event with its reason cut to what a few hundred bytes hold (the sink's `shrink`), signed anew."""
     event = EVENT.decode(message.value or b"")
     if isinstance(event, DecodeFailure):  # cannot happen for our own encoding
-        event = ModelEvent("unknown", "")
+        event = ModelEvent(EventKind.UNKNOWN, "")
     smaller = replace(event, reason=cut(f"{event.reason} (cut: {reason})", 300))
     headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
     return SinkMessage(message.key, _encode_event(smaller, signer), topic=message.topic, headers=headers)

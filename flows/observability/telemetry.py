@@ -26,6 +26,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from flows.observability.serving_state import ServingState
 from flows.records import DataMessage, ModelEvent, ScoredBatch
+from flows.vocabulary import EventKind
 
 TRACEPARENT = "traceparent"
 INSTRUMENTATION = "flows.serving"
@@ -178,7 +179,7 @@ class Telemetry:
         span = self.tracer.start_span(
             f"model {event.kind}", attributes=attributes, start_time=now - int(event.load_ms * 1e6)
         )
-        if event.kind in ("rejected", "failed"):
+        if event.kind in (EventKind.REJECTED, EventKind.FAILED):
             span.set_status(Status(StatusCode.ERROR, event.reason[:500]))
         span.end(end_time=now)
 

@@ -16,6 +16,7 @@ import numpy as np
 from flows.admission.descriptor_checks import refusal
 from flows.admission.policy import AdmissionPolicy
 from flows.admission.probe import probe_batch, probe_problem
+from flows.errors import ServingError
 from flows.records import ModelDescriptor, ModelType, cut
 
 # What every recommender model takes and returns, wherever it runs: float32 tensors of shape [N, 1].
@@ -24,7 +25,7 @@ INPUTS = ("users", "products")
 OUTPUT = "predictions"
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(ServingError):
     """A descriptor that cannot become a scorer. The message names the model and the reason.
 
     `retryable` marks a failure that may pass (a model server that did not answer), so the same
@@ -39,7 +40,7 @@ class ModelLoadError(Exception):
         self.retryable = retryable
 
 
-class ScorerUnavailable(Exception):
+class ScorerUnavailable(ServingError):
     """The scorer could not score the batch at all (its server is down or unreachable).
 
     Every record of the batch gets this error in its result; there is no point in splitting the batch

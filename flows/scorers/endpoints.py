@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from flows.errors import ServingError
 from flows.scorers.base import ScorerUnavailable
 
 Client = TypeVar("Client")
@@ -23,7 +24,7 @@ LONGEST_SKIP_S = 2.0
 LONGEST_BACKOFF_S = 0.4  # between retries of one request: retries are capped, and so is each wait
 
 
-class TransientError(Exception):
+class TransientError(ServingError):
     """A failure another server, or the same one a little later, may not have: refused, timed out, overloaded."""
 
 

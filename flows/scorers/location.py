@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
+from flows.errors import ServingError
+
 SCHEMES = ("http", "https", "grpc", "grpcs")
 TLS_SCHEMES = ("https", "grpcs")
 DEFAULT_TIMEOUT_S = 5.0
@@ -32,7 +34,7 @@ _MODEL_PATH = re.compile(r"^(?P<prefix>.*?)/?models/(?P<name>[^/]+)(?:/versions/
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$")
 
 
-class LocationError(ValueError):
+class LocationError(ServingError, ValueError):
     """A model-server location that does not follow the documented format."""
 
 

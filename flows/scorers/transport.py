@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import urllib3
 
+from flows.errors import ServingError
 from flows.scorers.endpoints import TransientError
 from flows.scorers.location import RemoteLocation
 
@@ -33,7 +34,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RECONNECT_WITHIN_MS = 1000
 
 
-class RequestError(ValueError):
+class RequestError(ServingError, ValueError):
     """The server answered, and refused the request."""
 
 

@@ -19,6 +19,7 @@ import urllib3
 from flows.challenger import merge_reports
 from flows.observability.serving_state import merge_model_stats
 from flows.records import ChallengerReport
+from flows.vocabulary import Mode
 
 REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
 
@@ -61,7 +62,7 @@ def render_challengers(challengers: list[dict[str, Any]]) -> str:
         head = f"{entry['challenger']} ({entry['mode']} {entry['fraction']:g} of {entry['champion']})"
         comparison = (
             f"top-{entry['top_k']} agreement {entry['top_k_agreement']:.3f}, mean |diff| {entry['mean_abs_diff']:.4f}"
-            if entry["mode"] == "shadow"
+            if entry["mode"] == Mode.SHADOW
             else f"answered {entry['challenger_records']:,}"
         )
         lines.append(

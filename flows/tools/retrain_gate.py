@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from flows.admission.event_signing import verify_event
 from flows.records import ModelEvent, SignedModelEvent
+from flows.vocabulary import EventKind
 
 
 @dataclass
@@ -38,7 +39,7 @@ class RetrainGate:
     def wants(self, event: ModelEvent) -> bool:
         """Whether `event` is one retrain acts on at all (a drift of the followed model): the others pass
         by without a word, unverified."""
-        return event.kind == "drift" and self.model in (None, event.model_name)
+        return event.kind == EventKind.DRIFT and self.model in (None, event.model_name)
 
     def judge(self, signed: SignedModelEvent, now_ms: int) -> str | None:
         """None if retrain trains on this drift event now (and the gate counts that training), else why not.

@@ -1,0 +1,13 @@
+"""The root of the flow's own exceptions.
+
+Every error the flow raises on purpose (a model that cannot be served, a server that cannot score, an archive
+or a location refused, a request that failed) is a `ServingError`: a caller that wants to tell the flow's
+verdicts from a bug catches that one class. Each subclass carries its reason as a value (`str(error)`, and
+`reason` where a caller reports it), one line, bounded, naming what failed.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Something the flow refused or could not do, with the reason."""
