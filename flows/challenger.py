@@ -16,7 +16,7 @@ Users are chosen by a hash of the user id salted with the challenger's name: a u
 whole experiment, on every shard and after a restart, and a new challenger draws its own users.
 
 With `ChallengerSettings.shadow_results`, a shadow challenger's own results leave the shard too
-(`ShadowResults`), for a topic of their own: joined with the results by the data message they answer, they
+(tagged `Emits.SHADOW` by `flows.shard`), for a topic of their own: joined with the results by the data message they answer, they
 give both models' scores of every sampled record.
 
 Each shard sums what it saw over windows of `ChallengerSettings.window` challenger records and emits a
@@ -55,13 +55,6 @@ class ChallengerSettings:
     def of(cls, settings: Settings) -> ChallengerSettings:
         shadow_results = bool(settings.kafka_bootstrap_servers and settings.kafka_shadow_results_topic)
         return cls(settings.challenger_window, settings.challenger_top_k, shadow_results)
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowResults:
-    """What a shadow challenger would have answered for a micro-batch: its results, never the answer."""
-
-    batch: ScoredBatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,16 +17,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.challenger import ChallengerSettings, ShadowResults
+from flows.challenger import ChallengerSettings
 from flows.context import ServingContext
 from flows.drift import DriftLogic, DriftSettings, batch_features
 from flows.model_holder import HOLDER_KEY, AcceptedModel, ChallengerEnded, HolderInput, ModelHolderLogic
 from flows.records import ChallengerReport, DataMessage, ModelEvent, ScoredBatch, ScoredMessage
-from flows.shard import ChallengerEnd, ModelUpdate, ShardInput, ShardLogic, batch_router, shard_keys
+from flows.shard import (
+    ChallengerEnd,
+    Emits,
+    ModelUpdate,
+    ShardInput,
+    ShardLogic,
+    ShardOutput,
+    batch_router,
+    shard_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -89,23 +99,23 @@ def serve(
             partial(ShardLogic, hold_limit, max_products, context, challengers=challengers),
         ),
     )
-    with_shadow = op.branch(f"{step_id}_split_shadow", scored, lambda item: isinstance(item, ShadowResults))
-    with_reports = op.branch(
-        f"{step_id}_split_reports", with_shadow.falses, lambda item: isinstance(item, ChallengerReport)
+    results, shard_events, reports, shadow_results = (
+        op.filter_map(f"{step_id}_shard_{kind}", scored, partial(_tagged, kind))
+        for kind in (Emits.RESULTS, Emits.EVENT, Emits.REPORT, Emits.SHADOW)
     )
-    shard_out = op.branch(
-        f"{step_id}_split_shards", with_reports.falses, lambda item: isinstance(item, ModelEvent)
-    )
-    events = op.merge(f"{step_id}_events", holder_out.trues, shard_out.trues)
+    events = op.merge(f"{step_id}_events", holder_out.trues, shard_events)
     if drift is not None and drift.enabled:
-        events = op.merge(
-            f"{step_id}_with_drift", events, _drift_events(step_id, shard_out.falses, drift, context)
-        )
+        events = op.merge(f"{step_id}_with_drift", events, _drift_events(step_id, results, drift, context))
     op.inspect(
         f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
     )
-    shadow_results = op.map(f"{step_id}_unwrap_shadow", with_shadow.trues, lambda shadow: shadow.batch)
-    return ServingStreams(shard_out.falses, events, with_reports.trues, shadow_results)
+    return ServingStreams(results, events, reports, shadow_results)
+
+
+def _tagged(kind: Emits, output: ShardOutput) -> Any:
+    """The shard's output if it is a `kind`, else None (filtered out)."""
+    tag, value = output
+    return value if tag is kind else None
 
 
 def _for_shard(key: str, update: AcceptedModel | ChallengerEnded) -> ShardInput:

@@ -34,7 +34,6 @@ from flows.challenger import (
     ChallengerSlot,
     ExperimentScores,
     ModelCall,
-    ShadowResults,
     score_with_challenger,
 )
 from flows.context import ServingContext
@@ -46,13 +45,14 @@ from flows.records import (
     ModelEvent,
     ModelToServeStats,
     RecommenderRecord,
+    ScoredBatch,
     ScoredMessage,
     ms_since,
 )
 from flows.scorers import ModelLoadError, Scorer, ScorerCache
 from flows.scorers.cache import ModelLoad
 from flows.scoring import score_batch, unscored
-from flows.vocabulary import ClosedBy, EventKind
+from flows.vocabulary import ClosedBy, EventKind, Word
 
 POLL = timedelta(milliseconds=10)
 
@@ -128,7 +128,39 @@ class ChallengerEnd:
 # Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
 # per-item cost is paid per batch (see flows.sources.batched).
 ShardInput = ShardBatch | ModelUpdate | ChallengerEnd
-ShardOutput = Sequence[ScoredMessage] | ModelEvent | ChallengerReport | ShadowResults
+
+
+class Emits(Word):
+    """What a shard emits, as the tag of each output: `serve` splits the shards' output by it."""
+
+    RESULTS = "results"  # a batch of results (a ScoredBatch, or a list of error results)
+    EVENT = "event"  # a ModelEvent
+    REPORT = "report"  # a ChallengerReport
+    SHADOW = "shadow"  # a shadow challenger's own results, never the answer (a ScoredBatch)
+
+
+ShardOutput = tuple[Emits, Sequence[ScoredMessage] | ModelEvent | ChallengerReport]
+
+
+class ShardOutputs:
+    """What a shard emits in one call, each output tagged with what it is."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[ShardOutput] = []
+
+    def results(self, batch: Sequence[ScoredMessage]) -> None:
+        self.items.append((Emits.RESULTS, batch))
+
+    def event(self, event: ModelEvent) -> None:
+        self.items.append((Emits.EVENT, event))
+
+    def report(self, report: ChallengerReport) -> None:
+        self.items.append((Emits.REPORT, report))
+
+    def shadow(self, batch: ScoredBatch) -> None:
+        self.items.append((Emits.SHADOW, batch))
 
 
 @dataclass
@@ -176,7 +208,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.incoming_challenger: tuple[ModelUpdate, ModelLoad] | None = None
 
     def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[ShardOutput], bool]:
-        outputs: list[ShardOutput] = []
+        outputs = ShardOutputs()
         run: list[DataMessage] = []
         if not self.state.shard:
             self.state.shard = values[0].shard
@@ -195,22 +227,22 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 self._receive(value, outputs)
         self._score(run, outputs)
         self._swap_when_ready(outputs)
-        return outputs, StatefulBatchLogic.RETAIN
+        return outputs.items, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         return datetime.now(timezone.utc) + POLL if self.incoming or self.incoming_challenger else None
 
     def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
-        outputs: list[ShardOutput] = []
+        outputs = ShardOutputs()
         self._swap_when_ready(outputs)
-        return outputs, StatefulBatchLogic.RETAIN
+        return outputs.items, StatefulBatchLogic.RETAIN
 
     @property
     def shard(self) -> str:
         return self.state.shard
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
-        outputs: list[ShardOutput] = []
+        outputs = ShardOutputs()
         for incoming in (self.incoming, self.incoming_challenger):
             if incoming is not None:
                 incoming[1].join()  # the input has ended: nothing is left to score meanwhile
@@ -226,8 +258,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
         if held:
-            outputs.append([unscored(message, reason) for message in held])
-        return outputs, StatefulBatchLogic.RETAIN
+            outputs.results([unscored(message, reason) for message in held])
+        return outputs.items, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardState:
         state = self.state
@@ -243,7 +275,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             challenger,
         )
 
-    def _score(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
+    def _score(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
         if not messages:
             return
         if any(len(message.record.products) > self.max_products for message in messages):
@@ -271,20 +303,20 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             for results, batch_ms, answered_by in scored.answered:
                 self.telemetry.scored(span, self.shard, answered_by, results, batch_ms)
         for results, batch_ms, answered_by in scored.answered:
-            outputs.append(results)
+            outputs.results(results)
             if answered_by == champion and self.state.stats is not None:
                 self.state.stats.record_batch(len(results), batch_ms)
         if scored.shadow is not None and self.challengers.shadow_results:
             scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
-            outputs.append(ShadowResults(scored.shadow))
+            outputs.shadow(scored.shadow)
         if slot is not None and slot.window.challenger_records >= self.challengers.window:
             self._report(slot, ClosedBy.WINDOW, outputs)
             slot.window = slot.window.next()
 
-    def _report(self, slot: ChallengerSlot, closed_by: ClosedBy, outputs: list[ShardOutput]) -> None:
+    def _report(self, slot: ChallengerSlot, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
         report = slot.report(self.shard, closed_by, self.challengers.top_k)
         self.serving_state.challenger(report)
-        outputs.append(report)
+        outputs.report(report)
 
     def _canary_reloading(self) -> bool:
         """After a restart, a canary's users wait for it to load again: none of them sees the champion
@@ -292,11 +324,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         slot = self.state.challenger
         return slot is not None and slot.mode == CANARY and self.challenger_scorer is None
 
-    def _score_held(self, outputs: list[ShardOutput]) -> None:
+    def _score_held(self, outputs: ShardOutputs) -> None:
         held, self.state.held = self.state.held, []
         self._score(held, outputs)
 
-    def _refuse_oversized(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> list[DataMessage]:
+    def _refuse_oversized(self, messages: list[DataMessage], outputs: ShardOutputs) -> list[DataMessage]:
         """Error results for records over the product limit (without their products: a result echoing
         them would be as large); the others, to be scored."""
         kept, refused = [], []
@@ -308,7 +340,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             reason = f"record has {count:,} products, over the limit of {self.max_products:,} (SERVING_MAX_PRODUCTS)"
             record = message.record
             refused.append(unscored(replace(message, record=replace(record, products=[])), reason))
-        outputs.append(refused)
+        outputs.results(refused)
         return kept
 
     def _champion_on_its_way(self) -> bool:
@@ -316,7 +348,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         restart): then records wait for it whatever their number, until it is ready or its load fails."""
         return self.incoming is not None or self.awaiting_resend or self._canary_reloading()
 
-    def _hold(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
+    def _hold(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
         if self._champion_on_its_way():
             # Bounded by what the data sources read meanwhile: they wait for a champion in their own process
             # (flows.sources.model_gate), and a load has a deadline.
@@ -324,12 +356,12 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             return
         self._hold_within_limit(messages, outputs)
 
-    def _release_overflow(self, outputs: list[ShardOutput]) -> None:
+    def _release_overflow(self, outputs: ShardOutputs) -> None:
         """The model the held records waited for failed: those past the hold limit get their error now."""
         held, self.state.held = self.state.held, []
         self._hold_within_limit(held, outputs)
 
-    def _hold_within_limit(self, messages: list[DataMessage], outputs: list[ShardOutput]) -> None:
+    def _hold_within_limit(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
         room = max(self.hold_limit - len(self.state.held), 0)
         self.state.held.extend(messages[:room])
         overflow = messages[room:]
@@ -338,9 +370,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 f"no model loaded yet on {self.shard} and its hold buffer is full "
                 f"({self.hold_limit} records held; setting SERVING_HOLD_LIMIT)"
             )
-            outputs.append([unscored(message, reason) for message in overflow])
+            outputs.results([unscored(message, reason) for message in overflow])
 
-    def _receive(self, update: ModelUpdate, outputs: list[ShardOutput]) -> None:
+    def _receive(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
         """Start loading `update`'s model; swap at once if this process has it ready already."""
         digest = update.descriptor.digest
         if digest == self.state.model_digest and self.scorer is not None:
@@ -356,7 +388,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.incoming = (update, self.cache.request(update.descriptor))
         self._swap_when_ready(outputs)
 
-    def _rename(self, descriptor: ModelDescriptor, outputs: list[ShardOutput]) -> None:
+    def _rename(self, descriptor: ModelDescriptor, outputs: ShardOutputs) -> None:
         """The served model was accepted again under another name: results carry the name it was accepted
         under, so from now on that one, with statistics of its own."""
         previous = self.state.model_name
@@ -364,7 +396,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if self.state.challenger is not None:
             self.state.challenger.champion = descriptor.model_name
         self._new_stats(descriptor)
-        outputs.append(ModelEvent(EventKind.SWAPPED, descriptor.model_name, "renamed", self.shard, previous))
+        outputs.event(ModelEvent(EventKind.SWAPPED, descriptor.model_name, "renamed", self.shard, previous))
 
     def _new_stats(self, descriptor: ModelDescriptor) -> None:
         self.state.stats = ModelToServeStats(
@@ -372,7 +404,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         )
         self.serving_state.serve(self.shard, self.state.stats)
 
-    def _receive_challenger(self, update: ModelUpdate, outputs: list[ShardOutput]) -> None:
+    def _receive_challenger(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
         """Start loading the challenger in `update`; swap at once if this process has it ready already."""
         descriptor = update.descriptor
         slot = self.state.challenger
@@ -388,7 +420,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.incoming_challenger = (update, self.cache.request(descriptor))
         self._swap_when_ready(outputs)
 
-    def _end_challenger(self, name: str, closed_by: ClosedBy, outputs: list[ShardOutput]) -> None:
+    def _end_challenger(self, name: str, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
         """The challenger `name` leaves this shard, with a last report of its partial window."""
         if self.incoming_challenger is not None and self.incoming_challenger[0].descriptor.model_name == name:
             self.cache.release(self.incoming_challenger[0].descriptor.digest)
@@ -399,7 +431,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self._close_challenger(closed_by, outputs)
         self._score_held(outputs)  # records a restored canary held, if it never loaded again
 
-    def _close_challenger(self, closed_by: ClosedBy, outputs: list[ShardOutput]) -> None:
+    def _close_challenger(self, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
         slot = self.state.challenger
         assert slot is not None
         if slot.window.records:
@@ -409,7 +441,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.state.challenger = None
         self.challenger_scorer = None
 
-    def _swap_challenger_when_ready(self, outputs: list[ShardOutput]) -> None:
+    def _swap_challenger_when_ready(self, outputs: ShardOutputs) -> None:
         if self.incoming_challenger is None or not self.incoming_challenger[1].ready():
             return
         update, load = self.incoming_challenger
@@ -419,7 +451,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             scorer, load_ms = load.result()
         except ModelLoadError as error:
             self.cache.release(descriptor.digest)
-            outputs.append(ModelEvent(EventKind.FAILED, descriptor.model_name, error.reason, self.shard))
+            outputs.event(ModelEvent(EventKind.FAILED, descriptor.model_name, error.reason, self.shard))
             if self.challenger_scorer is None and self.state.challenger is not None:
                 self.state.challenger = None  # restored, and it cannot run again here: the champion answers
                 self._score_held(outputs)
@@ -436,11 +468,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         reason = f"{descriptor.experiment()} beside {self.state.model_name!r}"
         arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
         kind = EventKind.RESTORED if restored else EventKind.CHALLENGING
-        outputs.append(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
+        outputs.event(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
         if self.scorer is not None:
             self._score_held(outputs)
 
-    def _swap_when_ready(self, outputs: list[ShardOutput]) -> None:
+    def _swap_when_ready(self, outputs: ShardOutputs) -> None:
         self._swap_challenger_when_ready(outputs)
         if self.incoming is None or not self.incoming[1].ready():
             return
@@ -453,7 +485,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             scorer, load_ms = load.result()
         except ModelLoadError as error:
             self.cache.release(descriptor.digest)
-            outputs.append(
+            outputs.event(
                 ModelEvent(
                     EventKind.FAILED, descriptor.model_name, error.reason, self.shard, self.state.model_name
                 )
@@ -475,7 +507,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if slot is not None and slot.name != descriptor.model_name:
             slot.champion = descriptor.model_name
         if restored and self.state.stats is not None:
-            outputs.append(
+            outputs.event(
                 ModelEvent(
                     EventKind.RESTORED,
                     descriptor.model_name,
@@ -486,7 +518,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             )
         else:
             self._new_stats(descriptor)
-            outputs.append(
+            outputs.event(
                 ModelEvent(
                     EventKind.SWAPPED, descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms
                 )

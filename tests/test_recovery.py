@@ -35,7 +35,7 @@ from flows.records import CANARY, CHALLENGER
 from flows.scorers import ScorerCache
 from flows.scorers.base import build_scorer
 from flows.settings import Settings
-from flows.shard import ShardLogic
+from flows.shard import Emits, ShardLogic
 from flows.sources.batched import PollBatches
 
 SHARDS = 4
@@ -247,6 +247,7 @@ def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
     [(name, usage)] = [(model["name"], model["usage"]) for model in context.state.per_model()]
     assert (name, usage) == ("recommender-v2", 1200)
     outputs, _ = shard.on_eof()  # no model arrives: the held record is answered, not lost
-    [[held]] = outputs  # one batch of results: the held record's
+    [(emitted, [held])] = outputs  # one batch of results: the held record's
+    assert emitted is Emits.RESULTS
     assert held.result.input_record.products == [3, 5, 8] and held.origin.offset == 4711
     assert held.origin == held_before.origin and type(held.origin).__name__ == "KafkaOrigin"
