@@ -152,6 +152,7 @@ def test_the_generator_shifts_to_the_popular_range_for_a_while():
     assert share[0] < 0.25 and share[1] > 0.75
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_flow_reports_drift_on_a_shifted_stream_only(workers, model_v1):
     def drift_events(shift: bool) -> list[str]:

@@ -208,6 +208,7 @@ def run_twice(
     return second
 
 
+@pytest.mark.slow
 def test_a_signed_promote_keeps_serving_the_promoted_champion_after_a_restart(model_v1, model_v2, tmp_path):
     key = new_private_key()
     experiment = canary(model_v2)
@@ -224,6 +225,7 @@ def test_a_signed_promote_keeps_serving_the_promoted_champion_after_a_restart(mo
     assert all(item.result.metadata.errors == "" for item in restarted.results)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["signing turned on", "keys rotated"])
 def test_turning_signing_on_or_rotating_keys_keeps_the_restored_model_serving(
     tmp_path, change, model_v1, model_v2

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -116,6 +117,7 @@ def test_after_an_abort_the_challenger_keeps_its_role_fraction_and_users(model_v
     assert model_v2.model_name in {item.result.metadata.model_name for item in run.results[:results_before]}
 
 
+@pytest.mark.slow
 def test_a_model_still_being_judged_at_an_abort_is_judged_after_the_restart(model_v1, model_v2, tmp_path):
     """The model source's snapshot has moved past v2's message while v2 was being judged: the restarted
     holder must judge it from its own state, or v2 is lost."""

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 
+import pytest
 import urllib3
 from support.core_runs import at, messages, run_core, sample_records
 
@@ -19,6 +20,7 @@ def serving_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-") and thread.daemon)
 
 
+@pytest.mark.slow
 def test_half_open_connections_neither_leak_threads_nor_stop_scoring(model_v1, monkeypatch):
     monkeypatch.setattr(state_server, "READ_TIMEOUT_S", 1.0)
     port = free_port()
