@@ -36,3 +36,11 @@ def test_the_readme_is_short_with_the_commands_and_the_picture_on_its_first_scre
     assert "pip install -e . && python -m bytewax.run flows.serving" in first_screen
     assert "pip install -e '.[test]' && python -m pytest" in first_screen
     assert "dataflow.serve" in first_screen  # the picture
+
+
+def test_the_configuration_reference_is_generated_from_the_settings():
+    """docs/configuration.md's table is what flows/settings.py says (python -m flows.tools.settings_table --write)."""
+    from flows.tools import settings_table
+
+    assert settings_table.main(["--check"]) == 0
+    assert settings_table.table().count("\n| `SERVING_") == len(Settings.model_fields)
