@@ -11,10 +11,9 @@ from __future__ import annotations
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
-from flows.challenger import ChallengerSettings
+from flows.admission.event_signing import event_signer
 from flows.context import ServingContext
 from flows.dataflow import serve
-from flows.drift import DriftSettings
 from flows.kafka.outputs import kafka_outputs
 from flows.kafka.source import kafka_inputs
 from flows.records import DataMessage, ModelDescriptor
@@ -31,8 +30,9 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
     """The serving dataflow, wired to Kafka if it is configured, else to the embedded default; its steps
     share `context` (scorer cache, telemetry, statistics)."""
     flow = Dataflow("serving")
-    if settings.kafka_bootstrap_servers:
-        inputs = kafka_inputs(flow, settings, context.champion_gate)
+    kafka = settings.kafka
+    if kafka.brokers:
+        inputs = kafka_inputs(flow, kafka, context.champion_gate, settings.flow.data_wait_for_model)
         data, models = inputs.data, inputs.models
     else:
         data, models = embedded_inputs(flow, settings, context.champion_gate)
@@ -42,30 +42,33 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
         data,
         models,
         context,
-        shards=settings.shards,
-        hold_limit=settings.hold_limit,
-        max_products=settings.max_products,
-        drift=DriftSettings.of(settings),
-        challengers=ChallengerSettings.of(settings),
+        shards=settings.flow.shards,
+        hold_limit=settings.flow.hold_limit,
+        max_products=settings.flow.max_products,
+        drift=settings.drift,
+        challengers=settings.challenger,
+        shadow_results=bool(kafka.brokers and kafka.shadow_results_topic),
         # Both model sources mark when they have sent what was there at start: the holder starts with the
         # newest model (a Kafka topic holds the history), and re-sends after a restart on that input.
         wait_for_catch_up=True,
     )
 
-    if settings.kafka_bootstrap_servers:
+    if kafka.brokers:
         kafka_outputs(
-            settings,
+            kafka,
             streams.results,
             inputs.dead_letters,
             streams.events,
             streams.reports,
             streams.shadow_results,
+            event_signer(settings.events),
         )
-    op.output("console_results", streams.results, ConsoleResultSink(settings.console_every))
+    output = settings.output
+    op.output("console_results", streams.results, ConsoleResultSink(output.console_every))
     op.output("console_events", streams.events, ConsoleEventSink())
     op.output("console_reports", streams.reports, ConsoleEventSink())
-    if settings.output_dir is not None:
-        op.output("file_results", streams.results, JsonLinesResultSink(settings.output_dir))
+    if output.output_dir is not None:
+        op.output("file_results", streams.results, JsonLinesResultSink(output.output_dir))
     return flow
 
 
@@ -75,21 +78,20 @@ def embedded_inputs(
     """Generated records (in batches, one per generator poll, none before `gate` opens) and model updates
     following the schedule of shipped versions (`SERVING_MODEL_VERSIONS`: champions, challengers and
     commands, in turn)."""
+    plan = settings.generator
     generator = DataGenerator(
-        settings.records,
-        settings.record_rate,
-        settings.generator_partitions,
-        settings.generator_batch,
-        settings.seed,
-        settings.data_shift_after,
+        plan.records,
+        plan.record_rate,
+        plan.generator_partitions,
+        plan.generator_batch,
+        plan.seed,
+        plan.data_shift_after,
     )
-    gated = WaitForChampion(PollBatches(generator), gate, settings.data_wait_for_model)
+    gated = WaitForChampion(PollBatches(generator), gate, settings.flow.data_wait_for_model)
     data = op.input("data", flow, StoppableSource(gated))
-    versions = [scheduled_model(settings.models_dir, entry) for entry in settings.versions]
-    model_count = models_in_bounded_run(settings.records, settings.record_rate, settings.model_interval)
-    run_seconds = (
-        settings.records / settings.record_rate if settings.records and settings.record_rate else 0.0
-    )
-    generator = ModelGenerator(versions, settings.model_interval, model_count, open_for=run_seconds)
-    models = op.input("models", flow, StoppableSource(generator))
+    versions = [scheduled_model(plan.models_dir, entry) for entry in plan.model_versions]
+    model_count = models_in_bounded_run(plan.records, plan.record_rate, plan.model_interval)
+    run_seconds = plan.records / plan.record_rate if plan.records and plan.record_rate else 0.0
+    models_source = ModelGenerator(versions, plan.model_interval, model_count, open_for=run_seconds)
+    models = op.input("models", flow, StoppableSource(models_source))
     return data, models

@@ -15,7 +15,7 @@ keeps it beside the champion and sends it to every shard (see `flows.model_holde
 Users are chosen by a hash of the user id salted with the challenger's name: a user sees one model for the
 whole experiment, on every shard and after a restart, and a new challenger draws its own users.
 
-With `ChallengerSettings.shadow_results`, a shadow challenger's own results leave the shard too
+With `serve(..., shadow_results=True)`, a shadow challenger's own results leave the shard too
 (tagged `Emits.SHADOW` by `flows.shard`), for a topic of their own: joined with the results by the data message they answer, they
 give both models' scores of every sampled record.
 
@@ -34,27 +34,29 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from pydantic import Field
 
 from flows.admission.policy import AdmissionPolicy
 from flows.records import CANARY, ChallengerReport, DataMessage, ModelDescriptor, ScoredBatch
 from flows.scorers import Scorer
 from flows.scoring import Pairs, pairs_of, score_batch
-from flows.settings import Settings
+from flows.sections import Section
 from flows.vocabulary import ClosedBy
 
 
-@dataclass(frozen=True)
-class ChallengerSettings:
-    """How shards compare a challenger with the champion."""
+class ChallengerSettings(Section):
+    """How shards compare a challenger with the champion (`SERVING_CHALLENGER_*`)."""
 
-    window: int = 1_000  # challenger records per report
-    top_k: int = 5  # k of the top-k agreement
-    shadow_results: bool = False  # emit a shadow challenger's results (someone writes them somewhere)
-
-    @classmethod
-    def of(cls, settings: Settings) -> ChallengerSettings:
-        shadow_results = bool(settings.kafka_bootstrap_servers and settings.kafka_shadow_results_topic)
-        return cls(settings.challenger_window, settings.challenger_top_k, shadow_results)
+    window: int = Field(
+        1_000,
+        ge=1,
+        description="challenger records (shadow: compared; canary: answered) per challenger report on each shard; a promote, retire, new challenger or the end of the input closes a partial one",
+    )
+    top_k: int = Field(
+        5,
+        ge=1,
+        description="k of a shadow challenger's top-k agreement: the mean share of each record's k best-scored products that both models rank among their k best",
+    )
 
 
 @dataclass(frozen=True, slots=True)

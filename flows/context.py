@@ -32,7 +32,7 @@ class ServingContext:
     def create(
         cls, policy: AdmissionPolicy | None = None, cache: ScorerCache | None = None
     ) -> ServingContext:
-        """A fresh context: an empty cache (with `policy`, or the settings' policy read on first use), empty
+        """A fresh context: an empty cache (with `policy`, or the default policy), empty
         statistics, telemetry off until installed."""
         state = ServingState()
         return cls(cache if cache is not None else ScorerCache(policy), state, Telemetry(state))

@@ -44,7 +44,7 @@ class ServingStreams:
     results: Stream[Sequence[ScoredMessage]]  # a ScoredBatch per model call, a list for errors
     events: Stream[ModelEvent]
     reports: Stream[ChallengerReport]  # how each challenger compares, per window and shard
-    shadow_results: Stream[ScoredBatch]  # a shadow challenger's results, if `challengers` asks for them
+    shadow_results: Stream[ScoredBatch]  # a shadow challenger's results, if `serve` was asked for them
 
 
 def serve(
@@ -59,6 +59,7 @@ def serve(
     max_products: int = 10_000,
     drift: DriftSettings | None = None,
     challengers: ChallengerSettings | None = None,
+    shadow_results: bool = False,
 ) -> ServingStreams:
     """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
     load models through `context.cache` and report to its telemetry and statistics.
@@ -66,7 +67,8 @@ def serve(
     With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
     and starts with the newest model it read (see `flows.model_holder`). With `drift`, each model's scored
     batches also go to a drift monitor keyed by model name, whose events join the model events (`flows.drift`).
-    `challengers` says how shards compare a challenger with the champion (`flows.challenger`).
+    `challengers` says how shards compare a challenger with the champion (`flows.challenger`);
+    `shadow_results` makes them also emit a shadow challenger's own results (someone must write them).
     """
     if shards < 1:
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
@@ -96,7 +98,14 @@ def serve(
         op.stateful_batch(
             f"{step_id}_shards",
             shard_in,
-            partial(ShardLogic, hold_limit, max_products, context, challengers=challengers),
+            partial(
+                ShardLogic,
+                hold_limit,
+                max_products,
+                context,
+                challengers=challengers,
+                shadow_results=shadow_results,
+            ),
         ),
     )
     results, shard_events, reports, shadow_results = (

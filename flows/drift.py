@@ -25,10 +25,11 @@ from itertools import chain
 
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
+from pydantic import Field
 
 from flows.observability.serving_state import ServingState
 from flows.records import ModelEvent, ScoredBatch
-from flows.settings import Settings
+from flows.sections import Section
 from flows.vocabulary import EventKind
 
 FEATURES = ("user", "products per record", "product", "score")
@@ -40,24 +41,29 @@ PAIRS_PER_RECORD_KEPT = 4  # the reference keeps up to 4 pairs per record of its
 IDLE_FORGET = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class DriftSettings:
+class DriftSettings(Section):
     """How the flow watches for drift (`SERVING_DRIFT_*`); `reference` 0 turns it off."""
 
-    reference: int = 2_000
-    window: int = 2_000
-    threshold: float = 0.2
-    sample: int = 250
+    reference: int = Field(
+        2_000,
+        ge=0,
+        description="records a model's drift reference is taken from: its first ones (`0`: no drift monitoring); see [Observability](observability.md#drift)",
+    )
+    window: int = Field(2_000, ge=1, description="records per drift window, each compared with the reference")
+    threshold: float = Field(
+        0.2,
+        gt=0,
+        description="population stability index of a feature over which a window is `drift`; the first window under it again is `recovered`",
+    )
+    sample: int = Field(
+        250,
+        ge=1,
+        description="most records of each scored batch the drift monitor reads (the first ones): bounds its cost per batch; a window then counts sampled records",
+    )
 
     @property
     def enabled(self) -> bool:
         return self.reference > 0 and self.window > 0
-
-    @classmethod
-    def of(cls, settings: Settings) -> DriftSettings:
-        return cls(
-            settings.drift_reference, settings.drift_window, settings.drift_threshold, settings.drift_sample
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,20 +3,21 @@
 import logging
 
 from flows import shutdown
-from flows.admission.policy import admission_policy
 from flows.app import build_flow
 from flows.context import ServingContext
 from flows.observability.setup import start_observability
-from flows.settings import Settings
+from flows.settings import Settings, unknown_variables
 from flows.tensorflow_runtime import tensorflow
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("flows").setLevel(logging.INFO)  # our start-up lines; libraries stay at WARNING
 shutdown.install()
+settings = Settings.from_environment()
+for name in unknown_variables():
+    logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)
 # Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while
 # the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
-tensorflow()
-settings = Settings()
-context = ServingContext.create(admission_policy(settings))
+tensorflow(verbose=settings.output.tf_verbose)
+context = ServingContext.create(settings.admission)
 observability = start_observability(settings, context)
 flow = build_flow(settings, context)

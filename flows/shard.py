@@ -186,9 +186,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         resume: ShardState | None,
         *,
         challengers: ChallengerSettings | None = None,
+        shadow_results: bool = False,
     ) -> None:
         self.hold_limit = hold_limit
         self.challengers = challengers or ChallengerSettings()
+        self.shadow_results = shadow_results  # emit a shadow challenger's results (someone writes them)
         self.max_products = max_products
         self.cache: ScorerCache = context.cache
         self.telemetry = context.telemetry
@@ -306,7 +308,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             outputs.results(results)
             if answered_by == champion and self.state.stats is not None:
                 self.state.stats.record_batch(len(results), batch_ms)
-        if scored.shadow is not None and self.challengers.shadow_results:
+        if scored.shadow is not None and self.shadow_results:
             scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
             outputs.shadow(scored.shadow)
         if slot is not None and slot.window.challenger_records >= self.challengers.window:

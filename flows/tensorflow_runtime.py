@@ -13,18 +13,17 @@ import os
 import threading
 from types import ModuleType
 
-from flows.settings import Settings
-
 _lock = threading.Lock()
 _tensorflow: ModuleType | None = None
 
 
-def tensorflow() -> ModuleType:
-    """The `tensorflow` module, imported (quietly) on first use."""
+def tensorflow(verbose: bool = False) -> ModuleType:
+    """The `tensorflow` module, imported on first use: quietly, unless `verbose` (`SERVING_TF_VERBOSE`,
+    which the main job passes when it imports TensorFlow first)."""
     global _tensorflow
     with _lock:
         if _tensorflow is None:
-            if Settings().tf_verbose:
+            if verbose:
                 import tensorflow as tf
 
                 _tensorflow = tf

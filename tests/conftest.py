@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from flows.records import ModelDescriptor
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.sources.generators import shipped_model
 from flows.tensorflow_runtime import tensorflow
 

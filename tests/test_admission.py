@@ -21,7 +21,7 @@ from support.hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSE
 from support.jobs import REPO
 
 from flows.admission.freshness import FreshnessMarks
-from flows.admission.policy import AdmissionPolicy, admission_policy
+from flows.admission.policy import AdmissionPolicy
 from flows.admission.signing import load_private_key, parse_trusted_keys, sign, verify
 from flows.bench.sinks import ArrivalSink
 from flows.context import ServingContext
@@ -142,7 +142,7 @@ def test_a_hung_unpacking_child_is_killed_at_its_deadline(tmp_path, monkeypatch)
     from flows.admission import unpack
 
     monkeypatch.setattr(unpack, "CHILD_COMMAND", (sys.executable, "-c", "import time; time.sleep(60)"))
-    policy = AdmissionPolicy(unpack_timeout_s=1.0)
+    policy = AdmissionPolicy(unpack_timeout=1.0)
     started = time.monotonic()
     with pytest.raises(unpack.UnpackRefused, match="did not finish within 1 s"):
         unpack.unpack_and_inspect(b"x", tmp_path, policy)
@@ -166,7 +166,7 @@ def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
     records = sample_records(700)
     data = [(0.3 + i * 0.01, message) for i, message in enumerate(messages(records))]  # 100/s for 7 s
     models = at(0, [model_v1]) + at(1.0, hostile)
-    policy = AdmissionPolicy(load_timeout_s=3.0)
+    policy = AdmissionPolicy(load_timeout=3.0)
     run = FlowRun(context=ServingContext.create(cache=ScorerCache(policy, build=build)))
     arrivals: list[tuple[float, object]] = []
     flow = Dataflow("hostile")
@@ -244,7 +244,7 @@ def test_reasons_carry_no_control_characters_to_a_console():
 
 
 def test_model_bytes_over_the_limit_are_refused_before_unpacking(model_v1):
-    policy = AdmissionPolicy(max_model_bytes=100_000)
+    policy = AdmissionPolicy(max_bytes=100_000)
     with pytest.raises(ModelLoadError, match="over the limit of 100,000 .SERVING_MODEL_MAX_BYTES"):
         build_scorer(model_v1, policy)
 
@@ -320,10 +320,10 @@ def test_trusted_keys_setting_takes_base64_or_pem_and_refuses_garbage(tmp_path, 
     encoded = printed.split("SERVING_MODEL_TRUSTED_KEYS=")[1].strip()
     assert len(base64.b64decode(encoded)) == 32
     monkeypatch.setenv("SERVING_MODEL_TRUSTED_KEYS", f"{encoded},{tmp_path / 'model-signing.pub'}")
-    assert len(admission_policy(Settings()).trusted_keys) == 2
+    assert len(Settings.from_environment().admission.trusted_keys) == 2
     monkeypatch.setenv("SERVING_MODEL_TRUSTED_KEYS", "not-a-key")
     with pytest.raises(ValueError, match="neither a PEM file nor a base64 Ed25519 key"):
-        admission_policy(Settings())
+        Settings.from_environment()
     assert model_keys.main(["--out", str(tmp_path)]) == 2  # never overwrites a key
 
 

@@ -19,7 +19,7 @@ from flows.challenger import user_buckets
 from flows.kafka.headers import SOURCE_OFFSET_HEADER
 from flows.records import CANARY, CHALLENGER
 from flows.scorers.base import build_scorer
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.sources.generators import generated_records, shipped_model
 from flows.testing.local_broker import consume_all, create_topics, produce
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import replace
 
 import pytest
 from support.bad_models import bad_models
@@ -18,11 +17,10 @@ from support.core_runs import (
     sample_records,
 )
 
-from flows.admission.policy import admission_policy
+from flows.admission.policy import AdmissionPolicy
 from flows.context import ServingContext
 from flows.kafka.data_source import KafkaOrigin
 from flows.records import DataMessage, DecodeFailure, RecommenderRecord
-from flows.settings import Settings
 from flows.shard import ShardBatch
 
 WORKERS = [1, 2]
@@ -104,7 +102,7 @@ def test_bad_models_leave_the_previous_model_serving(workers, model_v1, tmp_path
 
     # A slot for every load, so none waits and is superseded by the next (that has a test of its own in
     # test_model_lifecycle): each bad model is judged, with its own reason.
-    policy = replace(admission_policy(Settings()), max_loads=len(rejects) + 1)
+    policy = AdmissionPolicy(max_loads=len(rejects) + 1)
     run = run_in_turns(
         [
             Turn([model_v1], [], every_shard("swapped", model_v1.model_name, 4)),

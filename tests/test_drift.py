@@ -95,7 +95,9 @@ def test_the_reference_sample_is_bounded_however_many_products_a_record_has():
 
 def test_the_drift_step_shows_its_last_window_on_the_state():
     serving_state = ServingState()
-    logic = DriftLogic(DriftSettings(2_000, 1_000, 0.2, 1_000), serving_state, None)
+    logic = DriftLogic(
+        DriftSettings(reference=2_000, window=1_000, threshold=0.2, sample=1_000), serving_state, None
+    )
     data = records(7, range(8)) + records(7, range(8, 12), shifted=True)
     events = []
     for start in range(0, len(data), 250):
@@ -104,7 +106,11 @@ def test_the_drift_step_shows_its_last_window_on_the_state():
     assert [event.kind for event in events] == ["drift"]
     shown = serving_state.drift_per_model()["recommender-v1"]
     assert shown["drifting"] and shown["windows"] == 1 and shown["features"]["product"]["psi"] > 0.2
-    restored = DriftLogic(DriftSettings(2_000, 1_000, 0.2, 1_000), ServingState(), logic.snapshot())
+    restored = DriftLogic(
+        DriftSettings(reference=2_000, window=1_000, threshold=0.2, sample=1_000),
+        ServingState(),
+        logic.snapshot(),
+    )
     assert restored.monitor.state.windows == 1 and restored.monitor.state.drifting
 
 

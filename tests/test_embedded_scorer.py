@@ -9,7 +9,7 @@ from support.bad_models import bad_models
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import InputBounds, ModelLoadError, ScorerCache, build_scorer
 from flows.scorers.tensorflow_saved import SavedModelScorer
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.sources.generators import shipped_model
 from flows.tensorflow_runtime import tensorflow
 

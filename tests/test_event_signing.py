@@ -7,12 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from flows.admission.event_signing import EventSigner, event_signer, verify_event
+from flows.admission.event_signing import EventSettings, EventSigner, event_signer, verify_event
 from flows.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
 from flows.avro import EVENT, SIGNED_EVENT
 from flows.kafka.outputs import event_message, smaller_event
 from flows.records import ModelDescriptor, ModelEvent, ModelType
-from flows.settings import Settings
 
 KEY = new_private_key()
 TRUSTED = (raw_public_key(KEY.public_key()),)
@@ -73,11 +72,11 @@ def test_the_kafka_output_signs_events_and_their_smaller_forms():
 
 
 def test_the_signing_key_setting_names_itself_and_the_file_when_it_is_bad(tmp_path):
-    assert event_signer(Settings()) is None
+    assert event_signer(EventSettings()) is None
     good = tmp_path / "events.key"
     good.write_bytes(private_key_pem(KEY))
-    assert verify_event(event_signer(Settings(events_signing_key=good)).sign(DRIFT), TRUSTED) is None
+    assert verify_event(event_signer(EventSettings(signing_key=good)).sign(DRIFT), TRUSTED) is None
     bad = tmp_path / "bad.key"
     bad.write_text("not a key")
     with pytest.raises(ValueError, match=f"SERVING_EVENTS_SIGNING_KEY: {bad}: not an unencrypted PEM"):
-        event_signer(Settings(events_signing_key=bad))
+        event_signer(EventSettings(signing_key=bad))

@@ -23,7 +23,7 @@ from yamllint.config import YamlLintConfig
 from flows.admission.signing import parse_trusted_keys
 from flows.avro import MODEL, RECORD
 from flows.kafka.headers import SOURCE_PARTITION_HEADER
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.sources.generators import generated_records, shipped_model
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.testing.loopback import free_port

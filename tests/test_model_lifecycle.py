@@ -21,7 +21,7 @@ from flows.model_holder import CaughtUp, HolderState, ModelHolderLogic
 from flows.records import CANARY, CHALLENGER, PROMOTE, RETIRE, ModelDescriptor, ModelEvent, ModelType
 from flows.scorers import ScorerCache
 from flows.scorers.base import build_scorer
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 
 SHARDS = 4
 
@@ -289,7 +289,7 @@ def test_a_flood_of_models_runs_at_most_two_loads_and_loads_only_the_newest_of_t
         release.wait(30)  # every load in flight until the whole flood has arrived
         return build_scorer(descriptor, policy)
 
-    cache = ScorerCache(AdmissionPolicy(model_roots=(tmp_path,)), held_build)
+    cache = ScorerCache(AdmissionPolicy(roots=(tmp_path,)), held_build)
     holder = ModelHolderLogic(cache, False, None)
     outputs, _ = holder.on_batch(copies)
     release.set()

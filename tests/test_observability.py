@@ -136,7 +136,12 @@ def test_drift_shows_on_the_metrics_and_on_the_state(telemetry, model_v1):
     shifted = [record for block in range(12, 20) for record in generate_block(5, 0, block, shifted=True)]
     data = at(0.5, [messages(plain[at_ : at_ + 200]) for at_ in range(0, len(plain), 200)])
     data += at(1.5, [messages(shifted[at_ : at_ + 200]) for at_ in range(0, len(shifted), 200)])
-    run_core(data, at(0, [model_v1]), context=context, drift=DriftSettings(2_000, 1_000, 0.2, 1_000))
+    run_core(
+        data,
+        at(0, [model_v1]),
+        context=context,
+        drift=DriftSettings(reference=2_000, window=1_000, threshold=0.2, sample=1_000),
+    )
     psi = {
         (point.attributes["model"], point.attributes["feature"]): point.value
         for point in metric_points(metrics)["serving.drift.psi"]

@@ -6,17 +6,15 @@ import subprocess
 
 from support.jobs import REPO
 
-from flows.settings import Settings
+from flows.settings import variables
 
 
 def test_every_setting_is_in_the_readme_table_and_the_configuration_reference():
     readme = (REPO / "README.md").read_text()
     reference = (REPO / "docs" / "configuration.md").read_text()
-    for name in Settings.model_fields:
-        assert f"`SERVING_{name.upper()}`" in readme, f"SERVING_{name.upper()} is not in the README"
-        assert f"`SERVING_{name.upper()}`" in reference, (
-            f"SERVING_{name.upper()} is not in docs/configuration.md"
-        )
+    for name in variables():
+        assert f"`{name}`" in readme, f"{name} is not in the README"
+        assert f"`{name}`" in reference, f"{name} is not in docs/configuration.md"
 
 
 def test_ci_runs_the_quickstart_test_command():
@@ -39,8 +37,9 @@ def test_the_readme_is_short_with_the_commands_and_the_picture_on_its_first_scre
 
 
 def test_the_configuration_reference_is_generated_from_the_settings():
-    """docs/configuration.md's table is what flows/settings.py says (python -m flows.tools.settings_table --write)."""
+    """docs/configuration.md's and the README's tables are what the settings say
+    (python -m flows.tools.settings_table --write)."""
     from flows.tools import settings_table
 
     assert settings_table.main(["--check"]) == 0
-    assert settings_table.table().count("\n| `SERVING_") == len(Settings.model_fields)
+    assert settings_table.table().count("\n| `SERVING_") == len(variables())

@@ -31,6 +31,7 @@ from flows.app import build_flow
 from flows.challenger import user_buckets
 from flows.context import ServingContext
 from flows.dataflow import serve
+from flows.kafka.settings import KafkaSettings
 from flows.model_holder import CaughtUp, ModelHolderLogic
 from flows.records import CANARY, CHALLENGER
 from flows.scorers import ScorerCache
@@ -222,7 +223,7 @@ ADDED_SINCE_0_1_0 = ["serving.serve_drift"]
 def test_the_main_jobs_stateful_steps_keep_their_ids():
     for mode, settings in (
         ("embedded", Settings()),
-        ("kafka", Settings(kafka_bootstrap_servers="127.0.0.1:1")),
+        ("kafka", Settings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"))),
     ):
         flow = build_flow(settings, ServingContext.create())
         assert stateful_step_ids(flow) == sorted(STATEFUL_STEP_IDS_0_1_0[mode] + ADDED_SINCE_0_1_0)

@@ -30,7 +30,7 @@ from support.jobs import wait_for
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.scorers.transport import RECONNECT_WITHIN_MS
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.testing import tfserving_double as tfserving_stand_in
 from flows.testing.local_servers import LocalServer, mlserver, tfserving_double
 from flows.testing.loopback import free_port

@@ -24,7 +24,7 @@ from flows.admission.signing import (
 )
 from flows.avro import EVENT, MODEL, SIGNED_EVENT
 from flows.records import ModelEvent
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.sources.generators import generated_records, shipped_model
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import retrain

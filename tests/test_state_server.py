@@ -92,4 +92,4 @@ def test_paths_and_methods_get_the_right_status():
 
 def test_state_listens_on_loopback_unless_told_otherwise(monkeypatch):
     monkeypatch.delenv("SERVING_STATE_HOST", raising=False)
-    assert Settings().state_host == "127.0.0.1"
+    assert Settings.from_environment().state.host == "127.0.0.1"

@@ -65,15 +65,15 @@ def refusal(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> str | None:
         # The bytes are the model; a location beside them would change its identity (the digest) without
         # being what is served, so one signed message could become many models.
         return "a descriptor carries either model bytes or a location, not both"
-    if descriptor.model_bytes and len(descriptor.model_bytes) > policy.max_model_bytes:
+    if descriptor.model_bytes and len(descriptor.model_bytes) > policy.max_bytes:
         return (
-            f"model bytes are {len(descriptor.model_bytes):,}, over the limit of {policy.max_model_bytes:,} "
+            f"model bytes are {len(descriptor.model_bytes):,}, over the limit of {policy.max_bytes:,} "
             f"(SERVING_MODEL_MAX_BYTES)"
         )
     is_local = descriptor.model_type is ModelType.TENSORFLOWSAVED and not descriptor.model_bytes
     if is_local and descriptor.model_source_location:
         try:
-            allowed_local_directory(descriptor.model_source_location, policy.model_roots)
+            allowed_local_directory(descriptor.model_source_location, policy.roots)
         except ValueError as error:
             return str(error)
     return None

@@ -20,14 +20,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import Field
 
 from flows.admission.signing import SIGNATURE_BYTES, length_prefixed, load_private_key, signed_by_any
 from flows.records import ModelEvent, SignedModelEvent
-from flows.settings import Settings
+from flows.sections import Section
 
 EVENT_DOMAIN = b"bytewax-model-serving/ModelEvent/v1"
+
+
+class EventSettings(Section):
+    """Whether the flow signs the model events it writes (`SERVING_EVENTS_*`)."""
+
+    signing_key: Path | None = Field(
+        None,
+        description="path of an Ed25519 private key (PKCS#8 PEM, e.g. from `serving-model-keys --name event-signing`); set, the flow signs every event it writes to the events topic (signer: host/pid, issue time, signature; see `flows/admission/event_signing.py`), and `serving-retrain --trusted-keys` acts only on events signed with it. Unset: events go unsigned, as before, and `serving-retrain` needs `--insecure-accept-unsigned-events`",
+    )
 
 
 def signed_event_message(signed: SignedModelEvent) -> bytes:
@@ -82,12 +93,12 @@ class EventSigner:
         return replace(unsigned, signature=self._key.sign(signed_event_message(unsigned)))
 
 
-def event_signer(settings: Settings) -> EventSigner | None:
+def event_signer(settings: EventSettings) -> EventSigner | None:
     """The signer with SERVING_EVENTS_SIGNING_KEY's key (None if unset), or ValueError naming the setting
     and the file."""
-    if settings.events_signing_key is None:
+    if settings.signing_key is None:
         return None
     try:
-        return EventSigner(load_private_key(settings.events_signing_key))
+        return EventSigner(load_private_key(settings.signing_key))
     except ValueError as error:
         raise ValueError(f"SERVING_EVENTS_SIGNING_KEY: {error}") from error

@@ -1,36 +1,113 @@
-"""The limits and trust settings model admission enforces, in one immutable object."""
+"""The limits and trust settings model admission enforces, in one immutable, typed object.
+
+The fields' defaults and descriptions are the one source of both: the runtime reads them from
+`SERVING_MODEL_*` (and `SERVING_REMOTE_*` for `remote`) environment variables (`flows.settings`), and
+docs/configuration.md's table is generated from them. Nothing here reads the environment.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from flows.admission.graph import DEFAULT_ALLOWED_OPS
 from flows.admission.signing import parse_trusted_keys
-from flows.settings import SHIPPED_MODELS_DIR, Settings
+from flows.sections import SHOWN_DEFAULT, Section, comma_separated
+from flows.shipped import SHIPPED_MODELS_DIR
 
 
-@dataclass(frozen=True)
-class AdmissionPolicy:
-    """What a new model may cost and must satisfy; see `flows.settings` for each field's meaning."""
+class RemoteLimits(Section):
+    """What a model-server location may ask for (`SERVING_REMOTE_*`)."""
 
-    load_timeout_s: float = 60.0
-    max_loads: int = 2
-    max_model_bytes: int = 100 * 1024**2
-    max_unpacked_bytes: int = 256 * 1024**2
-    max_files: int = 1_000
-    unpack_timeout_s: float = 10.0
-    unpack_memory_bytes: int = 512 * 1024**2
-    output_low: float = 0.0
-    output_high: float = 1.0
-    trusted_keys: tuple[bytes, ...] = ()  # raw 32-byte Ed25519 public keys
-    model_roots: tuple[Path, ...] = (SHIPPED_MODELS_DIR,)
-    max_name_chars: int = 200
-    max_description_chars: int = 2_000
-    remote_max_timeout_s: float = 10.0
-    remote_max_retries: int = 3
-    allowed_ops: frozenset[str] = field(default=DEFAULT_ALLOWED_OPS, repr=False)
+    max_timeout: float = Field(
+        10.0, gt=0, description="highest `timeout` a model-server location may ask for, seconds"
+    )
+    max_retries: int = Field(3, ge=0, description="highest `retries` a model-server location may ask for")
+
+
+class AdmissionPolicy(Section):
+    """What a new model may cost and must satisfy (`SERVING_MODEL_*`): see the README's Security model."""
+
+    load_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a new model may take from arrival to ready (unpack, inspect, load, probe); past it, rejected",
+    )
+    max_loads: int = Field(
+        2,
+        ge=1,
+        description="model loads (a thread and an unpacking child each) a process runs at once; the others wait in arrival order, their deadline running, and one that a newer message of its role supersedes while it waits is dropped unloaded",
+    )
+    max_bytes: int = Field(
+        100 * 1024**2, ge=1, description="largest inline model archive (100 MiB), refused before unpacking"
+    )
+    max_unpacked_bytes: int = Field(
+        256 * 1024**2,
+        ge=1,
+        description="largest uncompressed archive (256 MiB, tar headers included); also the per-file size limit of the unpacking child",
+    )
+    max_files: int = Field(1_000, ge=1, description="most files and directories in a model archive")
+    unpack_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds (wall clock, and CPU) the unpacking child may take before it is killed",
+    )
+    unpack_memory: int = Field(
+        512 * 1024**2, ge=64 * 1024**2, description="address-space limit of the unpacking child (512 MiB)"
+    )
+    output_range: Annotated[tuple[float, float], NoDecode] = Field(
+        (0.0, 1.0),
+        description="`LOW,HIGH`: a model whose probe scores are not finite or outside is refused; such a score at scoring time makes that record's result an error",
+        json_schema_extra={SHOWN_DEFAULT: "`0,1`"},
+    )
+    trusted_keys: Annotated[tuple[bytes, ...], NoDecode] = Field(
+        (),
+        description="Ed25519 public keys (base64, or PEM file paths), comma-separated; set, only descriptors signed by one of them are accepted",
+    )
+    roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (SHIPPED_MODELS_DIR,),
+        description="directories local model paths must lie under, comma-separated",
+        json_schema_extra={SHOWN_DEFAULT: "the shipped models' directory"},
+    )
+    max_name_chars: int = Field(200, ge=1, description="longest model name accepted")
+    max_description_chars: int = Field(2_000, ge=0, description="longest model description accepted")
+    remote: RemoteLimits = RemoteLimits()
+
+    @field_validator("output_range", mode="before")
+    @classmethod
+    def _output_range(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_output_range(value)
+        return value
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _trusted_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_trusted_keys(value)
+        return value
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _roots(cls, value: Any) -> Any:
+        return comma_separated(value)
+
+    @property
+    def output_low(self) -> float:
+        return self.output_range[0]
+
+    @property
+    def output_high(self) -> float:
+        return self.output_range[1]
+
+    @property
+    def allowed_ops(self) -> frozenset[str]:
+        """The TensorFlow ops a SavedModel's graph may use (a constant of the graph inspection, not a setting)."""
+        return DEFAULT_ALLOWED_OPS
 
 
 def parse_output_range(text: str) -> tuple[float, float]:
@@ -42,25 +119,3 @@ def parse_output_range(text: str) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ValueError(f"output range {text!r} must be two finite numbers, LOW <= HIGH")
     return low, high
-
-
-def admission_policy(settings: Settings) -> AdmissionPolicy:
-    """The policy the `SERVING_MODEL_*` / `SERVING_REMOTE_*` settings describe; ValueError if one is malformed."""
-    low, high = parse_output_range(settings.model_output_range)
-    return AdmissionPolicy(
-        load_timeout_s=settings.model_load_timeout,
-        max_loads=settings.model_max_loads,
-        max_model_bytes=settings.model_max_bytes,
-        max_unpacked_bytes=settings.model_max_unpacked_bytes,
-        max_files=settings.model_max_files,
-        unpack_timeout_s=settings.model_unpack_timeout,
-        unpack_memory_bytes=settings.model_unpack_memory,
-        output_low=low,
-        output_high=high,
-        trusted_keys=parse_trusted_keys(settings.model_trusted_keys),
-        model_roots=tuple(Path(root.strip()) for root in settings.model_roots.split(",") if root.strip()),
-        max_name_chars=settings.model_max_name_chars,
-        max_description_chars=settings.model_max_description_chars,
-        remote_max_timeout_s=settings.remote_max_timeout,
-        remote_max_retries=settings.remote_max_retries,
-    )

@@ -43,15 +43,15 @@ def unpack_and_inspect(payload: bytes | None, target: Path, policy: AdmissionPol
             "payload": None,
             "max_unpacked_bytes": policy.max_unpacked_bytes,
             "max_files": policy.max_files,
-            "memory_bytes": policy.unpack_memory_bytes,
-            "cpu_seconds": max(1, math.ceil(policy.unpack_timeout_s)),
+            "memory_bytes": policy.unpack_memory,
+            "cpu_seconds": max(1, math.ceil(policy.unpack_timeout)),
             "allowed_ops": sorted(policy.allowed_ops),
         }
         if payload is not None:
             job["payload"] = os.path.join(scratch, "payload")
             with open(job["payload"], "wb") as payload_file:
                 payload_file.write(payload)
-        _run_child(job, Path(scratch), policy.unpack_timeout_s)
+        _run_child(job, Path(scratch), policy.unpack_timeout)
 
 
 def _run_child(job: dict, scratch: Path, timeout_s: float) -> None:

@@ -33,7 +33,7 @@ def main() -> None:
         "--rate", type=float, default=0, help="offered records/s (default: as fast as possible)"
     )
     parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in this process")
-    parser.add_argument("--shards", type=int, default=Settings().shards)
+    parser.add_argument("--shards", type=int, default=Settings.from_environment().flow.shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
     parser.add_argument(
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> dict:
         args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on", args.drift == "on"
     )  # fmt: skip
     if args.scenario == "embedded":
-        model = shipped_model(Settings().models_dir, args.model_version)
+        model = shipped_model(Settings.from_environment().generator.models_dir, args.model_version)
         return run_in_process(
             args.scenario, model, *in_process, challenger=_challenger(args), bad_every=args.bad_every
         )
@@ -134,7 +134,7 @@ def _challenger(args: argparse.Namespace) -> ModelDescriptor | None:
     if args.challenger == "off":
         return None
     version = "2" if args.model_version == "1" else "1"
-    model = shipped_model(Settings().models_dir, version)
+    model = shipped_model(Settings.from_environment().generator.models_dir, version)
     return replace(model, role=CHALLENGER, mode=args.challenger, fraction=args.challenger_fraction)
 
 

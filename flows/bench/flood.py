@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,13 +24,13 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
-from flows.admission.policy import admission_policy
 from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, SwapSink
 from flows.context import ServingContext
 from flows.dataflow import serve
 from flows.records import ModelDescriptor, ModelEvent, ModelType
-from flows.settings import SHIPPED_MODELS_DIR, Settings
+from flows.settings import Settings
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.sources.batched import PollBatches
 from flows.sources.generators import DataGenerator, shipped_model
 from flows.vocabulary import EventKind
@@ -97,19 +96,21 @@ def run_model_flood(
     """v1 serving at `rate`; `flood` model messages arrive together after `flood_after` seconds."""
     if rate <= 0:
         raise SystemExit("bench: the model-flood scenario needs an offered --rate")
-    settings = Settings()
+    settings = Settings.from_environment()
     with tempfile.TemporaryDirectory(prefix="flood-") as scratch:
         root = Path(scratch)
-        policy = replace(admission_policy(settings), model_roots=(SHIPPED_MODELS_DIR, root))
+        policy = settings.admission.model_copy(update={"roots": (SHIPPED_MODELS_DIR, root)})
         context = ServingContext.create(policy)
-        v1 = shipped_model(settings.models_dir, "1")
+        v1 = shipped_model(settings.generator.models_dir, "1")
         context.cache.acquire(v1)
         messages = flood_of(root, flood)
         open_for = timedelta(seconds=max(records / rate - flood_after, 1.0))
         source = TestingSource([v1, TestingSource.PAUSE(timedelta(seconds=flood_after)), *messages,
                                 TestingSource.PAUSE(open_for)], batch_size=len(messages) + 1)  # fmt: skip
         flow = Dataflow("bench-flood")
-        data = op.input("data", flow, PollBatches(DataGenerator(records, rate, 1, batch, settings.seed)))
+        data = op.input(
+            "data", flow, PollBatches(DataGenerator(records, rate, 1, batch, settings.generator.seed))
+        )
         streams = serve("serve", data, op.input("models", flow, source), context, shards=shards,
                         hold_limit=records)  # fmt: skip
         results, events = SwapSink(messages[-1].model_name), ArrivalSink[ModelEvent]()

@@ -26,7 +26,6 @@ from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, LatencySink, SwapSink
 from flows.context import ServingContext
 from flows.dataflow import serve
-from flows.drift import DriftSettings
 from flows.observability.telemetry import Telemetry
 from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelType
 from flows.scorers import Scorer, ScorerCache, build_scorer
@@ -185,19 +184,19 @@ def _measure(
     challenger: ModelDescriptor | None,
     bad_every: int,
 ) -> dict:
-    settings = Settings()
+    settings = Settings.from_environment()
     served = [model, challenger] if challenger else [model]
     for index, descriptor in enumerate(served):
         context.cache.acquire(descriptor)  # Load (and warm up) before timing; the flow then shares it.
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
     flow = Dataflow("bench")
-    generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.seed)
+    generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.generator.seed)
     data = op.input(
         "data", flow, PollBatches(UnscorableRecords(generator, bad_every) if bad_every else generator)
     )
     models = op.input("models", flow, ModelGenerator(served, interval=0.0, count=len(served)))
-    drift = DriftSettings.of(settings) if drift_on else None
+    drift = settings.drift if drift_on else None
     streams = serve("serve", data, models, context, shards=shards, hold_limit=records, drift=drift)
     sink = LatencySink()
     op.output("latency", streams.results, sink)
@@ -246,12 +245,12 @@ def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: i
     """
     if rate <= 0:
         raise SystemExit("bench: the swap scenario needs an offered --rate")
-    settings = Settings()
-    v1, v2 = (shipped_model(settings.models_dir, version) for version in ("1", "2"))
+    settings = Settings.from_environment()
+    v1, v2 = (shipped_model(settings.generator.models_dir, version) for version in ("1", "2"))
     context = ServingContext.create()
     context.cache.acquire(v1)
     flow = Dataflow("bench-swap")
-    generator = DataGenerator(records, rate, partitions=1, batch=batch, seed=settings.seed)
+    generator = DataGenerator(records, rate, partitions=1, batch=batch, seed=settings.generator.seed)
     data = op.input("data", flow, PollBatches(generator))
     models = ModelGenerator([v1, v2], interval=swap_after, count=2, open_for=records / rate)
     streams = serve(

@@ -48,8 +48,8 @@ def run_kafka_embedded(
     the data message's (both set when produced), so it includes the time in Kafka on both sides; throughput
     counts from the first result to the last, so the flow's start-up is not in it.
     """
-    settings = Settings()
-    model = shipped_model(settings.models_dir, version)
+    settings = Settings.from_environment()
+    model = shipped_model(settings.generator.models_dir, version)
     context = ServingContext.create()
     context.cache.acquire(model)
     with ExitStack() as stack:
@@ -57,18 +57,21 @@ def run_kafka_embedded(
         topics = create_topics(servers, "bench", ["data", "models", "results", "dead"], partitions=partitions)
         produce(servers, topics["models"], [(model.model_name.encode(), MODEL.encode(model))])
         encoded = [
-            (str(r.user).encode(), RECORD.encode(r)) for r in generated_records(settings.seed, records)
+            (str(r.user).encode(), RECORD.encode(r))
+            for r in generated_records(settings.generator.seed, records)
         ]
-        flow_settings = Settings(
-            kafka_bootstrap_servers=servers,
-            kafka_data_topic=topics["data"],
-            kafka_models_topic=topics["models"],
-            kafka_results_topic=topics["results"],
-            kafka_dead_letters_topic=topics["dead"],
-            kafka_tail=rate > 0,
-            kafka_consumer_config=settings.kafka_consumer_config,
-            console_every=0,
-            shards=settings.shards,
+        kafka = settings.kafka.model_copy(
+            update={
+                "bootstrap_servers": servers,
+                "data_topic": topics["data"],
+                "models_topic": topics["models"],
+                "results_topic": topics["results"],
+                "dead_letters_topic": topics["dead"],
+                "tail": rate > 0,
+            }
+        )
+        flow_settings = settings.model_copy(
+            update={"kafka": kafka, "output": settings.output.model_copy(update={"console_every": 0})}
         )
         if processes:
             if rate > 0:
@@ -92,7 +95,7 @@ def _run_here(
 ) -> None:
     flow = build_flow(flow_settings, context)
     if rate > 0:
-        offer = (servers, topics, encoded, rate, flow_settings.seed)
+        offer = (servers, topics, encoded, rate, flow_settings.generator.seed)
         threading.Thread(target=_offer, args=offer, daemon=True).start()
     else:
         produce(servers, topics["data"], encoded)
@@ -121,11 +124,11 @@ def _run_main_job(flow_settings: Settings, processes: int) -> None:
 def _environment(flow_settings: Settings) -> dict[str, str]:
     """The SERVING_* variables that give the main job `flow_settings`' Kafka topics."""
     return {
-        "SERVING_KAFKA_BOOTSTRAP_SERVERS": flow_settings.kafka_bootstrap_servers,
-        "SERVING_KAFKA_DATA_TOPIC": flow_settings.kafka_data_topic,
-        "SERVING_KAFKA_MODELS_TOPIC": flow_settings.kafka_models_topic,
-        "SERVING_KAFKA_RESULTS_TOPIC": flow_settings.kafka_results_topic,
-        "SERVING_KAFKA_DEAD_LETTERS_TOPIC": flow_settings.kafka_dead_letters_topic,
+        "SERVING_KAFKA_BOOTSTRAP_SERVERS": flow_settings.kafka.bootstrap_servers,
+        "SERVING_KAFKA_DATA_TOPIC": flow_settings.kafka.data_topic,
+        "SERVING_KAFKA_MODELS_TOPIC": flow_settings.kafka.models_topic,
+        "SERVING_KAFKA_RESULTS_TOPIC": flow_settings.kafka.results_topic,
+        "SERVING_KAFKA_DEAD_LETTERS_TOPIC": flow_settings.kafka.dead_letters_topic,
         "SERVING_KAFKA_TAIL": "false",
         "SERVING_CONSOLE_EVERY": "0",
     }

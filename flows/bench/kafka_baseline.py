@@ -14,7 +14,6 @@ from contextlib import ExitStack
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
-from flows.admission.policy import admission_policy
 from flows.avro import RECORD, RESULT
 from flows.bench.report import kafka_report
 from flows.kafka.config import CONSUMER_DEFAULTS
@@ -41,16 +40,19 @@ POLL_SIZE = 500
 
 def run_kafka_baseline(records: int, bootstrap: str | None, partitions: int, version: str) -> dict:
     """A pre-loaded data topic through the hand-written loop to a results topic (see the module docstring)."""
-    settings = Settings()
-    model = shipped_model(settings.models_dir, version)
-    scorer = build_scorer(model, admission_policy(settings))  # loaded (and probed) before the clock starts
+    settings = Settings.from_environment()
+    model = shipped_model(settings.generator.models_dir, version)
+    scorer = build_scorer(model, settings.admission)  # loaded (and probed) before the clock starts
     with ExitStack() as stack:
         servers = bootstrap or stack.enter_context(kafka_broker())
         topics = create_topics(servers, "baseline", ["data", "results"], partitions=partitions)
         produce(
             servers,
             topics["data"],
-            [(str(r.user).encode(), RECORD.encode(r)) for r in generated_records(settings.seed, records)],
+            [
+                (str(r.user).encode(), RECORD.encode(r))
+                for r in generated_records(settings.generator.seed, records)
+            ],
         )
         _serve(servers, topics["data"], topics["results"], scorer, model.model_name, records)
         results = consume_all(servers, topics["results"], records)

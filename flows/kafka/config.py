@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flows.settings import Settings
+from flows.kafka.settings import KafkaSettings
 
 # The flow's consumers read ahead at most about one poll (SERVING_KAFKA_POLL_SIZE, 1,000 messages) instead of
 # librdkafka's 100,000 messages (up to 64 MB) per partition, and look again every 10 ms whether to fetch more
@@ -15,11 +15,11 @@ from flows.settings import Settings
 CONSUMER_DEFAULTS = {"queued.min.messages": "1000", "fetch.queue.backoff.ms": "10"}
 
 
-def client_config(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+def client_config(settings: KafkaSettings, extra: dict[str, str]) -> dict[str, str]:
     """librdkafka settings: the shared ones, overridden by the consumer- or producer-only `extra`."""
-    return {**settings.kafka_config, **extra}
+    return {**settings.config, **extra}
 
 
-def consumer_config(settings: Settings) -> dict[str, str]:
+def consumer_config(settings: KafkaSettings) -> dict[str, str]:
     """The flow's consumer settings: `CONSUMER_DEFAULTS`, then the shared settings, then the consumer-only ones."""
-    return {**CONSUMER_DEFAULTS, **client_config(settings, settings.kafka_consumer_config)}
+    return {**CONSUMER_DEFAULTS, **client_config(settings, settings.consumer_config)}

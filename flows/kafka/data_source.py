@@ -20,9 +20,9 @@ from confluent_kafka import KafkaError as ConsumerError
 
 from flows.avro import RECORD
 from flows.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
+from flows.kafka.settings import KafkaSettings
 from flows.record_polls import decode_records
 from flows.records import DataMessage, DecodeFailure
-from flows.settings import Settings
 
 LOOKUP_TIMEOUT_S = 10.0
 
@@ -62,15 +62,17 @@ class DecodedPoll:
 class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
     """The data topic's partitions, each poll emitted as one DecodedPoll (see the module docstring)."""
 
-    def __init__(self, settings: Settings, topic: str, starting_offset: int, config: dict[str, str]) -> None:
+    def __init__(
+        self, settings: KafkaSettings, topic: str, starting_offset: int, config: dict[str, str]
+    ) -> None:
         self.settings = settings
         self.topic = topic
         self.starting_offset = starting_offset
         self.consumer_config = {
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "bootstrap.servers": settings.bootstrap_servers,
             "group.id": "BYTEWAX_IGNORED",  # offsets are kept in the recovery snapshots, not by a group
             "enable.auto.commit": "false",
-            "enable.partition.eof": str(not settings.kafka_tail),
+            "enable.partition.eof": str(not settings.tail),
             **config,
         }
 
@@ -89,7 +91,7 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
 
 class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
     def __init__(
-        self, consumer: Consumer, topic: str, partition: int, offset: int, settings: Settings
+        self, consumer: Consumer, topic: str, partition: int, offset: int, settings: KafkaSettings
     ) -> None:
         consumer.assign([TopicPartition(topic, partition, offset)])
         self.consumer = consumer
@@ -102,7 +104,7 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
     def next_batch(self) -> list[DecodedPoll]:
         if self.ended:
             raise StopIteration()
-        polled = self.consumer.consume(self.settings.kafka_poll_size, 0.001)
+        polled = self.consumer.consume(self.settings.poll_size, 0.001)
         messages: list[Message] = []
         failed: list[Undecodable] = []
         for message in polled:

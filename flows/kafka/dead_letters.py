@@ -10,9 +10,9 @@ from confluent_kafka import KafkaError as ConsumerError
 
 from flows.avro import AvroCodec
 from flows.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
+from flows.kafka.settings import KafkaSettings
 from flows.kafka.sink import SinkMessage
 from flows.records import DecodeFailure, cut
-from flows.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class Undecodable:
 
 
 def decode_failure(
-    codec: AvroCodec, settings: Settings, message: KafkaSourceMessage, failure: DecodeFailure
+    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, failure: DecodeFailure
 ) -> Undecodable:
     """A message `codec` could not decode."""
     reason = f"{message.topic}[{message.partition}]@{message.offset}: {failure.reason}"
@@ -32,14 +32,14 @@ def decode_failure(
 
 
 def consumer_failure(
-    codec: AvroCodec, settings: Settings, message: KafkaSourceMessage, error: ConsumerError
+    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, error: ConsumerError
 ) -> Undecodable:
     """A message the consumer reported an error for."""
     return _undecodable(codec, settings, message, f"Kafka consumer error: {error.str()}")
 
 
 def _undecodable(
-    codec: AvroCodec, settings: Settings, message: KafkaSourceMessage, reason: str
+    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, reason: str
 ) -> Undecodable:
     where = [
         (REASON_HEADER, cut(reason).encode()),
@@ -50,7 +50,7 @@ def _undecodable(
     letter = SinkMessage(
         message.key,
         message.value,
-        topic=settings.kafka_dead_letters_topic,
+        topic=settings.dead_letters_topic,
         headers=[*(message.headers or ()), *where],
     )
     return Undecodable(letter, DecodeFailure(codec.name, reason, message.value))

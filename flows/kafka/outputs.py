@@ -12,7 +12,7 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.admission.event_signing import EventSigner, event_signer
+from flows.admission.event_signing import EventSigner
 from flows.avro import EVENT, REPORT, RESULT, SIGNED_EVENT, encode_results
 from flows.kafka.config import client_config
 from flows.kafka.data_source import KafkaOrigin
@@ -24,6 +24,7 @@ from flows.kafka.headers import (
     SOURCE_TIMESTAMP_HEADER,
     SOURCE_TOPIC_HEADER,
 )
+from flows.kafka.settings import KafkaSettings
 from flows.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.observability.telemetry import TRACEPARENT, trace_context_of
 from flows.records import (
@@ -38,7 +39,6 @@ from flows.records import (
     ScoredMessage,
     cut,
 )
-from flows.settings import Settings
 from flows.vocabulary import EventKind
 
 
@@ -168,43 +168,43 @@ def smaller_report(message: SinkMessage, reason: str) -> SinkMessage:
 
 
 def kafka_outputs(
-    settings: Settings,
+    settings: KafkaSettings,
     results: Stream[Sequence[ScoredMessage]],
     dead_letters: Stream[SinkMessage],
     events: Stream[ModelEvent],
     reports: Stream[ChallengerReport],
     shadow_results: Stream[ScoredBatch],
+    signer: EventSigner | None = None,
 ) -> None:
     """Write result batches to the results topic, dead letters to the dead-letter topic and, if
     SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
-    model events (signed if SERVING_EVENTS_SIGNING_KEY is set), challenger reports and shadow results to them
+    model events (signed by `signer`, from SERVING_EVENTS_SIGNING_KEY), challenger reports and shadow results to them
     (see flows.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one)."""
-    brokers = settings.kafka_bootstrap_servers.split(",")
-    config = client_config(settings, settings.kafka_producer_config)
+    brokers = settings.brokers
+    config = client_config(settings, settings.producer_config)
     encoded = op.map("encode_results", results, result_messages)
     op.output(
         "kafka_results",
         encoded,
-        ResilientKafkaSink(brokers, settings.kafka_results_topic, config, smaller_result),
+        ResilientKafkaSink(brokers, settings.results_topic, config, smaller_result),
     )
     letters = op.map("dead_letter_messages", dead_letters, lambda letter: [letter])
     op.output(
         "kafka_dead_letters",
         letters,
-        ResilientKafkaSink(brokers, settings.kafka_dead_letters_topic, config, smaller_dead_letter),
+        ResilientKafkaSink(brokers, settings.dead_letters_topic, config, smaller_dead_letter),
     )
-    if settings.kafka_events_topic:
-        topic = settings.kafka_events_topic
-        signer = event_signer(settings)
+    if settings.events_topic:
+        topic = settings.events_topic
         messages = op.map("event_messages", events, partial(event_message, signer=signer))
         shrink = partial(smaller_event, signer=signer)
         op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, shrink))
-    if settings.kafka_challenger_topic:
-        topic = settings.kafka_challenger_topic
+    if settings.challenger_topic:
+        topic = settings.challenger_topic
         messages = op.map("report_messages", reports, report_message)
         op.output("kafka_reports", messages, ResilientKafkaSink(brokers, topic, config, smaller_report))
-    if settings.kafka_shadow_results_topic:
-        topic = settings.kafka_shadow_results_topic
+    if settings.shadow_results_topic:
+        topic = settings.shadow_results_topic
         messages = op.map("encode_shadow_results", shadow_results, result_messages)
         op.output(
             "kafka_shadow_results", messages, ResilientKafkaSink(brokers, topic, config, smaller_result)

@@ -21,10 +21,10 @@ from flows.kafka.catch_up import CatchUpSource
 from flows.kafka.config import consumer_config
 from flows.kafka.data_source import DataPollSource, KafkaOrigin
 from flows.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
+from flows.kafka.settings import KafkaSettings
 from flows.kafka.sink import SinkMessage
 from flows.model_holder import CaughtUp
 from flows.records import DataMessage, DecodeFailure, ModelDescriptor
-from flows.settings import Settings
 from flows.sources.model_gate import ChampionGate, WaitForChampion
 from flows.sources.stoppable import StoppableSource
 
@@ -43,7 +43,7 @@ class KafkaInputs:
     dead_letters: Stream[SinkMessage]
 
 
-def _decode_model(settings: Settings, item: KafkaSourceMessage | KafkaError | CaughtUp):
+def _decode_model(settings: KafkaSettings, item: KafkaSourceMessage | KafkaError | CaughtUp):
     """A model-source item as its ModelDescriptor (or the start-up marker), or an Undecodable."""
     if isinstance(item, CaughtUp):
         return item  # the model holder's start-up marker, see flows.kafka.catch_up
@@ -53,28 +53,31 @@ def _decode_model(settings: Settings, item: KafkaSourceMessage | KafkaError | Ca
     return decode_failure(MODEL, settings, item, value) if isinstance(value, DecodeFailure) else value
 
 
-def _models_source(settings: Settings) -> StoppableSource:
+def _models_source(settings: KafkaSettings) -> StoppableSource:
     config = consumer_config(settings)
-    topic = settings.kafka_models_topic
+    topic = settings.models_topic
     source = KafkaSource(
-        settings.kafka_bootstrap_servers.split(","),
+        settings.brokers,
         [topic],
-        tail=settings.kafka_tail,
+        tail=settings.tail,
         starting_offset=OFFSET_BEGINNING,
         add_config=config,
-        batch_size=settings.kafka_poll_size,
+        batch_size=settings.poll_size,
         raise_on_errors=False,
     )
-    lookup = {"bootstrap.servers": settings.kafka_bootstrap_servers, **config}
+    lookup = {"bootstrap.servers": settings.bootstrap_servers, **config}
     return StoppableSource(CatchUpSource(source, topic, lookup))
 
 
-def kafka_inputs(flow: Dataflow, settings: Settings, gate: ChampionGate) -> KafkaInputs:
+def kafka_inputs(
+    flow: Dataflow, settings: KafkaSettings, gate: ChampionGate, wait_for_model: float
+) -> KafkaInputs:
     """The data and model streams from Kafka, and the dead letters of both. The data partitions read
-    nothing until `gate` opens (a champion is ready in this process: `flows.sources.model_gate`)."""
-    data_start = OFFSET_BEGINNING if settings.kafka_data_start == "earliest" else OFFSET_END
-    data_source = DataPollSource(settings, settings.kafka_data_topic, data_start, consumer_config(settings))
-    gated = WaitForChampion(data_source, gate, settings.data_wait_for_model)
+    nothing until `gate` opens (a champion is ready in this process: `flows.sources.model_gate`), or for
+    `wait_for_model` seconds at most."""
+    data_start = OFFSET_BEGINNING if settings.data_start == "earliest" else OFFSET_END
+    data_source = DataPollSource(settings, settings.data_topic, data_start, consumer_config(settings))
+    gated = WaitForChampion(data_source, gate, wait_for_model)
     polls = op.input("kafka_data", flow, StoppableSource(gated))
     data = op.filter_map("data_batches", polls, lambda poll: poll.batch or None)
     undecodable_data = op.flat_map("undecodable_data", polls, lambda poll: poll.undecodable)

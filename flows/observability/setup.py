@@ -21,7 +21,7 @@ def start_observability(settings: Settings, context: ServingContext) -> list[Any
     to keep alive for the run."""
     handles: list[Any] = []
     switched_on = configure_from_environment(context.telemetry)
-    if settings.bytewax_tracing:
+    if settings.output.bytewax_tracing:
         from bytewax.tracing import OtlpTracingConfig, setup_tracing
 
         config = OtlpTracingConfig(
@@ -34,11 +34,12 @@ def start_observability(settings: Settings, context: ServingContext) -> list[Any
         handles.append(tracer)
         atexit.register(_drain_bytewax_exporter, tracer)
         switched_on.append("bytewax traces: otlp")
-    if settings.state_port:
-        server = start_state_server(settings.state_host, settings.state_port, context.state)
+    state = settings.state
+    if state.port:
+        server = start_state_server(state.host, state.port, context.state)
         if server is not None:
             handles.append(server)
-            switched_on.append(f"state: http://{settings.state_host}:{settings.state_port}/state")
+            switched_on.append(f"state: http://{state.host}:{state.port}/state")
     if switched_on:
         log.info("observability: %s", "; ".join(switched_on))
     return handles

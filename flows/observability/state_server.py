@@ -20,9 +20,27 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pydantic import Field
+
 from flows.observability.serving_state import ServingState
+from flows.sections import Section
 
 log = logging.getLogger(__name__)
+
+
+class StateServerSettings(Section):
+    """Where `GET /state` listens (`SERVING_STATE_*`)."""
+
+    port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="port of the HTTP `GET /state` endpoint (`0`: off); two processes on one host need two ports",
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="address the `/state` endpoint listens on; `0.0.0.0` for every interface (the Kubernetes manifests set it)",
+    )
 
 
 def state_document(state: ServingState) -> dict[str, Any]:

@@ -20,10 +20,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flows.admission.policy import AdmissionPolicy, admission_policy
+from flows.admission.policy import AdmissionPolicy
 from flows.records import ModelDescriptor
 from flows.scorers.base import ModelLoadError, Scorer, build_scorer
-from flows.settings import Settings
 
 MAX_REMEMBERED_FAILURES = 64
 
@@ -136,7 +135,7 @@ class ScorerCache:
         policy: AdmissionPolicy | None = None,
         build: Callable[[ModelDescriptor, AdmissionPolicy], Scorer] = build_scorer,
     ) -> None:
-        self._policy = policy
+        self.policy = policy if policy is not None else AdmissionPolicy()
         self._build = build
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
@@ -146,13 +145,6 @@ class ScorerCache:
         self.builds = 0
         self.most_running = 0  # the most loads that ran at once, for tests and benchmarks
 
-    @property
-    def policy(self) -> AdmissionPolicy:
-        """The admission policy: given, or read from the settings on first use (each process reads its own)."""
-        if self._policy is None:
-            self._policy = admission_policy(Settings())
-        return self._policy
-
     def request(self, descriptor: ModelDescriptor) -> ModelLoad:
         """Take a reference to `descriptor`'s model and return its load (started now if it is new)."""
         digest = descriptor.digest
@@ -161,7 +153,7 @@ class ScorerCache:
             if entry is not None:
                 entry.references += 1
                 return entry.load
-            load = ModelLoad(descriptor, self.policy.load_timeout_s)
+            load = ModelLoad(descriptor, self.policy.load_timeout)
             if digest in self._failures:
                 load._settle(None, self._failures[digest])
                 return load

@@ -89,7 +89,7 @@ def build_remote_scorer(
         raise ModelLoadError(name, f"a {protocol} model needs a location (SCHEME://HOST:PORT/models/NAME)")
     try:
         location = parse_location(
-            descriptor.model_source_location, policy.remote_max_timeout_s, policy.remote_max_retries
+            descriptor.model_source_location, policy.remote.max_timeout, policy.remote.max_retries
         )
     except LocationError as error:
         raise ModelLoadError(name, str(error)) from error

@@ -96,7 +96,7 @@ def build_saved_model_scorer(descriptor: ModelDescriptor, policy: AdmissionPolic
             return SavedModelScorer(name, Path(scratch))
     if descriptor.model_source_location:
         try:
-            directory = allowed_local_directory(descriptor.model_source_location, policy.model_roots)
+            directory = allowed_local_directory(descriptor.model_source_location, policy.roots)
         except ValueError as error:
             raise ModelLoadError(name, str(error)) from error
         if not directory.is_dir():

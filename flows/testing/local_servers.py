@@ -20,7 +20,7 @@ from types import TracebackType
 import urllib3
 
 from flows.scorers.base import INPUTS, OUTPUT
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.testing.loopback import free_port, wait_until_ready
 
 

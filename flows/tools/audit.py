@@ -130,22 +130,22 @@ def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_lett
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-audit", description=__doc__.split("\n\n")[0])
     add_kafka_arguments(
         parser,
-        settings,
+        settings.kafka,
         {
-            "--data-topic": settings.kafka_data_topic,
-            "--results-topic": settings.kafka_results_topic,
-            "--dead-letters-topic": settings.kafka_dead_letters_topic,
+            "--data-topic": settings.kafka.data_topic,
+            "--results-topic": settings.kafka.results_topic,
+            "--dead-letters-topic": settings.kafka.dead_letters_topic,
         },
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
 
     report = audit(
-        consumer_config(args, settings), args.data_topic, args.results_topic, args.dead_letters_topic
+        consumer_config(args, settings.kafka), args.data_topic, args.results_topic, args.dead_letters_topic
     ).summary()
     if args.json:
         print(json.dumps(report))

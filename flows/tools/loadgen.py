@@ -17,14 +17,14 @@ from flows.tools.kafka_args import add_kafka_arguments, producer_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-loadgen", description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, required=True, help="records to send")
     parser.add_argument(
         "--rate", type=float, default=333.0, help="records per second (0: as fast as possible)"
     )
-    add_kafka_arguments(parser, settings, {"--topic": settings.kafka_data_topic})
-    parser.add_argument("--seed", type=int, default=settings.seed)
+    add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.data_topic})
+    parser.add_argument("--seed", type=int, default=settings.generator.seed)
     parser.add_argument(
         "--shift-after",
         type=int,
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
 
-    producer = Producer({"linger.ms": "5", **producer_config(args, settings)})
+    producer = Producer({"linger.ms": "5", **producer_config(args, settings.kafka)})
     failures: list[str] = []
 
     def delivered(error, message) -> None:

@@ -67,7 +67,7 @@ def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescri
         command = PROMOTE if args.promote else RETIRE
         name = args.promote or args.retire
         target = args.target_digest or newest_challenger_digest(
-            consumer_config(args, settings), args.topic, name
+            consumer_config(args, settings.kafka), args.topic, name
         )
         return ModelDescriptor(name, "", ModelType.UNKNOWN, command=command, target_digest=target)
     model = _model_from(args, settings)
@@ -78,7 +78,7 @@ def descriptor_from(args: argparse.Namespace, settings: Settings) -> ModelDescri
 
 def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor:
     if args.version:
-        return shipped_model(settings.models_dir, args.version)
+        return shipped_model(settings.generator.models_dir, args.version)
     if args.path:
         directory = Path(args.path)
         name = args.name or directory.name
@@ -94,7 +94,7 @@ def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-publish-model", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="sign with this Ed25519 private key (PEM; make one with python -m flows.tools.model_keys)",
     )
-    add_kafka_arguments(parser, settings, {"--topic": settings.kafka_models_topic})
+    add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.models_topic})
     args = parser.parse_args(argv)
 
     if args.fraction != 1.0 and not args.challenger:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refused: cannot sign with {args.sign}: {error}", file=sys.stderr)
             return 2
     payload = MODEL.encode(descriptor)
-    config = producer_config(args, settings)
+    config = producer_config(args, settings.kafka)
     limit, limited_by = size_limit(args.topic, config)
     if len(payload) > limit:
         print(

@@ -75,7 +75,7 @@ def drift_events(
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-retrain", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--version", type=int, required=True, help="the first version to train (then +1 each)"
@@ -116,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="sign the published models with this Ed25519 private key (PEM), as serving-publish-model --sign",
     )
-    events_default = settings.kafka_events_topic or "recommender-model-events"
+    events_default = settings.kafka.events_topic or "recommender-model-events"
     add_kafka_arguments(
         parser,
-        settings,
-        {"--events-topic": events_default, "--models-topic": settings.kafka_models_topic},
+        settings.kafka,
+        {"--events-topic": events_default, "--models-topic": settings.kafka.models_topic},
     )
     args = parser.parse_args(argv)
     gate = RetrainGate(_trusted_keys(parser, args), args.min_interval, args.max_age, args.model)
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             parser.error(f"--sign: {error}")
 
-    consumer = Consumer({**consumer_config(args, settings), "group.id": f"retrain-{uuid.uuid4().hex[:8]}"})
+    consumer = Consumer(
+        {**consumer_config(args, settings.kafka), "group.id": f"retrain-{uuid.uuid4().hex[:8]}"}
+    )
     start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
     partitions = consumer.list_topics(args.events_topic, timeout=10).topics[args.events_topic].partitions
     consumer.assign([TopicPartition(args.events_topic, index, start) for index in partitions])

@@ -1,7 +1,8 @@
-"""The settings reference table, generated from `flows.settings.Settings` (its defaults and descriptions).
+"""The settings tables, generated from the settings' sections (their fields' defaults and descriptions).
 
-`python -m flows.tools.settings_table` prints the table; `--write` puts it into docs/configuration.md,
-between its two markers; `--check` exits 1 if the file is not what the settings say (the test suite runs it).
+`python -m flows.tools.settings_table` prints docs/configuration.md's table; `--write` puts it there and
+the README's table by area into the README, each between its two markers; `--check` exits 1 if either file
+is not what the settings say (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -12,20 +13,24 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from flows.settings import SHOWN_DEFAULT, Settings
+from flows.sections import SHOWN_DEFAULT
+from flows.settings import Settings, variables
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+REPOSITORY = Path(__file__).resolve().parents[2]
+REFERENCE = REPOSITORY / "docs" / "configuration.md"
+README = REPOSITORY / "README.md"
 BEGIN = "<!-- settings table: generated from flows/settings.py by python -m flows.tools.settings_table --write -->"
 END = "<!-- end of the generated settings table -->"
+MIB = 1024**2
 
 
 def shown_default(field: FieldInfo) -> str:
-    """A field's default as the table shows it: the value in backquotes, or words for what has none."""
+    """A field's default as the reference shows it: the value in backquotes, or words for what has none."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if SHOWN_DEFAULT in extra:
         return str(extra[SHOWN_DEFAULT])
     value = field.get_default(call_default_factory=True)
-    if value is None or value == "":
+    if value is None or value == "" or value == ():
         return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
@@ -36,39 +41,69 @@ def shown_default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def short_default(field: FieldInfo) -> str:
+    """A field's default as the README's compact table shows it: bytes in MiB, no backquotes, a default in
+    words without its parenthesis."""
+    shown = shown_default(field).split(" (")[0].strip("`")
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= MIB and value % MIB == 0:
+        return f"{value // MIB} MiB"
+    return shown
+
+
 def table() -> str:
-    """The Markdown table of every setting: variable, default, meaning."""
+    """docs/configuration.md's table of every setting: variable, default, meaning, by section."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
+    for variable in variables().values():
+        field = variable.section.model_fields[variable.field]
         meaning = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `SERVING_{name.upper()}` | {shown_default(field)} | {meaning} |")
+        rows.append(f"| `{variable.name}` | {shown_default(field)} | {meaning} |")
     return "\n".join(rows)
 
 
-def with_table(document: str) -> str:
-    """`document` with the text between the markers replaced by the generated table."""
+def readme_table() -> str:
+    """The README's table: one row per section (its title), each variable with its default."""
+    rows = ["| area | variables (default) |", "|---|---|"]
+    areas: dict[str, list[str]] = {}
+    for variable in variables().values():
+        area = Settings.model_fields[variable.path[0]].title or variable.path[0]
+        default = short_default(variable.section.model_fields[variable.field])
+        areas.setdefault(area, []).append(f"`{variable.name}` ({default})")
+    rows += [f"| {area} | {', '.join(entries)} |" for area, entries in areas.items()]
+    return "\n".join(rows)
+
+
+def with_table(document: str, generated: str) -> str:
+    """`document` with the text between the markers replaced by `generated`."""
     head, rest = document.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
+    return f"{head}{BEGIN}\n{generated}\n{END}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="settings_table", description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group()
-    action.add_argument("--write", action="store_true", help=f"rewrite the table in {REFERENCE}")
-    action.add_argument("--check", action="store_true", help=f"exit 1 if {REFERENCE} is not in step")
+    action.add_argument(
+        "--write", action="store_true", help=f"rewrite the tables in {REFERENCE} and {README}"
+    )
+    action.add_argument("--check", action="store_true", help="exit 1 if either file is not in step")
     args = parser.parse_args(argv)
     if not (args.write or args.check):
         print(table())
         return 0
-    document = REFERENCE.read_text(encoding="utf-8")
-    generated = with_table(document)
-    if args.check:
-        if generated != document:
-            print(f"{REFERENCE} is not in step with flows/settings.py: run --write", file=sys.stderr)
-            return 1
-        return 0
-    REFERENCE.write_text(generated, encoding="utf-8")
+    stale = []
+    for path, generated in ((REFERENCE, table()), (README, readme_table())):
+        document = path.read_text(encoding="utf-8")
+        updated = with_table(document, generated)
+        if updated == document:
+            continue
+        if args.check:
+            stale.append(str(path))
+        else:
+            path.write_text(updated, encoding="utf-8")
+    if stale:
+        print(f"not in step with the settings: {', '.join(stale)}: run --write", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 
 USERS = 1000
 PRODUCTS = 300

@@ -16,9 +16,9 @@ from flows.tools.kafka_args import add_kafka_arguments, consumer_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = Settings()
+    settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-watch-results", description=__doc__.split("\n")[0])
-    add_kafka_arguments(parser, settings, {"--topic": settings.kafka_results_topic})
+    add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.results_topic})
     parser.add_argument(
         "--from-beginning", action="store_true", help="start at the oldest result, not the newest"
     )
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             "auto.offset.reset": "earliest" if args.from_beginning else "latest",
             "enable.auto.commit": "false",
             "session.timeout.ms": "6000",
-            **consumer_config(args, settings),
+            **consumer_config(args, settings.kafka),
         }
     )
     consumer.subscribe([args.topic])

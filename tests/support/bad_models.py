@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.records import ModelDescriptor, ModelType
 from flows.scorers.archive import pack_directory
-from flows.settings import SHIPPED_MODELS_DIR
+from flows.shipped import SHIPPED_MODELS_DIR
 from flows.tensorflow_runtime import tensorflow
 
 

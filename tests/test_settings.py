@@ -1,0 +1,140 @@
+"""Settings: typed sections read from the environment in one place, under the names the flow always had."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from support.jobs import REPO
+
+from flows.admission.policy import AdmissionPolicy
+from flows.settings import Settings, unknown_variables, variables
+
+# Every variable of release 0.1.0 (a flat class of fields then): sections must not rename one.
+NAMES_BEFORE_SECTIONS = [
+    "SHARDS",
+    "MAX_PRODUCTS",
+    "HOLD_LIMIT",
+    "DATA_WAIT_FOR_MODEL",
+    "RECORDS",
+    "RECORD_RATE",
+    "GENERATOR_PARTITIONS",
+    "GENERATOR_BATCH",
+    "SEED",
+    "DATA_SHIFT_AFTER",
+    "MODEL_INTERVAL",
+    "MODEL_VERSIONS",
+    "MODELS_DIR",
+    "CONSOLE_EVERY",
+    "OUTPUT_DIR",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_DATA_TOPIC",
+    "KAFKA_MODELS_TOPIC",
+    "KAFKA_RESULTS_TOPIC",
+    "KAFKA_DEAD_LETTERS_TOPIC",
+    "KAFKA_EVENTS_TOPIC",
+    "EVENTS_SIGNING_KEY",
+    "KAFKA_CHALLENGER_TOPIC",
+    "KAFKA_SHADOW_RESULTS_TOPIC",
+    "KAFKA_DATA_START",
+    "KAFKA_POLL_SIZE",
+    "KAFKA_TAIL",
+    "KAFKA_CONFIG",
+    "KAFKA_CONSUMER_CONFIG",
+    "KAFKA_PRODUCER_CONFIG",
+    "TF_VERBOSE",
+    "STATE_PORT",
+    "STATE_HOST",
+    "MODEL_LOAD_TIMEOUT",
+    "MODEL_MAX_LOADS",
+    "MODEL_MAX_BYTES",
+    "MODEL_MAX_UNPACKED_BYTES",
+    "MODEL_MAX_FILES",
+    "MODEL_UNPACK_TIMEOUT",
+    "MODEL_UNPACK_MEMORY",
+    "MODEL_OUTPUT_RANGE",
+    "MODEL_TRUSTED_KEYS",
+    "MODEL_ROOTS",
+    "MODEL_MAX_NAME_CHARS",
+    "MODEL_MAX_DESCRIPTION_CHARS",
+    "REMOTE_MAX_TIMEOUT",
+    "REMOTE_MAX_RETRIES",
+    "DRIFT_REFERENCE",
+    "DRIFT_WINDOW",
+    "DRIFT_THRESHOLD",
+    "DRIFT_SAMPLE",
+    "CHALLENGER_WINDOW",
+    "CHALLENGER_TOP_K",
+    "BYTEWAX_TRACING",
+]
+
+
+def test_the_variable_names_are_the_ones_the_flow_always_had():
+    assert set(variables()) == {f"SERVING_{name}" for name in NAMES_BEFORE_SECTIONS}
+
+
+def test_each_section_reads_its_variables_typed(monkeypatch, tmp_path):
+    monkeypatch.setenv("SERVING_SHARDS", "3")
+    monkeypatch.setenv("SERVING_MODEL_ROOTS", f" {tmp_path} , /srv/models ,")
+    monkeypatch.setenv("SERVING_MODEL_OUTPUT_RANGE", "-1,1")
+    monkeypatch.setenv("SERVING_REMOTE_MAX_RETRIES", "1")
+    monkeypatch.setenv("SERVING_KAFKA_CONFIG", '{"security.protocol": "SASL_SSL"}')
+    monkeypatch.setenv("SERVING_MODEL_VERSIONS", "1, 2:canary:0.5")
+    monkeypatch.setenv("SERVING_DRIFT_REFERENCE", "0")
+    settings = Settings.from_environment()
+    assert settings.flow.shards == 3
+    assert settings.admission.roots == (tmp_path, Path("/srv/models"))
+    assert (settings.admission.output_low, settings.admission.output_high) == (-1.0, 1.0)
+    assert settings.admission.remote.max_retries == 1
+    assert settings.kafka.config == {"security.protocol": "SASL_SSL"}
+    assert settings.generator.model_versions == ("1", "2:canary:0.5")
+    assert not settings.drift.enabled
+    # What is not set keeps the section's own default: one source of it.
+    assert settings.admission.max_bytes == AdmissionPolicy().max_bytes
+    assert settings.challenger == Settings().challenger
+
+
+def test_a_value_a_setting_cannot_take_names_the_variable(monkeypatch):
+    monkeypatch.setenv("SERVING_SHARDS", "0")
+    monkeypatch.setenv("SERVING_MODEL_OUTPUT_RANGE", "1")
+    monkeypatch.setenv("SERVING_KAFKA_DATA_START", "middle")
+    with pytest.raises(ValueError) as error:
+        Settings.from_environment()
+    for name in ("SERVING_SHARDS", "SERVING_MODEL_OUTPUT_RANGE", "SERVING_KAFKA_DATA_START"):
+        assert name in str(error.value)
+
+
+def test_a_misspelt_variable_is_named():
+    environ = {"SERVING_SHARD": "2", "SERVING_SHARDS": "2", "SERVING_TEST_KAFKA_BOOTSTRAP": "x", "HOME": "/"}
+    assert unknown_variables(environ) == ["SERVING_SHARD"]
+
+
+def test_defaults_read_no_environment(monkeypatch):
+    monkeypatch.setenv("SERVING_SHARDS", "5")
+    assert Settings().flow.shards == 8
+    assert Settings.from_environment().flow.shards == 5
+
+
+# The composition roots: the settings, the main job and what it starts at process level (OpenTelemetry's
+# own OTEL_* variables, Bytewax's process addresses). Tools, benchmarks and test helpers are roots of their
+# own processes.
+READS_THE_ENVIRONMENT = {
+    "flows/settings.py",
+    "flows/serving.py",
+    "flows/observability/setup.py",
+    "flows/observability/telemetry.py",
+    "flows/shutdown.py",
+}
+
+
+def test_only_the_composition_roots_read_the_environment():
+    readers = set()
+    for path in (REPO / "flows").rglob("*.py"):
+        relative = path.relative_to(REPO).as_posix()
+        if relative.startswith(("flows/tools/", "flows/bench/", "flows/testing/")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                readers.add(relative)
+    assert readers <= READS_THE_ENVIRONMENT | {"flows/tensorflow_runtime.py"}, readers
