@@ -8,9 +8,10 @@ generated from the fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 # Key of a field's `json_schema_extra` giving its default in words, where the value is a path of this machine.
 SHOWN_DEFAULT = "shown_default"
@@ -22,9 +23,17 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def comma_separated(value: Any) -> Any:
-    """A comma-separated string as a tuple of its non-empty, stripped entries; anything else unchanged
-    (a field validator's `before` step, with the field marked `NoDecode` so the environment's text reaches it)."""
-    if isinstance(value, str):
-        return tuple(entry.strip() for entry in value.split(",") if entry.strip())
-    return value
+def parsed_text(parse: Callable[[str], Any]) -> Any:
+    """Annotation metadata for a field the environment gives as text: `parse` turns the text into the
+    field's value (a value that is not text, given in code, is validated as it is). Used with `NoDecode`,
+    so that pydantic-settings hands over the text instead of decoding it as JSON."""
+
+    def from_text(value: Any) -> Any:
+        return parse(value) if isinstance(value, str) else value
+
+    return BeforeValidator(from_text)
+
+
+def comma_separated(text: str) -> tuple[str, ...]:
+    """A comma-separated list's non-empty, stripped entries."""
+    return tuple(entry.strip() for entry in text.split(",") if entry.strip())

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import NoDecode
 
 from flows.admission.graph import DEFAULT_ALLOWED_OPS
 from flows.admission.signing import parse_trusted_keys
-from flows.sections import SHOWN_DEFAULT, Section, comma_separated
+from flows.sections import SHOWN_DEFAULT, Section, comma_separated, parsed_text
 from flows.shipped import SHIPPED_MODELS_DIR
 
 
@@ -59,16 +59,16 @@ class AdmissionPolicy(Section):
     unpack_memory: int = Field(
         512 * 1024**2, ge=64 * 1024**2, description="address-space limit of the unpacking child (512 MiB)"
     )
-    output_range: Annotated[tuple[float, float], NoDecode] = Field(
+    output_range: Annotated[tuple[float, float], NoDecode, parsed_text(parse_output_range)] = Field(
         (0.0, 1.0),
         description="`LOW,HIGH`: a model whose probe scores are not finite or outside is refused; such a score at scoring time makes that record's result an error",
         json_schema_extra={SHOWN_DEFAULT: "`0,1`"},
     )
-    trusted_keys: Annotated[tuple[bytes, ...], NoDecode] = Field(
+    trusted_keys: Annotated[tuple[bytes, ...], NoDecode, parsed_text(parse_trusted_keys)] = Field(
         (),
         description="Ed25519 public keys (base64, or PEM file paths), comma-separated; set, only descriptors signed by one of them are accepted",
     )
-    roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+    roots: Annotated[tuple[Path, ...], NoDecode, parsed_text(comma_separated)] = Field(
         (SHIPPED_MODELS_DIR,),
         description="directories local model paths must lie under, comma-separated",
         json_schema_extra={SHOWN_DEFAULT: "the shipped models' directory"},
@@ -76,25 +76,6 @@ class AdmissionPolicy(Section):
     max_name_chars: int = Field(200, ge=1, description="longest model name accepted")
     max_description_chars: int = Field(2_000, ge=0, description="longest model description accepted")
     remote: RemoteLimits = RemoteLimits()
-
-    @field_validator("output_range", mode="before")
-    @classmethod
-    def _output_range(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_output_range(value)
-        return value
-
-    @field_validator("trusted_keys", mode="before")
-    @classmethod
-    def _trusted_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_trusted_keys(value)
-        return value
-
-    @field_validator("roots", mode="before")
-    @classmethod
-    def _roots(cls, value: Any) -> Any:
-        return comma_separated(value)
 
     @property
     def output_low(self) -> float:

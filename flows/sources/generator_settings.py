@@ -7,12 +7,12 @@ runtime reads it from `SERVING_*` variables (their names predate sections, so th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import NoDecode
 
-from flows.sections import SHOWN_DEFAULT, Section, comma_separated
+from flows.sections import SHOWN_DEFAULT, Section, comma_separated, parsed_text
 from flows.shipped import SHIPPED_MODELS_DIR
 
 
@@ -44,7 +44,7 @@ class GeneratorSettings(Section):
         gt=0,
         description="seconds between model updates from the model generator (the original used 120)",
     )
-    model_versions: Annotated[tuple[str, ...], NoDecode] = Field(
+    model_versions: Annotated[tuple[str, ...], NoDecode, parsed_text(comma_separated)] = Field(
         ("1", "2:shadow", "promote:2", "1:canary:0.25", "retire:1"),
         description="the model generator's schedule, one entry per `SERVING_MODEL_INTERVAL`, round and round: `V` sends shipped version V (a directory under `SERVING_MODELS_DIR`) as champion; `V:shadow` or `V:canary:0.25` as a challenger on that fraction (default 1) of records or users; `promote:V` and `retire:V` act on the challenger `recommender-vV`. `1,2` alternates two champions, as before challengers existed",
         json_schema_extra={SHOWN_DEFAULT: "`1,2:shadow,promote:2,1:canary:0.25,retire:1`"},
@@ -57,8 +57,3 @@ class GeneratorSettings(Section):
             "`flows.models` when installed)"
         },
     )
-
-    @field_validator("model_versions", mode="before")
-    @classmethod
-    def _versions(cls, value: Any) -> Any:
-        return comma_separated(value)
