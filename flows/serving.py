@@ -5,7 +5,7 @@ import logging
 from flows import shutdown
 from flows.app import build_flow
 from flows.context import ServingContext
-from flows.observability.setup import start_observability
+from flows.observability_setup import start_observability
 from flows.settings import Settings, unknown_variables
 from flows.tensorflow_runtime import tensorflow
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -25,3 +26,33 @@ def test_the_modules_without_a_model_run_without_importing_tensorflow(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     assert "NO TENSORFLOW" in done.stdout, done.stdout[-3000:]
+
+
+# The composition: it reads the settings and wires the flow. What it wires never imports it back, nor the
+# tools, benchmarks and test helpers beside the product.
+COMPOSITION = {"flows.app", "flows.serving", "flows.settings", "flows.observability_setup"}
+BESIDE_THE_PRODUCT = ("flows.tools", "flows.bench", "flows.testing")
+
+
+def _flow_imports(path) -> set[str]:
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("flows"):
+            imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names if alias.name.startswith("flows")}
+    return imported
+
+
+def test_nothing_the_composition_wires_imports_it_or_the_tools():
+    upward = {}
+    for path in (REPO / "flows").rglob("*.py"):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        if module in COMPOSITION or module.startswith(BESIDE_THE_PRODUCT):
+            continue
+        wrong = {
+            name for name in _flow_imports(path) if name in COMPOSITION or name.startswith(BESIDE_THE_PRODUCT)
+        }
+        if wrong:
+            upward[module] = sorted(wrong)
+    assert not upward, upward

@@ -122,7 +122,7 @@ def test_defaults_read_no_environment(monkeypatch):
 READS_THE_ENVIRONMENT = {
     "flows/settings.py",
     "flows/serving.py",
-    "flows/observability/setup.py",
+    "flows/observability_setup.py",
     "flows/observability/telemetry.py",
     "flows/shutdown.py",
 }
