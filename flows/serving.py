@@ -2,12 +2,12 @@
 
 import logging
 
-from flows import shutdown
-from flows.app import build_flow
-from flows.context import ServingContext
-from flows.observability_setup import start_observability
-from flows.settings import Settings, unknown_variables
-from flows.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.core.context import ServingContext
+from flows.runtime import shutdown
+from flows.runtime.app import build_flow
+from flows.runtime.observability import start_observability
+from flows.runtime.settings import Settings, unknown_variables
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("flows").setLevel(logging.INFO)  # our start-up lines; libraries stay at WARNING

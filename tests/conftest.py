@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from flows.records import ModelDescriptor
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.sources.generators import shipped_model
-from flows.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.adapters.sources.generators import shipped_model
+from flows.core.records import ModelDescriptor
+from flows.core.shipped import SHIPPED_MODELS_DIR
 
 # Modules whose tests run the main job, a tool or the benchmark as a process of its own.
 PROCESS_MODULES = {

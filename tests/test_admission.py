@@ -20,17 +20,17 @@ from support.hostile_archives import HOSTILE_ARCHIVES
 from support.hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRAPH_CHECK, WRITTEN_FILE
 from support.jobs import REPO
 
-from flows.admission.freshness import FreshnessMarks
-from flows.admission.policy import AdmissionPolicy
-from flows.admission.signing import load_private_key, parse_trusted_keys, sign, verify
+from flows.adapters.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
+from flows.adapters.scorers.archive import pack_directory
+from flows.adapters.scorers.endpoints import LONGEST_BACKOFF_S, EndpointPool, TransientError
 from flows.bench.sinks import ArrivalSink
-from flows.context import ServingContext
-from flows.dataflow import serve
-from flows.records import ModelDescriptor, ModelEvent, ModelType, cut
-from flows.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
-from flows.scorers.archive import pack_directory
-from flows.scorers.endpoints import LONGEST_BACKOFF_S, EndpointPool, TransientError
-from flows.settings import Settings
+from flows.core.admission.freshness import FreshnessMarks
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.admission.signing import load_private_key, parse_trusted_keys, sign, verify
+from flows.core.context import ServingContext
+from flows.core.dataflow import serve
+from flows.core.records import ModelDescriptor, ModelEvent, ModelType, cut
+from flows.runtime.settings import Settings
 from flows.tools import model_keys
 
 SAVED = ModelType.TENSORFLOWSAVED
@@ -103,8 +103,8 @@ import json, resource, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {str(REPO / "tests")!r})
 from support.hostile_archives import HOSTILE_ARCHIVES
-from flows.admission.policy import AdmissionPolicy
-from flows.admission.unpack import UnpackRefused, unpack_and_inspect
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
 verdicts = {{}}
 for name, make in HOSTILE_ARCHIVES.items():
     payload = make()
@@ -139,7 +139,7 @@ print(json.dumps({{"verdicts": verdicts,
 
 def test_a_hung_unpacking_child_is_killed_at_its_deadline(tmp_path, monkeypatch):
     """Whatever a future tarfile bug does, the wall-clock deadline stops it."""
-    from flows.admission import unpack
+    from flows.core.admission import unpack
 
     monkeypatch.setattr(unpack, "CHILD_COMMAND", (sys.executable, "-c", "import time; time.sleep(60)"))
     policy = AdmissionPolicy(unpack_timeout=1.0)
@@ -343,8 +343,8 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
         def close(self):
             pass
 
-    from flows.records import DataMessage, RecommenderRecord
-    from flows.scoring import score_batch
+    from flows.core.records import DataMessage, RecommenderRecord
+    from flows.core.scoring import score_batch
 
     batch = [DataMessage(RecommenderRecord(1, [1, 2]), 0), DataMessage(RecommenderRecord(2, [7]), 0),
              DataMessage(RecommenderRecord(3, [3, 8]), 0), DataMessage(RecommenderRecord(4, [4]), 0)]  # fmt: skip
@@ -360,7 +360,7 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
 
 
 def test_the_allowed_ops_share_none_with_the_denied_or_checkpoint_ops():
-    from flows.admission.graph import (
+    from flows.core.admission.graph import (
         CHECKPOINT_RESTORE_OPS,
         CHECKPOINT_SAVE_OPS,
         DEFAULT_ALLOWED_OPS,

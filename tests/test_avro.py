@@ -10,7 +10,8 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from flows import avro
-from flows.records import (
+from flows.adapters.sources.generators import generated_records
+from flows.core.records import (
     DataMessage,
     DecodeFailure,
     ModelDescriptor,
@@ -24,8 +25,7 @@ from flows.records import (
     ScoredBatch,
     SignedModelEvent,
 )
-from flows.scoring import unscored
-from flows.sources.generators import generated_records
+from flows.core.scoring import unscored
 
 RECORD = RecommenderRecord(17, [3, 299, 0])
 RESULT = RecommenderResult(
@@ -176,7 +176,7 @@ _EDGE_RESULTS = [
 
 
 def test_results_are_encoded_by_hand_while_the_schema_is_the_one_written_for():
-    # Fails when RecommenderResult or a record it uses changes: update flows.avro._write_result and its
+    # Fails when RecommenderResult or a record it uses changes: update flows.wire.avro._write_result and its
     # fingerprint, or the results are encoded by fastavro again (correct, ~8 us per record slower).
     assert avro.RESULT.fast_path
 

@@ -17,9 +17,9 @@ import pytest
 from support.core_runs import sample_records
 from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 
-from flows.avro import MODEL
 from flows.testing.local_broker import create_topics, produce
 from flows.testing.loopback import free_ports
+from flows.wire.avro import MODEL
 
 BACKLOG = 50_000
 

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from support.core_runs import Turn, at, every_shard, messages, run_core, run_in_turns
 
-from flows.admission.descriptor_checks import experiment_refusal
-from flows.admission.policy import AdmissionPolicy
-from flows.admission.signing import new_private_key, raw_public_key, sign, verify
-from flows.avro import MODEL, REPORT
-from flows.challenger import ChallengerSettings, merge_reports, top_k_agreement, user_buckets
-from flows.context import ServingContext
-from flows.model_holder import CaughtUp, HolderState, ModelHolderLogic
-from flows.records import (
+from flows.adapters.scorers import ScorerCache
+from flows.adapters.sources.generators import generated_records
+from flows.core.admission.descriptor_checks import experiment_refusal
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.admission.signing import new_private_key, raw_public_key, sign, verify
+from flows.core.challenger import ChallengerSettings, merge_reports, top_k_agreement, user_buckets
+from flows.core.context import ServingContext
+from flows.core.model_holder import CaughtUp, HolderState, ModelHolderLogic
+from flows.core.records import (
     CANARY,
     CHALLENGER,
     PROMOTE,
@@ -29,9 +30,8 @@ from flows.records import (
     ModelType,
     RecommenderRecord,
 )
-from flows.scorers import ScorerCache
-from flows.scorers.base import build_scorer
-from flows.sources.generators import generated_records
+from flows.core.scorer import build_scorer
+from flows.wire.avro import MODEL, REPORT
 
 WORKERS = [1, 2]
 SETTINGS = ChallengerSettings(window=10_000, top_k=5)

@@ -13,15 +13,15 @@ from dataclasses import replace
 import numpy as np
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 
-from flows.admission.policy import AdmissionPolicy
-from flows.avro import EVENT, MODEL, REPORT, RESULT
-from flows.challenger import user_buckets
-from flows.kafka.headers import SOURCE_OFFSET_HEADER
-from flows.records import CANARY, CHALLENGER
-from flows.scorers.base import build_scorer
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.sources.generators import generated_records, shipped_model
+from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER
+from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.challenger import user_buckets
+from flows.core.records import CANARY, CHALLENGER
+from flows.core.scorer import build_scorer
+from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce
+from flows.wire.avro import EVENT, MODEL, REPORT, RESULT
 
 
 def publish(bootstrap: str, topic: str, *args: str) -> str:

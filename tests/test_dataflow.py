@@ -17,11 +17,11 @@ from support.core_runs import (
     sample_records,
 )
 
-from flows.admission.policy import AdmissionPolicy
-from flows.context import ServingContext
-from flows.kafka.data_source import KafkaOrigin
-from flows.records import DataMessage, DecodeFailure, RecommenderRecord
-from flows.shard import ShardBatch
+from flows.adapters.kafka.data_source import KafkaOrigin
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.context import ServingContext
+from flows.core.records import DataMessage, DecodeFailure, RecommenderRecord
+from flows.core.shard import ShardBatch
 
 WORKERS = [1, 2]
 
@@ -126,7 +126,7 @@ def test_bad_models_leave_the_previous_model_serving(workers, model_v1, tmp_path
 
 
 def test_a_bad_record_gets_an_error_and_its_batch_still_scores(model_v1):
-    from flows.records import RecommenderRecord
+    from flows.core.records import RecommenderRecord
 
     records = sample_records(10) + [RecommenderRecord(5, [100_000])]  # product far outside the model's range
     run = run_core(at(1, messages(records)), at(0, [model_v1]), shards=1)

@@ -12,7 +12,9 @@ import pytest
 from bytewax.operators import StatefulBatchLogic
 from support.core_runs import at, messages, run_core
 
-from flows.drift import (
+from flows.adapters.sources.generators import POPULAR_PRODUCTS, generate_block
+from flows.adapters.sources.generators import generated_records as plain_records
+from flows.core.drift import (
     BatchFeatures,
     DriftLogic,
     DriftMonitor,
@@ -21,11 +23,9 @@ from flows.drift import (
     batch_features,
     bin_counts,
 )
-from flows.observability.serving_state import ServingState
-from flows.records import ModelResultMetadata, RecommenderRecord, ScoredBatch
-from flows.scoring import unscored
-from flows.sources.generators import POPULAR_PRODUCTS, generate_block
-from flows.sources.generators import generated_records as plain_records
+from flows.core.records import ModelResultMetadata, RecommenderRecord, ScoredBatch
+from flows.core.scoring import unscored
+from flows.core.serving_state import ServingState
 
 SETTINGS = DriftSettings(reference=2_000, window=1_000, threshold=0.2, sample=1_000)
 

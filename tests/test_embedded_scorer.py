@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from support.bad_models import bad_models
 
-from flows.records import ModelDescriptor, ModelType
-from flows.scorers import InputBounds, ModelLoadError, ScorerCache, build_scorer
-from flows.scorers.tensorflow_saved import SavedModelScorer
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.sources.generators import shipped_model
-from flows.tensorflow_runtime import tensorflow
+from flows.adapters.scorers import InputBounds, ModelLoadError, ScorerCache, build_scorer
+from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.tensorflow_saved import SavedModelScorer
+from flows.adapters.sources.generators import shipped_model
+from flows.core.records import ModelDescriptor, ModelType
+from flows.core.shipped import SHIPPED_MODELS_DIR
 
 USERS = np.array([0, 1, 17, 500, 999, 999], np.float32)
 PRODUCTS = np.array([0, 299, 42, 150, 7, 8], np.float32)

@@ -1,4 +1,4 @@
-"""Signed model events (`flows.admission.event_signing`): what the flow's Kafka output writes to the events
+"""Signed model events (`flows.core.admission.event_signing`): what the flow's Kafka output writes to the events
 topic with SERVING_EVENTS_SIGNING_KEY set verifies under the public key, and nothing else does."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from flows.admission.event_signing import EventSettings, EventSigner, event_signer, verify_event
-from flows.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
-from flows.avro import EVENT, SIGNED_EVENT
-from flows.kafka.outputs import event_message, smaller_event
-from flows.records import ModelDescriptor, ModelEvent, ModelType
+from flows.adapters.kafka.outputs import event_message, smaller_event
+from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer, verify_event
+from flows.core.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
+from flows.core.records import ModelDescriptor, ModelEvent, ModelType
+from flows.wire.avro import EVENT, SIGNED_EVENT
 
 KEY = new_private_key()
 TRUSTED = (raw_public_key(KEY.public_key()),)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.sources.generators import DataGenerator, generated_records
+from flows.adapters.sources.generators import DataGenerator, generated_records
 
 
 def _emitted(generator: DataGenerator, resume: int | None = None, polls: int | None = None) -> list:

@@ -4,8 +4,8 @@ import json
 
 from support.core_runs import messages, sample_records
 
-from flows.scoring import unscored
-from flows.sinks.json_lines import JsonLinesResultSink
+from flows.adapters.sinks.json_lines import JsonLinesResultSink
+from flows.core.scoring import unscored
 
 
 def test_restart_cuts_a_torn_last_line_before_appending(tmp_path):

@@ -20,14 +20,14 @@ from support.jobs import REPO
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from flows.admission.signing import parse_trusted_keys
-from flows.avro import MODEL, RECORD
-from flows.kafka.headers import SOURCE_PARTITION_HEADER
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.sources.generators import generated_records, shipped_model
+from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER
+from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.core.admission.signing import parse_trusted_keys
+from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.testing.loopback import free_port
 from flows.tools.query_state import fetch
+from flows.wire.avro import MODEL, RECORD
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"  # kubernetes-validate bundles 1.25 - 1.37; pinned in the test extra
@@ -184,7 +184,12 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
 
     pods = []
     environments = [pod_environment(container, config, ordinal, tmp_path, overrides) for ordinal in range(2)]
-    for env in environments:  # the init container, then the container: exactly their commands
+    for env in environments:  # the init containers, then the container: exactly their commands
+        waited = subprocess.run(
+            [sys.executable, str(scripts / "wait_for_topics.py")],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert waited.returncode == 0 and "topics ready" in waited.stdout, waited.stdout + waited.stderr
         subprocess.run(["sh", str(scripts / "init-recovery.sh")], env=env, check=True, capture_output=True)
     assert container["command"] == ["sh", "/opt/serving-scripts/entrypoint.sh"]
     for env in environments:

@@ -19,8 +19,7 @@ from support.jobs import (
     wait_for_model_snapshot,
 )
 
-from flows.avro import MODEL, RECORD, RESULT, STATS
-from flows.kafka.headers import (
+from flows.adapters.kafka.headers import (
     OFFSET_HEADER,
     PARTITION_HEADER,
     REASON_HEADER,
@@ -28,11 +27,12 @@ from flows.kafka.headers import (
     SOURCE_PARTITION_HEADER,
     TOPIC_HEADER,
 )
-from flows.records import ModelToServeStats
-from flows.scorers import build_scorer
+from flows.adapters.scorers import build_scorer
+from flows.core.records import ModelToServeStats
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.testing.loopback import free_port, free_ports
 from flows.tools.query_state import fetch
+from flows.wire.avro import MODEL, RECORD, RESULT, STATS
 
 
 def test_records_are_scored_and_bad_messages_become_dead_letters(kafka_bootstrap, model_v1):

@@ -6,8 +6,8 @@ import pytest
 from support.core_runs import sample_records
 from support.jobs import run_flow_to_end_of_topics
 
-from flows.avro import MODEL, RECORD, RESULT
 from flows.testing.local_broker import consume_all, create_topics, produce
+from flows.wire.avro import MODEL, RECORD, RESULT
 
 
 @pytest.mark.parametrize(("partitions", "workers"), [(1, 1), (4, 1), (1, 2), (4, 2)])

@@ -9,13 +9,18 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.avro import RESULT
-from flows.kafka.headers import ORIGINAL_SIZE_HEADER, REPLACED_HEADER
-from flows.kafka.outputs import smaller_dead_letter, smaller_result
-from flows.kafka.sink import ResilientKafkaSink, SinkMessage
-from flows.records import ModelResultMetadata, RecommenderRecord, RecommenderResult, RecommenderServingOutput
+from flows.adapters.kafka.headers import ORIGINAL_SIZE_HEADER, REPLACED_HEADER
+from flows.adapters.kafka.outputs import smaller_dead_letter, smaller_result
+from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
+from flows.core.records import (
+    ModelResultMetadata,
+    RecommenderRecord,
+    RecommenderResult,
+    RecommenderServingOutput,
+)
 from flows.testing.local_broker import consume_all, create_topics, kafka_broker
 from flows.testing.loopback import free_port
+from flows.wire.avro import RESULT
 
 
 def big_result(products: int) -> SinkMessage:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flows.scorers.base import ScorerUnavailable
-from flows.scorers.endpoints import LONGEST_SKIP_S, EndpointPool, TransientError
-from flows.scorers.location import LocationError, parse_location
+from flows.adapters.scorers.endpoints import LONGEST_SKIP_S, EndpointPool, TransientError
+from flows.adapters.scorers.location import LocationError, parse_location
+from flows.core.scorer import ScorerUnavailable
 
 
 def test_a_location_names_servers_model_version_and_options():

@@ -16,7 +16,7 @@ import pytest
 from support.core_runs import assert_same_scores
 from support.jobs import start_job
 
-from flows.sources.generators import generated_records, partition_share
+from flows.adapters.sources.generators import generated_records, partition_share
 from flows.testing.loopback import free_ports
 
 RECORDS = 3000

@@ -14,14 +14,14 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 from support.core_runs import AbortOnce, FlowRun, ScheduledSource, at, messages, sample_records, serve_into
 
-from flows.admission.policy import AdmissionPolicy
-from flows.admission.signing import new_private_key, raw_public_key, sign
-from flows.context import ServingContext
-from flows.model_holder import CaughtUp, HolderState, ModelHolderLogic
-from flows.records import CANARY, CHALLENGER, PROMOTE, RETIRE, ModelDescriptor, ModelEvent, ModelType
-from flows.scorers import ScorerCache
-from flows.scorers.base import build_scorer
-from flows.shipped import SHIPPED_MODELS_DIR
+from flows.adapters.scorers import ScorerCache
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.admission.signing import new_private_key, raw_public_key, sign
+from flows.core.context import ServingContext
+from flows.core.model_holder import CaughtUp, HolderState, ModelHolderLogic
+from flows.core.records import CANARY, CHALLENGER, PROMOTE, RETIRE, ModelDescriptor, ModelEvent, ModelType
+from flows.core.scorer import build_scorer
+from flows.core.shipped import SHIPPED_MODELS_DIR
 
 SHARDS = 4
 
@@ -117,7 +117,7 @@ def test_signed_commands_name_their_target_and_unsigned_old_signatures_are_refus
 
 
 def _message_without_sequence(descriptor: ModelDescriptor) -> bytes:
-    from flows.admission.signing import signed_message
+    from flows.core.admission.signing import signed_message
 
     return signed_message(replace(descriptor, sequence=0))
 

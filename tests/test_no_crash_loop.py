@@ -12,15 +12,15 @@ from confluent_kafka import Producer
 from support.core_runs import sample_records
 from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 
-from flows.avro import MODEL, RECORD, RESULT
-from flows.kafka.headers import (
+from flows.adapters.kafka.headers import (
     ORIGINAL_SIZE_HEADER,
     REPLACED_HEADER,
     SOURCE_OFFSET_HEADER,
     SOURCE_PARTITION_HEADER,
 )
-from flows.records import RecommenderRecord
+from flows.core.records import RecommenderRecord
 from flows.testing.local_broker import consume_all, create_topics
+from flows.wire.avro import MODEL, RECORD, RESULT
 
 FLOW_PRODUCER_LIMIT = 100_000  # the flow's producer message.max.bytes in this test, so results can exceed it
 

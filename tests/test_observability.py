@@ -30,12 +30,12 @@ from support.core_runs import (
 )
 from support.jobs import REPO, wait_for
 
-from flows.context import ServingContext
-from flows.drift import DriftSettings
-from flows.kafka.source import KafkaOrigin
-from flows.observability.state_server import start_state_server, state_document
-from flows.records import CANARY, CHALLENGER, DataMessage, RecommenderRecord
-from flows.sources.generators import generate_block
+from flows.adapters.kafka.source import KafkaOrigin
+from flows.adapters.observability.state_server import start_state_server, state_document
+from flows.adapters.sources.generators import generate_block
+from flows.core.context import ServingContext
+from flows.core.drift import DriftSettings
+from flows.core.records import CANARY, CHALLENGER, DataMessage, RecommenderRecord
 from flows.testing.loopback import free_port
 from flows.testing.otlp_receiver import otlp_receiver
 from flows.tools.query_state import fetch
@@ -317,7 +317,7 @@ def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
 def test_prometheus_metrics_reach_the_registry_bytewax_serves_at_metrics(model_v1):
     from bytewax._metrics import generate_python_metrics  # what Bytewax's dataflow API serves at /metrics
 
-    from flows.observability.telemetry import configure_from_environment
+    from flows.runtime.observability import configure_from_environment
 
     context = ServingContext.create()
     switched_on = configure_from_environment(context.telemetry, {"OTEL_METRICS_EXPORTER": "prometheus"})

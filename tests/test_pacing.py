@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from flows.sources.pacing import Pace
+from flows.adapters.sources.pacing import Pace
 
 
 def test_a_pace_keeps_to_its_schedule_from_where_it_starts():

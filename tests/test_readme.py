@@ -6,7 +6,7 @@ import subprocess
 
 from support.jobs import REPO
 
-from flows.settings import variables
+from flows.runtime.settings import variables
 
 
 def test_every_setting_is_in_the_readme_table_and_the_configuration_reference():

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from flows.avro import RECORD
-from flows.record_polls import SHAPE_IS_CURRENT, decode_records
-from flows.records import DecodeFailure, RecommenderRecord
-from flows.sources.generators import generated_records
+from flows.adapters.sources.generators import generated_records
+from flows.core.records import DecodeFailure, RecommenderRecord
+from flows.wire.avro import RECORD
+from flows.wire.record_polls import SHAPE_IS_CURRENT, decode_records
 
 EDGE_LONGS = [0, 1, -1, 63, -64, 64, -65, 8191, 8192, (1 << 62) - 1, 1 << 62, (1 << 63) - 1, -(1 << 63)]
 
@@ -75,7 +75,7 @@ def _corrupt(valid: list[bytes], rng: random.Random) -> list[bytes | None]:
 
 
 def test_the_plain_shape_is_the_current_schemas():
-    # Fails when RecommenderRecord changes: update flows.record_polls (its shape and fingerprint), or every
+    # Fails when RecommenderRecord changes: update flows.wire.record_polls (its shape and fingerprint), or every
     # message is decoded alone again (correct, ~3 us per record slower).
     assert SHAPE_IS_CURRENT
 

@@ -26,19 +26,19 @@ from support.core_runs import (
     unbatched,
 )
 
-from flows.admission.policy import AdmissionPolicy
-from flows.app import build_flow
-from flows.challenger import user_buckets
-from flows.context import ServingContext
-from flows.dataflow import serve
-from flows.kafka.settings import KafkaSettings
-from flows.model_holder import CaughtUp, ModelHolderLogic
-from flows.records import CANARY, CHALLENGER
-from flows.scorers import ScorerCache
-from flows.scorers.base import build_scorer
-from flows.settings import Settings
-from flows.shard import Emits, ShardLogic
-from flows.sources.batched import PollBatches
+from flows.adapters.kafka.settings import KafkaSettings
+from flows.adapters.scorers import ScorerCache
+from flows.adapters.sources.batched import PollBatches
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.challenger import user_buckets
+from flows.core.context import ServingContext
+from flows.core.dataflow import serve
+from flows.core.model_holder import CaughtUp, ModelHolderLogic
+from flows.core.records import CANARY, CHALLENGER
+from flows.core.scorer import build_scorer
+from flows.core.shard import Emits, ShardLogic
+from flows.runtime.app import build_flow
+from flows.runtime.settings import Settings
 
 SHARDS = 4
 

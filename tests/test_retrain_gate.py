@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from flows.admission.event_signing import EventSigner
-from flows.admission.signing import new_private_key, raw_public_key
-from flows.records import ModelEvent, SignedModelEvent
+from flows.core.admission.event_signing import EventSigner
+from flows.core.admission.signing import new_private_key, raw_public_key
+from flows.core.records import ModelEvent, SignedModelEvent
 from flows.tools import retrain
 from flows.tools.retrain_gate import RetrainGate
 

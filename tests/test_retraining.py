@@ -12,8 +12,9 @@ from pathlib import Path
 from fastavro import schemaless_writer
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
 
-from flows.admission.event_signing import EventSigner, verify_event
-from flows.admission.signing import (
+from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.core.admission.event_signing import EventSigner, verify_event
+from flows.core.admission.signing import (
     load_private_key,
     new_private_key,
     parse_trusted_keys,
@@ -22,12 +23,11 @@ from flows.admission.signing import (
     sign,
     verify,
 )
-from flows.avro import EVENT, MODEL, SIGNED_EVENT
-from flows.records import ModelEvent
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.sources.generators import generated_records, shipped_model
+from flows.core.records import ModelEvent
+from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import retrain
+from flows.wire.avro import EVENT, MODEL, SIGNED_EVENT
 
 # Every record of a poll read (a pre-loaded topic gives polls of 1,000; the default reads 250 of each).
 DRIFT = {"SERVING_DRIFT_REFERENCE": "1000", "SERVING_DRIFT_WINDOW": "1000", "SERVING_DRIFT_SAMPLE": "1000"}

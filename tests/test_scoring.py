@@ -10,11 +10,11 @@ import math
 import numpy as np
 import pytest
 
-from flows.admission.policy import AdmissionPolicy
-from flows.records import DataMessage, RecommenderRecord
-from flows.scorers import InputBounds, ScorerUnavailable, build_scorer
-from flows.scoring import FLOAT32_EXACT, score_batch
-from flows.sources.generators import generated_records
+from flows.adapters.scorers import InputBounds, ScorerUnavailable, build_scorer
+from flows.adapters.sources.generators import generated_records
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.records import DataMessage, RecommenderRecord
+from flows.core.scoring import FLOAT32_EXACT, score_batch
 
 POLICY = AdmissionPolicy()
 UNSCORABLE = 2**63 - 1

@@ -10,9 +10,9 @@ import time
 from support.core_runs import sample_records
 from support.jobs import audit_report, encoded, start_flow, wait_for
 
-from flows.avro import MODEL
 from flows.testing.local_broker import create_topics, produce
 from flows.testing.loopback import free_ports
+from flows.wire.avro import MODEL
 
 
 def test_sigterm_to_one_process_ends_it_promptly_and_a_restart_loses_nothing(

@@ -13,9 +13,9 @@ from support.core_runs import sample_records
 from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 from test_challenger_kafka import flow_events, publish
 
-from flows.avro import EVENT, RESULT
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import model_keys
+from flows.wire.avro import EVENT, RESULT
 
 
 def event_reasons(bootstrap: str, topic: str, kind: str) -> list[str]:

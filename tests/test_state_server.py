@@ -10,9 +10,9 @@ import pytest
 import urllib3
 from support.core_runs import at, messages, run_core, sample_records
 
-from flows.observability import state_server
-from flows.observability.serving_state import ServingState
-from flows.settings import Settings
+from flows.adapters.observability import state_server
+from flows.core.serving_state import ServingState
+from flows.runtime.settings import Settings
 from flows.testing.loopback import free_port
 
 

@@ -10,9 +10,9 @@ import pytest
 import tomllib
 from support.jobs import REPO, run_flow_to_end_of_topics
 
-from flows.avro import MODEL, RECORD
 from flows.testing.local_broker import consume_all, create_topics
 from flows.tools import loadgen, publish_model, watch_results
+from flows.wire.avro import MODEL, RECORD
 
 TOOLS = [
     "loadgen",

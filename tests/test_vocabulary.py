@@ -1,13 +1,13 @@
-"""The flow's words are typed (flows.vocabulary), and its exceptions share one root (flows.errors)."""
+"""The flow's words are typed (flows.core.vocabulary), and its exceptions share one root (flows.core.errors)."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from flows.avro import EVENT, REPORT
-from flows.records import ChallengerReport, ModelEvent
-from flows.vocabulary import ClosedBy, EventKind
+from flows.core.records import ChallengerReport, ModelEvent
+from flows.core.vocabulary import ClosedBy, EventKind
+from flows.wire.avro import EVENT, REPORT
 
 FLOWS = Path(__file__).resolve().parents[1] / "flows"
 

@@ -9,14 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from flows import bench
+from flows.adapters.sources.generators import shipped_model
 from flows.bench.flood import run_model_flood
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
 from flows.bench.kafka_baseline import run_kafka_baseline
 from flows.bench.profile import profiled
-from flows.records import CANARY, CHALLENGER, SHADOW, ModelDescriptor
-from flows.settings import Settings
-from flows.sources.generators import shipped_model
+from flows.core.records import CANARY, CHALLENGER, SHADOW, ModelDescriptor
+from flows.runtime.settings import Settings
 
 SCENARIOS = (
     "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood",

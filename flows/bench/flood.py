@@ -24,16 +24,16 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
+from flows.adapters.sources.batched import PollBatches
+from flows.adapters.sources.generators import DataGenerator, shipped_model
 from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, SwapSink
-from flows.context import ServingContext
-from flows.dataflow import serve
-from flows.records import ModelDescriptor, ModelEvent, ModelType
-from flows.settings import Settings
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.sources.batched import PollBatches
-from flows.sources.generators import DataGenerator, shipped_model
-from flows.vocabulary import EventKind
+from flows.core.context import ServingContext
+from flows.core.dataflow import serve
+from flows.core.records import ModelDescriptor, ModelEvent, ModelType
+from flows.core.shipped import SHIPPED_MODELS_DIR
+from flows.core.vocabulary import EventKind
+from flows.runtime.settings import Settings
 
 
 def flood_of(directory: Path, count: int) -> list[ModelDescriptor]:

@@ -21,22 +21,22 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-from flows.admission.policy import AdmissionPolicy
+from flows.adapters.scorers import Scorer, ScorerCache, build_scorer
+from flows.adapters.scorers.location import TLS_SCHEMES
+from flows.adapters.sources.batched import PollBatches
+from flows.adapters.sources.generators import DataGenerator, ModelGenerator, shipped_model
+from flows.adapters.sources.wrapping import PartitionWrapper, SourceWrapper
 from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, LatencySink, SwapSink
-from flows.context import ServingContext
-from flows.dataflow import serve
-from flows.observability.telemetry import Telemetry
-from flows.records import DataMessage, ModelDescriptor, ModelEvent, ModelType
-from flows.scorers import Scorer, ScorerCache, build_scorer
-from flows.scorers.location import TLS_SCHEMES
-from flows.settings import Settings
-from flows.sources.batched import PollBatches
-from flows.sources.generators import DataGenerator, ModelGenerator, shipped_model
-from flows.sources.wrapping import PartitionWrapper, SourceWrapper
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.context import ServingContext
+from flows.core.dataflow import serve
+from flows.core.records import DataMessage, ModelDescriptor, ModelEvent, ModelType
+from flows.core.telemetry import Telemetry
+from flows.core.vocabulary import EventKind
+from flows.runtime.settings import Settings
 from flows.testing.local_servers import mlserver, tfserving_double
 from flows.testing.loopback import free_port
-from flows.vocabulary import EventKind
 
 
 class TimedScorer:
@@ -106,8 +106,8 @@ def run_in_process(
     """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
-    With `drift`, the flow monitors drift as the main job does by default (`flows.drift`). With
-    `challenger`, that model runs beside `model` as its descriptor says (`flows.challenger`). With
+    With `drift`, the flow monitors drift as the main job does by default (`flows.core.drift`). With
+    `challenger`, that model runs beside `model` as its descriptor says (`flows.core.challenger`). With
     `bad_every`, one record in that many has a user no model can take (`UnscorableRecords`).
     """
     context = ServingContext.create(cache=ScorerCache(build=_timed_scorers(timed := [])))

@@ -13,14 +13,13 @@ from datetime import timedelta
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from flows import shutdown
-from flows.app import build_flow
-from flows.avro import MODEL, RECORD
+from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.adapters.sources.stoppable import request_stop
 from flows.bench.report import kafka_report
-from flows.context import ServingContext
-from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
-from flows.settings import Settings
-from flows.sources.generators import generated_records, shipped_model
+from flows.core.context import ServingContext
+from flows.runtime.app import build_flow
+from flows.runtime.settings import Settings
 from flows.testing.local_broker import (
     consume_all,
     create_topics,
@@ -28,6 +27,7 @@ from flows.testing.local_broker import (
     produce,
 )
 from flows.testing.loopback import free_port
+from flows.wire.avro import MODEL, RECORD
 
 
 def run_kafka_embedded(
@@ -165,7 +165,7 @@ def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, see
     environment = {**os.environ, "SERVING_KAFKA_PRODUCER_CONFIG": '{"linger.ms": "1"}'}
     subprocess.run(command, env=environment, check=True, timeout=600)
     _wait_for_results(servers, topics["results"], len(encoded) + 1)
-    shutdown.request()
+    request_stop()
 
 
 def _wait_for_results(servers: str, topic: str, expected: int, timeout_s: float = 120) -> None:

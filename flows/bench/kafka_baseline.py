@@ -14,26 +14,30 @@ from contextlib import ExitStack
 import numpy as np
 from confluent_kafka import Consumer, Producer
 
-from flows.avro import RECORD, RESULT
+from flows.adapters.kafka.config import CONSUMER_DEFAULTS
+from flows.adapters.kafka.headers import (
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TIMESTAMP_HEADER,
+)
+from flows.adapters.scorers import Scorer, build_scorer
+from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.bench.report import kafka_report
-from flows.kafka.config import CONSUMER_DEFAULTS
-from flows.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
-from flows.records import (
+from flows.core.records import (
     DecodeFailure,
     ModelResultMetadata,
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
 )
-from flows.scorers import Scorer, build_scorer
-from flows.settings import Settings
-from flows.sources.generators import generated_records, shipped_model
+from flows.runtime.settings import Settings
 from flows.testing.local_broker import (
     consume_all,
     create_topics,
     kafka_broker,
     produce,
 )
+from flows.wire.avro import RECORD, RESULT
 
 POLL_SIZE = 500
 

@@ -16,12 +16,15 @@ from collections.abc import Callable
 Functions = tuple[tuple[str, str], ...]
 RUN = (("~", "<built-in method bytewax._bytewax.run_main>"),)
 PARTS: dict[str, Functions] = {
-    "consume": (("flows/kafka/data_source.py", "next_batch"),),  # its decoding is subtracted below
-    "decode": (("flows/kafka/data_source.py", "_decoded"),),
-    "model": (("flows/scorers/tensorflow_saved.py", "score"), ("flows/scorers/remote.py", "score")),
-    "results": (("flows/scoring.py", "score_batch"),),  # the model call is subtracted below
-    "encode": (("flows/kafka/outputs.py", "result_messages"),),
-    "produce": (("flows/kafka/sink.py", "write_batch"),),
+    "consume": (("flows/adapters/kafka/data_source.py", "next_batch"),),  # its decoding is subtracted below
+    "decode": (("flows/adapters/kafka/data_source.py", "_decoded"),),
+    "model": (
+        ("flows/adapters/scorers/tensorflow_saved.py", "score"),
+        ("flows/adapters/scorers/remote.py", "score"),
+    ),
+    "results": (("flows/core/scoring.py", "score_batch"),),  # the model call is subtracted below
+    "encode": (("flows/adapters/kafka/outputs.py", "result_messages"),),
+    "produce": (("flows/adapters/kafka/sink.py", "write_batch"),),
 }
 # Parts measured inside another part: subtracted from it.
 INSIDE = {"decode": "consume", "model": "results"}

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from flows.kafka.headers import SOURCE_TIMESTAMP_HEADER
+from flows.adapters.kafka.headers import SOURCE_TIMESTAMP_HEADER
 
 
 def report(

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.records import ScoredBatch, ScoredMessage
+from flows.core.records import ScoredBatch, ScoredMessage
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ from types import TracebackType
 
 import urllib3
 
-from flows.scorers.base import INPUTS, OUTPUT
-from flows.shipped import SHIPPED_MODELS_DIR
+from flows.core.scorer import INPUTS, OUTPUT
+from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.loopback import free_port, wait_until_ready
 
 

@@ -13,8 +13,8 @@ from mlserver.errors import InferenceError
 from mlserver.types import InferenceRequest, InferenceResponse
 from mlserver.utils import get_model_uri
 
-from flows.scorers.base import INPUTS, SIGNATURE
-from flows.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.core.scorer import INPUTS, SIGNATURE
 
 
 class SavedModelRuntime(MLModel):

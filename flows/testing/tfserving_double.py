@@ -27,8 +27,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from flows.scorers.base import INPUTS, OUTPUT, SIGNATURE
-from flows.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.core.scorer import INPUTS, OUTPUT, SIGNATURE
 
 _REST_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<action>/metadata|:predict)?$"

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from flows.avro import RESULT
-from flows.kafka.headers import (
+from flows.adapters.kafka.headers import (
     OFFSET_HEADER,
     PARTITION_HEADER,
     SOURCE_OFFSET_HEADER,
@@ -29,9 +28,10 @@ from flows.kafka.headers import (
     SOURCE_TOPIC_HEADER,
     TOPIC_HEADER,
 )
-from flows.records import DecodeFailure
-from flows.settings import Settings
+from flows.core.records import DecodeFailure
+from flows.runtime.settings import Settings
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config
+from flows.wire.avro import RESULT
 
 Position = tuple[int, int]  # (partition, offset) of a data message
 LOOKUP_TIMEOUT_S = 10.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from flows.kafka.config import client_config
-from flows.kafka.settings import KafkaSettings
+from flows.adapters.kafka.config import client_config
+from flows.adapters.kafka.settings import KafkaSettings
 
 LOCAL_BROKER = "127.0.0.1:9092"
 

@@ -9,11 +9,11 @@ import time
 
 from confluent_kafka import Producer
 
-from flows.avro import RECORD
-from flows.settings import Settings
-from flows.sources.generators import generated_records
-from flows.sources.pacing import Pace
+from flows.adapters.sources.generators import generated_records
+from flows.adapters.sources.pacing import Pace
+from flows.runtime.settings import Settings
 from flows.tools.kafka_args import add_kafka_arguments, producer_config
+from flows.wire.avro import RECORD
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows.admission.signing import new_private_key, private_key_pem, public_key_pem, raw_public_key
+from flows.core.admission.signing import new_private_key, private_key_pem, public_key_pem, raw_public_key
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ The model goes inline (a SavedModel directory packed as a tar.gz archive: `--ver
 broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
 descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 
-Experiments (see `flows.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as a
+Experiments (see `flows.core.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as a
 challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops it.
 A command names the exact challenger it acts on by its digest (`--target-digest`, or the digest of the
 newest challenger NAME on the models topic, looked up), so it cannot act on another model of that name.
@@ -21,16 +21,16 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from flows.admission.descriptor_checks import experiment_refusal
-from flows.admission.signing import load_private_key, sign
-from flows.avro import MODEL
-from flows.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
-from flows.records import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
-from flows.scorers.archive import pack_directory
-from flows.settings import Settings
-from flows.sources.generators import shipped_model
+from flows.adapters.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
+from flows.adapters.scorers.archive import pack_directory
+from flows.adapters.sources.generators import shipped_model
+from flows.core.admission.descriptor_checks import experiment_refusal
+from flows.core.admission.signing import load_private_key, sign
+from flows.core.records import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
+from flows.runtime.settings import Settings
 from flows.tools.audit import read_to_end
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config, producer_config
+from flows.wire.avro import MODEL
 
 
 def size_limit(topic: str, config: dict[str, str]) -> tuple[int, str]:

@@ -2,7 +2,7 @@
 
 Each process of a flow answers `GET /state` for its own shards; given several URLs (one per process),
 the tool merges their statistics per model and prints one line per model. With `--challengers`, it merges
-the challengers' reports instead (`flows.challenger`), one line per challenger.
+the challengers' reports instead (`flows.core.challenger`), one line per challenger.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import urllib3
 
-from flows.challenger import merge_reports
-from flows.observability.serving_state import merge_model_stats
-from flows.records import ChallengerReport
-from flows.vocabulary import Mode
+from flows.core.challenger import merge_reports
+from flows.core.records import ChallengerReport
+from flows.core.serving_state import merge_model_stats
+from flows.core.vocabulary import Mode
 
 REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
 

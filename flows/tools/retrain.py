@@ -3,7 +3,7 @@ on the events topic, trains a new model version and publishes it to the models t
 it up.
 
 The flow writes its model events to `SERVING_KAFKA_EVENTS_TOPIC` when that is set (drift monitoring:
-`flows.drift`), signed with `SERVING_EVENTS_SIGNING_KEY` when that is set. This command follows that topic
+`flows.core.drift`), signed with `SERVING_EVENTS_SIGNING_KEY` when that is set. This command follows that topic
 from its end (`--from-beginning` to replay it); on each `drift` event (of `--model` only, if given) it
 trains `recommender-vN` with `serving-train-model`'s deterministic recipe (N from `--version`, then N+1,
 ...), publishes it inline with `serving-publish-model` (signed with `--sign KEYFILE`, for a flow with
@@ -15,7 +15,7 @@ A drift event publishes a model, so retrain acts only on events it can trust: si
 `--max-age` old; it trains once per drifting model and at most once per `--min-interval` (see
 `flows.tools.retrain_gate`). Every event it ignores gets one line on stderr naming where it lies and why.
 Without trusted keys it refuses to start unless told `--insecure-accept-unsigned-events`. Text from an
-event is printed with its control characters escaped (`flows.records.cut`).
+event is printed with its control characters escaped (`flows.core.records.cut`).
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
-from flows.admission.signing import load_private_key, parse_trusted_keys
-from flows.avro import SIGNED_EVENT
-from flows.records import DecodeFailure, SignedModelEvent, cut
-from flows.settings import Settings
+from flows.core.admission.signing import load_private_key, parse_trusted_keys
+from flows.core.records import DecodeFailure, SignedModelEvent, cut
+from flows.runtime.settings import Settings
 from flows.tools import publish_model
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config
 from flows.tools.retrain_gate import RetrainGate
 from flows.tools.train_model import train
+from flows.wire.avro import SIGNED_EVENT
 
 # A printed line's bound: an event's reason (1,000 characters at most) and what retrain says around it.
 LINE_CHARS = 2_000

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flows.admission.event_signing import verify_event
-from flows.records import ModelEvent, SignedModelEvent
-from flows.vocabulary import EventKind
+from flows.core.admission.event_signing import verify_event
+from flows.core.records import ModelEvent, SignedModelEvent
+from flows.core.vocabulary import EventKind
 
 
 @dataclass

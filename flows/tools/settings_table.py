@@ -13,13 +13,13 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from flows.sections import SHOWN_DEFAULT
-from flows.settings import Settings, variables
+from flows.core.sections import SHOWN_DEFAULT
+from flows.runtime.settings import Settings, variables
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 REFERENCE = REPOSITORY / "docs" / "configuration.md"
 README = REPOSITORY / "README.md"
-BEGIN = "<!-- settings table: generated from flows/settings.py by python -m flows.tools.settings_table --write -->"
+BEGIN = "<!-- settings table: generated from flows/runtime/settings.py by python -m flows.tools.settings_table --write -->"
 END = "<!-- end of the generated settings table -->"
 MIB = 1024**2
 

@@ -12,7 +12,7 @@ scores for the same user and product.
 The architecture is the original design's: an embedding for users and one for products, concatenated,
 dropout, a 50-unit relu layer, dropout, one sigmoid output (a probability in [0, 1]); adam, mean squared logarithmic error, batch 64,
 3 epochs. The exported ``serving_default`` signature takes ``users`` and ``products`` (float32, [N, 1])
-and returns ``predictions`` ([N, 1]), which is what ``flows.scorers`` and TensorFlow Serving expect.
+and returns ``predictions`` ([N, 1]), which is what ``flows.adapters.scorers`` and TensorFlow Serving expect.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.shipped import SHIPPED_MODELS_DIR
+from flows.core.shipped import SHIPPED_MODELS_DIR
 
 USERS = 1000
 PRODUCTS = 300

@@ -8,11 +8,11 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from flows.avro import RESULT
-from flows.records import DecodeFailure
-from flows.settings import Settings
-from flows.sinks.console import describe_result
+from flows.adapters.sinks.console import describe_result
+from flows.core.records import DecodeFailure
+from flows.runtime.settings import Settings
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config
+from flows.wire.avro import RESULT
 
 
 def main(argv: list[str] | None = None) -> int:

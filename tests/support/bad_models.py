@@ -6,10 +6,10 @@ import io
 import tarfile
 from pathlib import Path
 
-from flows.records import ModelDescriptor, ModelType
-from flows.scorers.archive import pack_directory
-from flows.shipped import SHIPPED_MODELS_DIR
-from flows.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.archive import pack_directory
+from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.core.records import ModelDescriptor, ModelType
+from flows.core.shipped import SHIPPED_MODELS_DIR
 
 
 def _tar(members: list[tarfile.TarInfo], data: bytes = b"x") -> bytes:

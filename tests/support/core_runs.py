@@ -18,11 +18,11 @@ from bytewax.inputs import (
 )
 from bytewax.testing import AbortExecution, TestingSink, cluster_main, run_main
 
-from flows.challenger import ChallengerSettings
-from flows.context import ServingContext
-from flows.dataflow import serve
-from flows.drift import DriftSettings
-from flows.records import ChallengerReport, DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
+from flows.core.challenger import ChallengerSettings
+from flows.core.context import ServingContext
+from flows.core.dataflow import serve
+from flows.core.drift import DriftSettings
+from flows.core.records import ChallengerReport, DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
 
 Schedule = list[tuple[float, Any]]
 

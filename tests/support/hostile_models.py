@@ -26,7 +26,7 @@ PRINTED_FILE = "printed_by_hostile_model.txt"
 
 
 def _tf():
-    from flows.tensorflow_runtime import tensorflow
+    from flows.adapters.scorers.tensorflow_runtime import tensorflow
 
     return tensorflow()
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.avro import RECORD
-from flows.model_holder import HolderState
+from flows.core.model_holder import HolderState
 from flows.tools import audit
+from flows.wire.avro import RECORD
 
 REPO = Path(__file__).resolve().parents[2]
 

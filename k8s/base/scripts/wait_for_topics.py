@@ -8,24 +8,24 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
-from flows.kafka.config import client_config
-from flows.settings import Settings
+from flows.adapters.kafka.config import client_config
+from flows.runtime.settings import Settings
 
-settings = Settings()
-admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, **client_config(settings, {})})
+kafka = Settings.from_environment().kafka
+admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers, **client_config(kafka, {})})
 wanted = {
-    settings.kafka_data_topic,
-    settings.kafka_models_topic,
-    settings.kafka_results_topic,
-    settings.kafka_dead_letters_topic,
-    *([settings.kafka_events_topic] if settings.kafka_events_topic else []),
-    *([settings.kafka_challenger_topic] if settings.kafka_challenger_topic else []),
+    kafka.data_topic,
+    kafka.models_topic,
+    kafka.results_topic,
+    kafka.dead_letters_topic,
+    *([kafka.events_topic] if kafka.events_topic else []),
+    *([kafka.challenger_topic] if kafka.challenger_topic else []),
 }
 while True:
     try:
         missing = wanted - set(admin.list_topics(timeout=5).topics)
     except Exception as error:  # the broker is not up yet
-        print(f"wait_for_topics: {settings.kafka_bootstrap_servers}: {error}", flush=True)
+        print(f"wait_for_topics: {kafka.bootstrap_servers}: {error}", flush=True)
     else:
         if not missing:
             print(f"wait_for_topics: topics ready: {sorted(wanted)}", flush=True)

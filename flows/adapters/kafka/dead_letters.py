@@ -1,0 +1,56 @@
+"""Messages of the input topics that cannot be decoded: each becomes a dead letter (its original key, value
+and headers, plus headers saying why and where it came from) and a DecodeFailure the flow reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bytewax.connectors.kafka import KafkaSourceMessage
+from confluent_kafka import KafkaError as ConsumerError
+
+from flows.adapters.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
+from flows.adapters.kafka.settings import KafkaSettings
+from flows.adapters.kafka.sink import SinkMessage
+from flows.core.records import DecodeFailure, cut
+from flows.wire.avro import AvroCodec
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A message that goes to the dead letters, and what the flow is told about it."""
+
+    dead_letter: SinkMessage
+    failure: DecodeFailure
+
+
+def decode_failure(
+    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, failure: DecodeFailure
+) -> Undecodable:
+    """A message `codec` could not decode."""
+    reason = f"{message.topic}[{message.partition}]@{message.offset}: {failure.reason}"
+    return _undecodable(codec, settings, message, reason)
+
+
+def consumer_failure(
+    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, error: ConsumerError
+) -> Undecodable:
+    """A message the consumer reported an error for."""
+    return _undecodable(codec, settings, message, f"Kafka consumer error: {error.str()}")
+
+
+def _undecodable(
+    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, reason: str
+) -> Undecodable:
+    where = [
+        (REASON_HEADER, cut(reason).encode()),
+        (TOPIC_HEADER, str(message.topic).encode()),
+        (PARTITION_HEADER, str(message.partition).encode()),
+        (OFFSET_HEADER, str(message.offset).encode()),
+    ]
+    letter = SinkMessage(
+        message.key,
+        message.value,
+        topic=settings.dead_letters_topic,
+        headers=[*(message.headers or ()), *where],
+    )
+    return Undecodable(letter, DecodeFailure(codec.name, reason, message.value))

@@ -1,0 +1,211 @@
+"""Kafka outputs of the serving flow: results keyed by user, with headers naming the message they answer,
+and dead letters. Both go through `flows.adapters.kafka.sink`, which replaces a message the topic refuses for itself
+by its smaller form (built here) and retries the rest until delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from functools import partial
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from flows.adapters.kafka.config import client_config
+from flows.adapters.kafka.data_source import KafkaOrigin
+from flows.adapters.kafka.headers import (
+    ORIGINAL_SIZE_HEADER,
+    REPLACED_HEADER,
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TIMESTAMP_HEADER,
+    SOURCE_TOPIC_HEADER,
+)
+from flows.adapters.kafka.settings import KafkaSettings
+from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
+from flows.core.admission.event_signing import EventSigner
+from flows.core.records import (
+    ChallengerReport,
+    DecodeFailure,
+    ModelEvent,
+    ModelResultMetadata,
+    RecommenderRecord,
+    RecommenderResult,
+    RecommenderServingOutput,
+    ScoredBatch,
+    ScoredMessage,
+    cut,
+)
+from flows.core.telemetry import TRACEPARENT, trace_context_of
+from flows.core.vocabulary import EventKind
+from flows.wire.avro import EVENT, REPORT, RESULT, SIGNED_EVENT, encode_results
+
+
+def result_messages(batch: Sequence[ScoredMessage]) -> list[SinkMessage]:
+    """Results as Kafka messages keyed by user, with headers naming the data message each one answers."""
+    values = encode_results(batch)
+    if isinstance(batch, ScoredBatch):  # read in columns, see flows.core.records.ScoredBatch
+        carried = batch.trace_context
+        return [
+            SinkMessage(
+                b"%d" % message.record.user,
+                value,
+                headers=_source_headers(message.origin, carried or trace_context_of(message.origin)),
+            )
+            for message, value in zip(batch.messages, values)
+        ]
+    return [
+        SinkMessage(
+            b"%d" % item.result.input_record.user,
+            value,
+            headers=_source_headers(item.origin, item.trace_context or trace_context_of(item.origin)),
+        )
+        for item, value in zip(batch, values)
+    ]
+
+
+# The topic and partition headers, shared by every result from that partition (bounded: emptied when full).
+_PARTITION_HEADERS: dict[tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
+_MAX_PARTITION_HEADERS = 1 << 12
+
+
+def _source_headers(origin: object, traceparent: str | None) -> list[tuple[str, bytes]]:
+    """Where the record came from (a Kafka origin's coordinates) and the trace context to carry on."""
+    headers = []
+    if isinstance(origin, KafkaOrigin):
+        where = _PARTITION_HEADERS.get((origin.topic, origin.partition))
+        if where is None:
+            where = (
+                (SOURCE_TOPIC_HEADER, origin.topic.encode()),
+                (SOURCE_PARTITION_HEADER, b"%d" % origin.partition),
+            )
+            if len(_PARTITION_HEADERS) >= _MAX_PARTITION_HEADERS:
+                _PARTITION_HEADERS.clear()
+            _PARTITION_HEADERS[(origin.topic, origin.partition)] = where
+        headers = [
+            *where,
+            (SOURCE_OFFSET_HEADER, b"%d" % origin.offset),
+            (SOURCE_TIMESTAMP_HEADER, b"%d" % origin.timestamp_ms),
+        ]
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
+    return headers
+
+
+DEAD_LETTER_KEPT_BYTES = 1024
+
+
+def smaller_result(message: SinkMessage, reason: str) -> SinkMessage:
+    """The result as an error result without the echoed products and their scores (the sink's `shrink`)."""
+    result = RESULT.decode(message.value or b"")
+    if isinstance(result, DecodeFailure):  # cannot happen for our own encoding; keep the coordinates anyway
+        result = RecommenderResult(
+            RecommenderRecord(-1, []), RecommenderServingOutput(), ModelResultMetadata()
+        )
+    record, metadata = result.input_record, result.metadata
+    errors = (
+        f"result not delivered as is ({reason}); the record's {len(record.products):,} products and their "
+        f"scores are withheld" + (f"; {metadata.errors}" if metadata.errors else "")
+    )
+    smaller = RecommenderResult(
+        RecommenderRecord(record.user, [], record.datatype),
+        RecommenderServingOutput(),
+        replace(metadata, errors=cut(errors)),
+    )
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return SinkMessage(message.key, RESULT.encode(smaller), topic=message.topic, headers=headers)
+
+
+def smaller_dead_letter(message: SinkMessage, reason: str) -> SinkMessage:
+    """The dead letter with its value cut to 1 KiB and only the flow's own headers (the sink's `shrink`)."""
+    ours = [(name, value[:1000]) for name, value in message.headers or [] if name.startswith("dead-letter.")]
+    headers = [
+        *ours,
+        (ORIGINAL_SIZE_HEADER, str(len(message.value or b"")).encode()),
+        (REPLACED_HEADER, reason.encode()),
+    ]
+    key = (message.key or b"")[:DEAD_LETTER_KEPT_BYTES] or None
+    value = (message.value or b"")[:DEAD_LETTER_KEPT_BYTES]
+    return SinkMessage(key, value, topic=message.topic, headers=headers)
+
+
+def event_message(event: ModelEvent, signer: EventSigner | None = None) -> list[SinkMessage]:
+    """A model event as a message keyed by model name (a batch of one, for the sink), signed by `signer`
+    if given (SERVING_EVENTS_SIGNING_KEY)."""
+    return [SinkMessage(event.model_name.encode(), _encode_event(event, signer))]
+
+
+def smaller_event(message: SinkMessage, reason: str, signer: EventSigner | None = None) -> SinkMessage:
+    """The event with its reason cut to what a few hundred bytes hold (the sink's `shrink`), signed anew."""
+    event = EVENT.decode(message.value or b"")
+    if isinstance(event, DecodeFailure):  # cannot happen for our own encoding
+        event = ModelEvent(EventKind.UNKNOWN, "")
+    smaller = replace(event, reason=cut(f"{event.reason} (cut: {reason})", 300))
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return SinkMessage(message.key, _encode_event(smaller, signer), topic=message.topic, headers=headers)
+
+
+def _encode_event(event: ModelEvent, signer: EventSigner | None) -> bytes:
+    return EVENT.encode(event) if signer is None else SIGNED_EVENT.encode(signer.sign(event))
+
+
+def report_message(report: ChallengerReport) -> list[SinkMessage]:
+    """A challenger report as a message keyed by the challenger's name (a batch of one, for the sink)."""
+    return [SinkMessage(report.challenger.encode(), REPORT.encode(report))]
+
+
+def smaller_report(message: SinkMessage, reason: str) -> SinkMessage:
+    """The report with the model names cut short (the sink's `shrink`; a report is a few hundred bytes)."""
+    report = REPORT.decode(message.value or b"")
+    if isinstance(report, DecodeFailure):  # cannot happen for our own encoding
+        return SinkMessage(
+            message.key, b"", topic=message.topic, headers=[(REPLACED_HEADER, reason.encode())]
+        )
+    smaller = replace(report, challenger=report.challenger[:40], champion=report.champion[:40])
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return SinkMessage(message.key, REPORT.encode(smaller), topic=message.topic, headers=headers)
+
+
+def kafka_outputs(
+    settings: KafkaSettings,
+    results: Stream[Sequence[ScoredMessage]],
+    dead_letters: Stream[SinkMessage],
+    events: Stream[ModelEvent],
+    reports: Stream[ChallengerReport],
+    shadow_results: Stream[ScoredBatch],
+    signer: EventSigner | None = None,
+) -> None:
+    """Write result batches to the results topic, dead letters to the dead-letter topic and, if
+    SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
+    model events (signed by `signer`, from SERVING_EVENTS_SIGNING_KEY), challenger reports and shadow results to them
+    (see flows.adapters.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one)."""
+    brokers = settings.brokers
+    config = client_config(settings, settings.producer_config)
+    encoded = op.map("encode_results", results, result_messages)
+    op.output(
+        "kafka_results",
+        encoded,
+        ResilientKafkaSink(brokers, settings.results_topic, config, smaller_result),
+    )
+    letters = op.map("dead_letter_messages", dead_letters, lambda letter: [letter])
+    op.output(
+        "kafka_dead_letters",
+        letters,
+        ResilientKafkaSink(brokers, settings.dead_letters_topic, config, smaller_dead_letter),
+    )
+    if settings.events_topic:
+        topic = settings.events_topic
+        messages = op.map("event_messages", events, partial(event_message, signer=signer))
+        shrink = partial(smaller_event, signer=signer)
+        op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, shrink))
+    if settings.challenger_topic:
+        topic = settings.challenger_topic
+        messages = op.map("report_messages", reports, report_message)
+        op.output("kafka_reports", messages, ResilientKafkaSink(brokers, topic, config, smaller_report))
+    if settings.shadow_results_topic:
+        topic = settings.shadow_results_topic
+        messages = op.map("encode_shadow_results", shadow_results, result_messages)
+        op.output(
+            "kafka_shadow_results", messages, ResilientKafkaSink(brokers, topic, config, smaller_result)
+        )

@@ -1,0 +1,102 @@
+"""The limits and trust settings model admission enforces, in one immutable, typed object.
+
+The fields' defaults and descriptions are the one source of both: the runtime reads them from
+`SERVING_MODEL_*` (and `SERVING_REMOTE_*` for `remote`) environment variables (`flows.runtime.settings`), and
+docs/configuration.md's table is generated from them. Nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import NoDecode
+
+from flows.core.admission.graph import DEFAULT_ALLOWED_OPS
+from flows.core.admission.signing import parse_trusted_keys
+from flows.core.sections import SHOWN_DEFAULT, Section, comma_separated, parsed_text
+from flows.core.shipped import SHIPPED_MODELS_DIR
+
+
+class RemoteLimits(Section):
+    """What a model-server location may ask for (`SERVING_REMOTE_*`)."""
+
+    max_timeout: float = Field(
+        10.0, gt=0, description="highest `timeout` a model-server location may ask for, seconds"
+    )
+    max_retries: int = Field(3, ge=0, description="highest `retries` a model-server location may ask for")
+
+
+class AdmissionPolicy(Section):
+    """What a new model may cost and must satisfy (`SERVING_MODEL_*`): see the README's Security model."""
+
+    load_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="seconds a new model may take from arrival to ready (unpack, inspect, load, probe); past it, rejected",
+    )
+    max_loads: int = Field(
+        2,
+        ge=1,
+        description="model loads (a thread and an unpacking child each) a process runs at once; the others wait in arrival order, their deadline running, and one that a newer message of its role supersedes while it waits is dropped unloaded",
+    )
+    max_bytes: int = Field(
+        100 * 1024**2, ge=1, description="largest inline model archive (100 MiB), refused before unpacking"
+    )
+    max_unpacked_bytes: int = Field(
+        256 * 1024**2,
+        ge=1,
+        description="largest uncompressed archive (256 MiB, tar headers included); also the per-file size limit of the unpacking child",
+    )
+    max_files: int = Field(1_000, ge=1, description="most files and directories in a model archive")
+    unpack_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds (wall clock, and CPU) the unpacking child may take before it is killed",
+    )
+    unpack_memory: int = Field(
+        512 * 1024**2, ge=64 * 1024**2, description="address-space limit of the unpacking child (512 MiB)"
+    )
+    output_range: Annotated[tuple[float, float], NoDecode, parsed_text(parse_output_range)] = Field(
+        (0.0, 1.0),
+        description="`LOW,HIGH`: a model whose probe scores are not finite or outside is refused; such a score at scoring time makes that record's result an error",
+        json_schema_extra={SHOWN_DEFAULT: "`0,1`"},
+    )
+    trusted_keys: Annotated[tuple[bytes, ...], NoDecode, parsed_text(parse_trusted_keys)] = Field(
+        (),
+        description="Ed25519 public keys (base64, or PEM file paths), comma-separated; set, only descriptors signed by one of them are accepted",
+    )
+    roots: Annotated[tuple[Path, ...], NoDecode, parsed_text(comma_separated)] = Field(
+        (SHIPPED_MODELS_DIR,),
+        description="directories local model paths must lie under, comma-separated",
+        json_schema_extra={SHOWN_DEFAULT: "the shipped models' directory"},
+    )
+    max_name_chars: int = Field(200, ge=1, description="longest model name accepted")
+    max_description_chars: int = Field(2_000, ge=0, description="longest model description accepted")
+    remote: RemoteLimits = RemoteLimits()
+
+    @property
+    def output_low(self) -> float:
+        return self.output_range[0]
+
+    @property
+    def output_high(self) -> float:
+        return self.output_range[1]
+
+    @property
+    def allowed_ops(self) -> frozenset[str]:
+        """The TensorFlow ops a SavedModel's graph may use (a constant of the graph inspection, not a setting)."""
+        return DEFAULT_ALLOWED_OPS
+
+
+def parse_output_range(text: str) -> tuple[float, float]:
+    """`"LOW,HIGH"` as two finite floats with LOW <= HIGH, or ValueError."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"output range {text!r} is not LOW,HIGH (e.g. 0,1)") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"output range {text!r} must be two finite numbers, LOW <= HIGH")
+    return low, high

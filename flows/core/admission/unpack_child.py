@@ -1,0 +1,301 @@
+"""The unpacking child process: `python -m flows.core.admission.unpack_child` with a JSON job on stdin.
+
+It limits itself first (address space, CPU seconds, file size, open files), then unpacks a model archive
+into a target directory and inspects the SavedModel's graph, and prints one JSON line: `{"ok": true, ...}`
+or `{"ok": false, "reason": ...}`. Anything the limits stop (a tarfile loop, a quadratic regex, a header of
+gigabytes, a compression bomb) ends this process, not the flow; the parent kills it on a wall-clock
+deadline too (see `flows.core.admission.unpack`).
+
+The archive is read as a stream (no seeking back, which also stops CPython's negative-size loop) from a
+decompressor whose output is capped, so a bomb is refused after at most the cap, and members are written
+by this code, one checked path at a time: only plain files and directories, no links, nothing outside.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import json
+import lzma
+import resource
+import signal
+import sys
+import tarfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from flows.core.admission.graph import DEFAULT_MAX_BYTES, inspect_saved_model
+from flows.core.errors import ServingError
+
+CHUNK = 1024 * 1024
+MAX_MEMBER_NAME = 1024
+MAX_REASON = 500
+BLOCK = 512
+# Extended headers (pax 'x'/'g', GNU long names 'L'/'K') are read whole by tarfile and pax ones parsed
+# with a regex that is quadratic on CPython 3.11.7: legitimate ones are a few hundred bytes.
+MAX_EXTENDED_HEADER = 8 * 1024
+EXTENDED_TYPES = frozenset(b"xgLK")
+ENTRY_TYPES = frozenset(b"05\x00")  # regular file (also the old NUL flag), directory
+
+
+class Refused(ServingError):
+    """The archive breaks a rule; the message says which."""
+
+
+class _TarHeaderGuard:
+    """Reads the tar headers as the bytes stream past, before tarfile sees them.
+
+    It refuses, at the header, what would make tarfile loop or read a huge header: a negative or
+    malformed size, an extended header over MAX_EXTENDED_HEADER, a pax `size` record (which would move
+    the next header where this guard does not look), and any entry type but file, directory and the
+    extended headers. It follows the headers by their size fields, as tarfile does.
+    """
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.entries = 0
+        self.position = 0
+        self.next_header = 0
+        self.header = b""
+        self.extended: bytearray | None = None  # the body of a pax header being collected
+        self.extended_left = 0
+
+    def observe(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.extended is not None:  # right after a pax header: its body, then the padding
+                take = min(len(view), self.extended_left)
+                self.extended += view[:take]
+                self.extended_left -= take
+                view = view[take:]
+                self.position += take
+                if not self.extended_left:
+                    self._check_pax(bytes(self.extended))
+                    self.extended = None
+                continue
+            if self.position < self.next_header:
+                skip = min(len(view), self.next_header - self.position)
+                view = view[skip:]
+                self.position += skip
+                continue
+            take = min(len(view), BLOCK - len(self.header))
+            self.header += view[:take]
+            view = view[take:]
+            self.position += take
+            if len(self.header) == BLOCK:
+                self._check_header(self.header)
+                self.header = b""
+
+    def _check_header(self, header: bytes) -> None:
+        self.next_header = self.position
+        if not header.strip(b"\x00"):
+            return  # an end-of-archive block
+        kind = header[156]
+        size = _header_size(header[124:136])
+        if kind not in ENTRY_TYPES and kind not in EXTENDED_TYPES:
+            raise Refused(
+                f"unsafe archive member of type {chr(kind)!r}: only files and directories are allowed"
+            )
+        if kind in EXTENDED_TYPES and size > MAX_EXTENDED_HEADER:
+            raise Refused(
+                f"archive has an extended header ({chr(kind)!r}) of {size:,} bytes (limit {MAX_EXTENDED_HEADER:,})"
+            )
+        if kind in ENTRY_TYPES:
+            self.entries += 1
+            if self.entries > self.max_files:  # counted ahead of tarfile, before it writes them
+                raise Refused(f"archive has more than {self.max_files:,} members (SERVING_MODEL_MAX_FILES)")
+        self.next_header = self.position + -(-size // BLOCK) * BLOCK
+        if kind in b"xg" and size:
+            self.extended, self.extended_left = bytearray(), size
+
+    @staticmethod
+    def _check_pax(body: bytes) -> None:
+        if b" size=" in body or body.startswith(b"size="):
+            raise Refused("archive has a pax header that sets a member's size: not accepted")
+
+
+def _header_size(field: bytes) -> int:
+    """A tar header's size field (octal, or GNU base-256), refusing negative or malformed values."""
+    if field[0] & 0x80:
+        if field[0] == 0xFF:
+            raise Refused("archive member declares a negative size")
+        value = int.from_bytes(field[1:], "big")
+    else:
+        text = field.split(b"\x00", 1)[0].strip() or b"0"
+        try:
+            value = int(text, 8)
+        except ValueError:
+            raise Refused(f"not a readable tar archive: malformed size field {field[:12]!r}") from None
+    return value
+
+
+class _CappedDecompressedStream(io.RawIOBase):
+    """The decompressed bytes of `raw` (gzip, bzip2, xz or none), refusing to produce more than `cap`,
+    with every tar header checked by a `_TarHeaderGuard` on its way to tarfile."""
+
+    def __init__(self, raw: BinaryIO, cap: int, max_files: int) -> None:
+        self._raw = raw
+        self._cap = cap
+        self.produced = 0
+        head = raw.read(6)
+        self._pending = b""
+        if head.startswith(b"\x1f\x8b"):
+            self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif head.startswith(b"BZh"):
+            self._decompressor = bz2.BZ2Decompressor()
+        elif head.startswith(b"\xfd7zXZ\x00"):
+            self._decompressor = lzma.LZMADecompressor()
+        else:
+            self._decompressor = None
+        self._input = head
+        self._guard = _TarHeaderGuard(max_files)
+        self._is_zlib = head.startswith(b"\x1f\x8b")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            chunk = self._next_output(len(buffer))
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+    def _next_output(self, wanted: int) -> bytes | None:
+        wanted = max(wanted, 64 * 1024)
+        if self._decompressor is None:
+            data = self._input or self._raw.read(wanted)
+            self._input = b""
+        else:
+            data = self._decompress(wanted)
+        if not data:
+            return None
+        self.produced += len(data)
+        if self.produced > self._cap:
+            raise Refused(
+                f"archive expands to more than {self._cap:,} bytes (SERVING_MODEL_MAX_UNPACKED_BYTES)"
+            )
+        self._guard.observe(data)
+        return data
+
+    def _decompress(self, wanted: int) -> bytes:
+        decompressor = self._decompressor
+        while not decompressor.eof:
+            if self._is_zlib:  # zlib keeps unread input in unconsumed_tail; bz2 and lzma keep it inside
+                source = decompressor.unconsumed_tail or self._take_input()
+                if not source:
+                    return b""  # truncated: tarfile reports the missing data
+                data = decompressor.decompress(source, wanted)
+            else:
+                source = self._take_input() if decompressor.needs_input else b""
+                if decompressor.needs_input and not source:
+                    return b""
+                data = decompressor.decompress(source, max_length=wanted)
+            if data:
+                return data
+        return b""
+
+    def _take_input(self) -> bytes:
+        data = self._input or self._raw.read(CHUNK)
+        self._input = b""
+        return data
+
+
+def _checked_path(target: Path, member: tarfile.TarInfo) -> Path:
+    name = member.name
+    if len(name) > MAX_MEMBER_NAME:
+        raise Refused(f"archive member name of {len(name):,} characters (limit {MAX_MEMBER_NAME})")
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or "\x00" in name:
+        raise Refused(f"unsafe archive member {name[:200]!r}: path leaves the model directory")
+    if not (member.isfile() or member.isdir()):
+        raise Refused(f"unsafe archive member {name[:200]!r}: only files and directories are allowed")
+    parts = [part for part in path.parts if part not in ("", ".")]
+    return target.joinpath(*parts) if parts else target
+
+
+def unpack(payload: BinaryIO, target: Path, max_bytes: int, max_files: int) -> tuple[int, int]:
+    """Unpack the archive stream into `target`; the number of members and file bytes written."""
+    stream = _CappedDecompressedStream(payload, max_bytes, max_files)
+    members = written = 0
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(stream, CHUNK), mode="r|") as archive:
+            for member in archive:
+                members += 1
+                if members > max_files:
+                    raise Refused(f"archive has more than {max_files:,} members (SERVING_MODEL_MAX_FILES)")
+                path = _checked_path(target, member)
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                if member.size < 0 or written + member.size > max_bytes:
+                    raise Refused(
+                        f"archive member {member.name[:200]!r} declares {member.size:,} bytes, over what "
+                        f"is left of {max_bytes:,} (SERVING_MODEL_MAX_UNPACKED_BYTES)"
+                    )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                source = archive.extractfile(member)
+                with open(path, "xb") as destination:
+                    while chunk := source.read(CHUNK):
+                        destination.write(chunk)
+                written += member.size
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise Refused(f"not a readable tar archive: {type(error).__name__}: {error}") from error
+    except OSError as error:
+        if "Invalid data stream" in str(error):  # bz2's word for corrupt input
+            raise Refused(f"not a readable tar archive: {error}") from error
+        raise
+    if members == 0:
+        raise Refused("not a readable tar archive: no members")
+    return members, written
+
+
+def _limit_self(memory_bytes: int, cpu_seconds: int, file_bytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    # A write past RLIMIT_FSIZE then fails with EFBIG instead of killing the process without a word.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"
+
+
+def run(job: dict) -> dict:
+    """Carry out one job (see the module docstring); the verdict as a JSON-able dict."""
+    target = Path(job["target"])
+    try:
+        files = written = 0
+        if job.get("payload"):
+            with open(job["payload"], "rb") as payload:
+                files, written = unpack(payload, target, job["max_unpacked_bytes"], job["max_files"])
+        problems = inspect_saved_model(
+            target, frozenset(job["allowed_ops"]), max_bytes=min(job["max_unpacked_bytes"], DEFAULT_MAX_BYTES)
+        )
+        if problems:
+            return {"ok": False, "reason": _cut("; ".join(problems))}
+        return {"ok": True, "files": files, "bytes": written}
+    except Refused as error:
+        return {"ok": False, "reason": _cut(str(error))}
+    except MemoryError:
+        return {"ok": False, "reason": "unpacking ran out of its memory limit (SERVING_MODEL_UNPACK_MEMORY)"}
+    except OSError as error:
+        return {"ok": False, "reason": _cut(f"unpacking failed: {type(error).__name__}: {error}")}
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.read(1024 * 1024))
+    _limit_self(job["memory_bytes"], job["cpu_seconds"], job["max_unpacked_bytes"])
+    print(json.dumps(run(job)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The serving dataflow's core, independent of where its inputs come from and where its outputs go.
+
+    data batches ──to a shard, in turn──────────────────────┐
+                                                            ├─merge─▶ stateful_batch(shard) ─▶ result batches
+    models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                ├▶ events
+                                                                                           ├▶ challenger reports
+                                                                                           └▶ shadow results
+
+Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
+`flows.adapters.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
+events it returns. Records travel in batches so that the engine's per-item cost, and the model's per-call
+cost, are paid per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from flows.core.challenger import ChallengerSettings
+from flows.core.context import ServingContext
+from flows.core.drift import DriftLogic, DriftSettings, batch_features
+from flows.core.model_holder import HOLDER_KEY, AcceptedModel, ChallengerEnded, HolderInput, ModelHolderLogic
+from flows.core.records import ChallengerReport, DataMessage, ModelEvent, ScoredBatch, ScoredMessage
+from flows.core.shard import (
+    ChallengerEnd,
+    Emits,
+    ModelUpdate,
+    ShardInput,
+    ShardLogic,
+    ShardOutput,
+    batch_router,
+    shard_keys,
+)
+
+
+@dataclass(frozen=True)
+class ServingStreams:
+    results: Stream[Sequence[ScoredMessage]]  # a ScoredBatch per model call, a list for errors
+    events: Stream[ModelEvent]
+    reports: Stream[ChallengerReport]  # how each challenger compares, per window and shard
+    shadow_results: Stream[ScoredBatch]  # a shadow challenger's results, if `serve` was asked for them
+
+
+def serve(
+    step_id: str,
+    data: Stream[list[DataMessage]],
+    models: Stream[HolderInput],
+    context: ServingContext,
+    *,
+    shards: int,
+    hold_limit: int,
+    wait_for_catch_up: bool = False,
+    max_products: int = 10_000,
+    drift: DriftSettings | None = None,
+    challengers: ChallengerSettings | None = None,
+    shadow_results: bool = False,
+) -> ServingStreams:
+    """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
+    load models through `context.cache` and report to its telemetry and statistics.
+
+    With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
+    and starts with the newest model it read (see `flows.core.model_holder`). With `drift`, each model's scored
+    batches also go to a drift monitor keyed by model name, whose events join the model events (`flows.core.drift`).
+    `challengers` says how shards compare a challenger with the champion (`flows.core.challenger`);
+    `shadow_results` makes them also emit a shadow challenger's own results (someone must write them).
+    """
+    if shards < 1:
+        raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
+    keys = shard_keys(shards)
+
+    keyed_data = op.map(f"{step_id}_shard_data", data, batch_router(keys))
+
+    keyed_models = op.key_on(f"{step_id}_key_models", models, lambda _: HOLDER_KEY)
+    held = op.key_rm(
+        f"{step_id}_unkey_holder",
+        op.stateful_batch(
+            f"{step_id}_model_holder",
+            keyed_models,
+            partial(ModelHolderLogic, context.cache, wait_for_catch_up),
+        ),
+    )
+    holder_out = op.branch(f"{step_id}_split_holder", held, lambda item: isinstance(item, ModelEvent))
+    broadcast = op.flat_map(
+        f"{step_id}_to_every_shard",
+        holder_out.falses,
+        lambda update: [(key, _for_shard(key, update)) for key in keys],
+    )
+
+    shard_in = op.merge(f"{step_id}_merge", keyed_data, broadcast)
+    scored = op.key_rm(
+        f"{step_id}_unkey_shards",
+        op.stateful_batch(
+            f"{step_id}_shards",
+            shard_in,
+            partial(
+                ShardLogic,
+                hold_limit,
+                max_products,
+                context,
+                challengers=challengers,
+                shadow_results=shadow_results,
+            ),
+        ),
+    )
+    results, shard_events, reports, shadow_results = (
+        op.filter_map(f"{step_id}_shard_{kind}", scored, partial(_tagged, kind))
+        for kind in (Emits.RESULTS, Emits.EVENT, Emits.REPORT, Emits.SHADOW)
+    )
+    events = op.merge(f"{step_id}_events", holder_out.trues, shard_events)
+    if drift is not None and drift.enabled:
+        events = op.merge(f"{step_id}_with_drift", events, _drift_events(step_id, results, drift, context))
+    op.inspect(
+        f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
+    )
+    return ServingStreams(results, events, reports, shadow_results)
+
+
+def _tagged(kind: Emits, output: ShardOutput) -> Any:
+    """The shard's output if it is a `kind`, else None (filtered out)."""
+    tag, value = output
+    return value if tag is kind else None
+
+
+def _for_shard(key: str, update: AcceptedModel | ChallengerEnded) -> ShardInput:
+    if isinstance(update, ChallengerEnded):
+        return ChallengerEnd(key, update.model_name, update.closed_by)
+    return ModelUpdate(key, update.descriptor, update.arrived_at)
+
+
+def _drift_events(
+    step_id: str, results: Stream[Sequence[ScoredMessage]], drift: DriftSettings, context: ServingContext
+) -> Stream[ModelEvent]:
+    features = op.filter_map(
+        f"{step_id}_drift_features",
+        results,
+        lambda batch: batch_features(batch, drift.sample) if isinstance(batch, ScoredBatch) else None,
+    )
+    keyed = op.key_on(f"{step_id}_key_drift", features, lambda features: features.model_name)
+    monitors = op.stateful_batch(f"{step_id}_drift", keyed, partial(DriftLogic, drift, context.state))
+    return op.key_rm(f"{step_id}_unkey_drift", monitors)

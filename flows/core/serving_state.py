@@ -1,0 +1,109 @@
+"""What the shards of this process serve, and how it went: the statistics behind /state and the gauges.
+
+Each shard registers its `ModelToServeStats` when it swaps a model in (or is restored with one); the
+registry keeps a reference, so counts made while scoring are visible without further calls. Readers
+get copies, merged per model across shards.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from flows.core.challenger import merge_reports
+from flows.core.records import ChallengerReport, ModelToServeStats
+
+MAX_CHALLENGERS_SHOWN = 8
+
+
+class ServingState:
+    """The statistics of the shards this process serves for one flow (see `flows.core.context`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_shard: dict[str, ModelToServeStats] = {}
+        self._drift: dict[str, dict[str, Any]] = {}
+        # Per challenger: its reports merged, how many, and what closed the last one.
+        self._challengers: dict[str, tuple[ChallengerReport, int, str]] = {}
+
+    def serve(self, shard: str, stats: ModelToServeStats) -> None:
+        """`shard` now serves the model `stats` describes."""
+        with self._lock:
+            self._by_shard[shard] = stats
+
+    def drift(self, model_name: str, drift: dict[str, Any]) -> None:
+        """The drift monitor of `model_name` (in this process) says `drift` about its last window."""
+        with self._lock:
+            self._drift[model_name] = drift
+
+    def forget_drift(self, model_name: str) -> None:
+        with self._lock:
+            self._drift.pop(model_name, None)
+
+    def drift_per_model(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: dict(drift) for name, drift in self._drift.items()}
+
+    def challenger(self, report: ChallengerReport) -> None:
+        """Add a challenger report of a shard of this process to its challenger's totals."""
+        with self._lock:
+            so_far = self._challengers.pop(report.challenger, None)
+            totals = merge_reports([so_far[0], report]) if so_far else report
+            windows = so_far[1] + 1 if so_far else 1
+            self._challengers[report.challenger] = (totals, windows, report.closed_by)  # the latest last
+            while len(self._challengers) > MAX_CHALLENGERS_SHOWN:
+                self._challengers.pop(next(iter(self._challengers)))
+
+    def challengers(self) -> list[dict[str, Any]]:
+        """What each recent challenger did in this process, summed over its shards' reports, the latest first."""
+        with self._lock:
+            entries = list(reversed(self._challengers.values()))
+        return [
+            {**asdict(totals), "shard": None, "window": None, "windows": windows, "closed_by": closed_by}
+            for totals, windows, closed_by in entries
+        ]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_shard.clear()
+            self._drift.clear()
+            self._challengers.clear()
+
+    def models_by_shard(self) -> dict[str, str]:
+        with self._lock:
+            return {shard: stats.name for shard, stats in self._by_shard.items()}
+
+    def per_model(self) -> list[dict[str, Any]]:
+        """ModelToServeStats per model served here, summed over its shards, the newest model first."""
+        with self._lock:  # asdict copies the counts: scoring goes on updating the originals
+            entries = [
+                {**asdict(stats), "shards": [shard]} for shard, stats in sorted(self._by_shard.items())
+            ]
+        return merge_model_stats(entries)
+
+
+def merge_model_stats(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model name over `entries` (per shard, or per process from several /state documents):
+    usage and duration summed, `min` over the entries that scored anything, `since` the earliest, shards
+    listed; with the average per record. The newest model first."""
+    merged: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        into = merged.setdefault(
+            entry["name"],
+            {"name": entry["name"], "description": entry["description"], "since": entry["since"], "usage": 0,
+             "duration": 0.0, "min": None, "max": 0, "shards": []},
+        )  # fmt: skip
+        into["since"] = min(into["since"], entry["since"])
+        into["usage"] += entry["usage"]
+        into["duration"] += entry["duration"]
+        if entry["usage"]:
+            into["min"] = entry["min"] if into["min"] is None else min(into["min"], entry["min"])
+        into["max"] = max(into["max"], entry["max"])
+        into["shards"].extend(entry["shards"])
+    for into in merged.values():
+        into["min"] = into["min"] or 0
+        into["duration"] = round(into["duration"], 3)
+        into["average"] = round(into["duration"] / into["usage"], 6) if into["usage"] else 0.0
+    return sorted(merged.values(), key=lambda into: into["since"], reverse=True)

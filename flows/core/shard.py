@@ -1,0 +1,528 @@
+"""The keyed stateful scorer: one instance per shard key, the heart of the dynamically controlled stream.
+
+A shard receives, in one stream, the data records routed to it and every model the flow accepted. A model
+is loaded in the background (by the process-wide cache, so a process loads each model once) while the
+current one keeps scoring; once it is ready in this process the shard swaps to it and resets the
+statistics. Data records are scored in micro-batches, one model call per batch. Records that arrive
+before any model are held and scored when the first model is ready: all of them while a model is on its
+way to the shard (loading, or named by the restored state), up to SERVING_HOLD_LIMIT while none is; past
+that bound, once the awaited model fails, or if the input ends first, they are emitted with an error.
+Nothing is dropped. The first champion swapped in opens the process's data sources
+(`flows.adapters.sources.model_gate`).
+
+A shard may also hold a challenger (`flows.core.challenger`): loaded the same way, it scores beside the
+champion as its experiment says, and the shard emits a `ChallengerReport` per window of its records.
+
+The snapshot holds the model's digest and name, the statistics, the held records and the challenger's
+role and window sums: never a model itself, which lives once in the model holder's state (see
+`flows.core.model_holder`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+
+from bytewax.operators import StatefulBatchLogic
+
+from flows.core.challenger import (
+    ChallengerSettings,
+    ChallengerSlot,
+    ExperimentScores,
+    ModelCall,
+    score_with_challenger,
+)
+from flows.core.context import ServingContext
+from flows.core.records import (
+    CANARY,
+    ChallengerReport,
+    DataMessage,
+    ModelDescriptor,
+    ModelEvent,
+    ModelToServeStats,
+    RecommenderRecord,
+    ScoredBatch,
+    ScoredMessage,
+    ms_since,
+)
+from flows.core.scorer import ModelLoadError, Scorer
+from flows.core.scorer_cache import ModelLoad, ScorerCache
+from flows.core.scoring import score_batch, unscored
+from flows.core.vocabulary import ClosedBy, EventKind, Word
+
+POLL = timedelta(milliseconds=10)
+
+
+def shard_keys(shards: int) -> list[str]:
+    """The shard keys of a flow with `shards` shards."""
+    return [f"shard-{index:03d}" for index in range(shards)]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """Records sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
+
+    shard: str
+    messages: list[DataMessage]
+
+    def __reduce__(self) -> tuple:
+        # Pickled in columns when it goes to a shard in another process: 4.6 us per record instead of 14.5
+        # for a dataclass per record, measured on 1,000 Kafka records.
+        messages = self.messages
+        columns = (
+            [message.record.user for message in messages],
+            [message.record.products for message in messages],
+            [message.record.datatype for message in messages],
+            [message.entered_ns for message in messages],
+            [message.origin for message in messages],
+        )
+        return _unpickled_batch, (self.shard, *columns)
+
+
+def _unpickled_batch(
+    shard: str, users: list, products: list, datatypes: list, entered: list, origins: list
+) -> ShardBatch:
+    records = map(RecommenderRecord, users, products, datatypes)
+    return ShardBatch(shard, list(map(DataMessage, records, entered, origins)))
+
+
+def batch_router(keys: list[str]) -> Callable[[list[DataMessage]], tuple[str, ShardBatch]]:
+    """Routes each batch of records, whole, to the next shard in turn: the one place records are routed.
+
+    A batch stays whole so that it is scored with one model call: a call has a fixed cost (about 1 ms for
+    the shipped SavedModel, as much as 3,000 pairs), so splitting a poll of 1,000 records over 8 shards
+    made 8 calls where one does. Taking the shards in turn spreads batches, and so the scoring, evenly over
+    the workers that own the shards. Any shard may score any record: every shard serves every model.
+    """
+    turns = itertools.count()
+
+    def route(batch: list[DataMessage]) -> tuple[str, ShardBatch]:
+        key = keys[next(turns) % len(keys)]
+        return key, ShardBatch(key, batch)
+
+    return route
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUpdate:
+    """A model sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
+
+    shard: str
+    descriptor: ModelDescriptor
+    arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengerEnd:
+    """The challenger `model_name` leaves one shard: `closed_by` "promoted" or "retired"."""
+
+    shard: str
+    model_name: str
+    closed_by: ClosedBy
+
+
+# Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
+# per-item cost is paid per batch (see flows.adapters.sources.batched).
+ShardInput = ShardBatch | ModelUpdate | ChallengerEnd
+
+
+class Emits(Word):
+    """What a shard emits, as the tag of each output: `serve` splits the shards' output by it."""
+
+    RESULTS = "results"  # a batch of results (a ScoredBatch, or a list of error results)
+    EVENT = "event"  # a ModelEvent
+    REPORT = "report"  # a ChallengerReport
+    SHADOW = "shadow"  # a shadow challenger's own results, never the answer (a ScoredBatch)
+
+
+ShardOutput = tuple[Emits, Sequence[ScoredMessage] | ModelEvent | ChallengerReport]
+
+
+class ShardOutputs:
+    """What a shard emits in one call, each output tagged with what it is."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[ShardOutput] = []
+
+    def results(self, batch: Sequence[ScoredMessage]) -> None:
+        self.items.append((Emits.RESULTS, batch))
+
+    def event(self, event: ModelEvent) -> None:
+        self.items.append((Emits.EVENT, event))
+
+    def report(self, report: ChallengerReport) -> None:
+        self.items.append((Emits.REPORT, report))
+
+    def shadow(self, batch: ScoredBatch) -> None:
+        self.items.append((Emits.SHADOW, batch))
+
+
+@dataclass
+class ShardState:
+    """What a shard persists in a recovery snapshot."""
+
+    shard: str = ""
+    model_digest: str | None = None
+    model_name: str = ""
+    stats: ModelToServeStats | None = None
+    held: list[DataMessage] = field(default_factory=list)
+    challenger: ChallengerSlot | None = None  # (snapshots from before challengers read the class default)
+
+
+class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
+    """Scores one shard's records with the latest model it has been sent."""
+
+    def __init__(
+        self,
+        hold_limit: int,
+        max_products: int,
+        context: ServingContext,
+        resume: ShardState | None,
+        *,
+        challengers: ChallengerSettings | None = None,
+        shadow_results: bool = False,
+    ) -> None:
+        self.hold_limit = hold_limit
+        self.challengers = challengers or ChallengerSettings()
+        self.shadow_results = shadow_results  # emit a shadow challenger's results (someone writes them)
+        self.max_products = max_products
+        self.cache: ScorerCache = context.cache
+        self.telemetry = context.telemetry
+        self.serving_state = context.state
+        self.champion_gate = context.champion_gate
+        self.state = resume if resume is not None else ShardState()
+        if self.state.shard and self.state.stats is not None:
+            self.serving_state.serve(self.state.shard, self.state.stats)  # statistics survive a restart
+        # After a restart the state names a model but this process has not loaded it yet: records are
+        # held until the model holder sends the model again (it does so right after a restart).
+        self.scorer: Scorer | None = None
+        self.awaiting_resend = self.state.model_digest is not None
+        # A model on its way in: loading in the background while the current one keeps scoring.
+        self.incoming: tuple[ModelUpdate, ModelLoad] | None = None
+        # The same for the challenger (named, with its window, in `state.challenger` once it has loaded).
+        self.challenger_scorer: Scorer | None = None
+        self.incoming_challenger: tuple[ModelUpdate, ModelLoad] | None = None
+
+    def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[ShardOutput], bool]:
+        outputs = ShardOutputs()
+        run: list[DataMessage] = []
+        if not self.state.shard:
+            self.state.shard = values[0].shard
+        for value in values:
+            if isinstance(value, ShardBatch):
+                run.extend(value.messages)
+                continue
+            # Records before a model event are scored with the model they arrived under.
+            self._score(run, outputs)
+            run = []
+            if isinstance(value, ChallengerEnd):
+                self._end_challenger(value.model_name, value.closed_by, outputs)
+            elif value.descriptor.is_challenger:
+                self._receive_challenger(value, outputs)
+            else:
+                self._receive(value, outputs)
+        self._score(run, outputs)
+        self._swap_when_ready(outputs)
+        return outputs.items, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(timezone.utc) + POLL if self.incoming or self.incoming_challenger else None
+
+    def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
+        outputs = ShardOutputs()
+        self._swap_when_ready(outputs)
+        return outputs.items, StatefulBatchLogic.RETAIN
+
+    @property
+    def shard(self) -> str:
+        return self.state.shard
+
+    def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
+        outputs = ShardOutputs()
+        for incoming in (self.incoming, self.incoming_challenger):
+            if incoming is not None:
+                incoming[1].join()  # the input has ended: nothing is left to score meanwhile
+        self._swap_when_ready(outputs)
+        if self.scorer is not None and self._canary_reloading():
+            # The restored canary never came back: the champion answers its held users.
+            self._close_challenger(ClosedBy.ENDED, outputs)
+            self._score_held(outputs)
+        slot = self.state.challenger
+        if slot is not None and slot.window.records:
+            self._report(slot, ClosedBy.ENDED, outputs)  # a bounded run's last, partial window
+            slot.window = slot.window.next()
+        held, self.state.held = self.state.held, []
+        reason = f"input ended before any model was loaded on {self.shard}"
+        if held:
+            outputs.results([unscored(message, reason) for message in held])
+        return outputs.items, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> ShardState:
+        state = self.state
+        challenger = state.challenger
+        if challenger is not None:
+            challenger = replace(challenger, window=copy.copy(challenger.window))
+        return ShardState(
+            state.shard,
+            state.model_digest,
+            state.model_name,
+            copy.copy(state.stats),
+            list(state.held),
+            challenger,
+        )
+
+    def _score(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
+        if not messages:
+            return
+        if any(len(message.record.products) > self.max_products for message in messages):
+            messages = self._refuse_oversized(messages, outputs)
+            if not messages:
+                return
+        if self.scorer is None or self._canary_reloading():
+            self._hold(messages, outputs)
+            return
+        champion = self.state.model_name
+        with self.telemetry.batch(self.shard, champion, self.scorer.source, messages) as span:
+            slot = self.state.challenger
+            if slot is not None and self.challenger_scorer is not None:
+                scored = score_with_challenger(
+                    ModelCall(self.scorer, champion),
+                    ModelCall(self.challenger_scorer, slot.name),
+                    slot,
+                    messages,
+                    self.cache.policy,
+                    self.challengers.top_k,
+                )
+            else:
+                results, batch_ms = score_batch(self.scorer, champion, messages, self.cache.policy)
+                scored = ExperimentScores([(results, batch_ms, champion)])
+            for results, batch_ms, answered_by in scored.answered:
+                self.telemetry.scored(span, self.shard, answered_by, results, batch_ms)
+        for results, batch_ms, answered_by in scored.answered:
+            outputs.results(results)
+            if answered_by == champion and self.state.stats is not None:
+                self.state.stats.record_batch(len(results), batch_ms)
+        if scored.shadow is not None and self.shadow_results:
+            scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
+            outputs.shadow(scored.shadow)
+        if slot is not None and slot.window.challenger_records >= self.challengers.window:
+            self._report(slot, ClosedBy.WINDOW, outputs)
+            slot.window = slot.window.next()
+
+    def _report(self, slot: ChallengerSlot, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
+        report = slot.report(self.shard, closed_by, self.challengers.top_k)
+        self.serving_state.challenger(report)
+        outputs.report(report)
+
+    def _canary_reloading(self) -> bool:
+        """After a restart, a canary's users wait for it to load again: none of them sees the champion
+        meanwhile (a shadow challenger only misses some comparisons)."""
+        slot = self.state.challenger
+        return slot is not None and slot.mode == CANARY and self.challenger_scorer is None
+
+    def _score_held(self, outputs: ShardOutputs) -> None:
+        held, self.state.held = self.state.held, []
+        self._score(held, outputs)
+
+    def _refuse_oversized(self, messages: list[DataMessage], outputs: ShardOutputs) -> list[DataMessage]:
+        """Error results for records over the product limit (without their products: a result echoing
+        them would be as large); the others, to be scored."""
+        kept, refused = [], []
+        for message in messages:
+            count = len(message.record.products)
+            if count <= self.max_products:
+                kept.append(message)
+                continue
+            reason = f"record has {count:,} products, over the limit of {self.max_products:,} (SERVING_MAX_PRODUCTS)"
+            record = message.record
+            refused.append(unscored(replace(message, record=replace(record, products=[])), reason))
+        outputs.results(refused)
+        return kept
+
+    def _champion_on_its_way(self) -> bool:
+        """Whether a model this shard will serve is loading, or known and about to be sent again (after a
+        restart): then records wait for it whatever their number, until it is ready or its load fails."""
+        return self.incoming is not None or self.awaiting_resend or self._canary_reloading()
+
+    def _hold(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
+        if self._champion_on_its_way():
+            # Bounded by what the data sources read meanwhile: they wait for a champion in their own process
+            # (flows.adapters.sources.model_gate), and a load has a deadline.
+            self.state.held.extend(messages)
+            return
+        self._hold_within_limit(messages, outputs)
+
+    def _release_overflow(self, outputs: ShardOutputs) -> None:
+        """The model the held records waited for failed: those past the hold limit get their error now."""
+        held, self.state.held = self.state.held, []
+        self._hold_within_limit(held, outputs)
+
+    def _hold_within_limit(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
+        room = max(self.hold_limit - len(self.state.held), 0)
+        self.state.held.extend(messages[:room])
+        overflow = messages[room:]
+        if overflow:
+            reason = (
+                f"no model loaded yet on {self.shard} and its hold buffer is full "
+                f"({self.hold_limit} records held; setting SERVING_HOLD_LIMIT)"
+            )
+            outputs.results([unscored(message, reason) for message in overflow])
+
+    def _receive(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
+        """Start loading `update`'s model; swap at once if this process has it ready already."""
+        digest = update.descriptor.digest
+        if digest == self.state.model_digest and self.scorer is not None:
+            # The model we serve, sent again (re-sent after a restart elsewhere), or under a new name.
+            if self.incoming is not None:
+                self.cache.release(self.incoming[0].descriptor.digest)  # superseded by this message
+                self.incoming = None
+            if update.descriptor.model_name != self.state.model_name:
+                self._rename(update.descriptor, outputs)
+            return
+        if self.incoming is not None:
+            self.cache.release(self.incoming[0].descriptor.digest)  # superseded before it was ready
+        self.incoming = (update, self.cache.request(update.descriptor))
+        self._swap_when_ready(outputs)
+
+    def _rename(self, descriptor: ModelDescriptor, outputs: ShardOutputs) -> None:
+        """The served model was accepted again under another name: results carry the name it was accepted
+        under, so from now on that one, with statistics of its own."""
+        previous = self.state.model_name
+        self.state.model_name = descriptor.model_name
+        if self.state.challenger is not None:
+            self.state.challenger.champion = descriptor.model_name
+        self._new_stats(descriptor)
+        outputs.event(ModelEvent(EventKind.SWAPPED, descriptor.model_name, "renamed", self.shard, previous))
+
+    def _new_stats(self, descriptor: ModelDescriptor) -> None:
+        self.state.stats = ModelToServeStats(
+            descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
+        )
+        self.serving_state.serve(self.shard, self.state.stats)
+
+    def _receive_challenger(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
+        """Start loading the challenger in `update`; swap at once if this process has it ready already."""
+        descriptor = update.descriptor
+        slot = self.state.challenger
+        if (
+            slot is not None
+            and self.challenger_scorer is not None
+            and (slot.digest, slot.name, slot.mode, slot.fraction)
+            == (descriptor.digest, descriptor.model_name, descriptor.mode, descriptor.fraction)
+        ):
+            return  # The challenger we run, sent again.
+        if self.incoming_challenger is not None:
+            self.cache.release(self.incoming_challenger[0].descriptor.digest)
+        self.incoming_challenger = (update, self.cache.request(descriptor))
+        self._swap_when_ready(outputs)
+
+    def _end_challenger(self, name: str, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
+        """The challenger `name` leaves this shard, with a last report of its partial window."""
+        if self.incoming_challenger is not None and self.incoming_challenger[0].descriptor.model_name == name:
+            self.cache.release(self.incoming_challenger[0].descriptor.digest)
+            self.incoming_challenger = None
+        slot = self.state.challenger
+        if slot is None or slot.name != name:
+            return
+        self._close_challenger(closed_by, outputs)
+        self._score_held(outputs)  # records a restored canary held, if it never loaded again
+
+    def _close_challenger(self, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
+        slot = self.state.challenger
+        assert slot is not None
+        if slot.window.records:
+            self._report(slot, closed_by, outputs)
+        if self.challenger_scorer is not None:
+            self.cache.release(slot.digest)
+        self.state.challenger = None
+        self.challenger_scorer = None
+
+    def _swap_challenger_when_ready(self, outputs: ShardOutputs) -> None:
+        if self.incoming_challenger is None or not self.incoming_challenger[1].ready():
+            return
+        update, load = self.incoming_challenger
+        self.incoming_challenger = None
+        descriptor = update.descriptor
+        try:
+            scorer, load_ms = load.result()
+        except ModelLoadError as error:
+            self.cache.release(descriptor.digest)
+            outputs.event(ModelEvent(EventKind.FAILED, descriptor.model_name, error.reason, self.shard))
+            if self.challenger_scorer is None and self.state.challenger is not None:
+                self.state.challenger = None  # restored, and it cannot run again here: the champion answers
+                self._score_held(outputs)
+            return
+        slot = self.state.challenger
+        restored = slot is not None and self.challenger_scorer is None and slot.digest == descriptor.digest
+        if restored and slot is not None:
+            slot.mode, slot.fraction = descriptor.mode, descriptor.fraction
+        else:
+            if slot is not None:
+                self._close_challenger(ClosedBy.REPLACED, outputs)
+            self.state.challenger = ChallengerSlot.of(descriptor, self.state.model_name)
+        self.challenger_scorer = scorer
+        reason = f"{descriptor.experiment()} beside {self.state.model_name!r}"
+        arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
+        kind = EventKind.RESTORED if restored else EventKind.CHALLENGING
+        outputs.event(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
+        if self.scorer is not None:
+            self._score_held(outputs)
+
+    def _swap_when_ready(self, outputs: ShardOutputs) -> None:
+        self._swap_challenger_when_ready(outputs)
+        if self.incoming is None or not self.incoming[1].ready():
+            return
+        update, load = self.incoming
+        self.incoming = None
+        descriptor = update.descriptor
+        arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
+        self.awaiting_resend = False
+        try:
+            scorer, load_ms = load.result()
+        except ModelLoadError as error:
+            self.cache.release(descriptor.digest)
+            outputs.event(
+                ModelEvent(
+                    EventKind.FAILED, descriptor.model_name, error.reason, self.shard, self.state.model_name
+                )
+            )
+            if self.scorer is None:
+                self._release_overflow(outputs)
+            return
+        digest = descriptor.digest
+        restored = digest == self.state.model_digest and descriptor.model_name == self.state.model_name
+        if self.scorer is not None and self.state.model_digest is not None:
+            self.cache.release(self.state.model_digest)
+        previous = self.state.model_name
+        self.scorer = scorer
+        self.champion_gate.open()
+        self.state.model_digest = digest
+        self.state.model_name = descriptor.model_name
+        slot = self.state.challenger
+        # A challenger promoted to champion keeps naming its old champion in its last report.
+        if slot is not None and slot.name != descriptor.model_name:
+            slot.champion = descriptor.model_name
+        if restored and self.state.stats is not None:
+            outputs.event(
+                ModelEvent(
+                    EventKind.RESTORED,
+                    descriptor.model_name,
+                    shard=self.shard,
+                    load_ms=load_ms,
+                    arrival_ms=arrival_ms,
+                )
+            )
+        else:
+            self._new_stats(descriptor)
+            outputs.event(
+                ModelEvent(
+                    EventKind.SWAPPED, descriptor.model_name, "", self.shard, previous, load_ms, arrival_ms
+                )
+            )
+        self._score_held(outputs)
