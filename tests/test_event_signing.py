@@ -8,9 +8,13 @@ from dataclasses import replace
 import pytest
 
 from flows.adapters.kafka.outputs import event_message, smaller_event
+from flows.adapters.kafka.settings import KafkaSettings
 from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer, verify_event
 from flows.core.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
+from flows.core.context import ServingContext
 from flows.core.records import ModelDescriptor, ModelEvent, ModelType
+from flows.runtime.app import build_flow
+from flows.runtime.settings import Settings
 from flows.wire.avro import EVENT, SIGNED_EVENT
 
 KEY = new_private_key()
@@ -80,3 +84,14 @@ def test_the_signing_key_setting_names_itself_and_the_file_when_it_is_bad(tmp_pa
     bad.write_text("not a key")
     with pytest.raises(ValueError, match=f"SERVING_EVENTS_SIGNING_KEY: {bad}: not an unencrypted PEM"):
         event_signer(EventSettings(signing_key=bad))
+
+
+def test_the_signing_key_is_read_only_where_events_are_written(tmp_path):
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key")
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+    no_events = Settings(kafka=kafka, events=EventSettings(signing_key=bad))
+    build_flow(no_events, ServingContext.create())  # no events topic: the key is never needed
+    with_events = no_events.model_copy(update={"kafka": kafka.model_copy(update={"events_topic": "events"})})
+    with pytest.raises(ValueError, match="SERVING_EVENTS_SIGNING_KEY"):
+        build_flow(with_events, ServingContext.create())

@@ -25,7 +25,6 @@ from flows.adapters.sources.generators import (
 )
 from flows.adapters.sources.model_gate import WaitForChampion
 from flows.adapters.sources.stoppable import StoppableSource
-from flows.core.admission.event_signing import event_signer
 from flows.core.champion_gate import ChampionGate
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
@@ -68,7 +67,7 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
             streams.events,
             streams.reports,
             streams.shadow_results,
-            event_signer(settings.events),
+            settings.events,
         )
     output = settings.output
     op.output("console_results", streams.results, ConsoleResultSink(output.console_every))

@@ -24,7 +24,7 @@ from flows.adapters.kafka.headers import (
 )
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
-from flows.core.admission.event_signing import EventSigner
+from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer
 from flows.core.records import (
     ChallengerReport,
     DecodeFailure,
@@ -174,12 +174,13 @@ def kafka_outputs(
     events: Stream[ModelEvent],
     reports: Stream[ChallengerReport],
     shadow_results: Stream[ScoredBatch],
-    signer: EventSigner | None = None,
+    events_signing: EventSettings,
 ) -> None:
     """Write result batches to the results topic, dead letters to the dead-letter topic and, if
     SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
-    model events (signed by `signer`, from SERVING_EVENTS_SIGNING_KEY), challenger reports and shadow results to them
-    (see flows.adapters.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one)."""
+    model events (signed if `events_signing` names a key: SERVING_EVENTS_SIGNING_KEY), challenger reports and
+    shadow results to them (see flows.adapters.kafka.sink; all travel as batches, a dead letter, event or
+    report as a batch of one)."""
     brokers = settings.brokers
     config = client_config(settings, settings.producer_config)
     encoded = op.map("encode_results", results, result_messages)
@@ -196,6 +197,7 @@ def kafka_outputs(
     )
     if settings.events_topic:
         topic = settings.events_topic
+        signer = event_signer(events_signing)  # the key is read only where events are written
         messages = op.map("event_messages", events, partial(event_message, signer=signer))
         shrink = partial(smaller_event, signer=signer)
         op.output("kafka_events", messages, ResilientKafkaSink(brokers, topic, config, shrink))
