@@ -51,9 +51,16 @@ MOVED = {
 }
 
 
+# The most specific old path first (`flows.observability.telemetry` before `flows.observability`).
+_MOST_SPECIFIC_FIRST = sorted(MOVED, key=len, reverse=True)
+
+
 def moved_to(name: str) -> str | None:
-    """Where the module once at `name` is now, or None if it did not move."""
-    for old in sorted(MOVED, key=len, reverse=True):
+    """Where the module once at `name` is now, or None if it did not move. The finder is asked about every
+    import of the process, so anything outside `flows` is answered at once."""
+    if not name.startswith("flows."):
+        return None
+    for old in _MOST_SPECIFIC_FIRST:
         if name == old or name.startswith(old + "."):
             return MOVED[old] + name[len(old) :]
     return None
