@@ -6,6 +6,7 @@ import argparse
 import json
 from contextlib import ExitStack
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from flows import bench
@@ -26,6 +27,7 @@ REMOTE_SCENARIOS = SCENARIOS[5:]
 
 
 def main() -> None:
+    settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-bench", description=bench.__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=SCENARIOS, default="embedded")
     parser.add_argument("--records", type=int, default=100_000)
@@ -33,7 +35,7 @@ def main() -> None:
         "--rate", type=float, default=0, help="offered records/s (default: as fast as possible)"
     )
     parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in this process")
-    parser.add_argument("--shards", type=int, default=Settings.from_environment().flow.shards)
+    parser.add_argument("--shards", type=int, default=settings.flow.shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument("--model-version", default="1")
     parser.add_argument(
@@ -96,7 +98,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile and args.processes:
         parser.error("--profile profiles this process: leave --processes out")
-    result = profiled(lambda: _run(args), args.records) if args.profile else _run(args)
+    models_dir = settings.generator.models_dir
+    run = partial(_run, args, models_dir)
+    result = profiled(run, args.records) if args.profile else run()
     line = json.dumps(result)
     print(line, flush=True)
     if args.out is not None:
@@ -104,15 +108,19 @@ def main() -> None:
             results.write(line + "\n")
 
 
-def _run(args: argparse.Namespace) -> dict:
-    """The scenario `args` names, run once: its report."""
+def _run(args: argparse.Namespace, models_dir: Path) -> dict:
+    """The scenario `args` names, run once (shipped models from `models_dir`): its report."""
     in_process = (
         args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on", args.drift == "on"
     )  # fmt: skip
     if args.scenario == "embedded":
-        model = shipped_model(Settings.from_environment().generator.models_dir, args.model_version)
+        model = shipped_model(models_dir, args.model_version)
         return run_in_process(
-            args.scenario, model, *in_process, challenger=_challenger(args), bad_every=args.bad_every
+            args.scenario,
+            model,
+            *in_process,
+            challenger=_challenger(args, models_dir),
+            bad_every=args.bad_every,
         )
     if args.scenario == "swap":
         return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
@@ -129,12 +137,12 @@ def _run(args: argparse.Namespace) -> dict:
     )
 
 
-def _challenger(args: argparse.Namespace) -> ModelDescriptor | None:
+def _challenger(args: argparse.Namespace, models_dir: Path) -> ModelDescriptor | None:
     """The other shipped version as the challenger `--challenger` asks for, or None."""
     if args.challenger == "off":
         return None
     version = "2" if args.model_version == "1" else "1"
-    model = shipped_model(Settings.from_environment().generator.models_dir, version)
+    model = shipped_model(models_dir, version)
     return replace(model, role=CHALLENGER, mode=args.challenger, fraction=args.challenger_fraction)
 
 
