@@ -17,6 +17,7 @@ from flows.core.shipped import SHIPPED_MODELS_DIR
 
 # Modules whose tests run the main job, a tool or the benchmark as a process of its own.
 PROCESS_MODULES = {
+    "test_exactly_once",
     "test_admission_kafka", "test_backlog", "test_bench", "test_challenger_kafka", "test_kafka", "test_main_job",
     "test_no_crash_loop", "test_package", "test_retraining", "test_shutdown", "test_signed_lifecycle_kafka",
     "test_layers",
@@ -24,7 +25,7 @@ PROCESS_MODULES = {
 SERVER_MODULES = {"test_remote_scorers"}
 # Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).
 WITHOUT_TENSORFLOW = {
-    "test_avro", "test_event_signing", "test_generators", "test_json_lines_sink", "test_kafka_sink",
+    "test_answered_offsets", "test_avro", "test_event_signing", "test_generators", "test_json_lines_sink", "test_kafka_sink",
     "test_locations_and_endpoints", "test_readme", "test_record_polls", "test_retrain_gate", "test_vocabulary",
 }  # fmt: skip
 

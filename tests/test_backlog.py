@@ -9,33 +9,25 @@ The layouts cover 1 and 4 partitions, 1 and 2 processes, fresh starts and restar
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support.core_runs import sample_records
-from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
+from support.jobs import (
+    audit_report,
+    encoded,
+    finished_output,
+    recovery_stores,
+    start_flow,
+    wait_for,
+    wait_for_model_snapshot,
+)
 
 from flows.testing.local_broker import create_topics, produce
 from flows.testing.loopback import free_ports
 from flows.wire.avro import MODEL
 
 BACKLOG = 50_000
-
-
-def recovery_stores(tmp_path: Path, processes: int) -> list[Path]:
-    """One recovery directory per process, each with its own partition, as the StatefulSet makes them."""
-    scratch = tmp_path / "init"
-    scratch.mkdir()
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(scratch), str(processes)], check=True)
-    directories = []
-    for index in range(processes):
-        directory = tmp_path / f"recovery-{index}"
-        directory.mkdir()
-        (scratch / f"part-{index}.sqlite3").rename(directory / f"part-{index}.sqlite3")
-        directories.append(directory)
-    return directories
 
 
 def holds_a_model(store: Path) -> bool:

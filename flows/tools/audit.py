@@ -2,9 +2,10 @@
 
 It reads the data topic, the results topic and the dead-letter topic up to their ends (as they are when it
 starts) and reports data offsets with neither a result nor a dead letter (lost), offsets answered more than
-once (duplicates: expected after a restart, up to one snapshot interval's worth), and the errors the results
-carry, grouped by reason. Results name the data message they answer in their `source.*` headers, dead
-letters in their `dead-letter.*` headers. Exit status: 0 when nothing is lost, 1 otherwise.
+once (duplicates: expected after a restart with at-least-once delivery, up to one snapshot interval's worth;
+none with exactly-once), and the errors the results carry, grouped by reason. It reads as `read_committed`
+(`--isolation`): what a consumer of exactly-once output sees. Results name the data message they answer in
+their `source.*` headers, dead letters in their `dead-letter.*` headers. Exit status: 0 when nothing is lost, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ import argparse
 import json
 import re
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from flows.adapters.kafka.headers import (
     OFFSET_HEADER,
@@ -28,13 +25,13 @@ from flows.adapters.kafka.headers import (
     SOURCE_TOPIC_HEADER,
     TOPIC_HEADER,
 )
+from flows.adapters.kafka.read_to_end import read_to_end
 from flows.core.records import DecodeFailure
 from flows.runtime.settings import Settings
-from flows.tools.kafka_args import add_kafka_arguments, consumer_config
+from flows.tools.kafka_args import add_isolation_argument, add_kafka_arguments, consumer_config
 from flows.wire.avro import RESULT
 
 Position = tuple[int, int]  # (partition, offset) of a data message
-LOOKUP_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -74,42 +71,19 @@ class Audit:
         }
 
 
-def read_to_end(config: dict[str, str], topic: str) -> Iterator:
-    """Every message of `topic`, every partition, from the beginning to the end it had when called."""
-    consumer = Consumer({**config, "group.id": f"audit-{uuid.uuid4().hex}", "enable.auto.commit": "false"})
-    try:
-        metadata = consumer.list_topics(topic, timeout=LOOKUP_TIMEOUT_S).topics[topic]
-        if metadata.error is not None:
-            raise SystemExit(f"audit: cannot read topic {topic}: {metadata.error.str()}")
-        ends = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), LOOKUP_TIMEOUT_S)
-            if high > low:
-                ends[partition] = high
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in ends])
-        while ends:
-            for message in consumer.consume(1000, 1.0):
-                if message.error() is not None:
-                    continue
-                yield message
-                partition = message.partition()
-                if partition in ends and message.offset() >= ends[partition] - 1:
-                    del ends[partition]
-                    consumer.incremental_unassign([TopicPartition(topic, partition)])
-    finally:
-        consumer.close()
-
-
 def _reason_class(errors: str) -> str:
     """An error with its numbers taken out, so errors of one kind count together."""
     return re.sub(r"\d[\d,.]*", "N", errors)[:160]
 
 
 def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_letters_topic: str) -> Audit:
+    """The audit of `data_topic` against the answers in the other two, read as `config` says (its
+    `isolation.level`: read_committed unless it says otherwise)."""
+    isolation = config.get("isolation.level", "read_committed")
     report = Audit()
-    for message in read_to_end(config, data_topic):
+    for message in read_to_end(config, data_topic, isolation):
         report.data_offsets.add((message.partition(), message.offset()))
-    for message in read_to_end(config, results_topic):
+    for message in read_to_end(config, results_topic, isolation):
         headers = dict(message.headers() or [])
         if headers.get(SOURCE_TOPIC_HEADER, b"").decode() != data_topic:
             report.unattributed += 1
@@ -121,7 +95,7 @@ def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_lett
             report.errors["(result not decodable)"] += 1
         elif result.metadata.errors:
             report.errors[_reason_class(result.metadata.errors)] += 1
-    for message in read_to_end(config, dead_letters_topic):
+    for message in read_to_end(config, dead_letters_topic, isolation):
         headers = dict(message.headers() or [])
         if headers.get(TOPIC_HEADER, b"").decode() != data_topic:
             continue  # a dead model message: not a data offset
@@ -141,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "--dead-letters-topic": settings.kafka.dead_letters_topic,
         },
     )
+    add_isolation_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from flows.adapters.kafka.config import client_config
+from flows.adapters.kafka.read_to_end import ISOLATION_LEVELS
 from flows.adapters.kafka.settings import KafkaSettings
 
 LOCAL_BROKER = "127.0.0.1:9092"
@@ -24,11 +25,25 @@ def add_kafka_arguments(
         parser.add_argument(flag, default=default, help=f"default {default}")
 
 
+def add_isolation_argument(parser: argparse.ArgumentParser) -> None:
+    """`--isolation`, for a tool that reads what the flow writes."""
+    parser.add_argument(
+        "--isolation",
+        choices=ISOLATION_LEVELS,
+        default="read_committed",
+        help="read_committed (default): only what committed transactions wrote, as a consumer of the flow's "
+        "exactly-once output must read; read_uncommitted also shows what aborted or open transactions wrote",
+    )
+
+
 def consumer_config(args: argparse.Namespace, settings: KafkaSettings) -> dict[str, str]:
-    """librdkafka consumer settings: the broker from the arguments, TLS/SASL and the rest from the settings."""
+    """librdkafka consumer settings: the broker (and `--isolation`, if the tool has it) from the arguments,
+    TLS/SASL and the rest from the settings."""
+    isolation = getattr(args, "isolation", None)
     return {
         "bootstrap.servers": args.bootstrap_servers,
         **client_config(settings, settings.consumer_config),
+        **({"isolation.level": isolation} if isolation else {}),
     }
 
 

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer
 from flows.adapters.sinks.console import describe_result
 from flows.core.records import DecodeFailure
 from flows.runtime.settings import Settings
-from flows.tools.kafka_args import add_kafka_arguments, consumer_config
+from flows.tools.kafka_args import add_isolation_argument, add_kafka_arguments, consumer_config
 from flows.wire.avro import RESULT
 
 
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_environment()
     parser = argparse.ArgumentParser(prog="serving-watch-results", description=__doc__.split("\n")[0])
     add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.results_topic})
+    add_isolation_argument(parser)
     parser.add_argument(
         "--from-beginning", action="store_true", help="start at the oldest result, not the newest"
     )

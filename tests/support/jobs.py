@@ -25,10 +25,16 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> N
         time.sleep(0.05)
 
 
-def start_job(env: dict[str, str], *args: str) -> subprocess.Popen:
-    """The main job, `python -m bytewax.run flows.serving ARGS`, as a subprocess with `env`."""
+def start_job(env: dict[str, str], *args: str, module: str = "flows.serving") -> subprocess.Popen:
+    """The main job, `python -m bytewax.run flows.serving ARGS`, as a subprocess with `env` (or another
+    module's flow: one of `tests/support`, which is put on the path)."""
+    if module != "flows.serving":
+        env = {
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")])),
+        }
     return subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run", "flows.serving", *args],
+        [sys.executable, "-m", "bytewax.run", module, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -44,7 +50,9 @@ def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], *args: str
     )
 
 
-def start_flow(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> subprocess.Popen:
+def start_flow(
+    bootstrap: str, topics: dict[str, str], *args: str, module: str = "flows.serving", **settings: str
+) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(
         SERVING_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
@@ -55,7 +63,7 @@ def start_flow(bootstrap: str, topics: dict[str, str], *args: str, **settings: s
         SERVING_CONSOLE_EVERY="0",
     )
     env.update(settings)
-    return start_job(env, *args)
+    return start_job(env, *args, module=module)
 
 
 def finished_output(process: subprocess.Popen) -> str:
@@ -101,6 +109,20 @@ def encoded(records):
     return [(str(r.user).encode(), RECORD.encode(r)) for r in records]
 
 
-def audit_report(bootstrap: str, topics: dict[str, str]) -> dict:
-    config = {"bootstrap.servers": bootstrap}
+def audit_report(bootstrap: str, topics: dict[str, str], isolation: str = "read_committed") -> dict:
+    config = {"bootstrap.servers": bootstrap, "isolation.level": isolation}
     return audit.audit(config, topics["data"], topics["results"], topics["dead"]).summary()
+
+
+def recovery_stores(tmp_path: Path, processes: int) -> list[Path]:
+    """One recovery directory per process, each with its own partition, as the StatefulSet makes them."""
+    scratch = tmp_path / "init"
+    scratch.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(scratch), str(processes)], check=True)
+    directories = []
+    for index in range(processes):
+        directory = tmp_path / f"recovery-{index}"
+        directory.mkdir()
+        (scratch / f"part-{index}.sqlite3").rename(directory / f"part-{index}.sqlite3")
+        directories.append(directory)
+    return directories

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from bytewax.connectors.kafka import KafkaSourceMessage
 from confluent_kafka import KafkaError as ConsumerError
 
+from flows.adapters.kafka.answered import Covered
 from flows.adapters.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import SinkMessage
@@ -21,25 +22,38 @@ class Undecodable:
 
     dead_letter: SinkMessage
     failure: DecodeFailure
+    covered: Covered | None = None  # the data offsets it answers (None for a model message)
 
 
 def decode_failure(
-    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, failure: DecodeFailure
+    codec: AvroCodec,
+    settings: KafkaSettings,
+    message: KafkaSourceMessage,
+    failure: DecodeFailure,
+    covered: Covered | None = None,
 ) -> Undecodable:
     """A message `codec` could not decode."""
     reason = f"{message.topic}[{message.partition}]@{message.offset}: {failure.reason}"
-    return _undecodable(codec, settings, message, reason)
+    return _undecodable(codec, settings, message, reason, covered)
 
 
 def consumer_failure(
-    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, error: ConsumerError
+    codec: AvroCodec,
+    settings: KafkaSettings,
+    message: KafkaSourceMessage,
+    error: ConsumerError,
+    covered: Covered | None = None,
 ) -> Undecodable:
     """A message the consumer reported an error for."""
-    return _undecodable(codec, settings, message, f"Kafka consumer error: {error.str()}")
+    return _undecodable(codec, settings, message, f"Kafka consumer error: {error.str()}", covered)
 
 
 def _undecodable(
-    codec: AvroCodec, settings: KafkaSettings, message: KafkaSourceMessage, reason: str
+    codec: AvroCodec,
+    settings: KafkaSettings,
+    message: KafkaSourceMessage,
+    reason: str,
+    covered: Covered | None,
 ) -> Undecodable:
     where = [
         (REASON_HEADER, cut(reason).encode()),
@@ -53,4 +67,4 @@ def _undecodable(
         topic=settings.dead_letters_topic,
         headers=[*(message.headers or ()), *where],
     )
-    return Undecodable(letter, DecodeFailure(codec.name, reason, message.value))
+    return Undecodable(letter, DecodeFailure(codec.name, reason, message.value), covered)

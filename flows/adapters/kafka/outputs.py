@@ -1,6 +1,7 @@
 """Kafka outputs of the serving flow: results keyed by user, with headers naming the message they answer,
 and dead letters. Both go through `flows.adapters.kafka.sink`, which replaces a message the topic refuses for itself
-by its smaller form (built here) and retries the rest until delivered.
+by its smaller form (built here) and retries the rest until delivered, or, with exactly-once delivery, through
+`flows.adapters.kafka.exactly_once`, which writes them in transactions.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from flows.adapters.kafka.config import client_config
+from flows.adapters.kafka.config import client_config, consumer_config
 from flows.adapters.kafka.data_source import KafkaOrigin
+from flows.adapters.kafka.dead_letters import Undecodable
+from flows.adapters.kafka.exactly_once import Answer, ExactlyOnceSink, partition_key
 from flows.adapters.kafka.headers import (
     ORIGINAL_SIZE_HEADER,
     REPLACED_HEADER,
@@ -170,7 +173,7 @@ def smaller_report(message: SinkMessage, reason: str) -> SinkMessage:
 def kafka_outputs(
     settings: KafkaSettings,
     results: Stream[Sequence[ScoredMessage]],
-    dead_letters: Stream[SinkMessage],
+    dead_letters: Stream[Undecodable],
     events: Stream[ModelEvent],
     reports: Stream[ChallengerReport],
     shadow_results: Stream[ScoredBatch],
@@ -180,21 +183,15 @@ def kafka_outputs(
     SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
     model events (signed if `events_signing` names a key: SERVING_EVENTS_SIGNING_KEY), challenger reports and
     shadow results to them (see flows.adapters.kafka.sink; all travel as batches, a dead letter, event or
-    report as a batch of one)."""
+    report as a batch of one). With SERVING_KAFKA_DELIVERY=exactly-once, results, data dead letters and shadow
+    results go through one transactional sink instead (`flows.adapters.kafka.exactly_once`); model events,
+    challenger reports and dead model messages stay at-least-once."""
     brokers = settings.brokers
     config = client_config(settings, settings.producer_config)
-    encoded = op.map("encode_results", results, result_messages)
-    op.output(
-        "kafka_results",
-        encoded,
-        ResilientKafkaSink(brokers, settings.results_topic, config, smaller_result),
-    )
-    letters = op.map("dead_letter_messages", dead_letters, lambda letter: [letter])
-    op.output(
-        "kafka_dead_letters",
-        letters,
-        ResilientKafkaSink(brokers, settings.dead_letters_topic, config, smaller_dead_letter),
-    )
+    if settings.exactly_once:
+        _exactly_once_answers(settings, config, results, dead_letters, shadow_results)
+    else:
+        _at_least_once_answers(settings, config, results, dead_letters, shadow_results)
     if settings.events_topic:
         topic = settings.events_topic
         signer = event_signer(events_signing)  # the key is read only where events are written
@@ -205,9 +202,97 @@ def kafka_outputs(
         topic = settings.challenger_topic
         messages = op.map("report_messages", reports, report_message)
         op.output("kafka_reports", messages, ResilientKafkaSink(brokers, topic, config, smaller_report))
+
+
+def _at_least_once_answers(
+    settings: KafkaSettings,
+    config: dict[str, str],
+    results: Stream[Sequence[ScoredMessage]],
+    dead_letters: Stream[Undecodable],
+    shadow_results: Stream[ScoredBatch],
+) -> None:
+    brokers = settings.brokers
+    encoded = op.map("encode_results", results, result_messages)
+    op.output(
+        "kafka_results",
+        encoded,
+        ResilientKafkaSink(brokers, settings.results_topic, config, smaller_result),
+    )
+    letters = op.map("dead_letter_messages", dead_letters, lambda item: [item.dead_letter])
+    op.output(
+        "kafka_dead_letters",
+        letters,
+        ResilientKafkaSink(brokers, settings.dead_letters_topic, config, smaller_dead_letter),
+    )
     if settings.shadow_results_topic:
         topic = settings.shadow_results_topic
         messages = op.map("encode_shadow_results", shadow_results, result_messages)
         op.output(
             "kafka_shadow_results", messages, ResilientKafkaSink(brokers, topic, config, smaller_result)
         )
+
+
+def _exactly_once_answers(
+    settings: KafkaSettings,
+    config: dict[str, str],
+    results: Stream[Sequence[ScoredMessage]],
+    dead_letters: Stream[Undecodable],
+    shadow_results: Stream[ScoredBatch],
+) -> None:
+    """Answers keyed by data partition into the transactional sink; dead model messages answer no data
+    offset and keep the at-least-once sink."""
+    answers = op.flat_map(
+        "answer_results", results, partial(result_answers, topic=settings.results_topic, answers=True)
+    )
+    split = op.branch("split_dead_letters", dead_letters, lambda item: item.covered is not None)
+    letters = op.map("answer_dead_letters", split.trues, dead_letter_answer)
+    answers = op.merge("answers", answers, letters)
+    if settings.shadow_results_topic:
+        shadows = op.flat_map(
+            "answer_shadow_results",
+            shadow_results,
+            partial(result_answers, topic=settings.shadow_results_topic, answers=False),
+        )
+        answers = op.merge("answers_and_shadows", answers, shadows)
+    shrink = partial(_smaller_answer, settings)
+    sink = ExactlyOnceSink(settings, config, consumer_config(settings), shrink)
+    op.output("kafka_answers", answers, sink)
+    model_letters = op.map("dead_model_messages", split.falses, lambda item: [item.dead_letter])
+    op.output(
+        "kafka_dead_letters",
+        model_letters,
+        ResilientKafkaSink(settings.brokers, settings.dead_letters_topic, config, smaller_dead_letter),
+    )
+
+
+def result_answers(
+    batch: Sequence[ScoredMessage], topic: str, answers: bool
+) -> list[tuple[str, list[Answer]]]:
+    """Results as answers for the exactly-once sink, one batch per data partition they answer."""
+    messages = result_messages(batch)
+    origins = (
+        [message.origin for message in batch.messages]
+        if isinstance(batch, ScoredBatch)
+        else [item.origin for item in batch]
+    )
+    by_partition: dict[int, list[Answer]] = {}
+    for origin, message in zip(origins, messages):
+        if not isinstance(origin, KafkaOrigin):
+            raise TypeError(f"exactly-once output: a result without a Kafka origin ({origin!r})")
+        covered = origin.covered
+        answer = Answer(covered, message._replace(topic=topic), answers)
+        by_partition.setdefault(covered.partition, []).append(answer)
+    return [(partition_key(partition), batch) for partition, batch in by_partition.items()]
+
+
+def dead_letter_answer(item: Undecodable) -> tuple[str, list[Answer]]:
+    """A data message's dead letter as the answer for its offsets."""
+    covered = item.covered
+    assert covered is not None  # split off above
+    return partition_key(covered.partition), [Answer(covered, item.dead_letter)]
+
+
+def _smaller_answer(settings: KafkaSettings, message: SinkMessage, reason: str) -> SinkMessage:
+    if message.topic == settings.dead_letters_topic:
+        return smaller_dead_letter(message, reason)
+    return smaller_result(message, reason)

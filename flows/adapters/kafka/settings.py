@@ -44,6 +44,18 @@ class KafkaSettings(Section):
         "",
         description="if set, a shadow challenger's own results (what it would have answered for the records it scored) go to this topic as Avro `RecommenderResult`s keyed by user, with the same source headers as the results topic, so the two join by data offset into both models' scores per record. Unset, the flow does not even emit them",
     )
+    delivery: Literal["at-least-once", "exactly-once"] = Field(
+        "at-least-once",
+        description="`exactly-once`: results, data dead letters and shadow results are written in Kafka transactions, one per data partition and snapshot interval, so a `read_committed` consumer sees one answer per data offset whatever happens to the flow; results become visible at each commit (every `-s` seconds). The default, `at-least-once`, makes results visible at once and needs no transaction support, but a crash or restart repeats up to a snapshot interval's answers (see [docs/kafka.md](kafka.md#exactly-once))",
+    )
+    answered_topic: str = Field(
+        "recommender-answered",
+        description="with `exactly-once`: the compacted topic where each transaction records which data offsets it answered (a JSON marker keyed by transactional id); a restarted flow reads it to drop answers committed before",
+    )
+    transactional_id: str = Field(
+        "",
+        description="with `exactly-once`: the prefix of the transactional ids, one per data partition (`PREFIX.TOPIC.PARTITION`); unset: `serving.` and the results topic. Two deployments must not share it, and a deployment must keep it across restarts: it is what fences a stale process",
+    )
     data_start: Literal["earliest", "latest"] = Field(
         "earliest",
         description="where a flow without recovery state starts on the data topic (`earliest` or `latest`)",
@@ -65,6 +77,15 @@ class KafkaSettings(Section):
     producer_config: dict[str, str] = Field(
         default_factory=dict, description="extra producer-only settings, JSON"
     )
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == "exactly-once"
+
+    @property
+    def transactional_prefix(self) -> str:
+        """What each data partition's transactional id starts with."""
+        return self.transactional_id or f"serving.{self.results_topic}"
 
     @property
     def brokers(self) -> list[str]:

@@ -21,7 +21,6 @@ from flows.adapters.kafka.config import consumer_config
 from flows.adapters.kafka.data_source import DataPollSource, KafkaOrigin
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
 from flows.adapters.kafka.settings import KafkaSettings
-from flows.adapters.kafka.sink import SinkMessage
 from flows.adapters.sources.model_gate import WaitForChampion
 from flows.adapters.sources.stoppable import StoppableSource
 from flows.core.champion_gate import ChampionGate
@@ -41,7 +40,7 @@ class KafkaInputs:
     data: Stream[list[DataMessage]]  # one batch per poll of a partition
     # Undecodable model messages come along as DecodeFailures, so the flow reports them as rejected models.
     models: Stream[ModelDescriptor | DecodeFailure | CaughtUp]
-    dead_letters: Stream[SinkMessage]
+    dead_letters: Stream[Undecodable]  # of both topics; a data message's names the offsets it answers
 
 
 def _decode_model(settings: KafkaSettings, item: KafkaSourceMessage | KafkaError | CaughtUp):
@@ -91,5 +90,5 @@ def kafka_inputs(
     return KafkaInputs(
         data=data,
         models=op.merge("models_and_failures", model_split.trues, model_failures),
-        dead_letters=op.map("dead_message", dead, lambda item: item.dead_letter),
+        dead_letters=dead,
     )

@@ -1,0 +1,335 @@
+"""Exactly-once results on Kafka (SERVING_KAFKA_DELIVERY=exactly-once), shown by fault injection.
+
+kill -9 at random points and inside commits (one process, and one of two), SIGTERM to one process of two,
+the broker stopped and started again during a transaction, a paused process woken after its replacement
+started: every case is counted with serving-audit as a read_committed consumer reads: 0 lost, 0 duplicated.
+The flow runs as `tests/support/announced_commits.py`, which logs each commit and holds it 0.2 s (answers and
+marker produced, not committed), so that a test can kill it there.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from support.core_runs import sample_records
+from support.jobs import audit_report, encoded, finished_output, recovery_stores, start_flow, wait_for
+
+from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from flows.adapters.kafka.read_to_end import read_to_end
+from flows.adapters.sources.generators import shipped_model
+from flows.core.records import CHALLENGER, SHADOW
+from flows.core.shipped import SHIPPED_MODELS_DIR
+from flows.testing.local_broker import create_topics, kafka_broker, produce
+from flows.testing.loopback import free_port, free_ports
+from flows.wire.avro import MODEL
+
+KILLS = 20
+GARBAGE_EVERY = 250  # one undecodable data message (a dead letter) in this many
+
+
+class Trickle:
+    """Data records, with a garbage message every GARBAGE_EVERY, produced in the background while jobs run."""
+
+    def __init__(self, bootstrap: str, topic: str, per_tick: int = 25, tick_s: float = 0.05) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "5"})
+        self.topic = topic
+        self.records = encoded(sample_records(per_tick))
+        self.tick_s = tick_s
+        self.sent = 0
+        self.garbage = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Trickle:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        assert self.producer.flush(60) == 0, "the trickle's records were not all delivered"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, value in self.records:
+                self.sent += 1
+                if self.sent % GARBAGE_EVERY == 0:
+                    value = b"\x00 garbage, not a record"
+                    self.garbage += 1
+                self._produce(key, value)
+            self.producer.poll(0)
+            time.sleep(self.tick_s)
+
+    def _produce(self, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, key=key, value=value)
+                return
+            except BufferError:  # a broker away: wait for the queue to drain
+                self.producer.poll(0.5)
+
+
+def eos_topics(bootstrap: str, name: str, partitions: int, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    topics = create_topics(
+        bootstrap, name, ["data", "models", "results", "dead", "answered", *extra], partitions=partitions
+    )
+    produce(
+        bootstrap, topics["models"], [(b"recommender", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))]
+    )
+    return topics
+
+
+def commits(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def wait_for_commits(log: Path, at_least: int, what: str, jobs: list[subprocess.Popen]) -> None:
+    """Wait for the `at_least`-th commit; if it does not come, stop `jobs` and show what they said."""
+    try:
+        wait_for(
+            lambda: commits(log) >= at_least or any(job.poll() is not None for job in jobs),
+            f"{what} ({at_least} commits in all)",
+            timeout=180,
+        )
+        assert all(job.poll() is None for job in jobs), f"a job exited while waiting for {what}"
+    except AssertionError as timeout:
+        outputs = []
+        for job in jobs:
+            job.kill()
+            output, _ = job.communicate(timeout=30)
+            outputs.append(
+                "\n".join(line for line in output.splitlines() if not line.startswith("%"))[-3000:]
+            )
+        raise AssertionError(f"{timeout}; the jobs said:\n" + "\n---\n".join(outputs)) from None
+
+
+def start_cluster(
+    bootstrap: str,
+    topics: dict[str, str],
+    stores: list[Path],
+    log: Path,
+    tail: bool,
+    *flags: str,
+    **settings: str,
+) -> list[subprocess.Popen]:
+    """The exactly-once job as one process per recovery store, commits announced in `log`."""
+    addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(len(stores)))
+    jobs = []
+    for index, store in enumerate(stores):
+        cluster = ["-i", str(index), "-a", addresses] if len(stores) > 1 else []
+        jobs.append(
+            start_flow(
+                bootstrap,
+                topics,
+                *cluster,
+                *flags,
+                "-r",
+                str(store),
+                "-s",
+                "1",
+                "-b",
+                "0",
+                module="support.announced_commits",
+                SERVING_KAFKA_DELIVERY="exactly-once",
+                SERVING_KAFKA_ANSWERED_TOPIC=topics["answered"],
+                SERVING_KAFKA_TAIL=str(tail).lower(),
+                SERVING_STATE_PORT="0",
+                SERVING_KAFKA_POLL_SIZE="200",
+                SERVING_TEST_COMMIT_LOG=str(log),
+                SERVING_TEST_COMMIT_PAUSE="0.2",
+                **settings,
+            )
+        )
+    return jobs
+
+
+def kill_cluster(jobs: list[subprocess.Popen], victim: subprocess.Popen) -> None:
+    """kill -9 `victim`; its peers lose it and exit (or are killed after 30 s)."""
+    victim.kill()
+    for job in jobs:
+        try:
+            job.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.communicate(timeout=30)
+
+
+def finish(
+    bootstrap: str, topics: dict[str, str], stores: list[Path], log: Path, *flags: str, **settings: str
+) -> None:
+    """Run to the end of the data topic (bounded), from the recovery stores."""
+    for job in start_cluster(bootstrap, topics, stores, log, False, *flags, **settings):
+        finished_output(job)
+
+
+def assert_exactly_once(bootstrap: str, topics: dict[str, str], trickle: Trickle) -> dict:
+    report = audit_report(bootstrap, topics)
+    assert report["data_offsets"] == trickle.sent
+    assert report["lost"] == 0, report["lost_offsets"]
+    assert report["duplicates"] == 0, (
+        f"{report['duplicates']} duplicates over {report['duplicated_offsets']} offsets"
+    )
+    assert report["dead_letters"] == trickle.garbage
+    assert report["errors_by_reason"] == {}, report["errors_by_reason"]
+    return report
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["1-process", "2-processes"])
+def test_kill_9_at_random_points_and_inside_commits_loses_and_repeats_no_answer(
+    kafka_bootstrap, tmp_path, processes
+):
+    topics = eos_topics(kafka_bootstrap, f"eos-kill-{processes}", partitions=2)
+    stores = recovery_stores(tmp_path, processes)
+    log = tmp_path / "commits.log"
+    rng = random.Random(21 + processes)
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()
+    inside_commits = 0
+    try:
+        for kill in range(KILLS):
+            jobs = start_cluster(kafka_bootstrap, topics, stores, log, True)
+            before = commits(log)
+            # Every other kill lands inside a commit: the commit is held 0.2 s after its answers and marker
+            # were produced. The others land anywhere, up to a second after this run's first commit.
+            inside = kill % 2 == 0
+            target = before + (rng.randint(1, 4) if inside else 1)
+            wait_for_commits(log, target, f"commit {target} (kill {kill})", jobs)
+            if not inside:
+                time.sleep(rng.uniform(0, 1.0))
+            kill_cluster(jobs, rng.choice(jobs))
+            inside_commits += inside
+    finally:
+        trickle.stop()
+    finish(kafka_bootstrap, topics, stores, log)
+
+    report = assert_exactly_once(kafka_bootstrap, topics, trickle)
+    uncommitted = audit_report(kafka_bootstrap, topics, isolation="read_uncommitted")
+    print(
+        f"exactly-once, {processes} process(es), {KILLS} kills ({inside_commits} inside a commit): "
+        f"{report['data_offsets']} data offsets, 0 lost, 0 duplicated; read_uncommitted shows "
+        f"{uncommitted['duplicates']} duplicates from aborted transactions"
+    )
+    assert uncommitted["duplicates"] > 0, (
+        "no kill left an aborted transaction behind: the test proves nothing"
+    )
+
+
+def test_sigterm_to_one_process_of_two_repeats_no_answer(kafka_bootstrap, tmp_path):
+    topics = eos_topics(kafka_bootstrap, "eos-term", partitions=4)
+    stores = recovery_stores(tmp_path, 2)
+    log = tmp_path / "commits.log"
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()
+    try:
+        jobs = start_cluster(kafka_bootstrap, topics, stores, log, True)
+        wait_for_commits(log, 8, "commits before SIGTERM", jobs)
+        jobs[1].send_signal(signal.SIGTERM)
+        for job in jobs:
+            job.communicate(timeout=60)
+        jobs = start_cluster(kafka_bootstrap, topics, stores, log, True)
+        before = commits(log)
+        wait_for_commits(log, before + 8, "commits after the restart", jobs)
+        kill_cluster(jobs, jobs[0])
+    finally:
+        trickle.stop()
+    finish(kafka_bootstrap, topics, stores, log)
+    assert_exactly_once(kafka_bootstrap, topics, trickle)
+
+
+def test_broker_stopped_and_started_again_during_a_transaction_loses_and_repeats_nothing(tmp_path):
+    port, data_dir = free_port(), str(tmp_path / "broker")
+    os.mkdir(data_dir)
+    stores = recovery_stores(tmp_path, 1)
+    log = tmp_path / "commits.log"
+    with kafka_broker(port, data_dir) as bootstrap:
+        topics = eos_topics(bootstrap, "eos-broker", partitions=2)
+        trickle = Trickle(bootstrap, topics["data"]).start()
+        jobs = start_cluster(bootstrap, topics, stores, log, True)
+        [job] = jobs
+        wait_for_commits(log, 6, "commits before the broker stops", jobs)
+        before = commits(log)
+        wait_for_commits(log, before + 1, "a commit in progress", jobs)  # held 0.2 s: stop now
+    time.sleep(5)  # the broker is away; the flow's commit waits and retries
+    assert job.poll() is None, "the flow died while the broker was away"
+    with kafka_broker(port, data_dir):
+        stopped_at = commits(log)
+        wait_for_commits(log, stopped_at + 6, "commits after the broker came back", jobs)
+        trickle.stop()
+        job.send_signal(signal.SIGTERM)  # one process: it drains, commits and exits
+        output = finished_output(job)
+        assert "commit of" in output  # it did wait for the broker
+        finish(bootstrap, topics, stores, log)
+        assert_exactly_once(bootstrap, topics, trickle)
+
+
+def test_a_paused_process_woken_after_its_replacement_started_is_fenced_and_writes_nothing(
+    kafka_bootstrap, tmp_path
+):
+    topics = eos_topics(kafka_bootstrap, "eos-zombie", partitions=2)
+    [store] = recovery_stores(tmp_path, 1)
+    log = tmp_path / "commits.log"
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()
+    try:
+        jobs = start_cluster(kafka_bootstrap, topics, [store], log, True)
+        [zombie] = jobs
+        wait_for_commits(log, 6, "the first process's commits", jobs)
+        zombie.send_signal(signal.SIGSTOP)  # paused (a long GC, a network partition), not dead
+        replacement_store = tmp_path / "replacement"
+        shutil.copytree(store, replacement_store)  # what it had snapshotted: where the replacement resumes
+        jobs = start_cluster(kafka_bootstrap, topics, [replacement_store], log, True)
+        [replacement] = jobs
+        before = commits(log)
+        wait_for_commits(log, before + 6, "the replacement's commits", jobs)
+        zombie.send_signal(signal.SIGCONT)
+        zombie_output, _ = zombie.communicate(timeout=120)
+        assert zombie.returncode != 0
+        assert "another process has taken this data partition's transactional id" in zombie_output
+    finally:
+        trickle.stop()
+    replacement.send_signal(signal.SIGTERM)
+    finished_output(replacement)
+    finish(kafka_bootstrap, topics, [replacement_store], log)
+    assert_exactly_once(kafka_bootstrap, topics, trickle)
+
+
+def test_two_workers_four_partitions_and_a_shadow_challenger_answer_once_and_shadow_once(
+    kafka_bootstrap, tmp_path, model_v2
+):
+    topics = eos_topics(kafka_bootstrap, "eos-shadow", partitions=4, extra=("shadow",))
+    shadow = replace(model_v2, role=CHALLENGER, mode=SHADOW, fraction=1.0)
+    produce(kafka_bootstrap, topics["models"], [(b"challenger", MODEL.encode(shadow))])
+    stores = recovery_stores(tmp_path, 1)
+    log = tmp_path / "commits.log"
+    settings = {"SERVING_KAFKA_SHADOW_RESULTS_TOPIC": topics["shadow"]}
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()
+    try:
+        for _ in range(3):
+            jobs = start_cluster(kafka_bootstrap, topics, stores, log, True, "-w", "2", **settings)
+            before = commits(log)
+            wait_for_commits(log, before + 6, "commits", jobs)
+            kill_cluster(jobs, jobs[0])
+    finally:
+        trickle.stop()
+    finish(kafka_bootstrap, topics, stores, log, "-w", "2", **settings)
+    assert_exactly_once(kafka_bootstrap, topics, trickle)
+    shadows = Counter(
+        (
+            int(dict(message.headers())[SOURCE_PARTITION_HEADER]),
+            int(dict(message.headers())[SOURCE_OFFSET_HEADER]),
+        )
+        for message in read_to_end({"bootstrap.servers": kafka_bootstrap}, topics["shadow"])
+    )
+    assert shadows, "the shadow challenger answered nothing"
+    assert max(shadows.values()) == 1, "a shadow result written twice"
