@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -162,9 +163,13 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
     container, config = pod_spec()
     scripts = K8S / "base" / "scripts"
     topics = create_topics(
-        kafka_bootstrap, "k8s", ["data", "models", "results", "dead", "events", "reports"], partitions=4
+        kafka_bootstrap,
+        "k8s",
+        ["data", "models", "results", "dead", "events", "reports", "answered"],
+        partitions=4,
     )
     overrides = {
+        "SERVING_KAFKA_ANSWERED_TOPIC": topics["answered"],  # exactly-once, as serving-config says
         "SERVING_KAFKA_EVENTS_TOPIC": topics["events"],
         "SERVING_KAFKA_CHALLENGER_TOPIC": topics["reports"],
         "SERVING_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -536,7 +541,7 @@ def test_no_private_key_is_committed_under_k8s():
 
 
 def acl_grants(script: str) -> set[tuple[str, str, str, str]]:
-    """(principal, operation, 'topic' or 'group', name) of each `acls --allow-principal ...` line of kafka-acls.sh,
+    """(principal, operation, 'topic', 'group' or 'transactional-id', name) of each `acls --allow-principal ...` line of kafka-acls.sh,
     its variables substituted; a prefixed pattern's name ends with '*'."""
     lines = script.replace("\\\n", " ").splitlines()
     variables = dict(line.split("=", 1) for line in lines if line.split("=", 1)[0].isidentifier())
@@ -545,7 +550,8 @@ def acl_grants(script: str) -> set[tuple[str, str, str, str]]:
         if not line.startswith("acls "):
             continue
         words = [
-            variables.get(word[1:], word) if word.startswith("$") else word for word in shlex.split(line)[1:]
+            re.sub(r"\$(\w+)", lambda name: variables.get(name[1], name[0]), word)
+            for word in shlex.split(line)[1:]
         ]
         options: dict[str, list[str]] = {}
         for flag, value in zip(words[::2], words[1::2], strict=True):
@@ -553,7 +559,7 @@ def acl_grants(script: str) -> set[tuple[str, str, str, str]]:
         (principal,) = options.pop("--allow-principal")
         suffix = "*" if options.pop("--resource-pattern-type", None) == ["prefixed"] else ""
         for operation in options.pop("--operation"):
-            for kind in ("topic", "group"):
+            for kind in ("topic", "group", "transactional-id"):
                 grants |= {
                     (principal, operation, kind, name + suffix) for name in options.pop(f"--{kind}", [])
                 }
@@ -567,7 +573,8 @@ def test_the_kafka_acls_give_each_principal_only_its_topics():
     topics = yaml.safe_load((K8S / "base" / "serving-config.yaml").read_text())["data"]
     data, models = topics["SERVING_KAFKA_DATA_TOPIC"], topics["SERVING_KAFKA_MODELS_TOPIC"]
     flow_output = {
-        topics[f"SERVING_KAFKA_{name}_TOPIC"] for name in ("RESULTS", "DEAD_LETTERS", "EVENTS", "CHALLENGER")
+        topics[f"SERVING_KAFKA_{name}_TOPIC"]
+        for name in ("RESULTS", "DEAD_LETTERS", "EVENTS", "CHALLENGER", "ANSWERED")
     }
 
     def who(operation: str, topic: str) -> set[str]:
@@ -576,10 +583,14 @@ def test_the_kafka_acls_give_each_principal_only_its_topics():
     assert who("Write", models) == {"User:model-publisher", "User:retrain"}
     assert who("Write", data) == {"User:record-producer"}
     assert all(who("Write", topic) == {"User:serving"} for topic in flow_output)
+    answered = topics["SERVING_KAFKA_ANSWERED_TOPIC"]
     assert {name for p, o, kind, name in grants if (p, o, kind) == ("User:serving", "Read", "topic")} == {
         data,
         models,
+        answered,  # its own exactly-once markers, read back at each start
     }
+    results = topics["SERVING_KAFKA_RESULTS_TOPIC"]
+    assert {name for p, o, kind, name in grants if kind == "transactional-id"} == {f"serving.{results}.*"}
     assert {name for p, o, kind, name in grants if (p, o, kind) == ("User:retrain", "Read", "topic")} == {
         topics["SERVING_KAFKA_EVENTS_TOPIC"]
     }

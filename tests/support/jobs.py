@@ -25,9 +25,13 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> N
         time.sleep(0.05)
 
 
-def start_job(env: dict[str, str], *args: str, module: str = "flows.serving") -> subprocess.Popen:
+def start_job(
+    env: dict[str, str], *args: str, module: str = "flows.serving", output: Path | None = None
+) -> subprocess.Popen:
     """The main job, `python -m bytewax.run flows.serving ARGS`, as a subprocess with `env` (or another
-    module's flow: one of `tests/support`, which is put on the path)."""
+    module's flow: one of `tests/support`, which is put on the path). Its output is a pipe to read when it
+    ends, or appended to the file `output` (a job that logs a lot while the test waits fills a pipe, and
+    then blocks writing to it)."""
     if module != "flows.serving":
         env = {
             **env,
@@ -37,7 +41,7 @@ def start_job(env: dict[str, str], *args: str, module: str = "flows.serving") ->
         [sys.executable, "-m", "bytewax.run", module, *args],
         cwd=REPO,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if output is None else output.open("a"),
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -51,7 +55,12 @@ def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], *args: str
 
 
 def start_flow(
-    bootstrap: str, topics: dict[str, str], *args: str, module: str = "flows.serving", **settings: str
+    bootstrap: str,
+    topics: dict[str, str],
+    *args: str,
+    module: str = "flows.serving",
+    output: Path | None = None,
+    **settings: str,
 ) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(
@@ -63,7 +72,7 @@ def start_flow(
         SERVING_CONSOLE_EVERY="0",
     )
     env.update(settings)
-    return start_job(env, *args, module=module)
+    return start_job(env, *args, module=module, output=output)
 
 
 def finished_output(process: subprocess.Popen) -> str:

@@ -47,6 +47,7 @@ from flows.adapters.kafka.sink import (
     SinkMessage,
     message_size,
 )
+from flows.core.errors import ServingError
 from flows.core.records import cut
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def partition_key(partition: int) -> str:
     return str(partition)
 
 
-class ProducerFenced(RuntimeError):
+class ProducerFenced(ServingError, RuntimeError):
     """A newer process took this partition's transactional id: this one must stop writing."""
 
 
@@ -201,7 +202,11 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
 
     def _produce(self, message: SinkMessage) -> None:
         if not self.open:
-            self.producer.begin_transaction()
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as error:
+                self._raise_if_fatal(error.args[0])
+                raise
             self.open = True
         index = len(self.pending)
         self.pending.append(message)
@@ -304,10 +309,12 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
 
     def _raise_if_fatal(self, error: KafkaError) -> None:
         if error.fatal():
-            raise ProducerFenced(
+            message = (
                 f"{self.transactional_id}: the producer can no longer write ({error.str()}); another process "
                 "has taken this data partition's transactional id, so this one stops"
             )
+            log.error("%s", message)  # said here too: Bytewax may abort without showing the exception
+            raise ProducerFenced(message)
 
     def _replace(self, message: SinkMessage, reason: str) -> SinkMessage:
         self.replaced += 1

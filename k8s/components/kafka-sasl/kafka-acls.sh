@@ -14,13 +14,20 @@ results=recommender-results
 dead=recommender-dead-letters
 events=recommender-model-events
 reports=recommender-challenger-reports
+answered=recommender-answered
 
 # The flow: reads records and models; writes results, dead letters, model events and challenger reports. Its
 # consumers assign partitions themselves (offsets live in the recovery snapshots) under these fixed group ids.
 acls --allow-principal User:serving --operation Read --operation Describe --topic "$data" --topic "$models"
 acls --allow-principal User:serving --operation Write --operation Describe \
-    --topic "$results" --topic "$dead" --topic "$events" --topic "$reports"
+    --topic "$results" --topic "$dead" --topic "$events" --topic "$reports" --topic "$answered"
 acls --allow-principal User:serving --operation Read --group BYTEWAX_IGNORED --group catch-up-lookup
+# Exactly-once delivery: its transactional ids (serving.RESULTS_TOPIC.DATA_TOPIC.PARTITION), and the markers of
+# what it answered, which only it may write (a forged one would drop answers) and reads back at each start.
+acls --allow-principal User:serving --operation Write --operation Describe \
+    --transactional-id "serving.$results." --resource-pattern-type prefixed
+acls --allow-principal User:serving --operation Read --topic "$answered"
+acls --allow-principal User:serving --operation Read --group read-to-end- --resource-pattern-type prefixed
 
 # Model publishers (the publish-model Job, people and CI publishing models): write models only; Describe on the
 # flow's topics lets wait_for_topics.py see that they exist.
