@@ -79,6 +79,18 @@ def main() -> None:
         "default: the flow in this process",
     )
     parser.add_argument(
+        "--delivery",
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="kafka-embedded: SERVING_KAFKA_DELIVERY",
+    )
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=1.0,
+        help="kafka-embedded in this process: the epoch in seconds (exactly-once commits once per epoch)",
+    )
+    parser.add_argument(
         "--swap-after",
         type=float,
         default=2.0,
@@ -133,7 +145,14 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
     if args.scenario == "kafka-baseline":
         return run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
     return run_kafka_embedded(
-        args.records, args.rate, args.bootstrap_servers, args.partitions, args.model_version, args.processes
+        args.records,
+        args.rate,
+        args.bootstrap_servers,
+        args.partitions,
+        args.model_version,
+        args.processes,
+        args.delivery,
+        args.snapshot_interval,
     )
 
 

@@ -7,13 +7,20 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from contextlib import ExitStack
 from datetime import timedelta
+from typing import Self
 
+import numpy as np
 from bytewax.testing import run_main
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
+from flows.adapters.kafka.headers import (
+    SOURCE_OFFSET_HEADER,
+    SOURCE_PARTITION_HEADER,
+    SOURCE_TIMESTAMP_HEADER,
+)
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.adapters.sources.stoppable import request_stop
 from flows.bench.report import kafka_report
@@ -37,6 +44,8 @@ def run_kafka_embedded(
     partitions: int,
     version: str,
     processes: int | None = None,
+    delivery: str = "at-least-once",
+    snapshot_interval: float = 1.0,
 ) -> dict:
     """Through a broker: data topic -> flow (in this process) -> results topic.
 
@@ -47,6 +56,11 @@ def run_kafka_embedded(
     thread offers that many records/s while the flow runs. Latency: the result message's timestamp minus
     the data message's (both set when produced), so it includes the time in Kafka on both sides; throughput
     counts from the first result to the last, so the flow's start-up is not in it.
+
+    `delivery` is SERVING_KAFKA_DELIVERY. Results of exactly-once delivery are written at once but become
+    visible at each commit (every `snapshot_interval` seconds, the epoch): so a read_committed consumer in
+    this process also times each result when it sees it, and the report gives that latency and the
+    throughput between the first and the last result it saw (`visible_*`), for both deliveries alike.
     """
     settings = Settings.from_environment()
     model = shipped_model(settings.generator.models_dir, version)
@@ -54,7 +68,8 @@ def run_kafka_embedded(
     context.cache.acquire(model)
     with ExitStack() as stack:
         servers = bootstrap or stack.enter_context(kafka_broker())
-        topics = create_topics(servers, "bench", ["data", "models", "results", "dead"], partitions=partitions)
+        names = ["data", "models", "results", "dead", "answered"]
+        topics = create_topics(servers, "bench", names, partitions=partitions)
         produce(servers, topics["models"], [(model.model_name.encode(), MODEL.encode(model))])
         encoded = [
             (str(r.user).encode(), RECORD.encode(r))
@@ -67,39 +82,60 @@ def run_kafka_embedded(
                 "models_topic": topics["models"],
                 "results_topic": topics["results"],
                 "dead_letters_topic": topics["dead"],
+                "answered_topic": topics["answered"],
+                "delivery": delivery,
                 "tail": rate > 0,
             }
         )
         flow_settings = settings.model_copy(
             update={"kafka": kafka, "output": settings.output.model_copy(update={"console_every": 0})}
         )
+        expected = records + (1 if rate > 0 else 0)
+        visible = stack.enter_context(VisibleResults(servers, topics["results"]))
         if processes:
             if rate > 0:
                 raise SystemExit("bench: --processes runs on a pre-loaded topic; leave --rate out")
             produce(servers, topics["data"], encoded)
             _run_main_job(flow_settings, processes)
         else:
-            _run_here(flow_settings, context, rate, servers, topics, encoded)
-        expected = records + (1 if rate > 0 else 0)
+            _run_here(flow_settings, context, rate, servers, topics, encoded, visible, snapshot_interval)
         results = consume_all(servers, topics["results"], expected)
+        visible.wait_for(expected)
     if len(results) < expected:
         raise SystemExit(f"bench: expected {expected} results, got {len(results)}")
     if rate > 0:  # the warm-up record (partition 0, offset 0) answered before the offered load began
         results = [message for message in results if not _is_warm_up(message)]
-    report = kafka_report("kafka-embedded", records, rate or "pre-loaded", results, partitions, bootstrap)
+    report = kafka_report(
+        "kafka-embedded",
+        records,
+        rate or "pre-loaded",
+        results,
+        partitions,
+        bootstrap,
+        delivery=delivery,
+        snapshot_interval_s=snapshot_interval,
+        **visible.figures(skip_first=rate > 0),
+    )
     return report | ({"processes": processes} if processes else {})
 
 
 def _run_here(
-    flow_settings: Settings, context: ServingContext, rate: float, servers: str, topics: dict, encoded: list
+    flow_settings: Settings,
+    context: ServingContext,
+    rate: float,
+    servers: str,
+    topics: dict,
+    encoded: list,
+    visible: VisibleResults,
+    snapshot_interval: float,
 ) -> None:
     flow = build_flow(flow_settings, context)
     if rate > 0:
-        offer = (servers, topics, encoded, rate, flow_settings.generator.seed)
+        offer = (servers, topics, encoded, rate, flow_settings.generator.seed, visible)
         threading.Thread(target=_offer, args=offer, daemon=True).start()
     else:
         produce(servers, topics["data"], encoded)
-    run_main(flow, epoch_interval=timedelta(seconds=1))
+    run_main(flow, epoch_interval=timedelta(seconds=snapshot_interval))
 
 
 def _run_main_job(flow_settings: Settings, processes: int) -> None:
@@ -129,6 +165,8 @@ def _environment(flow_settings: Settings) -> dict[str, str]:
         "SERVING_KAFKA_MODELS_TOPIC": flow_settings.kafka.models_topic,
         "SERVING_KAFKA_RESULTS_TOPIC": flow_settings.kafka.results_topic,
         "SERVING_KAFKA_DEAD_LETTERS_TOPIC": flow_settings.kafka.dead_letters_topic,
+        "SERVING_KAFKA_ANSWERED_TOPIC": flow_settings.kafka.answered_topic,
+        "SERVING_KAFKA_DELIVERY": flow_settings.kafka.delivery,
         "SERVING_KAFKA_TAIL": "false",
         "SERVING_CONSOLE_EVERY": "0",
     }
@@ -139,7 +177,9 @@ def _is_warm_up(message) -> bool:
     return headers[SOURCE_PARTITION_HEADER] == b"0" and headers[SOURCE_OFFSET_HEADER] == b"0"
 
 
-def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, seed: int) -> None:
+def _offer(
+    servers: str, topics: dict[str, str], encoded: list, rate: float, seed: int, visible: VisibleResults
+) -> None:
     """Offer `encoded` at `rate` records/s from another process, then ask the flow to stop once every result
     is out.
 
@@ -151,7 +191,7 @@ def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, see
     producer = Producer({"bootstrap.servers": servers, "linger.ms": "1"})
     producer.produce(topics["data"], key=encoded[0][0], value=encoded[0][1], partition=0)
     producer.flush(30)
-    consume_all(servers, topics["results"], 1, timeout=120)
+    visible.wait_for(1)
     command = [
         sys.executable,
         "-m",
@@ -164,22 +204,65 @@ def _offer(servers: str, topics: dict[str, str], encoded: list, rate: float, see
     command += ["--bootstrap-servers", servers, "--topic", topics["data"], "--seed", str(seed), "--quiet"]
     environment = {**os.environ, "SERVING_KAFKA_PRODUCER_CONFIG": '{"linger.ms": "1"}'}
     subprocess.run(command, env=environment, check=True, timeout=600)
-    _wait_for_results(servers, topics["results"], len(encoded) + 1)
+    visible.wait_for(len(encoded) + 1)
     request_stop()
 
 
-def _wait_for_results(servers: str, topic: str, expected: int, timeout_s: float = 120) -> None:
-    """Until the topic holds `expected` messages (its end offsets, looked up ten times a second)."""
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": "bench-results-count"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+class VisibleResults:
+    """A read_committed consumer of the results topic, in a thread: when each result became visible, and how
+    long after its data message was produced."""
+
+    def __init__(self, servers: str, topic: str) -> None:
+        self.servers, self.topic = servers, topic
+        self.seen_ms: list[int] = []
+        self.latencies_ms: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": self.servers,
+                "group.id": f"bench-visible-{uuid.uuid4().hex}",
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": "10",
+            }
+        )
+        partitions = self._consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            messages = self._consumer.consume(1000, 0.05)
+            now_ms = time.time_ns() // 1_000_000
+            for message in messages:
+                if message.error() is None:
+                    produced_ms = int(dict(message.headers())[SOURCE_TIMESTAMP_HEADER])
+                    self.latencies_ms.append(now_ms - produced_ms)
+                    self.seen_ms.append(now_ms)
+
+    def wait_for(self, count: int, timeout_s: float = 300) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ends = [
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-            ]
-            if sum(ends) >= expected:
-                return
-            time.sleep(0.1)
-    finally:
-        consumer.close()
+        while len(self.seen_ms) < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {len(self.seen_ms)} of {count} results visible after {timeout_s} s")
+            time.sleep(0.05)
+
+    def figures(self, skip_first: bool) -> dict:
+        """Visible throughput (first to last result seen) and latency; without the warm-up result."""
+        seen, latencies = (
+            (self.seen_ms[1:], self.latencies_ms[1:]) if skip_first else (self.seen_ms, self.latencies_ms)
+        )
+        seconds = max((max(seen) - min(seen)) / 1000, 0.001)
+        return {
+            "visible_records_per_s": round(len(seen) / seconds),
+            "visible_p50_ms": round(float(np.percentile(latencies, 50)), 1),
+            "visible_p99_ms": round(float(np.percentile(latencies, 99)), 1),
+        }
