@@ -39,7 +39,20 @@ from flows.wire.avro import MODEL
 
 KILLS = 20
 GARBAGE_EVERY = 250
-JOB_NUMBERS = itertools.count()  # one undecodable data message (a dead letter) in this many
+JOB_NUMBERS = itertools.count()
+STARTED: list[subprocess.Popen] = []  # every job a test started, for the fixture below to end
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test():
+    """A failed test leaves no job running (a paused one is woken first, so that it can die)."""
+    yield
+    while STARTED:
+        job = STARTED.pop()
+        if job.poll() is None:
+            job.send_signal(signal.SIGCONT)
+            job.kill()
+            job.wait(timeout=30)  # one undecodable data message (a dead letter) in this many
 
 
 class Trickle:
@@ -166,6 +179,7 @@ def start_cluster(
             )
         )
         jobs[-1].output_path = output  # type: ignore[attr-defined]
+        STARTED.append(jobs[-1])
     return jobs
 
 
@@ -274,7 +288,10 @@ def test_sigterm_to_one_process_of_two_repeats_no_answer(kafka_bootstrap, tmp_pa
     finally:
         trickle.stop()
     finish(kafka_bootstrap, topics, stores, log)
-    assert_exactly_once(kafka_bootstrap, topics, trickle)
+    report = assert_exactly_once(kafka_bootstrap, topics, trickle)
+    print(
+        f"exactly-once, SIGTERM to one process of two: {report['data_offsets']} data offsets, 0 lost, 0 duplicated"
+    )
 
 
 def test_broker_stopped_and_started_again_during_a_transaction_loses_and_repeats_nothing(tmp_path):
@@ -356,7 +373,10 @@ def test_a_paused_process_woken_after_its_replacement_started_is_fenced_and_writ
     replacement.send_signal(signal.SIGTERM)
     finished(replacement)
     finish(kafka_bootstrap, topics, [replacement_store], log)
-    assert_exactly_once(kafka_bootstrap, topics, trickle)
+    report = assert_exactly_once(kafka_bootstrap, topics, trickle)
+    print(
+        f"exactly-once, zombie woken after its replacement: {report['data_offsets']} data offsets, 0 lost, 0 duplicated"
+    )
 
 
 def test_two_workers_four_partitions_and_a_shadow_challenger_answer_once_and_shadow_once(
@@ -378,7 +398,7 @@ def test_two_workers_four_partitions_and_a_shadow_challenger_answer_once_and_sha
     finally:
         trickle.stop()
     finish(kafka_bootstrap, topics, stores, log, "-w", "2", **settings)
-    assert_exactly_once(kafka_bootstrap, topics, trickle)
+    report = assert_exactly_once(kafka_bootstrap, topics, trickle)
     shadows = Counter(
         (
             int(dict(message.headers())[SOURCE_PARTITION_HEADER]),
@@ -388,3 +408,7 @@ def test_two_workers_four_partitions_and_a_shadow_challenger_answer_once_and_sha
     )
     assert shadows, "the shadow challenger answered nothing"
     assert max(shadows.values()) == 1, "a shadow result written twice"
+    print(
+        f"exactly-once, 2 workers, 4 partitions, shadow challenger, 3 kills: {report['data_offsets']} data "
+        f"offsets, 0 lost, 0 duplicated; {len(shadows)} shadow results, none twice"
+    )
