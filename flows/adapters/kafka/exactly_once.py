@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -37,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from flows.adapters.kafka.answered import AnsweredOffsets, Covered, Marker
 from flows.adapters.kafka.data_source import partition_names
+from flows.adapters.kafka.headers import REPLACED_HEADER
 from flows.adapters.kafka.read_to_end import read_to_end
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import (
@@ -163,7 +163,8 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.shrink = shrink
         self.open = False
         self.pending: list[SinkMessage] = []  # the open transaction's messages, to produce again if aborted
-        self.refused: dict[int, KafkaError] = {}  # index in `pending` -> why the broker refused it
+        # (topic, value) of each message the broker refused -> why: matched to `pending` if it is aborted
+        self.refused: dict[tuple[str, bytes | None], KafkaError] = {}
         self.dropped = 0
         self.replaced = 0
 
@@ -208,9 +209,8 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
                 self._raise_if_fatal(error.args[0])
                 raise
             self.open = True
-        index = len(self.pending)
         self.pending.append(message)
-        self._send(message, partial(self._delivered, index))
+        self._send(message, self._delivered)
 
     def _send(
         self,
@@ -236,9 +236,9 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
                 self._raise_if_fatal(error.args[0])
                 raise
 
-    def _delivered(self, index: int, error: KafkaError | None, _message: Message) -> None:
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
-            self.refused[index] = error
+            self.refused[(message.topic(), message.value())] = error
 
     def _commit(self) -> None:
         if not self.open:
@@ -282,10 +282,15 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
             raise RuntimeError(f"{self.transactional_id}: commit failed and cannot be retried: {error.str()}")
         self._abort()
         pending, refused = self.pending, self.refused
-        for index, why in refused.items():
-            if why.code() in PER_MESSAGE_ERRORS and "replaced" not in dict(pending[index].headers or []):
-                reason = f"refused by {pending[index].topic}: {why.name()} ({why.str()})"
-                pending[index] = self._replace(pending[index], reason)
+        for index, message in enumerate(pending):
+            why = refused.get((message.topic, message.value))
+            if (
+                why is not None
+                and why.code() in PER_MESSAGE_ERRORS
+                and REPLACED_HEADER not in dict(message.headers or [])
+            ):
+                reason = f"refused by {message.topic}: {why.name()} ({why.str()})"
+                pending[index] = self._replace(message, reason)
         self.pending, self.refused = [], {}
         self.open = False
         for message in pending:

@@ -45,8 +45,9 @@ from flows.core.vocabulary import EventKind
 from flows.wire.avro import EVENT, REPORT, RESULT, SIGNED_EVENT, encode_results
 
 
-def result_messages(batch: Sequence[ScoredMessage]) -> list[SinkMessage]:
-    """Results as Kafka messages keyed by user, with headers naming the data message each one answers."""
+def result_messages(batch: Sequence[ScoredMessage], topic: str | None = None) -> list[SinkMessage]:
+    """Results as Kafka messages keyed by user, with headers naming the data message each one answers (to
+    `topic`, or the sink's)."""
     values = encode_results(batch)
     if isinstance(batch, ScoredBatch):  # read in columns, see flows.core.records.ScoredBatch
         carried = batch.trace_context
@@ -54,7 +55,8 @@ def result_messages(batch: Sequence[ScoredMessage]) -> list[SinkMessage]:
             SinkMessage(
                 b"%d" % message.record.user,
                 value,
-                headers=_source_headers(message.origin, carried or trace_context_of(message.origin)),
+                topic,
+                _source_headers(message.origin, carried or trace_context_of(message.origin)),
             )
             for message, value in zip(batch.messages, values)
         ]
@@ -62,7 +64,8 @@ def result_messages(batch: Sequence[ScoredMessage]) -> list[SinkMessage]:
         SinkMessage(
             b"%d" % item.result.input_record.user,
             value,
-            headers=_source_headers(item.origin, item.trace_context or trace_context_of(item.origin)),
+            topic,
+            _source_headers(item.origin, item.trace_context or trace_context_of(item.origin)),
         )
         for item, value in zip(batch, values)
     ]
@@ -269,7 +272,7 @@ def result_answers(
     batch: Sequence[ScoredMessage], topic: str, answers: bool
 ) -> list[tuple[str, list[Answer]]]:
     """Results as answers for the exactly-once sink, one batch per data partition they answer."""
-    messages = result_messages(batch)
+    messages = result_messages(batch, topic)
     origins = (
         [message.origin for message in batch.messages]
         if isinstance(batch, ScoredBatch)
@@ -280,8 +283,7 @@ def result_answers(
         if not isinstance(origin, KafkaOrigin):
             raise TypeError(f"exactly-once output: a result without a Kafka origin ({origin!r})")
         covered = origin.covered
-        answer = Answer(covered, message._replace(topic=topic), answers)
-        by_partition.setdefault(covered.partition, []).append(answer)
+        by_partition.setdefault(covered.partition, []).append(Answer(covered, message, answers))
     return [(partition_key(partition), batch) for partition, batch in by_partition.items()]
 
 
