@@ -226,7 +226,8 @@ def assert_exactly_once(
     assert report["duplicates"] == 0, (
         f"{report['duplicates']} duplicates over {report['duplicated_offsets']} offsets"
     )
-    assert report["dead_letters"] == trickle.garbage
+    # A dead letter is an answer too: the broker may have dropped some of them with the rest
+    assert trickle.garbage - len(broker_dropped) <= report["dead_letters"] <= trickle.garbage
     assert report["errors_by_reason"] == {}, report["errors_by_reason"]
     return report
 

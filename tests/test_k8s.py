@@ -274,7 +274,7 @@ def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_p
         addresses = "serving-0.serving.model-serving.svc:2101;serving-1.serving.model-serving.svc:2101"
         assert (
             done.stdout.splitlines()[-1]
-            == f"python -m bytewax.run flows.serving -w 2 -i {ordinal} -a {addresses} -r {recovery} -s 5 -b 0"
+            == f"python -m bytewax.run flows.serving -w 2 -i {ordinal} -a {addresses} -r {recovery} -s 1 -b 0"
         )
 
 
@@ -594,7 +594,7 @@ def test_the_kafka_acls_give_each_principal_only_its_topics():
     assert {name for p, o, kind, name in grants if (p, o, kind) == ("User:retrain", "Read", "topic")} == {
         topics["SERVING_KAFKA_EVENTS_TOPIC"]
     }
-    written = {name for p, o, kind, name in grants if o == "Write"}
+    written = {name for p, o, kind, name in grants if (o, kind) == ("Write", "topic")}
     assert written == {data, models} | flow_output  # every topic the script names is one of serving-config's
 
 

@@ -7,8 +7,9 @@ in flight, the sinks flush, and the process exits 0. A second signal aborts at o
 One process of a cluster (`-a` with several addresses: a pod of the StatefulSet) cannot drain alone: its
 peers keep their inputs open, the epoch never closes, and the process would hang until its peers die.
 So there the first signal ends the process at once, as a rolling update or an eviction expects. Nothing
-is lost: output is at-least-once, and when it comes back the cluster resumes from its last snapshot
-(its peers, seeing it gone, exit too and are restarted).
+is lost: when it comes back the cluster resumes from its last snapshot (its peers, seeing it gone, exit too
+and are restarted); what the replay answers again is repeated with at-least-once delivery, and dropped by
+the exactly-once sink.
 """
 
 from __future__ import annotations

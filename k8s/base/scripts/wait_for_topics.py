@@ -6,6 +6,7 @@ Uses the flow's own settings (SERVING_* variables), so it reaches the broker the
 import sys
 import time
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from flows.adapters.kafka.config import client_config
@@ -25,7 +26,7 @@ wanted = {
 while True:
     try:
         missing = wanted - set(admin.list_topics(timeout=5).topics)
-    except Exception as error:  # the broker is not up yet
+    except KafkaException as error:  # the broker is not up yet
         print(f"wait_for_topics: {kafka.bootstrap_servers}: {error}", flush=True)
     else:
         if not missing:
