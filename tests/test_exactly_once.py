@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from support.core_runs import sample_records
-from support.jobs import audit_report, encoded, recovery_stores, start_flow, wait_for
+from support.jobs import audit_report, encoded, recovery_stores, regroup_recovery, start_flow, wait_for
 
 from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
 from flows.adapters.kafka.read_to_end import read_to_end
@@ -292,6 +292,29 @@ def test_sigterm_to_one_process_of_two_repeats_no_answer(kafka_bootstrap, tmp_pa
     report = assert_exactly_once(kafka_bootstrap, topics, trickle)
     print(
         f"exactly-once, SIGTERM to one process of two: {report['data_offsets']} data offsets, 0 lost, 0 duplicated"
+    )
+
+
+def test_a_rescale_from_1_to_2_to_3_to_1_processes_between_kills_repeats_no_answer(kafka_bootstrap, tmp_path):
+    topics = eos_topics(kafka_bootstrap, "eos-rescale", partitions=4)
+    stores = recovery_stores(tmp_path, 3)  # three recovery partitions: up to three processes
+    log = tmp_path / "commits.log"
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()
+    try:
+        for processes in (1, 2, 3):
+            stores = regroup_recovery(stores, processes)
+            jobs = start_cluster(kafka_bootstrap, topics, stores, log, True)
+            before = commits(log)
+            wait_for_commits(log, before + 2 + 2 * processes, f"commits on {processes} process(es)", jobs)
+            kill_cluster(jobs, jobs[-1])  # the rescale happens at the worst moment: after a kill -9
+    finally:
+        trickle.stop()
+    stores = regroup_recovery(stores, 1)
+    finish(kafka_bootstrap, topics, stores, log)
+    report = assert_exactly_once(kafka_bootstrap, topics, trickle)
+    print(
+        f"exactly-once, 1 -> 2 -> 3 -> 1 processes, a kill -9 before each rescale: {report['data_offsets']} "
+        "data offsets, 0 lost, 0 duplicated"
     )
 
 

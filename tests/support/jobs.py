@@ -135,3 +135,19 @@ def recovery_stores(tmp_path: Path, processes: int) -> list[Path]:
         (scratch / f"part-{index}.sqlite3").rename(directory / f"part-{index}.sqlite3")
         directories.append(directory)
     return directories
+
+
+def regroup_recovery(stores: list[Path], processes: int) -> list[Path]:
+    """Move the recovery partitions held in `stores` into `processes` directories, round robin, as an operator
+    rescaling the cluster would (with their SQLite side files); the partitions themselves never change."""
+    files_by_part: dict[str, list[Path]] = {}
+    for store in stores:
+        for path in store.glob("part-*"):
+            files_by_part.setdefault(path.name.split(".")[0], []).append(path)
+    directories = [stores[0].parent / f"recovery-{index}" for index in range(processes)]
+    for directory in directories:
+        directory.mkdir(exist_ok=True)
+    for index, part in enumerate(sorted(files_by_part, key=lambda name: int(name.split("-")[1]))):
+        for path in files_by_part[part]:
+            path.rename(directories[index % processes] / path.name)
+    return directories
