@@ -267,3 +267,17 @@ def test_freshness_fields_round_trip():
     descriptor = ModelDescriptor("m", "", ModelType.UNKNOWN, command="promote", sequence=1_764_000_000_000_001,
                                  expires_at=1_764_000_000_000, target_digest="0123456789abcdef")  # fmt: skip
     assert avro.MODEL.decode(avro.MODEL.encode(descriptor)) == descriptor
+
+
+def test_a_consumer_on_the_schema_before_onnx_reads_an_onnx_descriptor_as_unknown():
+    before_onnx = parse_schema(
+        json.loads((avro.SCHEMAS_DIR / "history" / "ModelDescriptor-5.avsc").read_text(encoding="utf-8"))
+    )
+    encoded = avro.MODEL.encode(ModelDescriptor("m", "", ModelType.ONNX, b"archive"))
+    assert avro.MODEL.decode(encoded).model_type == ModelType.ONNX
+    reader_view = schemaless_reader(io.BytesIO(encoded[avro.HEADER_SIZE :]), avro.MODEL.schema, before_onnx)
+    assert reader_view["modelType"] == "UNKNOWN"
+    buffer = io.BytesIO()  # and a descriptor its producers wrote still decodes here
+    buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(before_onnx))
+    schemaless_writer(buffer, before_onnx, {**reader_view, "modelType": "TENSORFLOWSAVED"})
+    assert avro.MODEL.decode(buffer.getvalue()).model_type == ModelType.TENSORFLOWSAVED

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from flows import bench
 from flows.adapters.sources.generators import shipped_model
+from flows.bench.call_cost import run_call_cost
 from flows.bench.flood import run_model_flood
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
@@ -20,10 +21,10 @@ from flows.core.records import CANARY, CHALLENGER, SHADOW, ModelDescriptor
 from flows.runtime.settings import Settings
 
 SCENARIOS = (
-    "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood",
+    "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood", "call-cost",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[5:]
+REMOTE_SCENARIOS = SCENARIOS[6:]
 
 
 def main() -> None:
@@ -37,7 +38,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Bytewax workers in this process")
     parser.add_argument("--shards", type=int, default=settings.flow.shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
-    parser.add_argument("--model-version", default="1")
+    parser.add_argument(
+        "--model-version", default="1", help="a shipped model: 1, 2, or their ONNX twins 1-onnx, 2-onnx"
+    )
+    parser.add_argument("--rounds", type=int, default=300, help="call-cost scenario: calls per batch size")
     parser.add_argument(
         "--tracing",
         choices=["off", "on"],
@@ -134,6 +138,8 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
             challenger=_challenger(args, models_dir),
             bad_every=args.bad_every,
         )
+    if args.scenario == "call-cost":
+        return run_call_cost(shipped_model(models_dir, args.model_version), args.rounds)
     if args.scenario == "swap":
         return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
     if args.scenario == "model-flood":

@@ -26,6 +26,7 @@ from flows.adapters.scorers.location import TLS_SCHEMES
 from flows.adapters.sources.batched import PollBatches
 from flows.adapters.sources.generators import DataGenerator, ModelGenerator, shipped_model
 from flows.adapters.sources.wrapping import PartitionWrapper, SourceWrapper
+from flows.bench.call_cost import resident_mb
 from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, LatencySink, SwapSink
 from flows.core.admission.policy import AdmissionPolicy
@@ -190,6 +191,7 @@ def _measure(
         context.cache.acquire(descriptor)  # Load (and warm up) before timing; the flow then shares it.
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
+    memory = resident_mb()  # after the models' load and warm-up
     flow = Dataflow("bench")
     generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.generator.seed)
     data = op.input(
@@ -225,6 +227,7 @@ def _measure(
         model_ms_per_record=round(float(calls.sum()) / records, 5),
         **(_challenger_calls(timed[1], records) if challenger else {}),
         source=timed[0].source,
+        rss_mb=memory,
     )
 
 

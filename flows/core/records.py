@@ -95,9 +95,9 @@ class ModelType(enum.Enum):
     TENSORFLOWSERVING = "TENSORFLOWSERVING"
     PMML = "PMML"
     H2O = "H2O"
-    OPENINFERENCE = (
-        "OPENINFERENCE"  # Added after the original's symbols: V2 servers (MLServer, KServe, Triton).
-    )
+    # Added after the original's symbols (readers on an earlier schema read them as UNKNOWN):
+    OPENINFERENCE = "OPENINFERENCE"  # V2 servers (MLServer, KServe, Triton)
+    ONNX = "ONNX"  # an ONNX model run in process by ONNX Runtime
 
 
 @dataclass(slots=True)
@@ -145,7 +145,7 @@ PROMOTE, RETIRE = Command.PROMOTE, Command.RETIRE
 
 @dataclass(frozen=True, slots=True)
 class ModelDescriptor:
-    """A model to serve: inline bytes (a SavedModel archive) or a location; or a command about one.
+    """A model to serve: inline bytes (a SavedModel or ONNX archive) or a location; or a command about one.
 
     `role` is `champion` (it answers every record: the default) or `challenger`, run beside the champion in
     `mode` `shadow` (it scores a `fraction` of the records, results keep the champion's scores) or `canary`

@@ -121,7 +121,8 @@ def build_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy | None = N
 
 
 def _probe(name: str, scorer: Scorer, policy: AdmissionPolicy) -> None:
-    users, products = probe_batch()
+    bounds = scorer.input_bounds
+    users, products = probe_batch(bounds.users, bounds.products) if bounds else probe_batch()
     try:
         scores = scorer.score(users, products)
     except ScorerUnavailable as error:

@@ -1,7 +1,8 @@
 """Model publisher: `python -m flows.tools.publish_model --version 2` sends a model to the models topic.
 
-The model goes inline (a SavedModel directory packed as a tar.gz archive: `--version` for a shipped one,
-`--path` for any directory) or as a location (`--location`, with `--type`). A message larger than the
+The model goes inline (packed as a tar.gz archive: `--version` for a shipped one, `--path` for any SavedModel
+directory or directory holding `model.onnx` and its external data, `--file` for one ONNX file) or as a
+location (`--location`, with `--type`). A message larger than the
 broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
 descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 
@@ -22,10 +23,11 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from flows.adapters.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
-from flows.adapters.scorers.archive import pack_directory
+from flows.adapters.scorers.archive import pack_directory, pack_file
 from flows.adapters.sources.generators import shipped_model
 from flows.core.admission.descriptor_checks import experiment_refusal
 from flows.core.admission.signing import load_private_key, sign
+from flows.core.model_formats import ONNX_MODEL_FILE
 from flows.core.records import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.runtime.settings import Settings
 from flows.tools.audit import read_to_end
@@ -81,15 +83,27 @@ def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor
         return shipped_model(settings.generator.models_dir, args.version)
     if args.path:
         directory = Path(args.path)
-        name = args.name or directory.name
+        detected = ModelType.ONNX if (directory / ONNX_MODEL_FILE).is_file() else ModelType.TENSORFLOWSAVED
         return ModelDescriptor(
-            name,
+            args.name or directory.name,
             args.description or f"from {directory}",
-            ModelType.TENSORFLOWSAVED,
+            ModelType[args.type] if args.type else detected,
             pack_directory(directory),
         )
+    if args.file:
+        path = Path(args.file)
+        return ModelDescriptor(
+            args.name or path.stem,
+            args.description or f"from {path}",
+            ModelType.ONNX,
+            pack_file(path, ONNX_MODEL_FILE),
+        )
     return ModelDescriptor(
-        args.name or args.location, args.description, ModelType[args.type], None, args.location
+        args.name or args.location,
+        args.description,
+        ModelType[args.type or "TENSORFLOWSAVED"],
+        None,
+        args.location,
     )
 
 
@@ -98,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serving-publish-model", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
-    source.add_argument("--path", help="a SavedModel directory to send inline")
+    source.add_argument(
+        "--path", help="a model directory to send inline: a SavedModel, or model.onnx and its external data"
+    )
+    source.add_argument("--file", help="an ONNX model file (no external data) to send inline, as model.onnx")
     source.add_argument("--location", help="a model location to send instead of bytes")
     source.add_argument("--promote", metavar="NAME", help="make the challenger NAME the champion")
     source.add_argument("--retire", metavar="NAME", help="stop the challenger NAME")
@@ -115,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--type",
-        default="TENSORFLOWSAVED",
         choices=[t.name for t in ModelType],
-        help="model type for --location",
+        help="model type: for --location (default TENSORFLOWSAVED); --path detects it (model.onnx: ONNX); "
+        "--file is ONNX",
     )
     parser.add_argument(
         "--target-digest",
@@ -134,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.models_topic})
     args = parser.parse_args(argv)
 
+    if args.file and args.type not in (None, ModelType.ONNX.name):
+        parser.error("--file sends an ONNX model: --type ONNX or no --type")
     if args.fraction != 1.0 and not args.challenger:
         parser.error("--fraction is for a challenger (--challenger shadow|canary)")
     descriptor = descriptor_from(args, settings)

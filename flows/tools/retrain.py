@@ -31,12 +31,13 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from flows.core.admission.signing import load_private_key, parse_trusted_keys
+from flows.core.model_formats import SAVED_MODEL
 from flows.core.records import DecodeFailure, SignedModelEvent, cut
 from flows.runtime.settings import Settings
 from flows.tools import publish_model
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config
 from flows.tools.retrain_gate import RetrainGate
-from flows.tools.train_model import train
+from flows.tools.train_model import export
 from flows.wire.avro import SIGNED_EVENT
 
 # A printed line's bound: an event's reason (1,000 characters at most) and what retrain says around it.
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"drift of {event.model_name!r} at {where(message)}: {event.reason}")
             say(f"training {name} ...")
             with tempfile.TemporaryDirectory() as scratch:
-                directory = train(version, Path(scratch) / str(version))
+                directory = export(version, SAVED_MODEL, Path(scratch) / str(version))
                 signing = ["--sign", str(args.sign)] if args.sign else []
                 published = publish_model.main(
                     ["--path", str(directory), "--name", name,

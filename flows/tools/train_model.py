@@ -1,11 +1,15 @@
-"""Train the recommender (DeepCollaborativeFiltering) and export it as a SavedModel.
+"""Train the recommender (DeepCollaborativeFiltering) and export it as a SavedModel or an ONNX model.
 
 Usage::
 
-    serving-train-model --version 3        # or python -m flows.tools.train_model --version 3
+    serving-train-model --version 3                  # or python -m flows.tools.train_model --version 3
+    serving-train-model --version 3 --format onnx    # its ONNX twin: models/recommender/3-onnx/model.onnx
+    serving-train-model --version 1 --format onnx --from-saved-model models/recommender/1
 
 writes ``models/recommender/3/`` next to the shipped versions (``--out DIR`` elsewhere), where
-``SERVING_MODEL_VERSIONS=1,2,3`` finds it. The data is synthetic purchase history generated from the version
+``SERVING_MODEL_VERSIONS=1,2,3`` finds it. With ``--format onnx`` the same training is written as
+``VERSION-onnx/model.onnx`` (``flows.tools.onnx_export``); ``--from-saved-model`` converts the weights of
+a SavedModel this tool wrote, without training (the shipped ``1-onnx`` and ``2-onnx`` were made so). The data is synthetic purchase history generated from the version
 number, so a given version always trains on the same data, and two versions give visibly different
 scores for the same user and product.
 
@@ -24,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from flows.core.model_formats import ONNX, SAVED_MODEL
 from flows.core.shipped import SHIPPED_MODELS_DIR
+from flows.tools.onnx_export import saved_model_weights, write_onnx
 
 USERS = 1000
 PRODUCTS = 300
@@ -103,8 +109,8 @@ def export_saved_model(model, directory: Path) -> None:
     tf.saved_model.save(serving, str(directory), signatures={"serving_default": serving.serve})
 
 
-def train(version: int, directory: Path) -> Path:
-    """Train version `version` deterministically and export it to `directory`."""
+def train(version: int):  # -> keras.Model
+    """Train version `version` deterministically."""
     import keras
     import tensorflow as tf
 
@@ -113,9 +119,19 @@ def train(version: int, directory: Path) -> Path:
     users, products, ratings = synthetic_purchases(version)
     model = build_model()
     model.fit([users, products], ratings, batch_size=BATCH_SIZE, epochs=EPOCHS, shuffle=True, verbose=2)
+    return model
+
+
+def export(version: int, model_format: str, directory: Path, saved_model: Path | None = None) -> Path:
+    """Train version `version` (or take the weights of `saved_model`) and write it to `directory`."""
     if directory.exists():
         shutil.rmtree(directory)
-    export_saved_model(model, directory)
+    if model_format == ONNX:
+        weights = (
+            saved_model_weights(saved_model) if saved_model else [w.numpy() for w in train(version).weights]
+        )
+        return write_onnx(weights, directory, f"recommender-v{version}")
+    export_saved_model(train(version), directory)
     return directory
 
 
@@ -125,10 +141,28 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help=f"export directory (default: {SHIPPED_MODELS_DIR}/VERSION)"
     )
+    parser.add_argument(
+        "--format",
+        choices=(SAVED_MODEL, ONNX),
+        default=SAVED_MODEL,
+        help="what to write (default: savedmodel)",
+    )
+    parser.add_argument(
+        "--from-saved-model",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --format onnx: convert this SavedModel's weights instead of training",
+    )
     args = parser.parse_args()
+    if args.from_saved_model and args.format != ONNX:
+        parser.error("--from-saved-model converts to ONNX: add --format onnx")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    directory = train(args.version, args.out or SHIPPED_MODELS_DIR / str(args.version))
-    print(f"exported recommender version {args.version} to {directory}")
+    default_name = f"{args.version}-onnx" if args.format == ONNX else str(args.version)
+    path = export(
+        args.version, args.format, args.out or SHIPPED_MODELS_DIR / default_name, args.from_saved_model
+    )
+    print(f"exported recommender version {args.version} ({args.format}) to {path}")
 
 
 if __name__ == "__main__":

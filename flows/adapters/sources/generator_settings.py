@@ -45,13 +45,13 @@ class GeneratorSettings(Section):
         description="seconds between model updates from the model generator (the original used 120)",
     )
     model_versions: Annotated[tuple[str, ...], NoDecode, parsed_text(comma_separated)] = Field(
-        ("1", "2:shadow", "promote:2", "1:canary:0.25", "retire:1"),
-        description="the model generator's schedule, one entry per `SERVING_MODEL_INTERVAL`, round and round: `V` sends shipped version V (a directory under `SERVING_MODELS_DIR`) as champion; `V:shadow` or `V:canary:0.25` as a challenger on that fraction (default 1) of records or users; `promote:V` and `retire:V` act on the challenger `recommender-vV`. `1,2` alternates two champions, as before challengers existed",
-        json_schema_extra={SHOWN_DEFAULT: "`1,2:shadow,promote:2,1:canary:0.25,retire:1`"},
+        ("1", "2-onnx:shadow", "promote:2-onnx", "1:canary:0.25", "retire:1"),
+        description="the model generator's schedule, one entry per `SERVING_MODEL_INTERVAL`, round and round: `V` sends shipped version V (a directory under `SERVING_MODELS_DIR`: a SavedModel, or `model.onnx` as in the shipped `1-onnx` and `2-onnx`, the ONNX twins of 1 and 2) as champion; `V:shadow` or `V:canary:0.25` as a challenger on that fraction (default 1) of records or users; `promote:V` and `retire:V` act on the challenger `recommender-vV`. `1,2` alternates two champions, as before challengers existed",
+        json_schema_extra={SHOWN_DEFAULT: "`1,2-onnx:shadow,promote:2-onnx,1:canary:0.25,retire:1`"},
     )
     models_dir: Path = Field(
         SHIPPED_MODELS_DIR,
-        description="directory with one SavedModel per version",
+        description="directory with one model per version (a SavedModel, or a directory holding `model.onnx`)",
         json_schema_extra={
             SHOWN_DEFAULT: "the shipped models (`models/recommender` in the repository, package data "
             "`flows.models` when installed)"

@@ -27,6 +27,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows.adapters.scorers.archive import pack_directory
 from flows.adapters.sources.pacing import Pace
+from flows.core.model_formats import ONNX_MODEL_FILE, SAVED_MODEL_FILE
 from flows.core.model_holder import CaughtUp
 from flows.core.records import (
     CANARY,
@@ -192,14 +193,21 @@ class DataGenerator(FixedPartitionedSource[DataMessage, int]):
 
 @lru_cache(maxsize=8)
 def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
-    """The shipped SavedModel `version` as a descriptor carrying it inline."""
+    """The shipped model `version` as a descriptor carrying it inline: a SavedModel, or an ONNX model when
+    its directory holds `model.onnx` (the shipped `1-onnx` and `2-onnx` are the ONNX twins of 1 and 2)."""
     directory = models_dir / version
-    if not (directory / "saved_model.pb").is_file():
-        raise FileNotFoundError(f"no shipped model version {version!r}: {directory} has no saved_model.pb")
+    if (directory / SAVED_MODEL_FILE).is_file():
+        model_type = ModelType.TENSORFLOWSAVED
+    elif (directory / ONNX_MODEL_FILE).is_file():
+        model_type = ModelType.ONNX
+    else:
+        raise FileNotFoundError(
+            f"no shipped model version {version!r}: {directory} has neither saved_model.pb nor {ONNX_MODEL_FILE}"
+        )
     return ModelDescriptor(
         f"recommender-v{version}",
         f"recommender version {version} ({directory})",
-        ModelType.TENSORFLOWSAVED,
+        model_type,
         model_bytes=pack_directory(directory),
     )
 

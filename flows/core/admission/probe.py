@@ -14,10 +14,14 @@ from flows.core.admission.policy import AdmissionPolicy
 PROBE_PAIRS = 64
 
 
-def probe_batch() -> tuple[np.ndarray, np.ndarray]:
-    """The probe's (users, products): deterministic, small ids every recommender knows."""
+def probe_batch(users: int = 100, products: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's (users, products): deterministic, small ids every recommender knows, below 100, or below
+    the model's own bounds when it shows smaller ones (ids it would refuse are not a fair question)."""
     index = np.arange(PROBE_PAIRS)
-    return (index * 37 % 100).astype(np.float32), (index * 11 % 100).astype(np.float32)
+    return (
+        (index * 37 % min(users, 100)).astype(np.float32),
+        (index * 11 % min(products, 100)).astype(np.float32),
+    )
 
 
 def out_of_range(scores: np.ndarray, policy: AdmissionPolicy) -> np.ndarray:

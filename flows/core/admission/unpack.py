@@ -22,6 +22,7 @@ from pathlib import Path
 
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.errors import ServingError
+from flows.core.model_formats import SAVED_MODEL
 
 MAX_VERDICT_BYTES = 64 * 1024
 CHILD_COMMAND = (sys.executable, "-m", "flows.core.admission.unpack_child")
@@ -31,10 +32,13 @@ class UnpackRefused(ServingError, ValueError):
     """The child refused the model, or was stopped by a limit; the message says which."""
 
 
-def unpack_and_inspect(payload: bytes | None, target: Path, policy: AdmissionPolicy) -> None:
-    """Unpack `payload` (a tar archive, maybe compressed) into `target` and inspect the SavedModel there.
+def unpack_and_inspect(
+    payload: bytes | None, target: Path, policy: AdmissionPolicy, model_format: str = SAVED_MODEL
+) -> None:
+    """Unpack `payload` (a tar archive, maybe compressed) into `target` and inspect the model there: a
+    SavedModel, or with `model_format` ONNX (`flows.core.admission.onnx_graph`), its `model.onnx`.
 
-    With `payload` None, only the SavedModel already in `target` is inspected. Raises `UnpackRefused`
+    With `payload` None, only the model already in `target` is inspected. Raises `UnpackRefused`
     naming the cause: a rule the archive breaks, a forbidden op, or the limit that stopped the child.
     """
     with tempfile.TemporaryDirectory(prefix="model-unpack-") as scratch:
@@ -46,6 +50,7 @@ def unpack_and_inspect(payload: bytes | None, target: Path, policy: AdmissionPol
             "memory_bytes": policy.unpack_memory,
             "cpu_seconds": max(1, math.ceil(policy.unpack_timeout)),
             "allowed_ops": sorted(policy.allowed_ops),
+            "format": model_format,
         }
         if payload is not None:
             job["payload"] = os.path.join(scratch, "payload")

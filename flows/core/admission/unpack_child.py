@@ -1,7 +1,8 @@
 """The unpacking child process: `python -m flows.core.admission.unpack_child` with a JSON job on stdin.
 
 It limits itself first (address space, CPU seconds, file size, open files), then unpacks a model archive
-into a target directory and inspects the SavedModel's graph, and prints one JSON line: `{"ok": true, ...}`
+into a target directory and inspects the model there (a SavedModel's graph, or an ONNX model: see
+`flows.core.admission.onnx_graph`), and prints one JSON line: `{"ok": true, ...}`
 or `{"ok": false, "reason": ...}`. Anything the limits stop (a tarfile loop, a quadratic regex, a header of
 gigabytes, a compression bomb) ends this process, not the flow; the parent kills it on a wall-clock
 deadline too (see `flows.core.admission.unpack`).
@@ -27,6 +28,7 @@ from typing import BinaryIO
 
 from flows.core.admission.graph import DEFAULT_MAX_BYTES, inspect_saved_model
 from flows.core.errors import ServingError
+from flows.core.model_formats import ONNX
 
 CHUNK = 1024 * 1024
 MAX_MEMBER_NAME = 1024
@@ -277,9 +279,16 @@ def run(job: dict) -> dict:
         if job.get("payload"):
             with open(job["payload"], "rb") as payload:
                 files, written = unpack(payload, target, job["max_unpacked_bytes"], job["max_files"])
-        problems = inspect_saved_model(
-            target, frozenset(job["allowed_ops"]), max_bytes=min(job["max_unpacked_bytes"], DEFAULT_MAX_BYTES)
-        )
+        if job.get("format") == ONNX:
+            from flows.core.admission.onnx_graph import inspect_onnx  # imports onnx: only when needed
+
+            problems = inspect_onnx(target, job["max_unpacked_bytes"])
+        else:
+            problems = inspect_saved_model(
+                target,
+                frozenset(job["allowed_ops"]),
+                max_bytes=min(job["max_unpacked_bytes"], DEFAULT_MAX_BYTES),
+            )
         if problems:
             return {"ok": False, "reason": _cut("; ".join(problems))}
         return {"ok": True, "files": files, "bytes": written}
