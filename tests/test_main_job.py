@@ -141,3 +141,20 @@ def test_unbounded_run_stops_cleanly_on_a_signal(tmp_path, signal_number):
     output = finish(job, timeout=30)
     assert "stopping after the records in flight" in output
     assert "Traceback" not in output
+
+
+def test_the_embedded_default_schedule_crosses_formats(tmp_path):
+    """Its default schedule: TensorFlow v1 champion, the ONNX twin of v2 as its shadow, promoted; TensorFlow v1
+    as a canary of the ONNX champion, retired."""
+    env = job_env(tmp_path, SERVING_RECORDS="4000", SERVING_RECORD_RATE="400", SERVING_MODEL_INTERVAL="0.5")
+    output = finish(start_job(env))
+    for line in (
+        "model 'recommender-v2-onnx' accepted",
+        "as shadow challenger on 100% of records beside 'recommender-v1'",
+        "model 'recommender-v2-onnx' promoted (replacing 'recommender-v1')",
+        "as canary challenger on 25% of users beside 'recommender-v2-onnx'",
+        "model 'recommender-v1' retired: the champion 'recommender-v2-onnx' answers alone",
+    ):
+        assert line in output, output[-3000:]
+    sources = {result["modelResultMetadata"]["source"] for result in read_results(tmp_path)}
+    assert "embedded:savedmodel" in sources and "embedded:onnx" in sources, sources

@@ -53,6 +53,11 @@ def test_the_wheel_carries_the_schemas_and_the_shipped_models(installed):
     for version in ("1", "2"):
         model = site / "flows" / "models" / "recommender" / version
         assert (model / "saved_model.pb").is_file() and (model / "variables" / "variables.index").is_file()
+        twin = site / "flows" / "models" / "recommender" / f"{version}-onnx" / "model.onnx"
+        assert (
+            twin.read_bytes()
+            == (REPO / "models" / "recommender" / f"{version}-onnx" / "model.onnx").read_bytes()
+        )
 
 
 def test_the_installed_main_job_runs_from_another_directory(installed, tmp_path):
