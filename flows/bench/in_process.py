@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -192,6 +193,10 @@ def _measure(
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
     memory = resident_mb()  # after the models' load and warm-up
+    # The main job's start-up freezes what it built so far (at TensorFlow's import, which it always does):
+    # full collections then skip those objects. A run without TensorFlow (an ONNX model) would not, and would
+    # measure the garbage collector's rescans instead of the flow, so freeze here for every model.
+    gc.freeze()
     flow = Dataflow("bench")
     generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.generator.seed)
     data = op.input(

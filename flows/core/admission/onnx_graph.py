@@ -34,6 +34,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto
 
+from flows.core.errors import ServingError
 from flows.core.model_formats import ONNX_MODEL_FILE
 
 MAX_NODES = 50_000
@@ -199,7 +200,7 @@ _TYPED_FIELDS = {
 }  # fmt: skip
 
 
-class OnnxRefused(ValueError):
+class OnnxRefused(ServingError, ValueError):
     """The model breaks a rule; the message says which, and where."""
 
 
