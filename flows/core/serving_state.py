@@ -1,4 +1,6 @@
 """What the shards of this process serve, and how it went: the statistics behind /state and the gauges.
+It also keeps how far behind the data topic the partitions this process reads are (their lag), because
+the flow keeps its offsets in its recovery store, where Kafka's own tools cannot see them.
 
 Each shard registers its `ModelToServeStats` when it swaps a model in (or is restored with one); the
 registry keeps a reference, so counts made while scoring are visible without further calls. Readers
@@ -9,13 +11,30 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from flows.core.challenger import merge_reports
 from flows.core.records import ChallengerReport, ModelToServeStats
 
 MAX_CHALLENGERS_SHOWN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """How far behind one data partition this process is: `end_offset` (the topic's newest offset + 1, as
+    the consumer last heard it from the broker) minus `next_offset` (the next offset the flow will read),
+    measured at `measured_ms` (Unix milliseconds)."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    end_offset: int
+    measured_ms: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end_offset - self.next_offset)
 
 
 class ServingState:
@@ -27,6 +46,7 @@ class ServingState:
         self._drift: dict[str, dict[str, Any]] = {}
         # Per challenger: its reports merged, how many, and what closed the last one.
         self._challengers: dict[str, tuple[ChallengerReport, int, str]] = {}
+        self._lag: dict[tuple[str, int], PartitionLag] = {}
 
     def serve(self, shard: str, stats: ModelToServeStats) -> None:
         """`shard` now serves the model `stats` describes."""
@@ -65,8 +85,20 @@ class ServingState:
             for totals, windows, closed_by in entries
         ]
 
+    def partition_lag(self, lag: PartitionLag) -> None:
+        """A data partition read by this process was measured (`flows.adapters.kafka.data_source`)."""
+        with self._lock:
+            self._lag[(lag.topic, lag.partition)] = lag
+
+    def lag_per_partition(self) -> list[dict[str, Any]]:
+        """The last measurement of each data partition this process reads, with its lag."""
+        with self._lock:
+            measured = sorted(self._lag.values(), key=lambda lag: (lag.topic, lag.partition))
+        return [{**asdict(lag), "lag": lag.lag} for lag in measured]
+
     def clear(self) -> None:
         with self._lock:
+            self._lag.clear()
             self._by_shard.clear()
             self._drift.clear()
             self._challengers.clear()

@@ -2,7 +2,8 @@
 
 A span per scored micro-batch (linked to the W3C trace context of the records it scored, when they came
 with one) and per model event (accepted, rejected, swapped in on a shard, failed); counters and
-histograms of records, errors, batch sizes and scoring time; a gauge of the model each shard serves.
+histograms of records, errors, batch sizes and scoring time; gauges of the model each shard serves, of
+challengers and drift, and of each Kafka data partition's lag (`serving.kafka.lag`).
 
 This module uses OpenTelemetry's API only. The runtime installs providers into a `Telemetry` from the
 standard OpenTelemetry environment variables (`flows.runtime.observability`). Unlike the OpenTelemetry
@@ -195,6 +196,12 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
             for feature, values in shown["features"].items()
         ]
 
+    def lag(options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(entry["lag"], {"topic": entry["topic"], "partition": entry["partition"]})
+            for entry in state.lag_per_partition()
+        ]
+
     def challenger(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             return [
@@ -222,6 +229,12 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
         [drift],
         unit="1",
         description="Population stability index of each feature in a model's last drift window",
+    )
+    meter.create_observable_gauge(
+        "serving.kafka.lag",
+        [lag],
+        unit="{message}",
+        description="Per data partition read here: the topic's end offset minus the next offset the flow will read",
     )
     return _Instruments(
         records=meter.create_counter("serving.records.scored", unit="{record}", description="Records scored"),

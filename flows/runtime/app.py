@@ -38,7 +38,13 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
     flow = Dataflow("serving")
     kafka = settings.kafka
     if kafka.brokers:
-        inputs = kafka_inputs(flow, kafka, context.champion_gate, settings.flow.data_wait_for_model)
+        inputs = kafka_inputs(
+            flow,
+            kafka,
+            context.champion_gate,
+            settings.flow.data_wait_for_model,
+            context.state.partition_lag,
+        )
         data, models = inputs.data, inputs.models
     else:
         data, models = embedded_inputs(flow, settings, context.champion_gate)

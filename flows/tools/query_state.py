@@ -1,8 +1,10 @@
 """Ask running flows what they serve: `python -m flows.tools.query_state [URL ...]`.
 
 Each process of a flow answers `GET /state` for its own shards; given several URLs (one per process),
-the tool merges their statistics per model and prints one line per model. With `--challengers`, it merges
-the challengers' reports instead (`flows.core.challenger`), one line per challenger.
+the tool merges their statistics per model and prints one line per model, then the Kafka lag summed over
+the data partitions the processes read (the flow keeps its offsets in its recovery store, so Kafka's
+consumer-group tools show none). With `--challengers`, it merges the challengers' reports instead
+(`flows.core.challenger`), one line per challenger; with `--lag`, the lag per partition.
 """
 
 from __future__ import annotations
@@ -56,6 +58,33 @@ def merge_challengers(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(merged, key=lambda entry: entry["end_time"], reverse=True)
 
 
+def merge_lag(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lag per data partition over all processes' /state documents, and its sum. A partition is read by
+    one process at a time; where two documents name it (one taken just before a restart), the newer
+    measurement counts."""
+    newest: dict[tuple[str, int], dict[str, Any]] = {}
+    for document in documents:
+        for entry in document.get("lag", []):
+            key = (entry["topic"], entry["partition"])
+            if key not in newest or entry["measured_ms"] > newest[key]["measured_ms"]:
+                newest[key] = entry
+    partitions = [newest[key] for key in sorted(newest)]
+    return {"total": sum(entry["lag"] for entry in partitions), "partitions": partitions}
+
+
+def render_lag(lag: dict[str, Any], per_partition: bool) -> str:
+    if not lag["partitions"]:
+        return "Kafka lag: no data partition measured (the embedded default, or no champion yet)"
+    lines = [f"Kafka lag: {lag['total']:,} messages over {len(lag['partitions'])} data partitions"]
+    if per_partition:
+        lines.extend(
+            f"  {entry['topic']}[{entry['partition']}]: {entry['lag']:,} "
+            f"(next offset {entry['next_offset']:,}, end {entry['end_offset']:,})"
+            for entry in lag["partitions"]
+        )
+    return "\n".join(lines)
+
+
 def render_challengers(challengers: list[dict[str, Any]]) -> str:
     lines = []
     for entry in challengers:
@@ -95,6 +124,9 @@ def main() -> None:
     parser.add_argument(
         "--challengers", action="store_true", help="the challengers' merged reports instead of the models"
     )
+    parser.add_argument(
+        "--lag", action="store_true", help="the Kafka lag per data partition instead of the models"
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each endpoint")
     args = parser.parse_args()
     try:
@@ -106,8 +138,16 @@ def main() -> None:
         challengers = merge_challengers(documents)
         print(json.dumps(challengers, indent=2) if args.json else render_challengers(challengers))
         return
+    lag = merge_lag(documents)
+    if args.lag:
+        print(json.dumps(lag, indent=2) if args.json else render_lag(lag, per_partition=True))
+        return
     models = merge(documents)
-    print(json.dumps(models, indent=2) if args.json else render(models))
+    if args.json:
+        print(json.dumps(models, indent=2))
+    else:
+        print(render(models))
+        print(render_lag(lag, per_partition=False))
 
 
 if __name__ == "__main__":

@@ -6,26 +6,37 @@ Bytewax's KafkaSource makes a KafkaSourceMessage of every message, which a decod
 messages directly and emits what the flow needs. It keeps what Bytewax's KafkaSource had: partitions named
 "<partition>-<topic>" and the next offset of each as the recovery state, so snapshots written by the flow
 before this source still resume it.
+
+Each partition also measures its lag about once a second (`LAG_EVERY_S`): the end of the partition as the
+consumer last heard it from the broker (every fetch response carries it, so asking costs no round trip)
+minus the next offset the flow will read. The flow's offsets live in its recovery store, not in a consumer
+group, so this is the only place that knows them; `on_lag` hands the figure to the process's /state and
+gauges.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 from confluent_kafka import KafkaError as ConsumerError
 
 from flows.adapters.kafka.answered import Covered
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.core.records import DataMessage, DecodeFailure
+from flows.core.serving_state import PartitionLag
 from flows.wire.avro import RECORD
 from flows.wire.record_polls import decode_records
 
 LOOKUP_TIMEOUT_S = 10.0
+LAG_EVERY_S = 1.0
+
+LagReport = Callable[[PartitionLag], None]
 
 
 @dataclass(slots=True)
@@ -82,9 +93,15 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
     """The data topic's partitions, each poll emitted as one DecodedPoll (see the module docstring)."""
 
     def __init__(
-        self, settings: KafkaSettings, topic: str, starting_offset: int, config: dict[str, str]
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        starting_offset: int,
+        config: dict[str, str],
+        on_lag: LagReport | None = None,
     ) -> None:
         self.settings = settings
+        self.on_lag = on_lag
         self.topic = topic
         self.starting_offset = starting_offset
         self.consumer_config = {
@@ -105,12 +122,19 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
                 f"{step_id}: resuming partition {for_part!r}, but the data topic is {self.topic!r}"
             )
         offset = self.starting_offset if resume_state is None else resume_state
-        return _DataPollPartition(Consumer(self.consumer_config), topic, int(index), offset, self.settings)
+        consumer = Consumer(self.consumer_config)
+        return _DataPollPartition(consumer, topic, int(index), offset, self.settings, self.on_lag)
 
 
 class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
     def __init__(
-        self, consumer: Consumer, topic: str, partition: int, offset: int, settings: KafkaSettings
+        self,
+        consumer: Consumer,
+        topic: str,
+        partition: int,
+        offset: int,
+        settings: KafkaSettings,
+        on_lag: LagReport | None = None,
     ) -> None:
         consumer.assign([TopicPartition(topic, partition, offset)])
         self.consumer = consumer
@@ -119,10 +143,14 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         self.offset = offset  # the next one to read: the recovery state
         self.settings = settings
         self.ended = False
+        self.on_lag = on_lag
+        self.lag_due = 0.0  # time.monotonic() of the next lag measurement
 
     def next_batch(self) -> list[DecodedPoll]:
         if self.ended:
             raise StopIteration()
+        if self.on_lag is not None and time.monotonic() >= self.lag_due:
+            self._measure_lag(self.on_lag)
         polled = self.consumer.consume(self.settings.poll_size, 0.001)
         messages: list[Message] = []
         covers_from: list[int] = []  # per message: the offset after the one read before it
@@ -147,6 +175,22 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         if not messages and not failed:
             return []
         return [self._decoded(messages, covers_from, failed)]
+
+    def _measure_lag(self, report: LagReport) -> None:
+        """Report the partition's lag, once the consumer has heard its end from the broker."""
+        low, high = self.consumer.get_watermark_offsets(
+            TopicPartition(self.topic, self.partition), cached=True
+        )
+        if high < 0:
+            return  # no fetch response yet: try again on the next call
+        if self.offset == OFFSET_BEGINNING:
+            next_offset = max(low, 0)
+        elif self.offset == OFFSET_END:
+            next_offset = high
+        else:
+            next_offset = self.offset
+        report(PartitionLag(self.topic, self.partition, next_offset, high, time.time_ns() // 1_000_000))
+        self.lag_due = time.monotonic() + LAG_EVERY_S
 
     def _covered(self, message: Message) -> Covered | None:
         offset = message.offset()

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.adapters.kafka.catch_up import CatchUpSource
 from flows.adapters.kafka.config import consumer_config
-from flows.adapters.kafka.data_source import DataPollSource, KafkaOrigin
+from flows.adapters.kafka.data_source import DataPollSource, KafkaOrigin, LagReport
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.sources.model_gate import WaitForChampion
@@ -70,13 +70,19 @@ def _models_source(settings: KafkaSettings) -> StoppableSource:
 
 
 def kafka_inputs(
-    flow: Dataflow, settings: KafkaSettings, gate: ChampionGate, wait_for_model: float
+    flow: Dataflow,
+    settings: KafkaSettings,
+    gate: ChampionGate,
+    wait_for_model: float,
+    on_lag: LagReport | None = None,
 ) -> KafkaInputs:
     """The data and model streams from Kafka, and the dead letters of both. The data partitions read
     nothing until `gate` opens (a champion is ready in this process: `flows.adapters.sources.model_gate`), or for
-    `wait_for_model` seconds at most."""
+    `wait_for_model` seconds at most; each reports its lag to `on_lag` about once a second."""
     data_start = OFFSET_BEGINNING if settings.data_start == "earliest" else OFFSET_END
-    data_source = DataPollSource(settings, settings.data_topic, data_start, consumer_config(settings))
+    data_source = DataPollSource(
+        settings, settings.data_topic, data_start, consumer_config(settings), on_lag
+    )
     gated = WaitForChampion(data_source, gate, wait_for_model)
     polls = op.input("kafka_data", flow, StoppableSource(gated))
     data = op.filter_map("data_batches", polls, lambda poll: poll.batch or None)

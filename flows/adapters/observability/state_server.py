@@ -50,6 +50,7 @@ def state_document(state: ServingState) -> dict[str, Any]:
         "shards": state.models_by_shard(),
         "drift": state.drift_per_model(),
         "challengers": state.challengers(),
+        "lag": state.lag_per_partition(),
     }
 
 
