@@ -87,7 +87,14 @@ def test_the_lag_is_a_gauge_per_partition():
 
 
 def test_merging_keeps_the_newest_measurement_of_a_partition():
-    older = {"topic": "data", "partition": 1, "lag": 500, "next_offset": 0, "end_offset": 500, "measured_ms": 1}
+    older = {
+        "topic": "data",
+        "partition": 1,
+        "lag": 500,
+        "next_offset": 0,
+        "end_offset": 500,
+        "measured_ms": 1,
+    }
     newer = {**older, "lag": 20, "next_offset": 480, "measured_ms": 2}
     other = {**older, "partition": 2, "lag": 5, "next_offset": 495, "measured_ms": 1}
     merged = merge_lag([{"lag": [older, other]}, {"lag": [newer]}, {}])
@@ -109,9 +116,7 @@ def lag_of(ports: list[int]) -> dict | None:
 
 @pytest.mark.slow
 def test_two_processes_show_the_lag_of_every_partition_and_follow_the_topic(kafka_bootstrap, model_v1):
-    topics = create_topics(
-        kafka_bootstrap, "lag-e2e", ["data", "models", "results", "dead"], partitions=4
-    )
+    topics = create_topics(kafka_bootstrap, "lag-e2e", ["data", "models", "results", "dead"], partitions=4)
     produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
     produce(kafka_bootstrap, topics["data"], encoded(sample_records(2000)))
     addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(2))
@@ -129,11 +134,16 @@ def test_two_processes_show_the_lag_of_every_partition_and_follow_the_topic(kafk
             lag = lag_of(ports)
             if lag is None or len(lag["partitions"]) != 4:
                 return False
-            return lag["total"] == 0 and {
-                entry["partition"]: entry["end_offset"] for entry in lag["partitions"]
-            } == ends
+            return (
+                lag["total"] == 0
+                and {entry["partition"]: entry["end_offset"] for entry in lag["partitions"]} == ends
+            )
 
-        wait_for(lambda: caught_up_with(topic_ends(kafka_bootstrap, topics["data"], 4)), "lag 0 on 4 partitions", 120)
+        wait_for(
+            lambda: caught_up_with(topic_ends(kafka_bootstrap, topics["data"], 4)),
+            "lag 0 on 4 partitions",
+            120,
+        )
         per_process = [fetch(f"http://127.0.0.1:{port}/state", timeout_s=5)["lag"] for port in ports]
         assert all(per_process), "each process reads some of the partitions"
         read_by = [{entry["partition"] for entry in entries} for entries in per_process]

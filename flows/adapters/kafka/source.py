@@ -80,9 +80,7 @@ def kafka_inputs(
     nothing until `gate` opens (a champion is ready in this process: `flows.adapters.sources.model_gate`), or for
     `wait_for_model` seconds at most; each reports its lag to `on_lag` about once a second."""
     data_start = OFFSET_BEGINNING if settings.data_start == "earliest" else OFFSET_END
-    data_source = DataPollSource(
-        settings, settings.data_topic, data_start, consumer_config(settings), on_lag
-    )
+    data_source = DataPollSource(settings, settings.data_topic, data_start, consumer_config(settings), on_lag)
     gated = WaitForChampion(data_source, gate, wait_for_model)
     polls = op.input("kafka_data", flow, StoppableSource(gated))
     data = op.filter_map("data_batches", polls, lambda poll: poll.batch or None)
