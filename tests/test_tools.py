@@ -24,6 +24,7 @@ TOOLS = [
     "train_model",
     "plot_bench",
     "retrain",
+    "recovery_store",
 ]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flows.core.model_holder import HolderState
-from flows.tools import audit
+from flows.tools import audit, recovery_store
 from flows.wire.avro import RECORD
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,31 +123,13 @@ def audit_report(bootstrap: str, topics: dict[str, str], isolation: str = "read_
     return audit.audit(config, topics["data"], topics["results"], topics["dead"]).summary()
 
 
-def recovery_stores(tmp_path: Path, processes: int) -> list[Path]:
-    """One recovery directory per process, each with its own partition, as the StatefulSet makes them."""
-    scratch = tmp_path / "init"
-    scratch.mkdir()
-    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(scratch), str(processes)], check=True)
-    directories = []
-    for index in range(processes):
-        directory = tmp_path / f"recovery-{index}"
-        directory.mkdir()
-        (scratch / f"part-{index}.sqlite3").rename(directory / f"part-{index}.sqlite3")
-        directories.append(directory)
-    return directories
+def recovery_stores(tmp_path: Path, processes: int, partitions: int | None = None) -> list[Path]:
+    """One recovery directory per process, made by `serving-recovery-store init` (as many partitions as processes
+    unless told otherwise)."""
+    return recovery_store.init(tmp_path / "recovery", partitions or processes, processes)
 
 
 def regroup_recovery(stores: list[Path], processes: int) -> list[Path]:
-    """Move the recovery partitions held in `stores` into `processes` directories, round robin, as an operator
-    rescaling the cluster would (with their SQLite side files); the partitions themselves never change."""
-    files_by_part: dict[str, list[Path]] = {}
-    for store in stores:
-        for path in store.glob("part-*"):
-            files_by_part.setdefault(path.name.split(".")[0], []).append(path)
-    directories = [stores[0].parent / f"recovery-{index}" for index in range(processes)]
-    for directory in directories:
-        directory.mkdir(exist_ok=True)
-    for index, part in enumerate(sorted(files_by_part, key=lambda name: int(name.split("-")[1]))):
-        for path in files_by_part[part]:
-            path.rename(directories[index % processes] / path.name)
-    return directories
+    """The partitions of `stores` moved into `processes` directories by `serving-recovery-store regroup`, as an
+    operator rescaling the cluster would; the partitions themselves never change."""
+    return recovery_store.regroup(stores[0].parent, processes)
