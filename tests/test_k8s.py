@@ -13,10 +13,12 @@ from functools import cache
 from pathlib import Path
 
 import kubernetes_validate
+import pydantic
 import pytest
 import tomllib
 import urllib3
 import yaml
+from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from support.jobs import REPO
 from yamllint import linter
 from yamllint.config import YamlLintConfig
@@ -32,8 +34,8 @@ from flows.wire.avro import MODEL, RECORD
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"  # kubernetes-validate bundles 1.25 - 1.37; pinned in the test extra
-OVERLAYS = ["embedded", "tfserving", "seldon", "embedded-sasl"]
-CUSTOM_KINDS = {"Model", "Server"}  # Seldon Core 2 CRDs: no schema offline
+OVERLAYS = ["embedded", "tfserving", "seldon", "embedded-sasl", "embedded-autoscaled"]
+SELDON_KINDS = {"Model", "Server"}  # Seldon Core 2 CRDs: no schema offline
 LINT = YamlLintConfig(file=str(K8S / ".yamllint"))
 kubectl = shutil.which("kubectl")
 
@@ -93,8 +95,11 @@ def test_each_overlay_renders_lints_and_validates_strictly(overlay):
     assert {"StatefulSet", "Service", "ConfigMap", "Secret", "Job", "Deployment"} <= kinds
     failures = []
     for document in documents:
-        if document["kind"] in CUSTOM_KINDS:
+        if document["kind"] in SELDON_KINDS:
             assert document["apiVersion"] == "mlops.seldon.io/v1alpha1"
+            continue
+        if document["kind"] == "ScaledObject":
+            failures.extend(keda_problems(document))
             continue
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
@@ -103,6 +108,69 @@ def test_each_overlay_renders_lints_and_validates_strictly(overlay):
                 f"{document['kind']}/{document['metadata']['name']}: {error.message} at {list(error.path)}"
             )
     assert failures == []
+
+
+def keda_problems(document: dict) -> list[str]:
+    """A KEDA ScaledObject checked against KEDA's own API types (cloudcoil's models of its CRDs), strictly:
+    a field the model does not know is a problem, as an unknown field is for kubectl's strict validation."""
+    try:
+        parsed = ScaledObject.model_validate(document)
+    except pydantic.ValidationError as error:
+        return [f"ScaledObject/{document['metadata']['name']}: {error}"]
+    known = parsed.model_dump(by_alias=True, exclude_unset=True)
+    return [
+        f"ScaledObject/{document['metadata']['name']}: unknown field {path}"
+        for path in unknown(document, known)
+    ]
+
+
+def unknown(given: object, known: object, path: str = "") -> list[str]:
+    """The paths of `given` that the parsed model `known` does not hold."""
+    if isinstance(given, dict) and isinstance(known, dict):
+        return [
+            problem
+            for key, value in given.items()
+            for problem in (
+                [f"{path}.{key}"] if key not in known else unknown(value, known[key], f"{path}.{key}")
+            )
+        ]
+    if isinstance(given, list) and isinstance(known, list):
+        return [
+            problem
+            for index, (a, b) in enumerate(zip(given, known))
+            for problem in unknown(a, b, f"{path}[{index}]")
+        ]
+    return []
+
+
+def test_the_keda_check_catches_a_misspelt_field():
+    [scaled] = [
+        document for document in rendered("embedded-autoscaled") if document["kind"] == "ScaledObject"
+    ]
+    assert keda_problems(scaled) == []
+    scaled["spec"]["maxReplicaCont"] = scaled["spec"].pop("maxReplicaCount")
+    del scaled["spec"]["scaleTargetRef"]
+    problems = "\n".join(keda_problems(scaled))
+    assert "scaleTargetRef" in problems and "Field required" in problems
+    scaled["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "serving"}
+    assert keda_problems(scaled) == ["ScaledObject/serving: unknown field .spec.maxReplicaCont"]
+
+
+def test_the_scaled_object_scales_the_flow_on_its_lag_within_its_recovery_partitions():
+    documents = rendered("embedded-autoscaled")
+    [scaled] = [document for document in documents if document["kind"] == "ScaledObject"]
+    [scale] = [
+        d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("serving-scale")
+    ]
+    [trigger] = scaled["spec"]["triggers"]
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "serving",
+    }
+    assert "serving_kafka_lag" in trigger["metadata"]["query"]
+    most_workers = scaled["spec"]["maxReplicaCount"] * int(scale["data"]["BYTEWAX_WORKERS_PER_PROCESS"])
+    assert most_workers <= int(scale["data"]["BYTEWAX_RECOVERY_PARTITIONS"])
 
 
 def test_strict_validation_catches_a_misspelt_field():
@@ -121,6 +189,7 @@ def pod_spec() -> tuple[dict, dict[str, str]]:
     """The dataflow container of the StatefulSet, and the settings its pods get from the ConfigMap."""
     statefulset = yaml.safe_load((K8S / "base" / "dataflow-statefulset.yaml").read_text())
     config = yaml.safe_load((K8S / "base" / "serving-config.yaml").read_text())["data"]
+    config.update(yaml.safe_load((K8S / "base" / "serving-scale.yaml").read_text())["data"])
     containers = {c["name"]: c for c in statefulset["spec"]["template"]["spec"]["containers"]}
     assert statefulset["spec"]["replicas"] == 2
     return containers["dataflow"], config
@@ -129,7 +198,8 @@ def pod_spec() -> tuple[dict, dict[str, str]]:
 def pod_environment(
     container: dict, config: dict[str, str], ordinal: int, scratch: Path, overrides: dict[str, str]
 ) -> dict[str, str]:
-    """What Kubernetes gives pod `serving-ORDINAL`: ConfigMap, container env, field refs, its own volumes."""
+    """What Kubernetes gives pod `serving-ORDINAL`: ConfigMaps, container env, field refs, its volumes (the
+    recovery store is shared by every pod, as the ReadWriteMany volume is)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -144,8 +214,8 @@ def pod_environment(
     env["POD_NAMESPACE"] = "model-serving"  # fieldRef metadata.namespace
     # Per-pod volumes, and what differs on one host: process i listens on 127.0.0.1{i} instead of its pod IP.
     pod_dir = scratch / f"serving-{ordinal}"
-    (pod_dir / "recovery").mkdir(parents=True)
-    env["BYTEWAX_RECOVERY_DIRECTORY"] = str(pod_dir / "recovery")
+    pod_dir.mkdir(parents=True, exist_ok=True)
+    env["BYTEWAX_RECOVERY_STORE"] = str(scratch / "recovery-store")
     env["BYTEWAX_HOSTFILE_PATH"] = str(pod_dir / "hostfile.txt")
     env["BYTEWAX_PEER_HOST_TEMPLATE"] = "127.0.0.1{i}"
     env["BYTEWAX_DATAFLOW_API_PORT"] = str(free_port())
@@ -248,9 +318,10 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
     assert {model["name"] for state in states for model in state["models"]} == {model.model_name}
     assert readiness == [200, 200]  # the probes' endpoint answers in each pod
     assert [pod.returncode for pod in pods] == [0, 0]
-    assert all(
-        len(list((tmp_path / f"serving-{i}" / "recovery").glob("part-*.sqlite3"))) == 1 for i in range(2)
-    )
+    partitions = int(config["BYTEWAX_RECOVERY_PARTITIONS"])  # spread over the two processes' directories
+    assert [
+        len(list((tmp_path / "recovery-store" / f"process-{i}").glob("part-*.sqlite3"))) for i in range(2)
+    ] == [partitions // 2, partitions // 2]
 
 
 def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_path):
@@ -270,12 +341,56 @@ def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_p
             text=True,
             check=True,
         )
-        recovery = env["BYTEWAX_RECOVERY_DIRECTORY"]
+        recovery = f"{env['BYTEWAX_RECOVERY_STORE']}/process-{ordinal}"
         addresses = "serving-0.serving.model-serving.svc:2101;serving-1.serving.model-serving.svc:2101"
         assert (
             done.stdout.splitlines()[-1]
             == f"python -m bytewax.run flows.serving -w 2 -i {ordinal} -a {addresses} -r {recovery} -s 1 -b 0"
         )
+
+
+def init_recovery(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(K8S / "base" / "scripts" / "init-recovery.sh")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def regroup_job(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The recovery-regroup CronJob's container command, as its Job runs it."""
+    cronjob = yaml.safe_load((K8S / "base" / "recovery-regroup-cronjob.yaml").read_text())
+    [container] = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert [source["configMapRef"]["name"] for source in container["envFrom"]] == ["serving-scale"]
+    return subprocess.run(container["command"], env=env, capture_output=True, text=True, check=False)
+
+
+def test_the_scaling_steps_of_k8s_readme_regroup_the_shared_recovery_store(tmp_path):
+    container, config = pod_spec()
+    pods = lambda processes: [
+        pod_environment(container, config, ordinal, tmp_path, {"BYTEWAX_PROCESSES": str(processes)})
+        for ordinal in range(processes)
+    ]
+    first = [init_recovery(env) for env in pods(2)]  # pod 0 creates the store, pod 1 finds its directory
+    assert [done.returncode for done in first] == [0, 0], [done.stderr for done in first]
+    assert "8 recovery partitions (up to 8 workers)" in first[0].stdout
+
+    # kubectl scale --replicas=3 alone: the new pod, and every pod after a restart, refuses the layout
+    refused = init_recovery(pods(3)[0])
+    assert refused.returncode == 1 and "laid out for 2 processes, BYTEWAX_PROCESSES is 3" in refused.stderr
+    # the README's steps: every pod stopped, BYTEWAX_PROCESSES=3 in serving-scale, the regroup Job, start
+    regrouped = regroup_job(pods(3)[0])
+    assert regrouped.returncode == 0, regrouped.stderr
+    assert [init_recovery(env).returncode for env in pods(3)] == [0, 0, 0]
+    layout = {
+        directory.name: sorted(
+            int(path.name.split("-")[1].split(".")[0]) for path in directory.glob("part-*.sqlite3")
+        )
+        for directory in sorted((tmp_path / "recovery-store").glob("process-*"))
+    }
+    assert layout == {"process-0": [0, 3, 6], "process-1": [1, 4, 7], "process-2": [2, 5]}
+    # 8 partitions hold at most 8 workers: 5 processes of 2 are refused before anything moves
+    too_many = regroup_job(pods(5)[0])
+    assert too_many.returncode == 2 and "fewer than 10 workers" in too_many.stderr
 
 
 def test_the_image_installs_a_built_wheel_and_nothing_of_the_source_tree():
@@ -451,6 +566,7 @@ ADMITTED_IN = {
     | {("tfserving", "grpc"): {"serving"}, ("tfserving", "rest"): {"serving", "publish-model"}},
     "seldon": ADMITTED,
     "embedded-sasl": ADMITTED,
+    "embedded-autoscaled": ADMITTED,
 }
 
 

@@ -9,11 +9,14 @@ import subprocess
 from dataclasses import replace
 from functools import partial
 
+import numpy as np
 import pytest
 import urllib3
 from support.jobs import audit_report, recovery_stores, regroup_recovery, start_flow, wait_for
 from support.trickle import Trickle
 
+from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
+from flows.adapters.kafka.read_to_end import read_to_end
 from flows.adapters.sources.generators import shipped_model
 from flows.core.records import CHALLENGER, SHADOW
 from flows.core.shipped import SHIPPED_MODELS_DIR
@@ -87,19 +90,50 @@ def caught_up(documents: list[dict]) -> bool:
     return len(lag["partitions"]) == PARTITIONS and lag["total"] <= TRICKLE_PER_S
 
 
-def start_cluster(bootstrap: str, topics: dict[str, str], stores, ports: list[int], tmp_path, step: int):
+def serving(ports: list[int]) -> bool:
+    documents = states(ports)
+    return documents is not None and all(document["shards"] for document in documents)
+
+
+def caught_up_after(ports: list[int], partitions: int, records: int, trickle: Trickle) -> bool:
+    """`records` sent, and every data partition read up to about the last second's (the lag)."""
+    documents = states(ports)
+    if documents is None or trickle.delivered < records:
+        return False
+    lag = merge_lag(documents)
+    return len(lag["partitions"]) == partitions and lag["total"] <= TRICKLE_PER_S
+
+
+def start_cluster(
+    bootstrap: str, topics: dict[str, str], stores, ports: list[int], tmp_path, step: int, *flags: str
+):
     addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(len(stores)))
-    return [
+    jobs = [
         start_flow(
             bootstrap, topics,
             *(["-i", str(index), "-a", addresses] if len(stores) > 1 else []),
-            "-r", str(store), "-s", str(SNAPSHOT_INTERVAL_S), "-b", "0",
+            "-r", str(store), "-s", str(SNAPSHOT_INTERVAL_S), "-b", "0", *flags,
             output=tmp_path / f"step-{step}-process-{index}.log",
             SERVING_STATE_PORT=str(ports[index]),
             **SETTINGS,
         )
         for index, store in enumerate(stores)
     ]  # fmt: skip
+    STARTED.extend(jobs)
+    return jobs
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test():
+    yield
+    for job in STARTED:
+        if job.poll() is None:
+            job.kill()
+            job.wait(timeout=30)
+    STARTED.clear()
 
 
 def stop(jobs: list[subprocess.Popen]) -> None:
@@ -175,3 +209,50 @@ def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drif
     assert report["lost"] == 0, report["lost_offsets"]
     assert report["duplicates"] <= bound
     assert report["dead_letters"] >= trickle.garbage  # a dead letter is an answer: it may be repeated too
+
+
+def wait_per_partition(bootstrap: str, results_topic: str) -> dict[int, list[int]]:
+    """Per data partition, each answer's wait: its result's Kafka timestamp minus its record's (ms)."""
+    waits: dict[int, list[int]] = {}
+    for message in read_to_end({"bootstrap.servers": bootstrap}, results_topic):
+        headers = dict(message.headers() or [])
+        partition = int(headers[SOURCE_PARTITION_HEADER])
+        waits.setdefault(partition, []).append(message.timestamp()[1] - int(headers[SOURCE_TIMESTAMP_HEADER]))
+    return waits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("partitions", "processes", "workers"), [(3, 1, 2), (5, 2, 2)], ids=["3-on-2-workers", "5-on-4-workers"]
+)
+def test_partitions_that_do_not_divide_evenly_keep_every_worker_moving(
+    kafka_bootstrap, tmp_path, partitions, processes, workers
+):
+    """Bytewax users report stalls when workers own uneven numbers of partitions (upstream PR 556). With
+    recovery on, every partition is answered, and none waits much longer than the others."""
+    name = f"balance-{partitions}-{processes}x{workers}"
+    topics = create_topics(
+        kafka_bootstrap, name, ["data", "models", "results", "dead"], partitions=partitions
+    )
+    produce(
+        kafka_bootstrap,
+        topics["models"],
+        [(b"recommender", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))],
+    )
+    stores = recovery_stores(tmp_path, processes, partitions=processes * workers)
+    ports = free_ports(processes)
+    jobs = start_cluster(kafka_bootstrap, topics, stores, ports, tmp_path, 0, "-w", str(workers))
+    wait_for(partial(serving, ports), "the champion on every process", 120)  # waits, not start-up, measured
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()  # 25 users a tick: keys on every partition
+    try:
+        wait_for(partial(caught_up_after, ports, partitions, 5000, trickle), "5,000 records answered", 180)
+    finally:
+        trickle.stop()
+    wait_for(lambda: audit_report(kafka_bootstrap, topics)["lost"] == 0, "every record answered", 120)
+    stop(jobs)
+    waits = wait_per_partition(kafka_bootstrap, topics["results"])
+    p99 = {partition: float(np.percentile(values, 99)) for partition, values in sorted(waits.items())}
+    print(f"{partitions} partitions on {processes} x {workers} workers, per-partition wait p99 (ms): {p99}")
+    assert sorted(waits) == list(range(partitions)), "a partition was never answered"
+    # A stalled partition waits for seconds (a snapshot interval or more); the others answer in tens of ms.
+    assert max(p99.values()) < 3000, p99

@@ -107,6 +107,26 @@ def test_plot_bench_draws_throughput_and_latency_from_json_lines(tmp_path):
     assert plot_bench.main([str(empty), "--out", str(tmp_path / "none.png")]) == 2
 
 
+def test_plot_bench_draws_the_scaling_curve_where_runs_differ_in_process_count(tmp_path):
+    from flows.tools import plot_bench
+
+    def run(partitions, processes, rate):
+        return {"scenario": "kafka-embedded", "offered_rate": "pre-loaded", "records_per_s": rate,
+                "partitions": partitions, "processes": processes, "p50_ms": 900, "p99_ms": 1500}  # fmt: skip
+
+    read = [run(4, 1, 10_000), run(4, 1, 12_000), run(4, 2, 19_000), run(8, 2, 20_000), run(8, 4, 30_000),
+            run(2, 2, 5_000)]  # fmt: skip
+    assert plot_bench.throughput_by_processes(read) == {
+        "kafka-embedded ×4 partitions": {1: 11_000, 2: 19_000},
+        "kafka-embedded ×8 partitions": {2: 20_000, 4: 30_000},
+    }  # 2 partitions ran on one process count only: no curve
+    results = tmp_path / "scaling.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in read))
+    out = tmp_path / "scaling.png"
+    assert plot_bench.main([str(results), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
     from flows.tools import plot_bench
 

@@ -2,7 +2,8 @@
 
 Reads the JSON lines `serving-bench --out FILE` appends (one per run) and draws two panels: throughput per
 scenario for the unthrottled runs (median of the runs, with their range), and latency (p50 and p99) against
-the offered rate for the runs at a fixed rate. The README's plot is made this way from
+the offered rate for the runs at a fixed rate or, where no run had one, the scaling curve: records/s against
+the main job's process count (docs/benchmarks/scaling.png). The README's plot is made this way from
 `docs/benchmarks/results.jsonl`; see `docs/benchmarks.md`.
 """
 
@@ -53,6 +54,21 @@ def latency_by_rate(results: list[dict[str, Any]]) -> dict[str, dict[float, tupl
             for rate, at_rate in sorted(by_rate.items())
         }
         for label, by_rate in runs.items()
+    }
+
+
+def throughput_by_processes(results: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Per scenario (without its process count) and process count: the median records/s of the unthrottled
+    runs of the main job, where they ran on more than one process count (the scaling curve)."""
+    runs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        if result.get("processes") and not isinstance(result.get("offered_rate"), (int, float)):
+            label = _label({**result, "processes": None})
+            runs[label][result["processes"]].append(result["records_per_s"])
+    return {
+        label: {count: statistics.median(rates) for count, rates in sorted(by_count.items())}
+        for label, by_count in runs.items()
+        if len(by_count) > 1
     }
 
 
@@ -125,20 +141,40 @@ def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
         )
     left.set_xlabel("records/s (median of runs; whiskers: min–max)")
     left.set_title("Throughput, unthrottled")
-    for label, by_rate in sorted(latency.items()):
-        rates = list(by_rate)
-        (line,) = right.plot(rates, [p50 for p50, _ in by_rate.values()], marker="o", label=f"{label} p50")
-        right.plot(rates, [p99 for _, p99 in by_rate.values()], marker="^", linestyle="--",
-                   color=line.get_color(), label=f"{label} p99")  # fmt: skip
-    right.set_xlabel("offered load, records/s")
-    right.set_ylabel("latency, ms")
-    right.set_yscale("log")
-    right.set_title("Latency under an offered load")
     if latency:
-        right.legend(fontsize=8)
+        _draw_latency(right, latency)
+    elif curves := throughput_by_processes(results):
+        _draw_scaling(right, curves)
+    else:
+        right.set_axis_off()
     figure.suptitle(f"{title}\n{_provenance(results)}", fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
+
+
+def _draw_latency(axes: Any, latency: dict[str, dict[float, tuple[float, float]]]) -> None:
+    for label, by_rate in sorted(latency.items()):
+        rates = list(by_rate)
+        (line,) = axes.plot(rates, [p50 for p50, _ in by_rate.values()], marker="o", label=f"{label} p50")
+        axes.plot(rates, [p99 for _, p99 in by_rate.values()], marker="^", linestyle="--",
+                  color=line.get_color(), label=f"{label} p99")  # fmt: skip
+    axes.set_xlabel("offered load, records/s")
+    axes.set_ylabel("latency, ms")
+    axes.set_yscale("log")
+    axes.set_title("Latency under an offered load")
+    axes.legend(fontsize=8)
+
+
+def _draw_scaling(axes: Any, curves: dict[str, dict[int, float]]) -> None:
+    for label, by_count in sorted(curves.items()):
+        axes.plot(list(by_count), list(by_count.values()), marker="o", label=label)
+    counts = sorted({count for by_count in curves.values() for count in by_count})
+    axes.set_xticks(counts)
+    axes.set_xlabel("processes of the main job")
+    axes.set_ylabel("records/s (median of runs)")
+    axes.set_ylim(bottom=0)
+    axes.set_title("Scaling curve")
+    axes.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,6 @@ exec python -m bytewax.run "${BYTEWAX_FLOW:-flows.serving}" \
     -w "$BYTEWAX_WORKERS_PER_PROCESS" \
     -i "$ordinal" \
     -a "$addresses" \
-    -r "${BYTEWAX_RECOVERY_DIRECTORY:-/var/recovery}" \
+    -r "${BYTEWAX_RECOVERY_STORE:-/var/recovery-store}/process-$ordinal" \
     -s "${BYTEWAX_SNAPSHOT_INTERVAL:-5}" \
     -b "${BYTEWAX_RECOVERY_BACKUP_INTERVAL:-0}"

@@ -1,24 +1,37 @@
 #!/bin/sh
-# Creates this pod's recovery partition on its own volume, once. `python -m bytewax.recovery DIR N` creates
-# partitions 0..N-1 of a set of N; with one volume per pod the cluster needs each partition on exactly one
-# process, so N = BYTEWAX_PROCESSES and pod i keeps part-i. Bytewax finds the partitions across the processes
-# at start and refuses an incomplete set. The count is fixed once created: to change the number of processes,
-# delete the recovery volumes (the flow then starts without recovery state).
+# Prepares this pod's recovery directory in the cluster's shared recovery store (recovery-store.yaml):
+# process i runs with `-r STORE/process-i`. Pod 0 creates the store once, sized by BYTEWAX_RECOVERY_PARTITIONS
+# (at least the most workers the deployment will ever run: the count is fixed at creation); the other pods
+# wait for it. A store laid out for another number of processes is refused: the regroup Job moves the
+# partitions first (k8s/README.md, "Scaling"). Starting anyway would leave partitions unread, or hand one
+# partition to two processes.
 set -eu
 
-: "${BYTEWAX_PROCESSES:?}"
-dir="${BYTEWAX_RECOVERY_DIRECTORY:-/var/recovery}"
+: "${BYTEWAX_PROCESSES:?}" "${BYTEWAX_WORKERS_PER_PROCESS:?}" "${BYTEWAX_RECOVERY_PARTITIONS:?}"
+store="${BYTEWAX_RECOVERY_STORE:-/var/recovery-store}"
 pod="${BYTEWAX_POD_NAME:?set BYTEWAX_POD_NAME to the pod name (fieldRef metadata.name)}"
 ordinal="${pod##*-}"
+wait_s="${BYTEWAX_RECOVERY_WAIT_S:-300}"
 
-if ls "$dir"/part-*.sqlite3 >/dev/null 2>&1; then
-    echo "init-recovery: partitions present in $dir:" "$(ls "$dir")"
-    exit 0
+has_partitions() { ls "$1"/part-*.sqlite3 >/dev/null 2>&1; }
+
+if [ "$ordinal" = 0 ] && ! has_partitions "$store"/process-0; then
+    serving-recovery-store init "$store" --partitions "$BYTEWAX_RECOVERY_PARTITIONS" \
+        --processes "$BYTEWAX_PROCESSES" --workers-per-process "$BYTEWAX_WORKERS_PER_PROCESS"
 fi
-rm -rf "$dir"/.init-*
-scratch="$dir/.init-$$"
-mkdir "$scratch"
-python -m bytewax.recovery "$scratch" "$BYTEWAX_PROCESSES"
-mv "$scratch/part-$ordinal.sqlite3" "$dir/"
-rm -rf "$scratch"
-echo "init-recovery: created partition $ordinal of $BYTEWAX_PROCESSES in $dir"
+waited=0
+until has_partitions "$store/process-$ordinal"; do
+    if [ "$waited" -ge "$wait_s" ]; then
+        echo "init-recovery: no recovery partitions in $store/process-$ordinal after ${wait_s}s" >&2
+        exit 1
+    fi
+    sleep 1
+    waited=$((waited + 1))
+done
+laid_out=$(find "$store" -mindepth 1 -maxdepth 1 -type d -name 'process-*' | wc -l)
+if [ "$laid_out" -ne "$BYTEWAX_PROCESSES" ]; then
+    echo "init-recovery: $store is laid out for $laid_out processes, BYTEWAX_PROCESSES is $BYTEWAX_PROCESSES;" \
+        "stop every pod and run the regroup Job first (k8s/README.md, Scaling)" >&2
+    exit 1
+fi
+serving-recovery-store show "$store"
