@@ -31,11 +31,13 @@ from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
+from flows.core.errors import ServingError
+
 PROCESS_DIRECTORY = "process-{index}"
 PARTITION_FILE = re.compile(r"^part-(\d+)\.sqlite3(-wal|-shm|-journal)?$")
 
 
-class RecoveryStoreError(ValueError):
+class RecoveryStoreError(ServingError):
     """The store is not what the command needs; the message says what and where."""
 
 
