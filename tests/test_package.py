@@ -16,7 +16,7 @@ from support.jobs import REPO
 
 TOOLS = (
     "bench", "publish-model", "loadgen", "watch-results", "query-state", "audit", "model-keys", "train-model",
-    "plot-bench", "retrain",
+    "plot-bench", "retrain", "recovery-store",
 )  # fmt: skip
 
 
