@@ -115,10 +115,14 @@ def serve(
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_events)
     if drift is not None and drift.enabled:
         events = op.merge(f"{step_id}_with_drift", events, _drift_events(step_id, results, drift, context))
-    op.inspect(
-        f"{step_id}_event_telemetry", events, lambda _step, event: context.telemetry.model_events([event])
-    )
+    op.inspect(f"{step_id}_event_telemetry", events, partial(_observe_event, context))
     return ServingStreams(results, events, reports, shadow_results)
+
+
+def _observe_event(context: ServingContext, _step: str, event: ModelEvent) -> None:
+    """A model event's span and count, and its place on the live page's timeline."""
+    context.telemetry.model_events([event])
+    context.state.event(event)
 
 
 def _tagged(kind: Emits, output: ShardOutput) -> Any:

@@ -276,6 +276,7 @@ class DriftLogic(StatefulBatchLogic[BatchFeatures, ModelEvent, DriftState]):
                 "reference_taken": bool(state.edges),
                 "windows": state.windows,
                 "drifting": state.drifting,
+                "threshold": self.monitor.threshold,
                 "features": {name: asdict(drift) for name, drift in state.last.items()},
             },
         )

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flows.core.challenger import merge_reports
-from flows.core.records import ChallengerReport, ModelToServeStats
+from flows.core.history import History
+from flows.core.records import ChallengerReport, ModelEvent, ModelToServeStats
 
 MAX_CHALLENGERS_SHOWN = 8
 
@@ -47,6 +48,7 @@ class ServingState:
         # Per challenger: its reports merged, how many, and what closed the last one.
         self._challengers: dict[str, tuple[ChallengerReport, int, str]] = {}
         self._lag: dict[tuple[str, int], PartitionLag] = {}
+        self.history = History()  # the recent course of all of the above, for the live page
 
     def serve(self, shard: str, stats: ModelToServeStats) -> None:
         """`shard` now serves the model `stats` describes."""
@@ -57,6 +59,7 @@ class ServingState:
         """The drift monitor of `model_name` (in this process) says `drift` about its last window."""
         with self._lock:
             self._drift[model_name] = drift
+        self.history.drift(model_name, drift)
 
     def forget_drift(self, model_name: str) -> None:
         with self._lock:
@@ -75,6 +78,7 @@ class ServingState:
             self._challengers[report.challenger] = (totals, windows, report.closed_by)  # the latest last
             while len(self._challengers) > MAX_CHALLENGERS_SHOWN:
                 self._challengers.pop(next(iter(self._challengers)))
+        self.history.challenger(report)
 
     def challengers(self) -> list[dict[str, Any]]:
         """What each recent challenger did in this process, summed over its shards' reports, the latest first."""
@@ -89,6 +93,15 @@ class ServingState:
         """A data partition read by this process was measured (`flows.adapters.kafka.data_source`)."""
         with self._lock:
             self._lag[(lag.topic, lag.partition)] = lag
+        self.history.lag(lag.topic, lag.partition, lag.lag, lag.measured_ms)
+
+    def scored(self, model_name: str, records: int, errors: int, call_ms: float) -> None:
+        """A shard of this process answered `records` with `model_name` in one call of `call_ms`."""
+        self.history.scored(model_name, records, errors, call_ms)
+
+    def event(self, event: ModelEvent) -> None:
+        """A model event passed through this process."""
+        self.history.event(event)
 
     def lag_per_partition(self) -> list[dict[str, Any]]:
         """The last measurement of each data partition this process reads, with its lag."""
@@ -102,6 +115,7 @@ class ServingState:
             self._by_shard.clear()
             self._drift.clear()
             self._challengers.clear()
+        self.history.clear()
 
     def models_by_shard(self) -> dict[str, str]:
         with self._lock:

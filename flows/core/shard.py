@@ -304,6 +304,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 scored = ExperimentScores([(results, batch_ms, champion)])
             for results, batch_ms, answered_by in scored.answered:
                 self.telemetry.scored(span, self.shard, answered_by, results, batch_ms)
+                self.serving_state.scored(answered_by, len(results), len(results.errors()), batch_ms)
         for results, batch_ms, answered_by in scored.answered:
             outputs.results(results)
             if answered_by == champion and self.state.stats is not None:

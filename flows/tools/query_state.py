@@ -12,18 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
 import urllib3
 
-from flows.core.challenger import merge_reports
-from flows.core.records import ChallengerReport
-from flows.core.serving_state import merge_model_stats
+from flows.core.state_merge import merge, merge_challengers, merge_lag
 from flows.core.vocabulary import Mode
-
-REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
 
 DEFAULT_URL = "http://localhost:8081/state"
 
@@ -33,43 +28,6 @@ def fetch(url: str, timeout_s: float) -> dict[str, Any]:
     if response.status != 200:
         raise RuntimeError(f"{url}: HTTP {response.status}")
     return json.loads(response.data)
-
-
-def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per model over all processes' /state documents."""
-    return merge_model_stats(model for document in documents for model in document["models"])
-
-
-def merge_challengers(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per challenger over all processes' /state documents: counts summed, means weighted."""
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for document in documents:
-        for entry in document.get("challengers", []):
-            by_name.setdefault(entry["challenger"], []).append(entry)
-    merged = []
-    for entries in by_name.values():
-        reports = [ChallengerReport(**{name: entry[name] for name in REPORT_FIELDS}) for entry in entries]
-        total = asdict(merge_reports(reports))
-        latest = max(entries, key=lambda entry: entry["end_time"])
-        merged.append(
-            {**total, "shard": None, "window": None, "windows": sum(entry["windows"] for entry in entries),
-             "closed_by": latest["closed_by"], "processes": len(entries)}
-        )  # fmt: skip
-    return sorted(merged, key=lambda entry: entry["end_time"], reverse=True)
-
-
-def merge_lag(documents: list[dict[str, Any]]) -> dict[str, Any]:
-    """The lag per data partition over all processes' /state documents, and its sum. A partition is read by
-    one process at a time; where two documents name it (one taken just before a restart), the newer
-    measurement counts."""
-    newest: dict[tuple[str, int], dict[str, Any]] = {}
-    for document in documents:
-        for entry in document.get("lag", []):
-            key = (entry["topic"], entry["partition"])
-            if key not in newest or entry["measured_ms"] > newest[key]["measured_ms"]:
-                newest[key] = entry
-    partitions = [newest[key] for key in sorted(newest)]
-    return {"total": sum(entry["lag"] for entry in partitions), "partitions": partitions}
 
 
 def render_lag(lag: dict[str, Any], per_partition: bool) -> str:

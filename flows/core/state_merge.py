@@ -1,0 +1,120 @@
+"""Several processes' `/state` documents as one: what `serving-query-state` prints and what the live page
+of a cluster shows (`flows.adapters.observability.state_server`, `/cluster`).
+
+Each process answers for its own shards, drift monitors, challenger reports and data partitions; a model is
+served by shards in every process, a partition is read by one process at a time (two during a rescale: the
+newer measurement counts), and history buckets are aligned on the wall clock, so they add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from flows.core.challenger import merge_reports
+from flows.core.records import ChallengerReport
+from flows.core.serving_state import merge_model_stats
+
+REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
+
+
+def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per model over all processes' /state documents."""
+    return merge_model_stats(model for document in documents for model in document["models"])
+
+
+def merge_challengers(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per challenger over all processes' /state documents: counts summed, means weighted."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for document in documents:
+        for entry in document.get("challengers", []):
+            by_name.setdefault(entry["challenger"], []).append(entry)
+    merged = []
+    for entries in by_name.values():
+        reports = [ChallengerReport(**{name: entry[name] for name in REPORT_FIELDS}) for entry in entries]
+        total = asdict(merge_reports(reports))
+        latest = max(entries, key=lambda entry: entry["end_time"])
+        merged.append(
+            {**total, "shard": None, "window": None, "windows": sum(entry["windows"] for entry in entries),
+             "closed_by": latest["closed_by"], "processes": len(entries)}
+        )  # fmt: skip
+    return sorted(merged, key=lambda entry: entry["end_time"], reverse=True)
+
+
+def merge_lag(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lag per data partition over all processes' /state documents, and its sum. A partition is read by
+    one process at a time; where two documents name it (one taken just before a restart), the newer
+    measurement counts."""
+    newest: dict[tuple[str, int], dict[str, Any]] = {}
+    for document in documents:
+        for entry in document.get("lag", []):
+            key = (entry["topic"], entry["partition"])
+            if key not in newest or entry["measured_ms"] > newest[key]["measured_ms"]:
+                newest[key] = entry
+    partitions = [newest[key] for key in sorted(newest)]
+    return {"total": sum(entry["lag"] for entry in partitions), "partitions": partitions}
+
+
+def merge_history(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The processes' histories as one: throughput buckets of one model and start time added, events,
+    drift windows, challenger reports and lag points put together in time order (each bounded as one
+    process's is, the newest kept)."""
+    histories = [document["history"] for document in documents if document.get("history")]
+    if not histories:
+        return {}
+    length = max(history["length"] for history in histories)
+    throughput: dict[str, dict[int, dict[str, Any]]] = {}
+    for history in histories:
+        for model, buckets in history["throughput"].items():
+            into = throughput.setdefault(model, {})
+            for bucket in buckets:
+                total = into.setdefault(bucket["t"], {**bucket, "records": 0, "errors": 0, "calls": 0,
+                                                     "call_ms": 0.0, "max_call_ms": 0.0})  # fmt: skip
+                for field in ("records", "errors", "calls", "call_ms"):
+                    total[field] += bucket[field]
+                total["max_call_ms"] = max(total["max_call_ms"], bucket["max_call_ms"])
+    return {
+        "bucket_s": histories[0]["bucket_s"],
+        "length": length,
+        "throughput": {
+            model: [by_start[t] for t in sorted(by_start)][-length:] for model, by_start in throughput.items()
+        },
+        "events": sorted(
+            (event for history in histories for event in history["events"]), key=lambda e: e["t"]
+        )[-length:],
+        "drift": _by_name_in_time_order([history["drift"] for history in histories], length),
+        "challengers": _by_name_in_time_order([history["challengers"] for history in histories], length),
+        "lag": _by_name_in_time_order([history["lag"] for history in histories], length),
+    }
+
+
+def _by_name_in_time_order(
+    series: list[dict[str, list[dict[str, Any]]]], length: int
+) -> dict[str, list[dict[str, Any]]]:
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for by_name in series:
+        for name, points in by_name.items():
+            merged.setdefault(name, []).extend(points)
+    return {name: sorted(points, key=lambda point: point["t"])[-length:] for name, points in merged.items()}
+
+
+def merge_documents(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One `/state` document for a cluster: the same fields as one process's, merged."""
+    drift: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        for model, entry in document.get("drift", {}).items():
+            if model not in drift or entry.get("windows", 0) > drift[model].get("windows", 0):
+                drift[model] = entry
+    shards: dict[str, str] = {}
+    for document in documents:
+        shards.update(document.get("shards", {}))
+    lag = merge_lag(documents)
+    return {
+        "time": max((document.get("time", 0) for document in documents), default=0),
+        "models": merge(documents),
+        "shards": shards,
+        "drift": drift,
+        "challengers": merge_challengers(documents),
+        "lag": lag["partitions"],
+        "history": merge_history(documents),
+    }
