@@ -328,7 +328,9 @@ def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_p
     container, config = pod_spec()
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
-    (fake_bin / "python").write_text('#!/bin/sh\necho "python $*"\n')  # prints the command it would run
+    (fake_bin / "python").write_text(
+        '#!/bin/sh\necho "peers $SERVING_STATE_PEERS"\necho "python $*"\n'
+    )  # prints the command it would run, and the peers of its live page
     (fake_bin / "python").chmod(0o755)
     for ordinal in range(2):
         env = pod_environment(container, config, ordinal, tmp_path, {})
@@ -347,6 +349,8 @@ def test_each_pod_runs_bytewax_with_its_process_id_and_the_peers_dns_names(tmp_p
             done.stdout.splitlines()[-1]
             == f"python -m bytewax.run flows.serving -w 2 -i {ordinal} -a {addresses} -r {recovery} -s 1 -b 0"
         )
+        state = "http://serving-{}.serving.model-serving.svc:8081/state"
+        assert done.stdout.splitlines()[-2] == f"peers {state.format(0)},{state.format(1)}"
 
 
 def init_recovery(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -559,6 +563,12 @@ ADMITTED = {
     ("jaeger", "otlp-http"): {"otel-collector"},
     ("jaeger", "ui"): set(),
     ("jaeger", "health"): set(),
+    ("otel-collector", "prometheus"): {"prometheus"},
+    ("prometheus", "http"): {
+        "grafana",
+        "namespace:" + str({"matchLabels": {"kubernetes.io/metadata.name": "keda"}}),
+    },
+    ("grafana", "http"): set(),
 }
 ADMITTED_IN = {
     "embedded": ADMITTED,
@@ -582,7 +592,16 @@ def test_ingress_is_denied_by_default_and_every_port_open_only_to_its_clients(ov
         for policy in policies
     ), "no default-deny ingress policy"
     templates = pod_templates(documents)
-    assert {"serving", "kafka", "kafka-topics", "publish-model", "otel-collector", "jaeger"} <= set(templates)
+    assert {
+        "serving",
+        "kafka",
+        "kafka-topics",
+        "publish-model",
+        "otel-collector",
+        "jaeger",
+        "prometheus",
+        "grafana",
+    } <= set(templates)
     actual = {
         (name, port.get("name")): admitted(
             documents, template["metadata"]["labels"], port.get("name"), port["containerPort"]

@@ -73,6 +73,7 @@ NAMES_ADDED = [
     "KAFKA_DELIVERY",  # 21: exactly-once results
     "KAFKA_ANSWERED_TOPIC",
     "KAFKA_TRANSACTIONAL_ID",
+    "STATE_PEERS",  # 24: the live page's merged cluster
 ]
 
 

@@ -40,10 +40,10 @@ def start_observability(settings: Settings, context: ServingContext) -> list[Any
         switched_on.append("bytewax traces: otlp")
     state = settings.state
     if state.port:
-        server = start_state_server(state.host, state.port, context.state)
+        server = start_state_server(state.host, state.port, context.state, state.peer_urls)
         if server is not None:
             handles.append(server)
-            switched_on.append(f"state: http://{state.host}:{state.port}/state")
+            switched_on.append(f"state: http://{state.host}:{state.port}/state, live page at /")
     if switched_on:
         log.info("observability: %s", "; ".join(switched_on))
     return handles
