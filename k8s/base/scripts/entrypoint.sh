@@ -34,6 +34,12 @@ while [ "$i" -lt "$BYTEWAX_PROCESSES" ]; do
     i=$((i + 1))
 done
 addresses=$(paste -sd ';' "$hostfile")
+# The live page at / of every process merges the whole cluster: each process's /state, on the same hosts.
+state_port="${SERVING_STATE_PORT:-8081}"
+if [ -z "${SERVING_STATE_PEERS:-}" ] && [ "$state_port" != 0 ]; then
+    SERVING_STATE_PEERS=$(sed "s#:${port}\$#:${state_port}/state#; s#^#http://#" "$hostfile" | paste -sd ',')
+    export SERVING_STATE_PEERS
+fi
 echo "entrypoint: process $ordinal of $BYTEWAX_PROCESSES," \
     "$BYTEWAX_WORKERS_PER_PROCESS workers each; addresses $addresses"
 
