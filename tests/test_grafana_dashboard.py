@@ -18,7 +18,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY
 from support.core_runs import messages, sample_records
 from test_k8s import needs_kubectl, rendered, unknown
 
@@ -49,7 +49,6 @@ def queries(dashboard: dict) -> list[str]:
 def exported_metric_names() -> set[str]:
     """The Prometheus names of every instrument the flow has, as its Prometheus exporter writes them, each
     instrument given a value (observable gauges only report what the state holds)."""
-    registry = CollectorRegistry()
     state = ServingState()
     state.serve("shard-000", ModelToServeStats("m"))
     state.drift("m", {"windows": 1, "features": {"user": {"psi": 0.1, "ks": 0.1}}})
@@ -58,18 +57,22 @@ def exported_metric_names() -> set[str]:
         ChallengerReport("c", "m", "shadow", 1.0, "shard-000", 0, ClosedBy.WINDOW, 10, 10, 0, 10, 50, 5, 0.9,
                          0.01, 1.0, 1.0, 0, 1)
     )  # fmt: skip
+    # The reader registers itself in prometheus_client's global registry, which Bytewax serves at /metrics:
+    # read it directly and take it out again, so no other test sees this test's model "m".
     reader = PrometheusMetricReader()
-    registry.register(reader._collector)
-    telemetry = Telemetry(state)
-    telemetry.install(None, MeterProvider(metric_readers=[reader]))
-    telemetry.model_events([ModelEvent(EventKind.ACCEPTED, "m")])
-    with telemetry.batch("shard-000", "m", "embedded", []) as span:
-        telemetry.scored(span, "shard-000", "m", _one_result_with_an_error(), 2.0)
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        telemetry = Telemetry(state)
+        telemetry.install(None, provider)
+        telemetry.model_events([ModelEvent(EventKind.ACCEPTED, "m")])
+        with telemetry.batch("shard-000", "m", "embedded", []) as span:
+            telemetry.scored(span, "shard-000", "m", _one_result_with_an_error(), 2.0)
+        families = list(reader._collector.collect())
+    finally:
+        provider.shutdown()  # the reader's shutdown unregisters it
+    assert reader._collector not in REGISTRY._collector_to_names
     return {
-        sample.name
-        for family in registry.collect()
-        for sample in family.samples
-        if sample.name.startswith("serving_")
+        sample.name for family in families for sample in family.samples if sample.name.startswith("serving_")
     }
 
 
