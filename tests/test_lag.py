@@ -19,6 +19,8 @@ from support.jobs import encoded, start_flow, wait_for
 from flows.adapters.kafka.config import consumer_config
 from flows.adapters.kafka.data_source import DataPollSource
 from flows.adapters.kafka.settings import KafkaSettings
+from flows.adapters.sources.model_gate import WaitForChampion
+from flows.core.champion_gate import ChampionGate
 from flows.core.context import ServingContext
 from flows.core.serving_state import PartitionLag
 from flows.testing.local_broker import create_topics, produce
@@ -65,6 +67,32 @@ def test_a_partition_reports_its_lag_while_it_reads(kafka_bootstrap):
         assert read == 600
     finally:
         partition.close()
+
+
+def test_a_partition_waiting_for_its_first_model_reports_the_backlog_it_has_not_read(kafka_bootstrap):
+    topics = create_topics(kafka_bootstrap, "lag-gated", ["data"])
+    produce(kafka_bootstrap, topics["data"], encoded(sample_records(600)))
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, poll_size=50, tail=True)
+    reports: list[PartitionLag] = []
+    source = DataPollSource(
+        settings, topics["data"], OFFSET_BEGINNING, consumer_config(settings), reports.append
+    )
+    gate = ChampionGate()
+    gated = WaitForChampion(source, gate, wait_s=3600).build_part("kafka_data", f"0-{topics['data']}", None)
+    try:
+        deadline = time.monotonic() + 60
+        while not reports:  # librdkafka's prefetch tells the consumer the partition's end
+            assert time.monotonic() < deadline, "no lag reported while waiting for a model"
+            assert gated.next_batch() == []  # nothing read before a champion
+            time.sleep(0.02)
+        assert (reports[0].next_offset, reports[0].end_offset, reports[0].lag) == (0, 600, 600)
+        gate.open()
+        read = 0
+        while read < 600:
+            assert time.monotonic() < deadline, f"read {read} of 600 after the gate opened"
+            read += sum(len(poll.batch) for poll in gated.next_batch())
+    finally:
+        gated.close()
 
 
 def test_the_lag_is_a_gauge_per_partition():

@@ -149,8 +149,7 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
     def next_batch(self) -> list[DecodedPoll]:
         if self.ended:
             raise StopIteration()
-        if self.on_lag is not None and time.monotonic() >= self.lag_due:
-            self._measure_lag(self.on_lag)
+        self.idle()
         polled = self.consumer.consume(self.settings.poll_size, 0.001)
         messages: list[Message] = []
         covers_from: list[int] = []  # per message: the offset after the one read before it
@@ -175,6 +174,12 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         if not messages and not failed:
             return []
         return [self._decoded(messages, covers_from, failed)]
+
+    def idle(self) -> None:
+        """Measure the lag if it is due: before each poll, and while the partition waits for a first model
+        (`flows.adapters.sources.model_gate`), when librdkafka's prefetch already knows the partition's end."""
+        if self.on_lag is not None and time.monotonic() >= self.lag_due:
+            self._measure_lag(self.on_lag)
 
     def _measure_lag(self, report: LagReport) -> None:
         """Report the partition's lag, once the consumer has heard its end from the broker."""
