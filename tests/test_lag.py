@@ -43,15 +43,22 @@ def topic_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         consumer.close()
 
 
-def test_a_partition_reports_its_lag_while_it_reads(kafka_bootstrap):
-    topics = create_topics(kafka_bootstrap, "lag-unit", ["data"])
-    produce(kafka_bootstrap, topics["data"], encoded(sample_records(600)))
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, poll_size=50, tail=True)
+def backlog(bootstrap: str, prefix: str) -> tuple[DataPollSource, str, list[PartitionLag]]:
+    """A data source on a new one-partition topic holding 600 records, the partition's name, and the list its
+    lag reports go to."""
+    topics = create_topics(bootstrap, prefix, ["data"])
+    produce(bootstrap, topics["data"], encoded(sample_records(600)))
+    settings = KafkaSettings(bootstrap_servers=bootstrap, poll_size=50, tail=True)
     reports: list[PartitionLag] = []
     source = DataPollSource(
         settings, topics["data"], OFFSET_BEGINNING, consumer_config(settings), reports.append
     )
-    partition = source.build_part("kafka_data", f"0-{topics['data']}", None)
+    return source, f"0-{topics['data']}", reports
+
+
+def test_a_partition_reports_its_lag_while_it_reads(kafka_bootstrap):
+    source, name, reports = backlog(kafka_bootstrap, "lag-unit")
+    partition = source.build_part("kafka_data", name, None)
     read = read_before_the_report = 0
     try:
         while not reports:  # the consumer learns the partition's end from its first fetch response
@@ -70,15 +77,9 @@ def test_a_partition_reports_its_lag_while_it_reads(kafka_bootstrap):
 
 
 def test_a_partition_waiting_for_its_first_model_reports_the_backlog_it_has_not_read(kafka_bootstrap):
-    topics = create_topics(kafka_bootstrap, "lag-gated", ["data"])
-    produce(kafka_bootstrap, topics["data"], encoded(sample_records(600)))
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, poll_size=50, tail=True)
-    reports: list[PartitionLag] = []
-    source = DataPollSource(
-        settings, topics["data"], OFFSET_BEGINNING, consumer_config(settings), reports.append
-    )
+    source, name, reports = backlog(kafka_bootstrap, "lag-gated")
     gate = ChampionGate()
-    gated = WaitForChampion(source, gate, wait_s=3600).build_part("kafka_data", f"0-{topics['data']}", None)
+    gated = WaitForChampion(source, gate, wait_s=3600).build_part("kafka_data", name, None)
     try:
         deadline = time.monotonic() + 60
         while not reports:  # librdkafka's prefetch tells the consumer the partition's end
