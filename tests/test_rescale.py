@@ -84,10 +84,10 @@ def reported_and_moved_on(ports: list[int], challenger: str, champion: str, wind
     )
 
 
-def caught_up(documents: list[dict]) -> bool:
+def caught_up(documents: list[dict], partitions: int = PARTITIONS) -> bool:
     """Every data partition read up to what the trickle sent in the last second or so (serving.kafka.lag)."""
     lag = merge_lag(documents)
-    return len(lag["partitions"]) == PARTITIONS and lag["total"] <= TRICKLE_PER_S
+    return len(lag["partitions"]) == partitions and lag["total"] <= TRICKLE_PER_S
 
 
 def serving(ports: list[int]) -> bool:
@@ -98,10 +98,7 @@ def serving(ports: list[int]) -> bool:
 def caught_up_after(ports: list[int], partitions: int, records: int, trickle: Trickle) -> bool:
     """`records` sent, and every data partition read up to about the last second's (the lag)."""
     documents = states(ports)
-    if documents is None or trickle.delivered < records:
-        return False
-    lag = merge_lag(documents)
-    return len(lag["partitions"]) == partitions and lag["total"] <= TRICKLE_PER_S
+    return documents is not None and trickle.delivered >= records and caught_up(documents, partitions)
 
 
 def start_cluster(
