@@ -32,7 +32,9 @@ def fetch(url: str, timeout_s: float) -> dict[str, Any]:
 
 def render_lag(lag: dict[str, Any], per_partition: bool) -> str:
     if not lag["partitions"]:
-        return "Kafka lag: no data partition measured (the embedded default, or no champion yet)"
+        return (
+            "Kafka lag: no data partition measured (the embedded default, or no answer from the broker yet)"
+        )
     lines = [f"Kafka lag: {lag['total']:,} messages over {len(lag['partitions'])} data partitions"]
     if per_partition:
         lines.extend(
