@@ -35,6 +35,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def bucket_start(at_ms: int) -> int:
+    """The start of the wall-clock bucket `at_ms` falls in: the same in every process."""
+    return at_ms - at_ms % (BUCKET_S * 1000)
+
+
 @dataclass(slots=True)
 class _Bucket:
     """What one model scored in one process during one bucket."""
@@ -94,8 +99,7 @@ class History:
         self, model_name: str, records: int, errors: int, call_ms: float, at_ms: int | None = None
     ) -> None:
         """One model call of `model_name` answered `records` (`errors` of them with an error) in `call_ms`."""
-        at_ms = now_ms() if at_ms is None else at_ms
-        start = at_ms - at_ms % (BUCKET_S * 1000)
+        start = bucket_start(now_ms() if at_ms is None else at_ms)
         with self._lock:
             series = self._throughput.of(model_name)
             if not series or series[-1].start_ms != start:
@@ -172,7 +176,7 @@ class History:
         point = {"t": at_ms, "lag": lag}
         with self._lock:
             series = self._lag.of(f"{topic}[{partition}]")
-            if series and series[-1]["t"] // (BUCKET_S * 1000) == at_ms // (BUCKET_S * 1000):
+            if series and bucket_start(series[-1]["t"]) == bucket_start(at_ms):
                 series[-1] = point
             else:
                 series.append(point)
