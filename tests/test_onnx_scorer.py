@@ -17,7 +17,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 from onnx import TensorProto, helper, numpy_helper
 from support.core_runs import FlowRun, ScheduledSource, as_batches, at, messages, sample_records
-from support.hostile_onnx import REFUSED_BEFORE_LOADING, REFUSED_BY_THE_PROBE, archive, inline, model_bytes
+from support.hostile_onnx import (
+    REFUSED_BEFORE_LOADING,
+    REFUSED_BY_THE_PROBE,
+    REFUSED_BY_THE_TRIAL,
+    archive,
+    inline,
+    model_bytes,
+)
 from support.jobs import REPO
 
 from flows.adapters.scorers import ModelLoadError, ScorerCache, build_scorer
@@ -169,6 +176,58 @@ print(json.dumps({{"verdicts": verdicts,
         assert seconds < 10, f"{name} took {seconds:.1f} s to refuse"
         assert size < 1_000_000, f"{name} is not a small message ({size} bytes)"
     assert report["children_mb"] < AdmissionPolicy().unpack_memory / 1024**2, report
+
+
+@pytest.mark.slow
+def test_models_that_would_hurt_the_flow_once_run_are_refused_by_their_trial_in_the_child():
+    """Memory that grows when the session opens or with the batch, minutes per batch, NaN past the probe's
+    ids, 64 scores for any batch: each refused by name, and the judging process (the flow's, here a
+    driver's) never runs them: its own peak memory stays where it was."""
+    driver = f"""
+import json, resource, sys, time
+sys.path.insert(0, {str(REPO / "tests")!r})
+from support.hostile_onnx import REFUSED_BY_THE_TRIAL
+from flows.adapters.scorers import ModelLoadError, build_scorer
+from flows.core.records import ModelDescriptor, ModelType
+payloads = {{name: make() for name, (make, _) in REFUSED_BY_THE_TRIAL.items()}}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+verdicts = {{}}
+for name, payload in payloads.items():
+    try:
+        build_scorer(ModelDescriptor(name, "", ModelType.ONNX, payload))
+        reason = "ACCEPTED"
+    except ModelLoadError as error:
+        reason = error.reason
+    verdicts[name] = [reason, len(payload)]
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"verdicts": verdicts, "grew_mb": after - before}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, timeout=600, check=True
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(report, indent=1))
+    for name, (reason, size) in report["verdicts"].items():
+        assert REFUSED_BY_THE_TRIAL[name][1] in reason, (name, reason)
+        assert size < 1_000_000, f"{name} is not a small message ({size} bytes)"
+    assert report["grew_mb"] < 100, report
+
+
+def test_an_accepted_onnx_model_carries_what_its_trial_measured():
+    scorer = build_scorer(shipped_model(SHIPPED_MODELS_DIR, "1-onnx"))
+    trial = scorer.trial
+    assert trial.max_pairs == AdmissionPolicy().max_batch_pairs
+    assert 0 < trial.call_ms < AdmissionPolicy().max_call_seconds * 1000
+    assert trial.peak_mb > trial.base_mb > 0
+    assert "pairs in" in trial.summary()
+    scorer.close()
+
+
+def test_a_model_too_slow_for_the_largest_batch_is_refused_naming_the_limit():
+    policy = AdmissionPolicy(max_call_seconds=0.0005)
+    with pytest.raises(ModelLoadError) as refused:
+        build_scorer(shipped_model(SHIPPED_MODELS_DIR, "1-onnx"), policy)
+    assert "over 0.0005 s (SERVING_MODEL_MAX_CALL_SECONDS)" in refused.value.reason
 
 
 @pytest.mark.slow

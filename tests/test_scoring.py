@@ -197,3 +197,32 @@ def test_a_batch_of_refused_records_calls_no_model():
     results, _ = score_batch(scorer, "remote", messages, POLICY)
 
     assert scorer.calls == [] and len(errors_by_index(results)) == 5
+
+
+def test_a_batch_over_the_pair_bound_is_scored_in_calls_of_whole_records_within_it(embedded):
+    """The model was tried at SERVING_MODEL_MAX_BATCH_PAIRS pairs before it was accepted: no call is larger."""
+    policy = AdmissionPolicy(max_batch_pairs=100)
+    messages = batch(200)
+    counting = Counting(embedded)
+    results, _ = score_batch(counting, "recommender-v1", messages, policy)
+
+    pairs = sum(len(message.record.products) for message in messages)
+    assert pairs > 10 * policy.max_batch_pairs
+    assert all(call.size <= policy.max_batch_pairs for call in counting.calls)
+    assert sum(call.size for call in counting.calls) == pairs
+    assert len(counting.calls) < 2 * pairs / policy.max_batch_pairs + 1  # runs of whole records, filled
+    assert not errors_by_index(results)
+    whole, _ = score_batch(embedded, "recommender-v1", messages, POLICY)
+    for split, one_call in zip(results, whole):  # the same scores, to float32's rounding of other batches
+        np.testing.assert_allclose(
+            split.result.model_result.probabilities, one_call.result.model_result.probabilities, atol=1e-6
+        )
+
+
+def test_a_record_that_fails_alone_is_found_inside_a_bounded_call():
+    messages = batch(60)
+    with_user(messages, 41, 7_777)
+    refusing = Refusing({7_777})
+    results, _ = score_batch(refusing, "remote", messages, AdmissionPolicy(max_batch_pairs=64))
+
+    assert list(errors_by_index(results)) == [41]

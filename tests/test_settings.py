@@ -53,6 +53,8 @@ NAMES_BEFORE_SECTIONS = [
     "MODEL_MAX_FILES",
     "MODEL_UNPACK_TIMEOUT",
     "MODEL_UNPACK_MEMORY",
+    "MODEL_MAX_BATCH_PAIRS",
+    "MODEL_MAX_CALL_SECONDS",
     "MODEL_OUTPUT_RANGE",
     "MODEL_TRUSTED_KEYS",
     "MODEL_ROOTS",
@@ -142,3 +144,11 @@ def test_only_the_runtime_reads_the_environment():
             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
                 readers.add(relative)
     assert readers <= {TENSORFLOW_LOG_LEVEL}, readers
+
+
+def test_the_call_bound_must_hold_the_largest_record(monkeypatch):
+    monkeypatch.setenv("SERVING_MAX_PRODUCTS", "60000")
+    with pytest.raises(ValueError, match=r"SERVING_MODEL_MAX_BATCH_PAIRS \(50,000\) must be at least"):
+        Settings.from_environment()
+    monkeypatch.setenv("SERVING_MODEL_MAX_BATCH_PAIRS", "60000")
+    assert Settings.from_environment().admission.max_batch_pairs == 60_000

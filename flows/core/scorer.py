@@ -15,7 +15,7 @@ import numpy as np
 
 from flows.core.admission.descriptor_checks import refusal
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.admission.probe import probe_batch, probe_problem
+from flows.core.admission.probe import PROBE_SIZES, probe_batch, probe_problem
 from flows.core.errors import ServingError
 from flows.core.records import ModelDescriptor, ModelType, cut
 
@@ -121,17 +121,23 @@ def build_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy | None = N
 
 
 def _probe(name: str, scorer: Scorer, policy: AdmissionPolicy) -> None:
+    """One call per size of `PROBE_SIZES`, ids spread over the model's range: each answer must be fit."""
     bounds = scorer.input_bounds
-    users, products = probe_batch(bounds.users, bounds.products) if bounds else probe_batch()
-    try:
-        scores = scorer.score(users, products)
-    except ScorerUnavailable as error:
-        scorer.close()
-        raise ModelLoadError(name, f"probe: {error}", retryable=True) from error
-    except Exception as error:
-        scorer.close()
-        raise ModelLoadError(name, f"probe: scoring failed: {type(error).__name__}: {error}") from error
-    problem = probe_problem(scores, users.size, policy)
-    if problem:
-        scorer.close()
-        raise ModelLoadError(name, problem)
+    for pairs in PROBE_SIZES:
+        users, products = (
+            probe_batch(bounds.users, bounds.products, pairs) if bounds else probe_batch(pairs=pairs)
+        )
+        try:
+            scores = scorer.score(users, products)
+        except ScorerUnavailable as error:
+            scorer.close()
+            raise ModelLoadError(name, f"probe: {error}", retryable=True) from error
+        except Exception as error:
+            scorer.close()
+            raise ModelLoadError(
+                name, f"probe: scoring {pairs} pairs failed: {type(error).__name__}: {error}"
+            ) from error
+        problem = probe_problem(scores, users.size, policy)
+        if problem:
+            scorer.close()
+            raise ModelLoadError(name, problem)

@@ -1,7 +1,9 @@
 """Scoring a micro-batch of data messages with one model call.
 
 All (user, product) pairs of the batch go to the scorer in one call and the probabilities are split back
-per record. A record with an id the model cannot take is kept out of the call and gets an error naming the
+per record; a batch of more than SERVING_MODEL_MAX_BATCH_PAIRS pairs goes in several calls of whole records,
+none larger than the batch every embedded model was tried at before it was accepted (a model whose memory
+grows with the batch cannot be handed more than it was seen to take). A record with an id the model cannot take is kept out of the call and gets an error naming the
 id, the model and the range it takes: an id below 0 (Keras reads user -1 as the last user), at or past the
 rows of the model's embedding (`Scorer.input_bounds`), or at or past 2**24, where float32, which scorers
 are fed, stops holding every integer (user 2**24 + 1 would be scored as user 2**24). The check is a few
@@ -24,7 +26,7 @@ from itertools import accumulate, chain
 import numpy as np
 
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.admission.probe import out_of_range
+from flows.core.admission.probe import FLOAT32_EXACT, out_of_range
 from flows.core.records import (
     DataMessage,
     ModelResultMetadata,
@@ -35,8 +37,6 @@ from flows.core.records import (
     cut,
 )
 from flows.core.scorer import InputBounds, Scorer, ScorerUnavailable
-
-FLOAT32_EXACT = 2**24  # float32 holds every integer below this; 2**24 + 1 would reach the model as 2**24
 
 
 def unscored(message: DataMessage, error: str, model_name: str = "", source: str = "") -> ScoredMessage:
@@ -77,7 +77,7 @@ def score_batch(
     in_call, kept_index, kept_counts = _kept(errors, counts)
     try:
         kept_scores, failures, batch_ms = _scores_by_halves(
-            scorer, model_name, users[in_call], products[in_call], kept_counts
+            scorer, model_name, users[in_call], products[in_call], kept_counts, policy.max_batch_pairs
         )
     except ScorerUnavailable as error:
         reason = f"scoring with model {model_name!r} failed: {error}"
@@ -149,20 +149,22 @@ def _refusal(message: DataMessage, model_name: str, bounds: InputBounds | None) 
 
 
 def _scores_by_halves(
-    scorer: Scorer, model_name: str, users: np.ndarray, products: np.ndarray, counts: list[int]
+    scorer: Scorer, model_name: str, users: np.ndarray, products: np.ndarray, counts: list[int], max_pairs: int
 ) -> tuple[np.ndarray, dict[int, str], float]:
     """The scores of the pairs (NaN for the records that fail), why each record that fails alone failed
     (by index), and the ms of all the calls.
 
-    One call, if it succeeds. A call that fails is tried again on each half of its records, down to the
-    records that fail alone, so k bad records cost about 2k log2(n) calls. ScorerUnavailable is raised:
-    splitting the batch for a server that is down would only call it more.
+    One call, if it succeeds and the batch has at most `max_pairs` pairs (else one call per run of whole
+    records up to that many: the size the model was tried at before it was accepted). A call that fails is
+    tried again on each half of its records, down to the records that fail alone, so k bad records cost
+    about 2k log2(n) calls. ScorerUnavailable is raised: splitting the batch for a server that is down
+    would only call it more.
     """
-    edges: list[int] = []  # where each record's pairs start, worked out once a call has failed
+    edges = [0, *accumulate(counts)] if users.size > max_pairs else []  # where each record's pairs start
     scores = np.full(users.size, np.nan, np.float32)
     failures: dict[int, str] = {}
     elapsed = 0.0
-    pending = [(0, len(counts))]
+    pending = _calls_within(edges, max_pairs) if edges else [(0, len(counts))]
     while pending:
         low, high = pending.pop()
         start, end = (edges[low], edges[high]) if edges else (0, users.size)
@@ -181,6 +183,18 @@ def _scores_by_halves(
         finally:
             elapsed += time.perf_counter() - started
     return scores, failures, elapsed * 1000
+
+
+def _calls_within(edges: list[int], max_pairs: int) -> list[tuple[int, int]]:
+    """Runs of whole records (low, high), each of at most `max_pairs` pairs (a record alone may have more:
+    the settings keep SERVING_MAX_PRODUCTS within the bound), last run first, as `pending` takes them."""
+    runs, low = [], 0
+    for high in range(1, len(edges)):
+        if edges[high] - edges[low] > max_pairs and high - 1 > low:
+            runs.append((low, high - 1))
+            low = high - 1
+    runs.append((low, len(edges) - 1))
+    return runs[::-1]
 
 
 def _call(scorer: Scorer, users: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -204,7 +218,7 @@ def _withhold_out_of_range(
 ) -> None:
     """Put in `replaced` an error for each record with a score not finite or out of the policy's range
     (pairs are laid out record by record); records already there keep their error."""
-    bad = out_of_range(probabilities, policy)
+    bad = out_of_range(probabilities, policy.output_range)
     if not bad.any():
         return
     record_of_pair = np.repeat(np.arange(len(messages)), counts)

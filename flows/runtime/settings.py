@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.adapters.kafka.settings import KafkaSettings
@@ -89,6 +89,16 @@ class Settings(BaseModel):
     drift: DriftSettings = Field(DriftSettings(), title="drift")
     challenger: ChallengerSettings = Field(ChallengerSettings(), title="challengers")
     state: StateServerSettings = Field(StateServerSettings(), title="state endpoint")
+
+    @model_validator(mode="after")
+    def _one_record_fits_one_call(self) -> Settings:
+        """A record is scored in one call, so the call bound must hold the largest record."""
+        if self.admission.max_batch_pairs < self.flow.max_products:
+            raise ValueError(
+                f"SERVING_MODEL_MAX_BATCH_PAIRS ({self.admission.max_batch_pairs:,}) must be at least "
+                f"SERVING_MAX_PRODUCTS ({self.flow.max_products:,}): a record is scored in one call"
+            )
+        return self
 
     @classmethod
     def from_environment(cls) -> Settings:

@@ -2,7 +2,9 @@
 
 `REFUSED_BEFORE_LOADING` maps a name to (a maker of the archive, the words its refusal must contain): the
 unpacking child refuses these before ONNX Runtime sees them. `REFUSED_BY_THE_PROBE` are well-formed models
-whose answers are wrong: they load, and the probe batch refuses them.
+whose answers are wrong: they load, and the probe batch refuses them. `REFUSED_BY_THE_TRIAL` pass every
+static check and a probe of 64 small ids, and would hurt the flow once it runs them: the trial run in the
+admission child refuses them.
 """
 
 from __future__ import annotations
@@ -186,6 +188,82 @@ def answers_nan() -> bytes:
     return inline(model_bytes(nodes))
 
 
+def grows_when_opened() -> bytes:
+    """4 KB of constants concatenated with themselves 18 times and summed, times 0, added to a fair score:
+    a few hundred bytes of allowed ops that ask ONNX Runtime for a 1 GiB tensor (constant folding builds it
+    when the session opens, or the first call does)."""
+    block = numpy_helper.from_array(np.full(1024, 1e-9, np.float32), "block")
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    nodes, previous = [], "block"
+    for level in range(18):
+        nodes.append(helper.make_node("Concat", [previous, previous], [f"level{level}"], axis=0))
+        previous = f"level{level}"
+    nodes += [
+        helper.make_node("ReduceSum", [previous], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["users", "products"], ["sum"]),
+        helper.make_node("Add", ["sum", "nothing"], ["shifted"]),
+        helper.make_node("Sigmoid", ["shifted"], ["predictions"]),
+    ]
+    return inline(model_bytes(nodes, [block, zero]))
+
+
+def grows_with_the_batch() -> bytes:
+    """users [N, 1] + products [1, N] -> [N, N] -> mean per user: 64 pairs cost 16 KB, 50,000 cost 10 GB."""
+    nodes = [
+        helper.make_node("Transpose", ["products"], ["across"], perm=[1, 0]),
+        helper.make_node("Add", ["users", "across"], ["square"]),
+        helper.make_node("ReduceMean", ["square"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Sigmoid", ["mean"], ["predictions"]),
+    ]
+    return inline(model_bytes(nodes))
+
+
+def slow_per_pair() -> bytes:
+    """120 dense layers of 256 units per pair: a probe of 64 pairs takes a fraction of a second, 1,000
+    pairs take seconds, the flow's largest batch minutes."""
+    rng = np.random.default_rng(7)
+    first = numpy_helper.from_array(rng.normal(0, 0.01, (2, 256)).astype(np.float32), "first")
+    square = numpy_helper.from_array(rng.normal(0, 0.01, (256, 256)).astype(np.float32), "square")
+    nodes = [
+        helper.make_node("Concat", ["users", "products"], ["pair"], axis=1),
+        helper.make_node("MatMul", ["pair", "first"], ["h0"]),
+    ]
+    for layer in range(120):
+        nodes.append(helper.make_node("MatMul", [f"h{layer}", "square"], [f"h{layer + 1}"]))
+    nodes += [
+        helper.make_node("ReduceMean", ["h120"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Sigmoid", ["mean"], ["predictions"]),
+    ]
+    return inline(model_bytes(nodes, [first, square]))
+
+
+def nan_past_user_100() -> bytes:
+    """A fair score plus 0 x sqrt(99.5 - user): exact for users below 100, NaN for every other user."""
+    edge = numpy_helper.from_array(np.array([99.5], np.float32), "edge")
+    zero = numpy_helper.from_array(np.zeros(1, np.float32), "zero")
+    nodes = [
+        helper.make_node("Sub", ["edge", "users"], ["room"]),
+        helper.make_node("Sqrt", ["room"], ["root"]),
+        helper.make_node("Mul", ["root", "zero"], ["nothing"]),
+        helper.make_node("Add", ["users", "products"], ["sum"]),
+        helper.make_node("Sigmoid", ["sum"], ["fair"]),
+        helper.make_node("Add", ["fair", "nothing"], ["predictions"]),
+    ]
+    return inline(model_bytes(nodes, [edge, zero]))
+
+
+def answers_64_scores() -> bytes:
+    """The scores of the first 64 pairs, whatever the batch: right for the probe's 64, short for more."""
+    starts = numpy_helper.from_array(np.array([0], np.int64), "starts")
+    ends = numpy_helper.from_array(np.array([64], np.int64), "ends")
+    nodes = [
+        *mean_of_inputs("fair"),
+        helper.make_node("Slice", ["fair", "starts", "ends"], ["predictions"]),
+    ]
+    return inline(model_bytes(nodes, [starts, ends]))
+
+
 REFUSED_BEFORE_LOADING: dict[str, tuple[Callable[[], bytes], str]] = {
     "custom_domain": (custom_domain, "operator domain 'com.attacker'"),
     "external_data_at_etc_passwd": (
@@ -208,6 +286,19 @@ REFUSED_BEFORE_LOADING: dict[str, tuple[Callable[[], bytes], str]] = {
 REFUSED_BY_THE_PROBE: dict[str, tuple[Callable[[], bytes], str]] = {
     "two_outputs_per_pair": (two_outputs_per_pair, "of shape (64, 2) for 64 pairs"),
     "answers_nan": (answers_nan, "not finite"),
+}
+REFUSED_BY_THE_TRIAL: dict[str, tuple[Callable[[], bytes], str]] = {
+    "grows_when_opened": (  # when the session opens, or at its first call: ONNX Runtime decides
+        grows_when_opened,
+        "it ran out of the admission child's memory limit (SERVING_MODEL_UNPACK_MEMORY)",
+    ),
+    "grows_with_the_batch": (
+        grows_with_the_batch,
+        "scoring 50,000 pairs failed: it ran out of the admission child's memory limit",
+    ),
+    "slow_per_pair": (slow_per_pair, "pairs (SERVING_MODEL_UNPACK_TIMEOUT)"),
+    "nan_past_user_100": (nan_past_user_100, "scores not finite or outside [0, 1] (first: nan for user "),
+    "answers_64_scores": (answers_64_scores, "of shape (64, 1) for 1,001 pairs"),
 }
 
 

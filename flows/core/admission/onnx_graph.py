@@ -46,6 +46,8 @@ DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 CONTRACT_INPUTS = ("users", "products")
 CONTRACT_OUTPUT = "predictions"
 ID_TYPES = frozenset({TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32})
+# Ops an id may pass through on its way from an input to the embedding it indexes: they keep its value.
+ID_PRESERVING_OPS = frozenset({"Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
 ALLOWED_OPS: dict[str, frozenset[str]] = {
     "": frozenset(
@@ -452,3 +454,35 @@ def _check_contract(graph: onnx.GraphProto) -> None:
         ):
             shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in dims]
             raise OnnxRefused(f"model declares {name!r} of shape {shape}, expected [N] or [N, 1]")
+
+
+def embedding_bounds(graph: onnx.GraphProto) -> tuple[int, int] | None:
+    """The ids each input can take, (users, products): the rows of the initializer it gathers from, when
+    both inputs reach a `Gather` through value-preserving ops only; None when the graph does not show it
+    (then ids are checked only against the float32 limit, and the model's own errors)."""
+    rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if len(tensor.dims) >= 1}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    bounds = []
+    for side in CONTRACT_INPUTS:
+        found = set()
+        frontier, seen = [side], set()
+        while frontier:
+            name = frontier.pop()
+            seen.add(name)
+            for node in consumers.get(name, []):
+                if (
+                    node.op_type == "Gather"
+                    and node.domain in DEFAULT_DOMAINS
+                    and list(node.input[1:2]) == [name]
+                ):
+                    if node.input[0] in rows:
+                        found.add(rows[node.input[0]])
+                elif node.op_type in ID_PRESERVING_OPS and node.input[0] == name:
+                    frontier.extend(output for output in node.output if output not in seen)
+        if len(found) != 1:
+            return None
+        bounds.append(found.pop())
+    return bounds[0], bounds[1]

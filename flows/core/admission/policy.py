@@ -57,7 +57,19 @@ class AdmissionPolicy(Section):
         description="seconds (wall clock, and CPU) the unpacking child may take before it is killed",
     )
     unpack_memory: int = Field(
-        512 * 1024**2, ge=64 * 1024**2, description="address-space limit of the unpacking child (512 MiB)"
+        512 * 1024**2,
+        ge=64 * 1024**2,
+        description="address-space limit of the unpacking child (512 MiB), which also opens an embedded ONNX model and scores its trial batches",
+    )
+    max_batch_pairs: int = Field(
+        50_000,
+        ge=1,
+        description="most (user, product) pairs in one model call: the flow splits a larger micro-batch into calls of at most this many, and an embedded ONNX model must score a batch this large in its trial, within the child's memory and time, before it is accepted; at least SERVING_MAX_PRODUCTS",
+    )
+    max_call_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="longest an embedded ONNX model may take, in its trial, to score SERVING_MODEL_MAX_BATCH_PAIRS pairs; a slower model is refused",
     )
     output_range: Annotated[tuple[float, float], NoDecode, parsed_text(parse_output_range)] = Field(
         (0.0, 1.0),

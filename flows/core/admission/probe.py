@@ -12,22 +12,39 @@ import numpy as np
 from flows.core.admission.policy import AdmissionPolicy
 
 PROBE_PAIRS = 64
+# Batch sizes the probe asks, the usual one first: a model that answers 64 scores whatever it is asked
+# passes a probe of 64 pairs alone, and one call of each size costs a model server a few ms.
+PROBE_SIZES = (PROBE_PAIRS, 1, 257)
+# The ids a model that shows no bounds of its own is probed with (a model server's): its range is the
+# server's business, and every recommender knows the first hundred users and products.
+UNKNOWN_BOUND = 100
+FLOAT32_EXACT = 2**24  # float32 holds every integer below this; 2**24 + 1 would reach the model as 2**24
 
 
-def probe_batch(users: int = 100, products: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """The probe's (users, products): deterministic, small ids every recommender knows, below 100, or below
-    the model's own bounds when it shows smaller ones (ids it would refuse are not a fair question)."""
-    index = np.arange(PROBE_PAIRS)
-    return (
-        (index * 37 % min(users, 100)).astype(np.float32),
-        (index * 11 % min(products, 100)).astype(np.float32),
-    )
+def spread_ids(count: int, bound: int) -> np.ndarray:
+    """`count` ids (float32, as models are fed) spread over 0 to `bound` - 1, both ends included: a
+    deterministic walk by a step of about 0.618 `bound`, so a handful of ids already lands in every part
+    of the range (a model that goes wrong past some id is asked about ids past it)."""
+    step = int(bound * 0.6180339887) | 1
+    ids = np.arange(count, dtype=np.int64) * step % bound
+    if count >= 2:
+        ids[-1] = bound - 1
+    return ids.astype(np.float32)
 
 
-def out_of_range(scores: np.ndarray, policy: AdmissionPolicy) -> np.ndarray:
-    """Boolean mask of the scores that are not finite or lie outside the output range."""
+def probe_batch(
+    users: int = UNKNOWN_BOUND, products: int = UNKNOWN_BOUND, pairs: int = PROBE_PAIRS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probe's (users, products): `pairs` deterministic pairs with ids spread over the whole range the
+    model takes (its embeddings' rows when it shows them; see `UNKNOWN_BOUND`)."""
+    return spread_ids(pairs, min(users, FLOAT32_EXACT)), spread_ids(pairs, min(products, FLOAT32_EXACT))
+
+
+def out_of_range(scores: np.ndarray, output_range: tuple[float, float]) -> np.ndarray:
+    """Boolean mask of the scores that are not finite or lie outside `output_range` (low, high)."""
+    low, high = output_range
     with np.errstate(invalid="ignore"):
-        return ~(np.isfinite(scores) & (scores >= policy.output_low) & (scores <= policy.output_high))
+        return ~(np.isfinite(scores) & (scores >= low) & (scores <= high))
 
 
 def probe_problem(scores: object, pairs: int, policy: AdmissionPolicy) -> str | None:
@@ -38,7 +55,7 @@ def probe_problem(scores: object, pairs: int, policy: AdmissionPolicy) -> str | 
         return f"probe: scores have dtype {scores.dtype}, expected a float type"
     if scores.shape != (pairs,):
         return f"probe: {pairs} pairs gave scores of shape {scores.shape}, expected one score per pair"
-    bad = out_of_range(scores, policy)
+    bad = out_of_range(scores, policy.output_range)
     if bad.any():
         first = float(scores[bad][0])
         return (

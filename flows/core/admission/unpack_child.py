@@ -2,8 +2,10 @@
 
 It limits itself first (address space, CPU seconds, file size, open files), then unpacks a model archive
 into a target directory and inspects the model there (a SavedModel's graph, or an ONNX model: see
-`flows.core.admission.onnx_graph`), and prints one JSON line: `{"ok": true, ...}`
-or `{"ok": false, "reason": ...}`. Anything the limits stop (a tarfile loop, a quadratic regex, a header of
+`flows.core.admission.onnx_graph`; an ONNX model is then opened and scored in a trial run,
+`flows.core.admission.onnx_trial`), and prints one JSON line: `{"ok": true, ...}`
+or `{"ok": false, "reason": ...}`. Before each step it writes `stage: WHAT` to stderr, so that the parent,
+if a limit kills it, can say what it was doing. Anything the limits stop (a tarfile loop, a quadratic regex, a header of
 gigabytes, a compression bomb) ends this process, not the flow; the parent kills it on a wall-clock
 deadline too (see `flows.core.admission.unpack`).
 
@@ -33,6 +35,7 @@ from flows.core.model_formats import ONNX
 CHUNK = 1024 * 1024
 MAX_MEMBER_NAME = 1024
 MAX_REASON = 500
+STAGE_PREFIX = "stage: "
 BLOCK = 512
 # Extended headers (pax 'x'/'g', GNU long names 'L'/'K') are read whole by tarfile and pax ones parsed
 # with a regex that is quadratic on CPython 3.11.7: legitimate ones are a few hundred bytes.
@@ -277,27 +280,56 @@ def run(job: dict) -> dict:
     try:
         files = written = 0
         if job.get("payload"):
+            _stage("unpacking the archive")
             with open(job["payload"], "rb") as payload:
                 files, written = unpack(payload, target, job["max_unpacked_bytes"], job["max_files"])
         if job.get("format") == ONNX:
-            from flows.core.admission.onnx_graph import inspect_onnx  # imports onnx: only when needed
-
-            problems = inspect_onnx(target, job["max_unpacked_bytes"])
-        else:
-            problems = inspect_saved_model(
-                target,
-                frozenset(job["allowed_ops"]),
-                max_bytes=min(job["max_unpacked_bytes"], DEFAULT_MAX_BYTES),
-            )
+            return _onnx(job, target, files, written)
+        _stage("inspecting the SavedModel's graph")
+        problems = inspect_saved_model(
+            target,
+            frozenset(job["allowed_ops"]),
+            max_bytes=min(job["max_unpacked_bytes"], DEFAULT_MAX_BYTES),
+        )
         if problems:
             return {"ok": False, "reason": _cut("; ".join(problems))}
         return {"ok": True, "files": files, "bytes": written}
     except Refused as error:
         return {"ok": False, "reason": _cut(str(error))}
     except MemoryError:
-        return {"ok": False, "reason": "unpacking ran out of its memory limit (SERVING_MODEL_UNPACK_MEMORY)"}
+        return {
+            "ok": False,
+            "reason": f"ran out of its memory limit (SERVING_MODEL_UNPACK_MEMORY) while {_current_stage}",
+        }
     except OSError as error:
         return {"ok": False, "reason": _cut(f"unpacking failed: {type(error).__name__}: {error}")}
+
+
+def _onnx(job: dict, target: Path, files: int, written: int) -> dict:
+    """Inspect the ONNX model in `target`, then try it (imports onnx and ONNX Runtime: only when needed)."""
+    from flows.core.admission.onnx_graph import OnnxRefused, inspect_onnx
+    from flows.core.admission.onnx_trial import trial
+
+    _stage("inspecting the ONNX graph")
+    problems = inspect_onnx(target, job["max_unpacked_bytes"])
+    if problems:
+        return {"ok": False, "reason": _cut("; ".join(problems))}
+    try:
+        figures = trial(
+            target, job["max_batch_pairs"], tuple(job["output_range"]), job["max_call_seconds"], _stage
+        )
+    except OnnxRefused as error:
+        return {"ok": False, "reason": _cut(str(error))}
+    return {"ok": True, "files": files, "bytes": written, "trial": figures.to_json()}
+
+
+_current_stage = "starting"
+
+
+def _stage(what: str) -> None:
+    global _current_stage
+    _current_stage = what
+    print(f"{STAGE_PREFIX}{what}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

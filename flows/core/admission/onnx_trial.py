@@ -1,0 +1,207 @@
+"""The trial run of an ONNX model: ONNX Runtime opens it and scores the largest batch the flow will send,
+in the limited admission child (`flows.core.admission.unpack_child`), before the flow's process opens it.
+
+A model's size says nothing of what running it costs, and the static checks of `onnx_graph` cannot see it:
+constant folding when the session opens built a tensor of 1.5 GB from a 441-byte model of allowed ops, and a
+359-byte graph that adds users [N, 1] to products [1, N] allocates N x N floats per call (10,000 pairs:
+400 MB; 50,000: 10 GB). Opened in the flow, either killed it, and again at every restart, since the model is
+restored from recovery. Here they meet the child's address-space, CPU and wall-clock limits instead, and
+are refused naming the stage they reached. A model slow enough to stall the flow is refused the same way
+(`SERVING_MODEL_MAX_CALL_SECONDS`).
+
+The trial also asks what a fixed probe cannot: ids spread over the model's whole id range (a model that
+answers NaN past user 100 passed a probe of ids below 100) and several batch sizes (a model that answers 64
+scores whatever it is asked passed a probe of 64 pairs). What it measures (time to open, time per call,
+peak memory) comes back with the verdict and is kept with the scorer.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from flows.core.admission.onnx_graph import CONTRACT_INPUTS, CONTRACT_OUTPUT, OnnxRefused, embedding_bounds
+from flows.core.admission.probe import FLOAT32_EXACT, PROBE_PAIRS, out_of_range, spread_ids
+
+# What ONNX Runtime calls the id types the contract accepts, and the numpy type fed for each.
+FEED_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+# Sizes tried besides the largest batch: the probe's, one pair, and an odd size in between.
+SMALL_SIZES = (PROBE_PAIRS, 1, 1_001)
+
+Feeds = dict[str, tuple[type, tuple[int, ...]]]  # input name -> (numpy type, shape with -1 for the batch)
+
+
+def session_options() -> onnxruntime.SessionOptions:
+    """Options for a streaming worker, the same in the trial and in the flow (so the trial measures what
+    the flow will pay).
+
+    One intra-op and one inter-op thread, sequential execution, no spinning: a Bytewax worker is already
+    one thread per core, and the Kafka client has its own; ONNX Runtime's default (a pool as large as the
+    machine, spinning while it waits for work) would have every worker's pool compete for the same cores
+    between micro-batches and burn CPU while idle. Batches of a few hundred pairs through a small network
+    gain nothing from splitting an op across threads; more throughput comes from more workers.
+    """
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 4  # fatal only: errors come back as exceptions, with the same text
+    return options
+
+
+def open_session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(
+        str(path), sess_options=session_options(), providers=["CPUExecutionProvider"]
+    )
+
+
+def feeds_of(session: onnxruntime.InferenceSession) -> Feeds:
+    """How to feed each input the session declares; OnnxRefused for one outside the contract."""
+    feeds = {}
+    for value in session.get_inputs():
+        feed_type = FEED_TYPES.get(value.type)
+        if value.name not in CONTRACT_INPUTS or feed_type is None:
+            raise OnnxRefused(f"ONNX Runtime sees input {value.name!r} as {value.type}")
+        feeds[value.name] = (feed_type, (-1, 1) if len(value.shape) == 2 else (-1,))
+    return feeds
+
+
+def run_session(
+    session: onnxruntime.InferenceSession, feeds: Feeds, users: np.ndarray, products: np.ndarray
+) -> np.ndarray:
+    """One call: the scores of the pairs (1-D), or ValueError if the model answers another count."""
+    columns = {"users": users, "products": products}
+    inputs = {
+        name: columns[name].astype(feed_type, copy=False).reshape(shape)
+        for name, (feed_type, shape) in feeds.items()
+    }
+    [scores] = session.run([CONTRACT_OUTPUT], inputs)
+    if scores.shape not in ((users.size, 1), (users.size,)):
+        raise ValueError(f"model returned {CONTRACT_OUTPUT!r} of shape {scores.shape} for {users.size:,} pairs")
+    return scores.reshape(-1)
+
+
+@dataclass(frozen=True)
+class TrialFigures:
+    """What the trial measured: `open_ms` to open the session, `call_ms` for `max_pairs` pairs (the
+    fastest of two calls), and the child's peak resident memory, before and after opening the model."""
+
+    open_ms: float
+    max_pairs: int
+    call_ms: float
+    base_mb: float
+    peak_mb: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "open_ms": self.open_ms,
+            "max_pairs": self.max_pairs,
+            "call_ms": self.call_ms,
+            "base_mb": self.base_mb,
+            "peak_mb": self.peak_mb,
+        }
+
+    @classmethod
+    def from_json(cls, fields: dict[str, Any]) -> TrialFigures:
+        return cls(**{name: fields[name] for name in cls.__dataclass_fields__})
+
+    def summary(self) -> str:
+        return (
+            f"trial: {self.max_pairs:,} pairs in {self.call_ms:.0f} ms, "
+            f"{self.peak_mb - self.base_mb:.0f} MB for the model"
+        )
+
+
+def trial(
+    directory: Path,
+    max_pairs: int,
+    output_range: tuple[float, float],
+    max_call_seconds: float,
+    stage: Callable[[str], None],
+) -> TrialFigures:
+    """Open the model in `directory` and score batches up to `max_pairs` (see the module docstring);
+    OnnxRefused naming what failed. `stage(text)` is told what is being tried before it is, so whoever
+    kills this process at a limit can say where it was."""
+    path = directory / "model.onnx"
+    base_mb = _peak_mb()
+    stage("opening the model in ONNX Runtime")
+    started = time.perf_counter()
+    try:
+        session = open_session(path)
+    except Exception as error:  # onnxruntime raises its own types from C++, with no common base
+        raise OnnxRefused(f"trial: ONNX Runtime cannot open it: {_why(error)}") from None
+    open_ms = (time.perf_counter() - started) * 1000
+    feeds = feeds_of(session)
+    bounds = embedding_bounds(onnx.load_model(str(path), load_external_data=False).graph)
+    users_bound, products_bound = bounds if bounds else (FLOAT32_EXACT, FLOAT32_EXACT)
+    call_ms = 0.0
+    for pairs in [size for size in SMALL_SIZES if size < max_pairs] + [max_pairs, max_pairs]:
+        stage(f"scoring {pairs:,} pairs")
+        users, products = spread_ids(pairs, users_bound), spread_ids(pairs, products_bound)
+        started = time.perf_counter()
+        try:
+            scores = run_session(session, feeds, users, products)
+        except Exception as error:  # noqa: BLE001 (whatever the model raises is the reason it is refused)
+            raise OnnxRefused(f"trial: scoring {pairs:,} pairs failed: {_why(error)}") from None
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        _check_scores(scores, users, products, output_range)
+        if pairs == max_pairs:
+            call_ms = elapsed_ms if not call_ms else min(call_ms, elapsed_ms)
+    if call_ms > max_call_seconds * 1000:
+        raise OnnxRefused(
+            f"trial: scoring {max_pairs:,} pairs (SERVING_MODEL_MAX_BATCH_PAIRS) took {call_ms / 1000:.1f} s, "
+            f"over {max_call_seconds:g} s (SERVING_MODEL_MAX_CALL_SECONDS)"
+        )
+    return TrialFigures(round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(_peak_mb(), 1))
+
+
+def _check_scores(
+    scores: np.ndarray, users: np.ndarray, products: np.ndarray, output_range: tuple[float, float]
+) -> None:
+    if scores.dtype.kind != "f":
+        raise OnnxRefused(f"trial: scores have dtype {scores.dtype}, expected a float type")
+    low, high = output_range
+    bad = np.flatnonzero(out_of_range(scores, output_range))
+    if bad.size:
+        first = int(bad[0])
+        raise OnnxRefused(
+            f"trial: {bad.size:,} of {scores.size:,} scores not finite or outside [{low:g}, {high:g}] "
+            f"(first: {float(scores[first])!r} for user {int(users[first])}, product {int(products[first])}; "
+            "SERVING_MODEL_OUTPUT_RANGE)"
+        )
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM, which starts anew at exec; `ru_maxrss` keeps
+    the peak of the process that forked this one (the flow's), so it is only the fallback elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _why(error: BaseException) -> str:
+    """The error's first line; an allocation that failed is named as the limit it met."""
+    text = str(error).strip()
+    if isinstance(error, MemoryError) or any(words in text for words in _OUT_OF_MEMORY):
+        return "it ran out of the admission child's memory limit (SERVING_MODEL_UNPACK_MEMORY)"
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+# How ONNX Runtime says an allocation failed (at session start; in a call, from its arena).
+_OUT_OF_MEMORY = ("bad_alloc", "Failed to allocate memory")
