@@ -7,11 +7,17 @@ from flows.core.context import ServingContext
 from flows.runtime import shutdown
 from flows.runtime.app import build_flow
 from flows.runtime.observability import start_observability
+from flows.runtime.recovery_store import RecoveryStoreError, hold_recovery_store
 from flows.runtime.settings import Settings, unknown_variables
 
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("flows").setLevel(logging.INFO)  # our start-up lines; libraries stay at WARNING
 shutdown.install()
+try:  # before TensorFlow and Bytewax: a refused store fails in a second, before anything opens it
+    recovery_lock = hold_recovery_store()  # held while the process lives; the kernel drops it at its end
+except RecoveryStoreError as refused:
+    logging.getLogger("flows.serving").error("recovery store refused: %s", refused)
+    raise SystemExit(2) from None
 settings = Settings.from_environment()
 for name in unknown_variables():
     logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)

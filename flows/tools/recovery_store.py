@@ -18,27 +18,39 @@ processes is `regroup DIR --processes M` with the flow stopped: it moves whole p
 side files, which hold the last commits after a kill -9) round robin into `process-0 .. process-(M-1)`; the
 partitions themselves never change, so the cluster resumes where it stopped. No two processes ever open one
 file, which matters on a shared network volume (SQLite's write-ahead log needs one host per file).
+
+`regroup` checks everything before it moves anything: it refuses while a flow holds one of the directories
+(the lock of `flows.runtime.recovery_store`, which the flow takes at start), and refuses a `process-*` that
+is a symbolic link or not a directory and a partition file that is a link or not a regular file. A partition
+whose side files lie in another directory than its database (an interrupted regroup) moves as one; run again,
+an interrupted regroup finishes. `repair DIR` only puts such side files back next to their database (which
+the flow asks for when it finds them apart), and with `--set-aside-foreign` renames a log SQLite would
+ignore to `*.foreign`, keeping it for a person to look at.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from bytewax.recovery import init_db_dir
 
-from flows.core.errors import ServingError
+from flows.runtime.recovery_store import (
+    FOREIGN_SUFFIX,
+    LOCK_FILE,
+    PARTITION_FILE,
+    RecoveryStoreError,
+    foreign_log_problem,
+    lock_directory,
+    store_directories,
+)
 
 PROCESS_DIRECTORY = "process-{index}"
-PARTITION_FILE = re.compile(r"^part-(\d+)\.sqlite3(-wal|-shm|-journal)?$")
-
-
-class RecoveryStoreError(ServingError):
-    """The store is not what the command needs; the message says what and where."""
 
 
 @dataclass(frozen=True)
@@ -82,19 +94,48 @@ def init(store: Path, partitions: int, processes: int, workers_per_process: int 
 
 
 def find_partitions(store: Path) -> list[Partition]:
-    """Every recovery partition under `store` (in `process-*` directories or directly in it), by index."""
+    """Every recovery partition under `store` (in `process-*` directories or directly in it), by index. Side
+    files lying apart from their database (an interrupted regroup) count with it, where it is."""
     files: dict[tuple[int, Path], list[Path]] = {}
     for path in sorted([*store.glob("part-*"), *store.glob("process-*/part-*")]):
         matched = PARTITION_FILE.match(path.name)
         if matched:
             files.setdefault((int(matched.group(1)), path.parent), []).append(path)
-    partitions = []
-    for (index, directory), paths in sorted(files.items()):
-        database = directory / f"part-{index}.sqlite3"
-        if not database.exists():
-            raise RecoveryStoreError(f"{directory}: side files of partition {index} without its database")
-        partitions.append(Partition(index, _partition_count(database), directory, tuple(paths)))
-    return partitions
+    homes: dict[int, list[Path]] = {}
+    for index, directory in files:
+        if (directory / f"part-{index}.sqlite3").exists():
+            homes.setdefault(index, []).append(directory)
+    for (index, directory), paths in list(files.items()):
+        if directory not in homes.get(index, []):
+            home = _home_of(index, directory, homes)
+            files[(index, home)].extend(_movable_to(home, paths))
+            del files[(index, directory)]
+    return [
+        Partition(index, _partition_count(directory / f"part-{index}.sqlite3"), directory, tuple(paths))
+        for (index, directory), paths in sorted(files.items())
+    ]
+
+
+def _home_of(index: int, directory: Path, homes: dict[int, list[Path]]) -> Path:
+    """The one directory holding the database of partition `index`, whose side files lie in `directory`."""
+    if len(homes.get(index, [])) != 1:
+        raise RecoveryStoreError(
+            f"{directory}: side files of partition {index}, whose database is in "
+            f"{len(homes.get(index, []))} directories, not one"
+        )
+    return homes[index][0]
+
+
+def _movable_to(home: Path, paths: list[Path]) -> list[Path]:
+    """`paths`, side files apart from their database in `home`, unless `home` has its own of the same kind:
+    which of the two belongs to the database is for a person to say."""
+    for path in paths:
+        if (home / path.name).exists():
+            raise RecoveryStoreError(
+                f"{path} and {home / path.name}: two {path.name} files; move the one that does not belong "
+                f"to {home / path.name.split('.sqlite3')[0]}.sqlite3 out of the store"
+            )
+    return paths
 
 
 def _partition_count(database: Path) -> int:
@@ -131,29 +172,84 @@ def check_complete(partitions: list[Partition], where: Path) -> int:
     return count
 
 
+def check_layout(store: Path) -> list[Path]:
+    """The store's directories, if every `process-*` in it is a directory and every partition file a
+    regular file: a link would have files moved out of the store, or a directory removed that is none."""
+    if not store.is_dir():
+        raise RecoveryStoreError(f"{store}: not a directory")
+    for entry in sorted(store.glob("process-*")):
+        if entry.is_symlink() or not entry.is_dir():
+            raise RecoveryStoreError(f"{entry}: {_odd(entry)}, where a process directory belongs")
+    directories = store_directories(store)
+    for directory in directories:
+        for path in sorted(directory.glob("part-*")):
+            if path.is_symlink() or not path.is_file():
+                raise RecoveryStoreError(f"{path}: {_odd(path)}, where a partition file belongs")
+    return directories
+
+
+def _odd(path: Path) -> str:
+    return f"a symbolic link to {path.readlink()}" if path.is_symlink() else "not a regular file or directory"
+
+
+@contextmanager
+def held(directories: list[Path]) -> Iterator[ExitStack]:
+    """Every directory's lock, taken without waiting, held until the block ends; more can be added."""
+    with ExitStack() as locks:
+        for directory in directories:
+            locks.callback(lock_directory(directory).release)
+        yield locks
+
+
 def regroup(store: Path, processes: int, workers_per_process: int = 1) -> list[Path]:
-    """Move the partitions of `store` into `processes` directories, round robin; run with the flow stopped."""
-    partitions = find_partitions(store)
-    count = check_complete(partitions, store)
+    """Move the partitions of `store` into `processes` directories, round robin. Refused while a flow holds
+    any of them; everything is checked before anything moves."""
     if processes < 1:
         raise RecoveryStoreError("processes must be at least 1")
-    if count < processes * workers_per_process:
-        raise RecoveryStoreError(
-            f"{store} has {count} recovery partitions, fewer than {processes * workers_per_process} workers; "
-            f"the count is fixed: run at most {count} workers on it, or start a new store"
-        )
-    directories = [process_directory(store, index) for index in range(processes)]
-    for directory in directories:
-        directory.mkdir(exist_ok=True)
-    for partition in partitions:
-        target = directories[partition.index % processes]
-        for path in partition.files:
-            if path.parent != target:
-                path.rename(target / path.name)
-    for extra in sorted(store.glob("process-*")):
-        if extra not in directories and not any(extra.iterdir()):
-            extra.rmdir()
+    with held(check_layout(store)) as locks:
+        partitions = find_partitions(store)
+        count = check_complete(partitions, store)
+        if count < processes * workers_per_process:
+            raise RecoveryStoreError(
+                f"{store} has {count} recovery partitions, fewer than {processes * workers_per_process} "
+                f"workers; the count is fixed: run at most {count} workers on it, or start a new store"
+            )
+        directories = [process_directory(store, index) for index in range(processes)]
+        for directory in directories:
+            if not directory.exists():
+                directory.mkdir()
+                locks.callback(lock_directory(directory).release)
+        for partition in partitions:
+            _move(partition, directories[partition.index % processes])
+        for extra in sorted(store.glob("process-*")):
+            if extra not in directories and all(path.name == LOCK_FILE for path in extra.iterdir()):
+                (extra / LOCK_FILE).unlink(missing_ok=True)
+                extra.rmdir()
     return directories
+
+
+def _move(partition: Partition, target: Path) -> None:
+    for path in partition.files:
+        if path.parent != target:
+            path.rename(target / path.name)
+
+
+def repair(store: Path, set_aside_foreign: bool = False) -> None:
+    """Put side files back next to their database; with `set_aside_foreign`, rename each log SQLite would
+    ignore (and its index) to `*.foreign`. Refused while a flow holds the store."""
+    with held(check_layout(store)):
+        for partition in find_partitions(store):
+            _move(partition, partition.directory)
+            if set_aside_foreign:
+                _set_aside_if_foreign(partition.directory / f"part-{partition.index}.sqlite3")
+
+
+def _set_aside_if_foreign(database: Path) -> None:
+    wal = Path(f"{database}-wal")
+    if wal.exists() and foreign_log_problem(database, wal):
+        for side in (wal, Path(f"{database}-shm")):
+            if side.exists():
+                side.rename(f"{side}{FOREIGN_SUFFIX}")
 
 
 def describe(store: Path) -> str:
@@ -185,12 +281,19 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--workers-per-process", type=int, default=1)
     show = commands.add_parser("show", help="which process directory holds which partition")
     show.add_argument("store", type=Path)
+    mend = commands.add_parser("repair", help="put side files back next to their database")
+    mend.add_argument("store", type=Path)
+    mend.add_argument(
+        "--set-aside-foreign", action="store_true", help="rename logs SQLite would ignore to *.foreign"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "init":
             init(args.store, args.partitions, args.processes, args.workers_per_process)
         elif args.command == "regroup":
             regroup(args.store, args.processes, args.workers_per_process)
+        elif args.command == "repair":
+            repair(args.store, args.set_aside_foreign)
         print(describe(args.store))
     except RecoveryStoreError as error:
         print(f"serving-recovery-store {args.command}: {error}", file=sys.stderr)
