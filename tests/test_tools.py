@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import tomllib
 from support.jobs import REPO, run_flow_to_end_of_topics
 
 from flows.testing.local_broker import consume_all, create_topics
-from flows.tools import loadgen, publish_model, watch_results
+from flows.tools import loadgen, publish_model, query_state, watch_results
 from flows.wire.avro import MODEL, RECORD
 
 TOOLS = [
@@ -145,3 +147,35 @@ def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
         "| `kafka-embedded ×2 partitions, main job ×2 processes` | 30,000 (20,000 – 40,000; 3) | 20.0 | 40.0 |",
         "| `kafka-baseline` | 25,000 (25,000 – 25,000; 1) | 1.0 | 2.0 |",
     ]
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [(b"{}", "models"), (b'{"models": [{"name": 1}]}', "models.0"), (b'{"models": [], "time": NaN}', "NaN"),
+     (b"[" * 100_000, "nested")],
+    ids=["empty", "wrong-type", "nan", "deep"],
+)  # fmt: skip
+def test_query_state_names_the_process_whose_answer_is_not_a_state_document(
+    body, reason, monkeypatch, capsys
+):
+    class Answer(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/state"
+    monkeypatch.setattr(sys, "argv", ["serving-query-state", url])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            query_state.main()
+    finally:
+        server.shutdown()
+        server.server_close()
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and url in error and reason in error and "Traceback" not in error, error

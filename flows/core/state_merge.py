@@ -4,12 +4,20 @@ of a cluster shows (`flows.adapters.observability.state_server`, `/cluster`).
 Each process answers for its own shards, drift monitors, challenger reports and data partitions; a model is
 served by shards in every process, a partition is read by one process at a time (two during a rescale: the
 newer measurement counts), and history buckets are aligned on the wall clock, so they add up.
+
+A process's answer is read with `read_document`: whoever answers at a peer's address may send anything, so
+what the merge reads is checked first (types, finite numbers, nesting), and a bad answer is refused with
+the reason, leaving the other processes' documents to merge.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.core.challenger import merge_reports
 from flows.core.records import ChallengerReport
@@ -118,3 +126,132 @@ def merge_documents(documents: list[dict[str, Any]]) -> dict[str, Any]:
         "lag": lag["partitions"],
         "history": merge_history(documents),
     }
+
+
+MAX_DEPTH = 32  # a /state document nests 5 deep; deeper is not one, and could overflow the JSON encoder
+
+
+class _Checked(BaseModel):
+    """A part of a process's /state document: the fields the merge reads, typed; others kept as they are."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class _Model(_Checked):
+    name: str
+    description: str
+    since: int
+    usage: int
+    duration: float
+    min: int
+    max: int
+    shards: list[str]
+
+
+class _Challenger(_Checked):
+    challenger: str
+    champion: str
+    mode: str
+    fraction: float
+    shard: str | None
+    window: int | None
+    closed_by: str
+    records: int
+    challenger_records: int
+    challenger_errors: int
+    compared_records: int
+    compared_pairs: int
+    top_k: int
+    top_k_agreement: float
+    mean_abs_diff: float
+    champion_batch_ms: float
+    challenger_batch_ms: float
+    start_time: int
+    end_time: int
+    windows: int
+
+
+class _Lag(_Checked):
+    topic: str
+    partition: int
+    next_offset: int
+    end_offset: int
+    measured_ms: int
+    lag: int
+
+
+class _Drift(_Checked):
+    windows: int = 0
+
+
+class _Point(_Checked):
+    t: int
+
+
+class _Bucket(_Point):
+    records: int
+    errors: int
+    calls: int
+    call_ms: float
+    max_call_ms: float
+
+
+class _History(_Checked):
+    bucket_s: int
+    length: int
+    throughput: dict[str, list[_Bucket]]
+    events: list[_Point]
+    drift: dict[str, list[_Point]]
+    challengers: dict[str, list[_Point]]
+    lag: dict[str, list[_Point]]
+
+
+class _Document(_Checked):
+    time: int = 0
+    models: list[_Model]
+    shards: dict[str, str] = {}
+    drift: dict[str, _Drift] = {}
+    challengers: list[_Challenger] = []
+    lag: list[_Lag] = []
+    history: _History | None = None
+
+
+def read_document(body: bytes) -> dict[str, Any]:
+    """A process's /state document from the body of its answer; ValueError saying what is wrong with it
+    (not JSON, NaN or Infinity, nested too deep, a field missing or of the wrong type)."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    _check_depth(value)
+    try:
+        return _Document.model_validate(value).model_dump()
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the document"
+        raise ValueError(
+            f"not a /state document: {where}: {first['msg']} ({error.error_count()} errors)"
+        ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} in the JSON: a /state document has finite numbers only")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is out of range: a /state document has finite numbers only")
+    return number
+
+
+def _check_depth(value: Any) -> None:
+    """ValueError if `value` nests deeper than MAX_DEPTH (checked without recursion, which it could
+    overflow)."""
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)

@@ -40,7 +40,9 @@ def start_observability(settings: Settings, context: ServingContext) -> list[Any
         switched_on.append("bytewax traces: otlp")
     state = settings.state
     if state.port:
-        server = start_state_server(state.host, state.port, context.state, state.peer_urls)
+        server = start_state_server(
+            state.host, state.port, context.state, state.peer_urls, state.allowed_host_names
+        )
         if server is not None:
             handles.append(server)
             switched_on.append(f"state: http://{state.host}:{state.port}/state, live page at /")

@@ -17,17 +17,21 @@ from typing import Any
 
 import urllib3
 
-from flows.core.state_merge import merge, merge_challengers, merge_lag
+from flows.core.state_merge import merge, merge_challengers, merge_lag, read_document
 from flows.core.vocabulary import Mode
 
 DEFAULT_URL = "http://localhost:8081/state"
 
 
 def fetch(url: str, timeout_s: float) -> dict[str, Any]:
+    """The /state document at `url`, checked as `/cluster` checks its peers' (ValueError naming the URL)."""
     response = urllib3.request("GET", url, timeout=timeout_s, retries=False)
     if response.status != 200:
         raise RuntimeError(f"{url}: HTTP {response.status}")
-    return json.loads(response.data)
+    try:
+        return read_document(response.data)
+    except ValueError as error:
+        raise ValueError(f"{url}: {error}") from None
 
 
 def render_lag(lag: dict[str, Any], per_partition: bool) -> str:
