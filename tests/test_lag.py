@@ -44,15 +44,15 @@ def topic_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         consumer.close()
 
 
-def backlog(bootstrap: str, prefix: str) -> tuple[DataPollSource, str, list[PartitionLag]]:
+def backlog(bootstrap: str, prefix: str, report=None) -> tuple[DataPollSource, str, list[PartitionLag]]:
     """A data source on a new one-partition topic holding 600 records, the partition's name, and the list its
-    lag reports go to."""
+    lag reports go to (unless `report` takes them)."""
     topics = create_topics(bootstrap, prefix, ["data"])
     produce(bootstrap, topics["data"], encoded(sample_records(600)))
     settings = KafkaSettings(bootstrap_servers=bootstrap, poll_size=50, tail=True)
     reports: list[PartitionLag] = []
     source = DataPollSource(
-        settings, topics["data"], OFFSET_BEGINNING, consumer_config(settings), reports.append
+        settings, topics["data"], OFFSET_BEGINNING, consumer_config(settings), report or reports.append
     )
     return source, f"0-{topics['data']}", reports
 
@@ -96,19 +96,16 @@ def wait_for_reports(
 def test_a_partition_reports_its_lag_while_it_reads(kafka_bootstrap):
     source, name, reports = backlog(kafka_bootstrap, "lag-unit")
     partition = source.build_part("kafka_data", name, None)
-    read = read_before_the_report = 0
+    read = 0
     try:
-        while not reports:  # the consumer learns the partition's end from its first fetch response
-            read_before_the_report = read  # a call measures, then polls
-            read += sum(len(poll.batch) for poll in partition.next_batch())
-        first = reports[0]
-        assert first.end_offset == 600 and first.next_offset == read_before_the_report
-        assert 0 < first.lag == 600 - read_before_the_report
+        wait_for(lambda: reports, "a first lag", 60)
+        assert (reports[0].next_offset, reports[0].end_offset, reports[0].lag) == (0, 600, 600)
         deadline = time.monotonic() + 60
         while not (reports[-1].lag == 0 and reports[-1].next_offset == 600):
             assert time.monotonic() < deadline, f"the lag never reached 0: {reports[-1]}"
             read += sum(len(poll.batch) for poll in partition.next_batch())
         assert read == 600
+        assert all(report.end_offset == 600 and report.lag == 600 - report.next_offset for report in reports)
     finally:
         partition.close()
 
@@ -209,8 +206,7 @@ def test_a_broker_that_stops_answering_leaves_the_last_lag_with_its_growing_age(
     partition = None
     try:
         with kafka_broker() as bootstrap:
-            source, name, _ = backlog(bootstrap, "lag-gone")
-            source.on_lag = context.state.partition_lag
+            source, name, _ = backlog(bootstrap, "lag-gone", context.state.partition_lag)
             partition = source.build_part("kafka_data", name, None)
             wait_for(lambda: polled(partition) and context.state.lag_per_partition(), "a first lag", 60)
             [measured] = context.state.lag_per_partition()
