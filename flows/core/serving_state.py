@@ -10,6 +10,7 @@ get copies, merged per model across shards.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,14 +25,16 @@ MAX_CHALLENGERS_SHOWN = 8
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
     """How far behind one data partition this process is: `end_offset` (the topic's newest offset + 1, as
-    the consumer last heard it from the broker) minus `next_offset` (the next offset the flow will read),
-    measured at `measured_ms` (Unix milliseconds)."""
+    the broker answered at `measured_ms`, Unix milliseconds) minus `next_offset` (the next offset the flow
+    will read). `unread`: a partition added to the topic after the flow started, which it reads only after
+    a restart; `next_offset` is then its first offset, and every process reports it."""
 
     topic: str
     partition: int
     next_offset: int
     end_offset: int
     measured_ms: int
+    unread: bool = False
 
     @property
     def lag(self) -> int:
@@ -104,10 +107,15 @@ class ServingState:
         self.history.event(event)
 
     def lag_per_partition(self) -> list[dict[str, Any]]:
-        """The last measurement of each data partition this process reads, with its lag."""
+        """The last measurement of each data partition this process reads (and of those nobody reads), with
+        its lag and `age_s`: a measurement that fails keeps the last figure, whose age then grows."""
+        now_ms = time.time_ns() // 1_000_000
         with self._lock:
             measured = sorted(self._lag.values(), key=lambda lag: (lag.topic, lag.partition))
-        return [{**asdict(lag), "lag": lag.lag} for lag in measured]
+        return [
+            {**asdict(lag), "lag": lag.lag, "age_s": round(max(0, now_ms - lag.measured_ms) / 1000, 1)}
+            for lag in measured
+        ]
 
     def clear(self) -> None:
         with self._lock:

@@ -196,11 +196,16 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
             for feature, values in shown["features"].items()
         ]
 
-    def lag(options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(entry["lag"], {"topic": entry["topic"], "partition": entry["partition"]})
-            for entry in state.lag_per_partition()
-        ]
+    def lag(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            # An unread partition is on every process's /state: as a gauge, summing would count it again.
+            return [
+                Observation(entry[field], {"topic": entry["topic"], "partition": entry["partition"]})
+                for entry in state.lag_per_partition()
+                if not entry["unread"]
+            ]
+
+        return observe
 
     def challenger(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
@@ -232,9 +237,15 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
     )
     meter.create_observable_gauge(
         "serving.kafka.lag",
-        [lag],
+        [lag("lag")],
         unit="{message}",
         description="Per data partition read here: the topic's end offset minus the next offset the flow will read",
+    )
+    meter.create_observable_gauge(
+        "serving.kafka.lag_age",
+        [lag("age_s")],
+        unit="s",
+        description="Per data partition read here: seconds since its lag was measured (the broker answered)",
     )
     return _Instruments(
         records=meter.create_counter("serving.records.scored", unit="{record}", description="Records scored"),

@@ -4,7 +4,9 @@ Each process of a flow answers `GET /state` for its own shards; given several UR
 the tool merges their statistics per model and prints one line per model, then the Kafka lag summed over
 the data partitions the processes read (the flow keeps its offsets in its recovery store, so Kafka's
 consumer-group tools show none). With `--challengers`, it merges the challengers' reports instead
-(`flows.core.challenger`), one line per challenger; with `--lag`, the lag per partition.
+(`flows.core.challenger`), one line per challenger; with `--lag`, the lag per partition, each with its age
+(a partition whose end the broker did not tell keeps its last figure), and any partition added to the topic
+after the flow started, which no process reads until a restart.
 """
 
 from __future__ import annotations
@@ -39,14 +41,26 @@ def render_lag(lag: dict[str, Any], per_partition: bool) -> str:
         return (
             "Kafka lag: no data partition measured (the embedded default, or no answer from the broker yet)"
         )
-    lines = [f"Kafka lag: {lag['total']:,} messages over {len(lag['partitions'])} data partitions"]
+    oldest = max(entry.get("age_s", 0.0) for entry in lag["partitions"])
+    unread = sum(1 for entry in lag["partitions"] if entry.get("unread"))
+    head = (
+        f"Kafka lag: {lag['total']:,} messages over {len(lag['partitions'])} data partitions, "
+        f"measured up to {oldest:g} s ago"
+    )
+    if unread:
+        head += f"; {unread} unread (added after the flow started: it reads them after a restart)"
+    lines = [head]
     if per_partition:
-        lines.extend(
-            f"  {entry['topic']}[{entry['partition']}]: {entry['lag']:,} "
-            f"(next offset {entry['next_offset']:,}, end {entry['end_offset']:,})"
-            for entry in lag["partitions"]
-        )
+        lines.extend(_partition_line(entry) for entry in lag["partitions"])
     return "\n".join(lines)
+
+
+def _partition_line(entry: dict[str, Any]) -> str:
+    where = f"{entry['topic']}[{entry['partition']}]: {entry['lag']:,}"
+    age = f"measured {entry.get('age_s', 0.0):g} s ago"
+    if entry.get("unread"):
+        return f"{where} unread (offsets {entry['next_offset']:,} to {entry['end_offset']:,}; {age})"
+    return f"{where} (next offset {entry['next_offset']:,}, end {entry['end_offset']:,}; {age})"
 
 
 def render_challengers(challengers: list[dict[str, Any]]) -> str:

@@ -7,36 +7,31 @@ messages directly and emits what the flow needs. It keeps what Bytewax's KafkaSo
 "<partition>-<topic>" and the next offset of each as the recovery state, so snapshots written by the flow
 before this source still resume it.
 
-Each partition also measures its lag about once a second (`LAG_EVERY_S`): the end of the partition as the
-consumer last heard it from the broker (every fetch response carries it, so asking costs no round trip)
-minus the next offset the flow will read. The flow's offsets live in its recovery store, not in a consumer
-group, so this is the only place that knows them; `on_lag` hands the figure to the process's /state and
-gauges.
+The flow's offsets live in its recovery store, not in a consumer group, so this source is the only place
+that knows how far behind the topic the flow is: with `on_lag`, a `LagProbe` measures each partition built
+here about once a second, on a thread of its own, and hands the figure to the process's /state and gauges
+(`flows.adapters.kafka.lag_probe`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka import KafkaError as ConsumerError
 
 from flows.adapters.kafka.answered import Covered
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
 from flows.adapters.kafka.settings import KafkaSettings
+from flows.adapters.kafka.lag_probe import LagProbe, LagReport
 from flows.core.records import DataMessage, DecodeFailure
-from flows.core.serving_state import PartitionLag
 from flows.wire.avro import RECORD
 from flows.wire.record_polls import decode_records
 
 LOOKUP_TIMEOUT_S = 10.0
-LAG_EVERY_S = 1.0
-
-LagReport = Callable[[PartitionLag], None]
 
 
 @dataclass(slots=True)
@@ -101,7 +96,6 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
         on_lag: LagReport | None = None,
     ) -> None:
         self.settings = settings
-        self.on_lag = on_lag
         self.topic = topic
         self.starting_offset = starting_offset
         self.consumer_config = {
@@ -111,9 +105,13 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
             "enable.partition.eof": str(not settings.tail),
             **config,
         }
+        self.probe = None if on_lag is None else LagProbe(self.consumer_config, topic, on_lag)
 
     def list_parts(self) -> list[str]:
-        return partition_names(self.consumer_config, self.topic)
+        names = partition_names(self.consumer_config, self.topic)
+        if self.probe is not None:
+            self.probe.listed = frozenset(int(name.split("-", 1)[0]) for name in names)
+        return names
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DataPollPartition:
         index, topic = for_part.split("-", 1)
@@ -123,7 +121,10 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
             )
         offset = self.starting_offset if resume_state is None else resume_state
         consumer = Consumer(self.consumer_config)
-        return _DataPollPartition(consumer, topic, int(index), offset, self.settings, self.on_lag)
+        partition = _DataPollPartition(consumer, topic, int(index), offset, self.settings, self.probe)
+        if self.probe is not None:
+            self.probe.watch(partition)
+        return partition
 
 
 class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
@@ -134,7 +135,7 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         partition: int,
         offset: int,
         settings: KafkaSettings,
-        on_lag: LagReport | None = None,
+        probe: LagProbe | None = None,
     ) -> None:
         consumer.assign([TopicPartition(topic, partition, offset)])
         self.consumer = consumer
@@ -143,13 +144,11 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         self.offset = offset  # the next one to read: the recovery state
         self.settings = settings
         self.ended = False
-        self.on_lag = on_lag
-        self.lag_due = 0.0  # time.monotonic() of the next lag measurement
+        self.probe = probe  # reads `offset` from its own thread
 
     def next_batch(self) -> list[DecodedPoll]:
         if self.ended:
             raise StopIteration()
-        self.idle()
         polled = self.consumer.consume(self.settings.poll_size, 0.001)
         messages: list[Message] = []
         covers_from: list[int] = []  # per message: the offset after the one read before it
@@ -174,28 +173,6 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         if not messages and not failed:
             return []
         return [self._decoded(messages, covers_from, failed)]
-
-    def idle(self) -> None:
-        """Measure the lag if it is due: before each poll, and while the partition waits for a first model
-        (`flows.adapters.sources.model_gate`), when librdkafka's prefetch already knows the partition's end."""
-        if self.on_lag is not None and time.monotonic() >= self.lag_due:
-            self._measure_lag(self.on_lag)
-
-    def _measure_lag(self, report: LagReport) -> None:
-        """Report the partition's lag, once the consumer has heard its end from the broker."""
-        low, high = self.consumer.get_watermark_offsets(
-            TopicPartition(self.topic, self.partition), cached=True
-        )
-        if high < 0:
-            return  # no fetch response yet: try again on the next call
-        if self.offset == OFFSET_BEGINNING:
-            next_offset = max(low, 0)
-        elif self.offset == OFFSET_END:
-            next_offset = high
-        else:
-            next_offset = self.offset
-        report(PartitionLag(self.topic, self.partition, next_offset, high, time.time_ns() // 1_000_000))
-        self.lag_due = time.monotonic() + LAG_EVERY_S
 
     def _covered(self, message: Message) -> Covered | None:
         offset = message.offset()
@@ -232,6 +209,8 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         return self.offset
 
     def close(self) -> None:
+        if self.probe is not None:
+            self.probe.forget(self.partition)
         self.consumer.close()
 
 

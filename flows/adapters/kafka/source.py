@@ -18,8 +18,9 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.adapters.kafka.catch_up import CatchUpSource
 from flows.adapters.kafka.config import consumer_config
-from flows.adapters.kafka.data_source import DataPollSource, KafkaOrigin, LagReport
+from flows.adapters.kafka.data_source import DataPollSource, KafkaOrigin
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
+from flows.adapters.kafka.lag_probe import LagReport
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.sources.model_gate import WaitForChampion
 from flows.adapters.sources.stoppable import StoppableSource
@@ -78,7 +79,8 @@ def kafka_inputs(
 ) -> KafkaInputs:
     """The data and model streams from Kafka, and the dead letters of both. The data partitions read
     nothing until `gate` opens (a champion is ready in this process: `flows.adapters.sources.model_gate`), or for
-    `wait_for_model` seconds at most; each reports its lag to `on_lag` about once a second."""
+    `wait_for_model` seconds at most; the lag of each is reported to `on_lag` about once a second, reading
+    or not (`flows.adapters.kafka.lag_probe`)."""
     data_start = OFFSET_BEGINNING if settings.data_start == "earliest" else OFFSET_END
     data_source = DataPollSource(settings, settings.data_topic, data_start, consumer_config(settings), on_lag)
     gated = WaitForChampion(data_source, gate, wait_for_model)

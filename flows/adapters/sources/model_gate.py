@@ -11,8 +11,8 @@ nothing from its polls until a shard of that process has swapped in a champion (
 by `flows.core.shard`). Records already on their way to a shard whose champion is loading are held there (see
 `ShardLogic._hold`). A process waits at most `wait_s` (SERVING_DATA_WAIT_FOR_MODEL): with no model on the
 models topic at all, or in a process that owns no shard, it then reads, and the shards' hold limit applies
-as before. The recovery state is the inner source's, untouched. While it waits, a partition is told it is
-idle (`PartitionWrapper.idle`): the Kafka data source measures its lag then, so a backlog shows on /state and
+as before. The recovery state is the inner source's, untouched. The Kafka data source measures the lag of
+a waiting partition as of any other (`flows.adapters.kafka.lag_probe`), so a backlog shows on /state and
 the lag gauge before the first model is ready.
 """
 
@@ -42,7 +42,6 @@ class _GatedPartition(PartitionWrapper):
 
     def next_batch(self) -> list:
         if self.waiting and not self._done_waiting():
-            self.idle()  # a backlog waiting for the first model is lag an operator needs to see
             return []
         return self.inner.next_batch()
 

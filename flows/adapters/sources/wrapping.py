@@ -22,13 +22,6 @@ class PartitionWrapper(StatefulSourcePartition[Any, Any]):
     def next_awake(self) -> datetime | None:
         return self.inner.next_awake()
 
-    def idle(self) -> None:
-        """Called instead of `next_batch` while the partition is held back from reading (`model_gate`):
-        passed on to `inner` where it has something to do meanwhile (the Kafka data source measures its lag)."""
-        idle = getattr(self.inner, "idle", None)
-        if idle is not None:
-            idle()
-
     def snapshot(self) -> Any:
         return self.inner.snapshot()
 
