@@ -13,12 +13,15 @@ from flows.runtime.settings import Settings, unknown_variables
 logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 logging.getLogger("flows").setLevel(logging.INFO)  # our start-up lines; libraries stay at WARNING
 shutdown.install()
-try:  # before TensorFlow and Bytewax: a refused store fails in a second, before anything opens it
+try:  # before TensorFlow and Bytewax: a refused store or setting fails in a second, before anything opens
     recovery_lock = hold_recovery_store()  # held while the process lives; the kernel drops it at its end
+    settings = Settings.from_environment()
 except RecoveryStoreError as refused:
     logging.getLogger("flows.serving").error("recovery store refused: %s", refused)
     raise SystemExit(2) from None
-settings = Settings.from_environment()
+except ValueError as wrong:  # a setting, named with its variable
+    logging.getLogger("flows.serving").error("cannot start: %s", wrong)
+    raise SystemExit(2) from None
 for name in unknown_variables():
     logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)
 # Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while

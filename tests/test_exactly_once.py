@@ -10,6 +10,7 @@ marker produced, not committed), so that a test can kill it there.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import shutil
@@ -21,7 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support.jobs import audit_report, recovery_stores, regroup_recovery, start_flow, wait_for
+from confluent_kafka import Producer
+from support.core_runs import sample_records
+from support.jobs import audit_report, encoded, recovery_stores, regroup_recovery, start_flow, wait_for
 from support.trickle import Trickle
 
 from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
@@ -36,6 +39,7 @@ from flows.wire.avro import MODEL
 
 KILLS = 20
 JOB_NUMBERS = itertools.count()
+MARKER_SECRET = "exactly-once tests' marker key"  # signs the answered markers (SERVING_KAFKA_MARKER_KEY)
 STARTED: list[subprocess.Popen] = []  # every job a test started, for the fixture below to end
 
 
@@ -115,6 +119,7 @@ def start_cluster(
                 output=output,
                 SERVING_KAFKA_DELIVERY="exactly-once",
                 SERVING_KAFKA_ANSWERED_TOPIC=topics["answered"],
+                SERVING_KAFKA_MARKER_KEY=MARKER_SECRET,
                 SERVING_KAFKA_TAIL=str(tail).lower(),
                 SERVING_STATE_PORT="0",
                 SERVING_KAFKA_POLL_SIZE="200",
@@ -381,3 +386,63 @@ def test_two_workers_four_partitions_and_a_shadow_challenger_answer_once_and_sha
         f"exactly-once, 2 workers, 4 partitions, shadow challenger, 3 kills: {report['data_offsets']} data "
         f"offsets, 0 lost, 0 duplicated; {len(shadows)} shadow results, none twice"
     )
+
+
+def test_forged_and_hostile_markers_on_the_answered_topic_drop_no_record(kafka_bootstrap, tmp_path):
+    """Whoever can write the answered topic writes, under the partition's transactional id: a plain marker
+    claiming offsets 0 to 10**15 (it made a flow drop 300 of 300 records), one naming another partition,
+    a nested array of 100 KB, and three of 0.9 MB. The flow skips each with a warning and answers every
+    record once."""
+    topics = eos_topics(kafka_bootstrap, "eos-forged", partitions=1)
+    transactional_id = f"serving.{topics['results']}.{topics['data']}.0"
+    forged = [
+        json.dumps({"topic": topics["data"], "partition": 0, "answered": [[0, 10**15]]}).encode(),
+        json.dumps({"topic": "another-topic", "partition": 7, "answered": [[0, 5]]}).encode(),
+        b"[" * 50_000 + b"]" * 50_000,
+        *[json.dumps({"answered": [[n, n] for n in range(0, 140_000, 2)]}).encode()[:900_000]] * 3,
+    ]
+    produce(kafka_bootstrap, topics["answered"], [(transactional_id.encode(), value) for value in forged])
+    produce(kafka_bootstrap, topics["data"], encoded(sample_records(300)))
+
+    stores = recovery_stores(tmp_path, 1)
+    started = time.monotonic()
+    [job] = start_cluster(kafka_bootstrap, topics, stores, tmp_path / "commits.log", False)
+    output = finished(job)
+    report = audit_report(kafka_bootstrap, topics)
+    print(f"forged markers: {report['data_offsets']} data offsets, {report['lost']} lost, "
+          f"{report['duplicates']} duplicated, the run took {time.monotonic() - started:.0f} s")
+    assert (report["data_offsets"], report["lost"], report["duplicates"]) == (300, 0, 0)
+    assert output.count("skipped, not a marker of this flow's") == 5, output[-3000:]  # then a count
+    assert f"{len(forged)} messages under its key skipped in all" in output
+    assert "marker is not signed" in output and "over the 262,144 bytes a marker takes" in output
+
+
+def test_a_transaction_another_producer_left_open_on_the_answered_partition_delays_the_start_by_its_bound(
+    kafka_bootstrap, tmp_path
+):
+    """It hides whatever lies behind it from a read_committed reader; the flow waits
+    SERVING_KAFKA_ANSWERED_WAIT, names it, and answers every record (the broker would hold it 15 min)."""
+    topics = eos_topics(kafka_bootstrap, "eos-open-elsewhere", partitions=1)
+    produce(kafka_bootstrap, topics["data"], encoded(sample_records(200)))
+    other = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "transactional.id": f"someone-else-{topics['answered']}",
+            "transaction.timeout.ms": "900000",
+        }
+    )
+    other.init_transactions(30)
+    other.begin_transaction()
+    other.produce(topics["answered"], key=b"someone-else", value=b"left open", partition=0)
+    other.flush(30)
+    try:
+        stores = recovery_stores(tmp_path, 1)
+        [job] = start_cluster(
+            kafka_bootstrap, topics, stores, tmp_path / "commits.log", False, SERVING_KAFKA_ANSWERED_WAIT="3"
+        )
+        output = finished(job)
+    finally:
+        other.abort_transaction(30)
+    report = audit_report(kafka_bootstrap, topics)
+    assert (report["data_offsets"], report["lost"], report["duplicates"]) == (200, 0, 0)
+    assert "still held back by a transaction another producer left open" in output, output[-3000:]

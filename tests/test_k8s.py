@@ -207,6 +207,7 @@ def pod_environment(
     }
     env.update(config)
     env["SERVING_KAFKA_CONFIG"] = "{}"  # the kafka-client Secret's placeholder
+    env["SERVING_KAFKA_MARKER_KEY"] = "the operator's answered-marker-key"  # the Secret the operator creates
     for variable in container["env"]:
         if "value" in variable:
             env[variable["name"]] = variable["value"]
@@ -669,6 +670,18 @@ def test_the_publish_job_signs_with_a_key_from_a_secret_that_is_not_in_the_manif
     assert template["spec"]["securityContext"]["fsGroup"] == template["spec"]["securityContext"]["runAsGroup"]
     secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
     assert volume["secret"]["secretName"] not in secrets  # created by the operator, never committed
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_flow_signs_its_markers_with_a_key_from_a_secret_that_is_not_in_the_manifests(overlay):
+    documents = rendered(overlay)
+    dataflow = container(pod_templates(documents)["serving"], "dataflow")
+    (variable,) = [v for v in dataflow["env"] if v["name"] == "SERVING_KAFKA_MARKER_KEY"]
+    reference = variable["valueFrom"]["secretKeyRef"]
+    assert not reference.get("optional", False)  # no Secret, no flow: never unsigned markers
+    secrets = {d["metadata"]["name"] for d in documents if d["kind"] == "Secret"}
+    assert reference["name"] not in secrets  # created by the operator, never committed
 
 
 def test_no_private_key_is_committed_under_k8s():

@@ -73,9 +73,12 @@ NAMES_BEFORE_SECTIONS = [
 # Added since, each with the issue that brought it.
 NAMES_ADDED = [
     "KAFKA_DELIVERY",  # 21: exactly-once results
+    "KAFKA_MARKER_KEY",  # 30: signed markers
+    "KAFKA_ANSWERED_WAIT",
     "KAFKA_ANSWERED_TOPIC",
     "KAFKA_TRANSACTIONAL_ID",
     "STATE_PEERS",  # 24: the live page's merged cluster
+    "STATE_ALLOWED_HOSTS",  # 30: Host header allow-list
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from typing import Self
 import numpy as np
 from bytewax.testing import run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from pydantic import SecretStr
 
 from flows.adapters.kafka.headers import (
     SOURCE_OFFSET_HEADER,
@@ -85,6 +87,8 @@ def run_kafka_embedded(
                 "answered_topic": topics["answered"],
                 "delivery": delivery,
                 "tail": rate > 0,
+                # The run's topics are new: a key of its own signs their exactly-once markers.
+                "marker_key": settings.kafka.marker_key or SecretStr(secrets.token_hex(16)),
             }
         )
         flow_settings = settings.model_copy(
@@ -168,6 +172,7 @@ def _environment(flow_settings: Settings) -> dict[str, str]:
         "SERVING_KAFKA_DEAD_LETTERS_TOPIC": flow_settings.kafka.dead_letters_topic,
         "SERVING_KAFKA_ANSWERED_TOPIC": flow_settings.kafka.answered_topic,
         "SERVING_KAFKA_DELIVERY": flow_settings.kafka.delivery,
+        "SERVING_KAFKA_MARKER_KEY": flow_settings.kafka.marker_key.get_secret_value(),
         "SERVING_KAFKA_TAIL": "false",
         "SERVING_CONSOLE_EVERY": "0",
     }

@@ -100,6 +100,17 @@ class Settings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _exactly_once_signs_its_markers(self) -> Settings:
+        """Said at start, before a model loads: the exactly-once sink cannot write a marker without a key."""
+        kafka = self.kafka
+        if kafka.brokers and kafka.exactly_once and kafka.marker_key is None and self.events.signing_key is None:
+            raise ValueError(
+                "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set SERVING_KAFKA_MARKER_KEY "
+                "(a secret of 16 bytes or more, the same for every process) or SERVING_EVENTS_SIGNING_KEY"
+            )
+        return self
+
     @classmethod
     def from_environment(cls) -> Settings:
         """The settings this process's `SERVING_*` variables give, or ValueError naming each variable that

@@ -6,11 +6,21 @@ of an upstream producer, compacted or expired messages): so the offsets answered
 a few gaps for records still held by a shard (waiting for a model) while later ones were answered. The sink
 writes this set with every transaction it commits (`flows.adapters.kafka.exactly_once`), and drops an answer
 whose offset the committed set covers: a record replayed after a restart, answered before.
+
+A marker tells the flow to drop answers, so a forged one drops data: one plain message claiming offsets 0 to
+10**15 under a partition's transactional id silently dropped every later record. A message's place in a
+transaction proves nothing (a `read_committed` reader sees a plain message as it sees a committed one), so
+each marker carries an HMAC-SHA256 of its content (transactional id, topic, partition, ranges) under a key
+only the flow holds (`SERVING_KAFKA_MARKER_KEY`, or one derived from the events signing key), checked before
+its content is even parsed. A marker also carries at most `MARKER_RANGES` ranges: past that, the oldest are
+forgotten, which can repeat an old answer after a restart but never drop one.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -18,6 +28,11 @@ from typing import NamedTuple
 # A marker is one small message per transaction; a set this fragmented means records held in very many
 # places at once, and the marker would grow past what a compacted topic takes comfortably.
 MAX_RANGES = 100_000
+# What a marker the flow writes carries at most (about 30 bytes a range: ~30 KB), and the largest marker it
+# reads: anything longer is not one of its own, and is skipped before its signature is even computed.
+MARKER_RANGES = 1_000
+MAX_MARKER_BYTES = 256 * 1024
+SIGNATURE_PREFIX = b"hmac-sha256:"
 
 
 class Covered(NamedTuple):
@@ -67,6 +82,18 @@ class AnsweredOffsets:
     def copy(self) -> AnsweredOffsets:
         return AnsweredOffsets(list(self.starts), list(self.ends))
 
+    def forget_oldest(self, keep: int) -> int:
+        """Keep the newest `keep` ranges; how many were forgotten (their answers may come again after a
+        restart: a duplicate, never a loss)."""
+        forgotten = max(0, len(self.starts) - keep)
+        del self.starts[:forgotten], self.ends[:forgotten]
+        return forgotten
+
+    @property
+    def last(self) -> int:
+        """The highest offset in the set (-1 if empty)."""
+        return self.ends[-1] if self.ends else -1
+
     def __len__(self) -> int:
         """The number of ranges (not of offsets)."""
         return len(self.starts)
@@ -96,28 +123,66 @@ class AnsweredOffsets:
 
 @dataclass(frozen=True)
 class Marker:
-    """What one sink partition has answered, committed in the same transaction as the answers."""
+    """What one sink partition has answered, committed in the same transaction as the answers; written and
+    read only with the flow's marker key (see the module docstring)."""
 
+    transactional_id: str
     topic: str  # the data topic
     partition: int
     answered: AnsweredOffsets
 
-    def encode(self) -> bytes:
-        return json.dumps(
-            {"topic": self.topic, "partition": self.partition, "answered": self.answered.to_json()},
+    def encode(self, key: bytes) -> bytes:
+        """`hmac-sha256:HEX` + newline + the JSON content."""
+        content = json.dumps(
+            {
+                "id": self.transactional_id,
+                "topic": self.topic,
+                "partition": self.partition,
+                "answered": self.answered.to_json(),
+            },
             separators=(",", ":"),
         ).encode()
+        return SIGNATURE_PREFIX + _signature(key, content) + b"\n" + content
 
     @classmethod
-    def decode(cls, value: bytes) -> Marker:
-        """The marker in `value`; ValueError naming what is wrong with it."""
+    def decode(cls, value: bytes, key: bytes) -> Marker:
+        """The marker in `value` if the flow wrote it; ValueError naming what is wrong with it. The size and
+        the signature are checked before the content is parsed."""
+        if len(value) > MAX_MARKER_BYTES:
+            raise ValueError(f"marker of {len(value):,} bytes, over the {MAX_MARKER_BYTES:,} bytes a marker takes")
+        head, newline, content = value.partition(b"\n")
+        if not newline or not head.startswith(SIGNATURE_PREFIX):
+            raise ValueError("marker is not signed")
+        if not hmac.compare_digest(head[len(SIGNATURE_PREFIX) :], _signature(key, content)):
+            raise ValueError("marker's signature does not match: the flow's marker key did not write it")
         try:
-            fields = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ValueError(f"marker is not JSON: {error}") from None
+            fields = json.loads(content)
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise ValueError(f"marker is not JSON: {type(error).__name__}") from None
         if not isinstance(fields, dict):
             raise ValueError("marker is not a JSON object")  # noqa: TRY004 (one error for any bad marker)
-        topic, partition = fields.get("topic"), fields.get("partition")
-        if not isinstance(topic, str) or type(partition) is not int:
-            raise ValueError("marker has no topic (a string) and partition (an integer)")
-        return cls(topic, partition, AnsweredOffsets.from_json(fields.get("answered")))
+        transactional_id, topic, partition = fields.get("id"), fields.get("topic"), fields.get("partition")
+        if not isinstance(transactional_id, str) or not isinstance(topic, str) or type(partition) is not int:
+            raise ValueError("marker has no id and topic (strings) and partition (an integer)")
+        return cls(transactional_id, topic, partition, AnsweredOffsets.from_json(fields.get("answered")))
+
+
+def _signature(key: bytes, content: bytes) -> bytes:
+    return hmac.new(key, content, hashlib.sha256).hexdigest().encode()
+
+
+def marker_key(secret: str | None, events_signing_key: bytes | None) -> bytes:
+    """The key markers are signed with: SERVING_KAFKA_MARKER_KEY's secret, else one derived from the events
+    signing key (a private key the flow holds anyway); ValueError naming both settings if neither is set.
+    Derived, so that the events key itself never signs anything else."""
+    if secret:
+        if len(secret.encode()) < 16:
+            raise ValueError("SERVING_KAFKA_MARKER_KEY: a secret of at least 16 bytes is needed")
+        return hashlib.sha256(b"serving answered markers\0" + secret.encode()).digest()
+    if events_signing_key:
+        return hashlib.sha256(b"serving answered markers from the events key\0" + events_signing_key).digest()
+    raise ValueError(
+        "exactly-once delivery signs its answered markers, so that no other writer of the answered topic "
+        "can make it drop records: set SERVING_KAFKA_MARKER_KEY (a secret of at least 16 bytes, the same "
+        "for every process, kept across restarts) or SERVING_EVENTS_SIGNING_KEY"
+    )

@@ -16,7 +16,8 @@ from bytewax.dataflow import Stream
 from flows.adapters.kafka.config import client_config, consumer_config
 from flows.adapters.kafka.data_source import KafkaOrigin
 from flows.adapters.kafka.dead_letters import Undecodable
-from flows.adapters.kafka.exactly_once import Answer, ExactlyOnceSink, partition_key
+from flows.adapters.kafka.answered import marker_key
+from flows.adapters.kafka.exactly_once import Answer, ExactlyOnceSetupError, ExactlyOnceSink, partition_key
 from flows.adapters.kafka.headers import (
     ORIGINAL_SIZE_HEADER,
     REPLACED_HEADER,
@@ -192,7 +193,8 @@ def kafka_outputs(
     brokers = settings.brokers
     config = client_config(settings, settings.producer_config)
     if settings.exactly_once:
-        _exactly_once_answers(settings, config, results, dead_letters, shadow_results)
+        key = _marker_key(settings, events_signing)
+        _exactly_once_answers(settings, config, results, dead_letters, shadow_results, key)
     else:
         _at_least_once_answers(settings, config, results, dead_letters, shadow_results)
     if settings.events_topic:
@@ -241,6 +243,7 @@ def _exactly_once_answers(
     results: Stream[Sequence[ScoredMessage]],
     dead_letters: Stream[Undecodable],
     shadow_results: Stream[ScoredBatch],
+    marker_key: bytes,
 ) -> None:
     """Answers keyed by data partition into the transactional sink; dead model messages answer no data
     offset and keep the at-least-once sink."""
@@ -258,7 +261,7 @@ def _exactly_once_answers(
         )
         answers = op.merge("answers_and_shadows", answers, shadows)
     shrink = partial(_smaller_answer, settings)
-    sink = ExactlyOnceSink(settings, config, consumer_config(settings), shrink)
+    sink = ExactlyOnceSink(settings, config, consumer_config(settings), shrink, marker_key)
     op.output("kafka_answers", answers, sink)
     model_letters = op.map("dead_model_messages", split.falses, lambda item: [item.dead_letter])
     op.output(
@@ -266,6 +269,16 @@ def _exactly_once_answers(
         model_letters,
         ResilientKafkaSink(settings.brokers, settings.dead_letters_topic, config, smaller_dead_letter),
     )
+
+
+def _marker_key(settings: KafkaSettings, events_signing: EventSettings) -> bytes:
+    """The key of the answered markers (`flows.adapters.kafka.answered.marker_key`), read where it is used."""
+    secret = settings.marker_key.get_secret_value() if settings.marker_key is not None else None
+    events_key = events_signing.signing_key.read_bytes() if events_signing.signing_key is not None else None
+    try:
+        return marker_key(secret, events_key)
+    except ValueError as error:
+        raise ExactlyOnceSetupError(str(error)) from None
 
 
 def result_answers(

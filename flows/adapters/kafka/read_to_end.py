@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from flows.core.errors import ServingError
+
 log = logging.getLogger(__name__)
 
 LOOKUP_TIMEOUT_S = 10.0
@@ -22,15 +24,31 @@ REPORT_EVERY_S = 10.0
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 
 
+class StillOpen(ServingError):
+    """A `read_committed` read gave up waiting: a transaction is still open below the end it was to reach.
+    `held` maps each partition not read to its end to (the position it reached, that end)."""
+
+    def __init__(self, topic: str, held: dict[int, tuple[int, int]], waited_s: float) -> None:
+        where = ", ".join(
+            f"{topic}[{partition}] from offset {position} to {end}" for partition, (position, end) in held.items()
+        )
+        super().__init__(
+            f"after {waited_s:.0f} s, {where} still held back by a transaction another producer left open"
+        )
+        self.held = held
+
+
 def read_to_end(
     config: dict[str, str],
     topic: str,
     isolation: str = "read_committed",
     partitions: set[int] | None = None,
+    max_wait_s: float | None = None,
 ) -> Iterator[Message]:
     """Every message of every partition of `topic` (or of `partitions`) from its beginning to the end it
     had when called. Waits, logging every 10 s, while an open transaction holds a
-    `read_committed` reader back."""
+    `read_committed` reader back: for ever, or with `max_wait_s`, until then, and then raises `StillOpen`
+    naming what it could not read (after yielding what it could)."""
     consumer = Consumer(
         {
             **config,
@@ -74,6 +92,12 @@ def read_to_end(
             for position in consumer.position([TopicPartition(topic, partition) for partition in ends]):
                 if position.offset >= ends[position.partition]:
                     del ends[position.partition]
+            if ends and max_wait_s is not None and time.monotonic() - started > max_wait_s:
+                reached = {tp.partition: tp.offset for tp in consumer.position(
+                    [TopicPartition(topic, partition) for partition in ends]
+                )}
+                held = {partition: (reached[partition], end) for partition, end in sorted(ends.items())}
+                raise StillOpen(topic, held, time.monotonic() - started)
             if ends and time.monotonic() >= next_report:
                 log.warning(
                     "reading %s: waited %.0f s for partitions %s to reach their end (open transactions?)",

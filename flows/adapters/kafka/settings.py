@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from flows.core.sections import Section
 
@@ -51,6 +51,15 @@ class KafkaSettings(Section):
     answered_topic: str = Field(
         "recommender-answered",
         description="with `exactly-once`: the compacted topic where each transaction records which data offsets it answered (a JSON marker keyed by transactional id); a restarted flow reads it to drop answers committed before",
+    )
+    marker_key: SecretStr | None = Field(
+        None,
+        description="with `exactly-once`: a secret (16 bytes or more, the same for every process, kept across restarts) that signs the answered markers, so that no other writer of the answered topic can make the flow drop records; unset, a key derived from SERVING_EVENTS_SIGNING_KEY, and exactly-once refuses to start without either",
+    )
+    answered_wait: float = Field(
+        60.0,
+        gt=0,
+        description="with `exactly-once`: seconds a starting partition waits for a transaction another producer left open on its answered partition (it hides the markers behind it); past it, the partition starts from the markers it read, which can repeat answers, never drop one",
     )
     transactional_id: str = Field(
         "",
