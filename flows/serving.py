@@ -22,6 +22,7 @@ except RecoveryStoreError as refused:
 except ValueError as wrong:  # a setting, named with its variable
     logging.getLogger("flows.serving").error("cannot start: %s", wrong)
     raise SystemExit(2) from None
+shutdown.set_drain_timeout(settings.flow.drain_timeout)
 for name in unknown_variables():
     logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)
 # Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 
 from support.core_runs import sample_records
-from support.jobs import audit_report, encoded, start_flow, wait_for
+from support.jobs import REPO, audit_report, encoded, start_flow, wait_for
 
 from flows.testing.local_broker import create_topics, produce
 from flows.testing.loopback import free_ports
@@ -74,3 +75,31 @@ def test_sigterm_to_one_process_ends_it_promptly_and_a_restart_loses_nothing(
     print(f"audit after the faults: {report}")  # the figures the README's fault table quotes
     assert report["data_offsets"] == 3000 and report["lost"] == 0, report
     assert report["duplicates"] <= 2000, report
+
+
+def test_sigterm_ends_a_process_stuck_in_a_model_call_within_its_drain_bound(tmp_path):
+    """The worker is inside ONNX Runtime (minutes per call), where no Python signal handler runs; the
+    signal thread ends the process SERVING_DRAIN_TIMEOUT after the signal, saying why."""
+    output = tmp_path / "stuck.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "SERVING_DRAIN_TIMEOUT": "2"}
+    with open(output, "w") as sink:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", "support.stuck_in_a_model"],
+            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "scoring" in output.read_text() or job.poll() is not None, "the call started", 120)
+        assert job.poll() is None, output.read_text()[-3000:]
+        time.sleep(1)  # well inside the call
+        job.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        job.wait(timeout=60)
+        ended_in = time.monotonic() - signalled
+    finally:
+        job.kill()
+        job.wait()
+    said = output.read_text()
+    assert job.returncode == 5, said[-3000:]
+    assert "did not drain within 2 s of SIGTERM (SERVING_DRAIN_TIMEOUT)" in said
+    assert ended_in < 30, f"{ended_in:.0f} s after the signal"
+    assert "scores" not in said  # it never finished the call: the bound, not the model, ended it

@@ -54,6 +54,13 @@ class FlowSettings(Section):
     )
 
 
+    drain_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a single process may take to drain after SIGTERM or Ctrl-C; past it (a model call or a sink that does not return) it exits at once with status 5, and a restart resumes from the last snapshot",
+    )
+
+
 class OutputSettings(Section):
     """What the flow prints and exports besides Kafka."""
 
