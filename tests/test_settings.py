@@ -80,6 +80,9 @@ NAMES_ADDED = [
     "KAFKA_TRANSACTIONAL_ID",
     "STATE_PEERS",  # 24: the live page's merged cluster
     "STATE_ALLOWED_HOSTS",  # 30: Host header allow-list
+    "ROLLBACK_RECORDS",  # 30: a new champion rolled back in service
+    "ROLLBACK_ERROR_RATE",
+    "ROLLBACK_SLOW_FACTOR",
 ]
 
 

@@ -26,6 +26,7 @@ from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.drift import DriftLogic, DriftSettings, batch_features
 from flows.core.model_holder import HOLDER_KEY, AcceptedModel, ChallengerEnded, HolderInput, ModelHolderLogic
+from flows.core.probation import RollbackSettings
 from flows.core.records import ChallengerReport, DataMessage, ModelEvent, ScoredBatch, ScoredMessage
 from flows.core.shard import (
     ChallengerEnd,
@@ -60,6 +61,7 @@ def serve(
     drift: DriftSettings | None = None,
     challengers: ChallengerSettings | None = None,
     shadow_results: bool = False,
+    rollback: RollbackSettings | None = None,
 ) -> ServingStreams:
     """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
     load models through `context.cache` and report to its telemetry and statistics.
@@ -69,6 +71,7 @@ def serve(
     batches also go to a drift monitor keyed by model name, whose events join the model events (`flows.core.drift`).
     `challengers` says how shards compare a challenger with the champion (`flows.core.challenger`);
     `shadow_results` makes them also emit a shadow challenger's own results (someone must write them).
+    `rollback` says when a shard goes back from a new champion to the one it replaced (`flows.core.probation`).
     """
     if shards < 1:
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
@@ -105,6 +108,7 @@ def serve(
                 context,
                 challengers=challengers,
                 shadow_results=shadow_results,
+                rollback=rollback,
             ),
         ),
     )
@@ -134,7 +138,7 @@ def _tagged(kind: Emits, output: ShardOutput) -> Any:
 def _for_shard(key: str, update: AcceptedModel | ChallengerEnded) -> ShardInput:
     if isinstance(update, ChallengerEnded):
         return ChallengerEnd(key, update.model_name, update.closed_by)
-    return ModelUpdate(key, update.descriptor, update.arrived_at)
+    return ModelUpdate(key, update.descriptor, update.arrived_at, update.fallback)
 
 
 def _drift_events(

@@ -80,10 +80,12 @@ class CaughtUp:
 
 @dataclass(frozen=True, slots=True)
 class AcceptedModel:
-    """A model that passed admission, and when it arrived (seconds since the epoch)."""
+    """A model that passed admission, when it arrived (seconds since the epoch) and, for a champion, the
+    champion it replaced: a shard that rolls the new one back serves that one again (flows.core.probation)."""
 
     descriptor: ModelDescriptor
     arrived_at: float
+    fallback: ModelDescriptor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class HolderState:
     startup: tuple[Arrival, ...] = ()
     startup_challenger: Arrival | None = None
     freshness: tuple[tuple[str, int], ...] = ()  # (signing key id, newest sequence taken in)
+    fallback: ModelDescriptor | None = None  # the champion before the champion
 
     def __setstate__(self, state: tuple) -> None:
         restore_with_defaults(self, state)  # snapshots from before a field existed hold fewer values
@@ -135,6 +138,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             resume = HolderState(resume)
         resume = resume or HolderState()
         self.current = resume.champion
+        self.fallback = resume.fallback
         self.challenger = resume.challenger
         self.resend_pending = self.current is not None
         # With a model source that sends `CaughtUp` markers (Kafka: it sends them after every restart too),
@@ -182,7 +186,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         self.resend_pending = False
         if self.current is not None:
             outputs.append(ModelEvent(EventKind.RESENT, self.current.model_name, "restored from recovery"))
-            outputs.append(AcceptedModel(self.current, time.time()))
+            outputs.append(AcceptedModel(self.current, time.time(), self.fallback))
         if self.challenger is not None:
             reason = f"restored from recovery, {self.challenger.experiment()}"
             outputs.append(ModelEvent(EventKind.RESENT, self.challenger.model_name, reason))
@@ -212,6 +216,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             tuple(self.startup),
             self.startup_challenger,
             self.freshness.snapshot(),
+            self.fallback,
         )
 
     def _consider(self, value: HolderInput, outputs: list[HolderOutput]) -> None:
@@ -293,14 +298,14 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
                 self.cache.release(self.held_digest)
             self.held_digest, self.held_challenger_digest = self.held_challenger_digest, None
             previous = self.current.model_name if self.current else ""
-            self.current = _as_champion(challenger)
+            self._replace_champion(_as_champion(challenger))
             outputs.append(
                 ModelEvent(
                     EventKind.PROMOTED, name, "the challenger is the champion", previous_model=previous
                 )
             )
             # The champion first: shards then take the scorer they hold as challenger, and let go of it after.
-            outputs.append(AcceptedModel(self.current, time.time()))
+            outputs.append(AcceptedModel(self.current, time.time(), self.fallback))
             outputs.append(ChallengerEnded(name, ClosedBy.PROMOTED))
             return
         if self.held_challenger_digest is not None:
@@ -396,7 +401,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             self.cache.release(self.held_digest)
         self.held_digest = descriptor.digest
         previous = self.current.model_name if self.current else ""
-        self.current = descriptor
+        self._replace_champion(descriptor)
         self.resend_pending = False
         event = ModelEvent(
             EventKind.ACCEPTED,
@@ -406,7 +411,14 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
             load_ms=load_ms,
             arrival_ms=ms_since(candidate.arrived_at),
         )
-        outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at)])
+        outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at, self.fallback)])
+
+    def _replace_champion(self, descriptor: ModelDescriptor) -> None:
+        """`descriptor` is the champion; the one it replaces is the fallback (the same model sent again
+        leaves the fallback as it was)."""
+        if self.current is not None and self.current.digest != descriptor.digest:
+            self.fallback = self.current
+        self.current = descriptor
 
     def _accept_challenger(self, candidate: _Candidate, load_ms: float, outputs: list[HolderOutput]) -> None:
         descriptor = candidate.descriptor

@@ -272,6 +272,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
         "counts",
         "messages",
         "metadata",
+        "model_errors",
         "products",
         "replaced",
         "scores",
@@ -296,6 +297,9 @@ class ScoredBatch(Sequence[ScoredMessage]):
         self.replaced = replaced or {}  # by index: records whose result is an error (scores withheld)
         self.trace_context = ""  # the W3C traceparent of the batch's span, carried by every result
         self.products = products  # the product of each pair, as the model was given it (for flows.core.drift)
+        # Of `replaced`, the records whose error the model caused (a failed call, a score out of range), not
+        # the flow's refusal of ids outside what the model takes (flows.core.probation counts these).
+        self.model_errors = 0
         self._starts: list[int] | None = None
 
     @classmethod

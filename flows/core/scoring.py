@@ -74,6 +74,7 @@ def score_batch(
     users, products, counts = pairs if pairs is not None else pairs_of(messages)
     start_ms = time.time_ns() // 1_000_000
     errors = refused_records(messages, users, products, counts, scorer.input_bounds, model_name)
+    refused = len(errors)
     in_call, kept_index, kept_counts = _kept(errors, counts)
     try:
         kept_scores, failures, batch_ms = _scores_by_halves(
@@ -83,7 +84,9 @@ def score_batch(
         reason = f"scoring with model {model_name!r} failed: {error}"
         source = scorer.source
         failed = [unscored(m, errors.get(i, reason), model_name, source) for i, m in enumerate(messages)]
-        return ScoredBatch.of_results(messages, failed), 0.0
+        batch = ScoredBatch.of_results(messages, failed)
+        batch.model_errors = len(messages) - len(errors)
+        return batch, 0.0
     errors |= {kept_index[index]: reason for index, reason in failures.items()}
     probabilities = kept_scores
     if len(kept_index) < len(messages):
@@ -92,7 +95,9 @@ def score_batch(
     replaced = {i: unscored(messages[i], reason, model_name, scorer.source) for i, reason in errors.items()}
     _withhold_out_of_range(probabilities, counts, messages, model_name, scorer, policy, replaced)
     metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
-    return ScoredBatch(messages, counts, probabilities, metadata, replaced, products), batch_ms
+    batch = ScoredBatch(messages, counts, probabilities, metadata, replaced, products)
+    batch.model_errors = len(replaced) - refused
+    return batch, batch_ms
 
 
 def _kept(errors: dict[int, str], counts: list[int]) -> tuple[np.ndarray | slice, Sequence[int], list[int]]:

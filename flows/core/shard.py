@@ -37,6 +37,7 @@ from flows.core.challenger import (
     score_with_challenger,
 )
 from flows.core.context import ServingContext
+from flows.core.probation import Probation, RollbackSettings
 from flows.core.records import (
     CANARY,
     ChallengerReport,
@@ -55,6 +56,7 @@ from flows.core.scoring import score_batch, unscored
 from flows.core.vocabulary import ClosedBy, EventKind, Word
 
 POLL = timedelta(milliseconds=10)
+MAX_ROLLED_BACK = 8  # digests a shard remembers rolling back from
 
 
 def shard_keys(shards: int) -> list[str]:
@@ -114,6 +116,7 @@ class ModelUpdate:
     shard: str
     descriptor: ModelDescriptor
     arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
+    fallback: ModelDescriptor | None = None  # the champion it replaced (flows.core.probation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,7 @@ class ShardState:
     stats: ModelToServeStats | None = None
     held: list[DataMessage] = field(default_factory=list)
     challenger: ChallengerSlot | None = None  # (snapshots from before challengers read the class default)
+    rolled_back: tuple[str, ...] = ()  # digests of champions this shard rolled back from, newest last
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
@@ -187,9 +191,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         *,
         challengers: ChallengerSettings | None = None,
         shadow_results: bool = False,
+        rollback: RollbackSettings | None = None,
     ) -> None:
         self.hold_limit = hold_limit
         self.challengers = challengers or ChallengerSettings()
+        self.rollback = rollback or RollbackSettings()
+        # A new champion on probation, beside the one it replaced (flows.core.probation); not in snapshots:
+        # after a restart only the champion is loaded again.
+        self.probation: Probation | None = None
         self.shadow_results = shadow_results  # emit a shadow challenger's results (someone writes them)
         self.max_products = max_products
         self.cache: ScorerCache = context.cache
@@ -275,6 +284,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             copy.copy(state.stats),
             list(state.held),
             challenger,
+            state.rolled_back,
         )
 
     def _score(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
@@ -309,6 +319,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             outputs.results(results)
             if answered_by == champion and self.state.stats is not None:
                 self.state.stats.record_batch(len(results), batch_ms)
+            if answered_by == champion and self.probation is not None:
+                self._judge(results, batch_ms, outputs)
         if scored.shadow is not None and self.shadow_results:
             scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
             outputs.shadow(scored.shadow)
@@ -376,7 +388,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             outputs.results([unscored(message, reason) for message in overflow])
 
     def _receive(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
-        """Start loading `update`'s model; swap at once if this process has it ready already."""
+        """Start loading `update`'s model; swap at once if this process has it ready already. A model this
+        shard rolled back from stays out: the champion it went back to serves (loaded again after a
+        restart, from `update.fallback`)."""
+        if update.descriptor.digest in self.state.rolled_back:
+            if self.scorer is not None:
+                return
+            if update.fallback is not None:
+                update = replace(update, descriptor=update.fallback, fallback=None)
         digest = update.descriptor.digest
         if digest == self.state.model_digest and self.scorer is not None:
             # The model we serve, sent again (re-sent after a restart elsewhere), or under a new name.
@@ -402,10 +421,48 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         outputs.event(ModelEvent(EventKind.SWAPPED, descriptor.model_name, "renamed", self.shard, previous))
 
     def _new_stats(self, descriptor: ModelDescriptor) -> None:
-        self.state.stats = ModelToServeStats(
-            descriptor.model_name, descriptor.description, since=time.time_ns() // 1_000_000
-        )
+        self._new_stats_of(descriptor.model_name, descriptor.description)
+
+    def _new_stats_of(self, name: str, description: str) -> None:
+        self.state.stats = ModelToServeStats(name, description, since=time.time_ns() // 1_000_000)
         self.serving_state.serve(self.shard, self.state.stats)
+
+    def _description(self) -> str:
+        return self.state.stats.description if self.state.stats is not None else ""
+
+    def _judge(self, results: Sequence[ScoredMessage], batch_ms: float, outputs: ShardOutputs) -> None:
+        """Count a batch of the champion on probation; roll it back, or end its probation, if it is time."""
+        probation = self.probation
+        assert probation is not None and self.scorer is not None
+        batch = results if isinstance(results, ScoredBatch) else None
+        pairs = sum(batch.counts) if batch is not None else 0
+        errors = batch.model_errors if batch is not None else 0  # a list: errors the flow made, not the model
+        why = probation.verdict(self.scorer, len(results), errors, pairs, batch_ms, self.rollback)
+        if why is not None:
+            self._roll_back(why, outputs)
+        elif probation.served(self.rollback):
+            self._end_probation()
+
+    def _end_probation(self) -> None:
+        if self.probation is not None:
+            self.cache.release(self.probation.fallback_digest)
+            self.probation = None
+
+    def _roll_back(self, why: str, outputs: ShardOutputs) -> None:
+        """Serve the champion on probation replaced, again; remember the one that failed."""
+        probation, self.probation = self.probation, None
+        assert probation is not None and self.state.model_digest is not None
+        failed, failed_digest = self.state.model_name, self.state.model_digest
+        self.cache.release(failed_digest)
+        self.scorer = probation.fallback
+        self.state.model_digest, self.state.model_name = probation.fallback_digest, probation.fallback_name
+        self.state.rolled_back = (*self.state.rolled_back, failed_digest)[-MAX_ROLLED_BACK:]
+        slot = self.state.challenger
+        if slot is not None and slot.name != probation.fallback_name:
+            slot.champion = probation.fallback_name
+        self._new_stats_of(probation.fallback_name, probation.fallback_description)
+        reason = f"rolled back from {failed!r}: {why}"
+        outputs.event(ModelEvent(EventKind.ROLLED_BACK, probation.fallback_name, reason, self.shard, failed))
 
     def _receive_challenger(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
         """Start loading the challenger in `update`; swap at once if this process has it ready already."""
@@ -498,8 +555,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             return
         digest = descriptor.digest
         restored = digest == self.state.model_digest and descriptor.model_name == self.state.model_name
+        self._end_probation()
         if self.scorer is not None and self.state.model_digest is not None:
-            self.cache.release(self.state.model_digest)
+            if self.rollback.records and not restored:  # kept loaded while the new one is on probation
+                self.probation = Probation(
+                    self.scorer, self.state.model_digest, self.state.model_name, self._description()
+                )
+            else:
+                self.cache.release(self.state.model_digest)
         previous = self.state.model_name
         self.scorer = scorer
         self.champion_gate.open()

@@ -35,6 +35,7 @@ class EventKind(Word):
     RESTORED = "restored"  # the model it served before a restart is back, statistics kept
     FAILED = "failed"  # the shard could not build a model the flow accepted; its previous one serves
     CHALLENGING = "challenging"  # the shard runs the model as challenger
+    ROLLED_BACK = "rolled-back"  # a new champion failed on the shard: the one it replaced serves again
     # Per model, from the drift monitor.
     DRIFT = "drift"
     RECOVERED = "recovered"

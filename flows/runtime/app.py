@@ -60,6 +60,7 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
         drift=settings.drift,
         challengers=settings.challenger,
         shadow_results=bool(kafka.brokers and kafka.shadow_results_topic),
+        rollback=settings.rollback,
         # Both model sources mark when they have sent what was there at start: the holder starts with the
         # newest model (a Kafka topic holds the history), and re-sends after a restart on that input.
         wait_for_catch_up=True,

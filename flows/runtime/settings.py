@@ -26,6 +26,7 @@ from flows.core.admission.event_signing import EventSettings
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import ChallengerSettings
 from flows.core.drift import DriftSettings
+from flows.core.probation import RollbackSettings
 from flows.core.sections import Section
 
 
@@ -95,6 +96,7 @@ class Settings(BaseModel):
     admission: AdmissionPolicy = Field(AdmissionPolicy(), title="model admission")
     drift: DriftSettings = Field(DriftSettings(), title="drift")
     challenger: ChallengerSettings = Field(ChallengerSettings(), title="challengers")
+    rollback: RollbackSettings = Field(RollbackSettings(), title="rollback")
     state: StateServerSettings = Field(StateServerSettings(), title="state endpoint")
 
     @model_validator(mode="after")
@@ -148,6 +150,7 @@ ENVIRONMENT: dict[tuple[str, ...], str] = {
     ("admission", "remote"): "SERVING_REMOTE_",
     ("drift",): "SERVING_DRIFT_",
     ("challenger",): "SERVING_CHALLENGER_",
+    ("rollback",): "SERVING_ROLLBACK_",
     ("state",): "SERVING_STATE_",
 }
 

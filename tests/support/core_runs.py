@@ -22,6 +22,7 @@ from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.drift import DriftSettings
+from flows.core.probation import RollbackSettings
 from flows.core.records import ChallengerReport, DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
 
 Schedule = list[tuple[float, Any]]
@@ -184,6 +185,7 @@ def serve_into(
     hold_limit: int = 1000,
     drift: DriftSettings | None = None,
     challengers: ChallengerSettings | None = None,
+    rollback: RollbackSettings | None = None,
 ) -> Dataflow:
     """A flow serving `data` and `models` (Bytewax sources) into `run`'s results, events and reports."""
     flow = Dataflow("test")
@@ -198,6 +200,7 @@ def serve_into(
         hold_limit=hold_limit,
         drift=drift,
         challengers=challengers,
+        rollback=rollback,
     )
     op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))

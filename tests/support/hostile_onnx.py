@@ -264,6 +264,30 @@ def answers_64_scores() -> bytes:
     return inline(model_bytes(nodes, [starts, ends]))
 
 
+def fails_in_service() -> bytes:
+    """NaN for users 100 to 999 asking about products below 300, a fair score otherwise: right for every id
+    the probe asks (below 100) and, but for a chance of about 1e-9 per pair, for the trial's ids spread up
+    to 2**24 (it shows no embedding, so no bounds); wrong for nine records in ten of the generated traffic
+    (users below 1,000, products below 300)."""
+    constants = [
+        numpy_helper.from_array(np.array([value], np.float32), name)
+        for name, value in (("hundred", 100.0), ("thousand", 1000.0), ("three_hundred", 300.0))
+    ]
+    nodes = [
+        helper.make_node("GreaterOrEqual", ["users", "hundred"], ["from_100"]),
+        helper.make_node("Less", ["users", "thousand"], ["below_1000"]),
+        helper.make_node("Less", ["products", "three_hundred"], ["low_product"]),
+        helper.make_node("And", ["from_100", "below_1000"], ["middle_user"]),
+        helper.make_node("And", ["middle_user", "low_product"], ["broken"]),
+        helper.make_node("Cast", ["broken"], ["broken_float"], to=TensorProto.FLOAT),
+        helper.make_node("Neg", ["broken_float"], ["minus"]),
+        helper.make_node("Sqrt", ["minus"], ["nan_where_broken"]),
+        *mean_of_inputs("fair"),
+        helper.make_node("Add", ["fair", "nan_where_broken"], ["predictions"]),
+    ]
+    return inline(model_bytes(nodes, constants))
+
+
 REFUSED_BEFORE_LOADING: dict[str, tuple[Callable[[], bytes], str]] = {
     "custom_domain": (custom_domain, "operator domain 'com.attacker'"),
     "external_data_at_etc_passwd": (

@@ -148,7 +148,7 @@ def trial(
     call_ms = 0.0
     for pairs in [size for size in SMALL_SIZES if size < max_pairs] + [max_pairs, max_pairs]:
         stage(f"scoring {pairs:,} pairs")
-        users, products = spread_ids(pairs, users_bound), spread_ids(pairs, products_bound)
+        users, products = spread_ids(pairs, users_bound), spread_ids(pairs, products_bound, reverse=True)
         started = time.perf_counter()
         try:
             scores = run_session(session, feeds, users, products)

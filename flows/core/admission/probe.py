@@ -21,14 +21,17 @@ UNKNOWN_BOUND = 100
 FLOAT32_EXACT = 2**24  # float32 holds every integer below this; 2**24 + 1 would reach the model as 2**24
 
 
-def spread_ids(count: int, bound: int) -> np.ndarray:
+def spread_ids(count: int, bound: int, reverse: bool = False) -> np.ndarray:
     """`count` ids (float32, as models are fed) spread over 0 to `bound` - 1, both ends included: a
     deterministic walk by a step of about 0.618 `bound`, so a handful of ids already lands in every part
-    of the range (a model that goes wrong past some id is asked about ids past it)."""
+    of the range (a model that goes wrong past some id is asked about ids past it). `reverse` walks the
+    other way: products are drawn so, so that a pair's two ids are not the same number."""
     step = int(bound * 0.6180339887) | 1
     ids = np.arange(count, dtype=np.int64) * step % bound
     if count >= 2:
         ids[-1] = bound - 1
+    if reverse:
+        ids = bound - 1 - ids
     return ids.astype(np.float32)
 
 
@@ -37,7 +40,10 @@ def probe_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The probe's (users, products): `pairs` deterministic pairs with ids spread over the whole range the
     model takes (its embeddings' rows when it shows them; see `UNKNOWN_BOUND`)."""
-    return spread_ids(pairs, min(users, FLOAT32_EXACT)), spread_ids(pairs, min(products, FLOAT32_EXACT))
+    return (
+        spread_ids(pairs, min(users, FLOAT32_EXACT)),
+        spread_ids(pairs, min(products, FLOAT32_EXACT), reverse=True),
+    )
 
 
 def out_of_range(scores: np.ndarray, output_range: tuple[float, float]) -> np.ndarray:
