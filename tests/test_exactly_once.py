@@ -409,8 +409,10 @@ def test_forged_and_hostile_markers_on_the_answered_topic_drop_no_record(kafka_b
     [job] = start_cluster(kafka_bootstrap, topics, stores, tmp_path / "commits.log", False)
     output = finished(job)
     report = audit_report(kafka_bootstrap, topics)
-    print(f"forged markers: {report['data_offsets']} data offsets, {report['lost']} lost, "
-          f"{report['duplicates']} duplicated, the run took {time.monotonic() - started:.0f} s")
+    print(
+        f"forged markers: {report['data_offsets']} data offsets, {report['lost']} lost, "
+        f"{report['duplicates']} duplicated, the run took {time.monotonic() - started:.0f} s"
+    )
     assert (report["data_offsets"], report["lost"], report["duplicates"]) == (300, 0, 0)
     assert output.count("skipped, not a marker of this flow's") == 5, output[-3000:]  # then a count
     assert f"{len(forged)} messages under its key skipped in all" in output

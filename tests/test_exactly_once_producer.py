@@ -109,7 +109,9 @@ def process_end(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(exactly_once.os, "_exit", exit_instead)
 
 
-def test_a_producer_lost_with_the_brokers_state_is_replaced_and_its_transaction_committed(process_end, caplog):
+def test_a_producer_lost_with_the_brokers_state_is_replaced_and_its_transaction_committed(
+    process_end, caplog
+):
     lost = fatal(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "broker restarted without the producer's state")
     producers = Producers([lost], [])
     sink = partition(producers)

@@ -296,9 +296,7 @@ def _partition_a_symlink_outside(store: Path, outside: Path) -> None:
     (store / "process-1" / "part-1.sqlite3").symlink_to(outside / "part-1.sqlite3")
 
 
-@pytest.mark.parametrize(
-    "spoil", [_process_1_a_symlink, _process_1_a_file, _partition_a_symlink_outside]
-)
+@pytest.mark.parametrize("spoil", [_process_1_a_symlink, _process_1_a_file, _partition_a_symlink_outside])
 def test_regroup_refuses_an_odd_layout_before_moving_anything(tmp_path, spoil):
     store = tmp_path / "store"
     init(store, partitions=3, processes=3)

@@ -33,7 +33,10 @@ def test_a_champion_that_fails_in_service_is_rolled_back_on_every_shard():
     assert sorted(event.shard for event in rolled) == shard_keys(SHARDS), [str(e) for e in run.events]
     for event in rolled:
         assert (event.model_name, event.previous_model) == (champion.model_name, failing.model_name)
-        assert "answers on this shard were errors" in event.reason and "SERVING_ROLLBACK_ERROR_RATE" in event.reason
+        assert (
+            "answers on this shard were errors" in event.reason
+            and "SERVING_ROLLBACK_ERROR_RATE" in event.reason
+        )
     assert len(run.results) == len(records)
     by_failing = [item for item in run.results if item.result.metadata.model_name == failing.model_name]
     assert by_failing, "the failing model never answered"

@@ -62,7 +62,13 @@ class Probation:
     slow_calls: int = 0
 
     def verdict(
-        self, scorer: Scorer, records: int, errors: int, pairs: int, call_ms: float, settings: RollbackSettings
+        self,
+        scorer: Scorer,
+        records: int,
+        errors: int,
+        pairs: int,
+        call_ms: float,
+        settings: RollbackSettings,
     ) -> str | None:
         """Count one scored batch of the new champion `scorer`; why it must go back, or None."""
         self.records += records

@@ -154,7 +154,12 @@ def _refusal(message: DataMessage, model_name: str, bounds: InputBounds | None) 
 
 
 def _scores_by_halves(
-    scorer: Scorer, model_name: str, users: np.ndarray, products: np.ndarray, counts: list[int], max_pairs: int
+    scorer: Scorer,
+    model_name: str,
+    users: np.ndarray,
+    products: np.ndarray,
+    counts: list[int],
+    max_pairs: int,
 ) -> tuple[np.ndarray, dict[int, str], float]:
     """The scores of the pairs (NaN for the records that fail), why each record that fails alone failed
     (by index), and the ms of all the calls.

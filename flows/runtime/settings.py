@@ -54,7 +54,6 @@ class FlowSettings(Section):
         description='seconds a process\'s data partitions read nothing while none of its shards serves a champion: at a start or restart with a backlog, records wait on the topic instead of becoming "no model yet" errors. Past it (no model on the models topic at all, or a process that owns no shard) the process reads, and the hold limit applies',
     )
 
-
     drain_timeout: float = Field(
         30.0,
         gt=0,
@@ -113,7 +112,12 @@ class Settings(BaseModel):
     def _exactly_once_signs_its_markers(self) -> Settings:
         """Said at start, before a model loads: the exactly-once sink cannot write a marker without a key."""
         kafka = self.kafka
-        if kafka.brokers and kafka.exactly_once and kafka.marker_key is None and self.events.signing_key is None:
+        if (
+            kafka.brokers
+            and kafka.exactly_once
+            and kafka.marker_key is None
+            and self.events.signing_key is None
+        ):
             raise ValueError(
                 "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set SERVING_KAFKA_MARKER_KEY "
                 "(a secret of 16 bytes or more, the same for every process) or SERVING_EVENTS_SIGNING_KEY"

@@ -149,7 +149,9 @@ class Marker:
         """The marker in `value` if the flow wrote it; ValueError naming what is wrong with it. The size and
         the signature are checked before the content is parsed."""
         if len(value) > MAX_MARKER_BYTES:
-            raise ValueError(f"marker of {len(value):,} bytes, over the {MAX_MARKER_BYTES:,} bytes a marker takes")
+            raise ValueError(
+                f"marker of {len(value):,} bytes, over the {MAX_MARKER_BYTES:,} bytes a marker takes"
+            )
         head, newline, content = value.partition(b"\n")
         if not newline or not head.startswith(SIGNATURE_PREFIX):
             raise ValueError("marker is not signed")

@@ -25,8 +25,8 @@ from confluent_kafka import KafkaError as ConsumerError
 
 from flows.adapters.kafka.answered import Covered
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
-from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.lag_probe import LagProbe, LagReport
+from flows.adapters.kafka.settings import KafkaSettings
 from flows.core.records import DataMessage, DecodeFailure
 from flows.wire.avro import RECORD
 from flows.wire.record_polls import decode_records

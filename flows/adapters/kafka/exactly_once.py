@@ -496,7 +496,12 @@ class ExactlyOnceSetupError(ServingError):
 def data_end_offset(config: dict[str, str], topic: str, partition: int) -> int:
     """The data partition's end offset as the broker says now: no answered offset can lie at or past it."""
     consumer = Consumer(
-        {**config, "group.id": "BYTEWAX_IGNORED", "enable.auto.commit": "false", "isolation.level": "read_uncommitted"}
+        {
+            **config,
+            "group.id": "BYTEWAX_IGNORED",
+            "enable.auto.commit": "false",
+            "isolation.level": "read_uncommitted",
+        }
     )
     try:
         _, high = consumer.get_watermark_offsets(

@@ -13,10 +13,10 @@ from functools import partial
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
+from flows.adapters.kafka.answered import marker_key
 from flows.adapters.kafka.config import client_config, consumer_config
 from flows.adapters.kafka.data_source import KafkaOrigin
 from flows.adapters.kafka.dead_letters import Undecodable
-from flows.adapters.kafka.answered import marker_key
 from flows.adapters.kafka.exactly_once import Answer, ExactlyOnceSetupError, ExactlyOnceSink, partition_key
 from flows.adapters.kafka.headers import (
     ORIGINAL_SIZE_HEADER,

@@ -30,7 +30,8 @@ class StillOpen(ServingError):
 
     def __init__(self, topic: str, held: dict[int, tuple[int, int]], waited_s: float) -> None:
         where = ", ".join(
-            f"{topic}[{partition}] from offset {position} to {end}" for partition, (position, end) in held.items()
+            f"{topic}[{partition}] from offset {position} to {end}"
+            for partition, (position, end) in held.items()
         )
         super().__init__(
             f"after {waited_s:.0f} s, {where} still held back by a transaction another producer left open"
@@ -93,9 +94,10 @@ def read_to_end(
                 if position.offset >= ends[position.partition]:
                     del ends[position.partition]
             if ends and max_wait_s is not None and time.monotonic() - started > max_wait_s:
-                reached = {tp.partition: tp.offset for tp in consumer.position(
-                    [TopicPartition(topic, partition) for partition in ends]
-                )}
+                reached = {
+                    tp.partition: tp.offset
+                    for tp in consumer.position([TopicPartition(topic, partition) for partition in ends])
+                }
                 held = {partition: (reached[partition], end) for partition, end in sorted(ends.items())}
                 raise StillOpen(topic, held, time.monotonic() - started)
             if ends and time.monotonic() >= next_report:

@@ -88,7 +88,9 @@ def run_session(
     }
     [scores] = session.run([CONTRACT_OUTPUT], inputs)
     if scores.shape not in ((users.size, 1), (users.size,)):
-        raise ValueError(f"model returned {CONTRACT_OUTPUT!r} of shape {scores.shape} for {users.size:,} pairs")
+        raise ValueError(
+            f"model returned {CONTRACT_OUTPUT!r} of shape {scores.shape} for {users.size:,} pairs"
+        )
     return scores.reshape(-1)
 
 
@@ -139,7 +141,7 @@ def trial(
     started = time.perf_counter()
     try:
         session = open_session(path)
-    except Exception as error:  # onnxruntime raises its own types from C++, with no common base
+    except Exception as error:  # noqa: BLE001 (onnxruntime raises its own types from C++, no common base)
         raise OnnxRefused(f"trial: ONNX Runtime cannot open it: {_why(error)}") from None
     open_ms = (time.perf_counter() - started) * 1000
     feeds = feeds_of(session)
@@ -163,7 +165,9 @@ def trial(
             f"trial: scoring {max_pairs:,} pairs (SERVING_MODEL_MAX_BATCH_PAIRS) took {call_ms / 1000:.1f} s, "
             f"over {max_call_seconds:g} s (SERVING_MODEL_MAX_CALL_SECONDS)"
         )
-    return TrialFigures(round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(_peak_mb(), 1))
+    return TrialFigures(
+        round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(_peak_mb(), 1)
+    )
 
 
 def _check_scores(
