@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import bytewax.operators as op
@@ -16,7 +17,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 from onnx import TensorProto, helper, numpy_helper
-from support.core_runs import FlowRun, ScheduledSource, as_batches, at, messages, sample_records
+from support.core_runs import FlowRun, ScheduledSource, TurnSource, as_batches, messages, sample_records
 from support.hostile_onnx import (
     REFUSED_BEFORE_LOADING,
     REFUSED_BY_THE_PROBE,
@@ -25,7 +26,7 @@ from support.hostile_onnx import (
     inline,
     model_bytes,
 )
-from support.jobs import REPO
+from support.jobs import REPO, wait_for
 
 from flows.adapters.scorers import ModelLoadError, ScorerCache, build_scorer
 from flows.adapters.scorers.archive import pack_file
@@ -241,19 +242,29 @@ def test_an_onnx_champion_keeps_scoring_while_hostile_onnx_models_are_judged():
     data = [(0.3 + i * 0.01, message) for i, message in enumerate(messages(records))]
     run = FlowRun(context=ServingContext.create(cache=ScorerCache(AdmissionPolicy())))
     flow = Dataflow("hostile-onnx")
+    now, champion_accepted = threading.Event(), threading.Event()
+    now.set()
     streams = serve(
         "serve",
         as_batches("batches", op.input("data", flow, ScheduledSource(data))),
-        op.input(
-            "models", flow, ScheduledSource(at(0, [champion]) + at(1.0, hostile), open_until=data[-1][0])
-        ),
+        # The hostile models follow once the champion is accepted, however long that takes here.
+        op.input("models", flow, TurnSource([(now, [champion]), (champion_accepted, hostile)])),
         run.context,
         shards=4,
         hold_limit=1000,
     )
     op.output("results", streams.results, ArrivalSink(arrivals := []))
     op.output("events", streams.events, ArrivalSink(events := []))
-    run_main(flow)
+    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    flow_thread.start()
+    wait_for(
+        lambda: any(e.kind == "accepted" and e.model_name == champion.model_name for _, e in list(events)),
+        "the champion accepted",
+        120,
+    )
+    champion_accepted.set()
+    flow_thread.join(300)
+    assert not flow_thread.is_alive(), "the flow did not end"
 
     results = [item for _, batch in arrivals for item in batch]
     assert len(results) == len(records)
