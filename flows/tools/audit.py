@@ -76,14 +76,21 @@ def _reason_class(errors: str) -> str:
     return re.sub(r"\d[\d,.]*", "N", errors)[:160]
 
 
-def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_letters_topic: str) -> Audit:
+def audit(
+    config: dict[str, str],
+    data_topic: str,
+    results_topic: str,
+    dead_letters_topic: str,
+    max_wait_s: float | None = None,
+) -> Audit:
     """The audit of `data_topic` against the answers in the other two, read as `config` says (its
-    `isolation.level`: read_committed unless it says otherwise)."""
+    `isolation.level`: read_committed unless it says otherwise). With `max_wait_s`, a topic that an open
+    transaction holds back longer raises `StillOpen` naming where, instead of waiting for ever."""
     isolation = config.get("isolation.level", "read_committed")
     report = Audit()
-    for message in read_to_end(config, data_topic, isolation):
+    for message in read_to_end(config, data_topic, isolation, max_wait_s=max_wait_s):
         report.data_offsets.add((message.partition(), message.offset()))
-    for message in read_to_end(config, results_topic, isolation):
+    for message in read_to_end(config, results_topic, isolation, max_wait_s=max_wait_s):
         headers = dict(message.headers() or [])
         if headers.get(SOURCE_TOPIC_HEADER, b"").decode() != data_topic:
             report.unattributed += 1
@@ -95,7 +102,7 @@ def audit(config: dict[str, str], data_topic: str, results_topic: str, dead_lett
             report.errors["(result not decodable)"] += 1
         elif result.metadata.errors:
             report.errors[_reason_class(result.metadata.errors)] += 1
-    for message in read_to_end(config, dead_letters_topic, isolation):
+    for message in read_to_end(config, dead_letters_topic, isolation, max_wait_s=max_wait_s):
         headers = dict(message.headers() or [])
         if headers.get(TOPIC_HEADER, b"").decode() != data_topic:
             continue  # a dead model message: not a data offset

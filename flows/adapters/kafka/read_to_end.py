@@ -25,7 +25,8 @@ ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 
 
 class StillOpen(ServingError):
-    """A `read_committed` read gave up waiting: a transaction is still open below the end it was to reach.
+    """A `read_committed` read gave up waiting: a transaction is still open below the end it was to reach
+    (another producer's, or one a broker lost track of at a restart).
     `held` maps each partition not read to its end to (the position it reached, that end)."""
 
     def __init__(self, topic: str, held: dict[int, tuple[int, int]], waited_s: float) -> None:
@@ -34,7 +35,7 @@ class StillOpen(ServingError):
             for partition, (position, end) in held.items()
         )
         super().__init__(
-            f"after {waited_s:.0f} s, {where} still held back by a transaction another producer left open"
+            f"after {waited_s:.0f} s, {where} still held back by an open transaction"
         )
         self.held = held
 
