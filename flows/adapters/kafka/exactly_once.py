@@ -222,7 +222,6 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.renewals = 0  # new producers since the last commit
         self.dropped = 0
         self.replaced = 0
-        self.forgotten = 0
 
     def write_batch(self, values: list[list[Answer]]) -> None:
         committed, answered = self.committed, self.answered
@@ -318,7 +317,6 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         past MARKER_RANGES (which can repeat an old answer after a restart, never drop one)."""
         forgotten = self.answered.forget_oldest(MARKER_RANGES)
         if forgotten:
-            self.forgotten += forgotten
             log.warning(
                 "%s: the answered set has more than %d ranges (records held in many places at once); the "
                 "%d oldest are forgotten, so their answers may come again after a restart",
@@ -335,13 +333,13 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
             return
         backoff = FIRST_BACKOFF_S
         started = next_report = time.monotonic()
-        aborted: KafkaError | None = None  # the broker aborted: produce the transaction again first
+        aborted = False  # the broker aborted the transaction: produce it again first
         marker_sent = False
         while True:
             try:
-                if aborted is not None:
-                    self._again(aborted)
-                    aborted, marker_sent = None, False
+                if aborted:
+                    self._again()
+                    aborted, marker_sent = False, False
                 if not marker_sent:
                     self._send_marker()
                     marker_sent = True
@@ -349,7 +347,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
                 break
             except _ProducerLost as lost:
                 self._renew(lost.error)
-                aborted, marker_sent = None, False
+                aborted, marker_sent = False, False
                 continue
             except KafkaException as raised:
                 error = raised.args[0]
@@ -369,7 +367,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
                             f"({error.name()}: {error.str()})",
                             EXIT_PRODUCER_FAILED,
                         )
-                    aborted = error
+                    aborted = True
             time.sleep(backoff)
             backoff = min(LONGEST_BACKOFF_S, backoff * 2)
         self.open = False
@@ -377,7 +375,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.refused = {}
         self.renewals = 0
 
-    def _again(self, error: KafkaError) -> None:
+    def _again(self) -> None:
         """Abort the transaction and produce it again, with the smaller form of each message refused for
         itself (the others failed because the transaction did); the caller sends the marker."""
         self._abort()

@@ -34,9 +34,7 @@ class StillOpen(ServingError):
             f"{topic}[{partition}] from offset {position} to {end}"
             for partition, (position, end) in held.items()
         )
-        super().__init__(
-            f"after {waited_s:.0f} s, {where} still held back by an open transaction"
-        )
+        super().__init__(f"after {waited_s:.0f} s, {where} still held back by an open transaction")
         self.held = held
 
 

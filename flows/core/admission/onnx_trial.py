@@ -20,7 +20,8 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,11 @@ class TrialFigures:
     peak_mb: float
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "open_ms": self.open_ms,
-            "max_pairs": self.max_pairs,
-            "call_ms": self.call_ms,
-            "base_mb": self.base_mb,
-            "peak_mb": self.peak_mb,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, fields: dict[str, Any]) -> TrialFigures:
-        return cls(**{name: fields[name] for name in cls.__dataclass_fields__})
+        return cls(**{field.name: fields[field.name] for field in dataclass_fields(cls)})
 
     def summary(self) -> str:
         return (
