@@ -309,6 +309,7 @@ def _onnx(job: dict, target: Path, files: int, written: int) -> dict:
     """Inspect the ONNX model in `target`, then try it (imports onnx and ONNX Runtime: only when needed)."""
     from flows.core.admission.onnx_graph import OnnxRefused, inspect_onnx
     from flows.core.admission.onnx_trial import trial
+    from flows.core.admission.trial import TrialRefused
 
     _stage("inspecting the ONNX graph")
     problems = inspect_onnx(target, job["max_unpacked_bytes"])
@@ -318,7 +319,7 @@ def _onnx(job: dict, target: Path, files: int, written: int) -> dict:
         figures = trial(
             target, job["max_batch_pairs"], tuple(job["output_range"]), job["max_call_seconds"], _stage
         )
-    except OnnxRefused as error:
+    except (OnnxRefused, TrialRefused) as error:
         return {"ok": False, "reason": _cut(str(error))}
     return {"ok": True, "files": files, "bytes": written, "trial": figures.to_json()}
 
