@@ -136,9 +136,7 @@ def test_defaults_read_no_environment(monkeypatch):
 # (OpenTelemetry's own OTEL_* variables, Bytewax's process addresses). Tools, benchmarks and test helpers
 # are roots of their own processes.
 RUNTIME = ("flows/runtime/", "flows/serving.py")
-TENSORFLOW_LOG_LEVEL = (
-    "flows/adapters/scorers/tensorflow_runtime.py"  # sets TF's log level before importing it
-)
+TENSORFLOW_LOG_LEVEL = "flows/core/admission/tensorflow_import.py"  # sets TF's log level before importing it
 
 
 def test_only_the_runtime_reads_the_environment():

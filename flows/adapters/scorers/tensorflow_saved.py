@@ -5,7 +5,7 @@ SavedModel directory) or a local path under an allowed root (`model_source_locat
 `file://` URL). Before TensorFlow sees it, the model is unpacked and its graph inspected in a child process
 with resource limits (`flows.core.admission.unpack`). The SavedModel must have a `serving_default` signature
 with float32 inputs `users` and `products` of shape [N, 1] and a float32 output `predictions` of [N, 1].
-The ids each input can take are read from the embeddings it indexes (`flows.adapters.scorers.embedding_bounds`).
+The ids each input can take are read from the embeddings it indexes (`flows.core.admission.saved_model_bounds`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.adapters.scorers.embedding_bounds import embedding_bounds
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.core.admission.descriptor_checks import allowed_local_directory
 from flows.core.admission.policy import AdmissionPolicy
+from flows.core.admission.saved_model_bounds import embedding_bounds
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
 from flows.core.records import ModelDescriptor, ModelType
 from flows.core.scorer import INPUTS, OUTPUT, SIGNATURE, ModelLoadError, register
