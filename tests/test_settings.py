@@ -83,6 +83,8 @@ NAMES_ADDED = [
     "ROLLBACK_RECORDS",  # 30: a new champion rolled back in service
     "ROLLBACK_ERROR_RATE",
     "ROLLBACK_SLOW_FACTOR",
+    "MODEL_TF_IMPORT_TIMEOUT",  # a SavedModel's trial in the admission child
+    "MODEL_TRIAL_MEMORY",
 ]
 
 

@@ -1,5 +1,5 @@
-"""What a model's trial run does whatever runs it (ONNX Runtime, `onnx_trial`; TensorFlow, `saved_model_trial`):
-the batch sizes it scores, the checks each answer must pass, and the figures it measures.
+"""What a model's trial run does, whatever runs it (ONNX Runtime, `onnx_trial`; TensorFlow,
+`saved_model_trial`): the batch sizes it scores, the checks each answer must pass, the figures it measures.
 
 It runs in the limited admission child (`flows.core.admission.unpack_child`). A fixed probe cannot see what
 a model costs or answers past its few small batches: a model whose memory grows as N x N with the batch
@@ -92,8 +92,8 @@ def score_batches(
             call_ms = elapsed_ms if not call_ms else min(call_ms, elapsed_ms)
     if call_ms > max_call_seconds * 1000:
         raise TrialRefused(
-            f"trial: scoring {max_pairs:,} pairs (SERVING_MODEL_MAX_BATCH_PAIRS) took {call_ms / 1000:.1f} s, "
-            f"over {max_call_seconds:g} s (SERVING_MODEL_MAX_CALL_SECONDS)"
+            f"trial: scoring {max_pairs:,} pairs (SERVING_MODEL_MAX_BATCH_PAIRS) took "
+            f"{call_ms / 1000:.1f} s, over {max_call_seconds:g} s (SERVING_MODEL_MAX_CALL_SECONDS)"
         )
     return call_ms
 
