@@ -11,9 +11,11 @@ recovery. Here they meet the child's resident-memory watchdog (`SERVING_MODEL_TR
 reached; a largest call slower than `SERVING_MODEL_MAX_CALL_SECONDS` is refused too.
 
 Cost, measured for the shipped SavedModels on the loaded 2-core development machine: importing TensorFlow
-in the child takes 5 to 13 s (7 s of CPU) and ~700 MB resident, 2.3 GB of address space; loading the model
-~0.1 s; the trial's batches 0.3 s (50,000 pairs in ~90 ms); the child peaks at ~770 MB resident. The flow's
-own process already holds TensorFlow, so the import is what admission of a SavedModel now costs on top.
+in the child takes 5 to 13 s (7 s of CPU; 25 s once, under a full test suite) and 682 MB resident, 2.3 GB
+of address space; loading the model 0.1 to 0.16 s; 50,000 pairs 30 to 90 ms a call; the child peaks at 740
+to 760 MB resident. The flow's own process already holds TensorFlow, so the import is what admission of a
+SavedModel now costs on top: 7 to 16 s where loading and probing it in the flow took under a second. An
+inline SavedModel that passed is not tried again in the same process (`flows.core.admission.unpack`).
 """
 
 from __future__ import annotations
