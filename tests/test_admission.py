@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -17,7 +18,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import run_main
 from support.core_runs import FlowRun, ScheduledSource, as_batches, at, messages, sample_records
 from support.hostile_archives import HOSTILE_ARCHIVES
-from support.hostile_models import ACCEPTED_BY_GRAPH_CHECK, MAIN_OP_FILE, REFUSED_BY_GRAPH_CHECK, WRITTEN_FILE
+from support.hostile_models import (
+    ACCEPTED_BY_GRAPH_CHECK,
+    MAIN_OP_FILE,
+    REFUSED_BY_GRAPH_CHECK,
+    REFUSED_BY_THE_TRIAL,
+    WRITTEN_FILE,
+    published_copy,
+)
 from support.jobs import REPO
 
 from flows.adapters.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
@@ -30,6 +38,7 @@ from flows.core.admission.signing import load_private_key, parse_trusted_keys, s
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.records import ModelDescriptor, ModelEvent, ModelType, cut
+from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.runtime.settings import Settings
 from flows.tools import model_keys
 
@@ -45,12 +54,13 @@ GRAPH_REFUSALS = {
     "print_to_file_model": "'PrintV2'",
     "matching_files_model": "'MatchingFiles'",
 }
+# Refused by the trial in the admission child, before the probe in the flow's process would be asked.
 PROBE_REFUSALS = {
     "int64_inputs_model": "declares 'users' as int64",
     "double_outputs_model": "shape (128, 1) for 64 pairs",
     "short_outputs_model": "shape (63, 1) for 64 pairs",
     "nan_model": "not finite or outside [0, 1] (first: nan",
-    "huge_scores_model": "not finite or outside [0, 1] (first: 1.52",
+    "huge_scores_model": "not finite or outside [0, 1] (first: 1.00000001",
 }
 # What each hostile archive's refusal must name (all stop at a header or a limit, in well under a second).
 ARCHIVE_REFUSALS = {
@@ -93,6 +103,116 @@ def test_a_well_behaved_model_passes_admission(tmp_path):
     scorer = build_scorer(saved_model(ACCEPTED_BY_GRAPH_CHECK["well_behaved_model"], tmp_path))
     scores = scorer.score(np.arange(5, dtype=np.float32), np.arange(5, dtype=np.float32))
     assert scores.shape == (5,) and np.all((scores >= 0) & (scores <= 1))
+
+
+@pytest.mark.slow
+def test_saved_models_that_would_hurt_the_flow_once_run_are_refused_by_their_trial_in_the_child(tmp_path):
+    """Memory that grows as N x N with the batch, minutes per largest batch: each passes the graph check and
+    would pass the probe's small batches, and is refused naming the limit, without the judging process (the
+    flow's, here a driver's) running it: its own peak memory stays where it was. Copies of the shipped
+    SavedModels, as a user would publish them, are accepted, with what their trial measured."""
+    driver = f"""
+import json, re, resource, sys, time
+from pathlib import Path
+sys.path.insert(0, {str(REPO / "tests")!r})
+from support.hostile_models import REFUSED_BY_THE_TRIAL, published_copy
+from flows.adapters.scorers import ModelLoadError, build_scorer
+from flows.adapters.scorers.archive import pack_directory
+from flows.adapters.sources.generators import shipped_model
+from flows.core.records import ModelDescriptor, ModelType
+from flows.core.shipped import SHIPPED_MODELS_DIR
+payloads = {{
+    name: pack_directory(make(Path({str(tmp_path)!r}) / name))
+    for name, (make, _) in REFUSED_BY_THE_TRIAL.items()
+}}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+verdicts = {{}}
+for name, payload in payloads.items():
+    try:
+        build_scorer(ModelDescriptor(name, "", ModelType.TENSORFLOWSAVED, payload))
+        reason = "ACCEPTED"
+    except ModelLoadError as error:
+        reason = error.reason
+    verdicts[name] = [reason, len(payload)]
+grew_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+trials = {{}}
+for version in ("1", "2"):
+    started = time.monotonic()
+    scorer = build_scorer(ModelDescriptor(version, "", ModelType.TENSORFLOWSAVED, pack_directory(
+        published_copy(SHIPPED_MODELS_DIR / version, Path({str(tmp_path)!r}) / ("copy-" + version)))))
+    trials[version] = [scorer.trial.to_json(), time.monotonic() - started]
+print(json.dumps({{"verdicts": verdicts, "grew_mb": grew_mb, "trials": trials}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", driver], capture_output=True, text=True, timeout=900, check=True
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(report, indent=1))
+    assert set(report["verdicts"]) == set(REFUSED_BY_THE_TRIAL)
+    for name, (reason, size) in report["verdicts"].items():
+        assert re.search(REFUSED_BY_THE_TRIAL[name][1], reason), (name, reason)
+        assert size < 2_000_000, f"{name} is not a small message ({size} bytes)"
+    assert report["grew_mb"] < 100, report
+    for version, (trial, _seconds) in report["trials"].items():
+        assert trial["max_pairs"] == AdmissionPolicy().max_batch_pairs, version
+        assert 0 < trial["call_ms"] < AdmissionPolicy().max_call_seconds * 1000, version
+        assert trial["peak_mb"] >= trial["base_mb"] > 0, version
+
+
+@pytest.fixture(scope="module")
+def users_saved_model(tmp_path_factory) -> ModelDescriptor:
+    """The shipped v1 as a user would publish it, with a file of notes: not a shipped model, so it gets its
+    trial; admitted once here, so that the tests that ask for it again see what the process remembers."""
+    copy = published_copy(SHIPPED_MODELS_DIR / "1", tmp_path_factory.mktemp("published") / "1")
+    descriptor = ModelDescriptor("users-model", "", ModelType.TENSORFLOWSAVED, pack_directory(copy))
+    build_scorer(descriptor).close()
+    return descriptor
+
+
+def test_the_shipped_saved_models_are_trusted_without_a_trial_and_a_copy_with_one_more_file_is_not(
+    model_v1, users_saved_model
+):
+    """The shipped models are part of the package; a model with their files, byte for byte, is one of them
+    (inline or at its shipped path). The same model with a file of notes added is another, and tried."""
+    assert build_scorer(model_v1).trial is None
+    at_path = replace(model_v1, model_bytes=None, model_source_location=str(SHIPPED_MODELS_DIR / "2"))
+    assert build_scorer(at_path).trial is None
+    tried = build_scorer(users_saved_model).trial
+    assert tried is not None and tried.max_pairs == AdmissionPolicy().max_batch_pairs
+
+
+def test_the_trial_child_is_stopped_past_its_resident_memory_limit_naming_the_limit_and_the_stage(
+    users_saved_model,
+):
+    """TensorFlow's import alone takes ~700 MB resident: with a limit of 300 MiB the watchdog stops it."""
+    with pytest.raises(ModelLoadError) as refused:
+        build_scorer(users_saved_model, AdmissionPolicy(trial_memory=300 * 1024**2))
+    assert re.search(
+        r"resident memory limit of 300 MiB \(SERVING_MODEL_TRIAL_MEMORY\) while importing TensorFlow "
+        r"\(stopped at [\d,]+ MiB resident\)",
+        refused.value.reason,
+    ), refused.value.reason
+
+
+def test_an_inline_saved_model_that_passed_its_trial_is_not_tried_again_under_the_same_limits(
+    users_saved_model,
+):
+    """The fixture admitted it: a rename is the same bytes, and the figures are the ones measured then (a
+    new trial would measure others); under other limits it is tried again."""
+    first = build_scorer(users_saved_model)
+    renamed = build_scorer(replace(users_saved_model, model_name="recommender-renamed"))
+    assert renamed.trial == first.trial and renamed.trial.max_pairs == AdmissionPolicy().max_batch_pairs
+    with pytest.raises(ModelLoadError, match=r"SERVING_MODEL_TRIAL_MEMORY\) while importing TensorFlow"):
+        build_scorer(users_saved_model, AdmissionPolicy(trial_memory=300 * 1024**2))
+
+
+def test_tensorflow_s_import_has_a_clock_of_its_own(users_saved_model):
+    with pytest.raises(ModelLoadError) as refused:
+        build_scorer(users_saved_model, AdmissionPolicy(tf_import_timeout=0.1))
+    assert (
+        "did not finish importing TensorFlow within 0.1 s and was stopped while importing TensorFlow "
+        "(SERVING_MODEL_TF_IMPORT_TIMEOUT)" in refused.value.reason
+    )
 
 
 @pytest.mark.slow

@@ -83,6 +83,8 @@ NAMES_ADDED = [
     "ROLLBACK_RECORDS",  # 30: a new champion rolled back in service
     "ROLLBACK_ERROR_RATE",
     "ROLLBACK_SLOW_FACTOR",
+    "MODEL_TF_IMPORT_TIMEOUT",  # a SavedModel's trial in the admission child
+    "MODEL_TRIAL_MEMORY",
 ]
 
 
@@ -136,9 +138,7 @@ def test_defaults_read_no_environment(monkeypatch):
 # (OpenTelemetry's own OTEL_* variables, Bytewax's process addresses). Tools, benchmarks and test helpers
 # are roots of their own processes.
 RUNTIME = ("flows/runtime/", "flows/serving.py")
-TENSORFLOW_LOG_LEVEL = (
-    "flows/adapters/scorers/tensorflow_runtime.py"  # sets TF's log level before importing it
-)
+TENSORFLOW_LOG_LEVEL = "flows/core/admission/tensorflow_import.py"  # sets TF's log level before importing it
 
 
 def test_only_the_runtime_reads_the_environment():

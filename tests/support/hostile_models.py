@@ -17,6 +17,9 @@ hostile runs. TensorFlow is imported lazily (on the first call).
 from __future__ import annotations
 
 import pathlib
+import shutil
+
+import numpy as np
 
 WRITTEN_FILE = "written_by_hostile_model.txt"
 MAIN_OP_FILE = "written_by_main_op.txt"
@@ -82,6 +85,15 @@ def well_behaved_model(target: pathlib.Path) -> pathlib.Path:
 
 
 # -- hostile at the graph level (must be refused by graph_ops.inspect_saved_model) --------------------
+
+
+def published_copy(shipped: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+    """A shipped SavedModel as a user would publish it, with a file of notes beside it: the same graph and
+    weights, but not byte for byte a shipped model, so admission tries it (`flows.core.admission.tree_digest`)."""
+    shutil.copytree(shipped, target)
+    (target / "assets").mkdir(exist_ok=True)
+    (target / "assets" / "NOTES.txt").write_text("published by a user\n")
+    return target
 
 
 def write_file_model(target: pathlib.Path) -> pathlib.Path:
@@ -263,4 +275,55 @@ ACCEPTED_BY_GRAPH_CHECK = {
     "nan_model": nan_model,
     "huge_scores_model": huge_scores_model,
 }
-ALL_MODELS = {**REFUSED_BY_GRAPH_CHECK, **ACCEPTED_BY_GRAPH_CHECK}
+# -- graph-clean and right for small batches (caught by the trial, not by the graph check or the probe) --
+
+
+def grows_with_the_batch_model(target: pathlib.Path) -> pathlib.Path:
+    """users [N, 1] + transpose(products) [1, N] -> [N, N] -> mean per user: 257 pairs cost 264 KB, the
+    flow's largest batch (50,000 pairs) 10 GB."""
+    tf = _tf()
+
+    def serve(m, u, p):
+        square = u + tf.transpose(p)
+        return tf.sigmoid(tf.reduce_mean(square, axis=1, keepdims=True) / 1e7 + _logits(tf, m, u, p))
+
+    return _export(target, serve)
+
+
+def slow_per_pair_model(target: pathlib.Path) -> pathlib.Path:
+    """120 dense layers of 512 units per pair (63 MFLOP a pair): the probe's 257 pairs take about a second
+    on a loaded 2-core machine, the flow's largest batch (50,000 pairs, 3 TFLOP) a minute or more."""
+    tf = _tf()
+    square = tf.constant(np.random.default_rng(7).normal(0, 0.01, (512, 512)).astype(np.float32))
+
+    def serve(m, u, p):
+        hidden = tf.matmul(tf.concat([u, p], axis=1) / 1000.0, tf.ones([2, 512]))
+        for _ in range(120):
+            hidden = tf.matmul(hidden, square)
+        return tf.sigmoid(tf.reduce_mean(hidden, axis=1, keepdims=True) + _logits(tf, m, u, p))
+
+    return _export(target, serve)
+
+
+# Each with a pattern its refusal must match: the limit of the trial in the admission child that stopped it
+# while it scored the largest batch. The growing one meets the resident-memory watchdog within a second or
+# two, or, on a machine loaded enough to fill 1.5 GiB slower than that, the trial's clock; a machine fast
+# enough to finish the slow one's largest batch within the trial's clock refuses it for the call's time.
+REFUSED_BY_THE_TRIAL = {
+    "grows_with_the_batch_model": (
+        grows_with_the_batch_model,
+        (
+            r"\(SERVING_MODEL_TRIAL_MEMORY\) while scoring 50,000 pairs"
+            r"|scoring 50,000 pairs \(SERVING_MODEL_UNPACK_TIMEOUT\)"
+        ),
+    ),
+    "slow_per_pair_model": (
+        slow_per_pair_model,
+        r"scoring 50,000 pairs.*\(SERVING_MODEL_(UNPACK_TIMEOUT|MAX_CALL_SECONDS)\)",
+    ),
+}
+ALL_MODELS = {
+    **REFUSED_BY_GRAPH_CHECK,
+    **ACCEPTED_BY_GRAPH_CHECK,
+    **{name: make for name, (make, _) in REFUSED_BY_THE_TRIAL.items()},
+}

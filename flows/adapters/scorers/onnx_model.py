@@ -19,8 +19,9 @@ import onnx
 
 from flows.core.admission.descriptor_checks import allowed_local_directory
 from flows.core.admission.onnx_graph import OnnxRefused, embedding_bounds
-from flows.core.admission.onnx_trial import TrialFigures, feeds_of, open_session, run_session
+from flows.core.admission.onnx_trial import feeds_of, open_session, run_session
 from flows.core.admission.policy import AdmissionPolicy
+from flows.core.admission.trial import TrialFigures
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
 from flows.core.model_formats import ONNX, ONNX_MODEL_FILE
 from flows.core.records import ModelDescriptor, ModelType

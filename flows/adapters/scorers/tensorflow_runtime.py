@@ -1,17 +1,15 @@
-"""Importing TensorFlow without its start-up noise.
-
-TensorFlow's C++ runtime writes a dozen lines to stderr at import and at first device use (oneDNN, CUDA
-drivers not found, ...), before its log settings take effect, so no environment variable silences them.
-Users of the console see only our output: stderr is muted for the import and device discovery, and
-errors still surface as Python exceptions. `SERVING_TF_VERBOSE=1` shows everything.
+"""TensorFlow in the flow's process: imported once, quietly (`flows.core.admission.tensorflow_import`
+says why and how), its import's objects frozen for the garbage collector. `SERVING_TF_VERBOSE=1` shows
+TensorFlow's start-up output.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import threading
 from types import ModuleType
+
+from flows.core.admission.tensorflow_import import import_quietly
 
 _lock = threading.Lock()
 _tensorflow: ModuleType | None = None
@@ -28,7 +26,7 @@ def tensorflow(verbose: bool = False) -> ModuleType:
 
                 _tensorflow = tf
             else:
-                _tensorflow = _import_quietly()
+                _tensorflow = import_quietly()
             # TensorFlow's import leaves ~280,000 objects that the garbage collector tracks and that live as
             # long as the process. Every full collection rescanned them (~160 ms each on the 2-core machine);
             # in-flight records that survive young collections trigger one about every 10,000 records, which
@@ -36,19 +34,3 @@ def tensorflow(verbose: bool = False) -> ModuleType:
             # now is frozen; reference counting still frees it, only cycles among these objects would stay.)
             gc.freeze()
         return _tensorflow
-
-
-def _import_quietly() -> ModuleType:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved_stderr = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-    finally:
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        os.close(devnull)
-    return tf

@@ -17,25 +17,19 @@ peak memory) comes back with the verdict and is kept with the scorer.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime
 
 from flows.core.admission.onnx_graph import CONTRACT_INPUTS, CONTRACT_OUTPUT, OnnxRefused, embedding_bounds
-from flows.core.admission.probe import FLOAT32_EXACT, PROBE_PAIRS, out_of_range, spread_ids
+from flows.core.admission.trial import TrialFigures, peak_mb, score_batches
 
 # What ONNX Runtime calls the id types the contract accepts, and the numpy type fed for each.
 FEED_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-# Sizes tried besides the largest batch: the probe's, one pair, and an odd size in between.
-SMALL_SIZES = (PROBE_PAIRS, 1, 1_001)
 
 Feeds = dict[str, tuple[type, tuple[int, ...]]]  # input name -> (numpy type, shape with -1 for the batch)
 
@@ -95,31 +89,6 @@ def run_session(
     return scores.reshape(-1)
 
 
-@dataclass(frozen=True)
-class TrialFigures:
-    """What the trial measured: `open_ms` to open the session, `call_ms` for `max_pairs` pairs (the
-    fastest of two calls), and the child's peak resident memory, before and after opening the model."""
-
-    open_ms: float
-    max_pairs: int
-    call_ms: float
-    base_mb: float
-    peak_mb: float
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, fields: dict[str, Any]) -> TrialFigures:
-        return cls(**{field.name: fields[field.name] for field in dataclass_fields(cls)})
-
-    def summary(self) -> str:
-        return (
-            f"trial: {self.max_pairs:,} pairs in {self.call_ms:.0f} ms, "
-            f"{self.peak_mb - self.base_mb:.0f} MB for the model"
-        )
-
-
 def trial(
     directory: Path,
     max_pairs: int,
@@ -127,11 +96,11 @@ def trial(
     max_call_seconds: float,
     stage: Callable[[str], None],
 ) -> TrialFigures:
-    """Open the model in `directory` and score batches up to `max_pairs` (see the module docstring);
-    OnnxRefused naming what failed. `stage(text)` is told what is being tried before it is, so whoever
-    kills this process at a limit can say where it was."""
+    """Open the model in `directory` and score batches up to `max_pairs` (see the module docstring and
+    `flows.core.admission.trial.score_batches`); OnnxRefused if ONNX Runtime cannot open it, TrialRefused
+    naming what failed in a call."""
     path = directory / "model.onnx"
-    base_mb = _peak_mb()
+    base_mb = peak_mb()
     stage("opening the model in ONNX Runtime")
     started = time.perf_counter()
     try:
@@ -141,57 +110,18 @@ def trial(
     open_ms = (time.perf_counter() - started) * 1000
     feeds = feeds_of(session)
     bounds = embedding_bounds(onnx.load_model(str(path), load_external_data=False).graph)
-    users_bound, products_bound = bounds if bounds else (FLOAT32_EXACT, FLOAT32_EXACT)
-    call_ms = 0.0
-    for pairs in [size for size in SMALL_SIZES if size < max_pairs] + [max_pairs, max_pairs]:
-        stage(f"scoring {pairs:,} pairs")
-        users, products = spread_ids(pairs, users_bound), spread_ids(pairs, products_bound, reverse=True)
-        started = time.perf_counter()
-        try:
-            scores = run_session(session, feeds, users, products)
-        except Exception as error:  # noqa: BLE001 (whatever the model raises is the reason it is refused)
-            raise OnnxRefused(f"trial: scoring {pairs:,} pairs failed: {_why(error)}") from None
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        _check_scores(scores, users, products, output_range)
-        if pairs == max_pairs:
-            call_ms = elapsed_ms if not call_ms else min(call_ms, elapsed_ms)
-    if call_ms > max_call_seconds * 1000:
-        raise OnnxRefused(
-            f"trial: scoring {max_pairs:,} pairs (SERVING_MODEL_MAX_BATCH_PAIRS) took {call_ms / 1000:.1f} s, "
-            f"over {max_call_seconds:g} s (SERVING_MODEL_MAX_CALL_SECONDS)"
-        )
-    return TrialFigures(
-        round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(_peak_mb(), 1)
+    call_ms = score_batches(
+        lambda users, products: run_session(session, feeds, users, products),
+        bounds,
+        max_pairs,
+        output_range,
+        max_call_seconds,
+        stage,
+        _why,
     )
-
-
-def _check_scores(
-    scores: np.ndarray, users: np.ndarray, products: np.ndarray, output_range: tuple[float, float]
-) -> None:
-    if scores.dtype.kind != "f":
-        raise OnnxRefused(f"trial: scores have dtype {scores.dtype}, expected a float type")
-    low, high = output_range
-    bad = np.flatnonzero(out_of_range(scores, output_range))
-    if bad.size:
-        first = int(bad[0])
-        raise OnnxRefused(
-            f"trial: {bad.size:,} of {scores.size:,} scores not finite or outside [{low:g}, {high:g}] "
-            f"(first: {float(scores[first])!r} for user {int(users[first])}, product {int(products[first])}; "
-            "SERVING_MODEL_OUTPUT_RANGE)"
-        )
-
-
-def _peak_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM, which starts anew at exec; `ru_maxrss` keeps
-    the peak of the process that forked this one (the flow's), so it is only the fallback elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return TrialFigures(
+        round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(peak_mb(), 1)
+    )
 
 
 def _why(error: BaseException) -> str:

@@ -2,12 +2,22 @@
 
 It limits itself first (address space, CPU seconds, file size, open files), then unpacks a model archive
 into a target directory and inspects the model there (a SavedModel's graph, or an ONNX model: see
-`flows.core.admission.onnx_graph`; an ONNX model is then opened and scored in a trial run,
-`flows.core.admission.onnx_trial`), and prints one JSON line: `{"ok": true, ...}`
-or `{"ok": false, "reason": ...}`. Before each step it writes `stage: WHAT` to stderr, so that the parent,
-if a limit kills it, can say what it was doing. Anything the limits stop (a tarfile loop, a quadratic regex, a header of
-gigabytes, a compression bomb) ends this process, not the flow; the parent kills it on a wall-clock
-deadline too (see `flows.core.admission.unpack`).
+`flows.core.admission.onnx_graph`), then tries the model in a trial run (an ONNX model in ONNX Runtime,
+`flows.core.admission.onnx_trial`; a SavedModel in TensorFlow, `flows.core.admission.saved_model_trial`,
+unless the job says the parent remembers its trial or its files are those of a shipped model,
+`flows.core.admission.tree_digest`), and prints one JSON line: `{"ok": true, ...}` or
+`{"ok": false, "reason": ...}`. Before each step it writes `stage: WHAT` to stderr, so that the parent, if a
+limit kills it, can say what it was doing. Anything the limits stop (a tarfile loop, a quadratic regex, a
+header of gigabytes, a compression bomb, a model that allocates gigabytes or runs for minutes) ends this
+process, not the flow; the parent kills it on a wall-clock deadline too (see `flows.core.admission.unpack`).
+
+A SavedModel's trial needs TensorFlow, which an address-space limit cannot hold usefully: importing it
+takes 2.3 GB of address space (thread stacks and allocator arenas, more with more cores) for ~700 MB
+resident. So the address-space limit holds for unpacking and inspection only; from TensorFlow's import on,
+a watchdog thread reads this process's resident memory every 10 ms and ends it with `MEMORY_EXIT_STATUS`
+past the job's limit (a model that grew by 10 GB was stopped within ~50 MB of the limit). The import and
+the trial get CPU seconds of their own, as the parent gives them wall-clock time of their own from the
+stage lines `IMPORT_STAGE` and `TRIAL_STAGE` on.
 
 The archive is read as a stream (no seeking back, which also stops CPython's negative-size loop) from a
 decompressor whose output is capped, so a bomb is refused after at most the cap, and members are written
@@ -20,15 +30,20 @@ import bz2
 import io
 import json
 import lzma
+import math
+import os
 import resource
 import signal
 import sys
 import tarfile
+import threading
+import time
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from flows.core.admission.graph import DEFAULT_MAX_BYTES, inspect_saved_model
+from flows.core.admission.tree_digest import tree_digest
 from flows.core.errors import ServingError
 from flows.core.model_formats import ONNX
 
@@ -36,6 +51,11 @@ CHUNK = 1024 * 1024
 MAX_MEMBER_NAME = 1024
 MAX_REASON = 500
 STAGE_PREFIX = "stage: "
+# The stages from which the parent runs a clock of its own (`flows.core.admission.unpack`).
+IMPORT_STAGE = "importing TensorFlow"
+TRIAL_STAGE = "starting the SavedModel's trial"
+MEMORY_EXIT_STATUS = 86  # the watchdog ended the child: its resident memory went past the job's limit
+WATCH_INTERVAL_S = 0.01
 BLOCK = 512
 # Extended headers (pax 'x'/'g', GNU long names 'L'/'K') are read whole by tarfile and pax ones parsed
 # with a regex that is quadratic on CPython 3.11.7: legitimate ones are a few hundred bytes.
@@ -260,13 +280,57 @@ def unpack(payload: BinaryIO, target: Path, max_bytes: int, max_files: int) -> t
     return members, written
 
 
-def _limit_self(memory_bytes: int, cpu_seconds: int, file_bytes: int) -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+def _limit_self(job: dict) -> None:
+    """The limits of unpacking and inspection. For a SavedModel, the hard limits leave room for the trial,
+    whose soft limits `_allow` raises when it comes (tarfile and the graph parser run no code that could)."""
+    memory, cpu_seconds = job["memory_bytes"], job["cpu_seconds"]
+    if job.get("saved_model_trial"):
+        memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        cpu_hard = cpu_seconds + job["import_seconds"] + job["trial_seconds"] + 1
+    else:
+        memory_hard, cpu_hard = memory, cpu_seconds + 1
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory_hard))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (job["max_unpacked_bytes"], job["max_unpacked_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     # A write past RLIMIT_FSIZE then fails with EFBIG instead of killing the process without a word.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _allow(cpu_seconds: int) -> None:
+    """Lift the address-space limit to its hard one (see the module docstring) and give the next step
+    `cpu_seconds` of CPU from now."""
+    memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (memory_hard, memory_hard))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    resource.setrlimit(
+        resource.RLIMIT_CPU, (min(math.ceil(usage.ru_utime + usage.ru_stime) + cpu_seconds, hard), hard)
+    )
+
+
+def _watch_resident_memory(limit_bytes: int) -> None:
+    """End this process with `MEMORY_EXIT_STATUS`, after a stage line saying how far it got, once its
+    resident memory passes `limit_bytes`. A thread: TensorFlow runs a model's ops without the GIL."""
+
+    def watch() -> None:
+        while True:
+            resident = _resident_bytes()
+            if resident > limit_bytes:
+                _stage(f"{_current_stage} (stopped at {resident / 1024**2:,.0f} MiB resident)")
+                os._exit(MEMORY_EXIT_STATUS)
+            time.sleep(WATCH_INTERVAL_S)
+
+    _resident_bytes()  # fails here, not in the thread, where /proc cannot be read
+    threading.Thread(target=watch, name="resident-memory-watchdog", daemon=True).start()
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmRSS line")
 
 
 def _cut(text: str) -> str:
@@ -293,6 +357,12 @@ def run(job: dict) -> dict:
         )
         if problems:
             return {"ok": False, "reason": _cut("; ".join(problems))}
+        if job.get("saved_model_trial"):
+            _stage("comparing the SavedModel with the shipped ones")
+            shipped = job["shipped_saved_models"].get(tree_digest(target))
+            if shipped is not None:
+                return {"ok": True, "files": files, "bytes": written, "trial": None, "shipped": shipped}
+            return _saved_model(job, target, files, written)
         return {"ok": True, "files": files, "bytes": written}
     except Refused as error:
         return {"ok": False, "reason": _cut(str(error))}
@@ -309,6 +379,7 @@ def _onnx(job: dict, target: Path, files: int, written: int) -> dict:
     """Inspect the ONNX model in `target`, then try it (imports onnx and ONNX Runtime: only when needed)."""
     from flows.core.admission.onnx_graph import OnnxRefused, inspect_onnx
     from flows.core.admission.onnx_trial import trial
+    from flows.core.admission.trial import TrialRefused
 
     _stage("inspecting the ONNX graph")
     problems = inspect_onnx(target, job["max_unpacked_bytes"])
@@ -318,23 +389,50 @@ def _onnx(job: dict, target: Path, files: int, written: int) -> dict:
         figures = trial(
             target, job["max_batch_pairs"], tuple(job["output_range"]), job["max_call_seconds"], _stage
         )
-    except OnnxRefused as error:
+    except (OnnxRefused, TrialRefused) as error:
+        return {"ok": False, "reason": _cut(str(error))}
+    return {"ok": True, "files": files, "bytes": written, "trial": figures.to_json()}
+
+
+def _saved_model(job: dict, target: Path, files: int, written: int) -> dict:
+    """Try the SavedModel in `target`, which passed inspection: import TensorFlow, then its trial, each
+    with CPU seconds of its own, and resident memory watched from the import on."""
+    from flows.core.admission.saved_model_trial import trial
+    from flows.core.admission.tensorflow_import import import_quietly
+    from flows.core.admission.trial import TrialRefused
+
+    _stage(IMPORT_STAGE)
+    _allow(job["import_seconds"])
+    _watch_resident_memory(job["trial_memory_bytes"])
+    tf = import_quietly()
+    _stage(TRIAL_STAGE)
+    _allow(job["trial_seconds"])
+    try:
+        figures = trial(
+            tf, target, job["max_batch_pairs"], tuple(job["output_range"]), job["max_call_seconds"], _stage
+        )
+    except TrialRefused as error:
         return {"ok": False, "reason": _cut(str(error))}
     return {"ok": True, "files": files, "bytes": written, "trial": figures.to_json()}
 
 
 _current_stage = "starting"
+# Where stage lines go: the parent's stderr file, through a descriptor of its own, so that they still reach
+# it while TensorFlow's import has descriptor 2 muted (the watchdog may stop the child then).
+_stages: TextIO = sys.stderr
 
 
 def _stage(what: str) -> None:
     global _current_stage
     _current_stage = what
-    print(f"{STAGE_PREFIX}{what}", file=sys.stderr, flush=True)
+    print(f"{STAGE_PREFIX}{what}", file=_stages, flush=True)
 
 
 def main() -> None:
+    global _stages
     job = json.loads(sys.stdin.read(1024 * 1024))
-    _limit_self(job["memory_bytes"], job["cpu_seconds"], job["max_unpacked_bytes"])
+    _stages = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
+    _limit_self(job)
     print(json.dumps(run(job)), flush=True)
 
 

@@ -1,4 +1,5 @@
-"""What ids a loaded SavedModel can take, read from its serving signature's graph.
+"""What ids a loaded SavedModel can take, read from its serving signature's graph (in the flow, for its
+scorer; in the admission child, for the ids of the model's trial).
 
 An id reaches an embedding as a row index: past the table's last row TensorFlow fails the whole call, and
 below 0 Keras counts from the end, so user -1 gets the score of the last user. Knowing each input's row
