@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 from flows.core.model_holder import HolderState
@@ -108,6 +109,42 @@ def wait_for_model_snapshot(
     raise AssertionError(
         f"no committed snapshot of the model holder with a model in {database} after {timeout} s"
     )
+
+
+def resume_offsets(store: Path, step: str = "kafka_data") -> dict[int, int]:
+    """The data offsets a restart on `store` (a stopped cluster's recovery directories) resumes from, per data
+    partition, found as Bytewax finds them: the resume epoch is the lowest frontier of the last execution's
+    workers (a worker without a frontier row stands at the execution's own resume epoch), and each
+    partition resumes from its source snapshot of the latest epoch before that."""
+    executions: dict[int, tuple[int, int]] = {}  # execution -> (workers, resume epoch)
+    frontiers: dict[tuple[int, int], int] = {}  # (execution, worker) -> frontier
+    snapshots: dict[str, list[tuple[int, int]]] = {}
+    for database in sorted(store.glob("**/part-*.sqlite3")):
+        with closing(sqlite3.connect(database)) as db:  # closed at once: no log files left behind
+            for execution, workers, epoch in db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs"):
+                executions[execution] = (workers, epoch)
+            for execution, worker, frontier in db.execute(
+                "SELECT ex_num, worker_index, worker_frontier FROM fronts"
+            ):
+                frontiers[execution, worker] = max(frontier, frontiers.get((execution, worker), frontier))
+            rows = db.execute(
+                "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id LIKE ? AND ser_change IS NOT NULL",
+                (f"%{step}",),
+            ).fetchall()
+        for key, epoch, state in rows:
+            snapshots.setdefault(key, []).append((epoch, pickle.loads(state)))  # the test's own store
+    assert executions, f"no execution recorded in {store}"
+    last = max(executions)
+    workers, started_at = executions[last]
+    resume_epoch = min(
+        max(started_at, frontiers.get((last, worker), started_at)) for worker in range(workers)
+    )
+    offsets = {}
+    for key, taken in snapshots.items():
+        before = [(epoch, offset) for epoch, offset in taken if epoch < resume_epoch]
+        if before:
+            offsets[int(key.split("-", 1)[0])] = max(before)[1]
+    return offsets
 
 
 def _holds_a_champion(state: HolderState | None, holds: Callable[[HolderState], bool]) -> bool:
