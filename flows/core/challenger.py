@@ -50,12 +50,18 @@ class ChallengerSettings(Section):
     window: int = Field(
         1_000,
         ge=1,
-        description="challenger records (shadow: compared; canary: answered) per challenger report on each shard; a promote, retire, new challenger or the end of the input closes a partial one",
+        description=(
+            "challenger records (shadow: compared; canary: answered) per challenger report on each shard; a "
+            "promote, retire, new challenger or the end of the input closes a partial one"
+        ),
     )
     top_k: int = Field(
         5,
         ge=1,
-        description="k of a shadow challenger's top-k agreement: the mean share of each record's k best-scored products that both models rank among their k best",
+        description=(
+            "k of a shadow challenger's top-k agreement: the mean share of each record's k best-scored "
+            "products that both models rank among their k best"
+        ),
     )
 
 

@@ -239,7 +239,9 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
         "serving.kafka.lag",
         [lag("lag")],
         unit="{message}",
-        description="Per data partition read here: the topic's end offset minus the next offset the flow will read",
+        description=(
+            "Per data partition read here: the topic's end offset minus the next offset the flow will read"
+        ),
     )
     meter.create_observable_gauge(
         "serving.kafka.lag_age",
