@@ -144,7 +144,10 @@ def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
     assert plot_bench.main([str(results), "--table"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[2:] == [
-        "| `kafka-embedded ×2 partitions, main job ×2 processes` | 30,000 (20,000 – 40,000; 3) | 20.0 | 40.0 |",
+        (
+            "| `kafka-embedded ×2 partitions, main job ×2 processes` "
+            "| 30,000 (20,000 – 40,000; 3) | 20.0 | 40.0 |"
+        ),
         "| `kafka-baseline` | 25,000 (25,000 – 25,000; 1) | 1.0 | 2.0 |",
     ]
 

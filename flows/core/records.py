@@ -367,7 +367,10 @@ class ScoredBatch(Sequence[ScoredMessage]):
     __hash__ = None  # type: ignore[assignment]  (mutable, like the list it stands for)
 
     def __repr__(self) -> str:
-        return f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, model {self.metadata.model_name!r})"
+        return (
+            f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, "
+            f"model {self.metadata.model_name!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,8 +411,9 @@ class ChallengerReport:
         closed = "" if self.closed_by == ClosedBy.WINDOW else f" ({self.closed_by})"
         if self.mode == Mode.SHADOW:
             body = (
-                f"{self.challenger_records:,} of {self.records:,} records compared: top-{self.top_k} agreement "
-                f"{self.top_k_agreement:.2f}, mean |score difference| {self.mean_abs_diff:.3f}"
+                f"{self.challenger_records:,} of {self.records:,} records compared: "
+                f"top-{self.top_k} agreement {self.top_k_agreement:.2f}, "
+                f"mean |score difference| {self.mean_abs_diff:.3f}"
             )
         else:
             body = f"answered {self.challenger_records:,} of {self.records:,} records"

@@ -146,8 +146,9 @@ class Settings(BaseModel):
             and self.events.signing_key is None
         ):
             raise ValueError(
-                "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set SERVING_KAFKA_MARKER_KEY "
-                "(a secret of 16 bytes or more, the same for every process) or SERVING_EVENTS_SIGNING_KEY"
+                "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set "
+                "SERVING_KAFKA_MARKER_KEY (a secret of 16 bytes or more, the same for every process) or "
+                "SERVING_EVENTS_SIGNING_KEY"
             )
         return self
 

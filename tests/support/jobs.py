@@ -98,7 +98,8 @@ def wait_for_model_snapshot(
         with sqlite3.connect(database) as db:
             [(committed,)] = db.execute("SELECT min(commit_epoch) FROM commits").fetchall()
             holders = db.execute(
-                "SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
+                "SELECT snap_epoch, ser_change FROM snaps "
+                "WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
             ).fetchall()
         if committed is not None and any(
             epoch < committed and _holds_a_champion(pickle.loads(state), holds)  # the test's own store
@@ -128,7 +129,8 @@ def resume_offsets(store: Path, step: str = "kafka_data") -> dict[int, int]:
             ):
                 frontiers[execution, worker] = max(frontier, frontiers.get((execution, worker), frontier))
             rows = db.execute(
-                "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id LIKE ? AND ser_change IS NOT NULL",
+                "SELECT state_key, snap_epoch, ser_change FROM snaps "
+                "WHERE step_id LIKE ? AND ser_change IS NOT NULL",
                 (f"%{step}",),
             ).fetchall()
         for key, epoch, state in rows:

@@ -202,7 +202,8 @@ def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
         model_type = ModelType.ONNX
     else:
         raise FileNotFoundError(
-            f"no shipped model version {version!r}: {directory} has neither saved_model.pb nor {ONNX_MODEL_FILE}"
+            f"no shipped model version {version!r}: {directory} "
+            f"has neither saved_model.pb nor {ONNX_MODEL_FILE}"
         )
     return ModelDescriptor(
         f"recommender-v{version}",
