@@ -70,7 +70,8 @@ def model_v2() -> ModelDescriptor:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
-    """Bootstrap servers of a broker for the whole session (`flows.testing.local_broker`: noida-db on loopback)."""
+    """Bootstrap servers of a broker for the whole session (`flows.testing.local_broker`: noida-db on
+    loopback)."""
     from flows.testing.local_broker import kafka_broker
 
     with kafka_broker() as bootstrap:

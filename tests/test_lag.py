@@ -284,7 +284,8 @@ def test_merging_keeps_the_newest_measurement_of_a_partition():
 
 
 def lag_of(ports: list[int]) -> dict | None:
-    """The lag merged over the processes' /state, as serving-query-state prints it; None while one is not up."""
+    """The lag merged over the processes' /state, as serving-query-state prints it; None while one is not
+    up."""
     urls = [f"http://127.0.0.1:{port}/state" for port in ports]
     done = subprocess.run(
         [sys.executable, "-m", "flows.tools.query_state", "--lag", "--json", *urls],

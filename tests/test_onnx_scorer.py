@@ -60,7 +60,8 @@ def test_the_shipped_onnx_twins_score_as_the_saved_models_within_1e_5(version):
 
 
 def test_the_shipped_twins_hold_the_weights_of_the_shipped_saved_models():
-    """`serving-train-model --format onnx --from-saved-model` wrote them: the same numbers, not a retraining."""
+    """`serving-train-model --format onnx --from-saved-model` wrote them: the same numbers, not a
+    retraining."""
     for version in ("1", "2"):
         weights = saved_model_weights(SHIPPED_MODELS_DIR / version)
         graph = onnx.load_model(str(SHIPPED_MODELS_DIR / f"{version}-onnx" / ONNX_MODEL_FILE)).graph

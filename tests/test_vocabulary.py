@@ -1,4 +1,5 @@
-"""The flow's words are typed (flows.core.vocabulary), and its exceptions share one root (flows.core.errors)."""
+"""The flow's words are typed (flows.core.vocabulary), and its exceptions share one root
+(flows.core.errors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The yardstick: what a careful engineer writes instead of this project, measured on the same broker and data.
+"""The yardstick: what a careful engineer writes instead of this project, measured on the same broker and
+data.
 
 A batched confluent-kafka loop: `consume(500)`, decode every message, one SavedModel call for the whole
 poll, encode, produce, wait for delivery, commit (at-least-once, like the flow). No recovery, sharding,

@@ -262,8 +262,8 @@ class ScoredBatch(Sequence[ScoredMessage]):
     scores of all pairs in one array, the batch's metadata, and the records whose result is an error.
 
     It is a sequence of ScoredMessage, built on demand, so any sink reads it like a list. A sink that
-    writes bytes (`flows.wire.avro.encode_results`) reads the columns instead: one conversion of the scores for
-    the whole batch rather than three objects and two lists per record, which was a fifth of the Kafka
+    writes bytes (`flows.wire.avro.encode_results`) reads the columns instead: one conversion of the scores
+    for the whole batch rather than three objects and two lists per record, which was a fifth of the Kafka
     flow's time.
     """
 
@@ -375,7 +375,8 @@ class ScoredBatch(Sequence[ScoredMessage]):
 
 @dataclass(frozen=True, slots=True)
 class ChallengerReport:
-    """How a challenger did beside the champion over one window of records on one shard (`flows.core.challenger`).
+    """How a challenger did beside the champion over one window of records on one shard
+    (`flows.core.challenger`).
 
     Shadow: `challenger_records` were scored by both models, compared by the mean share of each record's
     top-`top_k` products the two agree on and the mean absolute difference of a pair's two scores. Canary:

@@ -70,7 +70,8 @@ def _span_context(traceparent: str) -> SpanContext | None:
 
 
 def _traceparent(span: Span) -> str:
-    """The W3C traceparent of `span` (version 00), as the propagator writes it, without its context plumbing."""
+    """The W3C traceparent of `span` (version 00), as the propagator writes it, without its context
+    plumbing."""
     context = span.get_span_context()
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 

@@ -1,9 +1,9 @@
 """Every setting of the serving flow: typed sections, read from `SERVING_*` environment variables here only.
 
 Each section lives beside the code it configures (`AdmissionPolicy` in `flows.core.admission.policy`,
-`KafkaSettings` in `flows.adapters.kafka.settings`, ...) and carries its fields' defaults and descriptions: the one
-source of both. `Settings` composes them, and `Settings.from_environment()`, called by the composition roots
-(the main job, the tools' command lines), is the one place the environment is read. A variable is named
+`KafkaSettings` in `flows.adapters.kafka.settings`, ...) and carries its fields' defaults and descriptions:
+the one source of both. `Settings` composes them, and `Settings.from_environment()`, called by the composition
+roots (the main job, the tools' command lines), is the one place the environment is read. A variable is named
 SERVING_ + its section's prefix + the field's name (`ENVIRONMENT` below); the names are the ones the flow
 always had. docs/configuration.md's tables and the README's are generated from the sections
 (`python -m flows.tools.settings_table --write`; a test checks both are in step).

@@ -146,7 +146,8 @@ class LocalServer:
 
 
 def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = False) -> LocalServer:
-    """The TensorFlow Serving stand-in (flows/testing/tfserving_double.py) serving shipped model `version` as `name`.
+    """The TensorFlow Serving stand-in (flows/testing/tfserving_double.py) serving shipped model `version` as
+    `name`.
 
     With `tls`, it serves TLS only, with a certificate from a throwaway CA (see `LocalServer.tls`).
     """
@@ -167,7 +168,8 @@ def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = Fa
 
 
 def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
-    """Seldon MLServer (test extra) serving shipped model `version` as `name` through flows/testing/mlserver_runtime.py.
+    """Seldon MLServer (test extra) serving shipped model `version` as `name` through
+    flows/testing/mlserver_runtime.py.
 
     One process, no parallel workers (MLServer 1.7.1's worker pool fails to start with uvloop >= 0.22)
     and no metrics server (it would take port 8082).

@@ -6,9 +6,9 @@ location (`--location`, with `--type`). A message larger than the
 broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
 descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 
-Experiments (see `flows.core.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as a
-challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops it.
-A command names the exact challenger it acts on by its digest (`--target-digest`, or the digest of the
+Experiments (see `flows.core.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as
+a challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops
+it. A command names the exact challenger it acts on by its digest (`--target-digest`, or the digest of the
 newest challenger NAME on the models topic, looked up), so it cannot act on another model of that name.
 """
 

@@ -163,12 +163,12 @@ def audit_report(bootstrap: str, topics: dict[str, str], isolation: str = "read_
 
 
 def recovery_stores(tmp_path: Path, processes: int, partitions: int | None = None) -> list[Path]:
-    """One recovery directory per process, made by `serving-recovery-store init` (as many partitions as processes
-    unless told otherwise)."""
+    """One recovery directory per process, made by `serving-recovery-store init` (as many partitions as
+    processes unless told otherwise)."""
     return recovery_store.init(tmp_path / "recovery", partitions or processes, processes)
 
 
 def regroup_recovery(stores: list[Path], processes: int) -> list[Path]:
-    """The partitions of `stores` moved into `processes` directories by `serving-recovery-store regroup`, as an
-    operator rescaling the cluster would; the partitions themselves never change."""
+    """The partitions of `stores` moved into `processes` directories by `serving-recovery-store regroup`, as
+    an operator rescaling the cluster would; the partitions themselves never change."""
     return recovery_store.regroup(stores[0].parent, processes)

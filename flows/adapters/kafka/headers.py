@@ -1,5 +1,6 @@
-"""Kafka header names the flow writes: where a result or dead letter came from, why a message was dead-lettered
-or replaced by a smaller form. Consumers (`flows.tools.audit`, your own) read them by these names."""
+"""Kafka header names the flow writes: where a result or dead letter came from, why a message was
+dead-lettered or replaced by a smaller form. Consumers (`flows.tools.audit`, your own) read them by these
+names."""
 
 # On a dead letter: why it could not be decoded, and where it was read.
 REASON_HEADER = "dead-letter.reason"

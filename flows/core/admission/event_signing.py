@@ -8,8 +8,8 @@ issued, length-prefixed after a domain string of its own (so no descriptor signa
 signature, nor the reverse). The issue time is strictly increasing per signer, so a reader can refuse an
 event that is not newer than the last one it accepted: a replay.
 
-The signed strings are the ones ModelEvent holds (bounded by `flows.core.records.cut`), which decoding gives back
-unchanged.
+The signed strings are the ones ModelEvent holds (bounded by `flows.core.records.cut`), which decoding gives
+back unchanged.
 """
 
 from __future__ import annotations

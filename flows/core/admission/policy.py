@@ -147,7 +147,8 @@ class AdmissionPolicy(Section):
 
     @property
     def allowed_ops(self) -> frozenset[str]:
-        """The TensorFlow ops a SavedModel's graph may use (a constant of the graph inspection, not a setting)."""
+        """The TensorFlow ops a SavedModel's graph may use (a constant of the graph inspection, not a
+        setting)."""
         return DEFAULT_ALLOWED_OPS
 
 
