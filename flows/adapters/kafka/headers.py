@@ -12,6 +12,7 @@ SOURCE_TOPIC_HEADER = "source.topic"
 SOURCE_PARTITION_HEADER = "source.partition"
 SOURCE_OFFSET_HEADER = "source.offset"
 SOURCE_TIMESTAMP_HEADER = "source.timestamp"
-# On a message replaced by its smaller form (`flows.adapters.kafka.sink`): why, and a dead letter's original size.
+# On a message replaced by its smaller form (`flows.adapters.kafka.sink`): why, and a dead letter's original
+# size.
 REPLACED_HEADER = "replaced"
 ORIGINAL_SIZE_HEADER = "dead-letter.original-size"
