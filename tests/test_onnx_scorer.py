@@ -121,8 +121,8 @@ def test_a_local_onnx_path_under_a_root_is_served_and_one_outside_is_refused(tmp
 def test_external_data_inside_the_archive_is_loaded(tmp_path):
     """An export too big for one protobuf keeps its weights beside model.onnx: that is accepted, inside."""
     model = onnx.load_model(str(SHIPPED_MODELS_DIR / "1-onnx" / ONNX_MODEL_FILE))
-    onnx.save_model(model, str(tmp_path / ONNX_MODEL_FILE), save_as_external_data=True, location="weights.bin",
-                    size_threshold=0)  # fmt: skip
+    onnx.save_model(model, str(tmp_path / ONNX_MODEL_FILE), save_as_external_data=True,
+                    location="weights.bin", size_threshold=0)  # fmt: skip
     files = {ONNX_MODEL_FILE: (tmp_path / ONNX_MODEL_FILE).read_bytes(),
              "weights.bin": (tmp_path / "weights.bin").read_bytes()}  # fmt: skip
     scorer = build_scorer(onnx_model("external", archive(files)))

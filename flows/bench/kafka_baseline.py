@@ -92,7 +92,8 @@ def _serve(
             if batch:
                 for message, result in _score(batch, scorer, model_name):
                     producer.produce(
-                        results_topic, key=str(result.input_record.user).encode(), value=RESULT.encode(result),
+                        results_topic, key=str(result.input_record.user).encode(),
+                        value=RESULT.encode(result),
                         headers=[
                             (SOURCE_PARTITION_HEADER, str(message.partition()).encode()),
                             (SOURCE_OFFSET_HEADER, str(message.offset()).encode()),

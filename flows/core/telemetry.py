@@ -211,8 +211,8 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
     def challenger(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             return [
-                Observation(totals[field], {"challenger": totals["challenger"], "champion": totals["champion"],
-                                            "mode": totals["mode"]})
+                Observation(totals[field], {"challenger": totals["challenger"],
+                                            "champion": totals["champion"], "mode": totals["mode"]})
                 for totals in state.challengers()
             ]  # fmt: skip
 

@@ -153,8 +153,9 @@ def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = Fa
     """
     rest_port, grpc_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "flows.testing.tfserving_double", "--model-dir", str(SHIPPED_MODELS_DIR / str(version)),
-        "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
+        sys.executable, "-m", "flows.testing.tfserving_double",
+        "--model-dir", str(SHIPPED_MODELS_DIR / str(version)), "--name", name, "--version", str(version),
+        "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
     scratch, files = None, None
     if tls:
