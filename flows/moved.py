@@ -1,4 +1,5 @@
-"""Module paths from before the package was laid out by layer (core, wire, adapters, runtime), still importable.
+"""Module paths from before the package was laid out by layer (core, wire, adapters, runtime), still
+importable.
 
 Recovery snapshots are pickles, and a pickle names each object's class by its module path: a store written
 before the move names `flows.model_holder.HolderState`, `flows.kafka.data_source.KafkaOrigin`, ... A finder

@@ -18,15 +18,17 @@ from flows.core.shipped import SHIPPED_MODELS_DIR
 # Modules whose tests run the main job, a tool or the benchmark as a process of its own.
 PROCESS_MODULES = {
     "test_exactly_once",
-    "test_admission_kafka", "test_backlog", "test_bench", "test_challenger_kafka", "test_kafka", "test_main_job",
-    "test_no_crash_loop", "test_package", "test_retraining", "test_shutdown", "test_signed_lifecycle_kafka",
-    "test_layers", "test_onnx_kafka",
+    "test_admission_kafka", "test_backlog", "test_bench", "test_challenger_kafka", "test_kafka",
+    "test_main_job", "test_no_crash_loop", "test_package", "test_retraining", "test_shutdown",
+    "test_signed_lifecycle_kafka", "test_layers", "test_onnx_kafka",
 }  # fmt: skip
 SERVER_MODULES = {"test_remote_scorers"}
 # Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).
 WITHOUT_TENSORFLOW = {
-    "test_answered_offsets", "test_code_checks", "test_exactly_once_producer", "test_avro", "test_event_signing", "test_generators", "test_json_lines_sink", "test_kafka_sink",
-    "test_locations_and_endpoints", "test_readme", "test_record_polls", "test_retrain_gate", "test_vocabulary",
+    "test_answered_offsets", "test_code_checks", "test_exactly_once_producer", "test_avro",
+    "test_event_signing", "test_generators", "test_json_lines_sink", "test_kafka_sink",
+    "test_locations_and_endpoints", "test_readme", "test_record_polls", "test_retrain_gate",
+    "test_vocabulary",
 }  # fmt: skip
 
 
@@ -72,7 +74,8 @@ def model_v2() -> ModelDescriptor:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
-    """Bootstrap servers of a broker for the whole session (`flows.testing.local_broker`: noida-db on loopback)."""
+    """Bootstrap servers of a broker for the whole session (`flows.testing.local_broker`: noida-db on
+    loopback)."""
     from flows.testing.local_broker import kafka_broker
 
     with kafka_broker() as bootstrap:

@@ -467,7 +467,8 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
     from flows.core.scoring import score_batch
 
     batch = [DataMessage(RecommenderRecord(1, [1, 2]), 0), DataMessage(RecommenderRecord(2, [7]), 0),
-             DataMessage(RecommenderRecord(3, [3, 8]), 0), DataMessage(RecommenderRecord(4, [4]), 0)]  # fmt: skip
+             DataMessage(RecommenderRecord(3, [3, 8]), 0),
+             DataMessage(RecommenderRecord(4, [4]), 0)]  # fmt: skip
     results, _ = score_batch(SometimesNan(), "m", batch, AdmissionPolicy())
     errors = [result.result.metadata.errors for result in results]
     assert errors[0] == errors[3] == ""

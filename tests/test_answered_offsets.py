@@ -1,4 +1,5 @@
-"""The exactly-once sink's memory: which data offsets have a committed answer, and the marker that carries it."""
+"""The exactly-once sink's memory: which data offsets have a committed answer, and the marker that carries
+it."""
 
 from __future__ import annotations
 

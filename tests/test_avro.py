@@ -129,8 +129,8 @@ def test_events_written_before_events_were_signed_decode_as_unsigned():
     )
     buffer = io.BytesIO()
     buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(before))
-    datum = {"kind": "drift", "modelName": "m", "reason": "r", "shard": "", "previousModel": "", "loadMs": 0.0,
-             "arrivalMs": 0.0}  # fmt: skip
+    datum = {"kind": "drift", "modelName": "m", "reason": "r", "shard": "", "previousModel": "",
+             "loadMs": 0.0, "arrivalMs": 0.0}  # fmt: skip
     schemaless_writer(buffer, before, datum)
     assert avro.EVENT.decode(buffer.getvalue()) == ModelEvent("drift", "m", "r")
     assert avro.SIGNED_EVENT.decode(buffer.getvalue()) == SignedModelEvent(ModelEvent("drift", "m", "r"))
@@ -264,8 +264,9 @@ def test_descriptors_written_before_freshness_existed_decode_unsequenced():
 
 
 def test_freshness_fields_round_trip():
-    descriptor = ModelDescriptor("m", "", ModelType.UNKNOWN, command="promote", sequence=1_764_000_000_000_001,
-                                 expires_at=1_764_000_000_000, target_digest="0123456789abcdef")  # fmt: skip
+    descriptor = ModelDescriptor("m", "", ModelType.UNKNOWN, command="promote",
+                                 sequence=1_764_000_000_000_001, expires_at=1_764_000_000_000,
+                                 target_digest="0123456789abcdef")  # fmt: skip
     assert avro.MODEL.decode(avro.MODEL.encode(descriptor)) == descriptor
 
 

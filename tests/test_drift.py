@@ -1,5 +1,6 @@
 """Drift monitoring: detected on a shifted stream and not on an unshifted one, recovered when the data comes
-back, bounded state that survives a restart, and the same verdict through the dataflow with 1 and 2 workers."""
+back, bounded state that survives a restart, and the same verdict through the dataflow with 1 and 2
+workers."""
 
 from __future__ import annotations
 

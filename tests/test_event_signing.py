@@ -1,5 +1,5 @@
-"""Signed model events (`flows.core.admission.event_signing`): what the flow's Kafka output writes to the events
-topic with SERVING_EVENTS_SIGNING_KEY set verifies under the public key, and nothing else does."""
+"""Signed model events (`flows.core.admission.event_signing`): what the flow's Kafka output writes to the
+events topic with SERVING_EVENTS_SIGNING_KEY set verifies under the public key, and nothing else does."""
 
 from __future__ import annotations
 

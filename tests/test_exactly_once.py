@@ -244,7 +244,8 @@ def test_sigterm_to_one_process_of_two_repeats_no_answer(kafka_bootstrap, tmp_pa
     finish(kafka_bootstrap, topics, stores, log)
     report = assert_exactly_once(kafka_bootstrap, topics, trickle)
     print(
-        f"exactly-once, SIGTERM to one process of two: {report['data_offsets']} data offsets, 0 lost, 0 duplicated"
+        "exactly-once, SIGTERM to one process of two: "
+        f"{report['data_offsets']} data offsets, 0 lost, 0 duplicated"
     )
 
 
@@ -326,7 +327,8 @@ def test_broker_stopped_and_started_again_during_a_transaction_loses_and_repeats
             # knows the transaction to abort it. Kafka's transaction log is durable.
             said_by_job = said(job)
             assert "the producer cannot go on (OUT_OF_ORDER_SEQUENCE_NUMBER" in said_by_job, (
-                f"{held_back}, and the flow did not report the broker losing its state:\n{said_by_job[-3000:]}"
+                f"{held_back}, and the flow did not report the broker losing its state:\n"
+                f"{said_by_job[-3000:]}"
             )
             pytest.xfail(f"the test broker lost a transaction at its restart: {held_back}")
         dropped = {
@@ -370,7 +372,8 @@ def test_a_paused_process_woken_after_its_replacement_started_is_fenced_and_writ
     finish(kafka_bootstrap, topics, [replacement_store], log)
     report = assert_exactly_once(kafka_bootstrap, topics, trickle)
     print(
-        f"exactly-once, zombie woken after its replacement: {report['data_offsets']} data offsets, 0 lost, 0 duplicated"
+        "exactly-once, zombie woken after its replacement: "
+        f"{report['data_offsets']} data offsets, 0 lost, 0 duplicated"
     )
 
 

@@ -1,4 +1,5 @@
-"""The Kubernetes manifests, offline: lint, render, validate, and run the StatefulSet's pods as local processes."""
+"""The Kubernetes manifests, offline: lint, render, validate, and run the StatefulSet's pods as local
+processes."""
 
 from __future__ import annotations
 
@@ -486,8 +487,9 @@ def port_matches(rule_port: dict, name: str | None, number: int) -> bool:
 
 
 def admitted(documents: list[dict], labels: dict[str, str], port_name: str | None, port: int) -> set[str]:
-    """Who the namespace's NetworkPolicies let reach a pod with `labels` on a port: the workloads of the rendering
-    by name, other namespaces as 'namespace:SELECTOR', anyone as '*'. Empty: nobody but the node (probes)."""
+    """Who the namespace's NetworkPolicies let reach a pod with `labels` on a port: the workloads of the
+    rendering by name, other namespaces as 'namespace:SELECTOR', anyone as '*'. Empty: nobody but the node
+    (probes)."""
     templates = pod_templates(documents)
     sources: set[str] = set()
     for policy in (document for document in documents if document["kind"] == "NetworkPolicy"):
@@ -627,7 +629,8 @@ def test_exactly_the_kafka_clients_carry_the_kafka_client_label(overlay):
 
 @needs_kubectl
 def test_of_our_pods_only_the_flow_and_the_publish_job_reach_the_seldon_mesh_and_none_its_servers():
-    """Seldon's pods are created by its operator, not rendered here: their labels as the operator sets them."""
+    """Seldon's pods are created by its operator, not rendered here: their labels as the operator sets
+    them."""
     documents = rendered("seldon")
     assert admitted(documents, {"app.kubernetes.io/name": "seldon-envoy"}, None, 9000) == {
         "serving",
@@ -689,8 +692,9 @@ def test_no_private_key_is_committed_under_k8s():
 
 
 def acl_grants(script: str) -> set[tuple[str, str, str, str]]:
-    """(principal, operation, 'topic', 'group' or 'transactional-id', name) of each `acls --allow-principal ...` line of kafka-acls.sh,
-    its variables substituted; a prefixed pattern's name ends with '*'."""
+    """(principal, operation, 'topic', 'group' or 'transactional-id', name) of each
+    `acls --allow-principal ...` line of kafka-acls.sh, its variables substituted; a prefixed pattern's name
+    ends with '*'."""
     lines = script.replace("\\\n", " ").splitlines()
     variables = dict(line.split("=", 1) for line in lines if line.split("=", 1)[0].isidentifier())
     grants = set()

@@ -284,7 +284,8 @@ def test_merging_keeps_the_newest_measurement_of_a_partition():
 
 
 def lag_of(ports: list[int]) -> dict | None:
-    """The lag merged over the processes' /state, as serving-query-state prints it; None while one is not up."""
+    """The lag merged over the processes' /state, as serving-query-state prints it; None while one is not
+    up."""
     urls = [f"http://127.0.0.1:{port}/state" for port in ports]
     done = subprocess.run(
         [sys.executable, "-m", "flows.tools.query_state", "--lag", "--json", *urls],
@@ -336,7 +337,8 @@ def test_two_processes_show_the_lag_of_every_partition_and_follow_the_topic(kafk
         assert sum(ends.values()) == 3000
         wait_for(lambda: caught_up_with(ends), "the lag to follow 1,000 more records back to 0", 120)
         summary = subprocess.run(
-            [sys.executable, "-m", "flows.tools.query_state", *[f"http://127.0.0.1:{p}/state" for p in ports]],
+            [sys.executable, "-m", "flows.tools.query_state",
+             *[f"http://127.0.0.1:{p}/state" for p in ports]],
             cwd=REPO, capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         assert "Kafka lag: 0 messages over 4 data partitions" in summary

@@ -144,8 +144,8 @@ def test_unbounded_run_stops_cleanly_on_a_signal(tmp_path, signal_number):
 
 
 def test_the_embedded_default_schedule_crosses_formats(tmp_path):
-    """Its default schedule: TensorFlow v1 champion, the ONNX twin of v2 as its shadow, promoted; TensorFlow v1
-    as a canary of the ONNX champion, retired."""
+    """Its default schedule: TensorFlow v1 champion, the ONNX twin of v2 as its shadow, promoted; TensorFlow
+    v1 as a canary of the ONNX champion, retired."""
     env = job_env(tmp_path, SERVING_RECORDS="4000", SERVING_RECORD_RATE="400", SERVING_MODEL_INTERVAL="0.5")
     output = finish(start_job(env))
     for line in (

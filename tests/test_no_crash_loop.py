@@ -1,4 +1,5 @@
-"""No message can crash-loop the flow: poison messages on the topics of a running main job, kill -9, restart."""
+"""No message can crash-loop the flow: poison messages on the topics of a running main job, kill -9,
+restart."""
 
 from __future__ import annotations
 

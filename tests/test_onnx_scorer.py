@@ -60,7 +60,8 @@ def test_the_shipped_onnx_twins_score_as_the_saved_models_within_1e_5(version):
 
 
 def test_the_shipped_twins_hold_the_weights_of_the_shipped_saved_models():
-    """`serving-train-model --format onnx --from-saved-model` wrote them: the same numbers, not a retraining."""
+    """`serving-train-model --format onnx --from-saved-model` wrote them: the same numbers, not a
+    retraining."""
     for version in ("1", "2"):
         weights = saved_model_weights(SHIPPED_MODELS_DIR / version)
         graph = onnx.load_model(str(SHIPPED_MODELS_DIR / f"{version}-onnx" / ONNX_MODEL_FILE)).graph
@@ -120,8 +121,8 @@ def test_a_local_onnx_path_under_a_root_is_served_and_one_outside_is_refused(tmp
 def test_external_data_inside_the_archive_is_loaded(tmp_path):
     """An export too big for one protobuf keeps its weights beside model.onnx: that is accepted, inside."""
     model = onnx.load_model(str(SHIPPED_MODELS_DIR / "1-onnx" / ONNX_MODEL_FILE))
-    onnx.save_model(model, str(tmp_path / ONNX_MODEL_FILE), save_as_external_data=True, location="weights.bin",
-                    size_threshold=0)  # fmt: skip
+    onnx.save_model(model, str(tmp_path / ONNX_MODEL_FILE), save_as_external_data=True,
+                    location="weights.bin", size_threshold=0)  # fmt: skip
     files = {ONNX_MODEL_FILE: (tmp_path / ONNX_MODEL_FILE).read_bytes(),
              "weights.bin": (tmp_path / "weights.bin").read_bytes()}  # fmt: skip
     scorer = build_scorer(onnx_model("external", archive(files)))

@@ -75,8 +75,8 @@ def _corrupt(valid: list[bytes], rng: random.Random) -> list[bytes | None]:
 
 
 def test_the_plain_shape_is_the_current_schemas():
-    # Fails when RecommenderRecord changes: update flows.wire.record_polls (its shape and fingerprint), or every
-    # message is decoded alone again (correct, ~3 us per record slower).
+    # Fails when RecommenderRecord changes: update flows.wire.record_polls (its shape and fingerprint), or
+    # every message is decoded alone again (correct, ~3 us per record slower).
     assert SHAPE_IS_CURRENT
 
 

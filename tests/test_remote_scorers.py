@@ -215,7 +215,8 @@ class _MetadataRecorder(grpc.ServerInterceptor):
 
 
 def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
-    """The original routed through Seldon and Ambassador with `seldon: grpc-tfserving`, `namespace: seldon`."""
+    """The original routed through Seldon and Ambassador with `seldon: grpc-tfserving`,
+    `namespace: seldon`."""
     model = ServedModel(str(SHIPPED_MODELS_DIR / "1"), "recommender", 1)
     recorder, seen_headers = _MetadataRecorder(), []
     grpc_port, rest_port = free_port(), free_port()
@@ -245,7 +246,8 @@ def test_location_headers_reach_the_server_as_grpc_metadata_and_http_headers():
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory) -> Iterator[tuple[LocalServer, str]]:
-    """The TensorFlow Serving stand-in over TLS only, and the PEM of a CA that did not sign its certificate."""
+    """The TensorFlow Serving stand-in over TLS only, and the PEM of a CA that did not sign its
+    certificate."""
     import trustme
 
     stranger = tmp_path_factory.mktemp("tls") / "other-ca.pem"

@@ -72,7 +72,8 @@ def assert_drift_restored(ports: list[int], model: str, windows_before_stop: int
     wait_for(lambda: drift_windows(states(ports) or [], model) is not None, "the drift monitor's state", 120)
     restored = drift_windows(states(ports), model)
     assert restored >= windows_before_stop - 1, (
-        f"the drift monitor of {model} started over: {restored} windows, {windows_before_stop} before the stop"
+        f"the drift monitor of {model} started over: {restored} "
+        f"windows, {windows_before_stop} before the stop"
     )
 
 
@@ -224,7 +225,8 @@ def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drif
 
     report = audit_report(kafka_bootstrap, topics)
     print(
-        f"rescale 1 -> 2 -> 3 -> 1 processes, SIGTERM before each step: {report['data_offsets']:,} data offsets, "
+        "rescale 1 -> 2 -> 3 -> 1 processes, SIGTERM before each step: "
+        f"{report['data_offsets']:,} data offsets, "
         f"{report['lost']} lost, {report['duplicates']:,} duplicated (bound {sum(repeatable):,}: the answers "
         f"past the snapshot each restart resumed from, {', '.join(f'{n:,}' for n in repeatable)}; "
         f"{TRICKLE_PER_S * SNAPSHOT_INTERVAL_S:,.0f} records are one snapshot interval)"

@@ -200,7 +200,8 @@ def test_a_batch_of_refused_records_calls_no_model():
 
 
 def test_a_batch_over_the_pair_bound_is_scored_in_calls_of_whole_records_within_it(embedded):
-    """The model was tried at SERVING_MODEL_MAX_BATCH_PAIRS pairs before it was accepted: no call is larger."""
+    """The model was tried at SERVING_MODEL_MAX_BATCH_PAIRS pairs before it was accepted: no call is
+    larger."""
     policy = AdmissionPolicy(max_batch_pairs=100)
     messages = batch(200)
     counting = Counting(embedded)

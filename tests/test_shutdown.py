@@ -1,4 +1,5 @@
-"""Stopping one process of a two-process cluster (a rolling update, an eviction) ends it promptly, loses nothing."""
+"""Stopping one process of a two-process cluster (a rolling update, an eviction) ends it promptly, loses
+nothing."""
 
 from __future__ import annotations
 

@@ -85,8 +85,10 @@ def test_plot_bench_draws_throughput_and_latency_from_json_lines(tmp_path):
     from flows.tools import plot_bench
 
     lines = [
-        {"scenario": "embedded", "offered_rate": "unthrottled", "records_per_s": 20_000, "p50_ms": 9, "p99_ms": 20},
-        {"scenario": "embedded", "offered_rate": "unthrottled", "records_per_s": 30_000, "p50_ms": 8, "p99_ms": 19},
+        {"scenario": "embedded", "offered_rate": "unthrottled", "records_per_s": 20_000, "p50_ms": 9,
+         "p99_ms": 20},
+        {"scenario": "embedded", "offered_rate": "unthrottled", "records_per_s": 30_000, "p50_ms": 8,
+         "p99_ms": 19},
         {"scenario": "kafka-embedded", "offered_rate": "pre-loaded", "records_per_s": 9_000, "partitions": 4,
          "p50_ms": 900, "p99_ms": 1500},
         {"scenario": "embedded", "offered_rate": 1000, "records_per_s": 1000, "p50_ms": 1.0, "p99_ms": 3.0},
@@ -144,7 +146,10 @@ def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
     assert plot_bench.main([str(results), "--table"]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[2:] == [
-        "| `kafka-embedded ×2 partitions, main job ×2 processes` | 30,000 (20,000 – 40,000; 3) | 20.0 | 40.0 |",
+        (
+            "| `kafka-embedded ×2 partitions, main job ×2 processes` "
+            "| 30,000 (20,000 – 40,000; 3) | 20.0 | 40.0 |"
+        ),
         "| `kafka-baseline` | 25,000 (25,000 – 25,000; 1) | 1.0 | 2.0 |",
     ]
 

@@ -1,4 +1,5 @@
-"""The flow's words are typed (flows.core.vocabulary), and its exceptions share one root (flows.core.errors)."""
+"""The flow's words are typed (flows.core.vocabulary), and its exceptions share one root
+(flows.core.errors)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ def test_a_kind_this_version_does_not_know_stays_the_string_it_was():
 
 
 def test_a_report_closed_by_round_trips_as_a_member():
-    report = ChallengerReport("b", "a", "shadow", 0.5, "shard-001", 3, ClosedBy.PROMOTED, 100, 50, 1, 49, 300, 5,
-                              0.8, 0.05, 1.5, 1.25, 1, 2)  # fmt: skip
+    report = ChallengerReport("b", "a", "shadow", 0.5, "shard-001", 3, ClosedBy.PROMOTED,
+                              100, 50, 1, 49, 300, 5, 0.8, 0.05, 1.5, 1.25, 1, 2)  # fmt: skip
     decoded = REPORT.decode(REPORT.encode(report))
     assert decoded == report and decoded.closed_by == ClosedBy.PROMOTED
 

@@ -127,7 +127,8 @@ def main() -> None:
 def _run(args: argparse.Namespace, models_dir: Path) -> dict:
     """The scenario `args` names, run once (shipped models from `models_dir`): its report."""
     in_process = (
-        args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on", args.drift == "on"
+        args.records, args.rate, args.workers, args.shards, args.batch, args.tracing == "on",
+        args.drift == "on",
     )  # fmt: skip
     if args.scenario == "embedded":
         model = shipped_model(models_dir, args.model_version)

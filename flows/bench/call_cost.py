@@ -56,6 +56,6 @@ def run_call_cost(model: ModelDescriptor, rounds: int) -> dict:
         details[f"us_per_pair_batch_{size}"] = round(median * 1000 / size, 3)
     all_calls = [time_ms for times in calls.values() for time_ms in times]
     return report(
-        "call-cost", pairs, "unthrottled", seconds, all_calls, model=model.model_name, rss_mb=memory, **details,
-        source=scorer.source,
+        "call-cost", pairs, "unthrottled", seconds, all_calls, model=model.model_name, rss_mb=memory,
+        **details, source=scorer.source,
     )  # fmt: skip

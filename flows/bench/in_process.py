@@ -1,4 +1,5 @@
-"""Scenarios that run the dataflow in this process on generated records: embedded, remote model servers, swap."""
+"""Scenarios that run the dataflow in this process on generated records: embedded, remote model servers,
+swap."""
 
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ class _ReceiverProcess:
 
 @contextmanager
 def _exported_spans(telemetry: Telemetry) -> Iterator[_ReceiverProcess]:
-    """Tracing on `telemetry`, every span exported to a receiver process; the receiver's count is ready on exit."""
+    """Tracing on `telemetry`, every span exported to a receiver process; the receiver's count is ready on
+    exit."""
     receiver = _ReceiverProcess()
     provider = TracerProvider(sampler=ALWAYS_ON)
     provider.add_span_processor(

@@ -1,4 +1,5 @@
-"""The yardstick: what a careful engineer writes instead of this project, measured on the same broker and data.
+"""The yardstick: what a careful engineer writes instead of this project, measured on the same broker and
+data.
 
 A batched confluent-kafka loop: `consume(500)`, decode every message, one SavedModel call for the whole
 poll, encode, produce, wait for delivery, commit (at-least-once, like the flow). No recovery, sharding,
@@ -91,7 +92,8 @@ def _serve(
             if batch:
                 for message, result in _score(batch, scorer, model_name):
                     producer.produce(
-                        results_topic, key=str(result.input_record.user).encode(), value=RESULT.encode(result),
+                        results_topic, key=str(result.input_record.user).encode(),
+                        value=RESULT.encode(result),
                         headers=[
                             (SOURCE_PARTITION_HEADER, str(message.partition()).encode()),
                             (SOURCE_OFFSET_HEADER, str(message.offset()).encode()),

@@ -38,8 +38,8 @@ def kafka_report(
     bootstrap: str | None,
     **details,
 ) -> dict:
-    """The JSON line of a Kafka scenario: throughput between the first and the last result message (so start-up
-    is not counted), latency from each data message's timestamp to its result's."""
+    """The JSON line of a Kafka scenario: throughput between the first and the last result message (so
+    start-up is not counted), latency from each data message's timestamp to its result's."""
     stamps = sorted(message.timestamp()[1] for message in results)
     seconds = max((stamps[-1] - stamps[0]) / 1000, 0.001)
     latencies = [

@@ -2,7 +2,8 @@
 unless an experiment says so.
 
 A descriptor with role `challenger` goes through the same admission as any model; the model holder then
-keeps it beside the champion and sends it to every shard (see `flows.core.model_holder`), which scores with both:
+keeps it beside the champion and sends it to every shard (see `flows.core.model_holder`), which scores with
+both:
 
 - **shadow**: the champion answers every record. The challenger also scores the records of a `fraction` of
   users, in one extra model call per micro-batch, and the two are compared record by record: the share of
@@ -16,8 +17,8 @@ Users are chosen by a hash of the user id salted with the challenger's name: a u
 whole experiment, on every shard and after a restart, and a new challenger draws its own users.
 
 With `serve(..., shadow_results=True)`, a shadow challenger's own results leave the shard too
-(tagged `Emits.SHADOW` by `flows.core.shard`), for a topic of their own: joined with the results by the data message they answer, they
-give both models' scores of every sampled record.
+(tagged `Emits.SHADOW` by `flows.core.shard`), for a topic of their own: joined with the results by the data
+message they answer, they give both models' scores of every sampled record.
 
 Each shard sums what it saw over windows of `ChallengerSettings.window` challenger records and emits a
 `ChallengerReport` per window (and a last, partial one when the challenger is promoted, retired or
@@ -50,12 +51,18 @@ class ChallengerSettings(Section):
     window: int = Field(
         1_000,
         ge=1,
-        description="challenger records (shadow: compared; canary: answered) per challenger report on each shard; a promote, retire, new challenger or the end of the input closes a partial one",
+        description=(
+            "challenger records (shadow: compared; canary: answered) per challenger report on each shard; a "
+            "promote, retire, new challenger or the end of the input closes a partial one"
+        ),
     )
     top_k: int = Field(
         5,
         ge=1,
-        description="k of a shadow challenger's top-k agreement: the mean share of each record's k best-scored products that both models rank among their k best",
+        description=(
+            "k of a shadow challenger's top-k agreement: the mean share of each record's k best-scored "
+            "products that both models rank among their k best"
+        ),
     )
 
 

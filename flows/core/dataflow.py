@@ -1,10 +1,10 @@
 """The serving dataflow's core, independent of where its inputs come from and where its outputs go.
 
-    data batches ──to a shard, in turn──────────────────────┐
-                                                            ├─merge─▶ stateful_batch(shard) ─▶ result batches
-    models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                                ├▶ events
-                                                                                           ├▶ challenger reports
-                                                                                           └▶ shadow results
+    data batches ──to a shard, in turn────────────────────┐
+                                                          ├─merge─▶ stateful_batch(shard) ─▶ result batches
+    models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                              ├▶ events
+                                                                                         ├▶ challenger reports
+                                                                                         └▶ shadow results
 
 Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
 `flows.adapters.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
@@ -67,11 +67,12 @@ def serve(
     load models through `context.cache` and report to its telemetry and statistics.
 
     With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
-    and starts with the newest model it read (see `flows.core.model_holder`). With `drift`, each model's scored
-    batches also go to a drift monitor keyed by model name, whose events join the model events (`flows.core.drift`).
-    `challengers` says how shards compare a challenger with the champion (`flows.core.challenger`);
-    `shadow_results` makes them also emit a shadow challenger's own results (someone must write them).
-    `rollback` says when a shard goes back from a new champion to the one it replaced (`flows.core.probation`).
+    and starts with the newest model it read (see `flows.core.model_holder`). With `drift`, each model's
+    scored batches also go to a drift monitor keyed by model name, whose events join the model events
+    (`flows.core.drift`). `challengers` says how shards compare a challenger with the champion
+    (`flows.core.challenger`); `shadow_results` makes them also emit a shadow challenger's own results
+    (someone must write them). `rollback` says when a shard goes back from a new champion to the one it
+    replaced (`flows.core.probation`).
     """
     if shards < 1:
         raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")

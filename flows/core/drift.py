@@ -47,18 +47,27 @@ class DriftSettings(Section):
     reference: int = Field(
         2_000,
         ge=0,
-        description="records a model's drift reference is taken from: its first ones (`0`: no drift monitoring); see [Observability](observability.md#drift)",
+        description=(
+            "records a model's drift reference is taken from: its first ones (`0`: no drift monitoring); see "
+            "[Observability](observability.md#drift)"
+        ),
     )
     window: int = Field(2_000, ge=1, description="records per drift window, each compared with the reference")
     threshold: float = Field(
         0.2,
         gt=0,
-        description="population stability index of a feature over which a window is `drift`; the first window under it again is `recovered`",
+        description=(
+            "population stability index of a feature over which a window is `drift`; the first window under "
+            "it again is `recovered`"
+        ),
     )
     sample: int = Field(
         250,
         ge=1,
-        description="most records of each scored batch the drift monitor reads (the first ones): bounds its cost per batch; a window then counts sampled records",
+        description=(
+            "most records of each scored batch the drift monitor reads (the first ones): bounds its cost per "
+            "batch; a window then counts sampled records"
+        ),
     )
 
     @property

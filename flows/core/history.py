@@ -63,7 +63,8 @@ class _Bucket:
 
 
 class _Series:
-    """Bounded series keyed by name: at most MAX_SERIES names, LENGTH entries each, the oldest name dropped."""
+    """Bounded series keyed by name: at most MAX_SERIES names, LENGTH entries each, the oldest name
+    dropped."""
 
     def __init__(self) -> None:
         self._by_name: OrderedDict[str, deque[Any]] = OrderedDict()

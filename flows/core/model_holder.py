@@ -27,11 +27,11 @@ Models still being judged are in the state too: the model source's snapshot has 
 so a restart that forgot them would never judge them. A restored holder judges them again.
 
 Authority. With trusted keys, the holder is the one place a message's signature and freshness are checked
-(`flows.core.admission.freshness`), when it arrives; the newest sequence taken in from each key is in the state.
-What the holder accepted is the flow's own state from then on: a promoted challenger becomes the champion
-on the authority of the signed promote command, and a restored model serves after a restart without being
-verified again. The recovery store is written and read only by the flow, by whoever runs it, who can also
-change its trusted keys; verifying restored state again would turn a key rotation, or turning signing on,
+(`flows.core.admission.freshness`), when it arrives; the newest sequence taken in from each key is in the
+state. What the holder accepted is the flow's own state from then on: a promoted challenger becomes the
+champion on the authority of the signed promote command, and a restored model serves after a restart without
+being verified again. The recovery store is written and read only by the flow, by whoever runs it, who can
+also change its trusted keys; verifying restored state again would turn a key rotation, or turning signing on,
 into an outage (every shard refusing the model it served) without keeping anyone out.
 
 Identity. A model is known to every result, event and report by the name it was accepted under: a
@@ -367,7 +367,8 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         accept: Callable[[_Candidate, float, list[HolderOutput]], None],
         outputs: list[HolderOutput],
     ) -> list[_Candidate]:
-        """Verdicts on the finished loads of `candidates` (one role, in arrival order); those still loading."""
+        """Verdicts on the finished loads of `candidates` (one role, in arrival order); those still
+        loading."""
         waiting: list[_Candidate] = []
         for candidate in candidates:
             if not candidate.load.ready():

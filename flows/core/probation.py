@@ -34,18 +34,27 @@ class RollbackSettings(Section):
     records: int = Field(
         10_000,
         ge=0,
-        description="records each shard watches a new champion for, with the champion it replaced kept loaded (`0`: no probation, no rollback)",
+        description=(
+            "records each shard watches a new champion for, with the champion it replaced kept loaded (`0`: "
+            "no probation, no rollback)"
+        ),
     )
     error_rate: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="a new champion whose answers on a shard are errors more often than this (after 100 records) is rolled back to the previous champion",
+        description=(
+            "a new champion whose answers on a shard are errors more often than this (after 100 records) is "
+            "rolled back to the previous champion"
+        ),
     )
     slow_factor: float = Field(
         20.0,
         gt=1,
-        description="a new champion with 3 calls on a shard slower than this many times what its trial measured for as many pairs (and over 50 ms) is rolled back",
+        description=(
+            "a new champion with 3 calls on a shard slower than this many times what its trial measured for "
+            "as many pairs (and over 50 ms) is rolled back"
+        ),
     )
 
 

@@ -262,8 +262,8 @@ class ScoredBatch(Sequence[ScoredMessage]):
     scores of all pairs in one array, the batch's metadata, and the records whose result is an error.
 
     It is a sequence of ScoredMessage, built on demand, so any sink reads it like a list. A sink that
-    writes bytes (`flows.wire.avro.encode_results`) reads the columns instead: one conversion of the scores for
-    the whole batch rather than three objects and two lists per record, which was a fifth of the Kafka
+    writes bytes (`flows.wire.avro.encode_results`) reads the columns instead: one conversion of the scores
+    for the whole batch rather than three objects and two lists per record, which was a fifth of the Kafka
     flow's time.
     """
 
@@ -367,12 +367,16 @@ class ScoredBatch(Sequence[ScoredMessage]):
     __hash__ = None  # type: ignore[assignment]  (mutable, like the list it stands for)
 
     def __repr__(self) -> str:
-        return f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, model {self.metadata.model_name!r})"
+        return (
+            f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, "
+            f"model {self.metadata.model_name!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ChallengerReport:
-    """How a challenger did beside the champion over one window of records on one shard (`flows.core.challenger`).
+    """How a challenger did beside the champion over one window of records on one shard
+    (`flows.core.challenger`).
 
     Shadow: `challenger_records` were scored by both models, compared by the mean share of each record's
     top-`top_k` products the two agree on and the mean absolute difference of a pair's two scores. Canary:
@@ -408,8 +412,9 @@ class ChallengerReport:
         closed = "" if self.closed_by == ClosedBy.WINDOW else f" ({self.closed_by})"
         if self.mode == Mode.SHADOW:
             body = (
-                f"{self.challenger_records:,} of {self.records:,} records compared: top-{self.top_k} agreement "
-                f"{self.top_k_agreement:.2f}, mean |score difference| {self.mean_abs_diff:.3f}"
+                f"{self.challenger_records:,} of {self.records:,} records compared: "
+                f"top-{self.top_k} agreement {self.top_k_agreement:.2f}, "
+                f"mean |score difference| {self.mean_abs_diff:.3f}"
             )
         else:
             body = f"answered {self.challenger_records:,} of {self.records:,} records"

@@ -3,11 +3,11 @@
 All (user, product) pairs of the batch go to the scorer in one call and the probabilities are split back
 per record; a batch of more than SERVING_MODEL_MAX_BATCH_PAIRS pairs goes in several calls of whole records,
 none larger than the batch every embedded model was tried at before it was accepted (a model whose memory
-grows with the batch cannot be handed more than it was seen to take). A record with an id the model cannot take is kept out of the call and gets an error naming the
-id, the model and the range it takes: an id below 0 (Keras reads user -1 as the last user), at or past the
-rows of the model's embedding (`Scorer.input_bounds`), or at or past 2**24, where float32, which scorers
-are fed, stops holding every integer (user 2**24 + 1 would be scored as user 2**24). The check is a few
-vector comparisons per batch.
+grows with the batch cannot be handed more than it was seen to take). A record with an id the model cannot
+take is kept out of the call and gets an error naming the id, the model and the range it takes: an id below 0
+(Keras reads user -1 as the last user), at or past the rows of the model's embedding (`Scorer.input_bounds`),
+or at or past 2**24, where float32, which scorers are fed, stops holding every integer (user 2**24 + 1 would
+be scored as user 2**24). The check is a few vector comparisons per batch.
 
 If the call still fails (a model whose bounds are unknown, or that fails for another reason), the records
 are split in halves and each half is tried again, down to the records that fail alone, which get the error:

@@ -84,7 +84,8 @@ class ServingState:
         self.history.challenger(report)
 
     def challengers(self) -> list[dict[str, Any]]:
-        """What each recent challenger did in this process, summed over its shards' reports, the latest first."""
+        """What each recent challenger did in this process, summed over its shards' reports, the latest
+        first."""
         with self._lock:
             entries = list(reversed(self._challengers.values()))
         return [

@@ -352,7 +352,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             if count <= self.max_products:
                 kept.append(message)
                 continue
-            reason = f"record has {count:,} products, over the limit of {self.max_products:,} (SERVING_MAX_PRODUCTS)"
+            reason = (
+                f"record has {count:,} products, over the limit of {self.max_products:,} "
+                "(SERVING_MAX_PRODUCTS)"
+            )
             record = message.record
             refused.append(unscored(replace(message, record=replace(record, products=[])), reason))
         outputs.results(refused)

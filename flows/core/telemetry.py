@@ -70,7 +70,8 @@ def _span_context(traceparent: str) -> SpanContext | None:
 
 
 def _traceparent(span: Span) -> str:
-    """The W3C traceparent of `span` (version 00), as the propagator writes it, without its context plumbing."""
+    """The W3C traceparent of `span` (version 00), as the propagator writes it, without its context
+    plumbing."""
     context = span.get_span_context()
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
@@ -210,8 +211,8 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
     def challenger(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             return [
-                Observation(totals[field], {"challenger": totals["challenger"], "champion": totals["champion"],
-                                            "mode": totals["mode"]})
+                Observation(totals[field], {"challenger": totals["challenger"],
+                                            "champion": totals["champion"], "mode": totals["mode"]})
                 for totals in state.challengers()
             ]  # fmt: skip
 
@@ -239,7 +240,9 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
         "serving.kafka.lag",
         [lag("lag")],
         unit="{message}",
-        description="Per data partition read here: the topic's end offset minus the next offset the flow will read",
+        description=(
+            "Per data partition read here: the topic's end offset minus the next offset the flow will read"
+        ),
     )
     meter.create_observable_gauge(
         "serving.kafka.lag_age",

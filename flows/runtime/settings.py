@@ -1,9 +1,9 @@
 """Every setting of the serving flow: typed sections, read from `SERVING_*` environment variables here only.
 
 Each section lives beside the code it configures (`AdmissionPolicy` in `flows.core.admission.policy`,
-`KafkaSettings` in `flows.adapters.kafka.settings`, ...) and carries its fields' defaults and descriptions: the one
-source of both. `Settings` composes them, and `Settings.from_environment()`, called by the composition roots
-(the main job, the tools' command lines), is the one place the environment is read. A variable is named
+`KafkaSettings` in `flows.adapters.kafka.settings`, ...) and carries its fields' defaults and descriptions:
+the one source of both. `Settings` composes them, and `Settings.from_environment()`, called by the composition
+roots (the main job, the tools' command lines), is the one place the environment is read. A variable is named
 SERVING_ + its section's prefix + the field's name (`ENVIRONMENT` below); the names are the ones the flow
 always had. docs/configuration.md's tables and the README's are generated from the sections
 (`python -m flows.tools.settings_table --write`; a test checks both are in step).
@@ -36,28 +36,49 @@ class FlowSettings(Section):
     shards: int = Field(
         8,
         ge=1,
-        description="shard keys that batches of records (one per source poll) are spread over, in turn; more keys than workers balances better",
+        description=(
+            "shard keys that batches of records (one per source poll) are spread over, in turn; more keys "
+            "than workers balances better"
+        ),
     )
     max_products: int = Field(
         10_000,
         ge=1,
-        description="most products a record may ask to score; a record with more gets an error result naming the limit, without its products (a result echoing 10,000 products of any id is under 600 KB, within Kafka's default 1 MB)",
+        description=(
+            "most products a record may ask to score; a record with more gets an error result naming the "
+            "limit, without its products (a result echoing 10,000 products of any id is under 600 KB, within "
+            "Kafka's default 1 MB)"
+        ),
     )
     hold_limit: int = Field(
         10_000,
         ge=0,
-        description="records each shard holds while it has no model yet and none is on its way; more get an error result. While a champion loads, or after a restart until the restored one is back, a shard holds every record: the data sources wait for a champion (see the next row), so what arrives meanwhile is bounded by one load",
+        description=(
+            "records each shard holds while it has no model yet and none is on its way; more get an error "
+            "result. While a champion loads, or after a restart until the restored one is back, a shard "
+            "holds every record: the data sources wait for a champion (see the next row), so what arrives "
+            "meanwhile is bounded by one load"
+        ),
     )
     data_wait_for_model: float = Field(
         120.0,
         ge=0,
-        description='seconds a process\'s data partitions read nothing while none of its shards serves a champion: at a start or restart with a backlog, records wait on the topic instead of becoming "no model yet" errors. Past it (no model on the models topic at all, or a process that owns no shard) the process reads, and the hold limit applies',
+        description=(
+            "seconds a process's data partitions read nothing while none of its shards serves a champion: at "
+            'a start or restart with a backlog, records wait on the topic instead of becoming "no model yet" '
+            "errors. Past it (no model on the models topic at all, or a process that owns no shard) the "
+            "process reads, and the hold limit applies"
+        ),
     )
 
     drain_timeout: float = Field(
         30.0,
         gt=0,
-        description="seconds a single process may take to drain after SIGTERM or Ctrl-C; past it (a model call or a sink that does not return) it exits at once with status 5, and a restart resumes from the last snapshot",
+        description=(
+            "seconds a single process may take to drain after SIGTERM or Ctrl-C; past it (a model call or a "
+            "sink that does not return) it exits at once with status 5, and a restart resumes from the last "
+            "snapshot"
+        ),
     )
 
 
@@ -71,14 +92,20 @@ class OutputSettings(Section):
     )
     output_dir: Path | None = Field(
         None,
-        description="also write every result as JSON lines (the Avro schema's JSON shape) to `DIR/results-WORKER.jsonl`",
+        description=(
+            "also write every result as JSON lines (the Avro schema's JSON shape) to "
+            "`DIR/results-WORKER.jsonl`"
+        ),
     )
     tf_verbose: bool = Field(
         False, description="`true` shows TensorFlow's start-up logging, which is otherwise muted"
     )
     bytewax_tracing: bool = Field(
         False,
-        description="`true` also exports Bytewax's own traces over OTLP (to `OTEL_EXPORTER_OTLP_ENDPOINT`, as `OTEL_SERVICE_NAME`)",
+        description=(
+            "`true` also exports Bytewax's own traces over OTLP (to `OTEL_EXPORTER_OTLP_ENDPOINT`, as "
+            "`OTEL_SERVICE_NAME`)"
+        ),
     )
 
 
@@ -119,8 +146,9 @@ class Settings(BaseModel):
             and self.events.signing_key is None
         ):
             raise ValueError(
-                "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set SERVING_KAFKA_MARKER_KEY "
-                "(a secret of 16 bytes or more, the same for every process) or SERVING_EVENTS_SIGNING_KEY"
+                "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set "
+                "SERVING_KAFKA_MARKER_KEY (a secret of 16 bytes or more, the same for every process) or "
+                "SERVING_EVENTS_SIGNING_KEY"
             )
         return self
 

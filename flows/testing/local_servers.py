@@ -146,14 +146,16 @@ class LocalServer:
 
 
 def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = False) -> LocalServer:
-    """The TensorFlow Serving stand-in (flows/testing/tfserving_double.py) serving shipped model `version` as `name`.
+    """The TensorFlow Serving stand-in (flows/testing/tfserving_double.py) serving shipped model `version` as
+    `name`.
 
     With `tls`, it serves TLS only, with a certificate from a throwaway CA (see `LocalServer.tls`).
     """
     rest_port, grpc_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "flows.testing.tfserving_double", "--model-dir", str(SHIPPED_MODELS_DIR / str(version)),
-        "--name", name, "--version", str(version), "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
+        sys.executable, "-m", "flows.testing.tfserving_double",
+        "--model-dir", str(SHIPPED_MODELS_DIR / str(version)), "--name", name, "--version", str(version),
+        "--rest-port", str(rest_port), "--grpc-port", str(grpc_port),
     ]  # fmt: skip
     scratch, files = None, None
     if tls:
@@ -167,7 +169,8 @@ def tfserving_double(version: int = 1, name: str = "recommender", tls: bool = Fa
 
 
 def mlserver(version: int = 1, name: str = "recommender") -> LocalServer:
-    """Seldon MLServer (test extra) serving shipped model `version` as `name` through flows/testing/mlserver_runtime.py.
+    """Seldon MLServer (test extra) serving shipped model `version` as `name` through
+    flows/testing/mlserver_runtime.py.
 
     One process, no parallel workers (MLServer 1.7.1's worker pool fails to start with uvloop >= 0.22)
     and no metrics server (it would take port 8082).

@@ -77,7 +77,8 @@ def otlp_receiver(port: int | None = None) -> Iterator[OtlpReceiver]:
 
 
 def main() -> None:
-    """`python -m flows.testing.otlp_receiver --port P`: receive until SIGTERM, then print what came as one JSON line."""
+    """`python -m flows.testing.otlp_receiver --port P`: receive until SIGTERM, then print what came as one
+    JSON line."""
     import argparse
     import json
     import signal

@@ -246,7 +246,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print(
-        f"serving {args.name} v{args.version}: REST 127.0.0.1:{args.rest_port} gRPC 127.0.0.1:{args.grpc_port}",
+        f"serving {args.name} v{args.version}: "
+        f"REST 127.0.0.1:{args.rest_port} gRPC 127.0.0.1:{args.grpc_port}",
         flush=True,
     )
     stop.wait()

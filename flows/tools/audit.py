@@ -5,7 +5,8 @@ starts) and reports data offsets with neither a result nor a dead letter (lost),
 once (duplicates: expected after a restart with at-least-once delivery, up to one snapshot interval's worth;
 none with exactly-once), and the errors the results carry, grouped by reason. It reads as `read_committed`
 (`--isolation`): what a consumer of exactly-once output sees. Results name the data message they answer in
-their `source.*` headers, dead letters in their `dead-letter.*` headers. Exit status: 0 when nothing is lost, 1 otherwise.
+their `source.*` headers, dead letters in their `dead-letter.*` headers. Exit status: 0 when nothing is lost,
+1 otherwise.
 """
 
 from __future__ import annotations

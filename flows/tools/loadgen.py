@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         "--shift-after",
         type=int,
         default=0,
-        help="records after which the data drifts for as many again (a newly popular product range; 0: never)",
+        help=(
+            "records after which the data drifts for as many again (a newly popular product range; 0: never)"
+        ),
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     if not args.quiet:
         print(
-            f"\rsent {args.records:,} records to {args.topic} in {elapsed:.1f} s ({args.records / max(elapsed, 1e-9):,.0f}/s)",
+            f"\rsent {args.records:,} records to {args.topic} in {elapsed:.1f} s "
+            f"({args.records / max(elapsed, 1e-9):,.0f}/s)",
             file=sys.stderr,
         )
     if failures:

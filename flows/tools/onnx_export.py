@@ -77,7 +77,8 @@ def recommender_graph(weights: Sequence[np.ndarray], name: str = "recommender") 
 
 
 def saved_model_weights(directory: Path) -> list[np.ndarray]:
-    """The six weights of a recommender SavedModel written by `serving-train-model`, read from its checkpoint."""
+    """The six weights of a recommender SavedModel written by `serving-train-model`, read from its
+    checkpoint."""
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(str(directory / "variables" / "variables"))

@@ -110,7 +110,8 @@ def table(results: list[dict[str, Any]]) -> str:
         p50 = statistics.median(run["p50_ms"] for run in runs)
         p99 = statistics.median(run["p99_ms"] for run in runs)
         lines.append(
-            f"| `{label}` | {statistics.median(rates):,.0f} ({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)}) "
+            f"| `{label}` | {statistics.median(rates):,.0f} "
+            f"({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)}) "
             f"| {p50:,.1f} | {p99:,.1f} |"
         )
     return "\n".join(lines)

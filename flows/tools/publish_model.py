@@ -6,9 +6,9 @@ location (`--location`, with `--type`). A message larger than the
 broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
 descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 
-Experiments (see `flows.core.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as a
-challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops it.
-A command names the exact challenger it acts on by its digest (`--target-digest`, or the digest of the
+Experiments (see `flows.core.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as
+a challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops
+it. A command names the exact challenger it acts on by its digest (`--target-digest`, or the digest of the
 newest challenger NAME on the models topic, looked up), so it cannot act on another model of that name.
 """
 
@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--challenger",
         choices=[SHADOW, CANARY],
-        help="publish the model as a challenger: shadow (scores beside the champion) or canary (answers some users)",
+        help=(
+            "publish the model as a challenger: shadow (scores "
+            "beside the champion) or canary (answers some users)"
+        ),
     )
     parser.add_argument(
         "--fraction",
@@ -138,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--target-digest",
-        help="with --promote/--retire: the digest of the challenger to act on (default: looked up on the topic)",
+        help=(
+            "with --promote/--retire: the digest of the challenger "
+            "to act on (default: looked up on the topic)"
+        ),
     )
     parser.add_argument("--name", help="model name (default: from the version, directory or location)")
     parser.add_argument("--description", default="")
@@ -161,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(problem)
     if descriptor.command and args.sign and not descriptor.target_digest:
         print(
-            f"refused: no challenger {descriptor.model_name!r} on {args.topic} to {descriptor.command}, and a "
-            "signed command must name its target: give --target-digest",
+            f"refused: no challenger {descriptor.model_name!r} on {args.topic} to {descriptor.command}, "
+            "and a signed command must name its target: give --target-digest",
             file=sys.stderr,
         )
         return 2
@@ -177,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     limit, limited_by = size_limit(args.topic, config)
     if len(payload) > limit:
         print(
-            f"refused: model {descriptor.model_name!r} encodes to {len(payload):,} bytes, over the {limit:,} bytes "
-            f"allowed by {limited_by}. Raise that limit (and the broker's message.max.bytes), or serve the model "
-            f"from a location (--location) instead of inline.",
+            f"refused: model {descriptor.model_name!r} encodes to {len(payload):,} bytes, over the {limit:,} "
+            f"bytes allowed by {limited_by}. Raise that limit (and the broker's message.max.bytes), or serve "
+            f"the model from a location (--location) instead of inline.",
             file=sys.stderr,
         )
         return 2

@@ -68,7 +68,8 @@ def render_challengers(challengers: list[dict[str, Any]]) -> str:
     for entry in challengers:
         head = f"{entry['challenger']} ({entry['mode']} {entry['fraction']:g} of {entry['champion']})"
         comparison = (
-            f"top-{entry['top_k']} agreement {entry['top_k_agreement']:.3f}, mean |diff| {entry['mean_abs_diff']:.4f}"
+            f"top-{entry['top_k']} agreement {entry['top_k_agreement']:.3f}, "
+            f"mean |diff| {entry['mean_abs_diff']:.4f}"
             if entry["mode"] == Mode.SHADOW
             else f"answered {entry['challenger_records']:,}"
         )
@@ -82,7 +83,10 @@ def render_challengers(challengers: list[dict[str, Any]]) -> str:
 
 def render(models: list[dict[str, Any]]) -> str:
     lines = [
-        f"{'model':<22} {'since (UTC)':<19} {'records':>10} {'avg ms/rec':>10} {'min ms':>7} {'max ms':>7}  shards"
+        (
+            f"{'model':<22} {'since (UTC)':<19} {'records':>10} {'avg ms/rec':>10} "
+            f"{'min ms':>7} {'max ms':>7}  shards"
+        )
     ]
     for model in models:
         since = datetime.fromtimestamp(model["since"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")

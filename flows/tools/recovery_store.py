@@ -75,8 +75,8 @@ def init(store: Path, partitions: int, processes: int, workers_per_process: int 
     workers = processes * workers_per_process
     if partitions < workers:
         raise RecoveryStoreError(
-            f"{partitions} recovery partitions for {workers} workers: a store needs at least as many partitions "
-            f"as the most workers it will ever run (the count is fixed when it is created)"
+            f"{partitions} recovery partitions for {workers} workers: a store needs at least as many "
+            f"partitions as the most workers it will ever run (the count is fixed when it is created)"
         )
     if store.exists() and find_partitions(store):
         raise RecoveryStoreError(f"{store} already holds recovery partitions; `regroup` it instead")

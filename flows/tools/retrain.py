@@ -3,8 +3,8 @@ on the events topic, trains a new model version and publishes it to the models t
 it up.
 
 The flow writes its model events to `SERVING_KAFKA_EVENTS_TOPIC` when that is set (drift monitoring:
-`flows.core.drift`), signed with `SERVING_EVENTS_SIGNING_KEY` when that is set. This command follows that topic
-from its end (`--from-beginning` to replay it); on each `drift` event (of `--model` only, if given) it
+`flows.core.drift`), signed with `SERVING_EVENTS_SIGNING_KEY` when that is set. This command follows that
+topic from its end (`--from-beginning` to replay it); on each `drift` event (of `--model` only, if given) it
 trains `recommender-vN` with `serving-train-model`'s deterministic recipe (N from `--version`, then N+1,
 ...), publishes it inline with `serving-publish-model` (signed with `--sign KEYFILE`, for a flow with
 SERVING_MODEL_TRUSTED_KEYS), and goes on waiting; `--once` stops after the first. A real pipeline would

@@ -19,7 +19,10 @@ from flows.runtime.settings import Settings, variables
 REPOSITORY = Path(__file__).resolve().parents[2]
 REFERENCE = REPOSITORY / "docs" / "configuration.md"
 README = REPOSITORY / "README.md"
-BEGIN = "<!-- settings table: generated from flows/runtime/settings.py by python -m flows.tools.settings_table --write -->"
+BEGIN = (
+    "<!-- settings table: generated from flows/runtime/settings.py by python -m flows.tools.settings_table "
+    "--write -->"
+)
 END = "<!-- end of the generated settings table -->"
 MIB = 1024**2
 

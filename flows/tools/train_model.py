@@ -9,14 +9,15 @@ Usage::
 writes ``models/recommender/3/`` next to the shipped versions (``--out DIR`` elsewhere), where
 ``SERVING_MODEL_VERSIONS=1,2,3`` finds it. With ``--format onnx`` the same training is written as
 ``VERSION-onnx/model.onnx`` (``flows.tools.onnx_export``); ``--from-saved-model`` converts the weights of
-a SavedModel this tool wrote, without training (the shipped ``1-onnx`` and ``2-onnx`` were made so). The data is synthetic purchase history generated from the version
-number, so a given version always trains on the same data, and two versions give visibly different
-scores for the same user and product.
+a SavedModel this tool wrote, without training (the shipped ``1-onnx`` and ``2-onnx`` were made so). The data
+is synthetic purchase history generated from the version number, so a given version always trains on the same
+data, and two versions give visibly different scores for the same user and product.
 
 The architecture is the original design's: an embedding for users and one for products, concatenated,
-dropout, a 50-unit relu layer, dropout, one sigmoid output (a probability in [0, 1]); adam, mean squared logarithmic error, batch 64,
-3 epochs. The exported ``serving_default`` signature takes ``users`` and ``products`` (float32, [N, 1])
-and returns ``predictions`` ([N, 1]), which is what ``flows.adapters.scorers`` and TensorFlow Serving expect.
+dropout, a 50-unit relu layer, dropout, one sigmoid output (a probability in [0, 1]); adam, mean squared
+logarithmic error, batch 64, 3 epochs. The exported ``serving_default`` signature takes ``users`` and
+``products`` (float32, [N, 1]) and returns ``predictions`` ([N, 1]), which is what ``flows.adapters.scorers``
+and TensorFlow Serving expect.
 """
 
 from __future__ import annotations

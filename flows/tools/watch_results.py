@@ -1,4 +1,5 @@
-"""Console egress: `python -m flows.tools.watch_results` follows the results topic and prints readable lines."""
+"""Console egress: `python -m flows.tools.watch_results` follows the results topic and prints readable
+lines."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from flows.wire.avro import RESULT
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_environment()
-    parser = argparse.ArgumentParser(prog="serving-watch-results", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="serving-watch-results", description=__doc__.split("\n\n")[0])
     add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.results_topic})
     add_isolation_argument(parser)
     parser.add_argument(

@@ -1,1 +1,2 @@
-"""The wire format: Avro encoding of the records (schemas in the top-level schemas/), polls decoded at once."""
+"""The wire format: Avro encoding of the records (schemas in the top-level schemas/), polls decoded at
+once."""

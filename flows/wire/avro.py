@@ -82,7 +82,8 @@ def _is_version_of(file_name: str, name: str) -> bool:
 
 
 def _expanded_fingerprint(schema: dict) -> str:
-    """CRC-64-AVRO of the schema with every named type it uses written out, as other Avro libraries compute it.
+    """CRC-64-AVRO of the schema with every named type it uses written out, as other Avro libraries compute
+    it.
 
     (Without the expansion, a schema that refers to records defined in other files would get a fingerprint
     that ignores them and that no other implementation computes.)
@@ -405,7 +406,8 @@ def _camel(name: str) -> str:
 
 
 def _field_map(record_type: type) -> dict[str, str]:
-    """Avro field name -> dataclass field name, for a flat record whose schema spells each field in camelCase."""
+    """Avro field name -> dataclass field name, for a flat record whose schema spells each field in
+    camelCase."""
     return {_camel(field_.name): field_.name for field_ in fields(record_type)}
 
 

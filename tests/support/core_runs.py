@@ -1,4 +1,5 @@
-"""Running the serving core in this process on scheduled inputs, and what the tests compare its output with."""
+"""Running the serving core in this process on scheduled inputs, and what the tests compare its output
+with."""
 
 from __future__ import annotations
 
@@ -258,7 +259,8 @@ class _TurnPartition(StatefulSourcePartition):
 
 
 class TurnSource(FixedPartitionedSource):
-    """Emits each step's items once its gate is set; one partition, so any number of workers emit them once."""
+    """Emits each step's items once its gate is set; one partition, so any number of workers emit them
+    once."""
 
     def __init__(self, steps: list[tuple[threading.Event, list[Any]]]) -> None:
         self.steps = steps

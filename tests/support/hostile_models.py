@@ -89,7 +89,8 @@ def well_behaved_model(target: pathlib.Path) -> pathlib.Path:
 
 def published_copy(shipped: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     """A shipped SavedModel as a user would publish it, with a file of notes beside it: the same graph and
-    weights, but not byte for byte a shipped model, so admission tries it (`flows.core.admission.tree_digest`)."""
+    weights, but not byte for byte a shipped model, so admission tries it
+    (`flows.core.admission.tree_digest`)."""
     shutil.copytree(shipped, target)
     (target / "assets").mkdir(exist_ok=True)
     (target / "assets" / "NOTES.txt").write_text("published by a user\n")

@@ -1,4 +1,5 @@
-"""Hostile and broken ONNX models, built here (none is shipped), each as the inline archive a descriptor carries.
+"""Hostile and broken ONNX models, built here (none is shipped), each as the inline archive a descriptor
+carries.
 
 `REFUSED_BEFORE_LOADING` maps a name to (a maker of the archive, the words its refusal must contain): the
 unpacking child refuses these before ONNX Runtime sees them. `REFUSED_BY_THE_PROBE` are well-formed models

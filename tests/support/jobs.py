@@ -98,7 +98,8 @@ def wait_for_model_snapshot(
         with sqlite3.connect(database) as db:
             [(committed,)] = db.execute("SELECT min(commit_epoch) FROM commits").fetchall()
             holders = db.execute(
-                "SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
+                "SELECT snap_epoch, ser_change FROM snaps "
+                "WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
             ).fetchall()
         if committed is not None and any(
             epoch < committed and _holds_a_champion(pickle.loads(state), holds)  # the test's own store
@@ -128,7 +129,8 @@ def resume_offsets(store: Path, step: str = "kafka_data") -> dict[int, int]:
             ):
                 frontiers[execution, worker] = max(frontier, frontiers.get((execution, worker), frontier))
             rows = db.execute(
-                "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id LIKE ? AND ser_change IS NOT NULL",
+                "SELECT state_key, snap_epoch, ser_change FROM snaps "
+                "WHERE step_id LIKE ? AND ser_change IS NOT NULL",
                 (f"%{step}",),
             ).fetchall()
         for key, epoch, state in rows:
@@ -161,12 +163,12 @@ def audit_report(bootstrap: str, topics: dict[str, str], isolation: str = "read_
 
 
 def recovery_stores(tmp_path: Path, processes: int, partitions: int | None = None) -> list[Path]:
-    """One recovery directory per process, made by `serving-recovery-store init` (as many partitions as processes
-    unless told otherwise)."""
+    """One recovery directory per process, made by `serving-recovery-store init` (as many partitions as
+    processes unless told otherwise)."""
     return recovery_store.init(tmp_path / "recovery", partitions or processes, processes)
 
 
 def regroup_recovery(stores: list[Path], processes: int) -> list[Path]:
-    """The partitions of `stores` moved into `processes` directories by `serving-recovery-store regroup`, as an
-    operator rescaling the cluster would; the partitions themselves never change."""
+    """The partitions of `stores` moved into `processes` directories by `serving-recovery-store regroup`, as
+    an operator rescaling the cluster would; the partitions themselves never change."""
     return recovery_store.regroup(stores[0].parent, processes)

@@ -2,9 +2,9 @@
 results and dead letters out (`outputs`, through the delivery-checking `sink`), Avro messages throughout.
 
 `KafkaOrigin` is importable from here because recovery snapshots written before this package was split
-name it `flows.adapters.kafka.KafkaOrigin` (records a shard holds before its first model keep their origin). It is
-looked up on first use, so that importing `flows.adapters.kafka.headers` or `flows.adapters.kafka.config` (as the tools do)
-does not import the source and everything behind it.
+name it `flows.adapters.kafka.KafkaOrigin` (records a shard holds before its first model keep their origin).
+It is looked up on first use, so that importing `flows.adapters.kafka.headers` or
+`flows.adapters.kafka.config` (as the tools do) does not import the source and everything behind it.
 """
 
 from typing import Any

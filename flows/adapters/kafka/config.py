@@ -21,5 +21,6 @@ def client_config(settings: KafkaSettings, extra: dict[str, str]) -> dict[str, s
 
 
 def consumer_config(settings: KafkaSettings) -> dict[str, str]:
-    """The flow's consumer settings: `CONSUMER_DEFAULTS`, then the shared settings, then the consumer-only ones."""
+    """The flow's consumer settings: `CONSUMER_DEFAULTS`, then the shared settings, then the consumer-only
+    ones."""
     return {**CONSUMER_DEFAULTS, **client_config(settings, settings.consumer_config)}

@@ -1,11 +1,12 @@
 """The data topic as a source of decoded polls: each poll of a partition becomes one item of the dataflow,
-its records decoded together (`flows.wire.record_polls`) and its undecodable messages set apart as dead letters.
+its records decoded together (`flows.wire.record_polls`) and its undecodable messages set apart as dead
+letters.
 
 Bytewax's KafkaSource makes a KafkaSourceMessage of every message, which a decoding step then reads: about
-2 us per record, a tenth of the flow's time once records travel in batches. This source reads confluent-kafka's
-messages directly and emits what the flow needs. It keeps what Bytewax's KafkaSource had: partitions named
-"<partition>-<topic>" and the next offset of each as the recovery state, so snapshots written by the flow
-before this source still resume it.
+2 us per record, a tenth of the flow's time once records travel in batches. This source reads
+confluent-kafka's messages directly and emits what the flow needs. It keeps what Bytewax's KafkaSource had:
+partitions named "<partition>-<topic>" and the next offset of each as the recovery state, so snapshots written
+by the flow before this source still resume it.
 
 The flow's offsets live in its recovery store, not in a consumer group, so this source is the only place
 that knows how far behind the topic the flow is: with `on_lag`, a `LagProbe` measures each partition built

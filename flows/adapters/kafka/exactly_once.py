@@ -526,9 +526,9 @@ def read_committed_marker(
     one marker per id and the tail not compacted yet (and a read started at a marker's own offset was seen
     to miss it on the test broker).
 
-    Reads as `read_committed` up to the end the partition had when called (`flows.adapters.kafka.read_to_end`):
-    a transaction left open there by another producer holds that end back; it is waited for `max_wait_s`,
-    then named, and the markers read so far are used.
+    Reads as `read_committed` up to the end the partition had when called
+    (`flows.adapters.kafka.read_to_end`): a transaction left open there by another producer holds that end
+    back; it is waited for `max_wait_s`, then named, and the markers read so far are used.
     """
     newest: Marker | None = None
     skipped = 0

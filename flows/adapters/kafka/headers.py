@@ -1,5 +1,6 @@
-"""Kafka header names the flow writes: where a result or dead letter came from, why a message was dead-lettered
-or replaced by a smaller form. Consumers (`flows.tools.audit`, your own) read them by these names."""
+"""Kafka header names the flow writes: where a result or dead letter came from, why a message was
+dead-lettered or replaced by a smaller form. Consumers (`flows.tools.audit`, your own) read them by these
+names."""
 
 # On a dead letter: why it could not be decoded, and where it was read.
 REASON_HEADER = "dead-letter.reason"
@@ -11,6 +12,7 @@ SOURCE_TOPIC_HEADER = "source.topic"
 SOURCE_PARTITION_HEADER = "source.partition"
 SOURCE_OFFSET_HEADER = "source.offset"
 SOURCE_TIMESTAMP_HEADER = "source.timestamp"
-# On a message replaced by its smaller form (`flows.adapters.kafka.sink`): why, and a dead letter's original size.
+# On a message replaced by its smaller form (`flows.adapters.kafka.sink`): why, and a dead letter's original
+# size.
 REPLACED_HEADER = "replaced"
 ORIGINAL_SIZE_HEADER = "dead-letter.original-size"

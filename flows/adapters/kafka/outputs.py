@@ -1,7 +1,7 @@
 """Kafka outputs of the serving flow: results keyed by user, with headers naming the message they answer,
-and dead letters. Both go through `flows.adapters.kafka.sink`, which replaces a message the topic refuses for itself
-by its smaller form (built here) and retries the rest until delivered, or, with exactly-once delivery, through
-`flows.adapters.kafka.exactly_once`, which writes them in transactions.
+and dead letters. Both go through `flows.adapters.kafka.sink`, which replaces a message the topic refuses for
+itself by its smaller form (built here) and retries the rest until delivered, or, with exactly-once delivery,
+through `flows.adapters.kafka.exactly_once`, which writes them in transactions.
 """
 
 from __future__ import annotations

@@ -2,14 +2,17 @@
 
 Bytewax's KafkaSink raises when one message is too large (the process exits, and after a restart it
 meets the same message again: a crash loop) and drops, unreported, messages the broker refuses. Here every
-message is produced with a delivery report and the batch is not done until each one is delivered:
+message is produced with a delivery report and the batch is not done until each one is delivered (what happens
+to a message → what the sink does):
 
-| what happens to a message | what the sink does |
-|---|---|
-| larger than the producer's `message.max.bytes` | replaced before producing by its smaller form (below) |
-| refused for itself: too large for the topic (`MSG_SIZE_TOO_LARGE`), `INVALID_RECORD`, `POLICY_VIOLATION`, ... | replaced by its smaller form, which is produced instead |
-| its smaller form refused for itself too | retried with backoff, logged at ERROR: a topic that refuses a few hundred bytes is misconfigured |
-| broker down, timed out, not enough replicas, unknown topic, not authorised, any other error | retried with backoff (1 s, doubling to 30 s), logged; the batch, and so the epoch, waits: its input offsets are not snapshotted, nothing is lost |
+- larger than the producer's `message.max.bytes` → replaced before producing by its smaller form (below)
+- refused for itself: too large for the topic (`MSG_SIZE_TOO_LARGE`), `INVALID_RECORD`, `POLICY_VIOLATION`,
+  ... → replaced by its smaller form, which is produced instead
+- its smaller form refused for itself too → retried with backoff, logged at ERROR: a topic that refuses a
+  few hundred bytes is misconfigured
+- broker down, timed out, not enough replicas, unknown topic, not authorised, any other error → retried
+  with backoff (1 s, doubling to 30 s), logged; the batch, and so the epoch, waits: its input offsets are not
+  snapshotted, nothing is lost
 
 A message's smaller form is made by the sink's `shrink` function, given by whoever builds the sink: a result
 without the echoed input and scores, a dead letter with its value cut to 1 KiB. Replacements are counted and

@@ -1,10 +1,10 @@
 """Kafka inputs of the serving flow: Avro messages in, dead letters for what does not decode.
 
-The data topic is read by `flows.adapters.kafka.data_source` (a poll of a partition is one item, decoded at once);
-the model topic by Bytewax's KafkaSource, always from its beginning when there is no recovery state, and the
-model holder starts with the newest model on it (`flows.adapters.kafka.catch_up`). Offsets of both are part of the
-recovery snapshots. A message that cannot be decoded (garbage, another schema, truncated) goes to the
-dead-letter topic (`flows.adapters.kafka.dead_letters`); the flow goes on.
+The data topic is read by `flows.adapters.kafka.data_source` (a poll of a partition is one item, decoded at
+once); the model topic by Bytewax's KafkaSource, always from its beginning when there is no recovery state,
+and the model holder starts with the newest model on it (`flows.adapters.kafka.catch_up`). Offsets of both are
+part of the recovery snapshots. A message that cannot be decoded (garbage, another schema, truncated) goes to
+the dead-letter topic (`flows.adapters.kafka.dead_letters`); the flow goes on.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def kafka_inputs(
     on_lag: LagReport | None = None,
 ) -> KafkaInputs:
     """The data and model streams from Kafka, and the dead letters of both. The data partitions read
-    nothing until `gate` opens (a champion is ready in this process: `flows.adapters.sources.model_gate`), or for
-    `wait_for_model` seconds at most; the lag of each is reported to `on_lag` about once a second, reading
+    nothing until `gate` opens (a champion is ready in this process: `flows.adapters.sources.model_gate`), or
+    for `wait_for_model` seconds at most; the lag of each is reported to `on_lag` about once a second, reading
     or not (`flows.adapters.kafka.lag_probe`)."""
     data_start = OFFSET_BEGINNING if settings.data_start == "earliest" else OFFSET_END
     data_source = DataPollSource(settings, settings.data_topic, data_start, consumer_config(settings), on_lag)

@@ -55,20 +55,33 @@ class StateServerSettings(Section):
         8081,
         ge=0,
         le=65535,
-        description="port of the HTTP `GET /state` endpoint (`0`: off); two processes on one host need two ports",
+        description=(
+            "port of the HTTP `GET /state` endpoint (`0`: off); two processes on one host need two ports"
+        ),
     )
     host: str = Field(
         "127.0.0.1",
-        description="address the `/state` endpoint listens on; `0.0.0.0` for every interface (the Kubernetes manifests set it)",
+        description=(
+            "address the `/state` endpoint listens on; `0.0.0.0` for every interface (the Kubernetes "
+            "manifests set it)"
+        ),
     )
     peers: str = Field(
         "",
-        description="`/state` URLs of every process of the cluster, this one included (`http://pod-0:8081/state,...`): the live page at `/` merges them; unset: it shows this process alone",
+        description=(
+            "`/state` URLs of every process of the cluster, this one included "
+            "(`http://pod-0:8081/state,...`): the live page at `/` merges them; unset: it shows this process "
+            "alone"
+        ),
     )
 
     allowed_hosts: str = Field(
         "",
-        description="host names (no port) the endpoint answers to besides `localhost`, IP addresses and the peers' names, comma-separated (`state.example.com,...`): a request naming another `Host` gets a 421, so a web page cannot reach the endpoint by rebinding its own name to the address",
+        description=(
+            "host names (no port) the endpoint answers to besides `localhost`, IP addresses and the peers' "
+            "names, comma-separated (`state.example.com,...`): a request naming another `Host` gets a 421, "
+            "so a web page cannot reach the endpoint by rebinding its own name to the address"
+        ),
     )
 
     @property

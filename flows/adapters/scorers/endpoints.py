@@ -25,7 +25,8 @@ LONGEST_BACKOFF_S = 0.4  # between retries of one request: retries are capped, a
 
 
 class TransientError(ServingError):
-    """A failure another server, or the same one a little later, may not have: refused, timed out, overloaded."""
+    """A failure another server, or the same one a little later, may not have: refused, timed out,
+    overloaded."""
 
 
 @dataclass(slots=True)

@@ -105,7 +105,8 @@ def parse_location(
         )
     if retries > max_retries:
         raise LocationError(
-            f"location {location!r}: retries {retries} is over the cap of {max_retries} (SERVING_REMOTE_MAX_RETRIES)"
+            f"location {location!r}: retries {retries} is over the cap of {max_retries} "
+            "(SERVING_REMOTE_MAX_RETRIES)"
         )
     return RemoteLocation(
         scheme=parts.scheme,

@@ -2,7 +2,8 @@
 
 REST: `POST PREFIX/models/NAME[/versions/V]:predict` in the columnar ("inputs") format, checked first
 with `GET .../metadata`. gRPC: `tensorflow.serving.PredictionService/Predict`, checked first with
-`GetModelMetadata`. Both use the `serving_default` signature. Location format: `flows.adapters.scorers.location`.
+`GetModelMetadata`. Both use the `serving_default` signature. Location format:
+`flows.adapters.scorers.location`.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def trusted_authorities(location: RemoteLocation) -> bytes | None:
 
 
 class JsonHttpClient:
-    """Keep-alive JSON requests to one server (urllib3 sets TCP_NODELAY, so small requests are not delayed)."""
+    """Keep-alive JSON requests to one server (urllib3 sets TCP_NODELAY, so small requests are not
+    delayed)."""
 
     def __init__(self, scheme: str, address: str, location: RemoteLocation) -> None:
         host, _, port = address.rpartition(":")

@@ -24,7 +24,10 @@ def describe_result(result: RecommenderResult) -> str:
         return f"{user}: no scores ({metadata.errors})"
     ranked = sorted(zip(result.model_result.probabilities, result.model_result.products), reverse=True)
     best = ", ".join(f"{product} ({probability:.2f})" for probability, product in ranked[:TOP_PRODUCTS])
-    return f"{user}: top of {len(ranked):>2} products {best}  [{metadata.model_name}, batch {metadata.duration} ms]"
+    return (
+        f"{user}: top of {len(ranked):>2} products {best}  "
+        f"[{metadata.model_name}, batch {metadata.duration} ms]"
+    )
 
 
 class _ConsolePartition(StatelessSinkPartition[Sequence[ScoredMessage]]):

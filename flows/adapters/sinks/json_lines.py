@@ -43,7 +43,8 @@ class _JsonLinesPartition(StatelessSinkPartition[Sequence[ScoredMessage]]):
 
 
 class JsonLinesResultSink(DynamicSink[Sequence[ScoredMessage]]):
-    """Appends batches of results, in the RecommenderResult Avro schema's JSON shape, to DIR/results-W.jsonl."""
+    """Appends batches of results, in the RecommenderResult Avro schema's JSON shape, to
+    DIR/results-W.jsonl."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

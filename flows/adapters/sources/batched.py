@@ -3,7 +3,8 @@
 Bytewax pays a per-item cost at every step an item passes (about ten in the serving flow). Wrapped in
 `PollBatches`, a source's poll (a generator's batch) travels as one item, every step pays once per poll, and
 a shard scores the poll with one model call. The partitions' snapshots are the inner source's, so recovery
-state is unchanged. (The Kafka data source emits its polls as items itself: `flows.adapters.kafka.data_source`.)
+state is unchanged. (The Kafka data source emits its polls as items itself:
+`flows.adapters.kafka.data_source`.)
 """
 
 from __future__ import annotations

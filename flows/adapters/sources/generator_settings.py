@@ -27,7 +27,10 @@ class GeneratorSettings(Section):
     record_rate: float = Field(
         333.0,
         ge=0,
-        description="records per second from the data generator, as the original's one per 3 ms (`0`: as fast as possible)",
+        description=(
+            "records per second from the data generator, as the original's one per 3 ms (`0`: as fast as "
+            "possible)"
+        ),
     )
     generator_partitions: int = Field(
         1, ge=1, description="data generator partitions; each is read by one worker"
@@ -37,7 +40,11 @@ class GeneratorSettings(Section):
     data_shift_after: int = Field(
         10_000,
         ge=0,
-        description="generated records (per generator partition) after which the data drifts for as many again: most products then come from a newly popular range (the last sixth of the catalogue), so drift monitoring has something to show (`0`: never)",
+        description=(
+            "generated records (per generator partition) after which the data drifts for as many again: most "
+            "products then come from a newly popular range (the last sixth of the catalogue), so drift "
+            "monitoring has something to show (`0`: never)"
+        ),
     )
     model_interval: float = Field(
         10.0,
@@ -46,12 +53,21 @@ class GeneratorSettings(Section):
     )
     model_versions: Annotated[tuple[str, ...], NoDecode, parsed_text(comma_separated)] = Field(
         ("1", "2-onnx:shadow", "promote:2-onnx", "1:canary:0.25", "retire:1"),
-        description="the model generator's schedule, one entry per `SERVING_MODEL_INTERVAL`, round and round: `V` sends shipped version V (a directory under `SERVING_MODELS_DIR`: a SavedModel, or `model.onnx` as in the shipped `1-onnx` and `2-onnx`, the ONNX twins of 1 and 2) as champion; `V:shadow` or `V:canary:0.25` as a challenger on that fraction (default 1) of records or users; `promote:V` and `retire:V` act on the challenger `recommender-vV`. `1,2` alternates two champions, as before challengers existed",
+        description=(
+            "the model generator's schedule, one entry per `SERVING_MODEL_INTERVAL`, round and round: `V` "
+            "sends shipped version V (a directory under `SERVING_MODELS_DIR`: a SavedModel, or `model.onnx` "
+            "as in the shipped `1-onnx` and `2-onnx`, the ONNX twins of 1 and 2) as champion; `V:shadow` or "
+            "`V:canary:0.25` as a challenger on that fraction (default 1) of records or users; `promote:V` "
+            "and `retire:V` act on the challenger `recommender-vV`. `1,2` alternates two champions, as "
+            "before challengers existed"
+        ),
         json_schema_extra={SHOWN_DEFAULT: "`1,2-onnx:shadow,promote:2-onnx,1:canary:0.25,retire:1`"},
     )
     models_dir: Path = Field(
         SHIPPED_MODELS_DIR,
-        description="directory with one model per version (a SavedModel, or a directory holding `model.onnx`)",
+        description=(
+            "directory with one model per version (a SavedModel, or a directory holding `model.onnx`)"
+        ),
         json_schema_extra={
             SHOWN_DEFAULT: "the shipped models (`models/recommender` in the repository, package data "
             "`flows.models` when installed)"

@@ -202,7 +202,8 @@ def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
         model_type = ModelType.ONNX
     else:
         raise FileNotFoundError(
-            f"no shipped model version {version!r}: {directory} has neither saved_model.pb nor {ONNX_MODEL_FILE}"
+            f"no shipped model version {version!r}: {directory} "
+            f"has neither saved_model.pb nor {ONNX_MODEL_FILE}"
         )
     return ModelDescriptor(
         f"recommender-v{version}",
@@ -216,7 +217,8 @@ def scheduled_model(models_dir: Path, entry: str) -> ModelDescriptor:
     """One entry of the model generator's schedule (`SERVING_MODEL_VERSIONS`), or ValueError saying why not.
 
     `2` is shipped version 2 as champion; `2:shadow` or `2:canary:0.25` is it as a challenger, on that
-    fraction (default 1) of records or users; `promote:2` and `retire:2` act on the challenger `recommender-v2`.
+    fraction (default 1) of records or users; `promote:2` and `retire:2` act on the challenger
+    `recommender-v2`.
     """
     parts = [part.strip() for part in entry.split(":")]
     if parts[0] in (PROMOTE, RETIRE) and len(parts) == 2:

@@ -11,7 +11,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 
 class PartitionWrapper(StatefulSourcePartition[Any, Any]):
-    """`inner`, unchanged: its batches, wake-ups, snapshots (so recovery state is the inner source's) and close."""
+    """`inner`, unchanged: its batches, wake-ups, snapshots (so recovery state is the inner source's) and
+    close."""
 
     def __init__(self, inner: StatefulSourcePartition) -> None:
         self.inner = inner

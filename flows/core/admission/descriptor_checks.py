@@ -1,5 +1,6 @@
 """Checks on a model descriptor's content that cost microseconds, made before anything is unpacked or
-contacted. Its signature and freshness are the model holder's to check, once (`flows.core.admission.freshness`)."""
+contacted. Its signature and freshness are the model holder's to check, once
+(`flows.core.admission.freshness`)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def refusal(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> str | None:
 
 
 def experiment_refusal(descriptor: ModelDescriptor) -> str | None:
-    """Why `descriptor`'s role, mode, fraction or command make no sense (see `flows.core.challenger`), or None."""
+    """Why `descriptor`'s role, mode, fraction or command make no sense (see `flows.core.challenger`), or
+    None."""
     if descriptor.command:
         if descriptor.command not in (PROMOTE, RETIRE):
             return f"unknown command {descriptor.command[:40]!r} (expected {PROMOTE!r} or {RETIRE!r})"

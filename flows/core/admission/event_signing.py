@@ -8,8 +8,8 @@ issued, length-prefixed after a domain string of its own (so no descriptor signa
 signature, nor the reverse). The issue time is strictly increasing per signer, so a reader can refuse an
 event that is not newer than the last one it accepted: a replay.
 
-The signed strings are the ones ModelEvent holds (bounded by `flows.core.records.cut`), which decoding gives back
-unchanged.
+The signed strings are the ones ModelEvent holds (bounded by `flows.core.records.cut`), which decoding gives
+back unchanged.
 """
 
 from __future__ import annotations
@@ -37,7 +37,13 @@ class EventSettings(Section):
 
     signing_key: Path | None = Field(
         None,
-        description="path of an Ed25519 private key (PKCS#8 PEM, e.g. from `serving-model-keys --name event-signing`); set, the flow signs every event it writes to the events topic (signer: host/pid, issue time, signature; see `flows/core/admission/event_signing.py`), and `serving-retrain --trusted-keys` acts only on events signed with it. Unset: events go unsigned, as before, and `serving-retrain` needs `--insecure-accept-unsigned-events`",
+        description=(
+            "path of an Ed25519 private key (PKCS#8 PEM, e.g. from `serving-model-keys --name "
+            "event-signing`); set, the flow signs every event it writes to the events topic (signer: "
+            "host/pid, issue time, signature; see `flows/core/admission/event_signing.py`), and "
+            "`serving-retrain --trusted-keys` acts only on events signed with it. Unset: events go unsigned, "
+            "as before, and `serving-retrain` needs `--insecure-accept-unsigned-events`"
+        ),
     )
 
 

@@ -480,7 +480,8 @@ def _callees(node, library: dict) -> Iterator[str]:
 def _reachable(
     starts: Iterable[str], known: Container[str], after: Callable[[str], Iterable[str]]
 ) -> set[str]:
-    """The names in ``known`` reachable from ``starts`` (themselves included), going from a name to ``after(name)``."""
+    """The names in ``known`` reachable from ``starts`` (themselves included), going from a name to
+    ``after(name)``."""
     seen: set[str] = set()
     stack = [name for name in starts if name in known]
     while stack:

@@ -233,7 +233,8 @@ def _read_model(directory: Path, max_bytes: int) -> onnx.ModelProto:
         raise OnnxRefused(f"{ONNX_MODEL_FILE} is not a regular file (a link or a device)")
     if info.st_size > max_bytes:
         raise OnnxRefused(
-            f"{ONNX_MODEL_FILE} is {info.st_size:,} bytes, over {max_bytes:,} (SERVING_MODEL_MAX_UNPACKED_BYTES)"
+            f"{ONNX_MODEL_FILE} is {info.st_size:,} bytes, over {max_bytes:,} "
+            "(SERVING_MODEL_MAX_UNPACKED_BYTES)"
         )
     data = path.read_bytes()
     nodes, initializers = _count_graph_members(data)
@@ -277,7 +278,8 @@ def _fields(data: bytes, position: int, end: int):
             length, position = _varint(data, position, end)
             if position + length > end:
                 raise OnnxRefused(
-                    f"{ONNX_MODEL_FILE} is not an ONNX model: a field runs past its message at byte {position:,}"
+                    f"{ONNX_MODEL_FILE} is not an ONNX model: a field "
+                    f"runs past its message at byte {position:,}"
                 )
             yield field, position, position + length
             position += length
@@ -313,7 +315,8 @@ def _check_bounds(model: onnx.ModelProto, directory: Path, max_bytes: int) -> No
         total += _tensor_bytes(tensor, where, directory)
         if total > max_bytes:
             raise OnnxRefused(
-                f"tensors declare more than {max_bytes:,} bytes in all, at {where} (SERVING_MODEL_MAX_UNPACKED_BYTES)"
+                f"tensors declare more than {max_bytes:,} bytes in all, at {where} "
+                "(SERVING_MODEL_MAX_UNPACKED_BYTES)"
             )
 
 
@@ -393,7 +396,8 @@ def _external_bytes(tensor: TensorProto, where: str, directory: Path) -> int:
         raise OnnxRefused(f"{where} gives a malformed offset or length for its external data") from None
     if offset < 0 or length < 0 or offset + length > info.st_size:
         raise OnnxRefused(
-            f"{where} reads bytes {offset:,} to {offset + length:,} of {location[:200]!r}, which has {info.st_size:,}"
+            f"{where} reads bytes {offset:,} to {offset + length:,} "
+            f"of {location[:200]!r}, which has {info.st_size:,}"
         )
     return length
 
@@ -409,17 +413,20 @@ def _check_opsets_and_ops(model: onnx.ModelProto) -> None:
             low, high = ML_OPSET_RANGE
         else:
             raise OnnxRefused(
-                f"model imports operator domain {domain[:100]!r}: only the default and {ML_DOMAIN!r} are accepted"
+                f"model imports operator domain {domain[:100]!r}: "
+                f"only the default and {ML_DOMAIN!r} are accepted"
             )
         if not low <= opset.version <= high:
             raise OnnxRefused(
-                f"model imports opset {opset.version} of domain {domain or 'ai.onnx'!r} (accepted: {low} to {high})"
+                f"model imports opset {opset.version} of domain "
+                f"{domain or 'ai.onnx'!r} (accepted: {low} to {high})"
             )
     for node in model.graph.node:
         domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
         if domain not in ALLOWED_OPS:
             raise OnnxRefused(
-                f"node {node.name[:100]!r} uses op {node.op_type[:100]!r} of domain {node.domain[:100]!r}: custom domains are not accepted"
+                f"node {node.name[:100]!r} uses op {node.op_type[:100]!r} of domain {node.domain[:100]!r}: "
+                "custom domains are not accepted"
             )
         if node.op_type not in ALLOWED_OPS[domain]:
             raise OnnxRefused(

@@ -35,12 +35,19 @@ class AdmissionPolicy(Section):
     load_timeout: float = Field(
         60.0,
         gt=0,
-        description="seconds a new model may take from arrival to ready (unpack, inspect, load, probe); past it, rejected",
+        description=(
+            "seconds a new model may take from arrival to ready (unpack, inspect, load, probe); past it, "
+            "rejected"
+        ),
     )
     max_loads: int = Field(
         2,
         ge=1,
-        description="model loads (a thread and an unpacking child each) a process runs at once; the others wait in arrival order, their deadline running, and one that a newer message of its role supersedes while it waits is dropped unloaded",
+        description=(
+            "model loads (a thread and an unpacking child each) a process runs at once; the others wait in "
+            "arrival order, their deadline running, and one that a newer message of its role supersedes "
+            "while it waits is dropped unloaded"
+        ),
     )
     max_bytes: int = Field(
         100 * 1024**2, ge=1, description="largest inline model archive (100 MiB), refused before unpacking"
@@ -48,47 +55,78 @@ class AdmissionPolicy(Section):
     max_unpacked_bytes: int = Field(
         256 * 1024**2,
         ge=1,
-        description="largest uncompressed archive (256 MiB, tar headers included); also the per-file size limit of the unpacking child",
+        description=(
+            "largest uncompressed archive (256 MiB, tar headers included); also the per-file size limit of "
+            "the unpacking child"
+        ),
     )
     max_files: int = Field(1_000, ge=1, description="most files and directories in a model archive")
     unpack_timeout: float = Field(
         10.0,
         gt=0,
-        description="seconds (wall clock, and CPU) the unpacking child may take before it is killed; an embedded SavedModel's trial gets as long again, counted from the end of TensorFlow's import",
+        description=(
+            "seconds (wall clock, and CPU) the unpacking child may take before it is killed; an embedded "
+            "SavedModel's trial gets as long again, counted from the end of TensorFlow's import"
+        ),
     )
     unpack_memory: int = Field(
         512 * 1024**2,
         ge=64 * 1024**2,
-        description="address-space limit of the unpacking child (512 MiB), which also opens an embedded ONNX model and scores its trial batches",
+        description=(
+            "address-space limit of the unpacking child (512 MiB), which also opens an embedded ONNX model "
+            "and scores its trial batches"
+        ),
     )
     tf_import_timeout: float = Field(
         30.0,
         gt=0,
-        description="seconds (wall clock, and CPU) the admission child may take to import TensorFlow before an embedded SavedModel's trial (5 to 13 s measured on a loaded 2-core machine); with the unpacking and the trial, within SERVING_MODEL_LOAD_TIMEOUT",
+        description=(
+            "seconds (wall clock, and CPU) the admission child may take to import TensorFlow before an "
+            "embedded SavedModel's trial (5 to 13 s measured on a loaded 2-core machine); with the unpacking "
+            "and the trial, within SERVING_MODEL_LOAD_TIMEOUT"
+        ),
     )
     trial_memory: int = Field(
         1536 * 1024**2,
         ge=64 * 1024**2,
-        description="resident memory the admission child may reach while it imports TensorFlow and runs an embedded SavedModel's trial (1.5 GiB: TensorFlow alone takes ~700 MB, the shipped models ~70 MB more); past it, a watchdog ends the child and the model is refused",
+        description=(
+            "resident memory the admission child may reach while it imports TensorFlow and runs an embedded "
+            "SavedModel's trial (1.5 GiB: TensorFlow alone takes ~700 MB, the shipped models ~70 MB more); "
+            "past it, a watchdog ends the child and the model is refused"
+        ),
     )
     max_batch_pairs: int = Field(
         50_000,
         ge=1,
-        description="most (user, product) pairs in one model call: the flow splits a larger micro-batch into calls of at most this many, and an embedded model (ONNX or SavedModel) must score a batch this large in its trial, within the child's memory and time, before it is accepted; at least SERVING_MAX_PRODUCTS",
+        description=(
+            "most (user, product) pairs in one model call: the flow splits a larger micro-batch into calls "
+            "of at most this many, and an embedded model (ONNX or SavedModel) must score a batch this large "
+            "in its trial, within the child's memory and time, before it is accepted; at least "
+            "SERVING_MAX_PRODUCTS"
+        ),
     )
     max_call_seconds: float = Field(
         2.0,
         gt=0,
-        description="longest an embedded model (ONNX or SavedModel) may take, in its trial, to score SERVING_MODEL_MAX_BATCH_PAIRS pairs; a slower model is refused",
+        description=(
+            "longest an embedded model (ONNX or SavedModel) may take, in its trial, to score "
+            "SERVING_MODEL_MAX_BATCH_PAIRS pairs; a slower model is refused"
+        ),
     )
     output_range: Annotated[tuple[float, float], NoDecode, parsed_text(parse_output_range)] = Field(
         (0.0, 1.0),
-        description="`LOW,HIGH`: a model whose probe scores are not finite or outside is refused; such a score at scoring time makes that record's result an error",
+        description=(
+            "`LOW,HIGH`: a model whose probe scores are not finite or outside is refused; such a score at "
+            "scoring time makes that record's result an error"
+        ),
         json_schema_extra={SHOWN_DEFAULT: "`0,1`"},
     )
     trusted_keys: Annotated[tuple[bytes, ...], NoDecode, parsed_text(parse_trusted_keys)] = Field(
         (),
-        description="Ed25519 public keys (base64, or PEM file paths), comma-separated; set, only descriptors signed by one of them are accepted",
+        description=(
+            "Ed25519 public keys (base64, or PEM file paths), comma-separated; set, only descriptors signed "
+            "by one of them are accepted"
+        ),
     )
     roots: Annotated[tuple[Path, ...], NoDecode, parsed_text(comma_separated)] = Field(
         (SHIPPED_MODELS_DIR,),
@@ -109,7 +147,8 @@ class AdmissionPolicy(Section):
 
     @property
     def allowed_ops(self) -> frozenset[str]:
-        """The TensorFlow ops a SavedModel's graph may use (a constant of the graph inspection, not a setting)."""
+        """The TensorFlow ops a SavedModel's graph may use (a constant of the graph inspection, not a
+        setting)."""
         return DEFAULT_ALLOWED_OPS
 
 

@@ -9,8 +9,9 @@ sequence, expiry and, for a command, the digest of its target (`flows.core.admis
 replays). Fields left at their defaults are not part of the message, so signatures made before a field
 existed still verify (and are then refused as not fresh, with the reason). With trusted keys configured,
 a descriptor whose signature does not verify under one of them is refused before anything is unpacked or
-any server is contacted: once, by the model holder; what it accepted is the flow's own state after that. Keys: a private key is a PKCS#8 PEM file; a public key is a PEM file
-or the base64 of its 32 raw bytes (what `python -m flows.tools.model_keys` prints for SERVING_MODEL_TRUSTED_KEYS).
+any server is contacted: once, by the model holder; what it accepted is the flow's own state after that. Keys:
+a private key is a PKCS#8 PEM file; a public key is a PEM file or the base64 of its 32 raw bytes (what
+`python -m flows.tools.model_keys` prints for SERVING_MODEL_TRUSTED_KEYS).
 """
 
 from __future__ import annotations

@@ -124,7 +124,8 @@ class _TarHeaderGuard:
             )
         if kind in EXTENDED_TYPES and size > MAX_EXTENDED_HEADER:
             raise Refused(
-                f"archive has an extended header ({chr(kind)!r}) of {size:,} bytes (limit {MAX_EXTENDED_HEADER:,})"
+                f"archive has an extended header ({chr(kind)!r}) "
+                f"of {size:,} bytes (limit {MAX_EXTENDED_HEADER:,})"
             )
         if kind in ENTRY_TYPES:
             self.entries += 1
