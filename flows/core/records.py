@@ -364,7 +364,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
             return NotImplemented
         return list(self) == list(other)
 
-    __hash__ = None  # type: ignore[assignment]  (mutable, like the list it stands for)
+    __hash__ = None  # type: ignore[assignment]  # unhashable: mutable, like the list it stands for
 
     def __repr__(self) -> str:
         return f"ScoredBatch({len(self)} results, {len(self.replaced)} errors, model {self.metadata.model_name!r})"
