@@ -427,7 +427,7 @@ class DecodeFailure:
 
     schema: str
     reason: str
-    payload: bytes
+    payload: bytes | None  # None for a message without a value (a Kafka tombstone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.testing.loopback import free_port, wait_until_ready
@@ -106,7 +106,7 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
     producer.flush(30)
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list:
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Message]:
     """Read `topic` from the beginning until `expected` messages arrived or `timeout` passed."""
     consumer = Consumer(
         {
@@ -118,7 +118,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) 
         }
     )
     consumer.subscribe([topic])
-    received = []
+    received: list[Message] = []
     deadline = time.monotonic() + timeout
     try:
         while len(received) < expected and time.monotonic() < deadline:

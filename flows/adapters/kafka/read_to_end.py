@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
@@ -85,7 +86,8 @@ def read_to_end(
             for message in consumer.consume(1000, 0.2):
                 error = message.error()
                 if error is None:
-                    if message.offset() < ends.get(message.partition(), 0):
+                    # (a consumed message has an offset and a partition: the stubs' Optional is for others)
+                    if cast(int, message.offset()) < ends.get(message.partition(), 0):
                         yield message  # (not one written since the read began)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("reading %s: %s", topic, error.str())
