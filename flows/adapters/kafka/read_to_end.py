@@ -39,6 +39,11 @@ class StillOpen(ServingError):
         self.held = held
 
 
+def consumed_position(message: Message) -> tuple[int, int]:
+    """A consumed message's (partition, offset); the stubs' Optional is for a message being produced."""
+    return cast(int, message.partition()), cast(int, message.offset())
+
+
 def read_to_end(
     config: dict[str, str],
     topic: str,
@@ -86,8 +91,8 @@ def read_to_end(
             for message in consumer.consume(1000, 0.2):
                 error = message.error()
                 if error is None:
-                    # (a consumed message has an offset and a partition: the stubs' Optional is for others)
-                    if cast(int, message.offset()) < ends.get(message.partition(), 0):
+                    partition, offset = consumed_position(message)
+                    if offset < ends.get(partition, 0):
                         yield message  # (not one written since the read began)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("reading %s: %s", topic, error.str())
