@@ -8,6 +8,8 @@ process). The fast unit layer: `python -m pytest -m "not kafka and not servers a
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
@@ -36,7 +38,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The code checks first: a finding there fails fast, before the minutes of the rest.
     items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] != "test_code_checks")
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
+        test = cast(pytest.Function, item)  # every item collected here is a test function
+        module = test.module.__name__.rsplit(".", 1)[-1]
         fixtures = getattr(item, "fixturenames", ())
         if "kafka_bootstrap" in fixtures:
             item.add_marker(pytest.mark.kafka)

@@ -8,6 +8,7 @@ import sys
 from collections import Counter
 
 from support.core_runs import sample_records
+from support.decoded import decoded
 from support.hostile_archives import gnu_longname, negative_size
 from support.jobs import finished_output, run_flow_to_end_of_topics, start_flow, wait_for_model_snapshot
 
@@ -32,8 +33,8 @@ def encoded(records):
 
 
 def results_by_input(bootstrap: str, topic: str, at_least: int) -> dict:
-    decoded = [RESULT.decode(m.value()) for m in consume_all(bootstrap, topic, at_least, timeout=90)]
-    return {(r.input_record.user, tuple(r.input_record.products)): r for r in decoded}
+    results = [decoded(RESULT, m.value()) for m in consume_all(bootstrap, topic, at_least, timeout=90)]
+    return {(r.input_record.user, tuple(r.input_record.products)): r for r in results}
 
 
 def test_hostile_models_on_the_topic_stop_nothing_even_after_a_kill_and_restart(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+from typing import cast
 
 import numpy as np
 import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from flows import avro
 from flows.adapters.sources.generators import generated_records
 from flows.core.records import (
     DataMessage,
@@ -26,6 +26,8 @@ from flows.core.records import (
     SignedModelEvent,
 )
 from flows.core.scoring import unscored
+from flows.core.vocabulary import EventKind
+from flows.wire import avro
 
 RECORD = RecommenderRecord(17, [3, 299, 0])
 RESULT = RecommenderResult(
@@ -42,10 +44,10 @@ VALUES = [
         ModelDescriptor("m", "remote", ModelType.TENSORFLOWSERVING, None, "http://host:8501/v1/models/m"),
     ),
     (avro.STATS, ModelToServeStats("m", "d", 1, 10, 12.5, 1, 4)),
-    (avro.EVENT, ModelEvent("drift", "m", "PSI 0.3", "", "", 1.5, 2.5)),
+    (avro.EVENT, ModelEvent(EventKind.DRIFT, "m", "PSI 0.3", "", "", 1.5, 2.5)),
     (
         avro.SIGNED_EVENT,
-        SignedModelEvent(ModelEvent("drift", "m", "PSI 0.3"), "host/1", 1_700_000_000_000, b"s" * 64),
+        SignedModelEvent(ModelEvent(EventKind.DRIFT, "m", "PSI 0.3"), "host/1", 1_700_000_000_000, b"s" * 64),
     ),
 ]
 
@@ -93,7 +95,7 @@ def test_unknown_enum_symbol_is_a_decode_failure():
 
 def _earlier_model_schema() -> dict:
     earlier = avro.SCHEMAS_DIR / "history" / "ModelDescriptor-1.avsc"
-    return parse_schema(json.loads(earlier.read_text(encoding="utf-8")))
+    return cast(dict, parse_schema(json.loads(earlier.read_text(encoding="utf-8"))))  # a record schema
 
 
 def test_descriptors_written_with_the_earlier_schema_still_decode():
@@ -132,8 +134,10 @@ def test_events_written_before_events_were_signed_decode_as_unsigned():
     datum = {"kind": "drift", "modelName": "m", "reason": "r", "shard": "", "previousModel": "",
              "loadMs": 0.0, "arrivalMs": 0.0}  # fmt: skip
     schemaless_writer(buffer, before, datum)
-    assert avro.EVENT.decode(buffer.getvalue()) == ModelEvent("drift", "m", "r")
-    assert avro.SIGNED_EVENT.decode(buffer.getvalue()) == SignedModelEvent(ModelEvent("drift", "m", "r"))
+    assert avro.EVENT.decode(buffer.getvalue()) == ModelEvent(EventKind.DRIFT, "m", "r")
+    assert avro.SIGNED_EVENT.decode(buffer.getvalue()) == SignedModelEvent(
+        ModelEvent(EventKind.DRIFT, "m", "r")
+    )
 
 
 def test_a_consumer_on_the_earlier_schema_reads_the_new_symbol_as_unknown():

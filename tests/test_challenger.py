@@ -31,6 +31,7 @@ from flows.core.records import (
     RecommenderRecord,
 )
 from flows.core.scorer import build_scorer
+from flows.core.vocabulary import EventKind
 from flows.wire.avro import MODEL, REPORT
 
 WORKERS = [1, 2]
@@ -311,7 +312,7 @@ def test_a_challenger_that_throws_never_touches_the_champions_results(mode, mode
 # --- the model holder ------------------------------------------------------------------------------------
 
 
-def holder_verdicts(values: list) -> tuple[list[tuple[str, str]], HolderState]:
+def holder_verdicts(values: list) -> tuple[list[tuple[EventKind, str]], HolderState]:
     """What a fresh holder that waits for catch-up makes of `values` read from the models topic."""
     holder = ModelHolderLogic(ScorerCache(AdmissionPolicy()), True, None)
     outputs, _ = holder.on_batch(values)

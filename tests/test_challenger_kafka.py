@@ -11,9 +11,10 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from support.decoded import decoded
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 
-from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER
+from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, consumed_headers
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import user_buckets
@@ -37,7 +38,7 @@ def publish(bootstrap: str, topic: str, *args: str) -> str:
 
 def flow_events(bootstrap: str, topic: str) -> list[tuple[str, str]]:
     messages = consume_all(bootstrap, topic, 1_000_000, timeout=2)
-    events = [EVENT.decode(message.value()) for message in messages]
+    events = [decoded(EVENT, message.value()) for message in messages]
     return [(event.kind, event.model_name) for event in events if not event.shard]
 
 
@@ -48,7 +49,7 @@ def results_by_offset(bootstrap: str, topic: str, expected: int, timeout: float 
     while True:
         found: dict[int, list] = {}
         for message in consume_all(bootstrap, topic, 10**9, timeout=3):
-            offset = int(dict(message.headers())[SOURCE_OFFSET_HEADER])
+            offset = int(consumed_headers(message)[SOURCE_OFFSET_HEADER])
             found.setdefault(offset, []).append(RESULT.decode(message.value()))
         if len(found) >= expected or time.monotonic() > deadline:
             return found
@@ -173,7 +174,7 @@ def test_kill_9_with_a_canary_running_loses_no_record_and_keeps_its_users(kafka_
 
     def shards_challenging() -> int:
         events = consume_all(kafka_bootstrap, topics["events"], 10**6, timeout=2)
-        return sum(EVENT.decode(message.value()).kind == "challenging" for message in events)
+        return sum(decoded(EVENT, message.value()).kind == "challenging" for message in events)
 
     wait_for(lambda: shards_challenging() == 2, "the canary on both shards", timeout=120)
     produce(kafka_bootstrap, topics["data"], encoded(records[:3_000]))

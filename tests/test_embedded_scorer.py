@@ -89,7 +89,7 @@ def saved_model(directory, products_rows: int | None, users_rows: int | None):
     is used as a number, not an index), scoring the sum of the two tables' looked-up values."""
     tf = tensorflow()
 
-    class Model(tf.Module):
+    class Model(tf.Module):  # type: ignore[name-defined]  # a base from TensorFlow, imported at run time
         def __init__(self) -> None:
             super().__init__()
             self.products_table = tf.Variable(tf.fill([products_rows or 1, 1], 0.25))

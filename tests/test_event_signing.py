@@ -13,13 +13,14 @@ from flows.core.admission.event_signing import EventSettings, EventSigner, event
 from flows.core.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
 from flows.core.context import ServingContext
 from flows.core.records import ModelDescriptor, ModelEvent, ModelType
+from flows.core.vocabulary import EventKind
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings
 from flows.wire.avro import EVENT, SIGNED_EVENT
 
 KEY = new_private_key()
 TRUSTED = (raw_public_key(KEY.public_key()),)
-DRIFT = ModelEvent("drift", "recommender-v2", "PSI of product 0.9 over 0.2", load_ms=1.5)
+DRIFT = ModelEvent(EventKind.DRIFT, "recommender-v2", "PSI of product 0.9 over 0.2", load_ms=1.5)
 
 
 def test_a_signed_event_verifies_after_the_round_trip_through_avro():

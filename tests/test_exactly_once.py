@@ -18,6 +18,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def finish(
 
 
 def assert_exactly_once(
-    bootstrap: str, topics: dict[str, str], trickle: Trickle, broker_dropped: set[str] = frozenset()
+    bootstrap: str, topics: dict[str, str], trickle: Trickle, broker_dropped: AbstractSet[str] = frozenset()
 ) -> dict:
     """0 lost, 0 duplicated, as a read_committed consumer counts (but for `broker_dropped` data offsets,
     "partition@offset", whose answers the broker itself discarded)."""

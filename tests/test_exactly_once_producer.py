@@ -11,6 +11,7 @@ real one raises (`KafkaException` of a `KafkaError` flagged fatal). The broker-l
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -40,7 +41,7 @@ def fatal(code: int, reason: str) -> KafkaException:
 class StandInProducer:
     """Records what is produced and committed; `commit_failures` are raised by the next commits, in turn."""
 
-    def __init__(self, commit_failures: list[KafkaException] = ()) -> None:
+    def __init__(self, commit_failures: Sequence[KafkaException] = ()) -> None:
         self.commit_failures = list(commit_failures)
         self.produced: list[tuple[str, bytes]] = []
         self.committed: list[list[tuple[str, bytes]]] = []
@@ -80,8 +81,8 @@ class Producers:
 
 def partition(producers: Producers, committed: AnsweredOffsets | None = None) -> _TransactionalPartition:
     return _TransactionalPartition(
-        producers,
-        producers(),
+        producers,  # type: ignore[arg-type]  # stand-ins for confluent-kafka's Producer, duck-typed
+        producers(),  # type: ignore[arg-type]
         SCOPE,
         SETTINGS,
         0,

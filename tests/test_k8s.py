@@ -51,6 +51,7 @@ def lint_problems(text: str, name: str) -> list[str]:
 
 @cache
 def render(overlay: str) -> str:
+    assert kubectl is not None  # the tests that render are skipped without it (needs_kubectl)
     done = subprocess.run(
         [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=False
     )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import urllib3
 from support.core_runs import assert_same_scores, sample_records
+from support.decoded import decoded
 from support.jobs import (
     finished_output,
     run_flow_to_end_of_topics,
@@ -26,6 +27,7 @@ from flows.adapters.kafka.headers import (
     SOURCE_OFFSET_HEADER,
     SOURCE_PARTITION_HEADER,
     TOPIC_HEADER,
+    consumed_headers,
 )
 from flows.adapters.scorers import build_scorer
 from flows.core.records import ModelToServeStats
@@ -89,7 +91,7 @@ def result_inputs(bootstrap: str, topic: str, at_least: int) -> Counter:
     messages = consume_all(bootstrap, topic, at_least)
     return Counter(
         (result.input_record.user, tuple(result.input_record.products))
-        for result in (RESULT.decode(message.value()) for message in messages)
+        for result in (decoded(RESULT, message.value()) for message in messages)
     )
 
 
@@ -203,7 +205,7 @@ def scored_results(bootstrap: str, topic: str, expected: int) -> list[tuple]:
     """(partition, offset, user, products, scores) of every result on `topic`."""
     rows = []
     for message in consume_all(bootstrap, topic, expected):
-        headers, result = dict(message.headers()), RESULT.decode(message.value())
+        headers, result = consumed_headers(message), decoded(RESULT, message.value())
         assert not result.metadata.errors, result.metadata.errors
         rows.append(
             (

@@ -62,7 +62,9 @@ def traced(records: list[RecommenderRecord]) -> list[DataMessage]:
 
 def metric_points(reader: InMemoryMetricReader) -> dict[str, list]:
     points: dict[str, list] = {}
-    for resource in reader.get_metrics_data().resource_metrics:
+    data = reader.get_metrics_data()
+    assert data is not None  # None only when nothing was recorded
+    for resource in data.resource_metrics:
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 points.setdefault(metric.name, []).extend(metric.data.data_points)

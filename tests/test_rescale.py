@@ -17,7 +17,7 @@ import urllib3
 from support.jobs import audit_report, recovery_stores, regroup_recovery, resume_offsets, start_flow, wait_for
 from support.trickle import Trickle
 
-from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER
+from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER, consumed_headers
 from flows.adapters.kafka.read_to_end import read_to_end
 from flows.adapters.sources.generators import shipped_model
 from flows.core.records import CHALLENGER, SHADOW
@@ -70,7 +70,10 @@ def assert_drift_restored(ports: list[int], model: str, windows_before_stop: int
     than the backlog of a restart holds once a few windows have passed. The stop came with the lag caught
     up, so the snapshot it resumes from is at most one window behind what was seen."""
     wait_for(lambda: drift_windows(states(ports) or [], model) is not None, "the drift monitor's state", 120)
-    restored = drift_windows(states(ports), model)
+    documents = states(ports)
+    assert documents is not None  # they all answered a moment ago
+    restored = drift_windows(documents, model)
+    assert restored is not None  # and showed the windows
     assert restored >= windows_before_stop - 1, (
         f"the drift monitor of {model} started over: {restored} "
         f"windows, {windows_before_stop} before the stop"
@@ -241,7 +244,7 @@ def wait_per_partition(bootstrap: str, results_topic: str) -> dict[int, list[int
     """Per data partition, each answer's wait: its result's Kafka timestamp minus its record's (ms)."""
     waits: dict[int, list[int]] = {}
     for message in read_to_end({"bootstrap.servers": bootstrap}, results_topic):
-        headers = dict(message.headers() or [])
+        headers = consumed_headers(message)
         partition = int(headers[SOURCE_PARTITION_HEADER])
         waits.setdefault(partition, []).append(message.timestamp()[1] - int(headers[SOURCE_TIMESTAMP_HEADER]))
     return waits

@@ -8,14 +8,15 @@ import pytest
 from flows.core.admission.event_signing import EventSigner
 from flows.core.admission.signing import new_private_key, raw_public_key
 from flows.core.records import ModelEvent, SignedModelEvent
+from flows.core.vocabulary import EventKind
 from flows.tools import retrain
 from flows.tools.retrain_gate import RetrainGate
 
 KEY = new_private_key()
 TRUSTED = (raw_public_key(KEY.public_key()),)
 NOW_MS = 1_800_000_000_000
-V2_DRIFT = ModelEvent("drift", "recommender-v2", "PSI 0.9")
-V3_DRIFT = ModelEvent("drift", "recommender-v3", "PSI 0.7")
+V2_DRIFT = ModelEvent(EventKind.DRIFT, "recommender-v2", "PSI 0.9")
+V3_DRIFT = ModelEvent(EventKind.DRIFT, "recommender-v3", "PSI 0.7")
 
 
 def signer(name: str = "host/1") -> EventSigner:
@@ -50,7 +51,7 @@ def test_a_replayed_event_is_refused_and_each_model_is_ordered_on_its_own():
     assert judged.judge(drift_v2, NOW_MS).startswith("replay: issued at")
     # Another model's events are ordered on their own: an earlier issue time of another model still passes.
     earlier_v3 = flow.sign(V3_DRIFT)
-    assert judged.judge(flow.sign(ModelEvent("drift", "recommender-v4")), NOW_MS) is None
+    assert judged.judge(flow.sign(ModelEvent(EventKind.DRIFT, "recommender-v4")), NOW_MS) is None
     assert judged.judge(earlier_v3, NOW_MS) is None
 
 

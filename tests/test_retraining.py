@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from fastavro import schemaless_writer
+from support.decoded import decoded
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
 
 from flows.adapters.sources.generators import generated_records, shipped_model
@@ -111,7 +112,7 @@ def flow_events(bootstrap: str, topic: str) -> list[tuple[str, str]]:
     messages = consume_all(bootstrap, topic, 1_000_000, timeout=2)
     return [
         (signed.event.kind, signed.event.model_name)
-        for signed in map(SIGNED_EVENT.decode, (m.value() for m in messages))
+        for signed in (decoded(SIGNED_EVENT, m.value()) for m in messages)
         if not signed.event.shard and signed.signature
     ]
 

@@ -67,8 +67,8 @@ def test_probation_needs_enough_answers_and_ends():
     settings = RollbackSettings(records=500)
     from flows.core.probation import Probation
 
-    probation = Probation(fallback=None, fallback_digest="d", fallback_name="old")  # type: ignore[arg-type]
+    probation = Probation(fallback=None, fallback_digest="d", fallback_name="old")
     assert probation.verdict(object(), MIN_RECORDS - 1, MIN_RECORDS - 1, 10, 1.0, settings) is None
     assert "errors" in (probation.verdict(object(), 1, 1, 10, 1.0, settings) or "")
-    fine = Probation(fallback=None, fallback_digest="d", fallback_name="old")  # type: ignore[arg-type]
+    fine = Probation(fallback=None, fallback_digest="d", fallback_name="old")
     assert fine.verdict(object(), 500, 10, 10, 1.0, settings) is None and fine.served(settings)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from support.core_runs import sample_records
+from support.decoded import decoded
 from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
 from test_challenger_kafka import flow_events, publish
 
@@ -20,7 +21,7 @@ from flows.wire.avro import EVENT, RESULT
 
 def event_reasons(bootstrap: str, topic: str, kind: str) -> list[str]:
     messages = consume_all(bootstrap, topic, 1_000_000, timeout=2)
-    return [event.reason for event in map(EVENT.decode, (m.value() for m in messages)) if event.kind == kind]
+    return [event.reason for event in (decoded(EVENT, m.value()) for m in messages) if event.kind == kind]
 
 
 def test_a_signed_promote_survives_kill_9_and_an_old_signed_descriptor_cannot_be_replayed(

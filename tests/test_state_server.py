@@ -318,6 +318,7 @@ def cluster_of(model_v1, peer_paths: list[str], hostile_peers: HostilePeers) -> 
         answer = urllib3.request("GET", f"http://127.0.0.1:{ports[0]}/cluster", timeout=30, retries=False)
     finally:
         for server in servers:
+            assert server is not None  # the ports were free
             server.shutdown()
     assert answer.status == 200, answer.data[:500]
     [alone] = run.context.state.per_model()

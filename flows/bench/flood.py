@@ -105,14 +105,21 @@ def run_model_flood(
         context.cache.acquire(v1)
         messages = flood_of(root, flood)
         open_for = timedelta(seconds=max(records / rate - flood_after, 1.0))
-        source = TestingSource([v1, TestingSource.PAUSE(timedelta(seconds=flood_after)), *messages,
-                                TestingSource.PAUSE(open_for)], batch_size=len(messages) + 1)  # fmt: skip
+        source: TestingSource[ModelDescriptor] = TestingSource(
+            [
+                v1,
+                TestingSource.PAUSE(timedelta(seconds=flood_after)),
+                *messages,
+                TestingSource.PAUSE(open_for),
+            ],
+            batch_size=len(messages) + 1,
+        )
         flow = Dataflow("bench-flood")
         data = op.input(
             "data", flow, PollBatches(DataGenerator(records, rate, 1, batch, settings.generator.seed))
         )
-        streams = serve("serve", data, op.input("models", flow, source), context, shards=shards,
-                        hold_limit=records)  # fmt: skip
+        models = op.input("models", flow, source)  # typed as its source: serve() takes any HolderInput
+        streams = serve("serve", data, models, context, shards=shards, hold_limit=records)
         results, events = SwapSink(messages[-1].model_name), ArrivalSink[ModelEvent]()
         op.output("results", streams.results, results)
         op.output("events", streams.events, events)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
 from datetime import timedelta
+from typing import cast
 
 import bytewax.operators as op
 import numpy as np
@@ -74,7 +75,8 @@ class _UnscorablePartition(PartitionWrapper):
         self.emitted = 0
 
     def next_batch(self) -> list[DataMessage]:
-        messages = self.inner.next_batch()
+        # A DataGenerator's partition (`UnscorableRecords`): its batches are lists, changed here in place.
+        messages = cast(list[DataMessage], self.inner.next_batch())
         for index in range(-(self.emitted + 1) % self.every, len(messages), self.every):
             message = messages[index]
             messages[index] = replace(message, record=replace(message.record, user=UNSCORABLE_USER))
@@ -113,7 +115,8 @@ def run_in_process(
     `challenger`, that model runs beside `model` as its descriptor says (`flows.core.challenger`). With
     `bad_every`, one record in that many has a user no model can take (`UnscorableRecords`).
     """
-    context = ServingContext.create(cache=ScorerCache(build=_timed_scorers(timed := [])))
+    timed: list[TimedScorer] = []
+    context = ServingContext.create(cache=ScorerCache(build=_timed_scorers(timed)))
     with _exported_spans(context.telemetry) if tracing else nullcontext() as receiver:
         result = _measure(
             scenario, model, records, rate, workers, shards, batch, context, timed, drift, challenger,
@@ -263,9 +266,8 @@ def run_swap(records: int, rate: float, swap_after: float, shards: int, batch: i
     generator = DataGenerator(records, rate, partitions=1, batch=batch, seed=settings.generator.seed)
     data = op.input("data", flow, PollBatches(generator))
     models = ModelGenerator([v1, v2], interval=swap_after, count=2, open_for=records / rate)
-    streams = serve(
-        "serve", data, op.input("models", flow, models), context, shards=shards, hold_limit=records
-    )
+    model_stream = op.input("models", flow, models)  # typed as its source: serve() takes any HolderInput
+    streams = serve("serve", data, model_stream, context, shards=shards, hold_limit=records)
     results, events = SwapSink(v2.model_name), ArrivalSink[ModelEvent]()
     op.output("results", streams.results, results)
     op.output("events", streams.events, events)

@@ -22,6 +22,7 @@ from flows.adapters.kafka.headers import (
     SOURCE_OFFSET_HEADER,
     SOURCE_PARTITION_HEADER,
     SOURCE_TIMESTAMP_HEADER,
+    consumed_headers,
 )
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.adapters.sources.stoppable import request_stop
@@ -164,6 +165,8 @@ def _run_main_job(flow_settings: Settings, processes: int) -> None:
 
 def _environment(flow_settings: Settings) -> dict[str, str]:
     """The SERVING_* variables that give the main job `flow_settings`' Kafka topics."""
+    marker_key = flow_settings.kafka.marker_key
+    assert marker_key is not None  # every bench run has a key of its own (`run_kafka_embedded`)
     return {
         "SERVING_KAFKA_BOOTSTRAP_SERVERS": flow_settings.kafka.bootstrap_servers,
         "SERVING_KAFKA_DATA_TOPIC": flow_settings.kafka.data_topic,
@@ -172,7 +175,7 @@ def _environment(flow_settings: Settings) -> dict[str, str]:
         "SERVING_KAFKA_DEAD_LETTERS_TOPIC": flow_settings.kafka.dead_letters_topic,
         "SERVING_KAFKA_ANSWERED_TOPIC": flow_settings.kafka.answered_topic,
         "SERVING_KAFKA_DELIVERY": flow_settings.kafka.delivery,
-        "SERVING_KAFKA_MARKER_KEY": flow_settings.kafka.marker_key.get_secret_value(),
+        "SERVING_KAFKA_MARKER_KEY": marker_key.get_secret_value(),
         "SERVING_KAFKA_TAIL": "false",
         "SERVING_CONSOLE_EVERY": "0",
     }
@@ -251,7 +254,7 @@ class VisibleResults:
             now_ms = time.time_ns() // 1_000_000
             for message in messages:
                 if message.error() is None:
-                    produced_ms = int(dict(message.headers())[SOURCE_TIMESTAMP_HEADER])
+                    produced_ms = int(consumed_headers(message)[SOURCE_TIMESTAMP_HEADER])
                     self.latencies_ms.append(now_ms - produced_ms)
                     self.seen_ms.append(now_ms)
 

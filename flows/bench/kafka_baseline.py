@@ -13,7 +13,7 @@ import uuid
 from contextlib import ExitStack
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 
 from flows.adapters.kafka.config import CONSUMER_DEFAULTS
 from flows.adapters.kafka.headers import (
@@ -107,7 +107,9 @@ def _serve(
         consumer.close()
 
 
-def _score(batch: list, scorer: Scorer, model_name: str) -> list[tuple[object, RecommenderResult]]:
+def _score(
+    batch: list[tuple[Message, RecommenderRecord]], scorer: Scorer, model_name: str
+) -> list[tuple[Message, RecommenderResult]]:
     """One model call for every pair of the poll, split back into one result per record."""
     records: list[RecommenderRecord] = [record for _, record in batch]
     counts = [len(record.products) for record in records]

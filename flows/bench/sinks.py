@@ -13,7 +13,7 @@ from flows.core.records import ScoredBatch, ScoredMessage
 T = TypeVar("T")
 
 
-class _LatencyPartition(StatelessSinkPartition[list[ScoredMessage]]):
+class _LatencyPartition(StatelessSinkPartition[Sequence[ScoredMessage]]):
     def __init__(self, latencies: list[int], errors: list[str]) -> None:
         self.latencies = latencies
         self.errors = errors
@@ -29,7 +29,7 @@ class _LatencyPartition(StatelessSinkPartition[list[ScoredMessage]]):
             self.errors.extend(item.result.metadata.errors for item in batch if item.result.metadata.errors)
 
 
-class LatencySink(DynamicSink[list[ScoredMessage]]):
+class LatencySink(DynamicSink[Sequence[ScoredMessage]]):
     """Collects each result's latency (ns) and any error, from batches of results, in this process."""
 
     def __init__(self) -> None:
@@ -40,7 +40,7 @@ class LatencySink(DynamicSink[list[ScoredMessage]]):
         return _LatencyPartition(self.latencies, self.errors)
 
 
-class SwapSink(DynamicSink[list[ScoredMessage]]):
+class SwapSink(DynamicSink[Sequence[ScoredMessage]]):
     """Per result: arrival (time.time()), latency, whether v2 scored it, whether it has an error.
 
     Plain numbers only: keeping every result object would grow what each full garbage collection scans
@@ -57,8 +57,8 @@ class SwapSink(DynamicSink[list[ScoredMessage]]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
         sink = self
 
-        class _Partition(StatelessSinkPartition[list[ScoredMessage]]):
-            def write_batch(self, batches: list[list[ScoredMessage]]) -> None:
+        class _Partition(StatelessSinkPartition[Sequence[ScoredMessage]]):
+            def write_batch(self, batches: list[Sequence[ScoredMessage]]) -> None:
                 now = time.time()
                 for item in (item for batch in batches for item in batch):
                     sink.arrived.append(now)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -174,11 +175,15 @@ def merge_reports(reports: list[ChallengerReport]) -> ChallengerReport:
         return round(values / total, 6) if total else 0.0
 
     shards = len({report.shard for report in reports})
+    # Fields named at run time (ints summed, floats averaged): typed by the dataclass, not here.
+    combined: dict[str, Any] = {
+        **{count: sum(getattr(report, count) for report in reports) for count in SUMMED_COUNTS},
+        **{mean: weighted(mean, weight) for mean, weight in MEAN_WEIGHTS.items()},
+    }
     return replace(
         first,
         shard=f"{shards} shards" if shards > 1 else first.shard,
-        **{count: sum(getattr(report, count) for report in reports) for count in SUMMED_COUNTS},
-        **{mean: weighted(mean, weight) for mean, weight in MEAN_WEIGHTS.items()},
+        **combined,
         start_time=min(report.start_time for report in reports),
         end_time=max(report.end_time for report in reports),
     )

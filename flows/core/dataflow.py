@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -25,7 +25,14 @@ from bytewax.dataflow import Stream
 from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.drift import DriftLogic, DriftSettings, batch_features
-from flows.core.model_holder import HOLDER_KEY, AcceptedModel, ChallengerEnded, HolderInput, ModelHolderLogic
+from flows.core.model_holder import (
+    HOLDER_KEY,
+    AcceptedModel,
+    ChallengerEnded,
+    HolderInput,
+    HolderOutput,
+    ModelHolderLogic,
+)
 from flows.core.probation import RollbackSettings
 from flows.core.records import ChallengerReport, DataMessage, ModelEvent, ScoredBatch, ScoredMessage
 from flows.core.shard import (
@@ -89,11 +96,14 @@ def serve(
             partial(ModelHolderLogic, context.cache, wait_for_catch_up),
         ),
     )
-    holder_out = op.branch(f"{step_id}_split_holder", held, lambda item: isinstance(item, ModelEvent))
+    holder_out = op.branch(f"{step_id}_split_holder", held, _is_event)
+    # bytewax narrows only the `trues` side of a TypeGuard branch; what is not an event is an update.
     broadcast = op.flat_map(
         f"{step_id}_to_every_shard",
         holder_out.falses,
-        lambda update: [(key, _for_shard(key, update)) for key in keys],
+        lambda update: [
+            (key, _for_shard(key, cast(AcceptedModel | ChallengerEnded, update))) for key in keys
+        ],
     )
 
     shard_in = op.merge(f"{step_id}_merge", keyed_data, broadcast)
@@ -113,7 +123,7 @@ def serve(
             ),
         ),
     )
-    results, shard_events, reports, shadow_results = (
+    results, shard_events, reports, shadows = (
         op.filter_map(f"{step_id}_shard_{kind}", scored, partial(_tagged, kind))
         for kind in (Emits.RESULTS, Emits.EVENT, Emits.REPORT, Emits.SHADOW)
     )
@@ -121,13 +131,18 @@ def serve(
     if drift is not None and drift.enabled:
         events = op.merge(f"{step_id}_with_drift", events, _drift_events(step_id, results, drift, context))
     op.inspect(f"{step_id}_event_telemetry", events, partial(_observe_event, context))
-    return ServingStreams(results, events, reports, shadow_results)
+    return ServingStreams(results, events, reports, shadows)
 
 
 def _observe_event(context: ServingContext, _step: str, event: ModelEvent) -> None:
     """A model event's span and count, and its place on the live page's timeline."""
     context.telemetry.model_events([event])
     context.state.event(event)
+
+
+def _is_event(item: HolderOutput) -> TypeGuard[ModelEvent]:
+    """The holder's output splits into model events (to report) and updates (to every shard)."""
+    return isinstance(item, ModelEvent)
 
 
 def _tagged(kind: Emits, output: ShardOutput) -> Any:

@@ -298,14 +298,15 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
                 self.cache.release(self.held_digest)
             self.held_digest, self.held_challenger_digest = self.held_challenger_digest, None
             previous = self.current.model_name if self.current else ""
-            self._replace_champion(_as_champion(challenger))
+            champion = _as_champion(challenger)
+            self._replace_champion(champion)
             outputs.append(
                 ModelEvent(
                     EventKind.PROMOTED, name, "the challenger is the champion", previous_model=previous
                 )
             )
             # The champion first: shards then take the scorer they hold as challenger, and let go of it after.
-            outputs.append(AcceptedModel(self.current, time.time(), self.fallback))
+            outputs.append(AcceptedModel(champion, time.time(), self.fallback))
             outputs.append(ChallengerEnded(name, ClosedBy.PROMOTED))
             return
         if self.held_challenger_digest is not None:

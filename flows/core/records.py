@@ -364,7 +364,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
             return NotImplemented
         return list(self) == list(other)
 
-    __hash__ = None  # type: ignore[assignment]  (mutable, like the list it stands for)
+    __hash__ = None  # type: ignore[assignment]  # unhashable: mutable, like the list it stands for
 
     def __repr__(self) -> str:
         return (
@@ -432,7 +432,7 @@ class DecodeFailure:
 
     schema: str
     reason: str
-    payload: bytes
+    payload: bytes | None  # None for a message without a value (a Kafka tombstone)
 
 
 @dataclass(frozen=True, slots=True)

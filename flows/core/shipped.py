@@ -9,8 +9,12 @@ import functools
 import os
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
-SHIPPED_MODELS_DIR = Path(os.fspath(resources.files("flows.models") / "recommender"))
+# A Traversable in general, a real directory here (see above): os.fspath refuses anything else.
+SHIPPED_MODELS_DIR = Path(
+    os.fspath(cast("os.PathLike[str]", resources.files("flows.models") / "recommender"))
+)
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from flows.core.records import DataMessage, ModelEvent, ScoredBatch
 from flows.core.serving_state import ServingState
@@ -115,7 +116,7 @@ class Telemetry:
         if self.tracer is None:
             yield None
             return
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "model.name": model_name,
             "model.source": source,
             "shard": shard,
@@ -168,7 +169,7 @@ class Telemetry:
 
     def _event_span(self, event: ModelEvent) -> None:
         assert self.tracer is not None
-        attributes = {
+        attributes: dict[str, AttributeValue] = {
             "model.name": event.model_name,
             "model.previous": event.previous_model,
             "model.load_ms": event.load_ms,

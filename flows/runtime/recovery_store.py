@@ -202,6 +202,6 @@ def recovery_directory() -> Path | None:
     own parser as it has just parsed it; None when the flow was not started that way."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    if spec is None or spec.name != "bytewax.run":
+    if main is None or spec is None or spec.name != "bytewax.run":
         return None
     return main._parse_args().recovery_directory

@@ -10,11 +10,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.testing.loopback import free_port, wait_until_ready
@@ -98,7 +98,7 @@ def create_topics(bootstrap: str, prefix: str, names: list[str], partitions: int
     return topics
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+def produce(bootstrap: str, topic: str, messages: Sequence[tuple[bytes | None, bytes]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     for key, value in messages:
         producer.produce(topic, key=key, value=value)
@@ -106,7 +106,7 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
     producer.flush(30)
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list:
+def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Message]:
     """Read `topic` from the beginning until `expected` messages arrived or `timeout` passed."""
     consumer = Consumer(
         {
@@ -118,7 +118,7 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) 
         }
     )
     consumer.subscribe([topic])
-    received = []
+    received: list[Message] = []
     deadline = time.monotonic() + timeout
     try:
         while len(received) < expected and time.monotonic() < deadline:

@@ -25,8 +25,9 @@ from flows.adapters.kafka.headers import (
     SOURCE_PARTITION_HEADER,
     SOURCE_TOPIC_HEADER,
     TOPIC_HEADER,
+    consumed_headers,
 )
-from flows.adapters.kafka.read_to_end import read_to_end
+from flows.adapters.kafka.read_to_end import consumed_position, read_to_end
 from flows.core.records import DecodeFailure
 from flows.runtime.settings import Settings
 from flows.tools.kafka_args import add_isolation_argument, add_kafka_arguments, consumer_config
@@ -90,9 +91,9 @@ def audit(
     isolation = config.get("isolation.level", "read_committed")
     report = Audit()
     for message in read_to_end(config, data_topic, isolation, max_wait_s=max_wait_s):
-        report.data_offsets.add((message.partition(), message.offset()))
+        report.data_offsets.add(consumed_position(message))
     for message in read_to_end(config, results_topic, isolation, max_wait_s=max_wait_s):
-        headers = dict(message.headers() or [])
+        headers = consumed_headers(message)
         if headers.get(SOURCE_TOPIC_HEADER, b"").decode() != data_topic:
             report.unattributed += 1
             continue
@@ -104,7 +105,7 @@ def audit(
         elif result.metadata.errors:
             report.errors[_reason_class(result.metadata.errors)] += 1
     for message in read_to_end(config, dead_letters_topic, isolation, max_wait_s=max_wait_s):
-        headers = dict(message.headers() or [])
+        headers = consumed_headers(message)
         if headers.get(TOPIC_HEADER, b"").decode() != data_topic:
             continue  # a dead model message: not a data offset
         report.dead_letters[(int(headers[PARTITION_HEADER]), int(headers[OFFSET_HEADER]))] += 1

@@ -19,7 +19,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from flows.adapters.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
@@ -38,7 +38,7 @@ from flows.wire.avro import MODEL
 def size_limit(topic: str, config: dict[str, str]) -> tuple[int, str]:
     """The largest message the producer and the topic accept, and which setting sets it."""
     producer_limit = int(config.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
-    admin = AdminClient(config)
+    admin = AdminClient(config)  # type: ignore[arg-type]  # the stubs' dict is invariant; str values are fine
     try:
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         entries = admin.describe_configs([resource])[resource].result(timeout=10)
@@ -191,12 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     producer = Producer(config)
     errors: list[str] = []
-    producer.produce(
-        args.topic,
-        key=descriptor.model_name.encode(),
-        value=payload,
-        on_delivery=lambda e, _: e and errors.append(str(e)),
-    )
+
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        if error:
+            errors.append(str(error))
+
+    producer.produce(args.topic, key=descriptor.model_name.encode(), value=payload, on_delivery=delivered)
     producer.flush(30)
     if errors:
         print(

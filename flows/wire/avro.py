@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
@@ -56,12 +56,17 @@ SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
 
 
+def _parse_record(schema: dict, named: dict[str, Any]) -> dict:
+    """fastavro's parse_schema of a record schema (every schema here is one), which is a dict again."""
+    return cast(dict, parse_schema(schema, named_schemas=named))
+
+
 def _load_schemas(directory: Traversable) -> dict[str, dict]:
     named: dict[str, Any] = {}
     parsed = {}
     for name in SCHEMA_NAMES:
         schema = json.loads((directory / f"{name}.avsc").read_text(encoding="utf-8"))
-        parsed[name] = parse_schema(schema, named_schemas=named)
+        parsed[name] = _parse_record(schema, named)
     return parsed
 
 
@@ -72,7 +77,7 @@ def _load_history(directory: Traversable, name: str) -> list[dict]:
     """Earlier versions of schema `name` (schemas/history/NAME-N.avsc) that old messages were written with."""
     files = (entry for entry in (directory / "history").iterdir() if _is_version_of(entry.name, name))
     return [
-        parse_schema(json.loads(entry.read_text(encoding="utf-8")), named_schemas=dict(SCHEMAS))
+        _parse_record(json.loads(entry.read_text(encoding="utf-8")), dict(SCHEMAS))
         for entry in sorted(files, key=lambda entry: entry.name)
     ]
 
@@ -154,7 +159,7 @@ class AvroCodec(Generic[T]):
         schemaless_writer(buffer, self.schema, self.to_avro(value))
         return buffer.getvalue()
 
-    def decode(self, payload: bytes) -> T | DecodeFailure:
+    def decode(self, payload: bytes | None) -> T | DecodeFailure:
         """The record in `payload`, or a DecodeFailure saying why there is none."""
         if payload is None or len(payload) < HEADER_SIZE:
             size = 0 if payload is None else len(payload)
@@ -163,7 +168,7 @@ class AvroCodec(Generic[T]):
             )
         if payload[:2] != SINGLE_OBJECT_MARKER:
             return DecodeFailure(self.name, "not Avro single-object encoded (no C3 01 marker)", payload)
-        writer = self.schema
+        writer: dict | None = self.schema
         if payload[:HEADER_SIZE] != self.header:
             writer = self.earlier_writers.get(payload[:HEADER_SIZE])
         if writer is None:
@@ -178,7 +183,7 @@ class AvroCodec(Generic[T]):
         buffer.seek(HEADER_SIZE)
         try:
             datum = schemaless_reader(buffer, writer, self.schema if writer is not self.schema else None)
-            value = self.from_avro(datum)
+            value = self.from_avro(cast(dict, datum))  # a record schema reads as a dict
         except Exception as error:  # noqa: BLE001 (fastavro raises EOFError, ValueError, UnicodeDecodeError, ...)
             return DecodeFailure(
                 self.name, f"corrupt {self.name} datum: {type(error).__name__}: {error}", payload

@@ -37,7 +37,7 @@ def decode_records(payloads: Sequence[bytes | None]) -> list[RecommenderRecord |
         return [RECORD.decode(payload) for payload in payloads]
     header = RECORD.header
     usual = [
-        index
+        (index, payload)
         for index, payload in enumerate(payloads)
         if payload is not None
         and len(payload) >= _SHORTEST
@@ -47,7 +47,7 @@ def decode_records(payloads: Sequence[bytes | None]) -> list[RecommenderRecord |
     ]
     decoded: list[RecommenderRecord | DecodeFailure | None] = [None] * len(payloads)
     if usual:
-        for index, record in zip(usual, _decode_usual([payloads[index] for index in usual])):
+        for (index, _), record in zip(usual, _decode_usual([payload for _, payload in usual])):
             decoded[index] = record
     return [
         value if value is not None else RECORD.decode(payload) for value, payload in zip(decoded, payloads)

@@ -24,7 +24,7 @@ class AnnouncedProducer(Producer):
         super().commit_transaction(*args)
 
 
-exactly_once.Producer = AnnouncedProducer
+exactly_once.Producer = AnnouncedProducer  # type: ignore[misc]  # a monkeypatch: the sink builds this class
 
 from flows.serving import flow
 

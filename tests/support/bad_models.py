@@ -35,7 +35,7 @@ def wrong_signature_model(directory: Path) -> bytes:
     """A SavedModel whose serving_default takes `x` and returns `y`: loadable, but not a recommender."""
     tf = tensorflow()
 
-    class Doubler(tf.Module):
+    class Doubler(tf.Module):  # type: ignore[name-defined]  # a base from TensorFlow, imported at run time
         @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
         def serve(self, x):
             return {"y": x * 2}
@@ -47,6 +47,7 @@ def wrong_signature_model(directory: Path) -> bytes:
 
 def bad_models(v1: ModelDescriptor, scratch: Path) -> list[tuple[ModelDescriptor, str]]:
     saved = ModelType.TENSORFLOWSAVED
+    assert v1.model_bytes is not None  # the shipped model, sent inline
     return [
         (ModelDescriptor("corrupt", "", saved, b"\x00garbage" * 100), "not a readable tar archive"),
         (

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -62,7 +63,7 @@ class _ScheduledPartition(StatefulSourcePartition):
             if elapsed < self.open_until:
                 return []
             raise StopIteration()
-        batch = []
+        batch: list[Any] = []
         while self.position < len(self.schedule) and self.schedule[self.position][0] <= elapsed:
             item = self.schedule[self.position][1]
             if isinstance(item, AbortOnce):
@@ -173,7 +174,7 @@ def as_batches(step_id: str, stream: Stream[Any]) -> Stream[list[DataMessage]]:
     return op.map(step_id, stream, lambda item: item if isinstance(item, list) else [item])
 
 
-def unbatched(step_id: str, results: Stream[list[ScoredMessage]]) -> Stream[ScoredMessage]:
+def unbatched(step_id: str, results: Stream[Sequence[ScoredMessage]]) -> Stream[ScoredMessage]:
     """The flow's result batches as single results, for a sink that collects them."""
     return op.flat_map(step_id, results, lambda batch: batch)
 
@@ -308,11 +309,13 @@ def run_in_turns(
     model_steps = [(threading.Event(), turn.models) for turn in turns]
     data_steps = [(threading.Event(), turn.records) for turn in turns]
     flow = serve_into(run, TurnSource(data_steps), TurnSource(model_steps), **options)
+    target: Callable[..., None]
+    args: tuple[Any, ...]
     if workers == 1:
         target, args = run_main, (flow,)
     else:
         target, args = cluster_main, (flow, [], 0)
-    kwargs = {"epoch_interval": timedelta(milliseconds=100)}
+    kwargs: dict[str, Any] = {"epoch_interval": timedelta(milliseconds=100)}
     if workers > 1:
         kwargs["worker_count_per_proc"] = workers
     thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)

@@ -451,6 +451,7 @@ def many_files(count: int = 200_000, compression: str = "xz") -> bytes:
     # Split the template around the 8-char name and the checksum field.
     head_tail = bytes(tmpl[8:148])  # after the name, up to chksum
     after_ck = bytes(tmpl[156:])
+    comp: lzma.LZMACompressor | zlib._Compress | None
     if compression == "xz":
         comp = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=0)
     elif compression == "gz":

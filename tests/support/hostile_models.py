@@ -54,7 +54,7 @@ def _export(target: pathlib.Path, serve_fn, dtype=None) -> pathlib.Path:
     tf = _tf()
     target = _check_target(target)
 
-    class Model(tf.Module):
+    class Model(tf.Module):  # type: ignore[name-defined]  # a base from TensorFlow, imported at run time
         def __init__(self) -> None:
             super().__init__(name="fixture")
             self.w = tf.Variable([[0.3], [-0.2]], dtype=tf.float32, name="w")

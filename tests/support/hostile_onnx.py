@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -34,10 +34,10 @@ def archive(files: dict[str, bytes]) -> bytes:
 
 def model_bytes(
     nodes: list[onnx.NodeProto],
-    initializers: list[TensorProto] = (),
+    initializers: Sequence[TensorProto] = (),
     inputs: tuple[str, ...] = ("users", "products"),
     input_type: int = TensorProto.FLOAT,
-    output_shape: list | None = ("N", 1),
+    output_shape: Sequence[str | int] | None = ("N", 1),
     opsets: tuple[tuple[str, int], ...] = (("", 17),),
     output: str = "predictions",
 ) -> bytes:

@@ -23,7 +23,9 @@ shutdown.set_drain_timeout(float(os.environ["SERVING_DRAIN_TIMEOUT"]))
 
 with tarfile.open(fileobj=io.BytesIO(slow_per_pair())) as archive:
     MODEL = Path(tempfile.mkdtemp()) / "model.onnx"
-    MODEL.write_bytes(archive.extractfile("model.onnx").read())
+    member = archive.extractfile("model.onnx")
+    assert member is not None  # slow_per_pair() packs the model as a regular file
+    MODEL.write_bytes(member.read())
 SESSION = open_session(MODEL)
 
 

@@ -13,6 +13,7 @@ returned nothing for `IDLE_CATCH_UP` also counts as caught up.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
@@ -38,7 +39,7 @@ class _CatchUpPartition(PartitionWrapper):
             self.last_offset = -1  # resumed past it: caught up already
         self.idle_since = time.monotonic()
 
-    def next_batch(self) -> list:
+    def next_batch(self) -> Iterable[Any]:
         batch = self.inner.next_batch()
         if self.marker is None:
             return batch

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from typing import cast
 
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -189,11 +190,13 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
         batch = []
         values = decode_records([message.value() for message in messages])
         for message, first, value in zip(messages, covers_from, values):
-            headers = message.headers()
+            # A consumed message has an offset, and its headers as (name, bytes) pairs (the stubs' types
+            # also cover a message being produced).
+            headers = cast("list[tuple[str, bytes]] | None", message.headers())
             origin = KafkaOrigin(
                 topic,
                 partition,
-                message.offset(),
+                cast(int, message.offset()),
                 message.timestamp()[1],
                 tuple(headers) if headers else (),
                 first,
@@ -237,7 +240,7 @@ def _source_message(message: Message) -> KafkaSourceMessage:
         message.key(),
         message.value(),
         topic=message.topic(),
-        headers=message.headers() or [],
+        headers=cast("list[tuple[str, bytes]]", message.headers() or []),  # as in `_decoded`
         partition=message.partition(),
         offset=message.offset(),
         timestamp=message.timestamp(),

@@ -218,7 +218,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.open = False
         self.pending: list[SinkMessage] = []  # the open transaction's messages, to produce again if aborted
         # (topic, value) of each message the broker refused -> why: matched to `pending` if it is aborted
-        self.refused: dict[tuple[str, bytes | None], KafkaError] = {}
+        self.refused: dict[tuple[str | None, bytes | None], KafkaError] = {}
         self.renewals = 0  # new producers since the last commit
         self.dropped = 0
         self.replaced = 0

@@ -2,6 +2,13 @@
 dead-lettered or replaced by a smaller form. Consumers (`flows.tools.audit`, your own) read them by these
 names."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message
+
 # On a dead letter: why it could not be decoded, and where it was read.
 REASON_HEADER = "dead-letter.reason"
 TOPIC_HEADER = "dead-letter.topic"
@@ -16,3 +23,9 @@ SOURCE_TIMESTAMP_HEADER = "source.timestamp"
 # size.
 REPLACED_HEADER = "replaced"
 ORIGINAL_SIZE_HEADER = "dead-letter.original-size"
+
+
+def consumed_headers(message: Message) -> dict[str, bytes]:
+    """A consumed message's headers by name (none: empty). librdkafka gives them as (name, bytes) pairs; the
+    stubs' type also has the forms that produce() takes."""
+    return dict(cast("list[tuple[str, bytes]]", message.headers() or []))

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
@@ -36,6 +37,11 @@ class StillOpen(ServingError):
         )
         super().__init__(f"after {waited_s:.0f} s, {where} still held back by an open transaction")
         self.held = held
+
+
+def consumed_position(message: Message) -> tuple[int, int]:
+    """A consumed message's (partition, offset); the stubs' Optional is for a message being produced."""
+    return cast(int, message.partition()), cast(int, message.offset())
 
 
 def read_to_end(
@@ -85,7 +91,8 @@ def read_to_end(
             for message in consumer.consume(1000, 0.2):
                 error = message.error()
                 if error is None:
-                    if message.offset() < ends.get(message.partition(), 0):
+                    partition, offset = consumed_position(message)
+                    if offset < ends.get(partition, 0):
                         yield message  # (not one written since the read began)
                 elif error.code() != KafkaError._PARTITION_EOF:
                     log.warning("reading %s: %s", topic, error.str())

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
@@ -120,7 +120,8 @@ class _ResilientPartition(StatelessSinkPartition[list[SinkMessage]]):
                 message.topic or self.topic,
                 value=message.value,
                 key=message.key,
-                headers=message.headers,
+                # A list[tuple[str, bytes]] is one of the forms the stubs allow, but their list is invariant.
+                headers=message.headers,  # type: ignore[arg-type]
                 timestamp=message.timestamp,
                 on_delivery=self._smaller_delivered if smaller else self._delivered,
             )
@@ -196,7 +197,8 @@ def _rebuilt(delivered: Message) -> SinkMessage:
         delivered.key(),
         delivered.value(),
         topic=delivered.topic(),
-        headers=delivered.headers() or [],
+        # librdkafka gives a message's headers as (name, bytes) pairs; the stubs' type has produce()'s dict.
+        headers=cast("list[tuple[str, bytes]]", delivered.headers() or []),
         timestamp=timestamp if kind != TIMESTAMP_NOT_AVAILABLE else 0,
     )
 

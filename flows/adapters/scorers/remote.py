@@ -17,7 +17,7 @@ from flows.adapters.scorers.endpoints import EndpointPool
 from flows.adapters.scorers.location import LocationError, RemoteLocation, parse_location
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.records import ModelDescriptor
-from flows.core.scorer import INPUTS, OUTPUT, ModelLoadError, ScorerUnavailable
+from flows.core.scorer import INPUTS, OUTPUT, InputBounds, ModelLoadError, ScorerUnavailable
 
 
 class ServerClient(Protocol):
@@ -49,7 +49,7 @@ class RemoteScorer:
     """Scores with whichever server of the pool is up. What ids its model takes is not known here: a
     record the server refuses is found by splitting the batch (`flows.core.scoring`)."""
 
-    input_bounds = None
+    input_bounds: InputBounds | None = None
 
     def __init__(self, source: str, pool: EndpointPool[ServerClient]) -> None:
         self.source = source

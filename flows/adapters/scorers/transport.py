@@ -122,6 +122,6 @@ def open_channel(address: str, location: RemoteLocation) -> grpc.Channel:
 
 def sorted_rpc_error(method: str, error: grpc.RpcError) -> Exception:
     """A TransientError or RequestError for a failed call, naming the method, status and details."""
-    code = error.code()  # type: ignore[attr-defined]
-    failure = f"{method}: gRPC {code.name}: {error.details()}"  # type: ignore[attr-defined]
+    code = error.code()  # the RpcError a call raises is also a grpc.Call, which has code() and details()
+    failure = f"{method}: gRPC {code.name}: {error.details()}"
     return TransientError(failure) if code in TRANSIENT_GRPC_CODES else RequestError(failure)

@@ -37,7 +37,7 @@ class _ConsolePartition(StatelessSinkPartition[Sequence[ScoredMessage]]):
         self.seen = 0
 
     def write_batch(self, batches: list[Sequence[ScoredMessage]]) -> None:
-        lines = []
+        lines: list[str] = []
         for batch in batches:
             first = self.every - self.seen % self.every - 1  # the batch's first result due for the console
             lines.extend(describe_result(item.result) for item in batch[first :: self.every])

@@ -87,7 +87,7 @@ class _Blocks:
         while position < end:
             block_number, offset = divmod(position, BLOCK)
             shifted = self.shift_after > 0 and self.shift_after <= position < 2 * self.shift_after
-            stop = min(end, (block_number + 1) * BLOCK, self._next_change(position))
+            stop = min(end, (block_number + 1) * BLOCK, self._next_change(position, end))
             if (block_number, shifted) != self.key:
                 self.block = generate_block(self.seed, self.partition, block_number, shifted)
                 self.key = (block_number, shifted)
@@ -95,10 +95,10 @@ class _Blocks:
             position = stop
         return records
 
-    def _next_change(self, position: int) -> float:
-        """Where the data next starts or stops drifting after `position`."""
+    def _next_change(self, position: int, end: int) -> int:
+        """Where the data next starts or stops drifting after `position`; `end` if it never does."""
         changes = (self.shift_after, 2 * self.shift_after) if self.shift_after > 0 else ()
-        return min((change for change in changes if change > position), default=math.inf)
+        return min((change for change in changes if change > position), default=end)
 
 
 def generated_records(
@@ -238,7 +238,7 @@ def scheduled_model(models_dir: Path, entry: str) -> ModelDescriptor:
 POLL_AT_MOST = timedelta(milliseconds=10)
 
 
-class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
+class _ModelPartition(StatefulSourcePartition[ModelDescriptor | CaughtUp, int]):
     def __init__(
         self,
         models: list[ModelDescriptor],
@@ -267,7 +267,7 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
             batch, self.marker = [*batch, self.marker], None
         return batch
 
-    def _models_due(self) -> list[ModelDescriptor]:
+    def _models_due(self) -> list[ModelDescriptor | CaughtUp]:  # the batch, which may take a marker
         if self._done():
             if time.monotonic() < self.open_until or self.marker is not None:
                 return []
@@ -291,7 +291,7 @@ class _ModelPartition(StatefulSourcePartition[ModelDescriptor, int]):
         return self.sent
 
 
-class ModelGenerator(FixedPartitionedSource[ModelDescriptor, int]):
+class ModelGenerator(FixedPartitionedSource[ModelDescriptor | CaughtUp, int]):
     """Model updates every `interval` seconds, round-robin over `models`.
 
     With `count`, it stops after that many updates (a bounded run); without, it runs forever. With

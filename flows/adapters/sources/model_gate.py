@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -40,7 +42,7 @@ class _GatedPartition(PartitionWrapper):
         self.deadline = time.monotonic() + wait_s
         self.waiting = True
 
-    def next_batch(self) -> list:
+    def next_batch(self) -> Iterable[Any]:
         if self.waiting and not self._done_waiting():
             return []
         return self.inner.next_batch()

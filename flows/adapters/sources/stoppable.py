@@ -7,7 +7,9 @@ benchmark that ends its run.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from bytewax.inputs import StatefulSourcePartition
 
@@ -27,7 +29,7 @@ def request_stop() -> None:
 
 
 class _StoppablePartition(PartitionWrapper):
-    def next_batch(self) -> list:
+    def next_batch(self) -> Iterable[Any]:
         if stop_requested():
             raise StopIteration()
         return self.inner.next_batch()

@@ -4,6 +4,7 @@ overrides only what it changes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ class PartitionWrapper(StatefulSourcePartition[Any, Any]):
     def __init__(self, inner: StatefulSourcePartition) -> None:
         self.inner = inner
 
-    def next_batch(self) -> list:
+    def next_batch(self) -> Iterable[Any]:
         return self.inner.next_batch()
 
     def next_awake(self) -> datetime | None:

@@ -51,6 +51,10 @@ import functools
 import importlib.util
 import pathlib
 from collections.abc import Callable, Container, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # the shipped models' saved_model.pb are 37 KB
 
@@ -404,7 +408,7 @@ def _serialized_descriptor(pb2_file: pathlib.Path) -> bytes:
 
 
 @functools.cache
-def saved_model_message_class() -> type:
+def saved_model_message_class() -> type[Message]:
     """The ``tensorflow.SavedModel`` message class, built in a private descriptor pool."""
     from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
@@ -552,8 +556,10 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     saver = meta_graph.saver_def if meta_graph.HasField("saver_def") else None
     save_node = _node_name(saver.save_tensor_name) if saver and saver.save_tensor_name else None
     restore_node = _node_name(saver.restore_op_name) if saver and saver.restore_op_name else None
-    up_save = _upstream([save_node], nodes) if save_node in nodes else set()
-    up_restore = _upstream([restore_node], nodes) if restore_node in nodes else set()
+    up_save = _upstream([save_node], nodes) if save_node is not None and save_node in nodes else set()
+    up_restore = (
+        _upstream([restore_node], nodes) if restore_node is not None and restore_node in nodes else set()
+    )
     seeds = set(nodes) - up_save - up_restore
     for signature in meta_graph.signature_def.values():
         for info in list(signature.inputs.values()) + list(signature.outputs.values()):

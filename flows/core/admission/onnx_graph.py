@@ -189,14 +189,14 @@ ALLOWED_OPS: dict[str, frozenset[str]] = {
 }
 
 # Bytes per element of the tensor types a model may hold; any other (strings, complex) is refused.
-_ITEM_BYTES = {
+_ITEM_BYTES: dict[int, int] = {
     TensorProto.FLOAT: 4, TensorProto.DOUBLE: 8, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2,
     TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.INT16: 2, TensorProto.UINT16: 2,
     TensorProto.INT32: 4, TensorProto.UINT32: 4, TensorProto.INT64: 8, TensorProto.UINT64: 8,
     TensorProto.BOOL: 1,
 }  # fmt: skip
 # Where a tensor's values lie when they are inline: the typed repeated field, and its bytes per element.
-_TYPED_FIELDS = {
+_TYPED_FIELDS: dict[int, str] = {
     TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
     TensorProto.UINT32: "uint64_data", TensorProto.UINT64: "uint64_data",
 }  # fmt: skip

@@ -63,7 +63,7 @@ def open_session(path: Path) -> onnxruntime.InferenceSession:
 
 def feeds_of(session: onnxruntime.InferenceSession) -> Feeds:
     """How to feed each input the session declares; OnnxRefused for one outside the contract."""
-    feeds = {}
+    feeds: Feeds = {}
     for value in session.get_inputs():
         feed_type = FEED_TYPES.get(value.type)
         if value.name not in CONTRACT_INPUTS or feed_type is None:
@@ -77,7 +77,7 @@ def run_session(
 ) -> np.ndarray:
     """One call: the scores of the pairs (1-D), or ValueError if the model answers another count."""
     columns = {"users": users, "products": products}
-    inputs = {
+    inputs: dict[str, np.ndarray] = {
         name: columns[name].astype(feed_type, copy=False).reshape(shape)
         for name, (feed_type, shape) in feeds.items()
     }

@@ -109,8 +109,8 @@ def unpack_and_inspect(
             "shipped_saved_models": shipped_saved_models() if trial else {},
         }
         if payload is not None:
-            job["payload"] = os.path.join(scratch, "payload")
-            with open(job["payload"], "wb") as payload_file:
+            job["payload"] = payload_path = os.path.join(scratch, "payload")
+            with open(payload_path, "wb") as payload_file:
                 payload_file.write(payload)
         verdict = _run_child(job, Path(scratch), clocks if trial else clocks[:1], policy)
     if figures is not None:

@@ -166,6 +166,7 @@ class _CappedDecompressedStream(io.RawIOBase):
         self.produced = 0
         head = raw.read(6)
         self._pending = b""
+        self._decompressor: zlib._Decompress | bz2.BZ2Decompressor | lzma.LZMADecompressor | None
         if head.startswith(b"\x1f\x8b"):
             self._decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif head.startswith(b"BZh"):
@@ -176,7 +177,6 @@ class _CappedDecompressedStream(io.RawIOBase):
             self._decompressor = None
         self._input = head
         self._guard = _TarHeaderGuard(max_files)
-        self._is_zlib = head.startswith(b"\x1f\x8b")
 
     def readable(self) -> bool:
         return True
@@ -211,17 +211,19 @@ class _CappedDecompressedStream(io.RawIOBase):
 
     def _decompress(self, wanted: int) -> bytes:
         decompressor = self._decompressor
+        assert decompressor is not None  # _next_output reads uncompressed input itself
         while not decompressor.eof:
-            if self._is_zlib:  # zlib keeps unread input in unconsumed_tail; bz2 and lzma keep it inside
-                source = decompressor.unconsumed_tail or self._take_input()
-                if not source:
-                    return b""  # truncated: tarfile reports the missing data
-                data = decompressor.decompress(source, wanted)
-            else:
+            if isinstance(decompressor, bz2.BZ2Decompressor | lzma.LZMADecompressor):
+                # bz2 and lzma keep unread input inside; zlib keeps it in unconsumed_tail
                 source = self._take_input() if decompressor.needs_input else b""
                 if decompressor.needs_input and not source:
                     return b""
                 data = decompressor.decompress(source, max_length=wanted)
+            else:
+                source = decompressor.unconsumed_tail or self._take_input()
+                if not source:
+                    return b""  # truncated: tarfile reports the missing data
+                data = decompressor.decompress(source, wanted)
             if data:
                 return data
         return b""
@@ -266,6 +268,7 @@ def unpack(payload: BinaryIO, target: Path, max_bytes: int, max_files: int) -> t
                     )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 source = archive.extractfile(member)
+                assert source is not None  # a regular file (_checked_path), which extractfile always opens
                 with open(path, "xb") as destination:
                     while chunk := source.read(CHUNK):
                         destination.write(chunk)
