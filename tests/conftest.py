@@ -36,7 +36,7 @@ WITHOUT_TENSORFLOW = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The code checks first: a finding there fails fast, before the minutes of the rest.
-    items.sort(key=lambda item: item.module.__name__.rsplit(".", 1)[-1] != "test_code_checks")
+    items.sort(key=lambda item: item.path.stem != "test_code_checks")
     for item in items:
         test = cast(pytest.Function, item)  # every item collected here is a test function
         module = test.module.__name__.rsplit(".", 1)[-1]
