@@ -40,9 +40,9 @@ class _CatchUpPartition(PartitionWrapper):
         self.idle_since = time.monotonic()
 
     def next_batch(self) -> Iterable[Any]:
-        batch = self.inner.next_batch()
         if self.marker is None:
-            return batch
+            return self.inner.next_batch()
+        batch = list(self.inner.next_batch())  # read twice below: Bytewax promises only an iterable
         offsets = [_offset(item) for item in batch]
         if (offsets and max(offsets) >= self.last_offset) or self.last_offset < 0:
             batch = [*batch, self.marker]
