@@ -3,7 +3,7 @@
 With nothing configured it runs on the embedded default: generated records and model updates alternating
 between the shipped versions, scored in process, results and model events on the console. With
 `SERVING_KAFKA_BOOTSTRAP_SERVERS` set it reads and writes Kafka topics instead (see `flows.adapters.kafka`).
-Settings are `SERVING_*` environment variables (see `flows.runtime.settings` and the README).
+Settings are `SERVING_*` environment variables (see `flows.runtime.settings` and docs/configuration.md).
 """
 
 from __future__ import annotations

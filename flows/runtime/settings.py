@@ -5,7 +5,7 @@ Each section lives beside the code it configures (`AdmissionPolicy` in `flows.co
 the one source of both. `Settings` composes them, and `Settings.from_environment()`, called by the composition
 roots (the main job, the tools' command lines), is the one place the environment is read. A variable is named
 SERVING_ + its section's prefix + the field's name (`ENVIRONMENT` below); the names are the ones the flow
-always had. docs/configuration.md's tables and the README's are generated from the sections
+always had. The two tables of docs/configuration.md are generated from the sections
 (`python -m flows.tools.settings_table --write`; a test checks both are in step).
 """
 

@@ -1,8 +1,8 @@
 """The settings tables, generated from the settings' sections (their fields' defaults and descriptions).
 
-`python -m flows.tools.settings_table` prints docs/configuration.md's table; `--write` puts it there and
-the README's table by area into the README, each between its two markers; `--check` exits 1 if either file
-is not what the settings say (the test suite runs it).
+`python -m flows.tools.settings_table` prints docs/configuration.md's table; `--write` puts it there, and
+the overview by area at the top of the same file, each between its two markers; `--check` exits 1 if
+either is not what the settings say (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from flows.runtime.settings import Settings, variables
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 REFERENCE = REPOSITORY / "docs" / "configuration.md"
-README = REPOSITORY / "README.md"
-BEGIN = (
-    "<!-- settings table: generated from flows/runtime/settings.py by python -m flows.tools.settings_table "
-    "--write -->"
-)
+GENERATED_BY = "generated from flows/runtime/settings.py by python -m flows.tools.settings_table --write"
+BEGIN = f"<!-- settings table: {GENERATED_BY} -->"
 END = "<!-- end of the generated settings table -->"
+AREAS_BEGIN = f"<!-- settings by area: {GENERATED_BY} -->"
+AREAS_END = "<!-- end of the generated settings by area -->"
 MIB = 1024**2
 
 
@@ -45,7 +44,7 @@ def shown_default(field: FieldInfo) -> str:
 
 
 def short_default(field: FieldInfo) -> str:
-    """A field's default as the README's compact table shows it: bytes in MiB, no backquotes, a default in
+    """A field's default as the overview by area shows it: bytes in MiB, no backquotes, a default in
     words without its parenthesis."""
     shown = shown_default(field).split(" (")[0].strip("`")
     value = field.get_default(call_default_factory=True)
@@ -64,8 +63,8 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def readme_table() -> str:
-    """The README's table: one row per section (its title), each variable with its default."""
+def area_table() -> str:
+    """The overview: one row per section (its title), each variable with its default."""
     rows = ["| area | variables (default) |", "|---|---|"]
     areas: dict[str, list[str]] = {}
     for variable in variables().values():
@@ -76,37 +75,30 @@ def readme_table() -> str:
     return "\n".join(rows)
 
 
-def with_table(document: str, generated: str) -> str:
-    """`document` with the text between the markers replaced by `generated`."""
-    head, rest = document.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{generated}\n{END}{tail}"
+def with_table(document: str, generated: str, begin: str = BEGIN, end: str = END) -> str:
+    """`document` with the text between the markers `begin` and `end` replaced by `generated`."""
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{generated}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="settings_table", description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group()
-    action.add_argument(
-        "--write", action="store_true", help=f"rewrite the tables in {REFERENCE} and {README}"
-    )
-    action.add_argument("--check", action="store_true", help="exit 1 if either file is not in step")
+    action.add_argument("--write", action="store_true", help=f"rewrite the tables in {REFERENCE}")
+    action.add_argument("--check", action="store_true", help="exit 1 if either table is not in step")
     args = parser.parse_args(argv)
     if not (args.write or args.check):
         print(table())
         return 0
-    stale = []
-    for path, generated in ((REFERENCE, table()), (README, readme_table())):
-        document = path.read_text(encoding="utf-8")
-        updated = with_table(document, generated)
-        if updated == document:
-            continue
-        if args.check:
-            stale.append(str(path))
-        else:
-            path.write_text(updated, encoding="utf-8")
-    if stale:
-        print(f"not in step with the settings: {', '.join(stale)}: run --write", file=sys.stderr)
+    document = REFERENCE.read_text(encoding="utf-8")
+    updated = with_table(with_table(document, table()), area_table(), AREAS_BEGIN, AREAS_END)
+    if updated == document:
+        return 0
+    if args.check:
+        print(f"not in step with the settings: {REFERENCE}: run --write", file=sys.stderr)
         return 1
+    REFERENCE.write_text(updated, encoding="utf-8")
     return 0
 
 

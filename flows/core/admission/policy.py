@@ -30,7 +30,7 @@ class RemoteLimits(Section):
 
 
 class AdmissionPolicy(Section):
-    """What a new model may cost and must satisfy (`SERVING_MODEL_*`): see the README's Security model."""
+    """What a new model may cost and must satisfy (`SERVING_MODEL_*`): see docs/security.md."""
 
     load_timeout: float = Field(
         60.0,
