@@ -7,6 +7,7 @@ from flows.core.context import ServingContext
 from flows.runtime import shutdown
 from flows.runtime.app import build_flow
 from flows.runtime.observability import start_observability
+from flows.runtime.preflight import start_problems
 from flows.runtime.recovery_store import RecoveryStoreError, hold_recovery_store
 from flows.runtime.settings import Settings, unknown_variables
 
@@ -22,6 +23,11 @@ except RecoveryStoreError as refused:
 except ValueError as wrong:  # a setting, named with its variable
     logging.getLogger("flows.serving").error("cannot start: %s", wrong)
     raise SystemExit(2) from None
+problems = start_problems(settings)
+for problem in problems:
+    logging.getLogger("flows.serving").error("cannot start: %s", problem)
+if problems:
+    raise SystemExit(2)
 shutdown.set_drain_timeout(settings.flow.drain_timeout)
 for name in unknown_variables():
     logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)

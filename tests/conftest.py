@@ -22,7 +22,7 @@ PROCESS_MODULES = {
     "test_exactly_once",
     "test_admission_kafka", "test_backlog", "test_bench", "test_challenger_kafka", "test_kafka",
     "test_main_job", "test_no_crash_loop", "test_package", "test_retraining", "test_shutdown",
-    "test_signed_lifecycle_kafka", "test_layers", "test_onnx_kafka",
+    "test_signed_lifecycle_kafka", "test_layers", "test_onnx_kafka", "test_preflight",
 }  # fmt: skip
 SERVER_MODULES = {"test_remote_scorers"}
 # Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).

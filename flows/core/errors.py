@@ -11,3 +11,8 @@ from __future__ import annotations
 
 class ServingError(Exception):
     """Something the flow refused or could not do, with the reason."""
+
+
+class ConfigurationError(ServingError, ValueError):
+    """The flow cannot start as set up: a setting, or what the deployment must provide (a topic, a key, a
+    recovery store), is wrong or missing. Said at start, in one line naming it and how to fix it."""

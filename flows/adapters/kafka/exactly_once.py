@@ -63,7 +63,7 @@ from flows.adapters.kafka.sink import (
     SinkMessage,
     message_size,
 )
-from flows.core.errors import ServingError
+from flows.core.errors import ConfigurationError, ServingError
 from flows.core.records import cut
 
 log = logging.getLogger(__name__)
@@ -487,7 +487,7 @@ def answered_partitions(config: dict[str, str], topic: str) -> int:
     return len(metadata.partitions)
 
 
-class ExactlyOnceSetupError(ServingError):
+class ExactlyOnceSetupError(ConfigurationError):
     """Exactly-once delivery cannot start: what it needs from the broker or the settings is missing."""
 
 

@@ -1,0 +1,63 @@
+"""What the deployment must provide is checked before the dataflow starts: a missing topic or unreachable
+brokers stop the main job in one line per problem, naming the topic, its setting and the command that creates
+it, with status 2, before a model is loaded and without a panic trace from inside a Bytewax worker."""
+
+from __future__ import annotations
+
+from support.jobs import start_flow
+
+from flows.testing.local_broker import create_topics
+from flows.testing.loopback import free_ports
+
+MARKER_KEY = "preflight tests' marker key"
+
+
+def refused(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
+    """The main job's output, once it has stopped with status 2."""
+    job = start_flow(bootstrap, topics, **settings)  # type: ignore[arg-type]  # SERVING_* names only
+    output, _ = job.communicate(timeout=180)
+    assert job.returncode == 2, output[-3000:]
+    assert "panicked" not in output and "Traceback" not in output, output[-3000:]
+    assert "accepted" not in output  # stopped before any model was judged
+    return output
+
+
+def test_exactly_once_without_its_answered_topic_names_it_and_how_to_create_it(kafka_bootstrap):
+    names = ["data", "models", "results", "dead"]
+    topics = create_topics(kafka_bootstrap, "no-answered", names, partitions=3)
+    answered = f"{topics['data']}-answered-never-created"
+    output = refused(
+        kafka_bootstrap,
+        topics,
+        SERVING_KAFKA_DELIVERY="exactly-once",
+        SERVING_KAFKA_ANSWERED_TOPIC=answered,
+        SERVING_KAFKA_MARKER_KEY=MARKER_KEY,
+    )
+    assert (
+        f"cannot start: Kafka topic '{answered}' (SERVING_KAFKA_ANSWERED_TOPIC) does not exist on "
+        f"{kafka_bootstrap} (exactly-once delivery keeps its answered markers there); create it: "
+        f"kafka-topics.sh --bootstrap-server {kafka_bootstrap} --create --topic {answered} --partitions 3 "
+        "--config cleanup.policy=compact"
+    ) in output, output[-3000:]
+
+
+def test_every_missing_topic_is_named_with_its_setting(kafka_bootstrap):
+    topics = create_topics(kafka_bootstrap, "missing", ["models", "results"])
+    topics["data"] = "data-topic-never-created"
+    topics["dead"] = "dead-letters-never-created"
+    output = refused(kafka_bootstrap, topics, SERVING_KAFKA_EVENTS_TOPIC="events-never-created")
+    for topic, variable in (
+        ("data-topic-never-created", "SERVING_KAFKA_DATA_TOPIC"),
+        ("dead-letters-never-created", "SERVING_KAFKA_DEAD_LETTERS_TOPIC"),
+        ("events-never-created", "SERVING_KAFKA_EVENTS_TOPIC"),
+    ):
+        assert f"Kafka topic '{topic}' ({variable}) does not exist" in output, output[-3000:]
+    assert output.count("cannot start:") == 3, output[-3000:]
+
+
+def test_brokers_that_cannot_be_reached_are_named() -> None:
+    [port] = free_ports(1)  # nothing listens there
+    bootstrap = f"127.0.0.1:{port}"
+    topics = {name: f"{name}-topic" for name in ("data", "models", "results", "dead")}
+    output = refused(bootstrap, topics)
+    assert f"cannot start: cannot read the topics of the Kafka brokers {bootstrap} within 15 s" in output
