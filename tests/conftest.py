@@ -27,7 +27,7 @@ PROCESS_MODULES = {
 SERVER_MODULES = {"test_remote_scorers"}
 # Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).
 WITHOUT_TENSORFLOW = {
-    "test_answered_offsets", "test_code_checks", "test_exactly_once_producer", "test_avro",
+    "test_answered_offsets", "test_cluster", "test_code_checks", "test_exactly_once_producer", "test_avro",
     "test_event_signing", "test_generators", "test_json_lines_sink", "test_kafka_sink",
     "test_locations_and_endpoints", "test_readme", "test_record_polls", "test_retrain_gate",
     "test_vocabulary",

@@ -25,7 +25,7 @@ from flows.core.champion_gate import ChampionGate
 from flows.core.context import ServingContext
 from flows.core.serving_state import PartitionLag
 from flows.testing.local_broker import create_topics, kafka_broker, produce
-from flows.testing.loopback import free_port, free_ports
+from flows.testing.loopback import consecutive_free_ports, free_ports
 from flows.tools.query_state import fetch, merge_lag, render_lag
 from flows.wire.avro import MODEL
 
@@ -303,11 +303,11 @@ def test_two_processes_show_the_lag_of_every_partition_and_follow_the_topic(kafk
     produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])
     produce(kafka_bootstrap, topics["data"], encoded(sample_records(2000)))
     addresses = ";".join(f"127.0.0.1:{port}" for port in free_ports(2))
-    ports = [free_port() for _ in range(2)]
+    ports = consecutive_free_ports(2)
     jobs = [
         start_flow(
             kafka_bootstrap, topics, "-i", str(index), "-a", addresses,
-            SERVING_STATE_PORT=str(ports[index]), SERVING_KAFKA_TAIL="true",
+            SERVING_STATE_PORT=str(ports[0]), SERVING_KAFKA_TAIL="true",  # process 1 takes the next port
         )
         for index in range(2)
     ]  # fmt: skip

@@ -14,7 +14,15 @@ from functools import partial
 import numpy as np
 import pytest
 import urllib3
-from support.jobs import audit_report, recovery_stores, regroup_recovery, resume_offsets, start_flow, wait_for
+from support.jobs import (
+    audit_report,
+    recovery_stores,
+    regroup_recovery,
+    resume_offsets,
+    resumed_snapshots,
+    start_flow,
+    wait_for,
+)
 from support.trickle import Trickle
 
 from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER, consumed_headers
@@ -23,7 +31,7 @@ from flows.adapters.sources.generators import shipped_model
 from flows.core.records import CHALLENGER, SHADOW
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import create_topics, produce
-from flows.testing.loopback import free_ports
+from flows.testing.loopback import consecutive_free_ports, free_ports
 from flows.tools import audit
 from flows.tools.query_state import fetch, merge_lag
 from flows.wire.avro import MODEL
@@ -64,19 +72,14 @@ def challenger_records(documents: list[dict], challenger: str) -> int:
     )
 
 
-def assert_drift_restored(ports: list[int], model: str, windows_before_stop: int) -> None:
-    """The drift monitor came back with its windows. Restored, it shows them before it reads a record; a
-    monitor that started over would first need a reference, then a window's records for each window, more
-    than the backlog of a restart holds once a few windows have passed. The stop came with the lag caught
-    up, so the snapshot it resumes from is at most one window behind what was seen."""
+def assert_drift_restored(ports: list[int], model: str, windows_snapshotted: int) -> None:
+    """The drift monitor came back with the windows of the snapshot the restart resumed from. Restored, it
+    shows them before it reads a record; a monitor that started over would first need a reference, then a
+    window's records for each window."""
     wait_for(lambda: drift_windows(states(ports) or [], model) is not None, "the drift monitor's state", 120)
-    documents = states(ports)
-    assert documents is not None  # they all answered a moment ago
-    restored = drift_windows(documents, model)
-    assert restored is not None  # and showed the windows
-    assert restored >= windows_before_stop - 1, (
-        f"the drift monitor of {model} started over: {restored} "
-        f"windows, {windows_before_stop} before the stop"
+    restored = drift_windows(states(ports) or [], model)
+    assert restored is not None and restored >= windows_snapshotted, (
+        f"the drift monitor of {model} started over: {restored} windows, {windows_snapshotted} snapshotted"
     )
 
 
@@ -118,7 +121,7 @@ def start_cluster(
             *(["-i", str(index), "-a", addresses] if len(stores) > 1 else []),
             "-r", str(store), "-s", str(SNAPSHOT_INTERVAL_S), "-b", "0", *flags,
             output=tmp_path / f"step-{step}-process-{index}.log",
-            SERVING_STATE_PORT=str(ports[index]),
+            SERVING_STATE_PORT=str(ports[0]),  # each process adds its rank on this host
             **SETTINGS,
         )
         for index, store in enumerate(stores)
@@ -178,23 +181,23 @@ def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drif
     )
     stores = recovery_stores(tmp_path, 1, partitions=3)  # sized for three workers: 1 -> 2 -> 3 -> 1
     trickle = Trickle(kafka_bootstrap, topics["data"]).start()
-    drift_before_stop = 0
+    drift_snapshotted = 0  # the champion's drift windows in the snapshot the next start resumes from
     repeatable = []  # per restart: answers the restart may repeat
     snapshotted = 0
     try:
         for step, processes in enumerate(STEPS):
             stores = regroup_recovery(stores, processes)
-            ports = free_ports(processes)
+            ports = consecutive_free_ports(processes)
             jobs = start_cluster(kafka_bootstrap, topics, stores, ports, tmp_path, step)
             if step:
-                assert_drift_restored(ports, champion.model_name, drift_before_stop)
+                assert_drift_restored(ports, champion.model_name, drift_snapshotted)
             wait_for(
                 partial(
                     reported_and_moved_on,
                     ports,
                     challenger.model_name,
                     champion.model_name,
-                    drift_before_stop,
+                    drift_snapshotted,
                 ),
                 f"a challenger report, a new drift window and the lag caught up on {processes} process(es)",
                 120,
@@ -204,9 +207,11 @@ def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drif
                 f"a snapshot of data offsets past those {processes} process(es) resumed from",
                 120,
             )
-            drift_before_stop = drift_windows(states(ports), champion.model_name)
             stop(jobs)
             may_repeat, snapshotted = answered_past_the_snapshot(kafka_bootstrap, topics, stores)
+            drift_snapshotted = resumed_snapshots(stores[0].parent, "serve_drift")[
+                champion.model_name
+            ].windows
             repeatable.append(may_repeat)
             outputs = "".join(
                 (tmp_path / f"step-{step}-process-{index}.log").read_text() for index in range(processes)
@@ -218,11 +223,11 @@ def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drif
         trickle.stop()
 
     stores = regroup_recovery(stores, 1)
-    ports = free_ports(1)
+    ports = consecutive_free_ports(1)
     [last] = start_cluster(
         kafka_bootstrap, topics, stores, ports, tmp_path, len(STEPS)
     )  # reads to the end of the topic, then is stopped: every record answered
-    assert_drift_restored(ports, champion.model_name, drift_before_stop)
+    assert_drift_restored(ports, champion.model_name, drift_snapshotted)
     wait_for(lambda: audit_report(kafka_bootstrap, topics)["lost"] == 0, "every record answered", 180)
     stop([last])
 
@@ -269,7 +274,7 @@ def test_partitions_that_do_not_divide_evenly_keep_every_worker_moving(
         [(b"recommender", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))],
     )
     stores = recovery_stores(tmp_path, processes, partitions=processes * workers)
-    ports = free_ports(processes)
+    ports = consecutive_free_ports(processes)
     jobs = start_cluster(kafka_bootstrap, topics, stores, ports, tmp_path, 0, "-w", str(workers))
     wait_for(partial(serving, ports), "the champion on every process", 120)  # waits, not start-up, measured
     trickle = Trickle(kafka_bootstrap, topics["data"]).start()  # 25 users a tick: keys on every partition

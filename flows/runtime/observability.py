@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from opentelemetry.trace import TracerProvider
 from flows.adapters.observability.state_server import start_state_server
 from flows.core.context import ServingContext
 from flows.core.telemetry import Telemetry
+from flows.runtime.cluster import processes_before_on_this_host
 from flows.runtime.settings import Settings
 
 log = logging.getLogger("flows.serving")
@@ -40,12 +42,16 @@ def start_observability(settings: Settings, context: ServingContext) -> list[Any
         switched_on.append("bytewax traces: otlp")
     state = settings.state
     if state.port:
+        before = processes_before_on_this_host(sys.argv, os.environ)
+        port = state.port + before
         server = start_state_server(
-            state.host, state.port, context.state, state.peer_urls, state.allowed_host_names
+            state.host, port, context.state, state.peer_urls, state.allowed_host_names
         )
         if server is not None:
             handles.append(server)
-            switched_on.append(f"state: http://{state.host}:{state.port}/state, live page at /")
+            shared = f" (SERVING_STATE_PORT + {before}: processes of the cluster before it on this host)"
+            where = f"state: http://{state.host}:{port}/state{shared if before else ''}"
+            switched_on.append(f"{where}, live page at /")
     if switched_on:
         log.info("observability: %s", "; ".join(switched_on))
     return handles

@@ -30,27 +30,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Mapping, Sequence
 
 from flows.adapters.sources.stoppable import request_stop, stop_requested
-
-
-def cluster_processes(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """How many processes the `bytewax.run` command line (or its environment) makes a cluster of."""
-    addresses = env.get("BYTEWAX_ADDRESSES")
-    for index, argument in enumerate(argv):
-        if argument in ("-a", "--addresses") and index + 1 < len(argv):
-            addresses = argv[index + 1]
-        elif argument.startswith("--addresses="):
-            addresses = argument.split("=", 1)[1]
-    if addresses:
-        return len([address for address in addresses.split(";") if address.strip()])
-    hostfile = env.get("BYTEWAX_HOSTFILE_PATH")
-    if hostfile and os.path.isfile(hostfile):
-        with open(hostfile, encoding="utf-8") as hosts:
-            return len([line for line in hosts if line.strip()])
-    return 1
-
+from flows.runtime.cluster import cluster_processes
 
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 DRAIN_OVERDUE_STATUS = 5  # (3 and 4: the exactly-once sink's fenced and failed producers)

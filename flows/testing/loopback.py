@@ -27,6 +27,26 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def consecutive_free_ports(count: int, tries: int = 50) -> list[int]:
+    """`count` free ports in a row on 127.0.0.1: those the processes of a cluster on one host take for their
+    state servers (`flows.runtime.cluster`)."""
+    for _ in range(tries):
+        [first] = free_ports(1)
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return list(range(first, first + count))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} free ports in a row on 127.0.0.1 in {tries} tries")
+
+
 def wait_until_ready(
     what: str, ready: Callable[[], bool], process: subprocess.Popen | None, timeout: float
 ) -> None:

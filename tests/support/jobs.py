@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from flows.core.model_holder import HolderState
 from flows.tools import audit, recovery_store
@@ -112,14 +113,14 @@ def wait_for_model_snapshot(
     )
 
 
-def resume_offsets(store: Path, step: str = "kafka_data") -> dict[int, int]:
-    """The data offsets a restart on `store` (a stopped cluster's recovery directories) resumes from, per data
-    partition, found as Bytewax finds them: the resume epoch is the lowest frontier of the last execution's
-    workers (a worker without a frontier row stands at the execution's own resume epoch), and each
-    partition resumes from its source snapshot of the latest epoch before that."""
+def resumed_snapshots(store: Path, step: str) -> dict[str, Any]:
+    """The states of `step` (its step id's end) a restart on `store` (a stopped cluster's recovery
+    directories) resumes with, by state key, found as Bytewax finds them: the resume epoch is the lowest
+    frontier of the last execution's workers (a worker without a frontier row stands at the execution's own
+    resume epoch), and each key resumes from its snapshot of the latest epoch before that."""
     executions: dict[int, tuple[int, int]] = {}  # execution -> (workers, resume epoch)
     frontiers: dict[tuple[int, int], int] = {}  # (execution, worker) -> frontier
-    snapshots: dict[str, list[tuple[int, int]]] = {}
+    snapshots: dict[str, list[tuple[int, bytes]]] = {}
     for database in sorted(store.glob("**/part-*.sqlite3")):
         with closing(sqlite3.connect(database)) as db:  # closed at once: no log files left behind
             for execution, workers, epoch in db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs"):
@@ -134,19 +135,28 @@ def resume_offsets(store: Path, step: str = "kafka_data") -> dict[int, int]:
                 (f"%{step}",),
             ).fetchall()
         for key, epoch, state in rows:
-            snapshots.setdefault(key, []).append((epoch, pickle.loads(state)))  # the test's own store
+            snapshots.setdefault(key, []).append((epoch, state))
     assert executions, f"no execution recorded in {store}"
     last = max(executions)
     workers, started_at = executions[last]
     resume_epoch = min(
         max(started_at, frontiers.get((last, worker), started_at)) for worker in range(workers)
     )
-    offsets = {}
+    resumed = {}
     for key, taken in snapshots.items():
-        before = [(epoch, offset) for epoch, offset in taken if epoch < resume_epoch]
+        before = [(epoch, state) for epoch, state in taken if epoch < resume_epoch]
         if before:
-            offsets[int(key.split("-", 1)[0])] = max(before)[1]
-    return offsets
+            resumed[key] = pickle.loads(
+                max(before, key=lambda snapshot: snapshot[0])[1]
+            )  # the test's own store
+    return resumed
+
+
+def resume_offsets(store: Path) -> dict[int, int]:
+    """The data offsets a restart on `store` resumes from, per data partition (see `resumed_snapshots`)."""
+    return {
+        int(key.split("-", 1)[0]): offset for key, offset in resumed_snapshots(store, "kafka_data").items()
+    }
 
 
 def _holds_a_champion(state: HolderState | None, holds: Callable[[HolderState], bool]) -> bool:

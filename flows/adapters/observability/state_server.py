@@ -56,7 +56,8 @@ class StateServerSettings(Section):
         ge=0,
         le=65535,
         description=(
-            "port of the HTTP `GET /state` endpoint (`0`: off); two processes on one host need two ports"
+            "port of the HTTP `GET /state` endpoint (`0`: off); processes of one cluster on one host (`-a` "
+            "addresses with one host) each add how many come before them there: 8081, 8082, ..."
         ),
     )
     host: str = Field(
