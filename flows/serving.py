@@ -4,6 +4,7 @@ import logging
 
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.core.context import ServingContext
+from flows.core.errors import ConfigurationError
 from flows.runtime import shutdown
 from flows.runtime.app import build_flow
 from flows.runtime.observability import start_observability
@@ -34,6 +35,10 @@ for name in unknown_variables():
 # Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while
 # the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
 tensorflow(verbose=settings.output.tf_verbose)
-context = ServingContext.create(settings.admission)
-observability = start_observability(settings, context)
-flow = build_flow(settings, context)
+try:  # what the settings name and only the build reads (a key file, an exporter): still one line
+    context = ServingContext.create(settings.admission)
+    observability = start_observability(settings, context)
+    flow = build_flow(settings, context)
+except ConfigurationError as wrong:
+    logging.getLogger("flows.serving").error("cannot start: %s", wrong)
+    raise SystemExit(2) from None

@@ -1,10 +1,13 @@
 """What the deployment must provide is checked before the dataflow starts: a missing topic or unreachable
-brokers stop the main job in one line per problem, naming the topic, its setting and the command that creates
-it, with status 2, before a model is loaded and without a panic trace from inside a Bytewax worker."""
+brokers stop the main job in one line per problem, naming the topic, its setting and the command that
+creates it, with status 2, before a model is loaded and without a panic trace from inside a Bytewax worker;
+so do a key file or an exporter that only the build reads."""
 
 from __future__ import annotations
 
-from support.jobs import start_flow
+import os
+
+from support.jobs import start_flow, start_job
 
 from flows.testing.local_broker import create_topics
 from flows.testing.loopback import free_ports
@@ -61,3 +64,27 @@ def test_brokers_that_cannot_be_reached_are_named() -> None:
     topics = {name: f"{name}-topic" for name in ("data", "models", "results", "dead")}
     output = refused(bootstrap, topics)
     assert f"cannot start: cannot read the topics of the Kafka brokers {bootstrap} within 15 s" in output
+
+
+def test_a_signing_key_that_cannot_be_read_is_named_in_one_line(kafka_bootstrap, tmp_path):
+    topics = create_topics(kafka_bootstrap, "bad-key", ["data", "models", "results", "dead", "events"])
+    key = tmp_path / "signing-key.pem"
+    key.write_text("not a key\n")
+    output = refused(
+        kafka_bootstrap,
+        topics,
+        SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
+        SERVING_EVENTS_SIGNING_KEY=str(key),
+    )
+    assert f"cannot start: SERVING_EVENTS_SIGNING_KEY: {key}: not an unencrypted PEM private key" in output
+
+
+def test_an_unknown_trace_exporter_is_named_in_one_line():
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "zipkin-over-carrier-pigeon", "SERVING_RECORDS": "10"}
+    job = start_job(env)
+    output, _ = job.communicate(timeout=180)
+    assert job.returncode == 2, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert (
+        "cannot start: OTEL_TRACES_EXPORTER='zipkin-over-carrier-pigeon': use otlp, console or none" in output
+    )

@@ -15,6 +15,7 @@ from opentelemetry.trace import TracerProvider
 
 from flows.adapters.observability.state_server import start_state_server
 from flows.core.context import ServingContext
+from flows.core.errors import ConfigurationError
 from flows.core.telemetry import Telemetry
 from flows.runtime.cluster import processes_before_on_this_host
 from flows.runtime.settings import Settings
@@ -97,7 +98,7 @@ def _tracer_provider(exporter_name: str) -> TracerProvider:
     elif exporter_name == "console":
         exporter = ConsoleSpanExporter()
     else:
-        raise ValueError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: use otlp, console or none")
+        raise ConfigurationError(f"OTEL_TRACES_EXPORTER={exporter_name!r}: use otlp, console or none")
     provider = SdkTracerProvider(resource=Resource.create())  # sampler from OTEL_TRACES_SAMPLER[_ARG]
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
@@ -121,5 +122,7 @@ def _meter_provider(exporter_name: str) -> MeterProvider:
     elif exporter_name == "console":
         reader = PeriodicExportingMetricReader(ConsoleMetricExporter())
     else:
-        raise ValueError(f"OTEL_METRICS_EXPORTER={exporter_name!r}: use otlp, prometheus, console or none")
+        raise ConfigurationError(
+            f"OTEL_METRICS_EXPORTER={exporter_name!r}: use otlp, prometheus, console or none"
+        )
     return SdkMeterProvider(resource=Resource.create(), metric_readers=[reader])

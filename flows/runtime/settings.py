@@ -26,6 +26,7 @@ from flows.core.admission.event_signing import EventSettings
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import ChallengerSettings
 from flows.core.drift import DriftSettings
+from flows.core.errors import ConfigurationError
 from flows.core.probation import RollbackSettings
 from flows.core.sections import Section
 
@@ -167,7 +168,7 @@ class Settings(BaseModel):
                 target = target.setdefault(name, {})
             target.setdefault(path[-1], {}).update(read)
         if problems:
-            raise ValueError("settings: " + "; ".join(problems))
+            raise ConfigurationError("settings: " + "; ".join(problems))
         return cls.model_validate(values)
 
 

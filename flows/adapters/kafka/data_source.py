@@ -29,6 +29,7 @@ from flows.adapters.kafka.answered import Covered
 from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, decode_failure
 from flows.adapters.kafka.lag_probe import LagProbe, LagReport
 from flows.adapters.kafka.settings import KafkaSettings
+from flows.core.errors import ConfigurationError
 from flows.core.records import DataMessage, DecodeFailure
 from flows.wire.avro import RECORD
 from flows.wire.record_polls import decode_records
@@ -230,7 +231,9 @@ def partition_names(config: dict[str, str], topic: str) -> list[str]:
     finally:
         consumer.close()
     if metadata.error is not None:
-        raise RuntimeError(f"cannot list the partitions of Kafka topic {topic!r}: {metadata.error.str()}")
+        raise ConfigurationError(
+            f"cannot list the partitions of Kafka topic {topic!r}: {metadata.error.str()}"
+        )
     return [f"{index}-{topic}" for index in sorted(metadata.partitions)]
 
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import Field
 
 from flows.core.admission.signing import SIGNATURE_BYTES, length_prefixed, load_private_key, signed_by_any
+from flows.core.errors import ConfigurationError
 from flows.core.records import ModelEvent, SignedModelEvent
 from flows.core.sections import Section
 
@@ -100,11 +101,11 @@ class EventSigner:
 
 
 def event_signer(settings: EventSettings) -> EventSigner | None:
-    """The signer with SERVING_EVENTS_SIGNING_KEY's key (None if unset), or ValueError naming the setting
-    and the file."""
+    """The signer with SERVING_EVENTS_SIGNING_KEY's key (None if unset), or ConfigurationError naming the
+    setting and the file."""
     if settings.signing_key is None:
         return None
     try:
         return EventSigner(load_private_key(settings.signing_key))
     except ValueError as error:
-        raise ValueError(f"SERVING_EVENTS_SIGNING_KEY: {error}") from error
+        raise ConfigurationError(f"SERVING_EVENTS_SIGNING_KEY: {error}") from error

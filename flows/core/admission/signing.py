@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from flows.core.errors import ConfigurationError
 from flows.core.records import CHAMPION, ModelDescriptor
 
 DOMAIN = b"bytewax-model-serving/ModelDescriptor/v1"
@@ -141,18 +142,18 @@ def raw_public_key(key: Ed25519PublicKey) -> bytes:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """The Ed25519 private key in the PEM file `path`, or ValueError naming the file."""
+    """The Ed25519 private key in the PEM file `path`, or ConfigurationError naming the file."""
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as error:
-        raise ValueError(f"{path}: not an unencrypted PEM private key ({error})") from error
+        raise ConfigurationError(f"{path}: not an unencrypted PEM private key ({error})") from error
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: not an Ed25519 key ({type(key).__name__})")  # noqa: TRY004 (a bad file, not a bad argument)
+        raise ConfigurationError(f"{path}: not an Ed25519 key ({type(key).__name__})")
     return key
 
 
 def parse_trusted_keys(text: str) -> tuple[bytes, ...]:
-    """Raw public keys from a comma-separated list of base64 keys or PEM file paths, or ValueError."""
+    """Raw public keys from a comma-separated list of base64 keys or PEM file paths, or ConfigurationError."""
     keys = []
     for entry in (part.strip() for part in text.split(",")):
         if not entry:
@@ -161,9 +162,11 @@ def parse_trusted_keys(text: str) -> tuple[bytes, ...]:
             try:
                 key = serialization.load_pem_public_key(Path(entry).read_bytes())
             except ValueError as error:
-                raise ValueError(f"trusted key file {entry}: not a PEM public key ({error})") from error
+                raise ConfigurationError(
+                    f"trusted key file {entry}: not a PEM public key ({error})"
+                ) from error
             if not isinstance(key, Ed25519PublicKey):
-                raise ValueError(f"trusted key file {entry}: not an Ed25519 key")
+                raise ConfigurationError(f"trusted key file {entry}: not an Ed25519 key")
             keys.append(raw_public_key(key))
             continue
         try:
@@ -171,7 +174,7 @@ def parse_trusted_keys(text: str) -> tuple[bytes, ...]:
         except binascii.Error:
             raw = b""
         if len(raw) != 32:
-            raise ValueError(
+            raise ConfigurationError(
                 f"trusted key {entry[:60]!r} is neither a PEM file nor a base64 Ed25519 key (32 bytes)"
             )
         keys.append(raw)
