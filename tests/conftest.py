@@ -8,9 +8,11 @@ process). The fast unit layer: `python -m pytest -m "not kafka and not servers a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import cast
 
 import pytest
+from support.jobs import reap_started_jobs
 
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.adapters.sources.generators import shipped_model
@@ -25,6 +27,8 @@ PROCESS_MODULES = {
     "test_signed_lifecycle_kafka", "test_layers", "test_onnx_kafka", "test_preflight",
 }  # fmt: skip
 SERVER_MODULES = {"test_remote_scorers"}
+# Modules that check the Kubernetes manifests and what they deploy (the Grafana dashboard).
+K8S_MODULES = {"test_k8s", "test_grafana_dashboard"}
 # Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).
 WITHOUT_TENSORFLOW = {
     "test_answered_offsets", "test_cluster", "test_code_checks", "test_exactly_once_producer", "test_avro",
@@ -45,10 +49,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
         if module in SERVER_MODULES:
             item.add_marker(pytest.mark.servers)
-        if module == "test_k8s":
+        if module in K8S_MODULES:
             item.add_marker(pytest.mark.k8s)
         if module in PROCESS_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test() -> Iterator[None]:
+    """Every job a test started (`support.jobs.start_job`) is ended after it, passed or failed."""
+    yield
+    reap_started_jobs()
 
 
 @pytest.fixture(scope="session")

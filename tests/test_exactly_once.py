@@ -41,19 +41,6 @@ from flows.wire.avro import MODEL
 KILLS = 20
 JOB_NUMBERS = itertools.count()
 MARKER_SECRET = "exactly-once tests' marker key"  # signs the answered markers (SERVING_KAFKA_MARKER_KEY)
-STARTED: list[subprocess.Popen] = []  # every job a test started, for the fixture below to end
-
-
-@pytest.fixture(autouse=True)
-def _no_job_outlives_its_test():
-    """A failed test leaves no job running (a paused one is woken first, so that it can die)."""
-    yield
-    while STARTED:
-        job = STARTED.pop()
-        if job.poll() is None:
-            job.send_signal(signal.SIGCONT)
-            job.kill()
-            job.wait(timeout=30)
 
 
 def eos_topics(bootstrap: str, name: str, partitions: int, extra: tuple[str, ...] = ()) -> dict[str, str]:
@@ -130,7 +117,6 @@ def start_cluster(
             )
         )
         jobs[-1].output_path = output  # type: ignore[attr-defined]
-        STARTED.append(jobs[-1])
     return jobs
 
 

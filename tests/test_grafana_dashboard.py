@@ -28,8 +28,6 @@ from flows.core.serving_state import PartitionLag, ServingState
 from flows.core.telemetry import Telemetry
 from flows.core.vocabulary import ClosedBy, EventKind
 
-pytestmark = pytest.mark.k8s
-
 COMPONENT = Path(__file__).parent.parent / "k8s" / "components" / "observability"
 DASHBOARD = json.loads((COMPONENT / "grafana-dashboard.json").read_text())
 METRIC = re.compile(r"\bserving_[a-z_]+")

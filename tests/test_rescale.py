@@ -126,21 +126,7 @@ def start_cluster(
         )
         for index, store in enumerate(stores)
     ]  # fmt: skip
-    STARTED.extend(jobs)
     return jobs
-
-
-STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_job_outlives_its_test():
-    yield
-    for job in STARTED:
-        if job.poll() is None:
-            job.kill()
-            job.wait(timeout=30)
-    STARTED.clear()
 
 
 def stop(jobs: list[subprocess.Popen]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def start_job(
             **env,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), env.get("PYTHONPATH")])),
         }
-    return subprocess.Popen(
+    job = subprocess.Popen(
         [sys.executable, "-m", "bytewax.run", module, *args],
         cwd=REPO,
         env=env,
@@ -47,6 +48,23 @@ def start_job(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    STARTED.append(job)
+    return job
+
+
+STARTED: list[subprocess.Popen] = []  # every job `start_job` started, for `reap_started_jobs`
+
+
+def reap_started_jobs() -> None:
+    """End every job a test started that still runs, so that a failed test leaves none behind (conftest
+    calls it after each test). A paused job (a zombie test sends SIGSTOP) is woken first, so that it can
+    die."""
+    while STARTED:
+        job = STARTED.pop()
+        if job.poll() is None:
+            job.send_signal(signal.SIGCONT)
+            job.kill()
+            job.wait(timeout=30)
 
 
 def run_flow_to_end_of_topics(bootstrap: str, topics: dict[str, str], *args: str, **settings: str) -> str:
