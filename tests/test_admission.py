@@ -37,8 +37,10 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.signing import load_private_key, parse_trusted_keys, sign, verify
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
-from flows.core.records import ModelDescriptor, ModelEvent, ModelType, cut
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ModelEvent
 from flows.core.shipped import SHIPPED_MODELS_DIR
+from flows.core.text import cut
 from flows.runtime.settings import Settings
 from flows.tools import model_keys
 

@@ -36,8 +36,8 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.probe import probe_batch
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.model_formats import ONNX_MODEL_FILE
-from flows.core.records import ModelDescriptor, ModelType
 from flows.core.scorer import InputBounds
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.tools.onnx_export import saved_model_weights

@@ -33,8 +33,8 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import user_buckets
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
+from flows.core.descriptors import CANARY, CHALLENGER
 from flows.core.model_holder import CaughtUp, ModelHolderLogic
-from flows.core.records import CANARY, CHALLENGER
 from flows.core.scorer import build_scorer
 from flows.core.shard import Emits, ShardLogic
 from flows.runtime.app import build_flow
