@@ -483,7 +483,7 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
 
 
 def test_the_allowed_ops_share_none_with_the_denied_or_checkpoint_ops():
-    from flows.core.admission.graph import (
+    from flows.core.admission.saved_model_ops import (
         CHECKPOINT_RESTORE_OPS,
         CHECKPOINT_SAVE_OPS,
         DEFAULT_ALLOWED_OPS,
