@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Container, Iterable, Iterator
+from dataclasses import dataclass
 
 from flows.core.admission.saved_model_ops import (
     CHECKPOINT_RESTORE_OPS,
@@ -133,11 +134,30 @@ def _signature_tensor_names(tensor_info) -> Iterator[str]:
 
 
 def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> list[str]:
-    problems: list[str] = []
+    """The problems of one MetaGraphDef, each prefixed with `label`, in the order of the steps below."""
     graph = meta_graph.graph_def
     library = {f.signature.name: f for f in graph.library.function}
     nodes = {n.name: n for n in graph.node}
+    calls = _call_graph(library)
+    paths = _saver_paths(meta_graph, nodes, library, calls)
+    problems = [
+        *_functions_named_like_ops(library, allowed_ops),
+        *_functions_calling_unknown_functions(library),
+        *_top_level_nodes_calling_unknown_functions(graph.node, library),
+        *_ops_outside_the_allow_list(graph.node, library, allowed_ops, paths),
+        *_init_ops_run_at_load(meta_graph, nodes, library, calls, allowed_ops, paths.saver_nodes),
+        *_assets_escaping_the_assets_directory(meta_graph),
+    ]
+    return [f"{label}: {problem}" for problem in problems]
 
+
+def _call_graph(library: dict) -> dict[str, set[str]]:
+    """The functions each library function calls."""
+    return {name: {c for nd in f.node_def for c in _callees(nd, library)} for name, f in library.items()}
+
+
+def _functions_named_like_ops(library: dict, allowed_ops: frozenset[str]) -> Iterator[str]:
+    """A function named like an op would be judged as its callee where the op is meant (and vice versa)."""
     for name in library:
         if (
             name in allowed_ops
@@ -145,27 +165,50 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             or name in CHECKPOINT_SAVE_OPS
             or name in CHECKPOINT_RESTORE_OPS
         ):
-            problems.append(f"{label}: library function {name!r} has the name of an op")
+            yield f"library function {name!r} has the name of an op"
 
-    # Call graph of the library.
-    calls: dict[str, set[str]] = {
-        name: {c for nd in f.node_def for c in _callees(nd, library)} for name, f in library.items()
-    }
+
+def _functions_calling_unknown_functions(library: dict) -> Iterator[str]:
     for name, f in library.items():
         for nd in f.node_def:
             for callee in _callees(nd, library):
                 if callee not in library:
-                    problems.append(
-                        f"{label}: function {name!r} node {nd.name!r} calls unknown function {callee!r}"
-                    )
+                    yield f"function {name!r} node {nd.name!r} calls unknown function {callee!r}"
 
-    # Contexts. The saver_def names a save node and a restore node in the top-level graph (TF2: one
-    # StatefulPartitionedCall each, calling __inference__traced_save_* / _restore_*; TF1: a "save/"
-    # subgraph of top-level SaveV2 / RestoreV2 nodes). A top-level node is on the save (restore)
-    # path if the save (restore) node depends on it; it is "general" if anything else may run it:
-    # it is not on a saver path, or a signature / collection names it, or a general node depends
-    # on it. Functions inherit the contexts of their callers; every library function not reached
-    # from a saver path is a general root itself (the TF2 loader restores all of them).
+
+def _top_level_nodes_calling_unknown_functions(graph_nodes: Iterable, library: dict) -> Iterator[str]:
+    for node in graph_nodes:
+        for callee in set(_callees(node, library)) - set(library):
+            yield f"top-level node {node.name!r} calls unknown function {callee!r}"
+
+
+@dataclass(frozen=True)
+class _SaverPaths:
+    """Where each top-level node and library function stands: on the saver's save path, its restore path,
+    or "general" (anything else may run it). See :func:`_saver_paths`."""
+
+    save_node: str | None
+    restore_node: str | None
+    up_save: set[str]  # top-level nodes the save node depends on
+    up_restore: set[str]  # top-level nodes the restore node depends on
+    general_nodes: set[str]
+    saving: set[str]  # library functions reached from the save path
+    restoring: set[str]  # library functions reached from the restore path
+    general: set[str]  # library functions anything else may run
+
+    @property
+    def saver_nodes(self) -> set[str]:
+        return {n for n in (self.save_node, self.restore_node) if n}
+
+
+def _saver_paths(meta_graph, nodes: dict, library: dict, calls: dict[str, set[str]]) -> _SaverPaths:
+    """The contexts. The saver_def names a save node and a restore node in the top-level graph (TF2: one
+    StatefulPartitionedCall each, calling __inference__traced_save_* / _restore_*; TF1: a "save/" subgraph
+    of top-level SaveV2 / RestoreV2 nodes). A top-level node is on the save (restore) path if the save
+    (restore) node depends on it; it is "general" if anything else may run it: it is not on a saver path,
+    or a signature / collection names it, or a general node depends on it. Functions inherit the contexts
+    of their callers; every library function not reached from a saver path is a general root itself (the
+    TF2 loader restores all of them)."""
     saver = meta_graph.saver_def if meta_graph.HasField("saver_def") else None
     save_node = _node_name(saver.save_tensor_name) if saver and saver.save_tensor_name else None
     restore_node = _node_name(saver.restore_op_name) if saver and saver.restore_op_name else None
@@ -185,10 +228,8 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     save_roots: set[str] = set()
     restore_roots: set[str] = set()
     general_roots: set[str] = set()
-    for node in graph.node:
+    for node in meta_graph.graph_def.node:
         callees = set(_callees(node, library))
-        for callee in callees - set(library):
-            problems.append(f"{label}: top-level node {node.name!r} calls unknown function {callee!r}")
         if node.name in general_nodes:
             general_roots |= callees
         else:
@@ -200,8 +241,15 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     restoring = _closure(restore_roots, calls)
     general_roots |= set(library) - saving - restoring  # any other function may be run
     general = _closure(general_roots, calls)
+    return _SaverPaths(
+        save_node, restore_node, up_save, up_restore, general_nodes, saving, restoring, general
+    )
 
-    # Judge ops; one problem per (place, op), naming up to three nodes.
+
+def _ops_outside_the_allow_list(
+    graph_nodes: Iterable, library: dict, allowed_ops: frozenset[str], paths: _SaverPaths
+) -> Iterator[str]:
+    """Every op judged where it stands; one problem per (place, op), naming up to three nodes."""
     offences: dict[tuple[str, str, str], list[str]] = {}
 
     def judge(op: str, place: str, node_name: str, extra: frozenset[str], context: str) -> None:
@@ -209,15 +257,15 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             return
         offences.setdefault((place, op, context), []).append(node_name)
 
-    for node in graph.node:
+    for node in graph_nodes:
         judge(
             node.op,
             "the top-level graph",
             node.name,
-            *_context(node.name, general_nodes, up_save, up_restore),
+            *_context(node.name, paths.general_nodes, paths.up_save, paths.up_restore),
         )
     for name, f in library.items():
-        extra, context = _context(name, general, saving, restoring)
+        extra, context = _context(name, paths.general, paths.saving, paths.restoring)
         for nd in f.node_def:
             judge(nd.op, f"function {name!r}", nd.name, extra, context)
     for (place, op, context), names in offences.items():
@@ -226,15 +274,24 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
         )
         kind = "node" if len(names) == 1 else "nodes"
         if op in CHECKPOINT_SAVE_OPS | CHECKPOINT_RESTORE_OPS:
-            problems.append(f"{label}: checkpoint op {op!r} in {place} ({kind} {shown}), which is {context}")
+            yield f"checkpoint op {op!r} in {place} ({kind} {shown}), which is {context}"
         else:
-            problems.append(f"{label}: disallowed op {op!r} in {place} ({kind} {shown})")
-    saver_nodes = {n for n in (save_node, restore_node) if n}
+            yield f"disallowed op {op!r} in {place} ({kind} {shown})"
 
-    # Init ops run at load by the TF1 / C++ loaders.
+
+def _init_ops_run_at_load(
+    meta_graph,
+    nodes: dict,
+    library: dict,
+    calls: dict[str, set[str]],
+    allowed_ops: frozenset[str],
+    saver_nodes: set[str],
+) -> Iterator[str]:
+    """Init ops run at load by the TF1 / C++ loaders: a TF1 legacy init op is refused; the main op and the
+    init-op signature may only run allowed ops, away from the saver nodes."""
     collections = meta_graph.collection_def
     if _LEGACY_INIT_OP_KEY in collections:
-        problems.append(f"{label}: has a TF1 {_LEGACY_INIT_OP_KEY!r} (run at load); refused")
+        yield f"has a TF1 {_LEGACY_INIT_OP_KEY!r} (run at load); refused"
     init_ops: list[tuple[str, str]] = []
     if _INIT_OP_SIGNATURE_KEY in meta_graph.signature_def:
         for info in meta_graph.signature_def[_INIT_OP_SIGNATURE_KEY].outputs.values():
@@ -242,18 +299,19 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     if _MAIN_OP_KEY in collections:
         collection = collections[_MAIN_OP_KEY]
         if collection.WhichOneof("kind") != "node_list":
-            problems.append(f"{label}: collection {_MAIN_OP_KEY!r} is not a node list")
+            yield f"collection {_MAIN_OP_KEY!r} is not a node list"
         init_ops += [(f"main_op (collection {_MAIN_OP_KEY!r})", v) for v in collection.node_list.value]
     for what, tensor in init_ops:
         start = _node_name(tensor)
         if start not in nodes:
-            problems.append(f"{label}: {what} names unknown node {tensor!r}")
+            yield f"{what} names unknown node {tensor!r}"
             continue
-        bad = _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes)
-        for message in bad:
-            problems.append(f"{label}: {what} {tensor!r} runs at load and {message}")
+        for message in _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes):
+            yield f"{what} {tensor!r} runs at load and {message}"
 
-    # Assets: resolved under <export_dir>/assets/ by the loaders.
+
+def _assets_escaping_the_assets_directory(meta_graph) -> Iterator[str]:
+    """Asset file names are resolved under <export_dir>/assets/ by the loaders."""
     for asset in meta_graph.asset_file_def:
         filename = asset.filename
         if (
@@ -262,8 +320,7 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             or ".." in pathlib.PureWindowsPath(filename).parts
             or ":" in filename
         ):
-            problems.append(f"{label}: asset file name {filename!r} escapes the assets directory")
-    return problems
+            yield f"asset file name {filename!r} escapes the assets directory"
 
 
 def _context(
