@@ -157,7 +157,8 @@ def _call_graph(library: dict) -> dict[str, set[str]]:
 
 
 def _functions_named_like_ops(library: dict, allowed_ops: frozenset[str]) -> Iterator[str]:
-    """A function named like an op would be judged as its callee where the op is meant (and vice versa)."""
+    """A function named like an op would hide it: a node of that op is followed as a call to the function,
+    and the op itself never judged."""
     for name in library:
         if (
             name in allowed_ops
