@@ -6,6 +6,11 @@ before the move names `flows.model_holder.HolderState`, `flows.kafka.data_source
 on `sys.meta_path` (installed when `flows` is imported) answers those paths with the modules that hold the
 classes now, so old stores resume (tests/test_recovery.py loads snapshots written by 0.1.0). Nothing in the
 package imports an old path.
+
+A class can also leave a module that stays: `MOVED_NAMES` lists those, and the module they left answers
+their old names with a module `__getattr__` (PEP 562) that calls `moved_attribute`. Pickle looks a class up
+as an attribute of its module, so `flows.core.records.ModelDescriptor` (or, through the finder, 0.1.0's
+`flows.records.ModelDescriptor`) unpickles as `flows.core.descriptors.ModelDescriptor`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,18 @@ MOVED = {
     "flows.shutdown": "flows.runtime.shutdown",
 }
 
+# Classes that left a module that still exists: module -> {class name: the module that holds it now}.
+MOVED_NAMES: dict[str, dict[str, str]] = {
+    "flows.core.records": {
+        "ModelType": "flows.core.descriptors",
+        "ModelDescriptor": "flows.core.descriptors",
+        "ModelToServeStats": "flows.core.events",
+        "ChallengerReport": "flows.core.events",
+        "ModelEvent": "flows.core.events",
+        "SignedModelEvent": "flows.core.events",
+    },
+}
+
 
 # The most specific old path first (`flows.observability.telemetry` before `flows.observability`).
 _MOST_SPECIFIC_FIRST = sorted(MOVED, key=len, reverse=True)
@@ -65,6 +82,15 @@ def moved_to(name: str) -> str | None:
         if name == old or name.startswith(old + "."):
             return MOVED[old] + name[len(old) :]
     return None
+
+
+def moved_attribute(module: str, name: str) -> object:
+    """The class `name` that left `module` (see `MOVED_NAMES`), for that module's `__getattr__`; an
+    AttributeError, as for any missing attribute, if it never was there."""
+    new = MOVED_NAMES.get(module, {}).get(name)
+    if new is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(new), name)
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -16,7 +16,7 @@ from support.jobs import reap_started_jobs
 
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.adapters.sources.generators import shipped_model
-from flows.core.records import ModelDescriptor
+from flows.core.descriptors import ModelDescriptor
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
 # Modules whose tests run the main job, a tool or the benchmark as a process of its own.

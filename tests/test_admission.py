@@ -37,8 +37,10 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.signing import load_private_key, parse_trusted_keys, sign, verify
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
-from flows.core.records import ModelDescriptor, ModelEvent, ModelType, cut
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ModelEvent
 from flows.core.shipped import SHIPPED_MODELS_DIR
+from flows.core.text import cut
 from flows.runtime.settings import Settings
 from flows.tools import model_keys
 
@@ -119,7 +121,7 @@ from support.hostile_models import REFUSED_BY_THE_TRIAL, published_copy
 from flows.adapters.scorers import ModelLoadError, build_scorer
 from flows.adapters.scorers.archive import pack_directory
 from flows.adapters.sources.generators import shipped_model
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 payloads = {{
     name: pack_directory(make(Path({str(tmp_path)!r}) / name))
@@ -481,7 +483,7 @@ def test_scores_out_of_range_at_scoring_time_carry_an_error(model_v1):
 
 
 def test_the_allowed_ops_share_none_with_the_denied_or_checkpoint_ops():
-    from flows.core.admission.graph import (
+    from flows.core.admission.saved_model_ops import (
         CHECKPOINT_RESTORE_OPS,
         CHECKPOINT_SAVE_OPS,
         DEFAULT_ALLOWED_OPS,

@@ -12,7 +12,7 @@ from support.decoded import decoded
 from support.hostile_archives import gnu_longname, negative_size
 from support.jobs import finished_output, run_flow_to_end_of_topics, start_flow, wait_for_model_snapshot
 
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import model_keys, publish_model
 from flows.wire.avro import MODEL, RECORD, RESULT

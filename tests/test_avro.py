@@ -11,19 +11,16 @@ import pytest
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from flows.adapters.sources.generators import generated_records
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ModelEvent, ModelToServeStats, SignedModelEvent
 from flows.core.records import (
     DataMessage,
     DecodeFailure,
-    ModelDescriptor,
-    ModelEvent,
     ModelResultMetadata,
-    ModelToServeStats,
-    ModelType,
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
     ScoredBatch,
-    SignedModelEvent,
 )
 from flows.core.scoring import unscored
 from flows.core.vocabulary import EventKind

@@ -16,20 +16,10 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.signing import new_private_key, raw_public_key, sign, verify
 from flows.core.challenger import ChallengerSettings, merge_reports, top_k_agreement, user_buckets
 from flows.core.context import ServingContext
+from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
+from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.model_holder import CaughtUp, HolderState, ModelHolderLogic
-from flows.core.records import (
-    CANARY,
-    CHALLENGER,
-    PROMOTE,
-    RETIRE,
-    SHADOW,
-    ChallengerReport,
-    DataMessage,
-    ModelDescriptor,
-    ModelEvent,
-    ModelType,
-    RecommenderRecord,
-)
+from flows.core.records import DataMessage, RecommenderRecord
 from flows.core.scorer import build_scorer
 from flows.core.vocabulary import EventKind
 from flows.wire.avro import MODEL, REPORT

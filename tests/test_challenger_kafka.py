@@ -18,7 +18,7 @@ from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, consumed_headers
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import user_buckets
-from flows.core.records import CANARY, CHALLENGER
+from flows.core.descriptors import CANARY, CHALLENGER
 from flows.core.scorer import build_scorer
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce

@@ -10,7 +10,7 @@ from flows.adapters.scorers import InputBounds, ModelLoadError, ScorerCache, bui
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.adapters.scorers.tensorflow_saved import SavedModelScorer
 from flows.adapters.sources.generators import shipped_model
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
 USERS = np.array([0, 1, 17, 500, 999, 999], np.float32)

@@ -12,7 +12,8 @@ from flows.adapters.kafka.settings import KafkaSettings
 from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer, verify_event
 from flows.core.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
 from flows.core.context import ServingContext
-from flows.core.records import ModelDescriptor, ModelEvent, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ModelEvent
 from flows.core.vocabulary import EventKind
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings

@@ -31,7 +31,7 @@ from support.trickle import Trickle
 from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER
 from flows.adapters.kafka.read_to_end import StillOpen, read_to_end
 from flows.adapters.sources.generators import shipped_model
-from flows.core.records import CHALLENGER, SHADOW
+from flows.core.descriptors import CHALLENGER, SHADOW
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import create_topics, kafka_broker, produce
 from flows.testing.loopback import free_port, free_ports

@@ -22,7 +22,8 @@ from prometheus_client import REGISTRY
 from support.core_runs import messages, sample_records
 from test_k8s import needs_kubectl, rendered, unknown
 
-from flows.core.records import ChallengerReport, ModelEvent, ModelToServeStats, ScoredBatch
+from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats
+from flows.core.records import ScoredBatch
 from flows.core.scoring import unscored
 from flows.core.serving_state import PartitionLag, ServingState
 from flows.core.telemetry import Telemetry

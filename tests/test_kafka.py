@@ -30,7 +30,7 @@ from flows.adapters.kafka.headers import (
     consumed_headers,
 )
 from flows.adapters.scorers import build_scorer
-from flows.core.records import ModelToServeStats
+from flows.core.events import ModelToServeStats
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.testing.loopback import free_port, free_ports
 from flows.tools.query_state import fetch

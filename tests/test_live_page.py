@@ -17,8 +17,9 @@ from support.jobs import start_job, wait_for
 
 from flows.adapters.observability.state_server import PAGE_HEADERS, start_state_server
 from flows.core import history
+from flows.core.descriptors import CHALLENGER
+from flows.core.events import ModelEvent
 from flows.core.history import History
-from flows.core.records import CHALLENGER, ModelEvent
 from flows.core.vocabulary import EventKind
 from flows.testing.loopback import free_port, free_ports
 from flows.tools.query_state import fetch

@@ -18,8 +18,9 @@ from flows.adapters.scorers import ScorerCache
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.signing import new_private_key, raw_public_key, sign
 from flows.core.context import ServingContext
+from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, ModelDescriptor, ModelType
+from flows.core.events import ModelEvent
 from flows.core.model_holder import CaughtUp, HolderState, ModelHolderLogic
-from flows.core.records import CANARY, CHALLENGER, PROMOTE, RETIRE, ModelDescriptor, ModelEvent, ModelType
 from flows.core.scorer import build_scorer
 from flows.core.shipped import SHIPPED_MODELS_DIR
 

@@ -34,8 +34,9 @@ from flows.adapters.kafka.source import KafkaOrigin
 from flows.adapters.observability.state_server import start_state_server, state_document
 from flows.adapters.sources.generators import generate_block
 from flows.core.context import ServingContext
+from flows.core.descriptors import CANARY, CHALLENGER
 from flows.core.drift import DriftSettings
-from flows.core.records import CANARY, CHALLENGER, DataMessage, RecommenderRecord
+from flows.core.records import DataMessage, RecommenderRecord
 from flows.testing.loopback import free_port
 from flows.testing.otlp_receiver import otlp_receiver
 from flows.tools.query_state import fetch

@@ -36,8 +36,8 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.probe import probe_batch
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.model_formats import ONNX_MODEL_FILE
-from flows.core.records import ModelDescriptor, ModelType
 from flows.core.scorer import InputBounds
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.tools.onnx_export import saved_model_weights
@@ -154,7 +154,7 @@ import json, resource, sys, time
 sys.path.insert(0, {str(REPO / "tests")!r})
 from support.hostile_onnx import REFUSED_BEFORE_LOADING
 from flows.adapters.scorers import ModelLoadError, build_scorer
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 verdicts = {{}}
 for name, (make, _) in REFUSED_BEFORE_LOADING.items():
     payload = make()
@@ -190,7 +190,7 @@ import json, resource, sys, time
 sys.path.insert(0, {str(REPO / "tests")!r})
 from support.hostile_onnx import REFUSED_BY_THE_TRIAL
 from flows.adapters.scorers import ModelLoadError, build_scorer
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 payloads = {{name: make() for name, (make, _) in REFUSED_BY_THE_TRIAL.items()}}
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 verdicts = {{}}

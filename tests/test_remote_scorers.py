@@ -29,7 +29,7 @@ from support.jobs import wait_for
 
 from flows.adapters.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
 from flows.adapters.scorers.transport import RECONNECT_WITHIN_MS
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing import tfserving_double as tfserving_stand_in
 from flows.testing.local_servers import LocalServer, mlserver, tfserving_double

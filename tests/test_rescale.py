@@ -28,7 +28,7 @@ from support.trickle import Trickle
 from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER, SOURCE_TIMESTAMP_HEADER, consumed_headers
 from flows.adapters.kafka.read_to_end import read_to_end
 from flows.adapters.sources.generators import shipped_model
-from flows.core.records import CHALLENGER, SHADOW
+from flows.core.descriptors import CHALLENGER, SHADOW
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import create_topics, produce
 from flows.testing.loopback import consecutive_free_ports, free_ports

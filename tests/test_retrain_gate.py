@@ -7,7 +7,7 @@ import pytest
 
 from flows.core.admission.event_signing import EventSigner
 from flows.core.admission.signing import new_private_key, raw_public_key
-from flows.core.records import ModelEvent, SignedModelEvent
+from flows.core.events import ModelEvent, SignedModelEvent
 from flows.core.vocabulary import EventKind
 from flows.tools import retrain
 from flows.tools.retrain_gate import RetrainGate

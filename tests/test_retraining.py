@@ -24,7 +24,7 @@ from flows.core.admission.signing import (
     sign,
     verify,
 )
-from flows.core.records import ModelEvent
+from flows.core.events import ModelEvent
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import retrain

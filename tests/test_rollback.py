@@ -11,8 +11,8 @@ from flows.adapters.scorers import ScorerCache
 from flows.adapters.sources.generators import shipped_model
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.context import ServingContext
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.probation import MIN_RECORDS, RollbackSettings
-from flows.core.records import ModelDescriptor, ModelType
 from flows.core.shard import ModelUpdate, ShardLogic, ShardState, shard_keys
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.core.vocabulary import EventKind

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from flows.core.records import ChallengerReport, ModelEvent
+from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.vocabulary import ClosedBy, EventKind
 from flows.wire.avro import EVENT, REPORT
 

@@ -17,7 +17,7 @@ from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
 from flows.bench.kafka_baseline import run_kafka_baseline
 from flows.bench.profile import profiled
-from flows.core.records import CANARY, CHALLENGER, SHADOW, ModelDescriptor
+from flows.core.descriptors import CANARY, CHALLENGER, SHADOW, ModelDescriptor
 from flows.runtime.settings import Settings
 
 SCENARIOS = (

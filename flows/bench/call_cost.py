@@ -14,7 +14,7 @@ import numpy as np
 
 from flows.adapters.scorers import build_scorer
 from flows.bench.report import report
-from flows.core.records import ModelDescriptor
+from flows.core.descriptors import ModelDescriptor
 
 BATCH_SIZES = (1, 100, 1_000)
 

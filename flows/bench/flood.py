@@ -30,7 +30,8 @@ from flows.bench.report import report
 from flows.bench.sinks import ArrivalSink, SwapSink
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
-from flows.core.records import ModelDescriptor, ModelEvent, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ModelEvent
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.core.vocabulary import EventKind
 from flows.runtime.settings import Settings

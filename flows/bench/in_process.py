@@ -35,7 +35,9 @@ from flows.bench.sinks import ArrivalSink, LatencySink, SwapSink
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
-from flows.core.records import DataMessage, ModelDescriptor, ModelEvent, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ModelEvent
+from flows.core.records import DataMessage
 from flows.core.telemetry import Telemetry
 from flows.core.vocabulary import EventKind
 from flows.runtime.settings import Settings

@@ -39,7 +39,9 @@ import numpy as np
 from pydantic import Field
 
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.records import CANARY, ChallengerReport, DataMessage, ModelDescriptor, ScoredBatch
+from flows.core.descriptors import CANARY, ModelDescriptor
+from flows.core.events import ChallengerReport
+from flows.core.records import DataMessage, ScoredBatch
 from flows.core.scorer import Scorer
 from flows.core.scoring import Pairs, pairs_of, score_batch
 from flows.core.sections import Section

@@ -25,6 +25,7 @@ from bytewax.dataflow import Stream
 from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.drift import DriftLogic, DriftSettings, batch_features
+from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.model_holder import (
     HOLDER_KEY,
     AcceptedModel,
@@ -34,7 +35,7 @@ from flows.core.model_holder import (
     ModelHolderLogic,
 )
 from flows.core.probation import RollbackSettings
-from flows.core.records import ChallengerReport, DataMessage, ModelEvent, ScoredBatch, ScoredMessage
+from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
 from flows.core.shard import (
     ChallengerEnd,
     Emits,

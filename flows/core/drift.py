@@ -27,7 +27,8 @@ import numpy as np
 from bytewax.operators import StatefulBatchLogic
 from pydantic import Field
 
-from flows.core.records import ModelEvent, ScoredBatch
+from flows.core.events import ModelEvent
+from flows.core.records import ScoredBatch
 from flows.core.sections import Section
 from flows.core.serving_state import ServingState
 from flows.core.vocabulary import EventKind

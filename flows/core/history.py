@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from flows.core.records import ChallengerReport, ModelEvent
+from flows.core.events import ChallengerReport, ModelEvent
 
 BUCKET_S = 5
 LENGTH = 120  # buckets (10 minutes of throughput), events, windows or reports per series

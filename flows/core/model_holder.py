@@ -53,16 +53,12 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows.core.admission.descriptor_checks import refusal
 from flows.core.admission.freshness import FreshnessMarks
-from flows.core.records import (
-    PROMOTE,
-    DecodeFailure,
-    ModelDescriptor,
-    ModelEvent,
-    ms_since,
-    restore_with_defaults,
-)
+from flows.core.descriptors import PROMOTE, ModelDescriptor
+from flows.core.events import ModelEvent, ms_since
+from flows.core.records import DecodeFailure
 from flows.core.scorer import ModelLoadError
 from flows.core.scorer_cache import ModelLoad, ScorerCache
+from flows.core.snapshot_compat import restore_with_defaults
 from flows.core.vocabulary import ClosedBy, EventKind
 
 HOLDER_KEY = "model-holder"

@@ -16,8 +16,9 @@ import numpy as np
 from flows.core.admission.descriptor_checks import refusal
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.probe import PROBE_SIZES, probe_batch, probe_problem
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.errors import ServingError
-from flows.core.records import ModelDescriptor, ModelType, cut
+from flows.core.text import cut
 
 # What every recommender model takes and returns, wherever it runs: float32 tensors of shape [N, 1].
 SIGNATURE = "serving_default"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.records import ModelDescriptor
+from flows.core.descriptors import ModelDescriptor
 from flows.core.scorer import ModelLoadError, Scorer, build_scorer
 
 MAX_REMEMBERED_FAILURES = 64

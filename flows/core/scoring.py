@@ -34,9 +34,9 @@ from flows.core.records import (
     RecommenderServingOutput,
     ScoredBatch,
     ScoredMessage,
-    cut,
 )
 from flows.core.scorer import InputBounds, Scorer, ScorerUnavailable
+from flows.core.text import cut
 
 
 def unscored(message: DataMessage, error: str, model_name: str = "", source: str = "") -> ScoredMessage:

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from flows.core.challenger import merge_reports
+from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats
 from flows.core.history import History
-from flows.core.records import ChallengerReport, ModelEvent, ModelToServeStats
 
 MAX_CHALLENGERS_SHOWN = 8
 

@@ -37,19 +37,10 @@ from flows.core.challenger import (
     score_with_challenger,
 )
 from flows.core.context import ServingContext
+from flows.core.descriptors import CANARY, ModelDescriptor
+from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats, ms_since
 from flows.core.probation import Probation, RollbackSettings
-from flows.core.records import (
-    CANARY,
-    ChallengerReport,
-    DataMessage,
-    ModelDescriptor,
-    ModelEvent,
-    ModelToServeStats,
-    RecommenderRecord,
-    ScoredBatch,
-    ScoredMessage,
-    ms_since,
-)
+from flows.core.records import DataMessage, RecommenderRecord, ScoredBatch, ScoredMessage
 from flows.core.scorer import ModelLoadError, Scorer
 from flows.core.scorer_cache import ModelLoad, ScorerCache
 from flows.core.scoring import score_batch, unscored

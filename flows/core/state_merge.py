@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.core.challenger import merge_reports
-from flows.core.records import ChallengerReport
+from flows.core.events import ChallengerReport
 from flows.core.serving_state import merge_model_stats
 
 REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)

@@ -25,7 +25,8 @@ from opentelemetry.trace import Link, Span, SpanContext, Status, StatusCode, Tra
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from flows.core.records import DataMessage, ModelEvent, ScoredBatch
+from flows.core.events import ModelEvent
+from flows.core.records import DataMessage, ScoredBatch
 from flows.core.serving_state import ServingState
 from flows.core.vocabulary import EventKind
 

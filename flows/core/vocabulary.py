@@ -22,7 +22,7 @@ class Word(str, enum.Enum):
 
 
 class EventKind(Word):
-    """What happened to a model (`flows.core.records.ModelEvent`)."""
+    """What happened to a model (`flows.core.events.ModelEvent`)."""
 
     # Flow-wide, from the model holder.
     ACCEPTED = "accepted"  # passed admission; sent to every shard

@@ -28,7 +28,8 @@ from flows.adapters.sources.stoppable import StoppableSource
 from flows.core.champion_gate import ChampionGate
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
-from flows.core.records import DataMessage, ModelDescriptor
+from flows.core.descriptors import ModelDescriptor
+from flows.core.records import DataMessage
 from flows.runtime.settings import Settings
 
 

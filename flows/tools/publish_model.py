@@ -27,8 +27,8 @@ from flows.adapters.scorers.archive import pack_directory, pack_file
 from flows.adapters.sources.generators import shipped_model
 from flows.core.admission.descriptor_checks import experiment_refusal
 from flows.core.admission.signing import load_private_key, sign
+from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.core.model_formats import ONNX_MODEL_FILE
-from flows.core.records import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.runtime.settings import Settings
 from flows.tools.audit import read_to_end
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config, producer_config

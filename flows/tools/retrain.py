@@ -15,7 +15,7 @@ A drift event publishes a model, so retrain acts only on events it can trust: si
 `--max-age` old; it trains once per drifting model and at most once per `--min-interval` (see
 `flows.tools.retrain_gate`). Every event it ignores gets one line on stderr naming where it lies and why.
 Without trusted keys it refuses to start unless told `--insecure-accept-unsigned-events`. Text from an
-event is printed with its control characters escaped (`flows.core.records.cut`).
+event is printed with its control characters escaped (`flows.core.text.cut`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from flows.core.admission.signing import load_private_key, parse_trusted_keys
+from flows.core.events import SignedModelEvent
 from flows.core.model_formats import SAVED_MODEL
-from flows.core.records import DecodeFailure, SignedModelEvent, cut
+from flows.core.records import DecodeFailure
+from flows.core.text import cut
 from flows.runtime.settings import Settings
 from flows.tools import publish_model
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config

@@ -22,20 +22,16 @@ from typing import Any, Generic, TypeVar, cast
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing_canonical_form
 
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats, SignedModelEvent
 from flows.core.records import (
-    ChallengerReport,
     DecodeFailure,
-    ModelDescriptor,
-    ModelEvent,
     ModelResultMetadata,
-    ModelToServeStats,
-    ModelType,
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
     ScoredBatch,
     ScoredMessage,
-    SignedModelEvent,
 )
 
 # Package data (`flows.schemas`, the repository's top-level `schemas/`), read through importlib.resources so

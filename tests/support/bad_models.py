@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flows.adapters.scorers.archive import pack_directory
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
 

@@ -24,8 +24,9 @@ from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.drift import DriftSettings
+from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.probation import RollbackSettings
-from flows.core.records import ChallengerReport, DataMessage, ModelEvent, RecommenderRecord, ScoredMessage
+from flows.core.records import DataMessage, RecommenderRecord, ScoredMessage
 
 Schedule = list[tuple[float, Any]]
 

@@ -12,7 +12,8 @@ from flows.adapters.kafka.answered import Covered
 from flows.adapters.kafka.headers import OFFSET_HEADER, PARTITION_HEADER, REASON_HEADER, TOPIC_HEADER
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import SinkMessage
-from flows.core.records import DecodeFailure, cut
+from flows.core.records import DecodeFailure
+from flows.core.text import cut
 from flows.wire.avro import AvroCodec
 
 

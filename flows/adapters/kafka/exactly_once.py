@@ -64,7 +64,7 @@ from flows.adapters.kafka.sink import (
     message_size,
 )
 from flows.core.errors import ConfigurationError, ServingError
-from flows.core.records import cut
+from flows.core.text import cut
 
 log = logging.getLogger(__name__)
 

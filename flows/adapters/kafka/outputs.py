@@ -29,19 +29,18 @@ from flows.adapters.kafka.headers import (
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer
+from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.records import (
-    ChallengerReport,
     DecodeFailure,
-    ModelEvent,
     ModelResultMetadata,
     RecommenderRecord,
     RecommenderResult,
     RecommenderServingOutput,
     ScoredBatch,
     ScoredMessage,
-    cut,
 )
 from flows.core.telemetry import TRACEPARENT, trace_context_of
+from flows.core.text import cut
 from flows.core.vocabulary import EventKind
 from flows.wire.avro import EVENT, REPORT, RESULT, SIGNED_EVENT, encode_results
 

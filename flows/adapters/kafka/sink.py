@@ -33,7 +33,7 @@ from typing import NamedTuple, cast
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 
-from flows.core.records import cut
+from flows.core.text import cut
 
 log = logging.getLogger(__name__)
 

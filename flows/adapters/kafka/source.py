@@ -25,8 +25,9 @@ from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.sources.model_gate import WaitForChampion
 from flows.adapters.sources.stoppable import StoppableSource
 from flows.core.champion_gate import ChampionGate
+from flows.core.descriptors import ModelDescriptor
 from flows.core.model_holder import CaughtUp
-from flows.core.records import DataMessage, DecodeFailure, ModelDescriptor
+from flows.core.records import DataMessage, DecodeFailure
 from flows.wire.avro import MODEL
 
 __all__ = [

@@ -23,8 +23,8 @@ from flows.core.admission.onnx_trial import feeds_of, open_session, run_session
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.trial import TrialFigures
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.model_formats import ONNX, ONNX_MODEL_FILE
-from flows.core.records import ModelDescriptor, ModelType
 from flows.core.scorer import InputBounds, ModelLoadError, register
 
 log = logging.getLogger(__name__)

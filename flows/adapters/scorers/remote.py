@@ -16,7 +16,7 @@ import numpy as np
 from flows.adapters.scorers.endpoints import EndpointPool
 from flows.adapters.scorers.location import LocationError, RemoteLocation, parse_location
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.records import ModelDescriptor
+from flows.core.descriptors import ModelDescriptor
 from flows.core.scorer import INPUTS, OUTPUT, InputBounds, ModelLoadError, ScorerUnavailable
 
 

@@ -25,7 +25,7 @@ from flows.core.admission.saved_model_bounds import embedding_bounds
 from flows.core.admission.saved_model_trial import run_signature, signature_problem
 from flows.core.admission.trial import TrialFigures
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.scorer import SIGNATURE, ModelLoadError, register
 
 log = logging.getLogger(__name__)

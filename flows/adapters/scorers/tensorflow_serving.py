@@ -18,7 +18,7 @@ from flows.adapters.scorers.remote import RemoteScorer, build_remote_scorer, che
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.adapters.scorers.transport import JsonHttpClient, RequestError, open_channel, sorted_rpc_error
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.records import ModelDescriptor, ModelType
+from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.scorer import INPUTS, OUTPUT, SIGNATURE, register
 
 

@@ -11,7 +11,8 @@ from typing import TextIO
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.core.challenger import merge_reports
-from flows.core.records import ChallengerReport, ModelEvent, RecommenderResult, ScoredMessage
+from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.records import RecommenderResult, ScoredMessage
 
 TOP_PRODUCTS = 3
 

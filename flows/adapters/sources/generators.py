@@ -27,19 +27,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows.adapters.scorers.archive import pack_directory
 from flows.adapters.sources.pacing import Pace
+from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.core.model_formats import ONNX_MODEL_FILE, SAVED_MODEL_FILE
 from flows.core.model_holder import CaughtUp
-from flows.core.records import (
-    CANARY,
-    CHALLENGER,
-    PROMOTE,
-    RETIRE,
-    SHADOW,
-    DataMessage,
-    ModelDescriptor,
-    ModelType,
-    RecommenderRecord,
-)
+from flows.core.records import DataMessage, RecommenderRecord
 
 USERS = 1000
 PRODUCTS = 300

@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.records import (
+from flows.core.descriptors import (
     CANARY,
     CHALLENGER,
     CHAMPION,

@@ -8,7 +8,7 @@ issued, length-prefixed after a domain string of its own (so no descriptor signa
 signature, nor the reverse). The issue time is strictly increasing per signer, so a reader can refuse an
 event that is not newer than the last one it accepted: a replay.
 
-The signed strings are the ones ModelEvent holds (bounded by `flows.core.records.cut`), which decoding gives
+The signed strings are the ones ModelEvent holds (bounded by `flows.core.text.cut`), which decoding gives
 back unchanged.
 """
 
@@ -27,7 +27,7 @@ from pydantic import Field
 
 from flows.core.admission.signing import SIGNATURE_BYTES, length_prefixed, load_private_key, signed_by_any
 from flows.core.errors import ConfigurationError
-from flows.core.records import ModelEvent, SignedModelEvent
+from flows.core.events import ModelEvent, SignedModelEvent
 from flows.core.sections import Section
 
 EVENT_DOMAIN = b"bytewax-model-serving/ModelEvent/v1"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from flows.core.admission.signing import key_id, signer
-from flows.core.records import ModelDescriptor
+from flows.core.descriptors import ModelDescriptor
 
 
 @dataclass

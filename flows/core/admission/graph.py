@@ -8,13 +8,9 @@ initializers and any restore functions of objects with custom checkpointing. Ser
 signature functions. So this module parses ``saved_model.pb`` and refuses a model that uses any op
 outside an allow-list anywhere such code can reach.
 
-Parsing needs the SavedModel protobuf schema. Importing ``tensorflow.core.protobuf.saved_model_pb2``
-imports all of TensorFlow (~7 s), and TF 2.21 no longer installs tensorboard (whose
-``tensorboard.compat.proto`` copy was the usual light alternative); tensorflow-serving-api and
-tritonclient do not carry their own copy either. So the schema is taken from the serialized
-``FileDescriptorProto`` embedded in TensorFlow's installed ``*_pb2.py`` files, read as *source* (with
-``ast``, nothing of TensorFlow is executed or imported) into a private ``DescriptorPool``, so it
-cannot clash with TensorFlow's own registrations if TF is imported later. Cost: ~40 ms once.
+Parsing needs the SavedModel protobuf schema, read from TensorFlow's installed files without importing
+TensorFlow (:mod:`flows.core.admission.saved_model_schema`). The op lists are in
+:mod:`flows.core.admission.saved_model_ops`.
 
 Rule implemented by :func:`inspect_saved_model` (per MetaGraphDef):
 
@@ -46,406 +42,24 @@ Rule implemented by :func:`inspect_saved_model` (per MetaGraphDef):
 
 from __future__ import annotations
 
-import ast
-import functools
-import importlib.util
 import pathlib
 from collections.abc import Callable, Container, Iterable, Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from google.protobuf.message import Message
+from flows.core.admission.saved_model_ops import (
+    CHECKPOINT_RESTORE_OPS,
+    CHECKPOINT_SAVE_OPS,
+    DEFAULT_ALLOWED_OPS,
+    DENIED_OPS,
+)
+from flows.core.admission.saved_model_schema import parse_saved_model
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # the shipped models' saved_model.pb are 37 KB
-
-# --------------------------------------------------------------------------------------------------
-# Op lists
-# --------------------------------------------------------------------------------------------------
-
-DEFAULT_ALLOWED_OPS: frozenset[str] = frozenset(
-    {
-        # Graph plumbing. Placeholder/Const feed inputs and weights; (Stateful)PartitionedCall are
-        # the TF2 function-call ops (their callee is followed and judged, not the call itself).
-        "Const",
-        "Placeholder",
-        "PlaceholderWithDefault",
-        "Identity",
-        "IdentityN",
-        "NoOp",
-        "PartitionedCall",
-        "StatefulPartitionedCall",
-        "StopGradient",
-        "PreventGradient",
-        "Snapshot",
-        "EnsureShape",
-        # Resource variables: handles, reads, the top-level "Variable/Assign" initializer nodes TF2
-        # writes, and the embedding lookup. These touch process memory only.
-        "VarHandleOp",
-        "ReadVariableOp",
-        "AssignVariableOp",
-        "VarIsInitializedOp",
-        "ResourceGather",
-        "ResourceGatherNd",
-        # Control flow (branch / body functions are followed through their func attrs). The TF1
-        # primitives are kept for TF1-era graphs; TensorList* is how Keras RNNs (LSTM/GRU) loop.
-        "If",
-        "StatelessIf",
-        "While",
-        "StatelessWhile",
-        "Case",
-        "StatelessCase",
-        "Switch",
-        "Merge",
-        "Enter",
-        "Exit",
-        "NextIteration",
-        "LoopCond",
-        "TensorListFromTensor",
-        "TensorListGetItem",
-        "TensorListSetItem",
-        "TensorListReserve",
-        "TensorListStack",
-        "TensorListLength",
-        "TensorListElementShape",
-        # Shapes, reshaping, slicing, gathering, casting (Flatten, Reshape, Concatenate, Embedding,
-        # input validation). Pure tensor computations.
-        "Shape",
-        "ShapeN",
-        "Size",
-        "Rank",
-        "Reshape",
-        "Squeeze",
-        "ExpandDims",
-        "Pack",
-        "Unpack",
-        "ConcatV2",
-        "Concat",
-        "Split",
-        "SplitV",
-        "Slice",
-        "StridedSlice",
-        "Tile",
-        "Transpose",
-        "GatherV2",
-        "Gather",
-        "GatherNd",
-        "Fill",
-        "ZerosLike",
-        "OnesLike",
-        "Range",
-        "Pad",
-        "PadV2",
-        "MirrorPad",
-        "BroadcastTo",
-        "BroadcastArgs",
-        "Where",
-        "Select",
-        "SelectV2",
-        "OneHot",
-        "Cast",
-        "ReverseV2",
-        "Cumsum",
-        "TopKV2",
-        "ArgMax",
-        "ArgMin",
-        "ScatterNd",
-        "TensorScatterUpdate",
-        "ClipByValue",
-        "CheckNumerics",
-        # Elementwise math, comparisons, logic.
-        "Add",
-        "AddV2",
-        "AddN",
-        "Sub",
-        "Mul",
-        "MulNoNan",
-        "Div",
-        "DivNoNan",
-        "RealDiv",
-        "FloorDiv",
-        "FloorMod",
-        "Maximum",
-        "Minimum",
-        "Neg",
-        "Abs",
-        "Square",
-        "SquaredDifference",
-        "Sqrt",
-        "Rsqrt",
-        "Exp",
-        "Expm1",
-        "Log",
-        "Log1p",
-        "Pow",
-        "Reciprocal",
-        "Sign",
-        "Floor",
-        "Ceil",
-        "Round",
-        "Erf",
-        "Erfc",
-        "Sin",
-        "Cos",
-        "Equal",
-        "NotEqual",
-        "Less",
-        "LessEqual",
-        "Greater",
-        "GreaterEqual",
-        "LogicalAnd",
-        "LogicalOr",
-        "LogicalNot",
-        "IsNan",
-        "IsInf",
-        "IsFinite",
-        # Reductions.
-        "Sum",
-        "Mean",
-        "Max",
-        "Min",
-        "Prod",
-        "All",
-        "Any",
-        # Activations (relu, relu6, elu, selu, leaky_relu, sigmoid, hard_sigmoid via Relu6/Mul,
-        # softmax, log_softmax, tanh, softplus, softsign; gelu/swish are compositions).
-        "Relu",
-        "Relu6",
-        "Elu",
-        "Selu",
-        "LeakyRelu",
-        "Sigmoid",
-        "Tanh",
-        "Softplus",
-        "Softsign",
-        "Softmax",
-        "LogSoftmax",
-        # Dense / Conv / pooling / normalization layers at inference.
-        "MatMul",
-        "BatchMatMul",
-        "BatchMatMulV2",
-        "BatchMatMulV3",
-        "Einsum",
-        "BiasAdd",
-        "Conv2D",
-        "Conv3D",
-        "DepthwiseConv2dNative",
-        "Conv2DBackpropInput",
-        "Conv3DBackpropInputV2",
-        "MaxPool",
-        "MaxPoolV2",
-        "AvgPool",
-        "MaxPool3D",
-        "AvgPool3D",
-        "FusedBatchNorm",
-        "FusedBatchNormV2",
-        "FusedBatchNormV3",
-    }
-)
-"""Ops a Keras inference model needs (the shipped recommender uses a subset of them).
-
-Deliberately absent: everything that reaches the file system, the network, the Python interpreter
-or the process's stdout/stderr (see :data:`DENIED_OPS`), all ``*Dataset``/iterator ops (datasets can
-read files and run arbitrary functions), random ops (Dropout is a no-op at inference), string ops
-(only the checkpoint-save path needs them), and the checkpoint ops themselves (allowed only on the
-saver's paths, see :data:`CHECKPOINT_SAVE_OPS` / :data:`CHECKPOINT_RESTORE_OPS`).
-"""
-
-CHECKPOINT_SAVE_OPS: frozenset[str] = frozenset(
-    {
-        # What tf.saved_model.save puts in __inference__traced_save_*: build the shard file names
-        # and write the checkpoint. Never run by a loader; only by an explicit save.
-        "SaveV2",
-        "MergeV2Checkpoints",
-        "ShardedFilename",
-        "StringJoin",
-        "StaticRegexFullMatch",
-        "DisableCopyOnRead",
-    }
-)
-CHECKPOINT_RESTORE_OPS: frozenset[str] = frozenset(
-    {
-        # What __inference__traced_restore_* uses (with AssignVariableOp, allowed anyway). Run by TF1
-        # / C++ loaders (TensorFlow Serving) with the variables/ prefix fed.
-        "RestoreV2",
-    }
-)
-
-DENIED_OPS: frozenset[str] = frozenset(
-    {
-        # Documentation (and a guard, see the assert below): never in DEFAULT_ALLOWED_OPS.
-        # Files: read, write, glob, memory-map, file-backed tables, readers.
-        "ReadFile",
-        "WriteFile",
-        "MatchingFiles",
-        "ImmutableConst",
-        "InitializeTableFromTextFile",
-        "InitializeTableFromTextFileV2",
-        "WholeFileReader",
-        "WholeFileReaderV2",
-        "TextLineReader",
-        "TextLineReaderV2",
-        "TFRecordReader",
-        "TFRecordReaderV2",
-        "FixedLengthRecordReader",
-        "FixedLengthRecordReaderV2",
-        "IdentityReader",
-        "IdentityReaderV2",
-        "LMDBReader",
-        "ReaderRead",
-        "ReaderReadV2",
-        "ReaderReadUpTo",
-        "ReaderReadUpToV2",
-        # Checkpoint I/O outside the saver's own functions (any path given as a constant).
-        "Save",
-        "SaveV2",
-        "SaveSlices",
-        "Restore",
-        "RestoreV2",
-        "RestoreSlice",
-        "MergeV2Checkpoints",
-        "LoadAndRemapMatrix",
-        "GenerateVocabRemapping",
-        # Python callbacks: run whatever the loading process has registered.
-        "PyFunc",
-        "PyFuncStateless",
-        "EagerPyFunc",
-        # Output: PrintV2's output_stream may be "file://...".
-        "PrintV2",
-        "Print",
-        # Summaries write event files.
-        "CreateSummaryFileWriter",
-        "WriteSummary",
-        "WriteScalarSummary",
-        "WriteHistogramSummary",
-        "WriteImageSummary",
-        "WriteAudioSummary",
-        "WriteGraphSummary",
-        "WriteRawProtoSummary",
-        "FlushSummaryWriter",
-        "CloseSummaryWriter",
-        "ImportEvent",
-        "SummaryWriter",
-        # Protos with descriptor_source "file://..." read a file.
-        "DecodeProtoV2",
-        "EncodeProto",
-        # Debugger ops write to debug_urls (file:// or grpc://).
-        "DebugIdentity",
-        "DebugIdentityV2",
-        "DebugIdentityV3",
-        "DebugNanCount",
-        "DebugNumericSummary",
-        "DebugNumericSummaryV2",
-        "Copy",
-        "CopyHost",
-        # Datasets / iterators (file sources, arbitrary map functions, snapshot/save write files,
-        # data service talks to the network).
-        "TFRecordDataset",
-        "TFRecordDatasetV2",
-        "TextLineDataset",
-        "FixedLengthRecordDataset",
-        "FixedLengthRecordDatasetV2",
-        "SnapshotDataset",
-        "SnapshotDatasetV2",
-        "SaveDataset",
-        "SaveDatasetV2",
-        "LoadDataset",
-        "DataServiceDataset",
-        "DataServiceDatasetV4",
-        "MapDataset",
-        "IteratorV2",
-        "IteratorGetNext",
-        "MakeIterator",
-        "OneShotIterator",
-        # Send/receive across devices and hosts.
-        "_Send",
-        "_Recv",
-        "_HostSend",
-        "_HostRecv",
-        "CollectiveReduce",
-        "CollectiveReduceV2",
-        "CollectiveGather",
-        "CollectiveBcastSend",
-        "CollectiveBcastRecv",
-        # Loading native code / remote execution.
-        "RemoteCall",
-        "TPUExecute",
-        "XlaLaunch",
-        "_XlaCompile",
-        "_XlaRun",
-        # Stateful randomness and mutation beyond plain variables are unneeded at inference.
-        "AssignAddVariableOp",
-        "AssignSubVariableOp",
-    }
-)
-
-# The allow-list shares no op with the denied or checkpoint lists: tests/test_admission.py checks it.
 
 # Keys the TF loaders read to find the op run at load (tensorflow/python/saved_model/constants.py).
 _INIT_OP_SIGNATURE_KEY = "__saved_model_init_op"
 _MAIN_OP_KEY = "saved_model_main_op"
 _LEGACY_INIT_OP_KEY = "legacy_init_op"
-
-# --------------------------------------------------------------------------------------------------
-# Protobuf schema without importing TensorFlow
-# --------------------------------------------------------------------------------------------------
-
-_ROOT_PROTO = "tensorflow/core/protobuf/saved_model.proto"
-
-
-def _serialized_descriptor(pb2_file: pathlib.Path) -> bytes:
-    """The bytes a generated ``*_pb2.py`` passes to ``AddSerializedFile``, read without running it."""
-    for node in ast.walk(ast.parse(pb2_file.read_bytes(), filename=str(pb2_file))):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "AddSerializedFile"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, bytes)
-        ):
-            return node.args[0].value
-    raise RuntimeError(f"no serialized descriptor found in {pb2_file}")
-
-
-@functools.cache
-def saved_model_message_class() -> type[Message]:
-    """The ``tensorflow.SavedModel`` message class, built in a private descriptor pool."""
-    from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
-
-    spec = importlib.util.find_spec("tensorflow")  # locates the package, does not import it
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tensorflow is not installed: cannot find the SavedModel .proto schema")
-    site = pathlib.Path(next(iter(spec.submodule_search_locations))).parent
-
-    pool = descriptor_pool.DescriptorPool()
-    builtin = {
-        "google/protobuf/any.proto": any_pb2,
-        "google/protobuf/wrappers.proto": wrappers_pb2,
-    }
-    added: set[str] = set()
-
-    def add(proto: str) -> None:
-        if proto in added:
-            return
-        if proto in builtin:
-            data = builtin[proto].DESCRIPTOR.serialized_pb
-        elif proto.startswith("tensorflow/") and proto.endswith(".proto"):
-            data = _serialized_descriptor(site / (proto[: -len(".proto")] + "_pb2.py"))
-        else:
-            raise RuntimeError(f"unexpected dependency {proto!r} of the SavedModel schema")
-        file_proto = descriptor_pb2.FileDescriptorProto.FromString(data)
-        for dependency in file_proto.dependency:
-            add(dependency)
-        pool.Add(file_proto)
-        added.add(proto)
-
-    add(_ROOT_PROTO)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.SavedModel"))
-
-
-def parse_saved_model(data: bytes):
-    """Parse ``saved_model.pb`` bytes into a ``tensorflow.SavedModel`` message (private pool)."""
-    return saved_model_message_class().FromString(data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -520,11 +134,31 @@ def _signature_tensor_names(tensor_info) -> Iterator[str]:
 
 
 def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> list[str]:
-    problems: list[str] = []
+    """The problems of one MetaGraphDef, each prefixed with `label`, in the order of the steps below."""
     graph = meta_graph.graph_def
     library = {f.signature.name: f for f in graph.library.function}
     nodes = {n.name: n for n in graph.node}
+    calls = _call_graph(library)
+    paths = _saver_paths(meta_graph, nodes, library, calls)
+    problems = [
+        *_functions_named_like_ops(library, allowed_ops),
+        *_functions_calling_unknown_functions(library),
+        *_top_level_nodes_calling_unknown_functions(graph.node, library),
+        *_ops_outside_the_allow_list(graph.node, library, allowed_ops, paths),
+        *_init_ops_run_at_load(meta_graph, nodes, library, calls, allowed_ops, paths.saver_nodes),
+        *_assets_escaping_the_assets_directory(meta_graph),
+    ]
+    return [f"{label}: {problem}" for problem in problems]
 
+
+def _call_graph(library: dict) -> dict[str, set[str]]:
+    """The functions each library function calls."""
+    return {name: {c for nd in f.node_def for c in _callees(nd, library)} for name, f in library.items()}
+
+
+def _functions_named_like_ops(library: dict, allowed_ops: frozenset[str]) -> Iterator[str]:
+    """A function named like an op would hide it: a node of that op is followed as a call to the function,
+    and the op itself never judged."""
     for name in library:
         if (
             name in allowed_ops
@@ -532,27 +166,50 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             or name in CHECKPOINT_SAVE_OPS
             or name in CHECKPOINT_RESTORE_OPS
         ):
-            problems.append(f"{label}: library function {name!r} has the name of an op")
+            yield f"library function {name!r} has the name of an op"
 
-    # Call graph of the library.
-    calls: dict[str, set[str]] = {
-        name: {c for nd in f.node_def for c in _callees(nd, library)} for name, f in library.items()
-    }
+
+def _functions_calling_unknown_functions(library: dict) -> Iterator[str]:
     for name, f in library.items():
         for nd in f.node_def:
             for callee in _callees(nd, library):
                 if callee not in library:
-                    problems.append(
-                        f"{label}: function {name!r} node {nd.name!r} calls unknown function {callee!r}"
-                    )
+                    yield f"function {name!r} node {nd.name!r} calls unknown function {callee!r}"
 
-    # Contexts. The saver_def names a save node and a restore node in the top-level graph (TF2: one
-    # StatefulPartitionedCall each, calling __inference__traced_save_* / _restore_*; TF1: a "save/"
-    # subgraph of top-level SaveV2 / RestoreV2 nodes). A top-level node is on the save (restore)
-    # path if the save (restore) node depends on it; it is "general" if anything else may run it:
-    # it is not on a saver path, or a signature / collection names it, or a general node depends
-    # on it. Functions inherit the contexts of their callers; every library function not reached
-    # from a saver path is a general root itself (the TF2 loader restores all of them).
+
+def _top_level_nodes_calling_unknown_functions(graph_nodes: Iterable, library: dict) -> Iterator[str]:
+    for node in graph_nodes:
+        for callee in set(_callees(node, library)) - set(library):
+            yield f"top-level node {node.name!r} calls unknown function {callee!r}"
+
+
+@dataclass(frozen=True)
+class _SaverPaths:
+    """Where each top-level node and library function stands: on the saver's save path, its restore path,
+    or "general" (anything else may run it). See :func:`_saver_paths`."""
+
+    save_node: str | None
+    restore_node: str | None
+    up_save: set[str]  # top-level nodes the save node depends on
+    up_restore: set[str]  # top-level nodes the restore node depends on
+    general_nodes: set[str]
+    saving: set[str]  # library functions reached from the save path
+    restoring: set[str]  # library functions reached from the restore path
+    general: set[str]  # library functions anything else may run
+
+    @property
+    def saver_nodes(self) -> set[str]:
+        return {n for n in (self.save_node, self.restore_node) if n}
+
+
+def _saver_paths(meta_graph, nodes: dict, library: dict, calls: dict[str, set[str]]) -> _SaverPaths:
+    """The contexts. The saver_def names a save node and a restore node in the top-level graph (TF2: one
+    StatefulPartitionedCall each, calling __inference__traced_save_* / _restore_*; TF1: a "save/" subgraph
+    of top-level SaveV2 / RestoreV2 nodes). A top-level node is on the save (restore) path if the save
+    (restore) node depends on it; it is "general" if anything else may run it: it is not on a saver path,
+    or a signature / collection names it, or a general node depends on it. Functions inherit the contexts
+    of their callers; every library function not reached from a saver path is a general root itself (the
+    TF2 loader restores all of them)."""
     saver = meta_graph.saver_def if meta_graph.HasField("saver_def") else None
     save_node = _node_name(saver.save_tensor_name) if saver and saver.save_tensor_name else None
     restore_node = _node_name(saver.restore_op_name) if saver and saver.restore_op_name else None
@@ -572,10 +229,8 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     save_roots: set[str] = set()
     restore_roots: set[str] = set()
     general_roots: set[str] = set()
-    for node in graph.node:
+    for node in meta_graph.graph_def.node:
         callees = set(_callees(node, library))
-        for callee in callees - set(library):
-            problems.append(f"{label}: top-level node {node.name!r} calls unknown function {callee!r}")
         if node.name in general_nodes:
             general_roots |= callees
         else:
@@ -587,8 +242,15 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     restoring = _closure(restore_roots, calls)
     general_roots |= set(library) - saving - restoring  # any other function may be run
     general = _closure(general_roots, calls)
+    return _SaverPaths(
+        save_node, restore_node, up_save, up_restore, general_nodes, saving, restoring, general
+    )
 
-    # Judge ops; one problem per (place, op), naming up to three nodes.
+
+def _ops_outside_the_allow_list(
+    graph_nodes: Iterable, library: dict, allowed_ops: frozenset[str], paths: _SaverPaths
+) -> Iterator[str]:
+    """Every op judged where it stands; one problem per (place, op), naming up to three nodes."""
     offences: dict[tuple[str, str, str], list[str]] = {}
 
     def judge(op: str, place: str, node_name: str, extra: frozenset[str], context: str) -> None:
@@ -596,15 +258,15 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             return
         offences.setdefault((place, op, context), []).append(node_name)
 
-    for node in graph.node:
+    for node in graph_nodes:
         judge(
             node.op,
             "the top-level graph",
             node.name,
-            *_context(node.name, general_nodes, up_save, up_restore),
+            *_context(node.name, paths.general_nodes, paths.up_save, paths.up_restore),
         )
     for name, f in library.items():
-        extra, context = _context(name, general, saving, restoring)
+        extra, context = _context(name, paths.general, paths.saving, paths.restoring)
         for nd in f.node_def:
             judge(nd.op, f"function {name!r}", nd.name, extra, context)
     for (place, op, context), names in offences.items():
@@ -613,15 +275,24 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
         )
         kind = "node" if len(names) == 1 else "nodes"
         if op in CHECKPOINT_SAVE_OPS | CHECKPOINT_RESTORE_OPS:
-            problems.append(f"{label}: checkpoint op {op!r} in {place} ({kind} {shown}), which is {context}")
+            yield f"checkpoint op {op!r} in {place} ({kind} {shown}), which is {context}"
         else:
-            problems.append(f"{label}: disallowed op {op!r} in {place} ({kind} {shown})")
-    saver_nodes = {n for n in (save_node, restore_node) if n}
+            yield f"disallowed op {op!r} in {place} ({kind} {shown})"
 
-    # Init ops run at load by the TF1 / C++ loaders.
+
+def _init_ops_run_at_load(
+    meta_graph,
+    nodes: dict,
+    library: dict,
+    calls: dict[str, set[str]],
+    allowed_ops: frozenset[str],
+    saver_nodes: set[str],
+) -> Iterator[str]:
+    """Init ops run at load by the TF1 / C++ loaders: a TF1 legacy init op is refused; the main op and the
+    init-op signature may only run allowed ops, away from the saver nodes."""
     collections = meta_graph.collection_def
     if _LEGACY_INIT_OP_KEY in collections:
-        problems.append(f"{label}: has a TF1 {_LEGACY_INIT_OP_KEY!r} (run at load); refused")
+        yield f"has a TF1 {_LEGACY_INIT_OP_KEY!r} (run at load); refused"
     init_ops: list[tuple[str, str]] = []
     if _INIT_OP_SIGNATURE_KEY in meta_graph.signature_def:
         for info in meta_graph.signature_def[_INIT_OP_SIGNATURE_KEY].outputs.values():
@@ -629,18 +300,19 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
     if _MAIN_OP_KEY in collections:
         collection = collections[_MAIN_OP_KEY]
         if collection.WhichOneof("kind") != "node_list":
-            problems.append(f"{label}: collection {_MAIN_OP_KEY!r} is not a node list")
+            yield f"collection {_MAIN_OP_KEY!r} is not a node list"
         init_ops += [(f"main_op (collection {_MAIN_OP_KEY!r})", v) for v in collection.node_list.value]
     for what, tensor in init_ops:
         start = _node_name(tensor)
         if start not in nodes:
-            problems.append(f"{label}: {what} names unknown node {tensor!r}")
+            yield f"{what} names unknown node {tensor!r}"
             continue
-        bad = _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes)
-        for message in bad:
-            problems.append(f"{label}: {what} {tensor!r} runs at load and {message}")
+        for message in _upstream_problems(start, nodes, library, calls, allowed_ops, saver_nodes):
+            yield f"{what} {tensor!r} runs at load and {message}"
 
-    # Assets: resolved under <export_dir>/assets/ by the loaders.
+
+def _assets_escaping_the_assets_directory(meta_graph) -> Iterator[str]:
+    """Asset file names are resolved under <export_dir>/assets/ by the loaders."""
     for asset in meta_graph.asset_file_def:
         filename = asset.filename
         if (
@@ -649,8 +321,7 @@ def _inspect_meta_graph(meta_graph, label: str, allowed_ops: frozenset[str]) -> 
             or ".." in pathlib.PureWindowsPath(filename).parts
             or ":" in filename
         ):
-            problems.append(f"{label}: asset file name {filename!r} escapes the assets directory")
-    return problems
+            yield f"asset file name {filename!r} escapes the assets directory"
 
 
 def _context(

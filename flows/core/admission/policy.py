@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field
 from pydantic_settings import NoDecode
 
-from flows.core.admission.graph import DEFAULT_ALLOWED_OPS
+from flows.core.admission.saved_model_ops import DEFAULT_ALLOWED_OPS
 from flows.core.admission.signing import parse_trusted_keys
 from flows.core.sections import SHOWN_DEFAULT, Section, comma_separated, parsed_text
 from flows.core.shipped import SHIPPED_MODELS_DIR

@@ -29,8 +29,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from flows.core.descriptors import CHAMPION, ModelDescriptor
 from flows.core.errors import ConfigurationError
-from flows.core.records import CHAMPION, ModelDescriptor
 
 DOMAIN = b"bytewax-model-serving/ModelDescriptor/v1"
 EXPERIMENT_DOMAIN = b"bytewax-model-serving/ModelDescriptor/experiment/v1"
