@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import builtins
 from pathlib import Path
 
 from flows.core.events import ChallengerReport, ModelEvent
@@ -41,4 +42,29 @@ def test_every_exception_the_flow_defines_is_a_serving_error():
             bases = {base.id for base in node.bases if isinstance(base, ast.Name)}
             if bases & {"Exception", "ValueError", "RuntimeError", "OSError"} and "ServingError" not in bases:
                 strays.append(f"{path.relative_to(FLOWS)}:{node.name}")
+    assert strays == []
+
+
+# Raised because Python's protocols ask for them: a module's `__getattr__`, a sequence's `__getitem__`, a
+# method a subclass must provide.
+PROTOCOL_ERRORS = {"AttributeError", "IndexError", "NotImplementedError"}
+BUILT_IN_ERRORS = {
+    name for name in dir(builtins) if name.endswith("Error") or name == "Exception"
+} - PROTOCOL_ERRORS
+
+
+def test_the_product_raises_only_its_own_errors():
+    """A caller can tell the flow's verdicts from a bug by catching ServingError (`flows/core/errors.py`):
+    nothing in the product raises a built-in exception class itself (a bare `raise` re-raises what it
+    caught). `flows/testing` is the tests' support library, not the product."""
+    strays = []
+    for path in FLOWS.rglob("*.py"):
+        if path.is_relative_to(FLOWS / "testing"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            raised = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(raised, ast.Name) and raised.id in BUILT_IN_ERRORS:
+                strays.append(f"{path.relative_to(FLOWS)}:{node.lineno}: {raised.id}")
     assert strays == []

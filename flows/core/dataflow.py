@@ -25,6 +25,7 @@ from bytewax.dataflow import Stream
 from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.drift import DriftLogic, DriftSettings, batch_features
+from flows.core.errors import ConfigurationError
 from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.model_holder import (
     HOLDER_KEY,
@@ -83,7 +84,7 @@ def serve(
     replaced (`flows.core.probation`).
     """
     if shards < 1:
-        raise ValueError(f"{step_id}: shards must be at least 1, got {shards}")
+        raise ConfigurationError(f"{step_id}: shards must be at least 1, got {shards}")
     keys = shard_keys(shards)
 
     keyed_data = op.map(f"{step_id}_shard_data", data, batch_router(keys))

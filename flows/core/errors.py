@@ -16,3 +16,7 @@ class ServingError(Exception):
 class ConfigurationError(ServingError, ValueError):
     """The flow cannot start as set up: a setting, or what the deployment must provide (a topic, a key, a
     recovery store), is wrong or missing. Said at start, in one line naming it and how to fix it."""
+
+
+class WrongScoreCount(ServingError, ValueError):
+    """A model answered a call with another number of scores than it was given pairs."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.probe import FLOAT32_EXACT, out_of_range
+from flows.core.errors import WrongScoreCount
 from flows.core.records import (
     DataMessage,
     ModelResultMetadata,
@@ -213,7 +214,7 @@ def _call(scorer: Scorer, users: np.ndarray, products: np.ndarray) -> np.ndarray
         return np.empty(0, np.float32)
     probabilities = scorer.score(users, products)
     if probabilities.shape != users.shape:
-        raise ValueError(f"scorer returned scores of shape {probabilities.shape} for {users.size} pairs")
+        raise WrongScoreCount(f"scorer returned scores of shape {probabilities.shape} for {users.size} pairs")
     return probabilities
 
 

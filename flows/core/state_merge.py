@@ -20,10 +20,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flows.core.challenger import merge_reports
+from flows.core.errors import ServingError
 from flows.core.events import ChallengerReport
 from flows.core.serving_state import merge_model_stats
 
 REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
+
+
+class PeerDocumentError(ServingError, ValueError):
+    """A peer's /state document that cannot be merged, with the reason."""
 
 
 def merge(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -222,26 +227,26 @@ def read_document(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+        raise PeerDocumentError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     _check_depth(value)
     try:
         return _Document.model_validate(value).model_dump()
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "the document"
-        raise ValueError(
+        raise PeerDocumentError(
             f"not a /state document: {where}: {first['msg']} ({error.error_count()} errors)"
         ) from None
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} in the JSON: a /state document has finite numbers only")
+    raise PeerDocumentError(f"{name} in the JSON: a /state document has finite numbers only")
 
 
 def _finite(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
-        raise ValueError(f"{text[:20]} is out of range: a /state document has finite numbers only")
+        raise PeerDocumentError(f"{text[:20]} is out of range: a /state document has finite numbers only")
     return number
 
 
@@ -252,6 +257,6 @@ def _check_depth(value: Any) -> None:
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+            raise PeerDocumentError(f"JSON nested deeper than {MAX_DEPTH} levels")
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         stack.extend((child, depth + 1) for child in children)

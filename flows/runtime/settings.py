@@ -130,7 +130,7 @@ class Settings(BaseModel):
     def _one_record_fits_one_call(self) -> Settings:
         """A record is scored in one call, so the call bound must hold the largest record."""
         if self.admission.max_batch_pairs < self.flow.max_products:
-            raise ValueError(
+            raise ConfigurationError(
                 f"SERVING_MODEL_MAX_BATCH_PAIRS ({self.admission.max_batch_pairs:,}) must be at least "
                 f"SERVING_MAX_PRODUCTS ({self.flow.max_products:,}): a record is scored in one call"
             )
@@ -146,7 +146,7 @@ class Settings(BaseModel):
             and kafka.marker_key is None
             and self.events.signing_key is None
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 "SERVING_KAFKA_DELIVERY=exactly-once signs its answered markers: set "
                 "SERVING_KAFKA_MARKER_KEY (a secret of 16 bytes or more, the same for every process) or "
                 "SERVING_EVENTS_SIGNING_KEY"

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from flows.core.errors import ServingError
+
 OPSET = 17  # supported by every ONNX Runtime since 1.13
 IR_VERSION = 8
 FILE_NAME = "model.onnx"
@@ -38,7 +40,7 @@ def recommender_graph(weights: Sequence[np.ndarray], name: str = "recommender") 
     Ids are cast to int64 by truncation, as Keras' Embedding casts float ids, then gathered.
     """
     if len(weights) != len(WEIGHT_NAMES):
-        raise ValueError(
+        raise ServingError(
             f"expected {len(WEIGHT_NAMES)} weight tensors ({', '.join(WEIGHT_NAMES)}), got {len(weights)}"
         )
     initializers = [

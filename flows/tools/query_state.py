@@ -19,21 +19,27 @@ from typing import Any
 
 import urllib3
 
-from flows.core.state_merge import merge, merge_challengers, merge_lag, read_document
+from flows.core.errors import ServingError
+from flows.core.state_merge import PeerDocumentError, merge, merge_challengers, merge_lag, read_document
 from flows.core.vocabulary import Mode
 
 DEFAULT_URL = "http://localhost:8081/state"
 
 
+class StateUnavailable(ServingError, RuntimeError):
+    """A process's /state answered with an HTTP error status."""
+
+
 def fetch(url: str, timeout_s: float) -> dict[str, Any]:
-    """The /state document at `url`, checked as `/cluster` checks its peers' (ValueError naming the URL)."""
+    """The /state document at `url`, checked as `/cluster` checks its peers': StateUnavailable for an HTTP
+    error status, PeerDocumentError for a document that is not one, each naming the URL."""
     response = urllib3.request("GET", url, timeout=timeout_s, retries=False)
     if response.status != 200:
-        raise RuntimeError(f"{url}: HTTP {response.status}")
+        raise StateUnavailable(f"{url}: HTTP {response.status}")
     try:
         return read_document(response.data)
     except ValueError as error:
-        raise ValueError(f"{url}: {error}") from None
+        raise PeerDocumentError(f"{url}: {error}") from None
 
 
 def render_lag(lag: dict[str, Any], per_partition: bool) -> str:

@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from flows.core.errors import ConfigurationError, ServingError
+
 # A marker is one small message per transaction; a set this fragmented means records held in very many
 # places at once, and the marker would grow past what a compacted topic takes comfortably.
 MAX_RANGES = 100_000
@@ -33,6 +35,10 @@ MAX_RANGES = 100_000
 MARKER_RANGES = 1_000
 MAX_MARKER_BYTES = 256 * 1024
 SIGNATURE_PREFIX = b"hmac-sha256:"
+
+
+class MarkerRefused(ServingError, ValueError):
+    """A message under a sink partition's id that is not a marker the flow wrote, with the reason."""
 
 
 class Covered(NamedTuple):
@@ -105,7 +111,7 @@ class AnsweredOffsets:
     def from_json(cls, ranges: object) -> AnsweredOffsets:
         """The set a marker holds; ValueError if it is not a list of [first, last] pairs of offsets."""
         if not isinstance(ranges, list) or len(ranges) > MAX_RANGES:
-            raise ValueError(f"answered offsets: expected a list of at most {MAX_RANGES:,} ranges")
+            raise MarkerRefused(f"answered offsets: expected a list of at most {MAX_RANGES:,} ranges")
         answered = cls()
         for pair in ranges:
             if (
@@ -114,7 +120,7 @@ class AnsweredOffsets:
                 or not all(type(offset) is int and offset >= 0 for offset in pair)
                 or pair[0] > pair[1]
             ):
-                raise ValueError(
+                raise MarkerRefused(
                     f"answered offsets: {str(pair)[:80]} is not a range [first, last] of offsets"
                 )
             answered.add(pair[0], pair[1])
@@ -149,23 +155,23 @@ class Marker:
         """The marker in `value` if the flow wrote it; ValueError naming what is wrong with it. The size and
         the signature are checked before the content is parsed."""
         if len(value) > MAX_MARKER_BYTES:
-            raise ValueError(
+            raise MarkerRefused(
                 f"marker of {len(value):,} bytes, over the {MAX_MARKER_BYTES:,} bytes a marker takes"
             )
         head, newline, content = value.partition(b"\n")
         if not newline or not head.startswith(SIGNATURE_PREFIX):
-            raise ValueError("marker is not signed")
+            raise MarkerRefused("marker is not signed")
         if not hmac.compare_digest(head[len(SIGNATURE_PREFIX) :], _signature(key, content)):
-            raise ValueError("marker's signature does not match: the flow's marker key did not write it")
+            raise MarkerRefused("marker's signature does not match: the flow's marker key did not write it")
         try:
             fields = json.loads(content)
         except (ValueError, UnicodeDecodeError, RecursionError) as error:
-            raise ValueError(f"marker is not JSON: {type(error).__name__}") from None
+            raise MarkerRefused(f"marker is not JSON: {type(error).__name__}") from None
         if not isinstance(fields, dict):
-            raise ValueError("marker is not a JSON object")  # noqa: TRY004 (one error for any bad marker)
+            raise MarkerRefused("marker is not a JSON object")
         transactional_id, topic, partition = fields.get("id"), fields.get("topic"), fields.get("partition")
         if not isinstance(transactional_id, str) or not isinstance(topic, str) or type(partition) is not int:
-            raise ValueError("marker has no id and topic (strings) and partition (an integer)")
+            raise MarkerRefused("marker has no id and topic (strings) and partition (an integer)")
         return cls(transactional_id, topic, partition, AnsweredOffsets.from_json(fields.get("answered")))
 
 
@@ -179,11 +185,11 @@ def marker_key(secret: str | None, events_signing_key: bytes | None) -> bytes:
     Derived, so that the events key itself never signs anything else."""
     if secret:
         if len(secret.encode()) < 16:
-            raise ValueError("SERVING_KAFKA_MARKER_KEY: a secret of at least 16 bytes is needed")
+            raise ConfigurationError("SERVING_KAFKA_MARKER_KEY: a secret of at least 16 bytes is needed")
         return hashlib.sha256(b"serving answered markers\0" + secret.encode()).digest()
     if events_signing_key:
         return hashlib.sha256(b"serving answered markers from the events key\0" + events_signing_key).digest()
-    raise ValueError(
+    raise ConfigurationError(
         "exactly-once delivery signs its answered markers, so that no other writer of the answered topic "
         "can make it drop records: set SERVING_KAFKA_MARKER_KEY (a secret of at least 16 bytes, the same "
         "for every process, kept across restarts) or SERVING_EVENTS_SIGNING_KEY"

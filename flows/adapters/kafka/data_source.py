@@ -119,7 +119,7 @@ class DataPollSource(FixedPartitionedSource[DecodedPoll, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DataPollPartition:
         index, topic = for_part.split("-", 1)
         if topic != self.topic:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{step_id}: resuming partition {for_part!r}, but the data topic is {self.topic!r}"
             )
         offset = self.starting_offset if resume_state is None else resume_state

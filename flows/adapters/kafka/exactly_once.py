@@ -228,7 +228,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         for batch in values:
             for covered, message, answers in batch:
                 if covered.partition != self.partition:
-                    raise RuntimeError(
+                    raise ServingError(
                         f"{self.transactional_id}: an answer for {self.scope.topic}[{covered.partition}]@"
                         f"{covered.last} reached the sink partition of partition {self.partition}"
                     )

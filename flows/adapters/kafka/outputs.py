@@ -29,6 +29,7 @@ from flows.adapters.kafka.headers import (
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer
+from flows.core.errors import ServingError
 from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.records import (
     DecodeFailure,
@@ -293,7 +294,7 @@ def result_answers(
     by_partition: dict[int, list[Answer]] = {}
     for origin, message in zip(origins, messages):
         if not isinstance(origin, KafkaOrigin):
-            raise TypeError(f"exactly-once output: a result without a Kafka origin ({origin!r})")
+            raise ServingError(f"exactly-once output: a result without a Kafka origin ({origin!r})")
         covered = origin.covered
         by_partition.setdefault(covered.partition, []).append(Answer(covered, message, answers))
     return [(partition_key(partition), batch) for partition, batch in by_partition.items()]

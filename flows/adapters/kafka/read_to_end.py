@@ -16,7 +16,7 @@ from typing import cast
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from flows.core.errors import ServingError
+from flows.core.errors import ConfigurationError, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def read_to_end(
     try:
         metadata = consumer.list_topics(topic, timeout=LOOKUP_TIMEOUT_S).topics[topic]
         if metadata.error is not None:
-            raise RuntimeError(f"cannot read Kafka topic {topic!r}: {metadata.error.str()}")
+            raise ConfigurationError(f"cannot read Kafka topic {topic!r}: {metadata.error.str()}")
         ends = {}
         assignment = []
         for partition in sorted(metadata.partitions):

@@ -41,9 +41,10 @@ from typing import Any
 
 from pydantic import Field
 
+from flows.core.errors import ServingError
 from flows.core.sections import Section, comma_separated
 from flows.core.serving_state import ServingState
-from flows.core.state_merge import merge_documents, read_document
+from flows.core.state_merge import PeerDocumentError, merge_documents, read_document
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,10 @@ def _page_files() -> dict[str, tuple[bytes, str]]:
     return {path: ((folder / name).read_bytes(), kind) for path, (name, kind) in PAGE_FILES.items()}
 
 
+class DeadlinePassed(ServingError, TimeoutError):
+    """A request to a peer, or from a client, ran past its deadline."""
+
+
 class DeadlineReader(io.RawIOBase):
     """Reads a socket until a deadline: each read waits at most `idle_s`, and none starts past the deadline.
 
@@ -151,7 +156,7 @@ class DeadlineReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError("deadline passed")
+            raise DeadlinePassed("deadline passed")
         self._sock.settimeout(min(self._idle_s, left))
         return self._sock.recv_into(buffer)
 
@@ -168,14 +173,14 @@ class _ReadsUntil:
 
 def get_before(url: str, deadline: float, max_bytes: int) -> bytes:
     """The body of `GET url` (http only: what `/state` serves), all of it received before `deadline`
-    (`time.monotonic()`); ValueError for another status or a body over `max_bytes`, TimeoutError for a
-    peer too slow, whether it sends nothing or a byte now and then."""
+    (`time.monotonic()`); PeerDocumentError for another status or a body over `max_bytes`, DeadlinePassed
+    (a TimeoutError) for a peer too slow, whether it sends nothing or a byte now and then."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ValueError("not an http:// URL")
+        raise PeerDocumentError("not an http:// URL")
     left = deadline - time.monotonic()
     if left <= 0:
-        raise TimeoutError("no time left to ask")
+        raise DeadlinePassed("no time left to ask")
     with socket.create_connection((parts.hostname, parts.port or 80), timeout=left) as sock:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         request = f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
@@ -183,10 +188,10 @@ def get_before(url: str, deadline: float, max_bytes: int) -> bytes:
         response = http.client.HTTPResponse(_ReadsUntil(sock, deadline), method="GET")  # type: ignore
         response.begin()
         if response.status != 200:
-            raise ValueError(f"HTTP {response.status}")
+            raise PeerDocumentError(f"HTTP {response.status}")
         body = response.read(max_bytes + 1)
     if len(body) > max_bytes:
-        raise ValueError(f"answer over {max_bytes:,} bytes")
+        raise PeerDocumentError(f"answer over {max_bytes:,} bytes")
     return body
 
 

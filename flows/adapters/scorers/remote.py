@@ -17,6 +17,7 @@ from flows.adapters.scorers.endpoints import EndpointPool
 from flows.adapters.scorers.location import LocationError, RemoteLocation, parse_location
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.descriptors import ModelDescriptor
+from flows.core.errors import ServingError
 from flows.core.scorer import INPUTS, OUTPUT, InputBounds, ModelLoadError, ScorerUnavailable
 
 
@@ -63,11 +64,15 @@ class RemoteScorer:
             client.close()
 
 
+class ServerModelMismatch(ServingError, ValueError):
+    """The model a server serves does not take `users` and `products` and return `predictions`."""
+
+
 def check_names(model: str, inputs: Iterable[str], outputs: Iterable[str]) -> None:
-    """ValueError unless the served model takes `users` and `products` and returns `predictions`."""
+    """ServerModelMismatch unless the served model takes `users` and `products` and returns `predictions`."""
     inputs, outputs = set(inputs), set(outputs)
     if not set(INPUTS) <= inputs or OUTPUT not in outputs:
-        raise ValueError(
+        raise ServerModelMismatch(
             f"server's model {model!r} takes {sorted(inputs)} and returns {sorted(outputs)}; "
             f"expected inputs {list(INPUTS)} and output {OUTPUT!r}"
         )

@@ -14,7 +14,13 @@ import grpc
 import numpy as np
 
 from flows.adapters.scorers.location import RemoteLocation
-from flows.adapters.scorers.remote import RemoteScorer, build_remote_scorer, check_names, client_factories
+from flows.adapters.scorers.remote import (
+    RemoteScorer,
+    ServerModelMismatch,
+    build_remote_scorer,
+    check_names,
+    client_factories,
+)
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.adapters.scorers.transport import JsonHttpClient, RequestError, open_channel, sorted_rpc_error
 from flows.core.admission.policy import AdmissionPolicy
@@ -35,7 +41,9 @@ class TfServingRestClient:
         try:
             signature = answer["metadata"]["signature_def"]["signature_def"][SIGNATURE]
         except (KeyError, TypeError) as error:
-            raise ValueError(f"server's model {self._model!r} has no {SIGNATURE!r} signature") from error
+            raise ServerModelMismatch(
+                f"server's model {self._model!r} has no {SIGNATURE!r} signature"
+            ) from error
         check_names(self._model, signature.get("inputs", {}), signature.get("outputs", {}))
 
     def predict(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -110,7 +118,7 @@ class TfServingGrpcClient:
         signatures = metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         if SIGNATURE not in signatures.signature_def:
-            raise ValueError(f"server's model {self._model!r} has no {SIGNATURE!r} signature")
+            raise ServerModelMismatch(f"server's model {self._model!r} has no {SIGNATURE!r} signature")
         signature = signatures.signature_def[SIGNATURE]
         check_names(self._model, signature.inputs, signature.outputs)
 

@@ -34,6 +34,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RECONNECT_WITHIN_MS = 1000
 
 
+class CaFileUnreadable(ServingError, OSError):
+    """The CA file a location names cannot be read as PEM certificates."""
+
+
 class RequestError(ServingError, ValueError):
     """The server answered, and refused the request."""
 
@@ -50,7 +54,7 @@ def trusted_authorities(location: RemoteLocation) -> bytes | None:
         pem = Path(location.ca_file).read_bytes()
         ssl.create_default_context(cadata=pem.decode("ascii"))
     except (OSError, UnicodeDecodeError, ValueError) as error:  # ssl.SSLError is an OSError
-        raise OSError(f"CA file {location.ca_file!r}: {error}") from error
+        raise CaFileUnreadable(f"CA file {location.ca_file!r}: {error}") from error
     return pem
 
 

@@ -28,6 +28,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from flows.adapters.scorers.archive import pack_directory
 from flows.adapters.sources.pacing import Pace
 from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
+from flows.core.errors import ConfigurationError
 from flows.core.model_formats import ONNX_MODEL_FILE, SAVED_MODEL_FILE
 from flows.core.model_holder import CaughtUp
 from flows.core.records import DataMessage, RecommenderRecord
@@ -192,7 +193,7 @@ def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
     elif (directory / ONNX_MODEL_FILE).is_file():
         model_type = ModelType.ONNX
     else:
-        raise FileNotFoundError(
+        raise ConfigurationError(
             f"no shipped model version {version!r}: {directory} "
             f"has neither saved_model.pb nor {ONNX_MODEL_FILE}"
         )
@@ -218,7 +219,7 @@ def scheduled_model(models_dir: Path, entry: str) -> ModelDescriptor:
     if len(parts) == 1:
         return model
     if parts[1] not in (SHADOW, CANARY) or len(parts) > 3:
-        raise ValueError(
+        raise ConfigurationError(
             f"model schedule entry {entry!r}: expected VERSION, VERSION:shadow|canary[:FRACTION], "
             "promote:VERSION or retire:VERSION"
         )
@@ -294,7 +295,7 @@ class ModelGenerator(FixedPartitionedSource[ModelDescriptor | CaughtUp, int]):
         self, models: list[ModelDescriptor], interval: float, count: int | None = None, open_for: float = 0.0
     ) -> None:
         if not models:
-            raise ValueError("the model generator needs at least one model")
+            raise ConfigurationError("the model generator needs at least one model")
         self.models = models
         self.interval = interval
         self.count = count

@@ -19,6 +19,11 @@ from flows.core.descriptors import (
     ModelDescriptor,
     ModelType,
 )
+from flows.core.errors import ServingError
+
+
+class LocationRefused(ServingError, ValueError):
+    """A model location the policy does not allow, with the reason."""
 
 
 def local_path(location: str) -> Path:
@@ -27,7 +32,7 @@ def local_path(location: str) -> Path:
     if parsed.scheme == "file":
         return Path(parsed.path)
     if parsed.scheme:
-        raise ValueError(f"location {location[:200]!r} is not a local path (scheme {parsed.scheme!r})")
+        raise LocationRefused(f"location {location[:200]!r} is not a local path (scheme {parsed.scheme!r})")
     return Path(location)
 
 
@@ -41,7 +46,7 @@ def allowed_local_directory(location: str, roots: tuple[Path, ...]) -> Path:
         if directory.is_relative_to(root.resolve()):
             return directory
     allowed = ", ".join(str(root) for root in roots) or "none configured"
-    raise ValueError(
+    raise LocationRefused(
         f"local model path {str(directory)[:200]} is not under an allowed root "
         f"(SERVING_MODEL_ROOTS: {allowed})"
     )

@@ -27,6 +27,7 @@ import onnxruntime
 
 from flows.core.admission.onnx_graph import CONTRACT_INPUTS, CONTRACT_OUTPUT, OnnxRefused, embedding_bounds
 from flows.core.admission.trial import TrialFigures, peak_mb, score_batches
+from flows.core.errors import WrongScoreCount
 
 # What ONNX Runtime calls the id types the contract accepts, and the numpy type fed for each.
 FEED_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -75,7 +76,7 @@ def feeds_of(session: onnxruntime.InferenceSession) -> Feeds:
 def run_session(
     session: onnxruntime.InferenceSession, feeds: Feeds, users: np.ndarray, products: np.ndarray
 ) -> np.ndarray:
-    """One call: the scores of the pairs (1-D), or ValueError if the model answers another count."""
+    """One call: the scores of the pairs (1-D), or WrongScoreCount if the model answers another count."""
     columns = {"users": users, "products": products}
     inputs: dict[str, np.ndarray] = {
         name: columns[name].astype(feed_type, copy=False).reshape(shape)
@@ -83,7 +84,7 @@ def run_session(
     }
     [scores] = session.run([CONTRACT_OUTPUT], inputs)
     if scores.shape not in ((users.size, 1), (users.size,)):
-        raise ValueError(
+        raise WrongScoreCount(
             f"model returned {CONTRACT_OUTPUT!r} of shape {scores.shape} for {users.size:,} pairs"
         )
     return scores.reshape(-1)

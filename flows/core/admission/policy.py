@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode
 
 from flows.core.admission.saved_model_ops import DEFAULT_ALLOWED_OPS
 from flows.core.admission.signing import parse_trusted_keys
+from flows.core.errors import ConfigurationError
 from flows.core.sections import SHOWN_DEFAULT, Section, comma_separated, parsed_text
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
@@ -157,7 +158,7 @@ def parse_output_range(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"output range {text!r} is not LOW,HIGH (e.g. 0,1)") from None
+        raise ConfigurationError(f"output range {text!r} is not LOW,HIGH (e.g. 0,1)") from None
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise ValueError(f"output range {text!r} must be two finite numbers, LOW <= HIGH")
+        raise ConfigurationError(f"output range {text!r} must be two finite numbers, LOW <= HIGH")
     return low, high

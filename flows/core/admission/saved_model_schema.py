@@ -16,10 +16,16 @@ import importlib.util
 import pathlib
 from typing import TYPE_CHECKING
 
+from flows.core.errors import ServingError
+
 if TYPE_CHECKING:
     from google.protobuf.message import Message
 
 _ROOT_PROTO = "tensorflow/core/protobuf/saved_model.proto"
+
+
+class SchemaUnavailable(ServingError, RuntimeError):
+    """The SavedModel schema cannot be read from the installed TensorFlow, with the reason."""
 
 
 def _serialized_descriptor(pb2_file: pathlib.Path) -> bytes:
@@ -34,7 +40,7 @@ def _serialized_descriptor(pb2_file: pathlib.Path) -> bytes:
             and isinstance(node.args[0].value, bytes)
         ):
             return node.args[0].value
-    raise RuntimeError(f"no serialized descriptor found in {pb2_file}")
+    raise SchemaUnavailable(f"no serialized descriptor found in {pb2_file}")
 
 
 @functools.cache
@@ -44,7 +50,7 @@ def saved_model_message_class() -> type[Message]:
 
     spec = importlib.util.find_spec("tensorflow")  # locates the package, does not import it
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("tensorflow is not installed: cannot find the SavedModel .proto schema")
+        raise SchemaUnavailable("tensorflow is not installed: cannot find the SavedModel .proto schema")
     site = pathlib.Path(next(iter(spec.submodule_search_locations))).parent
 
     pool = descriptor_pool.DescriptorPool()
@@ -62,7 +68,7 @@ def saved_model_message_class() -> type[Message]:
         elif proto.startswith("tensorflow/") and proto.endswith(".proto"):
             data = _serialized_descriptor(site / (proto[: -len(".proto")] + "_pb2.py"))
         else:
-            raise RuntimeError(f"unexpected dependency {proto!r} of the SavedModel schema")
+            raise SchemaUnavailable(f"unexpected dependency {proto!r} of the SavedModel schema")
         file_proto = descriptor_pb2.FileDescriptorProto.FromString(data)
         for dependency in file_proto.dependency:
             add(dependency)

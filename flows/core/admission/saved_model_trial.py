@@ -30,6 +30,7 @@ import numpy as np
 
 from flows.core.admission.saved_model_bounds import embedding_bounds
 from flows.core.admission.trial import TrialFigures, TrialRefused, peak_mb, score_batches
+from flows.core.errors import WrongScoreCount
 from flows.core.scorer import INPUTS, OUTPUT, SIGNATURE
 
 
@@ -53,13 +54,13 @@ def signature_problem(tf: ModuleType, signature: Any) -> str | None:
 
 
 def run_signature(tf: ModuleType, signature: Any, users: np.ndarray, products: np.ndarray) -> np.ndarray:
-    """One call, as the flow makes it: the scores of the pairs (1-D), or ValueError for another count."""
+    """One call, as the flow makes it: the scores of the pairs (1-D), or WrongScoreCount for another count."""
     outputs = signature(
         users=tf.constant(users.reshape(-1, 1)), products=tf.constant(products.reshape(-1, 1))
     )
     scores = outputs[OUTPUT].numpy()
     if scores.shape not in ((users.size, 1), (users.size,)):
-        raise ValueError(f"model returned {OUTPUT!r} of shape {scores.shape} for {users.size} pairs")
+        raise WrongScoreCount(f"model returned {OUTPUT!r} of shape {scores.shape} for {users.size} pairs")
     return scores.reshape(-1)
 
 

@@ -334,7 +334,7 @@ def _resident_bytes() -> int:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("/proc/self/status has no VmRSS line")
+    raise Refused("/proc/self/status has no VmRSS line: the trial's memory cannot be watched")
 
 
 def _cut(text: str) -> str:
