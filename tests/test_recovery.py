@@ -37,7 +37,8 @@ from flows.core.dataflow import serve
 from flows.core.descriptors import CANARY, CHALLENGER, ModelDescriptor, ModelType
 from flows.core.model_holder import CaughtUp, ModelHolderLogic
 from flows.core.scorer import build_scorer
-from flows.core.shard import Emits, ShardLogic
+from flows.core.shard import ShardLogic
+from flows.core.shard_messages import Emits
 from flows.moved import MOVED_NAMES
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings

@@ -21,9 +21,8 @@ role and window sums: never a model itself, which lives once in the model holder
 from __future__ import annotations
 
 import copy
-import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
@@ -38,123 +37,18 @@ from flows.core.challenger import (
 )
 from flows.core.context import ServingContext
 from flows.core.descriptors import CANARY, ModelDescriptor
-from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats, ms_since
+from flows.core.events import ModelEvent, ModelToServeStats, ms_since
 from flows.core.probation import Probation, RollbackSettings
-from flows.core.records import DataMessage, RecommenderRecord, ScoredBatch, ScoredMessage
+from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
+from flows.core.routing import ShardBatch
 from flows.core.scorer import ModelLoadError, Scorer
 from flows.core.scorer_cache import ModelLoad, ScorerCache
 from flows.core.scoring import score_batch, unscored
-from flows.core.vocabulary import ClosedBy, EventKind, Word
+from flows.core.shard_messages import ChallengerEnd, ModelUpdate, ShardInput, ShardOutput, ShardOutputs
+from flows.core.vocabulary import ClosedBy, EventKind
 
 POLL = timedelta(milliseconds=10)
 MAX_ROLLED_BACK = 8  # digests a shard remembers rolling back from
-
-
-def shard_keys(shards: int) -> list[str]:
-    """The shard keys of a flow with `shards` shards."""
-    return [f"shard-{index:03d}" for index in range(shards)]
-
-
-@dataclass(frozen=True, slots=True)
-class ShardBatch:
-    """Records sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
-
-    shard: str
-    messages: list[DataMessage]
-
-    def __reduce__(self) -> tuple:
-        # Pickled in columns when it goes to a shard in another process: 4.6 us per record instead of 14.5
-        # for a dataclass per record, measured on 1,000 Kafka records.
-        messages = self.messages
-        columns = (
-            [message.record.user for message in messages],
-            [message.record.products for message in messages],
-            [message.record.datatype for message in messages],
-            [message.entered_ns for message in messages],
-            [message.origin for message in messages],
-        )
-        return _unpickled_batch, (self.shard, *columns)
-
-
-def _unpickled_batch(
-    shard: str, users: list, products: list, datatypes: list, entered: list, origins: list
-) -> ShardBatch:
-    records = map(RecommenderRecord, users, products, datatypes)
-    return ShardBatch(shard, list(map(DataMessage, records, entered, origins)))
-
-
-def batch_router(keys: list[str]) -> Callable[[list[DataMessage]], tuple[str, ShardBatch]]:
-    """Routes each batch of records, whole, to the next shard in turn: the one place records are routed.
-
-    A batch stays whole so that it is scored with one model call: a call has a fixed cost (about 1 ms for
-    the shipped SavedModel, as much as 3,000 pairs), so splitting a poll of 1,000 records over 8 shards
-    made 8 calls where one does. Taking the shards in turn spreads batches, and so the scoring, evenly over
-    the workers that own the shards. Any shard may score any record: every shard serves every model.
-    """
-    turns = itertools.count()
-
-    def route(batch: list[DataMessage]) -> tuple[str, ShardBatch]:
-        key = keys[next(turns) % len(keys)]
-        return key, ShardBatch(key, batch)
-
-    return route
-
-
-@dataclass(frozen=True, slots=True)
-class ModelUpdate:
-    """A model sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
-
-    shard: str
-    descriptor: ModelDescriptor
-    arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
-    fallback: ModelDescriptor | None = None  # the champion it replaced (flows.core.probation)
-
-
-@dataclass(frozen=True, slots=True)
-class ChallengerEnd:
-    """The challenger `model_name` leaves one shard: `closed_by` "promoted" or "retired"."""
-
-    shard: str
-    model_name: str
-    closed_by: ClosedBy
-
-
-# Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
-# per-item cost is paid per batch (see flows.adapters.sources.batched).
-ShardInput = ShardBatch | ModelUpdate | ChallengerEnd
-
-
-class Emits(Word):
-    """What a shard emits, as the tag of each output: `serve` splits the shards' output by it."""
-
-    RESULTS = "results"  # a batch of results (a ScoredBatch, or a list of error results)
-    EVENT = "event"  # a ModelEvent
-    REPORT = "report"  # a ChallengerReport
-    SHADOW = "shadow"  # a shadow challenger's own results, never the answer (a ScoredBatch)
-
-
-ShardOutput = tuple[Emits, Sequence[ScoredMessage] | ModelEvent | ChallengerReport]
-
-
-class ShardOutputs:
-    """What a shard emits in one call, each output tagged with what it is."""
-
-    __slots__ = ("items",)
-
-    def __init__(self) -> None:
-        self.items: list[ShardOutput] = []
-
-    def results(self, batch: Sequence[ScoredMessage]) -> None:
-        self.items.append((Emits.RESULTS, batch))
-
-    def event(self, event: ModelEvent) -> None:
-        self.items.append((Emits.EVENT, event))
-
-    def report(self, report: ChallengerReport) -> None:
-        self.items.append((Emits.REPORT, report))
-
-    def shadow(self, batch: ScoredBatch) -> None:
-        self.items.append((Emits.SHADOW, batch))
 
 
 @dataclass
