@@ -27,9 +27,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from bytewax.operators import StatefulBatchLogic
 
+from flows import moved
 from flows.core.challenger import ChallengerSettings, ChallengerSlot, ExperimentScores, ModelCall
 from flows.core.challenger_seat import ChallengerSeat
 from flows.core.context import ServingContext
@@ -381,3 +383,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 )
             )
         self._score_held(outputs)
+
+
+if not TYPE_CHECKING:  # the code imports each from its module; only old pickles name it here
+
+    def __getattr__(name: str) -> object:
+        """The shard's messages and routing, which moved to `flows.core.shard_messages` and
+        `flows.core.routing`, for pickles that name them here (see `flows.moved.MOVED_NAMES`)."""
+        return moved.moved_attribute(__name__, name)
