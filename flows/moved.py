@@ -66,6 +66,15 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
         "ModelEvent": "flows.core.events",
         "SignedModelEvent": "flows.core.events",
     },
+    # None of these is in a snapshot (a shard's holds its ShardState, which stays); each is pickled on its
+    # way between processes, and an old pickle of one still loads.
+    "flows.core.shard": {
+        "ShardBatch": "flows.core.routing",
+        "_unpickled_batch": "flows.core.routing",  # not a class: what a ShardBatch's pickle calls
+        "ModelUpdate": "flows.core.shard_messages",
+        "ChallengerEnd": "flows.core.shard_messages",
+        "Emits": "flows.core.shard_messages",
+    },
 }
 
 

@@ -177,7 +177,7 @@ _EDGE_RESULTS = [
 
 
 def test_results_are_encoded_by_hand_while_the_schema_is_the_one_written_for():
-    # Fails when RecommenderResult or a record it uses changes: update flows.wire.avro._write_result and its
+    # Fails when RecommenderResult or a record it uses changes: update flows.wire.result_encoder and its
     # fingerprint, or the results are encoded by fastavro again (correct, ~8 us per record slower).
     assert avro.RESULT.fast_path
 

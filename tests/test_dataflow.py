@@ -21,7 +21,7 @@ from flows.adapters.kafka.data_source import KafkaOrigin
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.context import ServingContext
 from flows.core.records import DataMessage, DecodeFailure, RecommenderRecord
-from flows.core.shard import ShardBatch
+from flows.core.routing import ShardBatch
 
 WORKERS = [1, 2]
 

@@ -36,8 +36,12 @@ from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.descriptors import CANARY, CHALLENGER, ModelDescriptor, ModelType
 from flows.core.model_holder import CaughtUp, ModelHolderLogic
+from flows.core.records import DataMessage, RecommenderRecord
+from flows.core.routing import ShardBatch
 from flows.core.scorer import build_scorer
-from flows.core.shard import Emits, ShardLogic
+from flows.core.shard import ShardLogic
+from flows.core.shard_messages import ChallengerEnd, Emits, ModelUpdate
+from flows.core.vocabulary import ClosedBy
 from flows.moved import MOVED_NAMES
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings
@@ -278,6 +282,32 @@ def test_a_snapshot_naming_a_class_where_it_was_loads_it_from_where_it_is(old):
     for name, new in MOVED_NAMES["flows.core.records"].items():
         cls = getattr(importlib.import_module(new), name)
         assert pickle.loads(pickled_under(old, cls)) is cls
+
+
+@pytest.mark.parametrize("old", ["flows.core.shard", "flows.shard"])
+def test_a_pickle_naming_a_shard_message_where_it_was_loads_it_from_where_it_is(model_v1, old):
+    """The shard's messages and ShardBatch left `flows.core.shard` (0.1.0's `flows.shard`): a pickle
+    that names them there loads them from the modules that hold them now."""
+    values = [
+        ShardBatch("shard-001", [DataMessage(RecommenderRecord(7, [1, 2]), 5)]),
+        ModelUpdate("shard-001", model_v1, 1.5),
+        ChallengerEnd("shard-001", "recommender-v2", ClosedBy.RETIRED),
+        Emits.REPORT,
+    ]
+    for value in values:
+        if isinstance(value, ShardBatch):  # its pickle names the function that rebuilds it from columns
+            named = "_unpickled_batch"
+            data = pickle.dumps(value, protocol=2).replace(
+                b"flows.core.routing\n_unpickled_batch\n", f"{old}\n{named}\n".encode()
+            )
+        else:
+            named = type(value).__name__
+            data = pickled_under(old, value)
+        assert f"{old}\n{named}\n".encode() in data
+        restored = pickle.loads(data)
+        assert type(restored) is type(value) and restored == value
+    for name, new in MOVED_NAMES["flows.core.shard"].items():
+        assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
 
 
 def test_a_name_that_never_was_in_records_is_still_an_attribute_error():

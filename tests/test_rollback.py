@@ -13,7 +13,9 @@ from flows.core.admission.policy import AdmissionPolicy
 from flows.core.context import ServingContext
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.probation import MIN_RECORDS, RollbackSettings
-from flows.core.shard import ModelUpdate, ShardLogic, ShardState, shard_keys
+from flows.core.routing import shard_keys
+from flows.core.shard import ShardLogic, ShardState
+from flows.core.shard_messages import ModelUpdate
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.core.vocabulary import EventKind
 

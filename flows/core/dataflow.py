@@ -37,16 +37,9 @@ from flows.core.model_holder import (
 )
 from flows.core.probation import RollbackSettings
 from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
-from flows.core.shard import (
-    ChallengerEnd,
-    Emits,
-    ModelUpdate,
-    ShardInput,
-    ShardLogic,
-    ShardOutput,
-    batch_router,
-    shard_keys,
-)
+from flows.core.routing import batch_router, shard_keys
+from flows.core.shard import ShardLogic
+from flows.core.shard_messages import ChallengerEnd, Emits, ModelUpdate, ShardInput, ShardOutput
 
 
 @dataclass(frozen=True)

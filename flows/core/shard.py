@@ -11,7 +11,9 @@ Nothing is dropped. The first champion swapped in opens the process's data sourc
 (`flows.adapters.sources.model_gate`).
 
 A shard may also hold a challenger (`flows.core.challenger`): loaded the same way, it scores beside the
-champion as its experiment says, and the shard emits a `ChallengerReport` per window of its records.
+champion as its experiment says, and the shard emits a `ChallengerReport` per window of its records
+(`flows.core.challenger_seat` runs the challenger's lifecycle on the shard). What a shard receives and
+emits is in `flows.core.shard_messages`; which shard a batch of records goes to, in `flows.core.routing`.
 
 The snapshot holds the model's digest and name, the statistics, the held records and the challenger's
 role and window sums: never a model itself, which lives once in the model holder's state (see
@@ -21,140 +23,31 @@ role and window sums: never a model itself, which lives once in the model holder
 from __future__ import annotations
 
 import copy
-import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from bytewax.operators import StatefulBatchLogic
 
-from flows.core.challenger import (
-    ChallengerSettings,
-    ChallengerSlot,
-    ExperimentScores,
-    ModelCall,
-    score_with_challenger,
-)
+from flows import moved
+from flows.core.challenger import ChallengerSettings, ChallengerSlot, ExperimentScores, ModelCall
+from flows.core.challenger_seat import ChallengerSeat
 from flows.core.context import ServingContext
-from flows.core.descriptors import CANARY, ModelDescriptor
-from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats, ms_since
+from flows.core.descriptors import ModelDescriptor
+from flows.core.events import ModelEvent, ModelToServeStats, ms_since
 from flows.core.probation import Probation, RollbackSettings
-from flows.core.records import DataMessage, RecommenderRecord, ScoredBatch, ScoredMessage
+from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
+from flows.core.routing import ShardBatch
 from flows.core.scorer import ModelLoadError, Scorer
 from flows.core.scorer_cache import ModelLoad, ScorerCache
 from flows.core.scoring import score_batch, unscored
-from flows.core.vocabulary import ClosedBy, EventKind, Word
+from flows.core.shard_messages import ChallengerEnd, ModelUpdate, ShardInput, ShardOutput, ShardOutputs
+from flows.core.vocabulary import ClosedBy, EventKind
 
 POLL = timedelta(milliseconds=10)
 MAX_ROLLED_BACK = 8  # digests a shard remembers rolling back from
-
-
-def shard_keys(shards: int) -> list[str]:
-    """The shard keys of a flow with `shards` shards."""
-    return [f"shard-{index:03d}" for index in range(shards)]
-
-
-@dataclass(frozen=True, slots=True)
-class ShardBatch:
-    """Records sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
-
-    shard: str
-    messages: list[DataMessage]
-
-    def __reduce__(self) -> tuple:
-        # Pickled in columns when it goes to a shard in another process: 4.6 us per record instead of 14.5
-        # for a dataclass per record, measured on 1,000 Kafka records.
-        messages = self.messages
-        columns = (
-            [message.record.user for message in messages],
-            [message.record.products for message in messages],
-            [message.record.datatype for message in messages],
-            [message.entered_ns for message in messages],
-            [message.origin for message in messages],
-        )
-        return _unpickled_batch, (self.shard, *columns)
-
-
-def _unpickled_batch(
-    shard: str, users: list, products: list, datatypes: list, entered: list, origins: list
-) -> ShardBatch:
-    records = map(RecommenderRecord, users, products, datatypes)
-    return ShardBatch(shard, list(map(DataMessage, records, entered, origins)))
-
-
-def batch_router(keys: list[str]) -> Callable[[list[DataMessage]], tuple[str, ShardBatch]]:
-    """Routes each batch of records, whole, to the next shard in turn: the one place records are routed.
-
-    A batch stays whole so that it is scored with one model call: a call has a fixed cost (about 1 ms for
-    the shipped SavedModel, as much as 3,000 pairs), so splitting a poll of 1,000 records over 8 shards
-    made 8 calls where one does. Taking the shards in turn spreads batches, and so the scoring, evenly over
-    the workers that own the shards. Any shard may score any record: every shard serves every model.
-    """
-    turns = itertools.count()
-
-    def route(batch: list[DataMessage]) -> tuple[str, ShardBatch]:
-        key = keys[next(turns) % len(keys)]
-        return key, ShardBatch(key, batch)
-
-    return route
-
-
-@dataclass(frozen=True, slots=True)
-class ModelUpdate:
-    """A model sent to one shard; it carries the shard key, which Bytewax does not give the logic."""
-
-    shard: str
-    descriptor: ModelDescriptor
-    arrived_at: float = 0.0  # when the model message reached the flow, seconds since the epoch
-    fallback: ModelDescriptor | None = None  # the champion it replaced (flows.core.probation)
-
-
-@dataclass(frozen=True, slots=True)
-class ChallengerEnd:
-    """The challenger `model_name` leaves one shard: `closed_by` "promoted" or "retired"."""
-
-    shard: str
-    model_name: str
-    closed_by: ClosedBy
-
-
-# Records travel in batches (a source's poll, split by shard) and results leave in batches: the engine's
-# per-item cost is paid per batch (see flows.adapters.sources.batched).
-ShardInput = ShardBatch | ModelUpdate | ChallengerEnd
-
-
-class Emits(Word):
-    """What a shard emits, as the tag of each output: `serve` splits the shards' output by it."""
-
-    RESULTS = "results"  # a batch of results (a ScoredBatch, or a list of error results)
-    EVENT = "event"  # a ModelEvent
-    REPORT = "report"  # a ChallengerReport
-    SHADOW = "shadow"  # a shadow challenger's own results, never the answer (a ScoredBatch)
-
-
-ShardOutput = tuple[Emits, Sequence[ScoredMessage] | ModelEvent | ChallengerReport]
-
-
-class ShardOutputs:
-    """What a shard emits in one call, each output tagged with what it is."""
-
-    __slots__ = ("items",)
-
-    def __init__(self) -> None:
-        self.items: list[ShardOutput] = []
-
-    def results(self, batch: Sequence[ScoredMessage]) -> None:
-        self.items.append((Emits.RESULTS, batch))
-
-    def event(self, event: ModelEvent) -> None:
-        self.items.append((Emits.EVENT, event))
-
-    def report(self, report: ChallengerReport) -> None:
-        self.items.append((Emits.REPORT, report))
-
-    def shadow(self, batch: ScoredBatch) -> None:
-        self.items.append((Emits.SHADOW, batch))
 
 
 @dataclass
@@ -185,7 +78,6 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         rollback: RollbackSettings | None = None,
     ) -> None:
         self.hold_limit = hold_limit
-        self.challengers = challengers or ChallengerSettings()
         self.rollback = rollback or RollbackSettings()
         # A new champion on probation, beside the one it replaced (flows.core.probation); not in snapshots:
         # after a restart only the champion is loaded again.
@@ -205,9 +97,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.awaiting_resend = self.state.model_digest is not None
         # A model on its way in: loading in the background while the current one keeps scoring.
         self.incoming: tuple[ModelUpdate, ModelLoad] | None = None
-        # The same for the challenger (named, with its window, in `state.challenger` once it has loaded).
-        self.challenger_scorer: Scorer | None = None
-        self.incoming_challenger: tuple[ModelUpdate, ModelLoad] | None = None
+        # The challenger, beside the champion (named, with its window, in `state.challenger` once loaded).
+        self.seat = ChallengerSeat(
+            self.state, challengers or ChallengerSettings(), context.cache, context.state
+        )
 
     def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[ShardOutput], bool]:
         outputs = ShardOutputs()
@@ -222,9 +115,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             self._score(run, outputs)
             run = []
             if isinstance(value, ChallengerEnd):
-                self._end_challenger(value.model_name, value.closed_by, outputs)
+                if self.seat.end(value.model_name, value.closed_by, outputs):
+                    self._score_held(outputs)  # records a restored canary held, if it never loaded again
             elif value.descriptor.is_challenger:
-                self._receive_challenger(value, outputs)
+                if self.seat.receive(value):
+                    self._swap_when_ready(outputs)  # at once, if this process has it ready already
             else:
                 self._receive(value, outputs)
         self._score(run, outputs)
@@ -232,7 +127,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         return outputs.items, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(timezone.utc) + POLL if self.incoming or self.incoming_challenger else None
+        return datetime.now(timezone.utc) + POLL if self.incoming or self.seat.loading else None
 
     def on_notify(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs = ShardOutputs()
@@ -245,18 +140,15 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
 
     def on_eof(self) -> tuple[Iterable[ShardOutput], bool]:
         outputs = ShardOutputs()
-        for incoming in (self.incoming, self.incoming_challenger):
-            if incoming is not None:
-                incoming[1].join()  # the input has ended: nothing is left to score meanwhile
+        if self.incoming is not None:
+            self.incoming[1].join()  # the input has ended: nothing is left to score meanwhile
+        self.seat.join()
         self._swap_when_ready(outputs)
-        if self.scorer is not None and self._canary_reloading():
+        if self.scorer is not None and self.seat.canary_reloading():
             # The restored canary never came back: the champion answers its held users.
-            self._close_challenger(ClosedBy.ENDED, outputs)
+            self.seat.close(ClosedBy.ENDED, outputs)
             self._score_held(outputs)
-        slot = self.state.challenger
-        if slot is not None and slot.window.records:
-            self._report(slot, ClosedBy.ENDED, outputs)  # a bounded run's last, partial window
-            slot.window = slot.window.next()
+        self.seat.report_last_window(outputs)
         held, self.state.held = self.state.held, []
         reason = f"input ended before any model was loaded on {self.shard}"
         if held:
@@ -285,21 +177,13 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             messages = self._refuse_oversized(messages, outputs)
             if not messages:
                 return
-        if self.scorer is None or self._canary_reloading():
+        if self.scorer is None or self.seat.canary_reloading():
             self._hold(messages, outputs)
             return
         champion = self.state.model_name
         with self.telemetry.batch(self.shard, champion, self.scorer.source, messages) as span:
-            slot = self.state.challenger
-            if slot is not None and self.challenger_scorer is not None:
-                scored = score_with_challenger(
-                    ModelCall(self.scorer, champion),
-                    ModelCall(self.challenger_scorer, slot.name),
-                    slot,
-                    messages,
-                    self.cache.policy,
-                    self.challengers.top_k,
-                )
+            if self.seat.scoring:
+                scored = self.seat.score(ModelCall(self.scorer, champion), messages, self.cache.policy)
             else:
                 results, batch_ms = score_batch(self.scorer, champion, messages, self.cache.policy)
                 scored = ExperimentScores([(results, batch_ms, champion)])
@@ -315,20 +199,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         if scored.shadow is not None and self.shadow_results:
             scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
             outputs.shadow(scored.shadow)
-        if slot is not None and slot.window.challenger_records >= self.challengers.window:
-            self._report(slot, ClosedBy.WINDOW, outputs)
-            slot.window = slot.window.next()
-
-    def _report(self, slot: ChallengerSlot, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
-        report = slot.report(self.shard, closed_by, self.challengers.top_k)
-        self.serving_state.challenger(report)
-        outputs.report(report)
-
-    def _canary_reloading(self) -> bool:
-        """After a restart, a canary's users wait for it to load again: none of them sees the champion
-        meanwhile (a shadow challenger only misses some comparisons)."""
-        slot = self.state.challenger
-        return slot is not None and slot.mode == CANARY and self.challenger_scorer is None
+        self.seat.report_full_window(outputs)
 
     def _score_held(self, outputs: ShardOutputs) -> None:
         held, self.state.held = self.state.held, []
@@ -355,7 +226,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
     def _champion_on_its_way(self) -> bool:
         """Whether a model this shard will serve is loading, or known and about to be sent again (after a
         restart): then records wait for it whatever their number, until it is ready or its load fails."""
-        return self.incoming is not None or self.awaiting_resend or self._canary_reloading()
+        return self.incoming is not None or self.awaiting_resend or self.seat.canary_reloading()
 
     def _hold(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
         if self._champion_on_its_way():
@@ -451,83 +322,14 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.scorer = probation.fallback
         self.state.model_digest, self.state.model_name = probation.fallback_digest, probation.fallback_name
         self.state.rolled_back = (*self.state.rolled_back, failed_digest)[-MAX_ROLLED_BACK:]
-        slot = self.state.challenger
-        if slot is not None and slot.name != probation.fallback_name:
-            slot.champion = probation.fallback_name
+        self.seat.new_champion(probation.fallback_name)
         self._new_stats_of(probation.fallback_name, probation.fallback_description)
         reason = f"rolled back from {failed!r}: {why}"
         outputs.event(ModelEvent(EventKind.ROLLED_BACK, probation.fallback_name, reason, self.shard, failed))
 
-    def _receive_challenger(self, update: ModelUpdate, outputs: ShardOutputs) -> None:
-        """Start loading the challenger in `update`; swap at once if this process has it ready already."""
-        descriptor = update.descriptor
-        slot = self.state.challenger
-        if (
-            slot is not None
-            and self.challenger_scorer is not None
-            and (slot.digest, slot.name, slot.mode, slot.fraction)
-            == (descriptor.digest, descriptor.model_name, descriptor.mode, descriptor.fraction)
-        ):
-            return  # The challenger we run, sent again.
-        if self.incoming_challenger is not None:
-            self.cache.release(self.incoming_challenger[0].descriptor.digest)
-        self.incoming_challenger = (update, self.cache.request(descriptor))
-        self._swap_when_ready(outputs)
-
-    def _end_challenger(self, name: str, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
-        """The challenger `name` leaves this shard, with a last report of its partial window."""
-        if self.incoming_challenger is not None and self.incoming_challenger[0].descriptor.model_name == name:
-            self.cache.release(self.incoming_challenger[0].descriptor.digest)
-            self.incoming_challenger = None
-        slot = self.state.challenger
-        if slot is None or slot.name != name:
-            return
-        self._close_challenger(closed_by, outputs)
-        self._score_held(outputs)  # records a restored canary held, if it never loaded again
-
-    def _close_challenger(self, closed_by: ClosedBy, outputs: ShardOutputs) -> None:
-        slot = self.state.challenger
-        assert slot is not None
-        if slot.window.records:
-            self._report(slot, closed_by, outputs)
-        if self.challenger_scorer is not None:
-            self.cache.release(slot.digest)
-        self.state.challenger = None
-        self.challenger_scorer = None
-
-    def _swap_challenger_when_ready(self, outputs: ShardOutputs) -> None:
-        if self.incoming_challenger is None or not self.incoming_challenger[1].ready():
-            return
-        update, load = self.incoming_challenger
-        self.incoming_challenger = None
-        descriptor = update.descriptor
-        try:
-            scorer, load_ms = load.result()
-        except ModelLoadError as error:
-            self.cache.release(descriptor.digest)
-            outputs.event(ModelEvent(EventKind.FAILED, descriptor.model_name, error.reason, self.shard))
-            if self.challenger_scorer is None and self.state.challenger is not None:
-                self.state.challenger = None  # restored, and it cannot run again here: the champion answers
-                self._score_held(outputs)
-            return
-        slot = self.state.challenger
-        restored = slot is not None and self.challenger_scorer is None and slot.digest == descriptor.digest
-        if restored and slot is not None:
-            slot.mode, slot.fraction = descriptor.mode, descriptor.fraction
-        else:
-            if slot is not None:
-                self._close_challenger(ClosedBy.REPLACED, outputs)
-            self.state.challenger = ChallengerSlot.of(descriptor, self.state.model_name)
-        self.challenger_scorer = scorer
-        reason = f"{descriptor.experiment()} beside {self.state.model_name!r}"
-        arrival_ms = ms_since(update.arrived_at) if update.arrived_at else 0.0
-        kind = EventKind.RESTORED if restored else EventKind.CHALLENGING
-        outputs.event(ModelEvent(kind, descriptor.model_name, reason, self.shard, "", load_ms, arrival_ms))
-        if self.scorer is not None:
-            self._score_held(outputs)
-
     def _swap_when_ready(self, outputs: ShardOutputs) -> None:
-        self._swap_challenger_when_ready(outputs)
+        if self.seat.seat_when_ready(outputs, champion_ready=self.scorer is not None):
+            self._score_held(outputs)
         if self.incoming is None or not self.incoming[1].ready():
             return
         update, load = self.incoming
@@ -562,10 +364,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.champion_gate.open()
         self.state.model_digest = digest
         self.state.model_name = descriptor.model_name
-        slot = self.state.challenger
-        # A challenger promoted to champion keeps naming its old champion in its last report.
-        if slot is not None and slot.name != descriptor.model_name:
-            slot.champion = descriptor.model_name
+        self.seat.new_champion(descriptor.model_name)
         if restored and self.state.stats is not None:
             outputs.event(
                 ModelEvent(
@@ -584,3 +383,11 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 )
             )
         self._score_held(outputs)
+
+
+if not TYPE_CHECKING:  # the code imports each from its module; only old pickles name it here
+
+    def __getattr__(name: str) -> object:
+        """The shard's messages and routing, which moved to `flows.core.shard_messages` and
+        `flows.core.routing`, for pickles that name them here (see `flows.moved.MOVED_NAMES`)."""
+        return moved.moved_attribute(__name__, name)

@@ -4,6 +4,9 @@ Messages use Avro single-object encoding (a 2-byte marker, the schema's CRC-64-A
 the binary datum), so a message written with another schema, or bytes that are not Avro at all, are
 recognised as such instead of being misread. Decoding never raises: bytes that fail to decode become a
 `DecodeFailure` that names the schema and the reason.
+
+fastavro encodes and decodes, except RecommenderResult, written once per data record: it is encoded by
+hand (`flows.wire.result_encoder`) while its schema is the one that encoder was written for.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import sys
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -33,6 +34,7 @@ from flows.core.records import (
     ScoredBatch,
     ScoredMessage,
 )
+from flows.wire.result_encoder import WRITTEN_FOR, encode_scored_batch, write_result
 
 # Package data (`flows.schemas`, the repository's top-level `schemas/`), read through importlib.resources so
 # an installed wheel finds them too.
@@ -218,170 +220,12 @@ def _result_to_avro(result: RecommenderResult) -> dict:
     }
 
 
-# Avro binary encoding by hand, for the one record written once per data record: RecommenderResult.
-# fastavro's schemaless_writer costs 8-11 us per result, most of it fixed per call (it walks the schema each
-# time); these functions cost ~4 us and write the same bytes (the tests compare them with fastavro's).
-
-_INT64 = range(-(1 << 63), 1 << 63)
-
-
-def _varint_long(value: int) -> bytes:
-    """An Avro long: zig-zag, then base-128 varint, least significant group first."""
-    if value not in _INT64:
-        raise ValueError(f"{value} does not fit in an Avro long")
-    number = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while number > 0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-# User and product ids are small: their encodings are looked up rather than computed.
-_SMALL_LONGS = {value: _varint_long(value) for value in range(-64, 1 << 14)}
-
-
-def _long(value: int) -> bytes:
-    encoded = _SMALL_LONGS.get(value)
-    return encoded if encoded is not None else _varint_long(value)
-
-
-def _array(values: Sequence[Any], cache: dict[Any, bytes], encode: Callable[[Any], bytes]) -> bytes:
-    """An Avro array in one block: each item's encoding looked up in `cache`, or made by `encode` if one
-    is missing there."""
-    if not values:
-        return b"\x00"
-    try:
-        items = b"".join(map(cache.__getitem__, values))
-    except KeyError:
-        items = b"".join(map(encode, values))
-    return _long(len(values)) + items + b"\x00"
-
-
-def _remember(cache: dict[Any, bytes], key: Any, encoded: bytes, limit: int) -> bytes:
-    """Keep `encoded` in `cache` under `key`; a full cache is emptied first (values from a topic can all
-    differ, so the caches are bounded)."""
-    if len(cache) >= limit:
-        cache.clear()
-    cache[key] = encoded
-    return encoded
-
-
-def _long_array(values: Sequence[int]) -> bytes:
-    return _array(values, _SMALL_LONGS, _long)
-
-
-# Encoded strings by value: product ids, model names and sources repeat from record to record.
-_STRINGS: dict[str, bytes] = {}
-_MAX_STRINGS = 1 << 16
-
-
-def _string(value: str) -> bytes:
-    """An Avro string: the UTF-8 length as a long, then the UTF-8 bytes."""
-    encoded = _STRINGS.get(value)
-    if encoded is None:
-        utf8 = value.encode()
-        encoded = _remember(_STRINGS, value, _long(len(utf8)) + utf8, _MAX_STRINGS)
-    return encoded
-
-
-def _string_array(values: Sequence[str]) -> bytes:
-    return _array(values, _STRINGS, _string)
-
-
-def _double_array(values: Sequence[float]) -> bytes:
-    if not values:
-        return b"\x00"
-    doubles = array("d", values)  # IEEE 754 binary64 in the machine's byte order; Avro's is little-endian.
-    if sys.byteorder != "little":
-        doubles.byteswap()
-    return _long(len(values)) + doubles.tobytes() + b"\x00"
-
-
-# Encoded metadata by value: the results of a micro-batch share theirs (and its start time in ms is a
-# 6-byte long, slow to encode in Python).
-_METADATA: dict[tuple[str, str, str, int, int], bytes] = {}
-_MAX_METADATA = 1 << 10
-
-
-def _metadata(metadata: ModelResultMetadata) -> bytes:
-    key = (metadata.errors, metadata.model_name, metadata.source, metadata.start_time, metadata.duration)
-    encoded = _METADATA.get(key)
-    if encoded is None:
-        errors, model_name, source, start_time, duration = key
-        fields = (_string(errors), _string(model_name), _string(source), _long(start_time), _long(duration))
-        encoded = _remember(_METADATA, key, b"".join(fields), _MAX_METADATA)
-    return encoded
-
-
-# Product ids as a result's strings (`str(id)`, encoded), by id.
-_ID_STRINGS: dict[int, bytes] = {}
-
-
-def _id_string(product: int) -> bytes:
-    encoded = _ID_STRINGS.get(product)
-    if encoded is None:
-        encoded = _remember(_ID_STRINGS, product, _string(str(product)), _MAX_STRINGS)
-    return encoded
-
-
-def _id_string_array(products: Sequence[int]) -> bytes:
-    """The array of strings a result gives for `products`: what _string_array writes for their `str`s."""
-    return _array(products, _ID_STRINGS, _id_string)
-
-
-def _write_result(result: RecommenderResult) -> bytes:
-    record, output = result.input_record, result.model_result
-    return b"".join(
-        (
-            _long(record.user),
-            _long_array(record.products),
-            _string(record.datatype),
-            _string_array(output.products),
-            _double_array(output.probabilities),
-            _metadata(result.metadata),
-        )
-    )
-
-
-# The RecommenderResult schema (with the three records it uses) that _write_result encodes.
-_RESULT_WRITER = DatumWriter(_write_result, schema_fingerprint="1adba0e682f7b96b")
-
-
 def encode_results(batch: Sequence[ScoredMessage]) -> list[bytes]:
-    """Every result of `batch`, as `RESULT.encode` writes it.
-
-    A ScoredBatch is read in columns: its scores are converted to Avro doubles once for the whole batch and
-    sliced per record, and no result object is built (about half the cost of encoding a result).
-    """
+    """Every result of `batch`, as `RESULT.encode` writes it: a ScoredBatch from its columns while the
+    hand-written encoder is in use (flows.wire.result_encoder), each result alone otherwise."""
     if not isinstance(batch, ScoredBatch) or not RESULT.fast_path:
         return [RESULT.encode(item.result) for item in batch]
-    header = RESULT.header
-    doubles = batch.scores.astype("<f8").tobytes()  # IEEE 754 binary64, little-endian, as Avro writes them
-    metadata = _metadata(batch.metadata)
-    replaced = batch.replaced
-    encoded = []
-    for index, (message, start, count) in enumerate(zip(batch.messages, batch.starts, batch.counts)):
-        if index in replaced:
-            encoded.append(RESULT.encode(replaced[index].result))
-            continue
-        record = message.record
-        scores = _long(count) + doubles[8 * start : 8 * (start + count)] + b"\x00" if count else b"\x00"
-        encoded.append(
-            b"".join(
-                (
-                    header,
-                    _long(record.user),
-                    _long_array(record.products),
-                    _string(record.datatype),
-                    _id_string_array(record.products),
-                    scores,
-                    metadata,
-                )
-            )
-        )
-    return encoded
+    return encode_scored_batch(batch, RESULT.header, RESULT.encode)
 
 
 def _result_from_avro(datum: dict) -> RecommenderResult:
@@ -453,6 +297,8 @@ def _stats_from_avro(datum: dict) -> ModelToServeStats:
 
 
 RECORD = AvroCodec("RecommenderRecord", _record_to_avro, _record_from_avro)
+# Encoded by hand (flows.wire.result_encoder) while the schema is the one that encoder was written for.
+_RESULT_WRITER = DatumWriter(write_result, schema_fingerprint=WRITTEN_FOR)
 RESULT = AvroCodec("RecommenderResult", _result_to_avro, _result_from_avro, _RESULT_WRITER)
 MODEL = AvroCodec("ModelDescriptor", _descriptor_to_avro, _descriptor_from_avro)
 STATS = AvroCodec("ModelToServeStats", _stats_to_avro, _stats_from_avro)

@@ -20,13 +20,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from flows.core.records import DecodeFailure, RecommenderRecord
-from flows.wire.avro import HEADER_SIZE, RECORD, _expanded_fingerprint, _string
+from flows.wire.avro import HEADER_SIZE, RECORD, _expanded_fingerprint
+from flows.wire.result_encoder import string
 
 # The RecommenderRecord schema whose plain encoding is described above; any other one is left to fastavro.
 SHAPE_IS_CURRENT = _expanded_fingerprint(RECORD.schema) == "7913ea33df4c4bda"
 
 DEFAULT_DATATYPE = "recommender"
-_TAIL = _string(DEFAULT_DATATYPE)  # the datatype as the record's last field: its length, then its bytes
+_TAIL = string(DEFAULT_DATATYPE)  # the datatype as the record's last field: its length, then its bytes
 _SHORTEST = HEADER_SIZE + 2 + len(_TAIL)  # a user and an empty array (one byte each), then the datatype
 _LONGEST_VARINT = 9  # bytes: up to 63 bits, so the value fits an unsigned 64-bit integer without overflow
 
