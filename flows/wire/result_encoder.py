@@ -17,6 +17,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flows.core.errors import ServingError
 from flows.core.records import ModelResultMetadata, RecommenderResult, ScoredBatch
 
 # The `_expanded_fingerprint` (flows.wire.avro) of the RecommenderResult schema, with the three records it
@@ -39,10 +40,14 @@ _METADATA: dict[tuple[str, str, str, int, int], bytes] = {}
 _ID_STRINGS: dict[int, bytes] = {}
 
 
+class NotEncodable(ServingError, ValueError):
+    """A value the RecommenderResult schema cannot hold."""
+
+
 def _varint_long(value: int) -> bytes:
     """An Avro long: zig-zag, then base-128 varint, least significant group first."""
     if value not in _INT64:
-        raise ValueError(f"{value} does not fit in an Avro long")
+        raise NotEncodable(f"{value} does not fit in an Avro long")
     number = (value << 1) ^ (value >> 63)
     out = bytearray()
     while number > 0x7F:
