@@ -97,9 +97,7 @@ def trial(
         stage,
         _why,
     )
-    return TrialFigures(
-        round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(peak_mb(), 1)
-    )
+    return TrialFigures.measured(open_ms, max_pairs, call_ms, base_mb)
 
 
 def _why(error: BaseException) -> str:

@@ -47,6 +47,11 @@ class TrialFigures:
         return asdict(self)
 
     @classmethod
+    def measured(cls, open_ms: float, max_pairs: int, call_ms: float, base_mb: float) -> TrialFigures:
+        """The figures of a trial that just passed, with this process's peak memory now, rounded."""
+        return cls(round(open_ms, 2), max_pairs, round(call_ms, 3), round(base_mb, 1), round(peak_mb(), 1))
+
+    @classmethod
     def from_json(cls, fields: dict[str, Any]) -> TrialFigures:
         return cls(**{field.name: fields[field.name] for field in dataclass_fields(cls)})
 
