@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from support.core_runs import Turn, at, every_shard, messages, run_core, run_in_turns
+from support.core_runs import Turn, at, every_shard, holder_judging_by, messages, run_core, run_in_turns
 
 from flows.adapters.scorers import ScorerCache
 from flows.adapters.sources.generators import generated_records
@@ -18,7 +18,7 @@ from flows.core.challenger import ChallengerSettings, merge_reports, top_k_agree
 from flows.core.context import ServingContext
 from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.core.events import ChallengerReport, ModelEvent
-from flows.core.model_holder import CaughtUp, HolderState, ModelHolderLogic
+from flows.core.model_holder import CaughtUp, HolderState
 from flows.core.records import DataMessage, RecommenderRecord
 from flows.core.scorer import build_scorer
 from flows.core.vocabulary import EventKind
@@ -304,7 +304,7 @@ def test_a_challenger_that_throws_never_touches_the_champions_results(mode, mode
 
 def holder_verdicts(values: list) -> tuple[list[tuple[EventKind, str]], HolderState]:
     """What a fresh holder that waits for catch-up makes of `values` read from the models topic."""
-    holder = ModelHolderLogic(ScorerCache(AdmissionPolicy()), True, None)
+    holder = holder_judging_by(AdmissionPolicy(), True, None)
     outputs, _ = holder.on_batch(values)
     more, _ = holder.on_eof()
     events = [(item.kind, item.model_name) for item in [*outputs, *more] if isinstance(item, ModelEvent)]
@@ -336,7 +336,7 @@ def test_at_start_up_the_topic_history_is_replayed_commands_included(model_v1, m
 
 
 def test_a_challenger_without_a_champion_is_rejected(model_v2):
-    holder = ModelHolderLogic(ScorerCache(AdmissionPolicy()), False, None)
+    holder = holder_judging_by(AdmissionPolicy(), False, None)
     outputs, _ = holder.on_batch([challenger(model_v2, SHADOW)])
     more, _ = holder.on_eof()
     [event] = [item for item in [*outputs, *more] if isinstance(item, ModelEvent)]

@@ -1,4 +1,4 @@
-"""Signed model events (`flows.core.admission.event_signing`): what the flow's Kafka output writes to the
+"""Signed model events (`flows.core.event_signing`): what the flow's Kafka output writes to the
 events topic with SERVING_EVENTS_SIGNING_KEY set verifies under the public key, and nothing else does."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 
 from flows.adapters.kafka.outputs import event_message, smaller_event
 from flows.adapters.kafka.settings import KafkaSettings
-from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer, verify_event
 from flows.core.admission.signing import new_private_key, private_key_pem, raw_public_key, sign
 from flows.core.context import ServingContext
 from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.event_signing import EventSettings, EventSigner, event_signer, verify_event
 from flows.core.events import ModelEvent
 from flows.core.vocabulary import EventKind
 from flows.runtime.app import build_flow

@@ -12,7 +12,16 @@ from datetime import timedelta
 import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
-from support.core_runs import AbortOnce, FlowRun, ScheduledSource, at, messages, sample_records, serve_into
+from support.core_runs import (
+    AbortOnce,
+    FlowRun,
+    ScheduledSource,
+    at,
+    holder_judging_by,
+    messages,
+    sample_records,
+    serve_into,
+)
 
 from flows.adapters.scorers import ScorerCache
 from flows.core.admission.policy import AdmissionPolicy
@@ -73,7 +82,7 @@ def kinds(events: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
 
 def test_a_replayed_old_signed_descriptor_cannot_downgrade_the_champion(model_v1, model_v2):
     key = new_private_key()
-    holder = ModelHolderLogic(ScorerCache(trusting(key)), False, None)
+    holder = holder_judging_by(trusting(key), False, None)
     v1, v2 = signed(model_v1, key, 100), signed(model_v2, key, 200)
     events = feed(holder, v1, v2, v1)  # the last: the bytes of the old v1 message, produced again
     assert kinds(events) == [("accepted", "recommender-v1"), ("accepted", "recommender-v2"),
@@ -87,7 +96,7 @@ def test_a_replayed_old_signed_descriptor_cannot_downgrade_the_champion(model_v1
 
 def test_an_old_signed_retire_cannot_end_a_new_experiment(model_v1, model_v2):
     key = new_private_key()
-    holder = ModelHolderLogic(ScorerCache(trusting(key)), False, None)
+    holder = holder_judging_by(trusting(key), False, None)
     experiment = canary(model_v2)
     retire = signed(command(RETIRE, experiment), key, 30)
     events = feed(holder, signed(model_v1, key, 10), signed(experiment, key, 20), retire,
@@ -100,7 +109,7 @@ def test_an_old_signed_retire_cannot_end_a_new_experiment(model_v1, model_v2):
 
 def test_signed_commands_name_their_target_and_unsigned_old_signatures_are_refused(model_v1, model_v2):
     key = new_private_key()
-    holder = ModelHolderLogic(ScorerCache(trusting(key)), False, None)
+    holder = holder_judging_by(trusting(key), False, None)
     experiment = canary(model_v2)
     untargeted = signed(
         ModelDescriptor(experiment.model_name, "", ModelType.UNKNOWN, command=PROMOTE), key, 3
@@ -126,10 +135,10 @@ def _message_without_sequence(descriptor: ModelDescriptor) -> bytes:
 def test_the_freshness_marks_survive_a_restart(model_v1, model_v2):
     key = new_private_key()
     cache = ScorerCache(trusting(key))
-    holder = ModelHolderLogic(cache, False, None)
+    holder = ModelHolderLogic(cache, cache.policy, False, None)
     v1 = signed(model_v1, key, 100)
     feed(holder, v1, signed(model_v2, key, 200))
-    restarted = ModelHolderLogic(cache, False, _pickled(holder.snapshot()))
+    restarted = ModelHolderLogic(cache, cache.policy, False, _pickled(holder.snapshot()))
     events = feed(restarted, v1)
     assert kinds(events) == [("resent", "recommender-v2"), ("rejected", "recommender-v1")]
     assert "not newer than 200" in events[1][2]
@@ -143,14 +152,14 @@ def _pickled(state: HolderState) -> HolderState:
 
 def test_an_expired_signed_message_is_refused(model_v1):
     key = new_private_key()
-    holder = ModelHolderLogic(ScorerCache(trusting(key)), False, None)
+    holder = holder_judging_by(trusting(key), False, None)
     expired = sign(replace(model_v1, sequence=5, expires_at=int(time.time() * 1000) - 1), key)
     events = feed(holder, expired)
     assert kinds(events) == [("rejected", "recommender-v1")] and "expired at" in events[0][2]
 
 
 def test_without_trusted_keys_unsigned_operation_is_unchanged(model_v1, model_v2):
-    holder = ModelHolderLogic(ScorerCache(AdmissionPolicy()), False, None)
+    holder = holder_judging_by(AdmissionPolicy(), False, None)
     assert kinds(feed(holder, model_v1, model_v2, model_v1)) == [
         ("accepted", "recommender-v1"), ("accepted", "recommender-v2"), ("accepted", "recommender-v1")
     ]  # fmt: skip
@@ -167,7 +176,7 @@ def test_a_fresh_deployment_replaying_a_signed_history_ends_on_the_promoted_cham
         signed(experiment, key, 2),
         signed(command(PROMOTE, experiment), key, 3),
     ]
-    holder = ModelHolderLogic(ScorerCache(trusting(key)), True, None)
+    holder = holder_judging_by(trusting(key), True, None)
     outputs, _ = holder.on_batch([*history, CaughtUp("models", 1)])
     settle(holder, outputs)
     accepted = [
@@ -180,7 +189,7 @@ def test_a_fresh_deployment_replaying_a_signed_history_ends_on_the_promoted_cham
 def test_a_model_refused_for_its_signature_is_not_remembered_against_its_content(model_v2):
     key = new_private_key()
     cache = ScorerCache(trusting(key))
-    holder = ModelHolderLogic(cache, False, None)
+    holder = ModelHolderLogic(cache, cache.policy, False, None)
     events = feed(holder, model_v2, signed(model_v2, key, 7))
     assert kinds(events) == [("rejected", "recommender-v2"), ("accepted", "recommender-v2")]
     # Past the holder, a model is the flow's own: a shard's load of the promoted (re-described) champion
@@ -269,7 +278,7 @@ def test_one_model_under_many_spellings_of_its_location_is_loaded_once(model_v1)
     located = [ModelDescriptor(f"recommender-v1-{index}", "", ModelType.TENSORFLOWSAVED, None, spelling)
                for index, spelling in enumerate(spellings * 5)]  # fmt: skip
     cache = ScorerCache(AdmissionPolicy())
-    holder = ModelHolderLogic(cache, False, None)
+    holder = ModelHolderLogic(cache, cache.policy, False, None)
     outputs, _ = holder.on_batch(located)
     settle(holder, outputs)
     assert cache.builds == 1
@@ -291,7 +300,7 @@ def test_a_flood_of_models_runs_at_most_two_loads_and_loads_only_the_newest_of_t
         return build_scorer(descriptor, policy)
 
     cache = ScorerCache(AdmissionPolicy(roots=(tmp_path,)), held_build)
-    holder = ModelHolderLogic(cache, False, None)
+    holder = ModelHolderLogic(cache, cache.policy, False, None)
     outputs, _ = holder.on_batch(copies)
     release.set()
     settle(holder, outputs)
@@ -305,7 +314,7 @@ def test_a_flood_of_models_runs_at_most_two_loads_and_loads_only_the_newest_of_t
 
 
 def test_a_challenger_cannot_take_the_champions_name(model_v1, model_v2):
-    holder = ModelHolderLogic(ScorerCache(AdmissionPolicy()), False, None)
+    holder = holder_judging_by(AdmissionPolicy(), False, None)
     impostor = canary(replace(model_v2, model_name=model_v1.model_name))
     events = feed(holder, model_v1, impostor)
     assert kinds(events) == [("accepted", "recommender-v1"), ("rejected", "recommender-v1")]
@@ -328,7 +337,7 @@ def test_a_model_republished_under_a_new_name_answers_under_that_name(model_v1):
 
 
 def test_a_descriptor_with_both_bytes_and_a_location_is_refused(model_v1):
-    holder = ModelHolderLogic(ScorerCache(AdmissionPolicy()), False, None)
+    holder = holder_judging_by(AdmissionPolicy(), False, None)
     both = replace(model_v1, model_source_location=str(SHIPPED_MODELS_DIR / "2"))
     events = feed(holder, both)
     assert kinds(events) == [("rejected", "recommender-v1")] and "not both" in events[0][2]

@@ -161,7 +161,7 @@ def test_models_kept_from_the_topic_at_start_up_survive_a_restart_during_the_cat
     """Killed while catching up: what the holder had read of the topic's history is in its snapshot (the
     model source will not read it again), and is judged once the source has caught up after the restart."""
     context = ServingContext.create(AdmissionPolicy())
-    holder = ModelHolderLogic(context.cache, True, None)
+    holder = ModelHolderLogic(context.cache, context.policy, True, None)
     holder.on_batch([model_v1, model_v2])  # the history so far; no CaughtUp yet
     restored = pickle.loads(pickle.dumps(holder.snapshot()))
     assert [descriptor.model_name for descriptor, _ in restored.startup] == [
@@ -169,7 +169,7 @@ def test_models_kept_from_the_topic_at_start_up_survive_a_restart_during_the_cat
         "recommender-v2",
     ]
 
-    again = ModelHolderLogic(context.cache, True, restored)
+    again = ModelHolderLogic(context.cache, context.policy, True, restored)
     outputs, _ = again.on_batch([CaughtUp("models", 1)])
     more, _ = again.on_eof()
     accepted = [item.model_name for item in [*outputs, *more] if getattr(item, "kind", "") == "accepted"]
@@ -241,7 +241,7 @@ def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
     with open(Path(__file__).parent / "data" / "snapshots-0.1.0.pickle", "rb") as snapshots:
         restored = pickle.load(snapshots)
     context = ServingContext.create(AdmissionPolicy())
-    holder = ModelHolderLogic(context.cache, True, restored["serve_model_holder"])
+    holder = ModelHolderLogic(context.cache, context.policy, True, restored["serve_model_holder"])
     assert holder.snapshot().champion.model_source_location == "grpc://127.0.0.1:8500/models/recommender"
     assert holder.snapshot().champion.role == "champion" and holder.snapshot().challenger is None
     [held_before] = restored["serve_shards"].held

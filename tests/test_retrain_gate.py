@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.core.admission.event_signing import EventSigner
 from flows.core.admission.signing import new_private_key, raw_public_key
+from flows.core.event_signing import EventSigner
 from flows.core.events import ModelEvent, SignedModelEvent
 from flows.core.vocabulary import EventKind
 from flows.tools import retrain

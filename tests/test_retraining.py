@@ -14,7 +14,6 @@ from support.decoded import decoded
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
 
 from flows.adapters.sources.generators import generated_records, shipped_model
-from flows.core.admission.event_signing import EventSigner, verify_event
 from flows.core.admission.signing import (
     load_private_key,
     new_private_key,
@@ -24,6 +23,7 @@ from flows.core.admission.signing import (
     sign,
     verify,
 )
+from flows.core.event_signing import EventSigner, verify_event
 from flows.core.events import ModelEvent
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce

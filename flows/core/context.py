@@ -28,6 +28,12 @@ class ServingContext:
     # Opened by the first shard of this process that serves a champion; the data sources wait for it.
     champion_gate: ChampionGate = field(default_factory=ChampionGate)
 
+    @property
+    def policy(self) -> AdmissionPolicy:
+        """The admission policy of this flow: the cache's, so what loads a model and what judges it and
+        scores with it cannot follow two policies."""
+        return self.cache.policy
+
     @classmethod
     def create(
         cls, policy: AdmissionPolicy | None = None, cache: ScorerCache | None = None

@@ -88,7 +88,7 @@ def serve(
         op.stateful_batch(
             f"{step_id}_model_holder",
             keyed_models,
-            partial(ModelHolderLogic, context.cache, wait_for_catch_up),
+            partial(ModelHolderLogic, context.cache, context.policy, wait_for_catch_up),
         ),
     )
     holder_out = op.branch(f"{step_id}_split_holder", held, _is_event)

@@ -133,7 +133,7 @@ class ModelEvent:
 @dataclass(frozen=True, slots=True)
 class SignedModelEvent:
     """A model event as it travels on the events topic, with who signed it, when, and the signature
-    (`flows.core.admission.event_signing`). Only the topic's writer and readers see it: the flow's steps pass
+    (`flows.core.event_signing`). Only the topic's writer and readers see it: the flow's steps pass
     plain ModelEvents and the Kafka output signs them as it encodes them. Empty signer and signature,
     issued_ms 0: unsigned."""
 

@@ -53,6 +53,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows.core.admission.descriptor_checks import refusal
 from flows.core.admission.freshness import FreshnessMarks
+from flows.core.admission.policy import AdmissionPolicy
 from flows.core.descriptors import PROMOTE, ModelDescriptor
 from flows.core.events import ModelEvent, ms_since
 from flows.core.records import DecodeFailure
@@ -127,9 +128,14 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
     """Judges model events off the step and keeps the latest accepted champion and challenger."""
 
     def __init__(
-        self, cache: ScorerCache, wait_for_catch_up: bool, resume: HolderState | ModelDescriptor | None
+        self,
+        cache: ScorerCache,
+        policy: AdmissionPolicy,
+        wait_for_catch_up: bool,
+        resume: HolderState | ModelDescriptor | None,
     ) -> None:
         self.cache = cache
+        self.policy = policy
         if isinstance(resume, ModelDescriptor):  # written before challengers existed
             resume = HolderState(resume)
         resume = resume or HolderState()
@@ -240,7 +246,7 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
 
     def _refusal(self, descriptor: ModelDescriptor) -> str | None:
         """Why `descriptor` is refused at once (content, signature and freshness, identity), or None."""
-        policy = self.cache.policy
+        policy = self.policy
         refused = refusal(descriptor, policy)
         if refused is None and policy.trusted_keys:
             refused = self.freshness.admit(descriptor, policy.trusted_keys, int(time.time() * 1000))
@@ -395,21 +401,19 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         if clash:
             self._reject(candidate, clash, outputs)
             return
-        if self.held_digest is not None:
-            self.cache.release(self.held_digest)
-        self.held_digest = descriptor.digest
+        self.held_digest = self._hold(self.held_digest, descriptor)
         previous = self.current.model_name if self.current else ""
         self._replace_champion(descriptor)
         self.resend_pending = False
-        event = ModelEvent(
-            EventKind.ACCEPTED,
-            descriptor.model_name,
-            descriptor.description,
-            previous_model=previous,
-            load_ms=load_ms,
-            arrival_ms=ms_since(candidate.arrived_at),
-        )
+        event = _accepted(candidate, load_ms, descriptor.description, previous)
         outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at, self.fallback)])
+
+    def _hold(self, held: str | None, descriptor: ModelDescriptor) -> str:
+        """Release the cache reference `held` (the model `descriptor` replaces in its role) and keep the
+        one `descriptor`'s load took instead: its digest."""
+        if held is not None:
+            self.cache.release(held)
+        return descriptor.digest
 
     def _replace_champion(self, descriptor: ModelDescriptor) -> None:
         """`descriptor` is the champion; the one it replaces is the fallback (the same model sent again
@@ -427,26 +431,31 @@ class ModelHolderLogic(StatefulBatchLogic[HolderInput, HolderOutput, HolderState
         if clash:
             self._reject(candidate, clash, outputs)
             return
-        if self.held_challenger_digest is not None:
-            self.cache.release(self.held_challenger_digest)
-        self.held_challenger_digest = descriptor.digest
+        self.held_challenger_digest = self._hold(self.held_challenger_digest, descriptor)
         replaced = f" (replacing challenger {self.challenger.model_name!r})" if self.challenger else ""
         self.challenger = descriptor
         reason = f"as {descriptor.experiment()} beside {self.current.model_name!r}{replaced}"
-        event = ModelEvent(
-            EventKind.ACCEPTED,
-            descriptor.model_name,
-            reason,
-            load_ms=load_ms,
-            arrival_ms=ms_since(candidate.arrived_at),
+        outputs.extend(
+            [_accepted(candidate, load_ms, reason), AcceptedModel(descriptor, candidate.arrived_at)]
         )
-        outputs.extend([event, AcceptedModel(descriptor, candidate.arrived_at)])
 
     def _champion_name(self) -> str:
         return self.current.model_name if self.current else ""
 
     def _still_serving(self) -> str:
         return f"; still serving {self.current.model_name!r}" if self.current else ""
+
+
+def _accepted(candidate: _Candidate, load_ms: float, reason: str, previous_model: str = "") -> ModelEvent:
+    """The `accepted` event of a candidate that loaded in `load_ms`, timed from its arrival."""
+    return ModelEvent(
+        EventKind.ACCEPTED,
+        candidate.descriptor.model_name,
+        reason,
+        previous_model=previous_model,
+        load_ms=load_ms,
+        arrival_ms=ms_since(candidate.arrived_at),
+    )
 
 
 def _as_champion(descriptor: ModelDescriptor) -> ModelDescriptor:

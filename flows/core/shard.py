@@ -85,6 +85,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.shadow_results = shadow_results  # emit a shadow challenger's results (someone writes them)
         self.max_products = max_products
         self.cache: ScorerCache = context.cache
+        self.policy = context.policy
         self.telemetry = context.telemetry
         self.serving_state = context.state
         self.champion_gate = context.champion_gate
@@ -183,9 +184,9 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         champion = self.state.model_name
         with self.telemetry.batch(self.shard, champion, self.scorer.source, messages) as span:
             if self.seat.scoring:
-                scored = self.seat.score(ModelCall(self.scorer, champion), messages, self.cache.policy)
+                scored = self.seat.score(ModelCall(self.scorer, champion), messages, self.policy)
             else:
-                results, batch_ms = score_batch(self.scorer, champion, messages, self.cache.policy)
+                results, batch_ms = score_batch(self.scorer, champion, messages, self.policy)
                 scored = ExperimentScores([(results, batch_ms, champion)])
             for results, batch_ms, answered_by in scored.answered:
                 self.telemetry.scored(span, self.shard, answered_by, results, batch_ms)

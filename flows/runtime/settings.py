@@ -22,11 +22,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.observability.state_server import StateServerSettings
 from flows.adapters.sources.generator_settings import GeneratorSettings
-from flows.core.admission.event_signing import EventSettings
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import ChallengerSettings
 from flows.core.drift import DriftSettings
 from flows.core.errors import ConfigurationError
+from flows.core.event_signing import EventSettings
 from flows.core.probation import RollbackSettings
 from flows.core.sections import Section
 

@@ -19,8 +19,14 @@ from typing import Any
 
 import urllib3
 
+from flows.adapters.observability.state_merge import (
+    PeerDocumentError,
+    merge,
+    merge_challengers,
+    merge_lag,
+    read_document,
+)
 from flows.core.errors import ServingError
-from flows.core.state_merge import PeerDocumentError, merge, merge_challengers, merge_lag, read_document
 from flows.core.vocabulary import Mode
 
 DEFAULT_URL = "http://localhost:8081/state"

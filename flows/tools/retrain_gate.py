@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flows.core.admission.event_signing import verify_event
+from flows.core.event_signing import verify_event
 from flows.core.events import ModelEvent, SignedModelEvent
 from flows.core.vocabulary import EventKind
 

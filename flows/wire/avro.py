@@ -328,7 +328,7 @@ def _signed_event_from_avro(datum: dict) -> SignedModelEvent:
 
 
 # The same schema read two ways: EVENT for what happened (unsigned when encoded), SIGNED_EVENT for the
-# signed message on the events topic (`flows.core.admission.event_signing`).
+# signed message on the events topic (`flows.core.event_signing`).
 EVENT = AvroCodec("ModelEvent", _event_to_avro, _event_from_avro)
 SIGNED_EVENT = AvroCodec("ModelEvent", _signed_event_to_avro, _signed_event_from_avro)
 

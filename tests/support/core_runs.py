@@ -20,13 +20,16 @@ from bytewax.inputs import (
 )
 from bytewax.testing import AbortExecution, TestingSink, cluster_main, run_main
 
+from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.drift import DriftSettings
 from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.model_holder import HolderState, ModelHolderLogic
 from flows.core.probation import RollbackSettings
 from flows.core.records import DataMessage, RecommenderRecord, ScoredMessage
+from flows.core.scorer_cache import ScorerCache
 
 Schedule = list[tuple[float, Any]]
 
@@ -338,3 +341,10 @@ def _wait(condition: Any, what: str, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def holder_judging_by(
+    policy: AdmissionPolicy, wait_for_catch_up: bool, resume: HolderState | None
+) -> ModelHolderLogic:
+    """A model holder that judges and loads by `policy`, with a cache of its own."""
+    return ModelHolderLogic(ScorerCache(policy), policy, wait_for_catch_up, resume)

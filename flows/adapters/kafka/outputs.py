@@ -28,8 +28,8 @@ from flows.adapters.kafka.headers import (
 )
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
-from flows.core.admission.event_signing import EventSettings, EventSigner, event_signer
 from flows.core.errors import ServingError
+from flows.core.event_signing import EventSettings, EventSigner, event_signer
 from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.records import (
     DecodeFailure,
@@ -223,12 +223,7 @@ def _at_least_once_answers(
         encoded,
         ResilientKafkaSink(brokers, settings.results_topic, config, smaller_result),
     )
-    letters = op.map("dead_letter_messages", dead_letters, lambda item: [item.dead_letter])
-    op.output(
-        "kafka_dead_letters",
-        letters,
-        ResilientKafkaSink(brokers, settings.dead_letters_topic, config, smaller_dead_letter),
-    )
+    _write_dead_letters(settings, config, op.map("dead_letter_messages", dead_letters, _as_messages))
     if settings.shadow_results_topic:
         topic = settings.shadow_results_topic
         messages = op.map("encode_shadow_results", shadow_results, result_messages)
@@ -263,10 +258,21 @@ def _exactly_once_answers(
     shrink = partial(_smaller_answer, settings)
     sink = ExactlyOnceSink(settings, config, consumer_config(settings), shrink, marker_key)
     op.output("kafka_answers", answers, sink)
-    model_letters = op.map("dead_model_messages", split.falses, lambda item: [item.dead_letter])
+    _write_dead_letters(settings, config, op.map("dead_model_messages", split.falses, _as_messages))
+
+
+def _as_messages(item: Undecodable) -> list[SinkMessage]:
+    """A dead letter as a batch of one for the sink."""
+    return [item.dead_letter]
+
+
+def _write_dead_letters(
+    settings: KafkaSettings, config: dict[str, str], letters: Stream[list[SinkMessage]]
+) -> None:
+    """Dead letters, at least once, into the dead-letter topic (with either delivery: see `kafka_outputs`)."""
     op.output(
         "kafka_dead_letters",
-        model_letters,
+        letters,
         ResilientKafkaSink(settings.brokers, settings.dead_letters_topic, config, smaller_dead_letter),
     )
 

@@ -17,8 +17,8 @@ debug line. It listens on 127.0.0.1 unless SERVING_STATE_HOST says otherwise (th
 0.0.0.0). The page shows names and reasons that whoever writes the models topic chose: it puts them in as
 text only, and its Content-Security-Policy allows no script but its own file. `/cluster` asks only the
 configured peers, each within `PEER_TIMEOUT_S` and `PEER_MAX_BYTES` and all within `CLUSTER_DEADLINE_S`
-however they dribble, and checks each answer (`flows.core.state_merge.read_document`): a peer that answers
-late or wrongly is named with the reason, and the other processes are shown.
+however they dribble, and checks each answer (`state_merge.read_document`): a peer that answers late or
+wrongly is named with the reason, and the other processes are shown.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from typing import Any
 
 from pydantic import Field
 
+from flows.adapters.observability.state_merge import PeerDocumentError, merge_documents, read_document
 from flows.core.errors import ServingError
 from flows.core.sections import Section, comma_separated
 from flows.core.serving_state import ServingState
-from flows.core.state_merge import PeerDocumentError, merge_documents, read_document
 
 log = logging.getLogger(__name__)
 

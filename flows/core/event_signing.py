@@ -41,7 +41,7 @@ class EventSettings(Section):
         description=(
             "path of an Ed25519 private key (PKCS#8 PEM, e.g. from `serving-model-keys --name "
             "event-signing`); set, the flow signs every event it writes to the events topic (signer: "
-            "host/pid, issue time, signature; see `flows/core/admission/event_signing.py`), and "
+            "host/pid, issue time, signature; see `flows/core/event_signing.py`), and "
             "`serving-retrain --trusted-keys` acts only on events signed with it. Unset: events go unsigned, "
             "as before, and `serving-retrain` needs `--insecure-accept-unsigned-events`"
         ),
