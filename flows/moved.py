@@ -4,8 +4,8 @@ importable.
 Recovery snapshots are pickles, and a pickle names each object's class by its module path: a store written
 before the move names `flows.model_holder.HolderState`, `flows.kafka.data_source.KafkaOrigin`, ... A finder
 on `sys.meta_path` (installed when `flows` is imported) answers those paths with the modules that hold the
-classes now, so old stores resume (tests/test_recovery.py loads snapshots written by 0.1.0). Nothing in the
-package imports an old path.
+classes now, so old stores resume (tests/in_process/test_recovery.py loads snapshots written by 0.1.0).
+Nothing in the package imports an old path.
 
 A class can also leave a module that stays: `MOVED_NAMES` lists those, and the module they left answers
 their old names with a module `__getattr__` (PEP 562) that calls `moved_attribute`. Pickle looks a class up

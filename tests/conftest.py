@@ -1,15 +1,19 @@
 """Fixtures: the shipped models as descriptors (TensorFlow imported once, by the tests that use a model), a
 broker for the session; and the markers that let a developer run one layer of the suite.
 
-Markers, set here from what a test uses: `kafka` (it needs the session's broker), `servers` (it starts model
-servers), `k8s` (the Kubernetes manifests), `slow` (it runs the main job, a tool or the benchmark as a
-process). The fast unit layer: `python -m pytest -m "not kafka and not servers and not k8s and not slow"`.
+The suite mirrors the code: `core/`, `wire/`, `adapters/…/`, `runtime/` and `tools/` hold the unit tests of
+each layer (no broker, no model server, no real-time schedule). `in_process/` runs the layers together in this
+process (Bytewax flows on scheduled inputs, model trials, servers on loopback), `jobs/` runs the main job, the
+tools and the benchmark as processes, `k8s/` checks the manifests and `project/` the code, the README and the
+package. Each test gets the marker of its directory (`unit` for the layers, else the directory's name) here
+and nowhere else, and `kafka` (it uses the session's broker) or `servers` (it starts model servers) from the
+fixtures it uses. While editing: `python -m pytest -m unit` (under a minute).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import cast
+from pathlib import Path
 
 import pytest
 from support.jobs import reap_started_jobs
@@ -19,16 +23,10 @@ from flows.adapters.sources.generators import shipped_model
 from flows.core.descriptors import ModelDescriptor
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
-# Modules whose tests run the main job, a tool or the benchmark as a process of its own.
-PROCESS_MODULES = {
-    "test_exactly_once",
-    "test_admission_kafka", "test_backlog", "test_bench", "test_challenger_kafka", "test_kafka",
-    "test_main_job", "test_no_crash_loop", "test_package", "test_retraining", "test_shutdown",
-    "test_signed_lifecycle_kafka", "test_layers", "test_onnx_kafka", "test_preflight",
-}  # fmt: skip
-SERVER_MODULES = {"test_remote_scorers"}
-# Modules that check the Kubernetes manifests and what they deploy (the Grafana dashboard).
-K8S_MODULES = {"test_k8s", "test_grafana_dashboard"}
+TESTS = Path(__file__).parent
+LAYERS = {"core", "wire", "adapters", "runtime", "tools"}  # the unit layer: one directory per code layer
+# Fixtures that start something a test layer needs: the marker each gives its tests.
+MARKING_FIXTURES = {"kafka_bootstrap": "kafka", "servers": "servers"}
 # Modules that never load a model: they run without TensorFlow (a check in this file's test keeps it true).
 WITHOUT_TENSORFLOW = {
     "test_answered_offsets", "test_cluster", "test_code_checks", "test_exactly_once_producer", "test_avro",
@@ -42,17 +40,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The code checks first: a finding there fails fast, before the minutes of the rest.
     items.sort(key=lambda item: item.path.stem != "test_code_checks")
     for item in items:
-        test = cast(pytest.Function, item)  # every item collected here is a test function
-        module = test.module.__name__.rsplit(".", 1)[-1]
-        fixtures = getattr(item, "fixturenames", ())
-        if "kafka_bootstrap" in fixtures:
-            item.add_marker(pytest.mark.kafka)
-        if module in SERVER_MODULES:
-            item.add_marker(pytest.mark.servers)
-        if module in K8S_MODULES:
-            item.add_marker(pytest.mark.k8s)
-        if module in PROCESS_MODULES:
-            item.add_marker(pytest.mark.slow)
+        layer = layer_marker(item.path)
+        item.add_marker(layer)
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in MARKING_FIXTURES:
+                if layer == "unit":
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: a unit test uses `{fixture}`; it belongs in in_process/ or jobs/"
+                    )
+                item.add_marker(MARKING_FIXTURES[fixture])
+
+
+def layer_marker(path: Path) -> str:
+    """`unit` for a test under a layer's directory, else the name of its directory under tests/."""
+    top = path.relative_to(TESTS).parts[0]
+    return "unit" if top in LAYERS else top
 
 
 @pytest.fixture(autouse=True)

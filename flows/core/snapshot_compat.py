@@ -20,7 +20,7 @@ restarted on a new version resumes from what the old one wrote. What keeps that 
   the classes that left `flows.core.records` for modules of their own.
 
 Fields are never renamed, reordered or removed, and a step id never changes
-(tests/test_recovery.py loads snapshots written by 0.1.0).
+(tests/in_process/test_recovery.py loads snapshots written by 0.1.0).
 """
 
 from __future__ import annotations

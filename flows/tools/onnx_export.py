@@ -3,7 +3,7 @@
 The graph is written with the `onnx` package's helpers rather than converted by tf2onnx: the network is
 six tensors and seven ops, and `onnx` is already a dependency (admission checks ONNX models with it), where
 a converter would pull in its own pinned TensorFlow and protobuf ranges. The same weights give the same
-scores as the SavedModel within float32 rounding (`tests/test_onnx_scorer.py` holds it to 1e-5).
+scores as the SavedModel within float32 rounding (`tests/in_process/test_onnx_scorer.py` holds it to 1e-5).
 
 Weights, in the order `keras.Model.weights` lists them (and the SavedModel's checkpoint numbers them):
 user embedding [USERS, E], product embedding [PRODUCTS, E], hidden kernel [2E, H], hidden bias [H],

@@ -1,7 +1,7 @@
 """Avro binary encoding by hand, for the one record written once per data record: RecommenderResult.
 
 fastavro's schemaless_writer costs 8-11 us per result, most of it fixed per call (it walks the schema each
-time); these functions cost ~4 us and write the same bytes (tests/test_avro.py compares them with
+time); these functions cost ~4 us and write the same bytes (tests/wire/test_avro.py compares them with
 fastavro's). They encode the datum only: `flows.wire.avro` adds the single-object header, and uses
 `write_result` only while the schema's fingerprint is still `WRITTEN_FOR`, fastavro otherwise. A
 `ScoredBatch` is encoded from its columns (`encode_scored_batch`), without building a result per record.

@@ -8,6 +8,7 @@ page that polls is read after it has drawn, without a wall-clock sleep in the te
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -33,8 +34,10 @@ BUDGET_MS = 6000  # page time: three polls of the page
 TIMEOUT_S = 120
 
 
+@functools.cache
 def chromium() -> str:
-    """The path of a Chromium binary: `SERVING_TEST_CHROMIUM`, one on PATH, or Debian's package installed."""
+    """The path of a Chromium binary: `SERVING_TEST_CHROMIUM`, one on PATH, or Debian's package installed
+    (once per session)."""
     found = (
         os.environ.get("SERVING_TEST_CHROMIUM")
         or shutil.which("chromium")

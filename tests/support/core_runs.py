@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import chain
 from typing import Any
 
 import bytewax.operators as op
@@ -20,6 +21,7 @@ from bytewax.inputs import (
 )
 from bytewax.testing import AbortExecution, TestingSink, cluster_main, run_main
 
+from flows.adapters.sources.generators import generate_block
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import ChallengerSettings
 from flows.core.context import ServingContext
@@ -348,3 +350,8 @@ def holder_judging_by(
 ) -> ModelHolderLogic:
     """A model holder that judges and loads by `policy`, with a cache of its own."""
     return ModelHolderLogic(ScorerCache(policy), policy, wait_for_catch_up, resume)
+
+
+def generated_blocks(seed: int, blocks: range, shifted: bool = False) -> list[RecommenderRecord]:
+    """The generator's records of `blocks` (shifted to the popular range with `shifted`)."""
+    return list(chain.from_iterable(generate_block(seed, 0, block, shifted) for block in blocks))

@@ -322,4 +322,4 @@ DENIED_OPS: frozenset[str] = frozenset(
     }
 )
 
-# The allow-list shares no op with the denied or checkpoint lists: tests/test_admission.py checks it.
+# The allow-list shares no op with the denied or checkpoint lists (tests/in_process/test_admission.py).

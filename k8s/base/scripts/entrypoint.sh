@@ -8,7 +8,7 @@ set -eu
 : "${BYTEWAX_PROCESSES:?}" "${BYTEWAX_WORKERS_PER_PROCESS:?}"
 port="${BYTEWAX_PORT:-2101}"
 # Host of process {i}; the default is the pod's DNS name through the headless Service. Only a run outside
-# Kubernetes changes it (tests/test_k8s.py puts process i on loopback address 127.0.0.1{i}).
+# Kubernetes changes it (tests/k8s/test_k8s.py puts process i on loopback address 127.0.0.1{i}).
 pod_dns_name="${BYTEWAX_STATEFULSET_NAME}-{i}.${BYTEWAX_HEADLESS_SERVICE}.${POD_NAMESPACE}.svc"
 template="${BYTEWAX_PEER_HOST_TEMPLATE:-$pod_dns_name}"
 hostfile="${BYTEWAX_HOSTFILE_PATH:-/etc/bytewax/hostfile.txt}"

@@ -10,12 +10,18 @@ from collections import Counter
 from support.core_runs import sample_records
 from support.decoded import decoded
 from support.hostile_archives import gnu_longname, negative_size
-from support.jobs import finished_output, run_flow_to_end_of_topics, start_flow, wait_for_model_snapshot
+from support.jobs import (
+    encoded,
+    finished_output,
+    run_flow_to_end_of_topics,
+    start_flow,
+    wait_for_model_snapshot,
+)
 
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import model_keys, publish_model
-from flows.wire.avro import MODEL, RECORD, RESULT
+from flows.wire.avro import MODEL, RESULT
 
 SAVED = ModelType.TENSORFLOWSAVED
 
@@ -26,10 +32,6 @@ def hostile_models() -> list[ModelDescriptor]:
         ModelDescriptor("huge-long-name", "", SAVED, gnu_longname()),
         ModelDescriptor("n" * 500_000, "", SAVED, b"a name of half a megabyte"),
     ]
-
-
-def encoded(records):
-    return [(str(r.user).encode(), RECORD.encode(r)) for r in records]
 
 
 def results_by_input(bootstrap: str, topic: str, at_least: int) -> dict:

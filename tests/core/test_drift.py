@@ -9,11 +9,11 @@ from datetime import datetime, timedelta, timezone
 from itertools import chain
 
 import numpy as np
-import pytest
 from bytewax.operators import StatefulBatchLogic
-from support.core_runs import at, messages, run_core
+from support.core_runs import generated_blocks as records
+from support.core_runs import messages
 
-from flows.adapters.sources.generators import POPULAR_PRODUCTS, generate_block
+from flows.adapters.sources.generators import POPULAR_PRODUCTS
 from flows.adapters.sources.generators import generated_records as plain_records
 from flows.core.drift import (
     BatchFeatures,
@@ -29,10 +29,6 @@ from flows.core.scoring import unscored
 from flows.core.serving_state import ServingState
 
 SETTINGS = DriftSettings(reference=2_000, window=1_000, threshold=0.2, sample=1_000)
-
-
-def records(seed: int, blocks: range, shifted: bool = False) -> list[RecommenderRecord]:
-    return list(chain.from_iterable(generate_block(seed, 0, block, shifted) for block in blocks))
 
 
 def features(batch: list[RecommenderRecord], model: str = "m") -> BatchFeatures:
@@ -157,26 +153,6 @@ def test_the_generator_shifts_to_the_popular_range_for_a_while():
         for data in (plain, shifted)
     ]
     assert share[0] < 0.25 and share[1] > 0.75
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 2])
-def test_the_flow_reports_drift_on_a_shifted_stream_only(workers, model_v1):
-    def drift_events(shift: bool) -> list[str]:
-        before, after = records(5, range(12)), records(5, range(12, 20), shifted=shift)
-        data = before + after
-        run = run_core(
-            at(0.5, [messages(before[start : start + 200]) for start in range(0, len(before), 200)])
-            + at(1.5, [messages(after[start : start + 200]) for start in range(0, len(after), 200)]),
-            at(0, [model_v1]),
-            workers=workers,
-            drift=SETTINGS,
-        )
-        assert len(run.results) == len(data)
-        return [event.kind for event in run.events if event.kind in ("drift", "recovered")]
-
-    assert drift_events(shift=True) == ["drift"]
-    assert drift_events(shift=False) == []
 
 
 def test_generated_records_drift_only_between_shift_after_and_twice_that():

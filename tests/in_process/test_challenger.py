@@ -172,7 +172,6 @@ def test_a_shadow_challenger_never_answers_and_compares_as_the_two_models_alone(
     assert shown[0]["challenger"] == model_v2.model_name and shown[0]["challenger_records"] == len(sampled)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("workers", WORKERS)
 def test_a_canary_answers_its_fraction_of_users_always_the_same_ones(workers, model_v1, model_v2):
     data_records = records(3000, seed=11)

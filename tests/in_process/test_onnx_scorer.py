@@ -146,7 +146,6 @@ def test_onnx_models_with_wrong_answers_are_refused_by_the_probe(name):
     assert words in refused.value.reason
 
 
-@pytest.mark.slow
 def test_every_hostile_onnx_model_is_refused_in_seconds_with_bounded_memory(tmp_path):
     """Judged in a driver process, so the children's peak memory is the unpacking children's alone."""
     driver = f"""
@@ -180,7 +179,6 @@ print(json.dumps({{"verdicts": verdicts,
     assert report["children_mb"] < AdmissionPolicy().unpack_memory / 1024**2, report
 
 
-@pytest.mark.slow
 def test_models_that_would_hurt_the_flow_once_run_are_refused_by_their_trial_in_the_child():
     """Memory that grows when the session opens or with the batch, minutes per batch, NaN past the probe's
     ids, 64 scores for any batch: each refused by name, and the judging process (the flow's, here a
@@ -232,7 +230,6 @@ def test_a_model_too_slow_for_the_largest_batch_is_refused_naming_the_limit():
     assert "over 0.0005 s (SERVING_MODEL_MAX_CALL_SECONDS)" in refused.value.reason
 
 
-@pytest.mark.slow
 def test_an_onnx_champion_keeps_scoring_while_hostile_onnx_models_are_judged():
     champion = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
     hostile = [

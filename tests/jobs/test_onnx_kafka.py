@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from support.jobs import encoded, finished_output, start_flow, wait_for
-from test_challenger_kafka import flow_events, publish, results_by_offset
+from support.topics import flow_events, publish, results_by_offset
 
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.core.challenger import user_buckets

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from fastavro import schemaless_writer
-from support.decoded import decoded
 from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
+from support.topics import flow_events
 
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.core.admission.signing import (
@@ -91,11 +91,13 @@ def test_drift_on_the_events_topic_retrains_and_publishes_a_version_the_flow_acc
         assert any(line.startswith("drift of 'recommender-v1' at topic") for line in lines), output
         assert "published model 'recommender-v3'" in output and "signed)" in output
         wait_for(
-            lambda: ("accepted", "recommender-v3") in flow_events(kafka_bootstrap, topics["events"]),
+            lambda: (
+                ("accepted", "recommender-v3") in flow_events(kafka_bootstrap, topics["events"], signed=True)
+            ),
             "the flow to accept the retrained (signed) model",
             timeout=120,
         )
-        events = flow_events(kafka_bootstrap, topics["events"])
+        events = flow_events(kafka_bootstrap, topics["events"], signed=True)
         assert events.index(("accepted", "recommender-v1")) < events.index(("drift", "recommender-v1"))
         # Every event on the topic but the forged one is the flow's, and verifies.
         written = consume_all(kafka_bootstrap, topics["events"], 1_000_000, timeout=2)
@@ -105,16 +107,6 @@ def test_drift_on_the_events_topic_retrains_and_publishes_a_version_the_flow_acc
     finally:
         flow.terminate()
         finished_output(flow)
-
-
-def flow_events(bootstrap: str, topic: str) -> list[tuple[str, str]]:
-    """(kind, model) of the flow-wide events on `topic` so far that are signed (per-shard ones left out)."""
-    messages = consume_all(bootstrap, topic, 1_000_000, timeout=2)
-    return [
-        (signed.event.kind, signed.event.model_name)
-        for signed in (decoded(SIGNED_EVENT, m.value()) for m in messages)
-        if not signed.event.shard and signed.signature
-    ]
 
 
 def run_retrain(kafka_bootstrap: str, topics: dict[str, str], *options: str) -> int:

@@ -12,7 +12,7 @@ import sys
 from support.core_runs import sample_records
 from support.decoded import decoded
 from support.jobs import audit_report, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
-from test_challenger_kafka import flow_events, publish
+from support.topics import flow_events, publish
 
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.tools import model_keys

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewPartitions
 from opentelemetry.sdk.metrics import MeterProvider
@@ -29,7 +28,7 @@ from flows.testing.loopback import consecutive_free_ports, free_ports
 from flows.tools.query_state import fetch, merge_lag, render_lag
 from flows.wire.avro import MODEL
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def topic_ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -297,7 +296,6 @@ def lag_of(ports: list[int]) -> dict | None:
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
-@pytest.mark.slow
 def test_two_processes_show_the_lag_of_every_partition_and_follow_the_topic(kafka_bootstrap, model_v1):
     topics = create_topics(kafka_bootstrap, "lag-e2e", ["data", "models", "results", "dead"], partitions=4)
     produce(kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(model_v1))])

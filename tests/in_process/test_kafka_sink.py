@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.adapters.kafka.headers import ORIGINAL_SIZE_HEADER, REPLACED_HEADER
@@ -61,7 +60,6 @@ def test_a_dead_letter_the_topic_refuses_goes_out_cut_to_a_kibibyte(kafka_bootst
     assert b"MSG_SIZE_TOO_LARGE" in headers[REPLACED_HEADER] and "theirs" not in headers
 
 
-@pytest.mark.slow
 def test_a_broker_that_goes_away_is_waited_for_and_nothing_is_lost(tmp_path):
     port, data = free_port(), str(tmp_path / "broker")
     (tmp_path / "broker").mkdir()

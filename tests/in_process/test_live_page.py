@@ -9,7 +9,6 @@ import shutil
 import signal
 from dataclasses import replace
 
-import pytest
 import urllib3
 from support import browser
 from support.core_runs import at, messages, run_core, sample_records
@@ -28,11 +27,6 @@ HOSTILE = "<img src=x onerror=\"document.title='pwned'\">"
 SCREENSHOT = os.environ.get("SERVING_TEST_SCREENSHOT")  # also keep the main job's screenshot there (docs/)
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    return browser.chromium()
-
-
 def event_kinds(state: dict) -> set[str]:
     return {event["kind"] for event in state["history"]["events"]}
 
@@ -41,8 +35,8 @@ def shadow_compared(state: dict) -> bool:
     return any(entry["mode"] == "shadow" and entry["compared_records"] for entry in state["challengers"])
 
 
-@pytest.mark.slow
-def test_the_live_page_draws_the_main_job_in_a_real_browser(chromium, tmp_path):
+def test_the_live_page_draws_the_main_job_in_a_real_browser(tmp_path):
+    chromium = browser.chromium()
     port = free_port()
     env = {
         **os.environ,
@@ -106,7 +100,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_a_model_named_like_markup_renders_as_text_on_a_cluster_page(chromium, model_v1, model_v2, tmp_path):
+def test_a_model_named_like_markup_renders_as_text_on_a_cluster_page(model_v1, model_v2, tmp_path):
+    chromium = browser.chromium()
     hostile_challenger = replace(model_v2, model_name=HOSTILE, role=CHALLENGER, mode="shadow", fraction=1.0)
     records = sample_records(300)
     data = at(1.5, [messages(records[start : start + 50]) for start in range(0, len(records), 50)])

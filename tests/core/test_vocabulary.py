@@ -11,7 +11,7 @@ from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.vocabulary import ClosedBy, EventKind
 from flows.wire.avro import EVENT, REPORT
 
-FLOWS = Path(__file__).resolve().parents[1] / "flows"
+FLOWS = Path(__file__).resolve().parents[2] / "flows"
 
 
 def test_an_event_kind_is_a_member_and_still_reads_as_its_string():

@@ -22,7 +22,6 @@ def serving_threads() -> int:
     return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-") and thread.daemon)
 
 
-@pytest.mark.slow
 def test_half_open_connections_neither_leak_threads_nor_stop_scoring(model_v1, monkeypatch):
     monkeypatch.setattr(state_server, "READ_TIMEOUT_S", 1.0)
     port = free_port()
@@ -156,7 +155,6 @@ def test_a_client_that_dribbles_its_request_is_cut_off(monkeypatch):
         server.shutdown()
 
 
-@pytest.mark.slow
 def test_slowloris_clients_cannot_hold_every_slot():
     port = free_port()
     server = state_server.start_state_server("127.0.0.1", port, ServingState())

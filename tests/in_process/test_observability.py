@@ -279,7 +279,6 @@ def test_query_tool_merges_the_challengers_of_several_processes(model_v1, model_
     assert f"{model_v2.model_name} (shadow 1 of {model_v1.model_name})" in table.stdout
 
 
-@pytest.mark.slow
 def test_the_main_job_exports_spans_over_otlp_grpc(tmp_path):
     with otlp_receiver() as receiver:
         env = {

@@ -153,7 +153,6 @@ def answered_past_the_snapshot(bootstrap: str, topics: dict[str, str], stores: l
     return repeatable, sum(resume.values())
 
 
-@pytest.mark.slow
 def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drift_and_offsets(
     kafka_bootstrap, tmp_path
 ):
@@ -241,7 +240,6 @@ def wait_per_partition(bootstrap: str, results_topic: str) -> dict[int, list[int
     return waits
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("partitions", "processes", "workers"), [(3, 1, 2), (5, 2, 2)], ids=["3-on-2-workers", "5-on-4-workers"]
 )

@@ -124,7 +124,6 @@ def test_after_an_abort_the_challenger_keeps_its_role_fraction_and_users(model_v
     assert model_v2.model_name in {item.result.metadata.model_name for item in run.results[:results_before]}
 
 
-@pytest.mark.slow
 def test_a_model_still_being_judged_at_an_abort_is_judged_after_the_restart(model_v1, model_v2, tmp_path):
     """The model source's snapshot has moved past v2's message while v2 was being judged: the restarted
     holder must judge it from its own state, or v2 is lost."""
@@ -238,7 +237,7 @@ def test_the_main_jobs_stateful_steps_keep_their_ids():
 def test_snapshots_written_by_release_0_1_0_resume(tmp_path):
     """Snapshots pickled by 0.1.0 (before the package was laid out in subpackages) still restore: the holder
     its model, a shard its model digest, statistics and held records (with their Kafka origin)."""
-    with open(Path(__file__).parent / "data" / "snapshots-0.1.0.pickle", "rb") as snapshots:
+    with open(Path(__file__).parents[1] / "data" / "snapshots-0.1.0.pickle", "rb") as snapshots:
         restored = pickle.load(snapshots)
     context = ServingContext.create(AdmissionPolicy())
     holder = ModelHolderLogic(context.cache, context.policy, True, restored["serve_model_holder"])

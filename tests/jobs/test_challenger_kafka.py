@@ -7,14 +7,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import numpy as np
 from support.decoded import decoded
-from support.jobs import REPO, encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
+from support.jobs import encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
+from support.topics import flow_events, publish, results_by_offset
 
-from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, consumed_headers
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import user_buckets
@@ -22,37 +21,7 @@ from flows.core.descriptors import CANARY, CHALLENGER
 from flows.core.scorer import build_scorer
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce
-from flows.wire.avro import EVENT, MODEL, REPORT, RESULT
-
-
-def publish(bootstrap: str, topic: str, *args: str) -> str:
-    """Run `serving-publish-model` with `args`; its output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.tools.publish_model", *args, "--bootstrap-servers", bootstrap,
-         "--topic", topic],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def flow_events(bootstrap: str, topic: str) -> list[tuple[str, str]]:
-    messages = consume_all(bootstrap, topic, 1_000_000, timeout=2)
-    events = [decoded(EVENT, message.value()) for message in messages]
-    return [(event.kind, event.model_name) for event in events if not event.shard]
-
-
-def results_by_offset(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> dict[int, list]:
-    """Every result on `topic`, grouped by the data offset it answers, once offsets 0 to `expected` - 1 all
-    have one (or `timeout` passed): duplicates after a restart must not end the reading early."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found: dict[int, list] = {}
-        for message in consume_all(bootstrap, topic, 10**9, timeout=3):
-            offset = int(consumed_headers(message)[SOURCE_OFFSET_HEADER])
-            found.setdefault(offset, []).append(RESULT.decode(message.value()))
-        if len(found) >= expected or time.monotonic() > deadline:
-            return found
+from flows.wire.avro import EVENT, MODEL, REPORT
 
 
 def test_a_canary_promoted_then_a_shadow_retired_through_the_models_topic(kafka_bootstrap):

@@ -9,11 +9,8 @@ import time
 from dataclasses import replace
 from datetime import timedelta
 
-import pytest
-from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 from support.core_runs import (
-    AbortOnce,
     FlowRun,
     ScheduledSource,
     at,
@@ -22,36 +19,18 @@ from support.core_runs import (
     sample_records,
     serve_into,
 )
+from support.lifecycle import canary, command, signed, trusting
 
 from flows.adapters.scorers import ScorerCache
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.admission.signing import new_private_key, raw_public_key, sign
-from flows.core.context import ServingContext
-from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, ModelDescriptor, ModelType
+from flows.core.admission.signing import new_private_key, sign
+from flows.core.descriptors import PROMOTE, RETIRE, ModelDescriptor, ModelType
 from flows.core.events import ModelEvent
 from flows.core.model_holder import CaughtUp, HolderState, ModelHolderLogic
 from flows.core.scorer import build_scorer
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
 SHARDS = 4
-
-
-def signed(descriptor: ModelDescriptor, key, sequence: int) -> ModelDescriptor:
-    return sign(replace(descriptor, sequence=sequence), key)
-
-
-def canary(model: ModelDescriptor, fraction: float = 0.5) -> ModelDescriptor:
-    return replace(model, role=CHALLENGER, mode=CANARY, fraction=fraction)
-
-
-def command(which: str, target: ModelDescriptor) -> ModelDescriptor:
-    return ModelDescriptor(
-        target.model_name, "", ModelType.UNKNOWN, command=which, target_digest=target.digest
-    )
-
-
-def trusting(*keys) -> AdmissionPolicy:
-    return AdmissionPolicy(trusted_keys=tuple(raw_public_key(key.public_key()) for key in keys))
 
 
 def settle(holder: ModelHolderLogic, outputs: list) -> None:
@@ -196,76 +175,6 @@ def test_a_model_refused_for_its_signature_is_not_remembered_against_its_content
     # is not refused for a signature that no longer covers it.
     promoted = replace(signed(canary(model_v2), key, 8), role="champion", mode="", fraction=1.0)
     cache.acquire(promoted)
-
-
-def run_twice(
-    policies: tuple[AdmissionPolicy, AdmissionPolicy], models: list, data: list, tmp_path
-) -> FlowRun:
-    """The flow on scheduled `models` and `data` (an `AbortOnce` in it) with recovery, then restarted in a
-    new context (nothing loaded) with the second policy; the second run."""
-    init_db_dir(tmp_path, 1)
-    recovery = RecoveryConfig(str(tmp_path))
-    until = max(seconds for seconds, _ in models + data) + 0.5
-    runs = []
-    for policy in policies:
-        run = FlowRun(context=ServingContext.create(policy))
-        sources = (ScheduledSource(data, open_until=until), ScheduledSource(models, open_until=until))
-        run_main(serve_into(run, *sources, shards=SHARDS), epoch_interval=timedelta(milliseconds=50),
-                 recovery_config=recovery)  # fmt: skip
-        runs.append(run)
-    first, second = runs
-    assert first.results and not [event for event in first.events if event.kind == "failed"]
-    return second
-
-
-@pytest.mark.slow
-def test_a_signed_promote_keeps_serving_the_promoted_champion_after_a_restart(model_v1, model_v2, tmp_path):
-    key = new_private_key()
-    experiment = canary(model_v2)
-    promote = signed(command(PROMOTE, experiment), key, 3)
-    models = at(0, [signed(model_v1, key, 1)]) + at(1.5, [signed(experiment, key, 2)]) + at(3.5, [promote])
-    first, second = sample_records(200), sample_records(200, offset=200)
-    data = at(5.0, [messages(first)]) + at(5.5, [AbortOnce(), messages(second)])
-
-    restarted = run_twice((trusting(key), trusting(key)), models, data, tmp_path)
-
-    assert not [event.reason for event in restarted.events if event.kind in ("failed", "rejected")]
-    assert len(restarted.results) >= len(second)
-    assert {item.result.metadata.model_name for item in restarted.results} == {"recommender-v2"}
-    assert all(item.result.metadata.errors == "" for item in restarted.results)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("change", ["signing turned on", "keys rotated"])
-def test_turning_signing_on_or_rotating_keys_keeps_the_restored_model_serving(
-    tmp_path, change, model_v1, model_v2
-):
-    old_key, new_key = new_private_key(), new_private_key()
-    before = AdmissionPolicy() if change == "signing turned on" else trusting(old_key)
-    served = model_v1 if change == "signing turned on" else signed(model_v1, old_key, 1)
-    # After the restart: an unsigned model, one signed with the old key, and one signed with the new key.
-    models = at(0, [served]) + at(
-        2.5, [model_v2, signed(model_v2, old_key, 50), signed(model_v2, new_key, 60)]
-    )
-    first, second = sample_records(100), sample_records(100, offset=100)
-    data = at(1.0, [messages(first)]) + at(1.5, [AbortOnce(), messages(second)])
-
-    restarted = run_twice((before, trusting(new_key)), models, data, tmp_path)
-
-    # The restored model answers (before: every shard refused it, and no record was answered) ...
-    assert len(restarted.results) >= len(second)
-    assert all(item.result.metadata.errors == "" for item in restarted.results)
-    answered = {(item.result.input_record.user, tuple(item.result.input_record.products)): item
-                for item in restarted.results}  # fmt: skip
-    assert {answered[(r.user, tuple(r.products))].result.metadata.model_name for r in second} == {
-        "recommender-v1"
-    }
-    # ... and only the message signed with the key trusted now is taken in.
-    verdicts = [
-        (event.kind, event.reason) for event in restarted.events if event.kind in ("accepted", "rejected")
-    ]
-    assert [kind for kind, _ in verdicts] == ["rejected", "rejected", "accepted"]
-    assert "not signed" in verdicts[0][1] and "does not verify" in verdicts[1][1]
 
 
 # --- bounded model work and identity ----------------------------------------------------------------------

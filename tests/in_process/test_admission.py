@@ -83,7 +83,6 @@ def saved_model(make, tmp_path) -> ModelDescriptor:
     return ModelDescriptor(make.__name__, "", SAVED, pack_directory(make(tmp_path / "model")))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(GRAPH_REFUSALS))
 def test_models_that_reach_files_or_python_are_refused_before_tensorflow_loads_them(name, tmp_path):
     descriptor = saved_model(REFUSED_BY_GRAPH_CHECK[name], tmp_path)
@@ -107,7 +106,6 @@ def test_a_well_behaved_model_passes_admission(tmp_path):
     assert scores.shape == (5,) and np.all((scores >= 0) & (scores <= 1))
 
 
-@pytest.mark.slow
 def test_saved_models_that_would_hurt_the_flow_once_run_are_refused_by_their_trial_in_the_child(tmp_path):
     """Memory that grows as N x N with the batch, minutes per largest batch: each passes the graph check and
     would pass the probe's small batches, and is refused naming the limit, without the judging process (the
@@ -217,7 +215,6 @@ def test_tensorflow_s_import_has_a_clock_of_its_own(users_saved_model):
     )
 
 
-@pytest.mark.slow
 def test_every_hostile_archive_is_refused_fast_with_bounded_memory_and_disk(tmp_path):
     """Run in a driver process, so its children's peak memory is only the unpacking children's."""
     driver = f"""
@@ -271,7 +268,6 @@ def test_a_hung_unpacking_child_is_killed_at_its_deadline(tmp_path, monkeypatch)
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.slow
 def test_scoring_goes_on_while_hostile_models_are_judged(model_v1, tmp_path):
     """Records flow steadily while slow, hostile and broken models arrive; none replaces v1."""
     sleeper = ModelDescriptor("sleeper", "", SAVED, b"sleeps past its deadline")

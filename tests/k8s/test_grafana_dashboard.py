@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-from pathlib import Path
 
 import promql_parser
 import pytest
@@ -20,6 +19,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import REGISTRY
 from support.core_runs import messages, sample_records
+from support.jobs import REPO
 from test_k8s import needs_kubectl, rendered, unknown
 
 from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats
@@ -29,7 +29,7 @@ from flows.core.serving_state import PartitionLag, ServingState
 from flows.core.telemetry import Telemetry
 from flows.core.vocabulary import ClosedBy, EventKind
 
-COMPONENT = Path(__file__).parent.parent / "k8s" / "components" / "observability"
+COMPONENT = REPO / "k8s" / "components" / "observability"
 DASHBOARD = json.loads((COMPONENT / "grafana-dashboard.json").read_text())
 METRIC = re.compile(r"\bserving_[a-z_]+")
 
