@@ -1,4 +1,5 @@
-"""The flow's side of its recovery store: hold the `-r` directory, and refuse logs SQLite would open wrongly.
+"""The flow's side of its recovery store: hold the `-r` directory, refuse logs SQLite would open wrongly and
+a partition set the cluster could not resume from.
 
 Bytewax keeps each recovery partition in a SQLite file `part-K.sqlite3` in write-ahead-log mode: the last
 commits before a kill -9 live in `part-K.sqlite3-wal` (indexed by `-shm`) until SQLite copies them into the
@@ -20,6 +21,7 @@ CephFS pass `flock` on to the server; a node that dies holds it until its lease 
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import re
@@ -28,12 +30,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.core.errors import ServingError
+from flows.runtime.recovery_partitions import (
+    PARTITION_FILE,
+    RecoveryStoreError,
+    check_complete,
+    find_partitions,
+)
 
-PARTITION_FILE = re.compile(r"^part-(\d+)\.sqlite3(-wal|-shm|-journal)?$")
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 PROCESS_DIRECTORY = re.compile(r"^process-\d+$")
 LOCK_FILE = ".serving-recovery-store.lock"
+CREATE_STORE = (
+    "Create the store with the flow stopped: `serving-recovery-store init {store} --partitions N` (N at "
+    "least the most workers you will run; process I then takes `-r {store}/process-I`)"
+)
 FOREIGN_SUFFIX = ".foreign"
 
 # SQLite's write-ahead log (sqlite.org/fileformat2.html#walformat): a 32-byte header (magic, format, page
@@ -44,10 +54,6 @@ WAL_BYTE_ORDER = {0x377F0682: "<", 0x377F0683: ">"}
 WAL_FORMAT = 3007000
 WAL_HEADER = struct.Struct(">8I")
 WAL_FRAME_HEADER = struct.Struct(">6I")
-
-
-class RecoveryStoreError(ServingError):
-    """The store is not what the command or the flow needs; the message says what and where."""
 
 
 @dataclass
@@ -98,16 +104,44 @@ def store_directories(store: Path) -> list[Path]:
     return [store, *sorted(path for path in store.glob("process-*") if path.is_dir())]
 
 
-def hold_for_flow(directory: Path) -> DirectoryLock:
-    """Lock the flow's `-r` directory, then check its partitions' logs; the lock is held until released or
-    the process ends."""
+def hold_for_flow(directory: Path, processes: int = 1) -> DirectoryLock:
+    """Lock the flow's `-r` directory, then check its partitions' logs and that the cluster of `processes`
+    will find the whole set; the lock is held until released or the process ends."""
+    if not directory.is_dir():
+        raise RecoveryStoreError(f"{directory}: no such directory. {CREATE_STORE.format(store=directory)}")
     lock = lock_directory(directory)
     try:
         check_logs(directory)
+        check_partition_set(directory, processes)
     except RecoveryStoreError:
         lock.release()
         raise
     return lock
+
+
+def check_partition_set(directory: Path, processes: int) -> None:
+    """Refuse a `-r` directory from which the cluster could not resume: one holding no partition, or, where
+    the whole set is in view (a process directory of a store, or the one directory of a one-process flow),
+    a set with partitions missing, doubled or of different sizes. Bytewax would find out only once its
+    workers run, and panic in each of them."""
+    store = store_of(directory)
+    if not any(PARTITION_FILE.match(path.name) for path in directory.glob("part-*.sqlite3")):
+        fix = (
+            f"With the flow stopped, run `serving-recovery-store regroup {store} --processes N` to spread "
+            f"the store's partitions over N processes"
+            if store != directory and find_partitions(store)
+            else CREATE_STORE.format(store=store)
+        )
+        raise RecoveryStoreError(f"{directory}: no recovery partition, so the flow cannot resume. {fix}")
+    if store == directory and processes > 1:
+        return  # the other processes hold the rest, each in a directory of its own
+    try:
+        check_complete(find_partitions(store), store)
+    except RecoveryStoreError as incomplete:
+        raise RecoveryStoreError(
+            f"{incomplete}: the cluster cannot resume without every partition exactly once. Put back the "
+            f"partitions that are missing (from a copy of the store), or start on a new store"
+        ) from None
 
 
 def check_logs(directory: Path) -> None:
@@ -193,15 +227,19 @@ def wal_checksum(order: str, data: bytes, start: tuple[int, ...]) -> tuple[int, 
 def hold_recovery_store() -> DirectoryLock | None:
     """Hold the `-r` directory of the `python -m bytewax.run` that imports the flow, checked; None without
     one. Runs while Bytewax imports the flow, before it opens the store."""
-    directory = recovery_directory()
-    return None if directory is None else hold_for_flow(directory)
+    arguments = bytewax_run_arguments()
+    if arguments is None or arguments.recovery_directory is None:
+        return None
+    processes = len(arguments.addresses.split(";")) if arguments.addresses else 1
+    return hold_for_flow(arguments.recovery_directory, processes)
 
 
-def recovery_directory() -> Path | None:
-    """The `-r` directory of `python -m bytewax.run` (or `BYTEWAX_RECOVERY_DIRECTORY`), parsed again by its
-    own parser as it has just parsed it; None when the flow was not started that way."""
+def bytewax_run_arguments() -> argparse.Namespace | None:
+    """The arguments of `python -m bytewax.run` (its `-r` directory, also read from
+    `BYTEWAX_RECOVERY_DIRECTORY`, and its `-a` addresses), parsed again by its own parser as it has just
+    parsed them; None when the flow was not started that way."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if main is None or spec is None or spec.name != "bytewax.run":
         return None
-    return main._parse_args().recovery_directory
+    return main._parse_args()

@@ -1,12 +1,14 @@
 """What the deployment must provide is checked before the dataflow starts: a missing topic or unreachable
 brokers stop the main job in one line per problem, naming the topic, its setting and the command that
 creates it, with status 2, before a model is loaded and without a panic trace from inside a Bytewax worker;
-so do a key file or an exporter that only the build reads."""
+so do a key file or an exporter that only the build reads, and a recovery directory the cluster could not
+resume from."""
 
 from __future__ import annotations
 
 import os
 
+from bytewax.recovery import init_db_dir
 from support.jobs import start_flow, start_job
 
 from flows.testing.local_broker import create_topics
@@ -15,14 +17,19 @@ from flows.testing.loopback import free_ports
 MARKER_KEY = "preflight tests' marker key"
 
 
-def refused(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
-    """The main job's output, once it has stopped with status 2."""
-    job = start_flow(bootstrap, topics, **settings)  # type: ignore[arg-type]  # SERVING_* names only
+def stopped_with_status_2(job) -> str:
+    """The output of a job that must stop by itself with status 2, one line naming the problem."""
     output, _ = job.communicate(timeout=180)
     assert job.returncode == 2, output[-3000:]
     assert "panicked" not in output and "Traceback" not in output, output[-3000:]
     assert "accepted" not in output  # stopped before any model was judged
     return output
+
+
+def refused(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
+    """The main job's output, once it has stopped with status 2."""
+    job = start_flow(bootstrap, topics, **settings)  # type: ignore[arg-type]  # SERVING_* names only
+    return stopped_with_status_2(job)
 
 
 def test_exactly_once_without_its_answered_topic_names_it_and_how_to_create_it(kafka_bootstrap):
@@ -88,3 +95,20 @@ def test_an_unknown_trace_exporter_is_named_in_one_line():
     assert (
         "cannot start: OTEL_TRACES_EXPORTER='zipkin-over-carrier-pigeon': use otlp, console or none" in output
     )
+
+
+def test_a_recovery_directory_without_partitions_stops_the_job_with_the_command_that_creates_them(tmp_path):
+    """Before: Bytewax's `NoPartitionsError`, a panic in each worker and a traceback."""
+    bounded = {**os.environ, "SERVING_RECORDS": "100", "SERVING_RECORD_RATE": "0"}
+    output = stopped_with_status_2(start_job(bounded, "-r", str(tmp_path), "-s", "1", "-b", "0"))
+    assert f"recovery store refused: {tmp_path}: no recovery partition" in output, output[-3000:]
+    assert f"serving-recovery-store init {tmp_path} --partitions N" in output, output[-3000:]
+
+
+def test_a_recovery_directory_missing_a_partition_stops_the_job_naming_it(tmp_path):
+    """Before: Bytewax's `MissingPartitionsError`, a panic in the worker and a traceback."""
+    init_db_dir(tmp_path, 2)
+    (tmp_path / "part-1.sqlite3").unlink()
+    bounded = {**os.environ, "SERVING_RECORDS": "100", "SERVING_RECORD_RATE": "0"}
+    output = stopped_with_status_2(start_job(bounded, "-r", str(tmp_path), "-s", "1", "-b", "0"))
+    assert "partitions missing [1], found twice [], of 2: the cluster cannot resume" in output, output[-3000:]

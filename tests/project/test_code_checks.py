@@ -1,5 +1,5 @@
-"""The code checks, run first (see `tests/conftest.py`), with the versions the test extra pins: ruff's lint and
-format, and mypy with the pydantic plugin over `flows/` and `tests/` (configured in `pyproject.toml`).
+"""The code checks, run first (see `tests/conftest.py`), with the versions the test extra pins: ruff's lint
+and format, and mypy with the pydantic plugin over `flows/` and `tests/` (configured in `pyproject.toml`).
 
 They are tests so that the one test command of the README, the one CI runs, checks the code too; while
 editing, run them directly: `ruff check && ruff format --check && mypy`."""

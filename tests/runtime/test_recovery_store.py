@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bytewax.recovery import init_db_dir
 from support.jobs import REPO, start_job, wait_for
 
 from flows.runtime.recovery_store import hold_for_flow
@@ -305,3 +306,48 @@ def test_regroup_refuses_an_odd_layout_before_moving_anything(tmp_path, spoil):
     with pytest.raises(RecoveryStoreError, match=f"{store / 'process-1'}"):
         regroup(store, processes=1)
     assert files_in(store) == before
+
+
+# --- the partition set, checked before the flow starts ----------------------------------------------------
+
+
+def test_a_directory_that_is_not_there_is_refused_with_the_command_that_creates_the_store(tmp_path):
+    with pytest.raises(RecoveryStoreError, match=r"missing: no such directory.*serving-recovery-store init"):
+        hold_for_flow(tmp_path / "missing")
+
+
+def test_a_directory_without_partitions_is_refused_with_the_command_that_creates_them(tmp_path):
+    with pytest.raises(RecoveryStoreError, match=rf"{tmp_path}: no recovery partition.*init {tmp_path} "):
+        hold_for_flow(tmp_path)
+
+
+def test_a_process_directory_left_empty_is_refused_with_the_regroup_that_fills_it(tmp_path):
+    store = tmp_path / "store"
+    init(store, partitions=2, processes=1)
+    (store / "process-1").mkdir()  # started as two processes on a store laid out for one
+    with pytest.raises(RecoveryStoreError, match=rf"process-1: no recovery partition.*regroup {store} "):
+        hold_for_flow(store / "process-1")
+
+
+def test_a_one_process_flow_missing_a_partition_is_refused_naming_it(tmp_path):
+    init_db_dir(tmp_path, 3)
+    (tmp_path / "part-1.sqlite3").unlink()
+    with pytest.raises(
+        RecoveryStoreError, match=r"partitions missing \[1\].* of 3: the cluster cannot resume"
+    ):
+        hold_for_flow(tmp_path)
+    hold_for_flow(tmp_path, processes=2).release()  # in a cluster, another process may hold it
+
+
+def test_a_store_missing_or_doubling_a_partition_is_refused_by_every_process(tmp_path):
+    store = tmp_path / "store"
+    init(store, partitions=4, processes=2)
+    hold_for_flow(store / "process-0", processes=2).release()
+    shutil.copy(store / "process-1" / "part-1.sqlite3", store / "process-0")
+    with pytest.raises(RecoveryStoreError, match=r"found twice \[1\]"):
+        hold_for_flow(store / "process-0", processes=2)
+    (store / "process-1" / "part-1.sqlite3").unlink()
+    (store / "process-0" / "part-1.sqlite3").unlink()
+    for process in ("process-0", "process-1"):
+        with pytest.raises(RecoveryStoreError, match=r"partitions missing \[1\]"):
+            hold_for_flow(store / process, processes=2)
