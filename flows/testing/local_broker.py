@@ -86,13 +86,19 @@ def kafka_broker(port: int | None = None, data_dir: str | None = None) -> Iterat
 
 
 def create_topics(bootstrap: str, prefix: str, names: list[str], partitions: int = 1) -> dict[str, str]:
-    """Create uniquely named topics; returns {name: topic}."""
+    """Create uniquely named topics; returns {name: topic}. The one named `answered` is compacted, as
+    exactly-once delivery needs its markers topic."""
     unique = uuid.uuid4().hex[:8]
     topics = {name: f"{prefix}-{name}-{unique}" for name in names}
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    compacted = {"cleanup.policy": "compact"}
     futures = admin.create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1) for topic in topics.values()]
-    )
+        [
+            NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                     config=compacted if name == "answered" else {})
+            for name, topic in topics.items()
+        ]
+    )  # fmt: skip
     for future in futures.values():
         future.result(timeout=30)
     return topics

@@ -51,6 +51,25 @@ def test_exactly_once_without_its_answered_topic_names_it_and_how_to_create_it(k
     ) in output, output[-3000:]
 
 
+def test_exactly_once_on_an_answered_topic_deleted_by_age_names_the_command_that_compacts_it(kafka_bootstrap):
+    topics = create_topics(kafka_bootstrap, "uncompacted", ["data", "models", "results", "dead"])
+    answered = create_topics(kafka_bootstrap, "uncompacted", ["markers"])["markers"]  # cleanup.policy=delete
+    output = refused(
+        kafka_bootstrap,
+        topics,
+        SERVING_KAFKA_DELIVERY="exactly-once",
+        SERVING_KAFKA_ANSWERED_TOPIC=answered,
+        SERVING_KAFKA_MARKER_KEY=MARKER_KEY,
+    )
+    assert (
+        f"cannot start: Kafka topic '{answered}' (SERVING_KAFKA_ANSWERED_TOPIC) has cleanup.policy=delete"
+    ) in output, output[-3000:]
+    assert (
+        f"kafka-configs.sh --bootstrap-server {kafka_bootstrap} --alter --entity-type topics --entity-name "
+        f"{answered} --add-config cleanup.policy=compact"
+    ) in output, output[-3000:]
+
+
 def test_every_missing_topic_is_named_with_its_setting(kafka_bootstrap):
     topics = create_topics(kafka_bootstrap, "missing", ["models", "results"])
     topics["data"] = "data-topic-never-created"

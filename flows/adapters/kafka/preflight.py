@@ -11,6 +11,7 @@ by name lets a broker with `auto.create.topics.enable` create them, with its def
 from __future__ import annotations
 
 from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from flows.adapters.kafka.config import consumer_config
 from flows.adapters.kafka.settings import KafkaSettings
@@ -68,7 +69,31 @@ def kafka_problems(settings: KafkaSettings) -> list[str]:
             + (" (exactly-once delivery keeps its answered markers there)" if compacted else "")
             + f"; create it: {create_command(settings.bootstrap_servers, topic, partitions, compacted)}"
         )
+    if settings.exactly_once and not problems:
+        problems += _answered_topic_problems(settings)
     return problems
+
+
+def _answered_topic_problems(settings: KafkaSettings) -> list[str]:
+    """The answered topic must be compacted: deleted by age instead, the markers of partitions idle past its
+    `retention.ms` go, and a restart answers again what they covered. A broker that does not let the flow
+    read the topic's configuration (no DescribeConfigs right) leaves it unchecked."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **consumer_config(settings)})
+    topic = settings.answered_topic
+    [future] = admin.describe_configs([ConfigResource("topic", topic)]).values()
+    try:
+        policy = future.result(timeout=LOOKUP_TIMEOUT_S).get("cleanup.policy")
+    except (KafkaException, TimeoutError):
+        return []
+    if policy is None or "compact" in str(policy.value):
+        return []
+    wrong = (
+        f"Kafka topic {topic!r} (SERVING_KAFKA_ANSWERED_TOPIC) has cleanup.policy={policy.value}: "
+        f"exactly-once delivery needs its markers kept (compacted), not deleted by age; change it: "
+        f"kafka-configs.sh --bootstrap-server {settings.bootstrap_servers} --alter --entity-type topics "
+        f"--entity-name {topic} --add-config cleanup.policy=compact"
+    )
+    return [wrong]
 
 
 def create_command(bootstrap: str, topic: str, partitions: int, compacted: bool) -> str:

@@ -23,10 +23,11 @@ acls --allow-principal User:serving --operation Write --operation Describe \
     --topic "$results" --topic "$dead" --topic "$events" --topic "$reports" --topic "$answered"
 acls --allow-principal User:serving --operation Read --group BYTEWAX_IGNORED --group catch-up-lookup
 # Exactly-once delivery: its transactional ids (serving.RESULTS_TOPIC.DATA_TOPIC.PARTITION), and the markers of
-# what it answered, which only it may write (a forged one would drop answers) and reads back at each start.
+# what it answered, which only it may write (a forged one would drop answers) and reads back at each start
+# (and whose configuration it checks: the markers must be compacted, not deleted by age).
 acls --allow-principal User:serving --operation Write --operation Describe \
     --transactional-id "serving.$results." --resource-pattern-type prefixed
-acls --allow-principal User:serving --operation Read --topic "$answered"
+acls --allow-principal User:serving --operation Read --operation DescribeConfigs --topic "$answered"
 acls --allow-principal User:serving --operation Read --group read-to-end- --resource-pattern-type prefixed
 
 # Model publishers (the publish-model Job, people and CI publishing models): write models only; Describe on the
