@@ -32,17 +32,22 @@ def refused(bootstrap: str, topics: dict[str, str], **settings: str) -> str:
     return stopped_with_status_2(job)
 
 
-def test_exactly_once_without_its_answered_topic_names_it_and_how_to_create_it(kafka_bootstrap):
-    names = ["data", "models", "results", "dead"]
-    topics = create_topics(kafka_bootstrap, "no-answered", names, partitions=3)
-    answered = f"{topics['data']}-answered-never-created"
-    output = refused(
-        kafka_bootstrap,
+def refused_exactly_once(bootstrap: str, topics: dict[str, str], answered: str) -> str:
+    """`refused` with exactly-once delivery, its markers on `answered`."""
+    return refused(
+        bootstrap,
         topics,
         SERVING_KAFKA_DELIVERY="exactly-once",
         SERVING_KAFKA_ANSWERED_TOPIC=answered,
         SERVING_KAFKA_MARKER_KEY=MARKER_KEY,
     )
+
+
+def test_exactly_once_without_its_answered_topic_names_it_and_how_to_create_it(kafka_bootstrap):
+    names = ["data", "models", "results", "dead"]
+    topics = create_topics(kafka_bootstrap, "no-answered", names, partitions=3)
+    answered = f"{topics['data']}-answered-never-created"
+    output = refused_exactly_once(kafka_bootstrap, topics, answered)
     assert (
         f"cannot start: Kafka topic '{answered}' (SERVING_KAFKA_ANSWERED_TOPIC) does not exist on "
         f"{kafka_bootstrap} (exactly-once delivery keeps its answered markers there); create it: "
@@ -54,13 +59,7 @@ def test_exactly_once_without_its_answered_topic_names_it_and_how_to_create_it(k
 def test_exactly_once_on_an_answered_topic_deleted_by_age_names_the_command_that_compacts_it(kafka_bootstrap):
     topics = create_topics(kafka_bootstrap, "uncompacted", ["data", "models", "results", "dead"])
     answered = create_topics(kafka_bootstrap, "uncompacted", ["markers"])["markers"]  # cleanup.policy=delete
-    output = refused(
-        kafka_bootstrap,
-        topics,
-        SERVING_KAFKA_DELIVERY="exactly-once",
-        SERVING_KAFKA_ANSWERED_TOPIC=answered,
-        SERVING_KAFKA_MARKER_KEY=MARKER_KEY,
-    )
+    output = refused_exactly_once(kafka_bootstrap, topics, answered)
     assert (
         f"cannot start: Kafka topic '{answered}' (SERVING_KAFKA_ANSWERED_TOPIC) has cleanup.policy=delete"
     ) in output, output[-3000:]
