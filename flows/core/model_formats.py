@@ -8,5 +8,7 @@ from __future__ import annotations
 
 SAVED_MODEL = "savedmodel"
 ONNX = "onnx"
+PMML = "pmml"
 SAVED_MODEL_FILE = "saved_model.pb"
 ONNX_MODEL_FILE = "model.onnx"
+PMML_MODEL_FILE = "model.pmml"

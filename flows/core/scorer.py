@@ -16,6 +16,7 @@ import numpy as np
 from flows.core.admission.descriptor_checks import refusal
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.probe import PROBE_SIZES, probe_batch, probe_problem
+from flows.core.admission.unserved_formats import unserved_refusal
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.errors import ServingError
 from flows.core.text import cut
@@ -102,7 +103,7 @@ def build_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy | None = N
     """
     policy = policy if policy is not None else AdmissionPolicy()
     name = descriptor.model_name
-    refused = refusal(descriptor, policy)
+    refused = refusal(descriptor, policy) or unserved_refusal(descriptor)
     if refused:
         raise ModelLoadError(name, refused)
     builder = _BUILDERS.get(descriptor.model_type)

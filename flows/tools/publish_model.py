@@ -1,10 +1,10 @@
 """Model publisher: `python -m flows.tools.publish_model --version 2` sends a model to the models topic.
 
 The model goes inline (packed as a tar.gz archive: `--version` for a shipped one, `--path` for any SavedModel
-directory or directory holding `model.onnx` and its external data, `--file` for one ONNX file) or as a
-location (`--location`, with `--type`). A message larger than the
-broker accepts is refused before sending, with the limit and what to change. `--sign KEYFILE` signs the
-descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
+directory or directory holding `model.onnx` and its external data, `--file` for one ONNX file; a PMML
+document, `--file model.pmml`, goes as it is) or as a location (`--location`, with `--type`). A message
+larger than the broker accepts is refused before sending, with the limit and what to change.
+`--sign KEYFILE` signs the descriptor for a flow that requires signatures (SERVING_MODEL_TRUSTED_KEYS).
 
 Experiments (see `flows.core.challenger`): `--challenger shadow|canary [--fraction F]` publishes the model as
 a challenger beside the champion; `--promote NAME` makes challenger NAME the champion, `--retire NAME` drops
@@ -92,6 +92,10 @@ def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor
         )
     if args.file:
         path = Path(args.file)
+        if path.suffix.lower() == ".pmml" or args.type == ModelType.PMML.name:
+            return ModelDescriptor(
+                args.name or path.stem, args.description or f"from {path}", ModelType.PMML, path.read_bytes()
+            )
         return ModelDescriptor(
             args.name or path.stem,
             args.description or f"from {path}",
@@ -115,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--path", help="a model directory to send inline: a SavedModel, or model.onnx and its external data"
     )
-    source.add_argument("--file", help="an ONNX model file (no external data) to send inline, as model.onnx")
+    source.add_argument(
+        "--file",
+        help="a file to send inline: an ONNX model (no external data), as model.onnx; or a PMML document "
+        "(.pmml), as it is",
+    )
     source.add_argument("--location", help="a model location to send instead of bytes")
     source.add_argument("--promote", metavar="NAME", help="make the challenger NAME the champion")
     source.add_argument("--retire", metavar="NAME", help="stop the challenger NAME")
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "--type",
         choices=[t.name for t in ModelType],
         help="model type: for --location (default TENSORFLOWSAVED); --path detects it (model.onnx: ONNX); "
-        "--file is ONNX",
+        "--file is ONNX, or PMML for a .pmml file",
     )
     parser.add_argument(
         "--target-digest",
@@ -157,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     add_kafka_arguments(parser, settings.kafka, {"--topic": settings.kafka.models_topic})
     args = parser.parse_args(argv)
 
-    if args.file and args.type not in (None, ModelType.ONNX.name):
-        parser.error("--file sends an ONNX model: --type ONNX or no --type")
+    if args.file and args.type not in (None, ModelType.ONNX.name, ModelType.PMML.name):
+        parser.error("--file sends an ONNX model, or a PMML document (.pmml): --type ONNX, PMML or none")
     if args.fraction != 1.0 and not args.challenger:
         parser.error("--fraction is for a challenger (--challenger shadow|canary)")
     descriptor = descriptor_from(args, settings)

@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import tomllib
+from support.hostile_pmml import quadrant_tree
 from support.jobs import REPO, run_flow_to_end_of_topics
 
+from flows.core.descriptors import ModelType
 from flows.testing.local_broker import consume_all, create_topics
 from flows.tools import loadgen, publish_model, query_state, watch_results
 from flows.wire.avro import MODEL, RECORD
@@ -68,6 +70,22 @@ def test_publish_load_serve_and_watch(kafka_bootstrap, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 300
     assert all("[recommender-v2, batch" in line for line in lines)
+
+
+def test_a_pmml_file_is_published_as_it_is(kafka_bootstrap, tmp_path):
+    topics = create_topics(kafka_bootstrap, "pmml", ["models"])
+    document = tmp_path / "quadrants.pmml"
+    document.write_bytes(quadrant_tree())
+    assert (
+        publish_model.main(
+            ["--file", str(document), "--topic", topics["models"], "--bootstrap-servers", kafka_bootstrap]
+        )
+        == 0
+    )
+    [message] = consume_all(kafka_bootstrap, topics["models"], 1)
+    published = MODEL.decode(message.value())
+    assert (published.model_name, published.model_type) == ("quadrants", ModelType.PMML)
+    assert published.model_bytes == quadrant_tree()
 
 
 def test_publisher_refuses_a_model_over_the_size_limit(kafka_bootstrap, monkeypatch, capsys):

@@ -8,6 +8,7 @@ does (`flows.runtime.app`), and the names are re-exported here for the tools and
 from flows.adapters.scorers import (
     onnx_model,  # noqa: F401  (registers ONNX)
     open_inference,  # noqa: F401  (registers OPENINFERENCE)
+    pmml_model,  # noqa: F401  (registers PMML; its evaluator is imported with the first PMML model)
     tensorflow_saved,  # noqa: F401  (registers TENSORFLOWSAVED)
     tensorflow_serving,  # noqa: F401  (registers TENSORFLOWSERVING)
 )

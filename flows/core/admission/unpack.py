@@ -6,8 +6,9 @@ million-fold. No check made in this process after `tarfile` has read the headers
 thread cannot be killed. A child process can: it limits its own address space, CPU time, file sizes and
 open files (`unpack_child`), and this side kills it at a wall-clock deadline. The child also inspects the
 SavedModel's graph, so a huge or hostile `saved_model.pb` is parsed under the same limits, and tries the
-model: it opens an ONNX model and scores its trial batches there (`flows.core.admission.onnx_trial`), or
-imports TensorFlow, loads a SavedModel and scores them (`flows.core.admission.saved_model_trial`), so a
+model: it opens an ONNX model and scores its trial batches there (`flows.core.admission.onnx_trial`),
+imports TensorFlow, loads a SavedModel and scores them (`flows.core.admission.saved_model_trial`), or vets
+a PMML document, imports the PMML evaluator and scores them (`flows.core.admission.pmml_trial`), so a
 model that allocates gigabytes or runs for minutes is refused, not run in the flow. A refusal by a limit
 names the limit and the stage the child had reached (it writes each to stderr before it starts it).
 
@@ -16,7 +17,9 @@ The wall clock has steps: unpacking and inspection (and an ONNX model's trial) g
 `SERVING_MODEL_TF_IMPORT_TIMEOUT` from the child's `IMPORT_STAGE` line, and the trial
 `SERVING_MODEL_UNPACK_TIMEOUT` again from its `TRIAL_STAGE` line: a slow import (it is the machine's cost,
 5 to 13 s on a loaded 2-core machine) does not shorten the trial's time, and a slow model gets no more than
-the trial's. The child reports its stages before any model code runs, so a model cannot move a clock.
+the trial's. A PMML model's evaluator import and trial get `SERVING_MODEL_UNPACK_TIMEOUT` each, from
+their stage lines, the same way. The child reports its stages before any model code runs, so a model cannot
+move a clock.
 An inline SavedModel that passed its trial is not tried again in this process (`_PassedTrials`), and one
 whose files are those of a model shipped with the package is trusted as the package is, without a trial
 (`flows.core.admission.tree_digest`): the main job's default and most tests serve those.
@@ -41,9 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.admission.unpack_child import IMPORT_STAGE, MEMORY_EXIT_STATUS, STAGE_PREFIX, TRIAL_STAGE
+from flows.core.admission.unpack_child import (
+    IMPORT_STAGE,
+    MEMORY_EXIT_STATUS,
+    PMML_IMPORT_STAGE,
+    PMML_TRIAL_STAGE,
+    STAGE_PREFIX,
+    TRIAL_STAGE,
+)
 from flows.core.errors import ServingError
-from flows.core.model_formats import SAVED_MODEL
+from flows.core.model_formats import PMML, PMML_MODEL_FILE, SAVED_MODEL
 from flows.core.shipped import shipped_saved_models
 
 MAX_VERDICT_BYTES = 64 * 1024
@@ -82,7 +92,7 @@ def unpack_and_inspect(
     (with `trial`, the figures of the model's trial run); raises `UnpackRefused` naming the cause: a rule
     the archive breaks, a forbidden op, a trial that failed, or the limit that stopped the child.
     """
-    clocks = _clocks(policy)
+    clocks = _clocks(policy, model_format)
     limits = {  # what the child applies: the verdict depends on these and the bytes alone
         "max_unpacked_bytes": policy.max_unpacked_bytes,
         "max_files": policy.max_files,
@@ -100,6 +110,10 @@ def unpack_and_inspect(
     remembered = _remembered_key(payload, limits)
     figures = _passed_trials.get(remembered) if remembered else None
     trial = model_format == SAVED_MODEL and figures is None
+    staged = trial or model_format == PMML  # the child runs an import and a trial on clocks of their own
+    if model_format == PMML and payload is not None and _is_xml(payload):
+        (target / PMML_MODEL_FILE).write_bytes(payload)  # a bare document: nothing to unpack
+        payload = None
     with tempfile.TemporaryDirectory(prefix="model-unpack-") as scratch:
         job = {
             **limits,
@@ -112,7 +126,7 @@ def unpack_and_inspect(
             job["payload"] = payload_path = os.path.join(scratch, "payload")
             with open(payload_path, "wb") as payload_file:
                 payload_file.write(payload)
-        verdict = _run_child(job, Path(scratch), clocks if trial else clocks[:1], policy)
+        verdict = _run_child(job, Path(scratch), clocks if staged else clocks[:1], policy)
     if figures is not None:
         return {**verdict, "trial": figures}
     if remembered and verdict.get("trial") is not None:
@@ -158,11 +172,23 @@ def _remembered_key(payload: bytes | None, limits: dict) -> str | None:
     return digest.hexdigest()
 
 
-def _clocks(policy: AdmissionPolicy) -> list[Clock]:
+def _clocks(policy: AdmissionPolicy, model_format: str) -> list[Clock]:
     """The child's steps and their limits (see the module docstring): the first alone unless the child
-    runs a SavedModel's trial."""
+    runs a SavedModel's or a PMML model's trial."""
+    unpacking = Clock(None, policy.unpack_timeout, "", "SERVING_MODEL_UNPACK_TIMEOUT")
+    if model_format == PMML:
+        return [
+            unpacking,
+            Clock(
+                PMML_IMPORT_STAGE,
+                policy.unpack_timeout,
+                " importing the PMML evaluator",
+                "SERVING_MODEL_UNPACK_TIMEOUT",
+            ),
+            Clock(PMML_TRIAL_STAGE, policy.unpack_timeout, " its trial", "SERVING_MODEL_UNPACK_TIMEOUT"),
+        ]
     return [
-        Clock(None, policy.unpack_timeout, "", "SERVING_MODEL_UNPACK_TIMEOUT"),
+        unpacking,
         Clock(
             IMPORT_STAGE,
             policy.tf_import_timeout,
@@ -171,6 +197,12 @@ def _clocks(policy: AdmissionPolicy) -> list[Clock]:
         ),
         Clock(TRIAL_STAGE, policy.unpack_timeout, " its trial", "SERVING_MODEL_UNPACK_TIMEOUT"),
     ]
+
+
+def _is_xml(payload: bytes) -> bool:
+    """Whether an inline PMML payload is the document itself rather than an archive holding it: XML starts
+    with `<` (after a byte-order mark or white space); no tar header or compressed stream does."""
+    return payload.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"
 
 
 def _run_child(job: dict, scratch: Path, clocks: list[Clock], policy: AdmissionPolicy) -> dict:

@@ -1,13 +1,14 @@
 """The unpacking child process: `python -m flows.core.admission.unpack_child` with a JSON job on stdin.
 
-It limits itself first (address space, CPU seconds, file size, open files), then unpacks a model archive
-into a target directory and inspects the model there (a SavedModel's graph, or an ONNX model: see
-`flows.core.admission.onnx_graph`), then tries the model in a trial run (an ONNX model in ONNX Runtime,
-`flows.core.admission.onnx_trial`; a SavedModel in TensorFlow, `flows.core.admission.saved_model_trial`,
-unless the job says the parent remembers its trial or its files are those of a shipped model,
-`flows.core.admission.tree_digest`), and prints one JSON line: `{"ok": true, ...}` or
-`{"ok": false, "reason": ...}`. Before each step it writes `stage: WHAT` to stderr, so that the parent, if a
-limit kills it, can say what it was doing. Anything the limits stop (a tarfile loop, a quadratic regex, a
+It limits itself first (address space, CPU seconds, file size, open files), then unpacks a model archive into
+a target directory and inspects the model there (a SavedModel's graph, an ONNX model: see
+`flows.core.admission.onnx_graph`, or a PMML document: `flows.core.admission.pmml_guard`), then tries the
+model in a trial run (an ONNX model in ONNX Runtime, `flows.core.admission.onnx_trial`; a PMML model in its
+evaluator, `flows.core.admission.pmml_trial`; a SavedModel in TensorFlow,
+`flows.core.admission.saved_model_trial`, unless the job says the parent remembers its trial or its files are
+those of a shipped model, `flows.core.admission.tree_digest`), and prints one JSON line: `{"ok": true, ...}`
+or `{"ok": false, "reason": ...}`. Before each step it writes `stage: WHAT` to stderr, so that the parent, if
+a limit kills it, can say what it was doing. Anything the limits stop (a tarfile loop, a quadratic regex, a
 header of gigabytes, a compression bomb, a model that allocates gigabytes or runs for minutes) ends this
 process, not the flow; the parent kills it on a wall-clock deadline too (see `flows.core.admission.unpack`).
 
@@ -45,7 +46,7 @@ from typing import BinaryIO, TextIO
 from flows.core.admission.graph import DEFAULT_MAX_BYTES, inspect_saved_model
 from flows.core.admission.tree_digest import tree_digest
 from flows.core.errors import ServingError
-from flows.core.model_formats import ONNX
+from flows.core.model_formats import ONNX, PMML, PMML_MODEL_FILE
 
 CHUNK = 1024 * 1024
 MAX_MEMBER_NAME = 1024
@@ -54,6 +55,8 @@ STAGE_PREFIX = "stage: "
 # The stages from which the parent runs a clock of its own (`flows.core.admission.unpack`).
 IMPORT_STAGE = "importing TensorFlow"
 TRIAL_STAGE = "starting the SavedModel's trial"
+PMML_IMPORT_STAGE = "importing the PMML evaluator"
+PMML_TRIAL_STAGE = "starting the PMML model's trial"
 MEMORY_EXIT_STATUS = 86  # the watchdog ended the child: its resident memory went past the job's limit
 WATCH_INTERVAL_S = 0.01
 BLOCK = 512
@@ -291,6 +294,9 @@ def _limit_self(job: dict) -> None:
     if job.get("saved_model_trial"):
         memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
         cpu_hard = cpu_seconds + job["import_seconds"] + job["trial_seconds"] + 1
+    elif job.get("format") == PMML:  # the evaluator's import and the trial get CPU of their own (`_allow`)
+        memory_hard = memory
+        cpu_hard = cpu_seconds + job["import_seconds"] + job["trial_seconds"] + 1
     else:
         memory_hard, cpu_hard = memory, cpu_seconds + 1
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory_hard))
@@ -353,6 +359,8 @@ def run(job: dict) -> dict:
                 files, written = unpack(payload, target, job["max_unpacked_bytes"], job["max_files"])
         if job.get("format") == ONNX:
             return _onnx(job, target, files, written)
+        if job.get("format") == PMML:
+            return _pmml(job, target, files, written)
         _stage("inspecting the SavedModel's graph")
         problems = inspect_saved_model(
             target,
@@ -396,6 +404,38 @@ def _onnx(job: dict, target: Path, files: int, written: int) -> dict:
     except (OnnxRefused, TrialRefused) as error:
         return {"ok": False, "reason": _cut(str(error))}
     return {"ok": True, "files": files, "bytes": written, "trial": figures.to_json()}
+
+
+def _pmml(job: dict, target: Path, files: int, written: int) -> dict:
+    """Vet the PMML document in `target` (`flows.core.admission.pmml_guard`), then import the evaluator and
+    try the model, each with CPU seconds of its own, all within the address-space limit."""
+    from flows.core.admission.pmml_guard import PmmlRefused
+    from flows.core.admission.pmml_trial import EvaluatorMissing, regressor_class, trial, vet
+    from flows.core.admission.trial import TrialRefused
+
+    path = target / PMML_MODEL_FILE
+    if not path.is_file():
+        return {"ok": False, "reason": f"no {PMML_MODEL_FILE} in the model's archive or directory"}
+    try:
+        _stage("checking the PMML document")
+        summary = vet(path, job["max_unpacked_bytes"])
+        _stage(PMML_IMPORT_STAGE)
+        _allow(job["import_seconds"])
+        regressor_class(summary)
+        _stage(PMML_TRIAL_STAGE)
+        _allow(job["trial_seconds"])
+        figures = trial(
+            path, summary, job["max_batch_pairs"], tuple(job["output_range"]), job["max_call_seconds"], _stage
+        )
+    except (PmmlRefused, EvaluatorMissing, TrialRefused) as error:
+        return {"ok": False, "reason": _cut(str(error))}
+    return {
+        "ok": True,
+        "files": files,
+        "bytes": written,
+        "trial": figures.to_json(),
+        "pmml": summary.to_json(),
+    }
 
 
 def _saved_model(job: dict, target: Path, files: int, written: int) -> dict:
