@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flows import bench
 from flows.adapters.sources.generators import shipped_model
-from flows.bench.call_cost import run_call_cost
+from flows.bench.call_cost import run_call_cost, run_ensemble_cost
 from flows.bench.flood import run_model_flood
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
@@ -21,10 +21,10 @@ from flows.core.descriptors import CANARY, CHALLENGER, SHADOW, ModelDescriptor
 from flows.runtime.settings import Settings
 
 SCENARIOS = (
-    "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood", "call-cost",
+    "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood", "call-cost", "ensemble-cost",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[6:]
+REMOTE_SCENARIOS = SCENARIOS[7:]
 
 
 def main() -> None:
@@ -141,6 +141,8 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
         )
     if args.scenario == "call-cost":
         return run_call_cost(shipped_model(models_dir, args.model_version), args.rounds)
+    if args.scenario == "ensemble-cost":
+        return run_ensemble_cost(models_dir, args.rounds)
     if args.scenario == "swap":
         return run_swap(args.records, args.rate, args.swap_after, args.shards, args.batch)
     if args.scenario == "model-flood":

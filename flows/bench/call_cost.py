@@ -1,20 +1,29 @@
-"""What one model call costs, by runtime and batch size: the `call-cost` scenario.
+"""What one model call costs, by runtime and batch size: the `call-cost` and `ensemble-cost` scenarios.
 
-Builds the scorer of one shipped model (a SavedModel, or an ONNX twin such as `1-onnx`), warms it up, then
-times `score` on batches of 1, 100 and 1,000 pairs, interleaved and repeated, and reports the median per call
-and per pair, with the process's resident memory after warm-up. The model call is the one cost per micro-batch
-a runtime adds; the rest of the flow is the same whatever scores.
+`call-cost` builds the scorer of one shipped model (a SavedModel, or an ONNX twin such as `1-onnx`), warms it
+up, then times `score` on batches of 1, 100 and 1,000 pairs, interleaved and repeated, and reports the median
+per call and per pair, with the process's resident memory after warm-up. The model call is the one cost per
+micro-batch a runtime adds; the rest of the flow is the same whatever scores.
+
+`ensemble-cost` compares the two ways to serve the mean of the two shipped ONNX twins: one call of the
+ensemble `serving-onnx-ensemble` composes, against one call of each member (what an inference graph with an
+ensemble node does, less the network), interleaved at each batch size.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from flows.adapters.scorers import build_scorer
+from flows.adapters.scorers.archive import pack_file
 from flows.bench.report import report
-from flows.core.descriptors import ModelDescriptor
+from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.tools.onnx_ensemble import compose
 
 BATCH_SIZES = (1, 100, 1_000)
 
@@ -59,3 +68,49 @@ def run_call_cost(model: ModelDescriptor, rounds: int) -> dict:
         "call-cost", pairs, "unthrottled", seconds, all_calls, model=model.model_name, rss_mb=memory,
         **details, source=scorer.source,
     )  # fmt: skip
+
+
+def run_ensemble_cost(models_dir: Path, rounds: int) -> dict:
+    """Median milliseconds per batch: the composed ensemble of the ONNX twins against a call of each."""
+    paths = [models_dir / version / "model.onnx" for version in ("1-onnx", "2-onnx")]
+    members = [
+        build_scorer(ModelDescriptor(path.parent.name, "", ModelType.ONNX, pack_file(path, path.name)))
+        for path in paths
+    ]
+    composed = compose([onnx.load_model(str(path)) for path in paths])
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx.save_model(composed, f"{scratch}/model.onnx")
+        ensemble = build_scorer(
+            ModelDescriptor(
+                "ensemble", "", ModelType.ONNX, pack_file(Path(scratch) / "model.onnx", "model.onnx")
+            )
+        )
+    rng = np.random.default_rng(0)
+    batches = {
+        size: (rng.integers(0, 1000, size).astype(np.float32), rng.integers(0, 300, size).astype(np.float32))
+        for size in BATCH_SIZES
+    }
+    ways = {
+        "composed": lambda users, products: ensemble.score(users, products),
+        "separate": lambda users, products: [member.score(users, products) for member in members],
+    }
+    for call in ways.values():
+        for users, products in batches.values():
+            call(users, products)  # warm-up
+    times: dict[tuple[str, int], list[float]] = {(way, size): [] for way in ways for size in BATCH_SIZES}
+    started = time.perf_counter()
+    for round_ in range(rounds):
+        order = list(ways) if round_ % 2 == 0 else list(reversed(ways))
+        for size, (users, products) in batches.items():
+            for way in order:
+                begin = time.perf_counter_ns()
+                ways[way](users, products)
+                times[(way, size)].append((time.perf_counter_ns() - begin) / 1e6)
+    seconds = time.perf_counter() - started
+    details = {
+        f"{way}_ms_batch_{size}": round(float(np.median(found)), 4) for (way, size), found in times.items()
+    }
+    all_calls = [time_ms for found in times.values() for time_ms in found]
+    return report(
+        "ensemble-cost", rounds * sum(BATCH_SIZES) * 2, "unthrottled", seconds, all_calls, **details
+    )

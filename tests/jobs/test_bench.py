@@ -46,6 +46,12 @@ def test_a_benchmark_with_bad_records_answers_them_with_errors():
     assert (figures["records"], figures["errors"], figures["bad_every"]) == (3000, 6, 500)
 
 
+def test_the_ensemble_cost_benchmark_times_one_composed_call_against_a_call_per_member():
+    figures = bench("--scenario", "ensemble-cost", "--rounds", "20")
+    for size in (1, 100, 1000):
+        assert figures[f"composed_ms_batch_{size}"] > 0 and figures[f"separate_ms_batch_{size}"] > 0
+
+
 def test_the_model_flood_benchmark_reports_what_the_flood_cost():
     figures = bench("--scenario", "model-flood", "--records", "3000", "--rate", "1000", "--flood", "8",
                     "--swap-after", "0.5")  # fmt: skip

@@ -29,6 +29,8 @@ TOOLS = [
     "plot_bench",
     "retrain",
     "recovery_store",
+    "onnx_ensemble",
+    "onnx_wrap",
 ]
 
 

@@ -16,7 +16,8 @@ from flows.core.descriptors import ModelDescriptor, ModelType
 
 H2O_REFUSAL = (
     "an H2O MOJO is not run in process (its scorer needs a JVM): convert it to ONNX with "
-    "onnxmltools.convert_h2o and publish the ONNX model (docs/formats.md, 'H2O MOJO')"
+    "onnxmltools.convert_h2o, fit it to the contract with serving-onnx-wrap and publish the ONNX model "
+    "(docs/formats.md, 'H2O MOJO')"
 )
 PFA_REFUSAL = (
     "this is a PFA document, which is not served: the one Python engine for PFA (titus2) is unmaintained and "
