@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import sys
 import textwrap
-import threading
 import xml.sax
 import xml.sax.handler
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from support import hostile_pmml as hostile
 from support.jobs import REPO
+from support.side_effects import CountingServer, counting_server, unread_marker
 
 from flows.core.admission import pmml_guard
 from flows.core.admission.pmml_guard import (
@@ -69,45 +67,13 @@ def watch() -> Iterator[Callable[[], list[tuple[str, tuple[object, ...]]]]]:
 
 @pytest.fixture
 def marker(tmp_path: Path) -> Path:
-    """A secret file whose atime predates its mtime, so under relatime (or strictatime) any read moves it."""
-    path = tmp_path / "secret.txt"
-    path.write_text("SECRET-MARKER")
-    mtime = path.stat().st_mtime_ns
-    os.utime(path, ns=(mtime - 3_600 * 10**9, mtime))
-    return path
-
-
-class _Server(ThreadingHTTPServer):
-    requests: list[str]
+    return unread_marker(tmp_path)
 
 
 @pytest.fixture
-def server() -> Iterator[_Server]:
-    """A loopback HTTP server that counts every request it gets."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.server.requests.append(self.path)  # type: ignore[attr-defined]
-            body = b"REMOTE-MARKER" if self.path.endswith(".txt") else b""
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            """Keep the test output clean."""
-
-    httpd = _Server(("127.0.0.1", 0), Handler)
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _url(httpd: _Server, name: str) -> str:
-    return f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
+def server() -> Iterator[CountingServer]:
+    with counting_server() as running:
+        yield running
 
 
 def refused(data: PmmlSource, cause: str, limits: PmmlLimits | None = None) -> str:
@@ -167,8 +133,8 @@ def test_external_file_entity_is_never_read(marker: Path, watch: Callable[[], li
     assert marker.stat().st_atime_ns != atime  # ... and so does the atime
 
 
-def test_external_url_entity_is_never_fetched(server: _Server, watch: Callable[[], list]) -> None:
-    data = hostile.external_url_entity(_url(server, "secret.txt"))
+def test_external_url_entity_is_never_fetched(server: CountingServer, watch: Callable[[], list]) -> None:
+    data = hostile.external_url_entity(server.url("secret.txt"))
     events = watch()
     refused(data, r"^DOCTYPE declaration")
     assert events == [] and server.requests == []
@@ -177,9 +143,9 @@ def test_external_url_entity_is_never_fetched(server: _Server, watch: Callable[[
     assert any(event == "socket.connect" for event, _ in events)
 
 
-def test_external_dtd_is_never_fetched(server: _Server, watch: Callable[[], list]) -> None:
+def test_external_dtd_is_never_fetched(server: CountingServer, watch: Callable[[], list]) -> None:
     events = watch()
-    refused(hostile.external_dtd(_url(server, "evil.dtd")), r"^DOCTYPE declaration")
+    refused(hostile.external_dtd(server.url("evil.dtd")), r"^DOCTYPE declaration")
     assert events == [] and server.requests == []
 
 
@@ -191,14 +157,14 @@ def test_entity_expansion_is_refused_at_the_doctype(make: Callable[[], bytes]) -
 
 
 def test_entity_handlers_hold_without_the_doctype_refusal(
-    monkeypatch: pytest.MonkeyPatch, server: _Server, marker: Path
+    monkeypatch: pytest.MonkeyPatch, server: CountingServer, marker: Path
 ) -> None:
     """Second line: even with the DOCTYPE handler gone, no entity is declared, expanded or fetched."""
     monkeypatch.setattr(pmml_guard._Guard, "_doctype", lambda self, *_: None)
     refused(hostile.billion_laughs(), r"^entity declaration 'lol0' refused at line 2")
     refused(hostile.internal_entity_coefficient(), r"^entity declaration 'i' refused")
     refused(hostile.external_file_entity(str(marker)), r"^entity declaration 'secret' refused")
-    skipped = hostile.external_dtd(_url(server, "evil.dtd")).replace(
+    skipped = hostile.external_dtd(server.url("evil.dtd")).replace(
         b"<Header", b"<Extension>&x;</Extension><Header"
     )
     refused(skipped, r"^entity reference &x; refused")

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
-import bytewax.operators as op
 import numpy as np
 import onnx
 import pytest
-from bytewax.dataflow import Dataflow
-from bytewax.testing import run_main
 from onnx import TensorProto, helper, numpy_helper
-from support.core_runs import FlowRun, ScheduledSource, TurnSource, as_batches, messages, sample_records
+from support.core_runs import (
+    judged_beside_a_champion,
+    sample_records,
+)
 from support.hostile_onnx import (
     REFUSED_BEFORE_LOADING,
     REFUSED_BY_THE_PROBE,
@@ -26,16 +25,13 @@ from support.hostile_onnx import (
     inline,
     model_bytes,
 )
-from support.jobs import REPO, wait_for
+from support.jobs import REPO
 
-from flows.adapters.scorers import ModelLoadError, ScorerCache, build_scorer
+from flows.adapters.scorers import ModelLoadError, build_scorer
 from flows.adapters.scorers.archive import pack_file
 from flows.adapters.sources.generators import shipped_model
-from flows.bench.sinks import ArrivalSink
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.probe import probe_batch
-from flows.core.context import ServingContext
-from flows.core.dataflow import serve
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.model_formats import ONNX_MODEL_FILE
 from flows.core.scorer import InputBounds
@@ -237,41 +233,13 @@ def test_an_onnx_champion_keeps_scoring_while_hostile_onnx_models_are_judged():
         for name, (make, _) in {**REFUSED_BEFORE_LOADING, **REFUSED_BY_THE_PROBE}.items()
     ]
     records = sample_records(500)
-    data = [(0.3 + i * 0.01, message) for i, message in enumerate(messages(records))]
-    run = FlowRun(context=ServingContext.create(cache=ScorerCache(AdmissionPolicy())))
-    flow = Dataflow("hostile-onnx")
-    now, champion_accepted = threading.Event(), threading.Event()
-    now.set()
-    streams = serve(
-        "serve",
-        as_batches("batches", op.input("data", flow, ScheduledSource(data))),
-        # The hostile models follow once the champion is accepted, however long that takes here.
-        op.input("models", flow, TurnSource([(now, [champion]), (champion_accepted, hostile)])),
-        run.context,
-        shards=4,
-        hold_limit=1000,
-    )
-    op.output("results", streams.results, ArrivalSink(arrivals := []))
-    op.output("events", streams.events, ArrivalSink(events := []))
-    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
-    flow_thread.start()
-    wait_for(
-        lambda: any(e.kind == "accepted" and e.model_name == champion.model_name for _, e in list(events)),
-        "the champion accepted",
-        120,
-    )
-    champion_accepted.set()
-    flow_thread.join(300)
-    assert not flow_thread.is_alive(), "the flow did not end"
-
-    results = [item for _, batch in arrivals for item in batch]
-    assert len(results) == len(records)
-    assert {item.result.metadata.model_name for item in results} == {champion.model_name}
-    assert {item.result.metadata.source for item in results} == {"embedded:onnx"}
-    assert not [item for item in results if item.result.metadata.errors]
-    rejected = {event.model_name: event.reason for _, event in events if event.kind == "rejected"}
-    assert set(rejected) == {descriptor.model_name for descriptor in hostile}
-    assert all("still serving 'recommender-v1-onnx'" in reason for reason in rejected.values()), rejected
+    run = judged_beside_a_champion(champion, hostile, records)
+    assert len(run.results) == len(records)
+    assert {item.result.metadata.model_name for item in run.results} == {champion.model_name}
+    assert {item.result.metadata.source for item in run.results} == {"embedded:onnx"}
+    assert not [item for item in run.results if item.result.metadata.errors]
+    assert set(run.rejected()) == {descriptor.model_name for descriptor in hostile}
+    assert all("still serving 'recommender-v1-onnx'" in reason for reason in run.rejected().values())
 
 
 def test_an_onnx_descriptor_path_to_a_missing_directory_is_refused():

@@ -5,36 +5,25 @@ champion keeps scoring while hostile PMML models are judged."""
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 
-import bytewax.operators as op
 import numpy as np
 import pytest
-from bytewax.dataflow import Dataflow
-from bytewax.testing import run_main
 from support import hostile_pmml as hostile
 from support.core_runs import (
-    ScheduledSource,
     Turn,
-    TurnSource,
-    as_batches,
     every_shard,
+    judged_beside_a_champion,
     messages,
     run_in_turns,
     sample_records,
 )
-from support.jobs import wait_for
+from support.side_effects import counting_server, unread_marker, was_read
 
-from flows.adapters.scorers import ModelLoadError, ScorerCache, build_scorer
+from flows.adapters.scorers import ModelLoadError, build_scorer
 from flows.adapters.scorers.archive import pack_file
 from flows.adapters.sources.generators import shipped_model
-from flows.bench.sinks import ArrivalSink
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.context import ServingContext
-from flows.core.dataflow import serve
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
@@ -101,46 +90,18 @@ def test_every_hostile_pmml_is_refused_through_the_admission_naming_its_cause(ca
     assert cause in refusal(pmml_model(case, make()))
 
 
-class _CountingServer(ThreadingHTTPServer):
-    requests: list[str]
-
-
-@pytest.fixture
-def loopback_server() -> Iterator[_CountingServer]:
-    """A loopback HTTP server that counts what is asked of it."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.server.requests.append(self.path)  # type: ignore[attr-defined]
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *_: object) -> None:
-            """Quiet."""
-
-    server = _CountingServer(("127.0.0.1", 0), Handler)
-    server.requests = []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def test_external_entities_read_no_file_and_fetch_no_url_anywhere_in_the_admission(tmp_path, loopback_server):
-    secret = tmp_path / "secret.txt"
-    secret.write_text("SECRET")
-    modified = secret.stat().st_mtime_ns
-    os.utime(secret, ns=(modified - 3_600 * 10**9, modified))  # any read moves the access time (relatime)
-    url = f"http://127.0.0.1:{loopback_server.server_address[1]}"
-    documents: dict[str, Callable[[], bytes]] = {
-        "file": lambda: hostile.external_file_entity(str(secret)),
-        "url": lambda: hostile.external_url_entity(f"{url}/secret.txt"),
-        "dtd": lambda: hostile.external_dtd(f"{url}/evil.dtd"),
-    }
-    for name, make in documents.items():
-        assert "DOCTYPE declaration" in refusal(pmml_model(name, make()))
-    assert secret.stat().st_atime_ns == modified - 3_600 * 10**9, "the secret file was read"
-    assert loopback_server.requests == [], "a URL was fetched"
+def test_external_entities_read_no_file_and_fetch_no_url_anywhere_in_the_admission(tmp_path):
+    secret = unread_marker(tmp_path)
+    with counting_server() as server:
+        documents: dict[str, Callable[[], bytes]] = {
+            "file": lambda: hostile.external_file_entity(str(secret)),
+            "url": lambda: hostile.external_url_entity(server.url("secret.txt")),
+            "dtd": lambda: hostile.external_dtd(server.url("evil.dtd")),
+        }
+        for name, make in documents.items():
+            assert "DOCTYPE declaration" in refusal(pmml_model(name, make()))
+        assert server.requests == [], "a URL was fetched"
+    assert not was_read(secret), "the secret file was read"
 
 
 def test_100_mb_of_valid_looking_elements_is_refused_by_its_size_before_it_is_parsed(tmp_path):
@@ -186,38 +147,11 @@ def test_a_pmml_champion_answers_through_the_flow():
 
 def test_the_champion_keeps_scoring_while_hostile_pmml_models_are_judged():
     champion = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
-    judged = [pmml_model(name, make()) for name, (make, _) in HOSTILE.items()]
     records = sample_records(500)
-    data = [(0.3 + i * 0.01, message) for i, message in enumerate(messages(records))]
-    context = ServingContext.create(cache=ScorerCache(AdmissionPolicy()))
-    flow = Dataflow("hostile-pmml")
-    now, champion_accepted = threading.Event(), threading.Event()
-    now.set()
-    streams = serve(
-        "serve",
-        as_batches("batches", op.input("data", flow, ScheduledSource(data))),
-        op.input("models", flow, TurnSource([(now, [champion]), (champion_accepted, judged)])),
-        context,
-        shards=4,
-        hold_limit=1000,
-    )
-    op.output("results", streams.results, ArrivalSink(arrivals := []))
-    op.output("events", streams.events, ArrivalSink(events := []))
-    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
-    flow_thread.start()
-    wait_for(
-        lambda: any(e.kind == "accepted" and e.model_name == champion.model_name for _, e in list(events)),
-        "the champion accepted",
-        120,
-    )
-    champion_accepted.set()
-    flow_thread.join(300)
-    assert not flow_thread.is_alive(), "the flow did not end"
-
-    results = [item for _, batch in arrivals for item in batch]
-    assert len(results) == len(records)
-    assert {item.result.metadata.model_name for item in results} == {champion.model_name}
-    assert not [item for item in results if item.result.metadata.errors]
-    rejected = {event.model_name: event.reason for _, event in events if event.kind == "rejected"}
-    assert set(rejected) == set(HOSTILE)
-    assert all("still serving 'recommender-v1-onnx'" in reason for reason in rejected.values()), rejected
+    judged = [pmml_model(name, make()) for name, (make, _) in HOSTILE.items()]
+    run = judged_beside_a_champion(champion, judged, records)
+    assert len(run.results) == len(records)
+    assert {item.result.metadata.model_name for item in run.results} == {champion.model_name}
+    assert not [item for item in run.results if item.result.metadata.errors]
+    assert set(run.rejected()) == set(HOSTILE)
+    assert all("still serving 'recommender-v1-onnx'" in reason for reason in run.rejected().values())

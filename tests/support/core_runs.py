@@ -355,3 +355,50 @@ def holder_judging_by(
 def generated_blocks(seed: int, blocks: range, shifted: bool = False) -> list[RecommenderRecord]:
     """The generator's records of `blocks` (shifted to the popular range with `shifted`)."""
     return list(chain.from_iterable(generate_block(seed, 0, block, shifted) for block in blocks))
+
+
+@dataclass
+class JudgedRun:
+    """What a run of `judged_beside_a_champion` gave: every result, and the events."""
+
+    results: list[ScoredMessage]
+    events: list[ModelEvent]
+
+    def rejected(self) -> dict[str, str]:
+        """The reason of each model rejected, by name."""
+        return {event.model_name: event.reason for event in self.events if event.kind == "rejected"}
+
+
+def judged_beside_a_champion(
+    champion: Any, judged: list[Any], records: list[RecommenderRecord], timeout: float = 300
+) -> JudgedRun:
+    """The serving core on 4 shards: `champion` first, then, once it is accepted, the `judged` models, while
+    `records` arrive one every 10 ms from 0.3 s on; what came out once the flow ended."""
+    data = [(0.3 + index * 0.01, message) for index, message in enumerate(messages(records))]
+    flow = Dataflow("judged-beside-a-champion")
+    now, champion_accepted = threading.Event(), threading.Event()
+    now.set()
+    streams = serve(
+        "serve",
+        as_batches("batches", op.input("data", flow, ScheduledSource(data))),
+        # The judged models follow once the champion is accepted, however long that takes here.
+        op.input("models", flow, TurnSource([(now, [champion]), (champion_accepted, judged)])),
+        ServingContext.create(cache=ScorerCache(AdmissionPolicy())),
+        shards=4,
+        hold_limit=1000,
+    )
+    results: list[Sequence[ScoredMessage]] = []
+    events: list[ModelEvent] = []
+    op.output("results", streams.results, TestingSink(results))
+    op.output("events", streams.events, TestingSink(events))
+    flow_thread = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    flow_thread.start()
+    _wait(
+        lambda: any(e.kind == "accepted" and e.model_name == champion.model_name for e in list(events)),
+        "the champion accepted",
+        timeout,
+    )
+    champion_accepted.set()
+    flow_thread.join(timeout)
+    assert not flow_thread.is_alive(), "the flow did not end"
+    return JudgedRun([item for batch in results for item in batch], events)
