@@ -7,17 +7,9 @@ import shutil
 import threading
 import time
 from dataclasses import replace
-from datetime import timedelta
 
-from bytewax.testing import run_main
 from support.core_runs import (
-    FlowRun,
-    ScheduledSource,
-    at,
     holder_judging_by,
-    messages,
-    sample_records,
-    serve_into,
 )
 from support.lifecycle import canary, command, signed, trusting
 
@@ -229,20 +221,6 @@ def test_a_challenger_cannot_take_the_champions_name(model_v1, model_v2):
     assert kinds(events) == [("accepted", "recommender-v1"), ("rejected", "recommender-v1")]
     assert "cannot take the name of the champion" in events[-1][2]
     assert holder.snapshot().challenger is None
-
-
-def test_a_model_republished_under_a_new_name_answers_under_that_name(model_v1):
-    renamed = replace(model_v1, model_name="recommender-renamed", description="the same bytes, a new name")
-    records = sample_records(50)
-    data = at(1.0, [messages(records[:25])]) + at(2.0, [messages(records[25:])])
-    run = FlowRun()
-    flow = serve_into(run, ScheduledSource(data), ScheduledSource(at(0, [model_v1]) + at(1.3, [renamed])),
-                      shards=SHARDS)  # fmt: skip
-    run_main(flow, epoch_interval=timedelta(milliseconds=50))
-    names = [item.result.metadata.model_name for item in run.results]
-    assert names[:25] == ["recommender-v1"] * 25 and names[25:] == ["recommender-renamed"] * 25
-    served = {model["name"] for model in run.context.state.per_model()}
-    assert served == {"recommender-renamed"}
 
 
 def test_a_descriptor_with_both_bytes_and_a_location_is_refused(model_v1):

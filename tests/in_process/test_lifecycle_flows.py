@@ -1,8 +1,10 @@
-"""Signed models across a restart: a promoted champion keeps serving, and turning signing on or rotating
-keys keeps the restored model serving (the flow in this process, restarted from its recovery store)."""
+"""The model lifecycle through the flow in this process: signed models across a restart (a promoted champion
+keeps serving; turning signing on or rotating keys keeps the restored model serving), and a model
+republished under a new name answers under that name."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -93,3 +95,17 @@ def test_turning_signing_on_or_rotating_keys_keeps_the_restored_model_serving(
     ]
     assert [kind for kind, _ in verdicts] == ["rejected", "rejected", "accepted"]
     assert "not signed" in verdicts[0][1] and "does not verify" in verdicts[1][1]
+
+
+def test_a_model_republished_under_a_new_name_answers_under_that_name(model_v1):
+    renamed = replace(model_v1, model_name="recommender-renamed", description="the same bytes, a new name")
+    records = sample_records(50)
+    data = at(1.0, [messages(records[:25])]) + at(2.0, [messages(records[25:])])
+    run = FlowRun()
+    flow = serve_into(run, ScheduledSource(data), ScheduledSource(at(0, [model_v1]) + at(1.3, [renamed])),
+                      shards=SHARDS)  # fmt: skip
+    run_main(flow, epoch_interval=timedelta(milliseconds=50))
+    names = [item.result.metadata.model_name for item in run.results]
+    assert names[:25] == ["recommender-v1"] * 25 and names[25:] == ["recommender-renamed"] * 25
+    served = {model["name"] for model in run.context.state.per_model()}
+    assert served == {"recommender-renamed"}
