@@ -54,7 +54,8 @@ def bad_models(v1: ModelDescriptor, scratch: Path) -> list[tuple[ModelDescriptor
             ModelDescriptor("truncated", "", saved, v1.model_bytes[: len(v1.model_bytes) // 2]),
             "not a readable tar",
         ),
-        (ModelDescriptor("pmml", "", ModelType.PMML, b"<PMML/>"), "model type PMML is not supported"),
+        (ModelDescriptor("pmml", "", ModelType.PMML, b"<PMML/>"), "namespace '' is not PMML 4.x"),
+        (ModelDescriptor("mojo", "", ModelType.H2O, b"PK\x03\x04"), "an H2O MOJO is not run in process"),
         (
             ModelDescriptor("unknown", "", ModelType.UNKNOWN, v1.model_bytes),
             "model type UNKNOWN is not supported",
