@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 from support.jobs import REPO
 
-TOOLS = (
-    "bench", "publish-model", "loadgen", "watch-results", "query-state", "audit", "model-keys", "train-model",
-    "plot-bench", "retrain", "recovery-store",
-)  # fmt: skip
+# Every command pyproject.toml declares (tests/jobs/test_tools.py holds each to a module of flows.tools).
+TOOLS = tuple(
+    script.removeprefix("serving-")
+    for script in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+)
 
 
 @pytest.fixture(scope="module")
