@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from flows.adapters.scorers import build_scorer
+from flows.adapters.scorers import Scorer, build_scorer
 from flows.adapters.scorers.archive import pack_file
 from flows.bench.report import report
 from flows.core.descriptors import ModelDescriptor, ModelType
@@ -40,11 +40,7 @@ def resident_mb() -> float:
 def run_call_cost(model: ModelDescriptor, rounds: int) -> dict:
     """Median seconds per call at each of BATCH_SIZES over `rounds` interleaved rounds."""
     scorer = build_scorer(model)
-    rng = np.random.default_rng(0)
-    batches = {
-        size: (rng.integers(0, 1000, size).astype(np.float32), rng.integers(0, 300, size).astype(np.float32))
-        for size in BATCH_SIZES
-    }
+    batches = _batches()
     for users, products in batches.values():
         scorer.score(users, products)  # warm-up: first calls allocate and optimise
     memory = resident_mb()
@@ -73,23 +69,12 @@ def run_call_cost(model: ModelDescriptor, rounds: int) -> dict:
 def run_ensemble_cost(models_dir: Path, rounds: int) -> dict:
     """Median milliseconds per batch: the composed ensemble of the ONNX twins against a call of each."""
     paths = [models_dir / version / "model.onnx" for version in ("1-onnx", "2-onnx")]
-    members = [
-        build_scorer(ModelDescriptor(path.parent.name, "", ModelType.ONNX, pack_file(path, path.name)))
-        for path in paths
-    ]
-    composed = compose([onnx.load_model(str(path)) for path in paths])
+    members = [_onnx_scorer(path.parent.name, path) for path in paths]
     with tempfile.TemporaryDirectory() as scratch:
-        onnx.save_model(composed, f"{scratch}/model.onnx")
-        ensemble = build_scorer(
-            ModelDescriptor(
-                "ensemble", "", ModelType.ONNX, pack_file(Path(scratch) / "model.onnx", "model.onnx")
-            )
-        )
-    rng = np.random.default_rng(0)
-    batches = {
-        size: (rng.integers(0, 1000, size).astype(np.float32), rng.integers(0, 300, size).astype(np.float32))
-        for size in BATCH_SIZES
-    }
+        composed = Path(scratch) / "model.onnx"
+        onnx.save_model(compose([onnx.load_model(str(path)) for path in paths]), str(composed))
+        ensemble = _onnx_scorer("ensemble", composed)
+    batches = _batches()
     ways = {
         "composed": lambda users, products: ensemble.score(users, products),
         "separate": lambda users, products: [member.score(users, products) for member in members],
@@ -111,6 +96,19 @@ def run_ensemble_cost(models_dir: Path, rounds: int) -> dict:
         f"{way}_ms_batch_{size}": round(float(np.median(found)), 4) for (way, size), found in times.items()
     }
     all_calls = [time_ms for found in times.values() for time_ms in found]
-    return report(
-        "ensemble-cost", rounds * sum(BATCH_SIZES) * 2, "unthrottled", seconds, all_calls, **details
-    )
+    pairs = rounds * sum(BATCH_SIZES) * len(ways)
+    return report("ensemble-cost", pairs, "unthrottled", seconds, all_calls, **details)
+
+
+def _batches() -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """(users, products) of each of BATCH_SIZES, the same in every run (within the shipped models' ids)."""
+    rng = np.random.default_rng(0)
+    return {
+        size: (rng.integers(0, 1000, size).astype(np.float32), rng.integers(0, 300, size).astype(np.float32))
+        for size in BATCH_SIZES
+    }
+
+
+def _onnx_scorer(name: str, path: Path) -> Scorer:
+    """The admitted scorer of the ONNX model at `path`, sent inline as the flow would get it."""
+    return build_scorer(ModelDescriptor(name, "", ModelType.ONNX, pack_file(path, "model.onnx")))

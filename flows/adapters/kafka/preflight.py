@@ -13,7 +13,7 @@ from __future__ import annotations
 from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from flows.adapters.kafka.config import consumer_config
+from flows.adapters.kafka.config import client_config, consumer_config
 from flows.adapters.kafka.settings import KafkaSettings
 
 LOOKUP_TIMEOUT_S = 15.0
@@ -78,7 +78,7 @@ def _answered_topic_problems(settings: KafkaSettings) -> list[str]:
     """The answered topic must be compacted: deleted by age instead, the markers of partitions idle past its
     `retention.ms` go, and a restart answers again what they covered. A broker that does not let the flow
     read the topic's configuration (no DescribeConfigs right) leaves it unchecked."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **consumer_config(settings)})
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, **client_config(settings, {})})
     topic = settings.answered_topic
     [future] = admin.describe_configs([ConfigResource("topic", topic)]).values()
     try:

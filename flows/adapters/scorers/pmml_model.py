@@ -41,10 +41,15 @@ class PmmlScorer:
     input_bounds: InputBounds | None = None
 
     def __init__(
-        self, model_name: str, path: Path, summary: PmmlSummary, scratch: tempfile.TemporaryDirectory
+        self,
+        model_name: str,
+        path: Path,
+        summary: PmmlSummary,
+        scratch: tempfile.TemporaryDirectory,
+        trial: TrialFigures,
     ) -> None:
         self._scratch: tempfile.TemporaryDirectory | None = scratch
-        self.trial: TrialFigures | None = None
+        self.trial = trial
         try:
             self._model: PmmlModel | None = PmmlModel(path, summary)
         except (PmmlRefused, EvaluatorMissing) as error:
@@ -78,9 +83,9 @@ def build_pmml_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy) -> P
     except UnpackRefused as error:
         scratch.cleanup()
         raise ModelLoadError(name, str(error)) from error
-    scorer = PmmlScorer(name, directory / PMML_MODEL_FILE, PmmlSummary.from_json(verdict["pmml"]), scratch)
-    scorer.trial = TrialFigures.from_json(verdict["trial"])
-    log.info("PMML model passed its %s", scorer.trial.summary())
+    summary, figures = PmmlSummary.from_json(verdict["pmml"]), TrialFigures.from_json(verdict["trial"])
+    scorer = PmmlScorer(name, directory / PMML_MODEL_FILE, summary, scratch, figures)
+    log.info("PMML model passed its %s", figures.summary())
     return scorer
 
 
@@ -99,10 +104,11 @@ def _copy_local_document(descriptor: ModelDescriptor, policy: AdmissionPolicy, d
         raise ModelLoadError(
             name, f"no PMML document at {location} (a .pmml file, or a directory holding model.pmml)"
         )
-    if document.stat().st_size > policy.max_unpacked_bytes:
+    size = document.stat().st_size
+    if size > policy.max_unpacked_bytes:
         raise ModelLoadError(
             name,
-            f"{document} is {document.stat().st_size:,} bytes, over {policy.max_unpacked_bytes:,} "
+            f"{document} is {size:,} bytes, over {policy.max_unpacked_bytes:,} "
             "(SERVING_MODEL_MAX_UNPACKED_BYTES)",
         )
     shutil.copyfile(document, directory / PMML_MODEL_FILE)

@@ -26,7 +26,7 @@ import onnx
 import onnxruntime
 
 from flows.core.admission.onnx_graph import CONTRACT_INPUTS, CONTRACT_OUTPUT, OnnxRefused, embedding_bounds
-from flows.core.admission.trial import TrialFigures, peak_mb, score_batches
+from flows.core.admission.trial import OUT_OF_MEMORY, TrialFigures, error_line, peak_mb, score_batches
 from flows.core.errors import WrongScoreCount
 
 # What ONNX Runtime calls the id types the contract accepts, and the numpy type fed for each.
@@ -125,10 +125,9 @@ def trial(
 
 def _why(error: BaseException) -> str:
     """The error's first line; an allocation that failed is named as the limit it met."""
-    text = str(error).strip()
-    if isinstance(error, MemoryError) or any(words in text for words in _OUT_OF_MEMORY):
-        return "it ran out of the admission child's memory limit (SERVING_MODEL_UNPACK_MEMORY)"
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    if isinstance(error, MemoryError) or any(words in str(error) for words in _OUT_OF_MEMORY):
+        return OUT_OF_MEMORY
+    return error_line(error)
 
 
 # How ONNX Runtime says an allocation failed (at session start; in a call, from its arena).

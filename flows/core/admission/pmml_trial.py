@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from flows.core.admission.pmml_guard import PmmlLimits, PmmlRefused, PmmlSummary, check_contract, check_pmml
-from flows.core.admission.trial import TrialFigures, peak_mb, score_batches
+from flows.core.admission.trial import OUT_OF_MEMORY, TrialFigures, error_line, peak_mb, score_batches
 from flows.core.errors import ServingError, WrongScoreCount
+from flows.core.scorer import INPUTS as CONTRACT_INPUTS
 
-CONTRACT_INPUTS = ("users", "products")
 INSTALL = "pip install 'bytewax-model-serving[pmml]'"
 # The evaluator's regressor for each served PMML model element (a MiningModel by how its segments combine).
 REGRESSORS = {
@@ -82,9 +82,7 @@ class PmmlModel:
             self.estimator: Any = estimator_class(str(path))
         except Exception as error:  # noqa: BLE001 (the evaluator raises bare Exception: its text is the reason)
             raise PmmlRefused(f"the PMML evaluator cannot load it: {_why(error)}") from None
-        self.columns = [
-            name for name in (field.name for field in summary.data_fields) if name in CONTRACT_INPUTS
-        ]
+        self.columns = [field.name for field in summary.data_fields if field.name in CONTRACT_INPUTS]
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         """One `predict` over the pairs: float32 scores, one per pair."""
@@ -129,7 +127,4 @@ def trial(
 
 def _why(error: BaseException) -> str:
     """The error's first line; an allocation that failed is named as the limit it met."""
-    if isinstance(error, MemoryError):
-        return "it ran out of the admission child's memory limit (SERVING_MODEL_UNPACK_MEMORY)"
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    return OUT_OF_MEMORY if isinstance(error, MemoryError) else error_line(error)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from flows.core.admission.saved_model_bounds import embedding_bounds
-from flows.core.admission.trial import TrialFigures, TrialRefused, peak_mb, score_batches
+from flows.core.admission.trial import TrialFigures, TrialRefused, error_line, peak_mb, score_batches
 from flows.core.errors import WrongScoreCount
 from flows.core.scorer import INPUTS, OUTPUT, SIGNATURE
 
@@ -80,7 +80,7 @@ def trial(
     try:
         signature = tf.saved_model.load(str(directory)).signatures.get(SIGNATURE)
     except Exception as error:  # noqa: BLE001 (TensorFlow raises many types; any is the reason)
-        raise TrialRefused(f"trial: not a loadable SavedModel: {_why(error)}") from None
+        raise TrialRefused(f"trial: not a loadable SavedModel: {error_line(error)}") from None
     open_ms = (time.perf_counter() - started) * 1000
     if signature is None:
         raise TrialRefused(f"SavedModel has no {SIGNATURE!r} signature")
@@ -95,12 +95,6 @@ def trial(
         output_range,
         max_call_seconds,
         stage,
-        _why,
+        error_line,
     )
     return TrialFigures.measured(open_ms, max_pairs, call_ms, base_mb)
-
-
-def _why(error: BaseException) -> str:
-    """The error's type and first line (TensorFlow's messages run to pages of graph context)."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"

@@ -114,6 +114,15 @@ def _check_scores(
         )
 
 
+OUT_OF_MEMORY = "it ran out of the admission child's memory limit (SERVING_MODEL_UNPACK_MEMORY)"
+
+
+def error_line(error: BaseException) -> str:
+    """The error's type and first line: what a refusal quotes of it (runtimes' messages run to pages)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
 def peak_mb() -> float:
     """This process's peak resident memory. Linux's VmHWM, which starts anew at exec; `ru_maxrss` keeps
     the peak of the process that forked this one (the flow's), so it is only the fallback elsewhere."""

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,7 @@ CHILD_COMMAND = (sys.executable, "-m", "flows.core.admission.unpack_child")
 POLL_S = 0.1  # how often the child's stderr is read for the stage that starts the next clock
 REMEMBERED_TRIALS = 64
 HEAD_BYTES = 64 * 1024  # the clocks' stage lines come before any model runs: near the start of stderr
+_XML_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*<")  # a byte-order mark, white space, then `<`
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def _clocks(policy: AdmissionPolicy, model_format: str) -> list[Clock]:
 def _is_xml(payload: bytes) -> bool:
     """Whether an inline PMML payload is the document itself rather than an archive holding it: XML starts
     with `<` (after a byte-order mark or white space); no tar header or compressed stream does."""
-    return payload.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"
+    return _XML_START.match(payload) is not None
 
 
 def _run_child(job: dict, scratch: Path, clocks: list[Clock], policy: AdmissionPolicy) -> dict:

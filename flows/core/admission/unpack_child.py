@@ -291,14 +291,11 @@ def _limit_self(job: dict) -> None:
     """The limits of unpacking and inspection. For a SavedModel, the hard limits leave room for the trial,
     whose soft limits `_allow` raises when it comes (tarfile and the graph parser run no code that could)."""
     memory, cpu_seconds = job["memory_bytes"], job["cpu_seconds"]
-    if job.get("saved_model_trial"):
-        memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-        cpu_hard = cpu_seconds + job["import_seconds"] + job["trial_seconds"] + 1
-    elif job.get("format") == PMML:  # the evaluator's import and the trial get CPU of their own (`_allow`)
-        memory_hard = memory
-        cpu_hard = cpu_seconds + job["import_seconds"] + job["trial_seconds"] + 1
-    else:
-        memory_hard, cpu_hard = memory, cpu_seconds + 1
+    # A SavedModel's or a PMML model's import and trial get CPU of their own (`_allow`); only TensorFlow's
+    # needs the address space lifted (its watchdog holds resident memory instead).
+    staged = job.get("saved_model_trial") or job.get("format") == PMML
+    memory_hard = resource.getrlimit(resource.RLIMIT_AS)[1] if job.get("saved_model_trial") else memory
+    cpu_hard = cpu_seconds + (job["import_seconds"] + job["trial_seconds"] if staged else 0) + 1
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory_hard))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_hard))
     resource.setrlimit(resource.RLIMIT_FSIZE, (job["max_unpacked_bytes"], job["max_unpacked_bytes"]))
