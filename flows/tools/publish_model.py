@@ -28,7 +28,7 @@ from flows.adapters.sources.generators import shipped_model
 from flows.core.admission.descriptor_checks import experiment_refusal
 from flows.core.admission.signing import load_private_key, sign
 from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
-from flows.core.model_formats import ONNX_MODEL_FILE
+from flows.core.model_formats import ONNX_MODEL_FILE, PMML_MODEL_FILE
 from flows.runtime.settings import Settings
 from flows.tools.audit import read_to_end
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config, producer_config
@@ -83,7 +83,10 @@ def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor
         return shipped_model(settings.generator.models_dir, args.version)
     if args.path:
         directory = Path(args.path)
-        detected = ModelType.ONNX if (directory / ONNX_MODEL_FILE).is_file() else ModelType.TENSORFLOWSAVED
+        detected = ModelType.TENSORFLOWSAVED
+        for mark, model_type in ((ONNX_MODEL_FILE, ModelType.ONNX), (PMML_MODEL_FILE, ModelType.PMML)):
+            if (directory / mark).is_file():
+                detected = model_type
         return ModelDescriptor(
             args.name or directory.name,
             args.description or f"from {directory}",
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--version", help="a shipped model version (models/recommender/VERSION)")
     source.add_argument(
-        "--path", help="a model directory to send inline: a SavedModel, or model.onnx and its external data"
+        "--path",
+        help="a model directory to send inline: a SavedModel, model.onnx and external data, or model.pmml",
     )
     source.add_argument(
         "--file",

@@ -1,10 +1,11 @@
-"""Train the recommender (DeepCollaborativeFiltering) and export it as a SavedModel or an ONNX model.
+"""Train the recommender and export it as a SavedModel, an ONNX model or a PMML document.
 
 Usage::
 
     serving-train-model --version 3                  # or python -m flows.tools.train_model --version 3
     serving-train-model --version 3 --format onnx    # its ONNX twin: models/recommender/3-onnx/model.onnx
     serving-train-model --version 1 --format onnx --from-saved-model models/recommender/1
+    serving-train-model --version 1 --format pmml    # gradient-boosted trees: models/recommender/1-pmml/
 
 writes ``models/recommender/3/`` next to the shipped versions (``--out DIR`` elsewhere), where
 ``SERVING_MODEL_VERSIONS=1,2,3`` finds it. With ``--format onnx`` the same training is written as
@@ -12,6 +13,13 @@ writes ``models/recommender/3/`` next to the shipped versions (``--out DIR`` els
 a SavedModel this tool wrote, without training (the shipped ``1-onnx`` and ``2-onnx`` were made so). The data
 is synthetic purchase history generated from the version number, so a given version always trains on the same
 data, and two versions give visibly different scores for the same user and product.
+
+``--format pmml`` trains another kind of model on the same data: gradient-boosted regression trees
+(scikit-learn, 100 trees of depth 3) over the raw ids, written by ``flows.tools.pmml_export`` (the
+``[pmml-train]`` extra; no TensorFlow). Trees split the ids into ranges, and neighbouring ids share no taste,
+so it ranks a record's products little better than chance: the tool prints its top-5 agreement with the
+version's ONNX twin, as a shadow challenger's report would. The shipped ``1-pmml`` is there to show and
+measure a PMML model in the flow (a cross-format challenger, its cost), not as a better recommender.
 
 The architecture is the original design's: an embedding for users and one for products, concatenated,
 dropout, a 50-unit relu layer, dropout, one sigmoid output (a probability in [0, 1]); adam, mean squared
@@ -29,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.core.model_formats import ONNX, SAVED_MODEL
+from flows.core.model_formats import ONNX, ONNX_MODEL_FILE, PMML, PMML_MODEL_FILE, SAVED_MODEL
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.tools.onnx_export import saved_model_weights, write_onnx
 
@@ -42,6 +50,10 @@ BATCH_SIZE = 64
 EPOCHS = 3
 LATENT_TASTES = 8
 PURCHASES_PER_USER = 60
+TREES = 100
+TREE_DEPTH = 3
+AGREEMENT_RECORDS = 3_000
+AGREEMENT_TOP_K = 5
 
 
 def synthetic_purchases(version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,10 +135,57 @@ def train(version: int):  # -> keras.Model
     return model
 
 
+def train_trees(version: int):  # -> sklearn.ensemble.GradientBoostingRegressor
+    """Gradient-boosted regression trees over version `version`'s purchases, deterministically."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    users, products, ratings = synthetic_purchases(version)
+    trees = GradientBoostingRegressor(n_estimators=TREES, max_depth=TREE_DEPTH, random_state=version)
+    return trees.fit(np.column_stack([users.ravel(), products.ravel()]), ratings.ravel())
+
+
+def written_pmml_scores(path: Path):  # -> Callable[[np.ndarray, np.ndarray], np.ndarray]
+    """The PMML document at `path` as the flow would score it: vetted by the guard, loaded by the
+    evaluator."""
+    from flows.core.admission.pmml_trial import PmmlModel, vet
+
+    return PmmlModel(path, vet(path, path.stat().st_size)).score
+
+
+def top_k_agreement_with(model_path: Path, scores_of) -> tuple[float, float]:
+    """The mean top-k agreement (as `flows.core.challenger` reports it) of `scores_of(users, products)` with
+    the ONNX model at `model_path`, over generated records; and that of random scores, for scale."""
+    import onnxruntime
+
+    from flows.adapters.sources.generators import generated_records
+    from flows.core.challenger import top_k_agreement
+
+    records = list(generated_records(seed=7, count=AGREEMENT_RECORDS))
+    counts = np.array([len(record.products) for record in records])
+    users = np.repeat([record.user for record in records], counts).astype(np.float32)
+    products = np.concatenate([record.products for record in records]).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {"users": users.reshape(-1, 1), "products": products.reshape(-1, 1)})[0]
+    chance = np.random.default_rng(7).random(users.size)
+
+    def agreement(scores: np.ndarray) -> float:
+        return float(top_k_agreement(reference.ravel(), scores, counts, AGREEMENT_TOP_K).mean())
+
+    return agreement(scores_of(users, products)), agreement(chance)
+
+
 def export(version: int, model_format: str, directory: Path, saved_model: Path | None = None) -> Path:
     """Train version `version` (or take the weights of `saved_model`) and write it to `directory`."""
     if directory.exists():
         shutil.rmtree(directory)
+    if model_format == PMML:
+        from flows.tools.pmml_export import write_pmml
+
+        description = (
+            f"recommender version {version}: gradient-boosted trees ({TREES} of depth {TREE_DEPTH}) "
+            "written by serving-train-model --format pmml"
+        )
+        return write_pmml(train_trees(version), directory, description)
     if model_format == ONNX:
         weights = (
             saved_model_weights(saved_model) if saved_model else [w.numpy() for w in train(version).weights]
@@ -144,7 +203,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--format",
-        choices=(SAVED_MODEL, ONNX),
+        choices=(SAVED_MODEL, ONNX, PMML),
         default=SAVED_MODEL,
         help="what to write (default: savedmodel)",
     )
@@ -159,11 +218,18 @@ def main() -> None:
     if args.from_saved_model and args.format != ONNX:
         parser.error("--from-saved-model converts to ONNX: add --format onnx")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    default_name = f"{args.version}-onnx" if args.format == ONNX else str(args.version)
+    default_name = str(args.version) if args.format == SAVED_MODEL else f"{args.version}-{args.format}"
     path = export(
         args.version, args.format, args.out or SHIPPED_MODELS_DIR / default_name, args.from_saved_model
     )
     print(f"exported recommender version {args.version} ({args.format}) to {path}")
+    twin = SHIPPED_MODELS_DIR / f"{args.version}-onnx" / ONNX_MODEL_FILE
+    if args.format == PMML and twin.is_file():
+        agreement, chance = top_k_agreement_with(twin, written_pmml_scores(path / PMML_MODEL_FILE))
+        print(
+            f"top-{AGREEMENT_TOP_K} agreement with {twin.parent.name} over {AGREEMENT_RECORDS:,} generated "
+            f"records: {agreement:.3f} (random scores: {chance:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """The embedded PMML scorer: a PMML regression tree answers as its leaves say (inline, in an archive, at a
-local path), hostile PMML documents are refused through the whole admission naming their cause (no file
-read, no URL fetched), a flow without the evaluator refuses PMML with the command that installs it, and the
-champion keeps scoring while hostile PMML models are judged."""
+local path), the shipped `1-pmml` is what `serving-train-model --format pmml` writes and scores as its
+trees, hostile PMML documents are refused through the whole admission naming their cause (no file read, no
+URL fetched), a flow without the evaluator refuses PMML with the command that installs it, and the champion
+keeps scoring while hostile PMML models are judged."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -25,7 +29,9 @@ from flows.adapters.scorers.archive import pack_file
 from flows.adapters.sources.generators import shipped_model
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.model_formats import PMML_MODEL_FILE
 from flows.core.shipped import SHIPPED_MODELS_DIR
+from flows.tools import train_model
 
 PMML = ModelType.PMML
 
@@ -120,6 +126,37 @@ def test_without_the_evaluator_a_pmml_model_is_refused_with_the_command_that_ins
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the admission child finds this one first
     reason = refusal(pmml_model("no-evaluator", hostile.quadrant_tree()))
     assert "pip install 'bytewax-model-serving[pmml]'" in reason
+
+
+def test_the_shipped_pmml_model_is_what_serving_train_model_writes(tmp_path):
+    """Byte for byte: the export is reproducible, and the shipped `1-pmml` is its output, not a hand edit."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.tools.train_model", "--version", "1", "--format", "pmml"]
+        + ["--out", str(tmp_path / "1-pmml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "1-pmml" / PMML_MODEL_FILE).read_bytes()
+    assert written == (SHIPPED_MODELS_DIR / "1-pmml" / PMML_MODEL_FILE).read_bytes()
+    assert b"Software AG" not in written and b"Timestamp" not in written  # the writer's stamps, replaced
+    agreement = r"top-5 agreement with 1-onnx over 3,000 generated records: 0\.\d+ \(random scores"
+    assert re.search(agreement, done.stdout), done.stdout
+
+
+def test_the_shipped_pmml_model_scores_as_the_trees_it_was_written_from():
+    scorer = build_scorer(shipped_model(SHIPPED_MODELS_DIR, "1-pmml"))
+    rng = np.random.default_rng(11)
+    users = rng.integers(0, 1000, 2_000).astype(np.float32)
+    products = rng.integers(0, 300, 2_000).astype(np.float32)
+    try:
+        assert scorer.source == "embedded:pmml"
+        trees = train_model.train_trees(1)  # the same fit: the seed is the version
+        expected = trees.predict(np.column_stack([users, products]))
+        np.testing.assert_allclose(scorer.score(users, products), expected, atol=1e-6)
+    finally:
+        scorer.close()
 
 
 def test_a_pmml_champion_answers_through_the_flow():

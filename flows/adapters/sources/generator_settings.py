@@ -56,7 +56,8 @@ class GeneratorSettings(Section):
         description=(
             "the model generator's schedule, one entry per `SERVING_MODEL_INTERVAL`, round and round: `V` "
             "sends shipped version V (a directory under `SERVING_MODELS_DIR`: a SavedModel, or `model.onnx` "
-            "as in the shipped `1-onnx` and `2-onnx`, the ONNX twins of 1 and 2) as champion; `V:shadow` or "
+            "as in the shipped `1-onnx` and `2-onnx`, the ONNX twins of 1 and 2, or `model.pmml` as in "
+            "`1-pmml`) as champion; `V:shadow` or "
             "`V:canary:0.25` as a challenger on that fraction (default 1) of records or users; `promote:V` "
             "and `retire:V` act on the challenger `recommender-vV`. `1,2` alternates two champions, as "
             "before challengers existed"
@@ -66,7 +67,8 @@ class GeneratorSettings(Section):
     models_dir: Path = Field(
         SHIPPED_MODELS_DIR,
         description=(
-            "directory with one model per version (a SavedModel, or a directory holding `model.onnx`)"
+            "directory with one model per version (a SavedModel, or a directory holding `model.onnx` or "
+            "`model.pmml`)"
         ),
         json_schema_extra={
             SHOWN_DEFAULT: "the shipped models (`models/recommender` in the repository, package data "

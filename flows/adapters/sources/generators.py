@@ -29,7 +29,7 @@ from flows.adapters.scorers.archive import pack_directory
 from flows.adapters.sources.pacing import Pace
 from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
 from flows.core.errors import ConfigurationError
-from flows.core.model_formats import ONNX_MODEL_FILE, SAVED_MODEL_FILE
+from flows.core.model_formats import ONNX_MODEL_FILE, PMML_MODEL_FILE, SAVED_MODEL_FILE
 from flows.core.model_holder import CaughtUp
 from flows.core.records import DataMessage, RecommenderRecord
 
@@ -185,18 +185,21 @@ class DataGenerator(FixedPartitionedSource[DataMessage, int]):
 
 @lru_cache(maxsize=8)
 def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
-    """The shipped model `version` as a descriptor carrying it inline: a SavedModel, or an ONNX model when
-    its directory holds `model.onnx` (the shipped `1-onnx` and `2-onnx` are the ONNX twins of 1 and 2)."""
+    """The shipped model `version` as a descriptor carrying it inline: a SavedModel, an ONNX model when its
+    directory holds `model.onnx` (the shipped `1-onnx` and `2-onnx` are the ONNX twins of 1 and 2), a PMML
+    model when it holds `model.pmml` (the shipped `1-pmml`)."""
     directory = models_dir / version
-    if (directory / SAVED_MODEL_FILE).is_file():
-        model_type = ModelType.TENSORFLOWSAVED
-    elif (directory / ONNX_MODEL_FILE).is_file():
-        model_type = ModelType.ONNX
-    else:
+    marks = {
+        SAVED_MODEL_FILE: ModelType.TENSORFLOWSAVED,
+        ONNX_MODEL_FILE: ModelType.ONNX,
+        PMML_MODEL_FILE: ModelType.PMML,
+    }
+    found = [model_type for mark, model_type in marks.items() if (directory / mark).is_file()]
+    if not found:
         raise ConfigurationError(
-            f"no shipped model version {version!r}: {directory} "
-            f"has neither saved_model.pb nor {ONNX_MODEL_FILE}"
+            f"no shipped model version {version!r}: {directory} holds none of {', '.join(marks)}"
         )
+    model_type = found[0]
     return ModelDescriptor(
         f"recommender-v{version}",
         f"recommender version {version} ({directory})",
