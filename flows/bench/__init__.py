@@ -16,8 +16,9 @@ the run's parameters. Scenarios:
 - kafka-embedded: through a Kafka-protocol broker (started locally unless --bootstrap-servers names one);
   latency from the data message's produce timestamp to the result message's; throughput from the first
   result message to the last.
-- call-cost: one model's scorer alone (--model-version 1 or its ONNX twin 1-onnx), the median time of a call
-  on 1, 100 and 1,000 pairs and the resident memory after warm-up (flows.bench.call_cost).
+- call-cost: one model's scorer alone (--model-version 1, its ONNX twin 1-onnx, the PMML 1-pmml), the median
+  time of a call on 1, 100 and 1,000 pairs and the resident memory after warm-up (flows.bench.call_cost).
+  docs/benchmarks/formats.sh runs it and embedded for the three formats, interleaved.
 - kafka-baseline: the same broker and data through a hand-written batched confluent-kafka loop (consume 500,
   decode, one model call, encode, produce, commit): what a user would write instead of this project.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's

@@ -39,7 +39,9 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=settings.flow.shards)
     parser.add_argument("--batch", type=int, default=1000, help="records per source batch")
     parser.add_argument(
-        "--model-version", default="1", help="a shipped model: 1, 2, or their ONNX twins 1-onnx, 2-onnx"
+        "--model-version",
+        default="1",
+        help="a shipped model: 1, 2, their ONNX twins 1-onnx, 2-onnx, or the PMML 1-pmml",
     )
     parser.add_argument("--rounds", type=int, default=300, help="call-cost scenario: calls per batch size")
     parser.add_argument(

@@ -1,9 +1,9 @@
 """What one model call costs, by runtime and batch size: the `call-cost` and `ensemble-cost` scenarios.
 
-`call-cost` builds the scorer of one shipped model (a SavedModel, or an ONNX twin such as `1-onnx`), warms it
-up, then times `score` on batches of 1, 100 and 1,000 pairs, interleaved and repeated, and reports the median
-per call and per pair, with the process's resident memory after warm-up. The model call is the one cost per
-micro-batch a runtime adds; the rest of the flow is the same whatever scores.
+`call-cost` builds the scorer of one shipped model (a SavedModel, an ONNX twin such as `1-onnx`, the PMML
+`1-pmml`), warms it up, then times `score` on batches of 1, 100 and 1,000 pairs, interleaved and repeated, and
+reports the median per call and per pair, with the process's resident memory after warm-up. The model call is
+the one cost per micro-batch a runtime adds; the rest of the flow is the same whatever scores.
 
 `ensemble-cost` compares the two ways to serve the mean of the two shipped ONNX twins: one call of the
 ensemble `serving-onnx-ensemble` composes, against one call of each member (what an inference graph with an

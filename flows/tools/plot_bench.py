@@ -4,7 +4,8 @@ Reads the JSON lines `serving-bench --out FILE` appends (one per run) and draws 
 scenario for the unthrottled runs (median of the runs, with their range), and latency (p50 and p99) against
 the offered rate for the runs at a fixed rate or, where no run had one, the scaling curve: records/s against
 the main job's process count (docs/benchmarks/scaling.png). The README's plot is made this way from
-`docs/benchmarks/results.jsonl`; see `docs/benchmarks.md`.
+`docs/benchmarks/results.jsonl`; see `docs/benchmarks.md`. `--formats` prints the table of model formats
+instead (docs/benchmarks/formats.sh): the `embedded` and `call-cost` runs' medians per scorer.
 """
 
 from __future__ import annotations
@@ -117,6 +118,63 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def formats_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table, one column per scorer (`source`): the medians of the unthrottled `embedded` runs
+    (records/s with its range, p50 and p99 per record, resident memory after warm-up) and of the
+    `call-cost` runs (one call at 1, 100 and 1,000 pairs, the scorer's process alone)."""
+    by_source: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:  # call-cost runs are "unthrottled" too
+        if (
+            result["scenario"] in ("embedded", "call-cost")
+            and "source" in result
+            and not isinstance(result.get("offered_rate"), (int, float))
+        ):
+            by_source[result["source"]][result["scenario"]].append(result)
+    sources = list(by_source)
+
+    def cell(scenario: str, key: str, unit: str = "", digits: int = 1) -> list[str]:
+        cells = []
+        for source in sources:
+            runs = by_source[source][scenario]
+            values = [run[key] for run in runs if key in run]
+            cells.append(f"{statistics.median(values):,.{digits}f}{unit}" if values else "-")
+        return cells
+
+    def rate_cells() -> list[str]:
+        cells = []
+        for source in sources:
+            rates = [run["records_per_s"] for run in by_source[source]["embedded"]]
+            cells.append(
+                f"{statistics.median(rates):,.0f} ({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)})"
+                if rates
+                else "-"
+            )
+        return cells
+
+    rows = [
+        ("`embedded`: records/s, median (range; runs)", rate_cells()),
+        ("`embedded`: p50 per record", cell("embedded", "p50_ms", " ms")),
+        ("`embedded`: p99 per record", cell("embedded", "p99_ms", " ms")),
+        ("`embedded`: model call p50 (one micro-batch)", cell("embedded", "call_p50_ms", " ms")),
+        ("`embedded`: model call p99", cell("embedded", "call_p99_ms", " ms")),
+        ("`embedded`: resident memory after warm-up", cell("embedded", "rss_mb", " MB", 0)),
+        *(
+            (
+                f"one call, {size:,} pair{'s' if size > 1 else ''}",
+                cell("call-cost", f"call_ms_batch_{size}", " ms", 3),
+            )
+            for size in (1, 100, 1_000)
+        ),
+        ("resident memory, the scorer alone (`call-cost`)", cell("call-cost", "rss_mb", " MB", 0)),
+    ]
+    lines = [
+        "| | " + " | ".join(f"`{source}`" for source in sources) + " |",
+        "|---" * (len(sources) + 1) + "|",
+    ]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n".join(lines)
+
+
 def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
     try:
         import matplotlib
@@ -187,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--table", action="store_true", help="print a Markdown table of the unthrottled runs' medians"
     )
+    parser.add_argument(
+        "--formats",
+        action="store_true",
+        help="print a Markdown table of the embedded and call-cost runs' medians, per model format",
+    )
     parser.add_argument("--title", default="bytewax-model-serving benchmarks")
     args = parser.parse_args(argv)
     results = read_results(args.results)
@@ -195,11 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.table:
         print(table(results))
+    if args.formats:
+        print(formats_table(results))
     if args.out is not None:
         plot(results, args.out, args.title)
         print(f"wrote {args.out} from {len(results)} runs")
-    elif not args.table:
-        parser.error("nothing to do: give --out PLOT.png, --table or both")
+    elif not (args.table or args.formats):
+        parser.error("nothing to do: give --out PLOT.png, --table or --formats")
     return 0
 
 

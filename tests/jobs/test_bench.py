@@ -46,6 +46,15 @@ def test_a_benchmark_with_bad_records_answers_them_with_errors():
     assert (figures["records"], figures["errors"], figures["bad_every"]) == (3000, 6, 500)
 
 
+def test_the_shipped_pmml_model_runs_in_the_formats_benchmarks():
+    figures = bench("--scenario", "embedded", "--records", "3000", "--model-version", "1-pmml")
+    assert (figures["source"], figures["records"], figures["errors"]) == ("embedded:pmml", 3000, 0)
+    assert figures["rss_mb"] > 0 and 0 < figures["call_p50_ms"] <= figures["call_p99_ms"]
+    figures = bench("--scenario", "call-cost", "--model-version", "1-pmml", "--rounds", "20")
+    assert figures["source"] == "embedded:pmml"
+    assert all(figures[f"call_ms_batch_{size}"] > 0 for size in (1, 100, 1000))
+
+
 def test_the_ensemble_cost_benchmark_times_one_composed_call_against_a_call_per_member():
     figures = bench("--scenario", "ensemble-cost", "--rounds", "20")
     for size in (1, 100, 1000):

@@ -174,6 +174,40 @@ def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
     ]
 
 
+def test_plot_bench_prints_the_formats_table_one_column_per_scorer(tmp_path, capsys):
+    from flows.tools import plot_bench
+
+    def embedded(source, rate, p99, rss, offered="unthrottled"):
+        return {"scenario": "embedded", "offered_rate": offered, "records_per_s": rate, "p50_ms": 5,
+                "p99_ms": p99, "call_p50_ms": 2, "call_p99_ms": 4, "rss_mb": rss,
+                "source": source}  # fmt: skip
+
+    def call_cost(source, one, rss):
+        return {"scenario": "call-cost", "offered_rate": "unthrottled", "source": source, "rss_mb": rss,
+                "call_ms_batch_1": one, "call_ms_batch_100": 2 * one,
+                "call_ms_batch_1000": 10 * one}  # fmt: skip
+
+    lines = [embedded("embedded:onnx", 100_000, 9, 120), embedded("embedded:pmml", 20_000, 60, 230),
+             embedded("embedded:onnx", 140_000, 19, 124), embedded("embedded:onnx", 900, 1, 1, offered=1000),
+             call_cost("embedded:pmml", 0.5, 232), call_cost("embedded:pmml", 0.7, 236),
+             {"scenario": "kafka-embedded", "offered_rate": "pre-loaded", "records_per_s": 1, "p50_ms": 1,
+              "p99_ms": 1}]  # fmt: skip
+    results = tmp_path / "formats.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in lines))
+    assert plot_bench.main([str(results), "--formats"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0] == "| | `embedded:onnx` | `embedded:pmml` |"
+    assert "| `embedded`: records/s, median (range; runs) | 120,000 (100,000 – 140,000; 2) " in rows[2]
+    assert rows[4] == "| `embedded`: p99 per record | 14.0 ms | 60.0 ms |"
+    assert rows[7] == "| `embedded`: resident memory after warm-up | 122 MB | 230 MB |"
+    assert rows[8:11] == [
+        "| one call, 1 pair | - | 0.600 ms |",
+        "| one call, 100 pairs | - | 1.200 ms |",
+        "| one call, 1,000 pairs | - | 6.000 ms |",
+    ]
+    assert rows[11] == "| resident memory, the scorer alone (`call-cost`) | - | 234 MB |"
+
+
 @pytest.mark.parametrize(
     "body, reason",
     [(b"{}", "models"), (b'{"models": [{"name": 1}]}', "models.0"), (b'{"models": [], "time": NaN}', "NaN"),
