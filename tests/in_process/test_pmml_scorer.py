@@ -159,6 +159,13 @@ def test_the_shipped_pmml_model_scores_as_the_trees_it_was_written_from():
         scorer.close()
 
 
+def test_a_pmml_model_too_slow_for_the_largest_batch_is_refused_naming_the_limit():
+    """100 trees take tens of milliseconds on the largest batch (50,000 pairs), on any machine."""
+    policy = AdmissionPolicy(max_call_seconds=0.005)
+    reason = refusal(shipped_model(SHIPPED_MODELS_DIR, "1-pmml"), policy)
+    assert "over 0.005 s (SERVING_MODEL_MAX_CALL_SECONDS)" in reason
+
+
 def test_a_pmml_champion_answers_through_the_flow():
     champion = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
     quadrants = pmml_model("quadrants", hostile.quadrant_tree())

@@ -101,8 +101,8 @@ class AdmissionPolicy(Section):
         ge=1,
         description=(
             "most (user, product) pairs in one model call: the flow splits a larger micro-batch into calls "
-            "of at most this many, and an embedded model (ONNX or SavedModel) must score a batch this large "
-            "in its trial, within the child's memory and time, before it is accepted; at least "
+            "of at most this many, and an embedded model (ONNX, SavedModel or PMML) must score a batch this "
+            "large in its trial, within the child's memory and time, before it is accepted; at least "
             "SERVING_MAX_PRODUCTS"
         ),
     )
@@ -110,7 +110,7 @@ class AdmissionPolicy(Section):
         2.0,
         gt=0,
         description=(
-            "longest an embedded model (ONNX or SavedModel) may take, in its trial, to score "
+            "longest an embedded model (ONNX, SavedModel or PMML) may take, in its trial, to score "
             "SERVING_MODEL_MAX_BATCH_PAIRS pairs; a slower model is refused"
         ),
     )
