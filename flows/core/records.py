@@ -8,7 +8,7 @@ Models' descriptors are in `flows.core.descriptors`, events, reports and statist
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, overload
 
@@ -36,13 +36,16 @@ class RecommenderServingOutput:
 
 @dataclass(slots=True)
 class ModelResultMetadata:
-    """How a result was produced. `start_time` is ms since the epoch, `duration` ms."""
+    """How a result was produced. `start_time` is ms since the epoch, `duration` ms. `outlier_score`: how
+    unlike its model's reference window the record is, 1 or more flagged (`flows.core.outliers`); None when
+    no detector scored it."""
 
     errors: str = ""
     model_name: str = ""
     source: str = ""
     start_time: int = 0
     duration: int = 0
+    outlier_score: float | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +96,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
         "messages",
         "metadata",
         "model_errors",
+        "outlier_scores",
         "products",
         "replaced",
         "scores",
@@ -120,6 +124,9 @@ class ScoredBatch(Sequence[ScoredMessage]):
         # Of `replaced`, the records whose error the model caused (a failed call, a score out of range), not
         # the flow's refusal of ids outside what the model takes (flows.core.probation counts these).
         self.model_errors = 0
+        # One per record once the model's outlier detector has scored the batch (flows.core.outliers); a
+        # record it did not score (an error) has NaN. None before, or without outlier scoring.
+        self.outlier_scores: np.ndarray | None = None
         self._starts: list[int] | None = None
 
     @classmethod
@@ -172,8 +179,11 @@ class ScoredBatch(Sequence[ScoredMessage]):
             start = self.starts[index]
             scores = self.scores[start : start + self.counts[index]].tolist()
         output = RecommenderServingOutput(list(map(str, message.record.products)), scores)
+        metadata = self.metadata
+        if self.outlier_scores is not None:
+            metadata = replace(metadata, outlier_score=float(self.outlier_scores[index]))
         return ScoredMessage(
-            RecommenderResult(message.record, output, self.metadata),
+            RecommenderResult(message.record, output, metadata),
             message.entered_ns,
             message.origin,
             self.trace_context,

@@ -137,8 +137,10 @@ class AvroCodec(Generic[T]):
             SINGLE_OBJECT_MARKER + _fingerprint(writer): writer for writer in _load_history(SCHEMAS_DIR, name)
         }
         unexpanded = SINGLE_OBJECT_MARKER + _unexpanded_fingerprint(self.schema)
-        if unexpanded != self.header:  # RecommenderResults written before the fingerprint fix still decode
-            self.earlier_writers[unexpanded] = self.schema
+        if unexpanded != self.header:  # RecommenderResults written before the fingerprint fix still decode,
+            # with the schema of that time: the oldest in the history, or this one if it never changed.
+            history = list(self.earlier_writers.values())
+            self.earlier_writers[unexpanded] = history[0] if history else self.schema
         self.to_avro = to_avro
         self.from_avro = from_avro
         matches = writer is not None and writer.schema_fingerprint == _expanded_fingerprint(self.schema)
@@ -216,6 +218,7 @@ def _result_to_avro(result: RecommenderResult) -> dict:
             "source": metadata.source,
             "startTime": metadata.start_time,
             "duration": metadata.duration,
+            "outlierScore": metadata.outlier_score,
         },
     }
 
@@ -240,6 +243,7 @@ def _result_from_avro(datum: dict) -> RecommenderResult:
             metadata["source"],
             metadata["startTime"],
             metadata["duration"],
+            metadata["outlierScore"],
         ),
     )
 

@@ -12,6 +12,7 @@ looked up after; the caches are bounded, since values read from a topic can all 
 
 from __future__ import annotations
 
+import struct
 import sys
 from array import array
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from flows.core.records import ModelResultMetadata, RecommenderResult, ScoredBat
 
 # The `_expanded_fingerprint` (flows.wire.avro) of the RecommenderResult schema, with the three records it
 # uses, that `write_result` encodes: a change of the schema turns this encoder off.
-WRITTEN_FOR = "1adba0e682f7b96b"
+WRITTEN_FOR = "6563c2bbb67f2358"
 
 _INT64 = range(-(1 << 63), 1 << 63)  # an Avro long
 _SMALL = range(-64, 1 << 14)  # user and product ids are small: their encodings are looked up
@@ -38,6 +39,9 @@ _STRINGS: dict[str, bytes] = {}
 _METADATA: dict[tuple[str, str, str, int, int], bytes] = {}
 # Product ids as a result's strings (`str(id)`, encoded), by id.
 _ID_STRINGS: dict[int, bytes] = {}
+# The metadata's last field, `outlierScore` (a union of null and double): branch 0, null; branch 1, a double.
+_NO_OUTLIER_SCORE = b"\x00"
+_OUTLIER_SCORE = b"\x02"
 
 
 class NotEncodable(ServingError, ValueError):
@@ -122,6 +126,12 @@ def _metadata(metadata: ModelResultMetadata) -> bytes:
     return encoded
 
 
+def _outlier_score(score: float | None) -> bytes:
+    if score is None:
+        return _NO_OUTLIER_SCORE
+    return _OUTLIER_SCORE + struct.pack("<d", score)
+
+
 def _id_string(product: int) -> bytes:
     encoded = _ID_STRINGS.get(product)
     if encoded is None:
@@ -145,6 +155,7 @@ def write_result(result: RecommenderResult) -> bytes:
             _string_array(output.products),
             _double_array(output.probabilities),
             _metadata(result.metadata),
+            _outlier_score(result.metadata.outlier_score),
         )
     )
 
@@ -160,6 +171,11 @@ def encode_scored_batch(
     """
     doubles = batch.scores.astype("<f8").tobytes()  # IEEE 754 binary64, little-endian, as Avro writes them
     metadata = _metadata(batch.metadata)
+    if batch.outlier_scores is None:
+        outliers = [_NO_OUTLIER_SCORE] * len(batch.messages)
+    else:  # each record's union branch and double, from one conversion of the batch's scores
+        packed = batch.outlier_scores.astype("<f8").tobytes()
+        outliers = [_OUTLIER_SCORE + packed[start : start + 8] for start in range(0, len(packed), 8)]
     replaced = batch.replaced
     encoded = []
     for index, (message, start, count) in enumerate(zip(batch.messages, batch.starts, batch.counts)):
@@ -178,6 +194,7 @@ def encode_scored_batch(
                     _id_string_array(record.products),
                     scores,
                     metadata,
+                    outliers[index],
                 )
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import cast
 
 import numpy as np
@@ -166,6 +167,10 @@ _EDGE_RESULTS = [
         ModelResultMetadata("error ✗ " * 40, "m" * 200, "", -(1 << 63), (1 << 63) - 1),
     ),
     *(
+        replace(RESULT, metadata=replace(RESULT.metadata, outlier_score=score))
+        for score in (0.0, 1.0, 3.75, 1e300, float("inf"))
+    ),
+    *(
         RecommenderResult(
             RecommenderRecord(value, [value]),
             RecommenderServingOutput([str(value)], [value / 7]),
@@ -205,11 +210,41 @@ def test_a_long_out_of_range_is_refused():
         avro.RESULT.encode(result)
 
 
+def _before_outlier_scores() -> dict:
+    history = avro.SCHEMAS_DIR / "history" / "RecommenderResult-1.avsc"
+    return cast(dict, parse_schema(json.loads(history.read_text(encoding="utf-8"))))
+
+
+def _written_before_outlier_scores(header: bytes) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(header)
+    datum = avro._result_to_avro(RESULT)
+    del datum["modelResultMetadata"]["outlierScore"]
+    schemaless_writer(buffer, _before_outlier_scores(), datum)
+    return buffer.getvalue()
+
+
 def test_results_written_with_the_earlier_unexpanded_fingerprint_still_decode():
-    payload = avro.RESULT.encode(RESULT)
+    """Those were written before outlier scores too: with the schema of that time."""
     legacy = avro.SINGLE_OBJECT_MARKER + avro._unexpanded_fingerprint(avro.RESULT.schema)
     assert legacy != avro.RESULT.header
-    assert avro.RESULT.decode(legacy + payload[avro.HEADER_SIZE :]) == RESULT
+    assert avro.RESULT.decode(_written_before_outlier_scores(legacy)) == RESULT
+
+
+def test_results_written_before_outlier_scores_decode_without_one():
+    earlier = avro.SINGLE_OBJECT_MARKER + avro._fingerprint(_before_outlier_scores())
+    decoded = avro.RESULT.decode(_written_before_outlier_scores(earlier))
+    assert decoded == RESULT and decoded.metadata.outlier_score is None
+
+
+def test_an_outlier_score_travels_in_the_result_and_old_readers_skip_it():
+    scored = replace(RESULT, metadata=replace(RESULT.metadata, outlier_score=1.25))
+    payload = avro.RESULT.encode(scored)
+    assert avro.RESULT.decode(payload) == scored
+    buffer = io.BytesIO(payload)
+    buffer.seek(avro.HEADER_SIZE)  # a reader that knows only the earlier schema, by Avro schema resolution
+    old = schemaless_reader(buffer, avro.RESULT.schema, _before_outlier_scores())
+    assert "outlierScore" not in old["modelResultMetadata"] and buffer.tell() == len(payload)
 
 
 def _scored_batch(records: list[RecommenderRecord], replaced_at: set[int]) -> ScoredBatch:
@@ -221,16 +256,24 @@ def _scored_batch(records: list[RecommenderRecord], replaced_at: set[int]) -> Sc
     return ScoredBatch(messages, counts, scores, metadata, replaced)
 
 
+@pytest.mark.parametrize("outliers", [False, True], ids=["no-outlier-scores", "outlier-scores"])
 @pytest.mark.parametrize("replaced_at", [set(), {0}, {1, 4}])
-def test_a_scored_batch_is_encoded_from_its_columns_as_each_result_alone(replaced_at):
+def test_a_scored_batch_is_encoded_from_its_columns_as_each_result_alone(replaced_at, outliers):
     records = [*generated_records(7, 5)]
     records[2] = RecommenderRecord(-3, [], "dätatype ✓")  # no products: empty arrays, no scores
     records[3] = RecommenderRecord(1 << 40, _EDGE_LONGS)
     batch = _scored_batch(records, replaced_at)
+    if outliers:
+        batch.outlier_scores = np.array([0.5, 1.5, 0.0, 3.25, 1.0])
+        batch.outlier_scores[list(replaced_at)] = np.nan  # an error is not scored
     one_by_one = [avro.RESULT.encode(item.result) for item in batch]
     assert avro.encode_results(batch) == one_by_one
     assert [avro.RESULT.decode(value) for value in one_by_one] == [item.result for item in batch]
     assert [bool(item.result.metadata.errors) for item in batch] == [i in replaced_at for i in range(5)]
+    expected = [0.5, 1.5, 0.0, 3.25, 1.0] if outliers else [None] * 5
+    for index in replaced_at:
+        expected[index] = None
+    assert [avro.RESULT.decode(value).metadata.outlier_score for value in one_by_one] == expected
 
 
 def test_a_scored_batch_reads_like_the_list_of_its_results():
