@@ -35,6 +35,7 @@ from flows.core.model_holder import (
     HolderOutput,
     ModelHolderLogic,
 )
+from flows.core.outliers import OutlierLogic, OutlierSettings, load_detector
 from flows.core.probation import RollbackSettings
 from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
 from flows.core.routing import batch_router, shard_keys
@@ -61,6 +62,7 @@ def serve(
     wait_for_catch_up: bool = False,
     max_products: int = 10_000,
     drift: DriftSettings | None = None,
+    outliers: OutlierSettings | None = None,
     challengers: ChallengerSettings | None = None,
     shadow_results: bool = False,
     rollback: RollbackSettings | None = None,
@@ -71,7 +73,9 @@ def serve(
     With `wait_for_catch_up`, a flow without a model waits for the model source's `CaughtUp` markers
     and starts with the newest model it read (see `flows.core.model_holder`). With `drift`, each model's
     scored batches also go to a drift monitor keyed by model name, whose events join the model events
-    (`flows.core.drift`). `challengers` says how shards compare a challenger with the champion
+    (`flows.core.drift`). With `outliers`, each model's scored batches pass its outlier detector, keyed by
+    model name, on their way out: their results get outlier scores, and its events join the model events
+    (`flows.core.outliers`). `challengers` says how shards compare a challenger with the champion
     (`flows.core.challenger`); `shadow_results` makes them also emit a shadow challenger's own results
     (someone must write them). `rollback` says when a shard goes back from a new champion to the one it
     replaced (`flows.core.probation`).
@@ -125,6 +129,9 @@ def serve(
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_events)
     if drift is not None and drift.enabled:
         events = op.merge(f"{step_id}_with_drift", events, _drift_events(step_id, results, drift, context))
+    if outliers is not None and outliers.enabled:
+        results, outlier_events = _outlier_scores(step_id, results, outliers, context)
+        events = op.merge(f"{step_id}_with_outliers", events, outlier_events)
     op.inspect(f"{step_id}_event_telemetry", events, partial(_observe_event, context))
     return ServingStreams(results, events, reports, shadows)
 
@@ -150,6 +157,34 @@ def _for_shard(key: str, update: AcceptedModel | ChallengerEnded) -> ShardInput:
     if isinstance(update, ChallengerEnded):
         return ChallengerEnd(key, update.model_name, update.closed_by)
     return ModelUpdate(key, update.descriptor, update.arrived_at, update.fallback)
+
+
+def _outlier_scores(
+    step_id: str,
+    results: Stream[Sequence[ScoredMessage]],
+    settings: OutlierSettings,
+    context: ServingContext,
+) -> tuple[Stream[Sequence[ScoredMessage]], Stream[ModelEvent]]:
+    """`results` with outlier scores (the batches a model scored pass its detector; the rest, errors, pass
+    by), and the detectors' events."""
+    load_detector()
+    split = op.branch(f"{step_id}_outlier_batches", results, _scored_by_a_model)
+    keyed = op.key_on(f"{step_id}_key_outliers", split.trues, lambda batch: batch.metadata.model_name)
+    detected = op.key_rm(
+        f"{step_id}_unkey_outliers",
+        op.stateful_batch(f"{step_id}_outliers", keyed, partial(OutlierLogic, settings, context.state)),
+    )
+    out = op.branch(f"{step_id}_split_outliers", detected, _is_batch)
+    scored = op.merge(f"{step_id}_outlier_scored", out.trues, split.falses)
+    return scored, cast(Stream[ModelEvent], out.falses)
+
+
+def _scored_by_a_model(results: Sequence[ScoredMessage]) -> TypeGuard[ScoredBatch]:
+    return isinstance(results, ScoredBatch) and bool(results.metadata.model_name)
+
+
+def _is_batch(item: ScoredBatch | ModelEvent) -> TypeGuard[ScoredBatch]:
+    return isinstance(item, ScoredBatch)
 
 
 def _drift_events(

@@ -7,7 +7,7 @@ totals); an operator looking at a page wants their course too. This keeps, per p
 - per model, records and model-call times in buckets of `BUCKET_S` seconds aligned on the wall clock, so
   that buckets of several processes add up;
 - the model events, per-shard repeats of one flow-wide change folded into one entry with a shard count;
-- per model, its drift windows (PSI per feature, the threshold);
+- per model, its drift windows (PSI per feature, the threshold) and its outlier windows (the rate);
 - per challenger, its reports (one per shard and window);
 - per data partition, its lag, at most one point per bucket.
 
@@ -93,6 +93,7 @@ class History:
         self._throughput = _Series()
         self._events: deque[dict[str, Any]] = deque(maxlen=LENGTH)
         self._drift = _Series()
+        self._outliers = _Series()
         self._challengers = _Series()
         self._lag = _Series()
 
@@ -154,6 +155,24 @@ class History:
                 }
             )
 
+    def outliers(self, model_name: str, outliers: dict[str, Any], at_ms: int | None = None) -> None:
+        """The outlier detector of `model_name` published `outliers`; a new window is a new point."""
+        if not outliers.get("windows") or not outliers.get("rates"):
+            return
+        with self._lock:
+            series = self._outliers.of(model_name)
+            if series and series[-1]["window"] == outliers["windows"]:
+                return
+            series.append(
+                {
+                    "t": now_ms() if at_ms is None else at_ms,
+                    "window": outliers["windows"],
+                    "rate": outliers["rates"][-1],
+                    "alerting": outliers.get("alerting", False),
+                    "threshold": outliers.get("threshold"),
+                }
+            )
+
     def challenger(self, report: ChallengerReport) -> None:
         with self._lock:
             self._challengers.of(report.challenger).append(
@@ -191,12 +210,13 @@ class History:
                 "throughput": self._throughput.copy(_Bucket.as_dict),
                 "events": [dict(entry) for entry in self._events],
                 "drift": self._drift.copy(),
+                "outliers": self._outliers.copy(),
                 "challengers": self._challengers.copy(),
                 "lag": self._lag.copy(),
             }
 
     def clear(self) -> None:
         with self._lock:
-            for series in (self._throughput, self._drift, self._challengers, self._lag):
+            for series in (self._throughput, self._drift, self._outliers, self._challengers, self._lag):
                 series.clear()
             self._events.clear()

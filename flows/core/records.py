@@ -101,6 +101,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
         "replaced",
         "scores",
         "trace_context",
+        "users",
     )
 
     def __init__(
@@ -111,6 +112,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
         metadata: ModelResultMetadata,
         replaced: dict[int, ScoredMessage] | None = None,
         products: np.ndarray | None = None,
+        users: np.ndarray | None = None,
     ) -> None:
         self.messages = messages
         self.counts = (
@@ -120,12 +122,16 @@ class ScoredBatch(Sequence[ScoredMessage]):
         self.metadata = metadata
         self.replaced = replaced or {}  # by index: records whose result is an error (scores withheld)
         self.trace_context = ""  # the W3C traceparent of the batch's span, carried by every result
-        self.products = products  # the product of each pair, as the model was given it (for flows.core.drift)
+        # The product and the user of each pair, as the model was given them (flows.core.drift and outliers
+        # read them instead of walking the records).
+        self.products = products
+        self.users = users
         # Of `replaced`, the records whose error the model caused (a failed call, a score out of range), not
         # the flow's refusal of ids outside what the model takes (flows.core.probation counts these).
         self.model_errors = 0
         # One per record once the model's outlier detector has scored the batch (flows.core.outliers); a
-        # record it did not score (an error) has NaN. None before, or without outlier scoring.
+        # record it did not score (an error, a record of its reference) has NaN. None before, or without
+        # outlier scoring.
         self.outlier_scores: np.ndarray | None = None
         self._starts: list[int] | None = None
 
@@ -180,7 +186,7 @@ class ScoredBatch(Sequence[ScoredMessage]):
             scores = self.scores[start : start + self.counts[index]].tolist()
         output = RecommenderServingOutput(list(map(str, message.record.products)), scores)
         metadata = self.metadata
-        if self.outlier_scores is not None:
+        if self.outlier_scores is not None and not np.isnan(self.outlier_scores[index]):
             metadata = replace(metadata, outlier_score=float(self.outlier_scores[index]))
         return ScoredMessage(
             RecommenderResult(message.record, output, metadata),

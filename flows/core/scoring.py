@@ -96,7 +96,7 @@ def score_batch(
     replaced = {i: unscored(messages[i], reason, model_name, scorer.source) for i, reason in errors.items()}
     _withhold_out_of_range(probabilities, counts, messages, model_name, scorer, policy, replaced)
     metadata = ModelResultMetadata("", model_name, scorer.source, start_ms, int(batch_ms))
-    batch = ScoredBatch(messages, counts, probabilities, metadata, replaced, products)
+    batch = ScoredBatch(messages, counts, probabilities, metadata, replaced, products, users)
     batch.model_errors = len(replaced) - refused
     return batch, batch_ms
 

@@ -48,6 +48,7 @@ class ServingState:
         self._lock = threading.Lock()
         self._by_shard: dict[str, ModelToServeStats] = {}
         self._drift: dict[str, dict[str, Any]] = {}
+        self._outliers: dict[str, dict[str, Any]] = {}
         # Per challenger: its reports merged, how many, and what closed the last one.
         self._challengers: dict[str, tuple[ChallengerReport, int, str]] = {}
         self._lag: dict[tuple[str, int], PartitionLag] = {}
@@ -71,6 +72,20 @@ class ServingState:
     def drift_per_model(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: dict(drift) for name, drift in self._drift.items()}
+
+    def outliers(self, model_name: str, outliers: dict[str, Any]) -> None:
+        """The outlier detector of `model_name` (in this process) says `outliers` about its windows."""
+        with self._lock:
+            self._outliers[model_name] = outliers
+        self.history.outliers(model_name, outliers)
+
+    def forget_outliers(self, model_name: str) -> None:
+        with self._lock:
+            self._outliers.pop(model_name, None)
+
+    def outliers_per_model(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: dict(outliers) for name, outliers in self._outliers.items()}
 
     def challenger(self, report: ChallengerReport) -> None:
         """Add a challenger report of a shard of this process to its challenger's totals."""
@@ -123,6 +138,7 @@ class ServingState:
             self._lag.clear()
             self._by_shard.clear()
             self._drift.clear()
+            self._outliers.clear()
             self._challengers.clear()
         self.history.clear()
 

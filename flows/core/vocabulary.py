@@ -39,6 +39,9 @@ class EventKind(Word):
     # Per model, from the drift monitor.
     DRIFT = "drift"
     RECOVERED = "recovered"
+    # Per model, from the outlier detector.
+    OUTLIER = "outlier"  # a window's outlier rate passed SERVING_OUTLIER_THRESHOLD
+    OUTLIER_CLEARED = "outlier-cleared"  # the first window back under it
     # A stand-in the Kafka output measures the size of an event with.
     UNKNOWN = "unknown"
 

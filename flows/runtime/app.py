@@ -59,6 +59,7 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
         hold_limit=settings.flow.hold_limit,
         max_products=settings.flow.max_products,
         drift=settings.drift,
+        outliers=settings.outliers,
         challengers=settings.challenger,
         shadow_results=bool(kafka.brokers and kafka.shadow_results_topic),
         rollback=settings.rollback,

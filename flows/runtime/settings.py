@@ -27,6 +27,7 @@ from flows.core.challenger import ChallengerSettings
 from flows.core.drift import DriftSettings
 from flows.core.errors import ConfigurationError
 from flows.core.event_signing import EventSettings
+from flows.core.outliers import OutlierSettings
 from flows.core.probation import RollbackSettings
 from flows.core.sections import Section
 
@@ -122,6 +123,7 @@ class Settings(BaseModel):
     events: EventSettings = Field(EventSettings(), title="model events")
     admission: AdmissionPolicy = Field(AdmissionPolicy(), title="model admission")
     drift: DriftSettings = Field(DriftSettings(), title="drift")
+    outliers: OutlierSettings = Field(OutlierSettings(), title="outliers")
     challenger: ChallengerSettings = Field(ChallengerSettings(), title="challengers")
     rollback: RollbackSettings = Field(RollbackSettings(), title="rollback")
     state: StateServerSettings = Field(StateServerSettings(), title="state endpoint")
@@ -182,6 +184,7 @@ ENVIRONMENT: dict[tuple[str, ...], str] = {
     ("admission",): "SERVING_MODEL_",
     ("admission", "remote"): "SERVING_REMOTE_",
     ("drift",): "SERVING_DRIFT_",
+    ("outliers",): "SERVING_OUTLIER_",
     ("challenger",): "SERVING_CHALLENGER_",
     ("rollback",): "SERVING_ROLLBACK_",
     ("state",): "SERVING_STATE_",

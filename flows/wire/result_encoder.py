@@ -18,6 +18,8 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from flows.core.errors import ServingError
 from flows.core.records import ModelResultMetadata, RecommenderResult, ScoredBatch
 
@@ -173,9 +175,13 @@ def encode_scored_batch(
     metadata = _metadata(batch.metadata)
     if batch.outlier_scores is None:
         outliers = [_NO_OUTLIER_SCORE] * len(batch.messages)
-    else:  # each record's union branch and double, from one conversion of the batch's scores
+    else:  # each record's union branch and double, from one conversion of the batch's scores; NaN: none
         packed = batch.outlier_scores.astype("<f8").tobytes()
-        outliers = [_OUTLIER_SCORE + packed[start : start + 8] for start in range(0, len(packed), 8)]
+        unscored = np.isnan(batch.outlier_scores).tolist()
+        outliers = [
+            _NO_OUTLIER_SCORE if unscored[index] else _OUTLIER_SCORE + packed[8 * index : 8 * index + 8]
+            for index in range(len(unscored))
+        ]
     replaced = batch.replaced
     encoded = []
     for index, (message, start, count) in enumerate(zip(batch.messages, batch.starts, batch.counts)):

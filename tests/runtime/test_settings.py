@@ -85,6 +85,10 @@ NAMES_ADDED = [
     "ROLLBACK_SLOW_FACTOR",
     "MODEL_TF_IMPORT_TIMEOUT",  # a SavedModel's trial in the admission child
     "MODEL_TRIAL_MEMORY",
+    "OUTLIER_REFERENCE",  # 33: outlier scores
+    "OUTLIER_CONTAMINATION",
+    "OUTLIER_WINDOW",
+    "OUTLIER_THRESHOLD",
 ]
 
 

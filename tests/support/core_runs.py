@@ -29,6 +29,7 @@ from flows.core.dataflow import serve
 from flows.core.drift import DriftSettings
 from flows.core.events import ChallengerReport, ModelEvent
 from flows.core.model_holder import HolderState, ModelHolderLogic
+from flows.core.outliers import OutlierSettings
 from flows.core.probation import RollbackSettings
 from flows.core.records import DataMessage, RecommenderRecord, ScoredMessage
 from flows.core.scorer_cache import ScorerCache
@@ -194,6 +195,7 @@ def serve_into(
     drift: DriftSettings | None = None,
     challengers: ChallengerSettings | None = None,
     rollback: RollbackSettings | None = None,
+    outliers: OutlierSettings | None = None,
 ) -> Dataflow:
     """A flow serving `data` and `models` (Bytewax sources) into `run`'s results, events and reports."""
     flow = Dataflow("test")
@@ -209,6 +211,7 @@ def serve_into(
         drift=drift,
         challengers=challengers,
         rollback=rollback,
+        outliers=outliers,
     )
     op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))

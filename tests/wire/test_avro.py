@@ -264,13 +264,13 @@ def test_a_scored_batch_is_encoded_from_its_columns_as_each_result_alone(replace
     records[3] = RecommenderRecord(1 << 40, _EDGE_LONGS)
     batch = _scored_batch(records, replaced_at)
     if outliers:
-        batch.outlier_scores = np.array([0.5, 1.5, 0.0, 3.25, 1.0])
+        batch.outlier_scores = np.array([0.5, 1.5, np.nan, 3.25, 1.0])  # NaN: not scored
         batch.outlier_scores[list(replaced_at)] = np.nan  # an error is not scored
     one_by_one = [avro.RESULT.encode(item.result) for item in batch]
     assert avro.encode_results(batch) == one_by_one
     assert [avro.RESULT.decode(value) for value in one_by_one] == [item.result for item in batch]
     assert [bool(item.result.metadata.errors) for item in batch] == [i in replaced_at for i in range(5)]
-    expected = [0.5, 1.5, 0.0, 3.25, 1.0] if outliers else [None] * 5
+    expected = [0.5, 1.5, None, 3.25, 1.0] if outliers else [None] * 5
     for index in replaced_at:
         expected[index] = None
     assert [avro.RESULT.decode(value).metadata.outlier_score for value in one_by_one] == expected
