@@ -57,6 +57,12 @@ def main() -> None:
         help="in-process scenarios: monitor drift, as the main job does by default",
     )
     parser.add_argument(
+        "--outliers",
+        choices=["off", "on"],
+        default="on",
+        help="in-process scenarios: score every record as an outlier or not, as the main job does by default",
+    )
+    parser.add_argument(
         "--challenger",
         choices=["off", SHADOW, CANARY],
         default="off",
@@ -140,6 +146,7 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
             *in_process,
             challenger=_challenger(args, models_dir),
             bad_every=args.bad_every,
+            outliers=args.outliers == "on",
         )
     if args.scenario == "call-cost":
         return run_call_cost(shipped_model(models_dir, args.model_version), args.rounds)
@@ -152,7 +159,9 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
     if args.scenario in REMOTE_SCENARIOS:
         with ExitStack() as stack:
             model = remote_model(args.scenario, args.model_version, stack)
-            return run_in_process(args.scenario, model, *in_process, bad_every=args.bad_every)
+            return run_in_process(
+                args.scenario, model, *in_process, bad_every=args.bad_every, outliers=args.outliers == "on"
+            )
     if args.scenario == "kafka-baseline":
         return run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
     return run_kafka_embedded(

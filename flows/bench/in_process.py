@@ -109,11 +109,13 @@ def run_in_process(
     drift: bool = True,
     challenger: ModelDescriptor | None = None,
     bad_every: int = 0,
+    outliers: bool = True,
 ) -> dict:
     """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
-    With `drift`, the flow monitors drift as the main job does by default (`flows.core.drift`). With
+    With `drift`, the flow monitors drift as the main job does by default (`flows.core.drift`); with
+    `outliers`, it scores records as outliers as the main job does by default (`flows.core.outliers`). With
     `challenger`, that model runs beside `model` as its descriptor says (`flows.core.challenger`). With
     `bad_every`, one record in that many has a user no model can take (`UnscorableRecords`).
     """
@@ -122,13 +124,14 @@ def run_in_process(
     with _exported_spans(context.telemetry) if tracing else nullcontext() as receiver:
         result = _measure(
             scenario, model, records, rate, workers, shards, batch, context, timed, drift, challenger,
-            bad_every,
+            bad_every, outliers,
         )  # fmt: skip
     tracing_line = f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"
     experiment = challenger.experiment() if challenger else "off"
     return result | {
         "tracing": tracing_line,
         "drift": "on" if drift else "off",
+        "outliers": "on" if outliers else "off",
         "challenger": experiment,
         "bad_every": bad_every,
     }
@@ -192,6 +195,7 @@ def _measure(
     drift_on: bool,
     challenger: ModelDescriptor | None,
     bad_every: int,
+    outliers_on: bool,
 ) -> dict:
     settings = Settings.from_environment()
     served = [model, challenger] if challenger else [model]
@@ -211,7 +215,10 @@ def _measure(
     )
     models = op.input("models", flow, ModelGenerator(served, interval=0.0, count=len(served)))
     drift = settings.drift if drift_on else None
-    streams = serve("serve", data, models, context, shards=shards, hold_limit=records, drift=drift)
+    outliers = settings.outliers if outliers_on else None
+    streams = serve(
+        "serve", data, models, context, shards=shards, hold_limit=records, drift=drift, outliers=outliers
+    )
     sink = LatencySink()
     op.output("latency", streams.results, sink)
     started = time.perf_counter()

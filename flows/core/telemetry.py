@@ -199,6 +199,13 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
             for feature, values in shown["features"].items()
         ]
 
+    def outlier_rate(options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(shown["rates"][-1], {"model": model})
+            for model, shown in state.outliers_per_model().items()
+            if shown.get("rates")
+        ]
+
     def lag(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             # An unread partition is on every process's /state: as a gauge, summing would count it again.
@@ -237,6 +244,12 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
         [drift],
         unit="1",
         description="Population stability index of each feature in a model's last drift window",
+    )
+    meter.create_observable_gauge(
+        "serving.outliers.rate",
+        [outlier_rate],
+        unit="1",
+        description="Share of a model's last outlier window that its detector scored 1 or more",
     )
     meter.create_observable_gauge(
         "serving.kafka.lag",

@@ -46,6 +46,7 @@ def test_the_live_page_draws_the_main_job_in_a_real_browser(tmp_path):
         "SERVING_DATA_SHIFT_AFTER": "4000",
         "SERVING_DRIFT_REFERENCE": "1000",
         "SERVING_DRIFT_WINDOW": "1000",
+        "SERVING_OUTLIER_WINDOW": "1000",
         "SERVING_CONSOLE_EVERY": "0",
     }
     job = start_job(env, output=tmp_path / "job.log")
@@ -54,10 +55,10 @@ def test_the_live_page_draws_the_main_job_in_a_real_browser(tmp_path):
         wait_for(lambda: _answers(url), "the state endpoint", 120)
         wait_for(
             lambda: (
-                {"swapped", "drift"} <= event_kinds(state := fetch(f"{url}/state", 5))
+                {"swapped", "drift", "outlier"} <= event_kinds(state := fetch(f"{url}/state", 5))
                 and shadow_compared(state)
             ),
-            "a swap, a drift event and a shadow challenger's comparison on /state",
+            "a swap, drift and outlier events and a shadow challenger's comparison on /state",
             180,
         )
         dom = browser.dump_dom(chromium, tmp_path / "profile", f"{url}/")
@@ -75,9 +76,14 @@ def test_the_live_page_draws_the_main_job_in_a_real_browser(tmp_path):
         for event in events
         if "data-kind" in event["attrs"]
     }
-    assert {"accepted", "swapped", "drift"} <= kinds, events
+    assert {"accepted", "swapped", "drift", "outlier"} <= kinds, events
     drift_event = next(event for event in events if "data-kind=drift" in event["attrs"])
     assert "PSI of" in drift_event["text"]  # the reason, as the flow wrote it
+    outlier_event = next(event for event in events if "data-kind=outlier" in event["attrs"])
+    assert "outlier rate" in outlier_event["text"]
+    detectors = browser.texts(dom, "outliers", "tr")
+    assert any("fitted on its reference" in row["text"] for row in detectors), detectors
+    assert "share of each window's records scored as outliers" in dom
     challengers = browser.texts(dom, "challengers", "tr")
     shadow = [row for row in challengers if " shadow 100% " in f" {row['text']} "]
     assert shadow, challengers

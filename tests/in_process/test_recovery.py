@@ -222,7 +222,7 @@ def stateful_step_ids(flow: Dataflow) -> list[str]:
 
 
 # Stateful steps added since (a store without their snapshots starts them afresh).
-ADDED_SINCE_0_1_0 = ["serving.serve_drift"]
+ADDED_SINCE_0_1_0 = ["serving.serve_drift", "serving.serve_outliers"]
 
 
 def test_the_main_jobs_stateful_steps_keep_their_ids():

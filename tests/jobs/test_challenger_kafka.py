@@ -11,7 +11,14 @@ from dataclasses import replace
 
 import numpy as np
 from support.decoded import decoded
-from support.jobs import encoded, finished_output, start_flow, wait_for, wait_for_model_snapshot
+from support.jobs import (
+    encoded,
+    finished_output,
+    start_flow,
+    wait_for,
+    wait_for_fitted_outlier_snapshot,
+    wait_for_model_snapshot,
+)
 from support.topics import flow_events, publish, results_by_offset
 
 from flows.adapters.sources.generators import generated_records, shipped_model
@@ -149,6 +156,7 @@ def test_kill_9_with_a_canary_running_loses_no_record_and_keeps_its_users(kafka_
     produce(kafka_bootstrap, topics["data"], encoded(records[:3_000]))
     assert len(consume_all(kafka_bootstrap, topics["results"], 1_000, timeout=60)) >= 1_000
     wait_for_model_snapshot(recovery / "part-0.sqlite3", holds=lambda state: state.challenger is not None)
+    wait_for_fitted_outlier_snapshot(recovery / "part-0.sqlite3", "recommender-v1")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL
@@ -166,6 +174,11 @@ def test_kill_9_with_a_canary_running_loses_no_record_and_keeps_its_users(kafka_
         expected = "recommender-v2" if in_canary[offset] else "recommender-v1"
         assert {result.metadata.model_name for result in results} == {expected}
         assert all(result.metadata.errors == "" for result in results)
+    # v1's outlier detector came back fitted: no record after the restart went to a new reference.
+    after_restart = [
+        results for offset, results in answers.items() if offset >= 3_000 and not in_canary[offset]
+    ]
+    assert all(result.metadata.outlier_score is not None for results in after_restart for result in results)
     duplicates = sum(len(results) for results in answers.values()) - len(records)
     print(f"kill -9 with a canary running: {len(records)} records, 0 lost, {duplicates} duplicates")
     assert duplicates <= 3_000

@@ -51,6 +51,7 @@ def exported_metric_names() -> set[str]:
     state = ServingState()
     state.serve("shard-000", ModelToServeStats("m"))
     state.drift("m", {"windows": 1, "features": {"user": {"psi": 0.1, "ks": 0.1}}})
+    state.outliers("m", {"windows": 1, "rates": [0.02], "threshold": 0.1})
     state.partition_lag(PartitionLag("records", 0, 5, 10, 1))
     state.challenger(
         ChallengerReport("c", "m", "shadow", 1.0, "shard-000", 0, ClosedBy.WINDOW, 10, 10, 0, 10, 50, 5, 0.9,

@@ -131,6 +131,27 @@ def wait_for_model_snapshot(
     )
 
 
+def wait_for_fitted_outlier_snapshot(database: Path, model: str, timeout: float = 60) -> None:
+    """Wait until a committed snapshot holds `model`'s outlier detector fitted: a restart from it goes on
+    scoring with that detector instead of taking a new reference."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(database) as db:
+            [(committed,)] = db.execute("SELECT min(commit_epoch) FROM commits").fetchall()
+            detectors = db.execute(
+                "SELECT snap_epoch, ser_change FROM snaps "
+                "WHERE step_id LIKE '%_outliers' AND state_key = ? AND ser_change IS NOT NULL",
+                (model,),
+            ).fetchall()
+        if committed is not None and any(
+            epoch < committed and pickle.loads(state).ranks is not None  # the test's own store
+            for epoch, state in detectors
+        ):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no committed snapshot of {model}'s fitted outlier detector after {timeout} s")
+
+
 def resumed_snapshots(store: Path, step: str) -> dict[str, Any]:
     """The states of `step` (its step id's end) a restart on `store` (a stopped cluster's recovery
     directories) resumes with, by state key, found as Bytewax finds them: the resume epoch is the lowest

@@ -1,9 +1,10 @@
 """Several processes' `/state` documents as one: what `serving-query-state` prints and what the live page
 of a cluster shows (`flows.adapters.observability.state_server`, `/cluster`).
 
-Each process answers for its own shards, drift monitors, challenger reports and data partitions; a model is
-served by shards in every process, a partition is read by one process at a time (two during a rescale: the
-newer measurement counts), and history buckets are aligned on the wall clock, so they add up.
+Each process answers for its own shards, drift monitors, outlier detectors, challenger reports and data
+partitions; a model is served by shards in every process, a partition is read by one process at a time (two
+during a rescale: the newer measurement counts), and history buckets are aligned on the wall clock, so they
+add up.
 
 A process's answer is read with `read_document`: whoever answers at a peer's address may send anything, so
 what the merge reads is checked first (types, finite numbers, nesting), and a bad answer is refused with
@@ -96,6 +97,7 @@ def merge_history(documents: list[dict[str, Any]]) -> dict[str, Any]:
             (event for history in histories for event in history["events"]), key=lambda e: e["t"]
         )[-length:],
         "drift": _by_name_in_time_order([history["drift"] for history in histories], length),
+        "outliers": _by_name_in_time_order([history.get("outliers", {}) for history in histories], length),
         "challengers": _by_name_in_time_order([history["challengers"] for history in histories], length),
         "lag": _by_name_in_time_order([history["lag"] for history in histories], length),
     }
@@ -113,11 +115,7 @@ def _by_name_in_time_order(
 
 def merge_documents(documents: list[dict[str, Any]]) -> dict[str, Any]:
     """One `/state` document for a cluster: the same fields as one process's, merged."""
-    drift: dict[str, dict[str, Any]] = {}
-    for document in documents:
-        for model, entry in document.get("drift", {}).items():
-            if model not in drift or entry.get("windows", 0) > drift[model].get("windows", 0):
-                drift[model] = entry
+    drift, outliers = (_most_windows(documents, part) for part in ("drift", "outliers"))
     shards: dict[str, str] = {}
     for document in documents:
         shards.update(document.get("shards", {}))
@@ -127,10 +125,22 @@ def merge_documents(documents: list[dict[str, Any]]) -> dict[str, Any]:
         "models": merge(documents),
         "shards": shards,
         "drift": drift,
+        "outliers": outliers,
         "challengers": merge_challengers(documents),
         "lag": lag["partitions"],
         "history": merge_history(documents),
     }
+
+
+def _most_windows(documents: list[dict[str, Any]], part: str) -> dict[str, dict[str, Any]]:
+    """Per model, the `part` entry (drift, outliers) of the process whose monitor closed the most windows:
+    a model's monitor runs in one process; another may show one it has since forgotten."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        for model, entry in document.get(part, {}).items():
+            if model not in chosen or entry.get("windows", 0) > chosen[model].get("windows", 0):
+                chosen[model] = entry
+    return chosen
 
 
 MAX_DEPTH = 32  # a /state document nests 5 deep; deeper is not one, and could overflow the JSON encoder
@@ -185,7 +195,9 @@ class _Lag(_Checked):
     lag: int
 
 
-class _Drift(_Checked):
+class _Monitor(_Checked):
+    """A drift monitor's or outlier detector's entry: the merge reads how many windows it closed."""
+
     windows: int = 0
 
 
@@ -207,6 +219,7 @@ class _History(_Checked):
     throughput: dict[str, list[_Bucket]]
     events: list[_Point]
     drift: dict[str, list[_Point]]
+    outliers: dict[str, list[_Point]] = {}  # not in the documents of processes from before outlier scores
     challengers: dict[str, list[_Point]]
     lag: dict[str, list[_Point]]
 
@@ -215,7 +228,8 @@ class _Document(_Checked):
     time: int = 0
     models: list[_Model]
     shards: dict[str, str] = {}
-    drift: dict[str, _Drift] = {}
+    drift: dict[str, _Monitor] = {}
+    outliers: dict[str, _Monitor] = {}
     challengers: list[_Challenger] = []
     lag: list[_Lag] = []
     history: _History | None = None

@@ -101,6 +101,7 @@ def state_document(state: ServingState) -> dict[str, Any]:
         "models": state.per_model(),
         "shards": state.models_by_shard(),
         "drift": state.drift_per_model(),
+        "outliers": state.outliers_per_model(),
         "challengers": state.challengers(),
         "lag": state.lag_per_partition(),
         "history": state.history.document(),

@@ -156,6 +156,28 @@ function drawDrift(state) {
   }
 }
 
+function drawOutliers(state) {
+  const windows = Object.entries((state.history || {}).outliers || {});
+  const thresholds = windows.flatMap(([, points]) => points.map((point) => point.threshold)).filter((t) => t);
+  lineChart(document.getElementById("chart-outliers"), windows.map(([name, points]) => ({
+    name, points: points.map((point) => [point.t, point.rate]) })),
+    { threshold: thresholds.length ? thresholds[thresholds.length - 1] : undefined });
+  const body = document.querySelector("#outliers tbody");
+  body.replaceChildren(...Object.entries(state.outliers || {}).map(([model, entry]) => {
+    const rates = entry.rates || [];
+    const detector = entry.unfit ? entry.unfit : entry.fitted ? "fitted on its reference" : "taking its reference";
+    const last = rates.length ? `${number(rates[rates.length - 1] * 100, 1)}%` : "–";
+    return row([
+      model,
+      { text: detector, className: entry.unfit ? "drifting" : "" },
+      { text: number(entry.scored), className: "number" },
+      { text: number(entry.outliers), className: "number" },
+      { text: last, className: entry.alerting ? "number drifting" : "number" },
+      { text: number(entry.windows), className: "number" },
+    ]);
+  }));
+}
+
 function drawLag(state) {
   const partitions = state.lag || [];
   const total = partitions.reduce((sum, entry) => sum + entry.lag, 0);
@@ -203,7 +225,7 @@ async function poll() {
     const response = await fetch("cluster", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const state = await response.json();
-    for (const draw of [drawScope, drawModels, drawChallengers, drawDrift, drawLag, drawEvents]) draw(state);
+    for (const draw of [drawScope, drawModels, drawChallengers, drawDrift, drawOutliers, drawLag, drawEvents]) draw(state);
     status.textContent = `updated ${clock(state.time || Date.now())}, every ${POLL_MS / 1000} s`;
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   } catch (error) {
