@@ -18,16 +18,19 @@ TOP_PRODUCTS = 3
 
 
 def describe_result(result: RecommenderResult) -> str:
-    """One line: the user, their best products and which model scored them."""
+    """One line: the user, their best products, which model scored them, and the outlier score of a record
+    the model's detector flags (1 or more)."""
     metadata = result.metadata
     user = f"user {result.input_record.user:>4}"
     if metadata.errors:
         return f"{user}: no scores ({metadata.errors})"
     ranked = sorted(zip(result.model_result.probabilities, result.model_result.products), reverse=True)
     best = ", ".join(f"{product} ({probability:.2f})" for probability, product in ranked[:TOP_PRODUCTS])
+    outlier = metadata.outlier_score
+    flagged = f", outlier {outlier:.1f}" if outlier is not None and outlier >= 1 else ""
     return (
         f"{user}: top of {len(ranked):>2} products {best}  "
-        f"[{metadata.model_name}, batch {metadata.duration} ms]"
+        f"[{metadata.model_name}, batch {metadata.duration} ms{flagged}]"
     )
 
 
