@@ -4,50 +4,21 @@ promoted; then a TensorFlow canary beside the ONNX champion, retired; then a sin
 from __future__ import annotations
 
 import numpy as np
-from support.jobs import encoded, finished_output, start_flow, wait_for
-from support.topics import flow_events, publish, results_by_offset
+from support.jobs import finished_output, wait_for
+from support.topics import publish, results_by_offset, start_tailing_flow
 
-from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.adapters.sources.generators import shipped_model
 from flows.core.challenger import user_buckets
 from flows.core.model_formats import ONNX_MODEL_FILE
 from flows.core.scorer import build_scorer
 from flows.core.shipped import SHIPPED_MODELS_DIR
-from flows.testing.local_broker import create_topics, produce
-from flows.wire.avro import MODEL
 
 TF_V1, ONNX_V2 = "recommender-v1", "recommender-v2-onnx"
 
 
 def test_onnx_and_tensorflow_challenge_each_other_through_the_models_topic(kafka_bootstrap):
-    topics = create_topics(
-        kafka_bootstrap, "cross-format", ["data", "models", "results", "dead", "events", "shadow"]
-    )
-    produce(
-        kafka_bootstrap, topics["models"], [(b"v1", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))]
-    )
-    flow = start_flow(
-        kafka_bootstrap,
-        topics,
-        SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
-        SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
-        SERVING_KAFKA_TAIL="true",
-        SERVING_SHARDS="2",
-    )
-    sent = 0
-
-    def events() -> list[tuple[str, str]]:
-        return flow_events(kafka_bootstrap, topics["events"])
-
-    def answer(seed: int, count: int) -> tuple[list, dict[int, list]]:
-        """Produce `count` records; their results, each offset answered once."""
-        nonlocal sent
-        records = list(generated_records(seed, count))
-        produce(kafka_bootstrap, topics["data"], encoded(records))
-        start, sent = sent, sent + count
-        answers = results_by_offset(kafka_bootstrap, topics["results"], sent)
-        assert sorted(answers) == list(range(sent)) and all(len(results) == 1 for results in answers.values())
-        return records, {offset - start: answers[offset][0] for offset in range(start, sent)}
-
+    flow = start_tailing_flow(kafka_bootstrap, "cross-format", shipped_model(SHIPPED_MODELS_DIR, "1"))
+    topics, events, answer = flow.topics, flow.events, flow.answer
     try:
         wait_for(lambda: ("accepted", TF_V1) in events(), "v1 accepted", timeout=120)
         assert f"published model {ONNX_V2!r} as shadow challenger" in publish(
@@ -106,5 +77,5 @@ def test_onnx_and_tensorflow_challenge_each_other_through_the_models_topic(kafka
             ("exported", "")
         }
     finally:
-        flow.terminate()
-        finished_output(flow)
+        flow.process.terminate()
+        finished_output(flow.process)

@@ -5,49 +5,21 @@ document sent as a file, as a canary on half the users, promoted to champion."""
 from __future__ import annotations
 
 import numpy as np
-from support.jobs import encoded, finished_output, start_flow, wait_for
-from support.topics import flow_events, publish, results_by_offset
+from support.jobs import finished_output, wait_for
+from support.topics import publish, results_by_offset, start_tailing_flow
 
-from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.adapters.sources.generators import shipped_model
 from flows.core.challenger import user_buckets
 from flows.core.model_formats import PMML_MODEL_FILE
 from flows.core.scorer import build_scorer
 from flows.core.shipped import SHIPPED_MODELS_DIR
-from flows.testing.local_broker import create_topics, produce
-from flows.wire.avro import MODEL
 
 ONNX_V1, PMML_V1 = "recommender-v1-onnx", "recommender-v1-pmml"
 
 
 def test_a_pmml_challenger_shadows_then_canaries_an_onnx_champion_through_the_models_topic(kafka_bootstrap):
-    topics = create_topics(
-        kafka_bootstrap, "pmml-challenger", ["data", "models", "results", "dead", "events", "shadow"]
-    )
-    champion = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
-    produce(kafka_bootstrap, topics["models"], [(b"v1", MODEL.encode(champion))])
-    flow = start_flow(
-        kafka_bootstrap,
-        topics,
-        SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
-        SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
-        SERVING_KAFKA_TAIL="true",
-        SERVING_SHARDS="2",
-    )
-    sent = 0
-
-    def events() -> list[tuple[str, str]]:
-        return flow_events(kafka_bootstrap, topics["events"])
-
-    def answer(seed: int, count: int) -> tuple[list, dict[int, list]]:
-        """Produce `count` records; their results, each offset answered once."""
-        nonlocal sent
-        records = list(generated_records(seed, count))
-        produce(kafka_bootstrap, topics["data"], encoded(records))
-        start, sent = sent, sent + count
-        answers = results_by_offset(kafka_bootstrap, topics["results"], sent)
-        assert sorted(answers) == list(range(sent)) and all(len(results) == 1 for results in answers.values())
-        return records, {offset - start: answers[offset][0] for offset in range(start, sent)}
-
+    flow = start_tailing_flow(kafka_bootstrap, "pmml-challenger", shipped_model(SHIPPED_MODELS_DIR, "1-onnx"))
+    topics, events, answer = flow.topics, flow.events, flow.answer
     pmml_alone = build_scorer(shipped_model(SHIPPED_MODELS_DIR, "1-pmml"))
     try:
         wait_for(lambda: ("accepted", ONNX_V1) in events(), "the ONNX champion accepted", timeout=120)
@@ -99,5 +71,5 @@ def test_a_pmml_challenger_shadows_then_canaries_an_onnx_champion_through_the_mo
         }
     finally:
         pmml_alone.close()
-        flow.terminate()
-        finished_output(flow)
+        flow.process.terminate()
+        finished_output(flow.process)

@@ -112,44 +112,42 @@ def wait_for_model_snapshot(
     job before its model's snapshot was committed, and the restarted job had no model. `holds` can ask for
     more of the snapshot (a challenger, say).
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with sqlite3.connect(database) as db:
-            [(committed,)] = db.execute("SELECT min(commit_epoch) FROM commits").fetchall()
-            holders = db.execute(
-                "SELECT snap_epoch, ser_change FROM snaps "
-                "WHERE step_id LIKE '%model_holder' AND ser_change IS NOT NULL"
-            ).fetchall()
-        if committed is not None and any(
-            epoch < committed and _holds_a_champion(pickle.loads(state), holds)  # the test's own store
-            for epoch, state in holders
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError(
-        f"no committed snapshot of the model holder with a model in {database} after {timeout} s"
-    )
+    _wait_for_committed_snapshot(
+        database, "%model_holder", None, lambda state: _holds_a_champion(state, holds), timeout,
+        "the model holder with a model",
+    )  # fmt: skip
 
 
 def wait_for_fitted_outlier_snapshot(database: Path, model: str, timeout: float = 60) -> None:
     """Wait until a committed snapshot holds `model`'s outlier detector fitted: a restart from it goes on
     scoring with that detector instead of taking a new reference."""
+    _wait_for_committed_snapshot(
+        database, "%_outliers", model, lambda state: state.ranks is not None, timeout,
+        f"{model}'s fitted outlier detector",
+    )  # fmt: skip
+
+
+def _wait_for_committed_snapshot(
+    database: Path, step_like: str, key: str | None, holds: Callable[[Any], bool], timeout: float, what: str
+) -> None:
+    """Wait until the store holds a snapshot of a step whose id is LIKE `step_like` (of `key`, if given),
+    of an epoch before the committed one, that `holds`."""
     deadline = time.monotonic() + timeout
+    query = "SELECT snap_epoch, ser_change FROM snaps WHERE step_id LIKE ? AND ser_change IS NOT NULL"
+    arguments: tuple[str, ...] = (step_like,)
+    if key is not None:
+        query, arguments = query + " AND state_key = ?", (step_like, key)
     while time.monotonic() < deadline:
         with sqlite3.connect(database) as db:
             [(committed,)] = db.execute("SELECT min(commit_epoch) FROM commits").fetchall()
-            detectors = db.execute(
-                "SELECT snap_epoch, ser_change FROM snaps "
-                "WHERE step_id LIKE '%_outliers' AND state_key = ? AND ser_change IS NOT NULL",
-                (model,),
-            ).fetchall()
+            snapshots = db.execute(query, arguments).fetchall()
         if committed is not None and any(
-            epoch < committed and pickle.loads(state).ranks is not None  # the test's own store
-            for epoch, state in detectors
+            epoch < committed and holds(pickle.loads(state))  # the test's own store
+            for epoch, state in snapshots
         ):
             return
         time.sleep(0.2)
-    raise AssertionError(f"no committed snapshot of {model}'s fitted outlier detector after {timeout} s")
+    raise AssertionError(f"no committed snapshot of {what} in {database} after {timeout} s")
 
 
 def resumed_snapshots(store: Path, step: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What the job tests write to a broker's topics and read back from them: models published with the tool,
-the flow's events, results by the data offset they answer."""
+the flow's events, results by the data offset they answer; a main job tailing its data topic."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import sys
 import time
 
 from flows.adapters.kafka.headers import SOURCE_OFFSET_HEADER, consumed_headers
-from flows.testing.local_broker import consume_all
-from flows.wire.avro import EVENT, RESULT, SIGNED_EVENT
+from flows.adapters.sources.generators import generated_records
+from flows.core.descriptors import ModelDescriptor
+from flows.core.records import RecommenderRecord, RecommenderResult
+from flows.testing.local_broker import consume_all, create_topics, produce
+from flows.wire.avro import EVENT, MODEL, RESULT, SIGNED_EVENT
 from support.decoded import decoded
-from support.jobs import REPO
+from support.jobs import REPO, encoded, start_flow
 
 
 def publish(bootstrap: str, topic: str, *args: str) -> str:
@@ -48,3 +51,43 @@ def results_by_offset(bootstrap: str, topic: str, expected: int, timeout: float 
             found.setdefault(offset, []).append(RESULT.decode(message.value()))
         if len(found) >= expected or time.monotonic() > deadline:
             return found
+
+
+class TailingFlow:
+    """A main job tailing the data topic of `topics` (start_tailing_flow), as the cross-format experiments
+    drive it: records in, each one's single result back, the flow-wide events."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], process: subprocess.Popen) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.process = process
+        self.sent = 0
+
+    def events(self) -> list[tuple[str, str]]:
+        return flow_events(self.bootstrap, self.topics["events"])
+
+    def answer(self, seed: int, count: int) -> tuple[list[RecommenderRecord], dict[int, RecommenderResult]]:
+        """Produce `count` generated records; their results by index, each record answered once."""
+        records = list(generated_records(seed, count))
+        produce(self.bootstrap, self.topics["data"], encoded(records))
+        start, self.sent = self.sent, self.sent + count
+        answers = results_by_offset(self.bootstrap, self.topics["results"], self.sent)
+        assert sorted(answers) == list(range(self.sent))
+        assert all(len(results) == 1 for results in answers.values())
+        return records, {offset - start: answers[offset][0] for offset in range(start, self.sent)}
+
+
+def start_tailing_flow(bootstrap: str, prefix: str, champion: ModelDescriptor) -> TailingFlow:
+    """The main job on fresh topics named after `prefix`, tailing its data topic, with `champion` on its
+    models topic, events and shadow results on topics of their own, two shards."""
+    topics = create_topics(bootstrap, prefix, ["data", "models", "results", "dead", "events", "shadow"])
+    produce(bootstrap, topics["models"], [(b"champion", MODEL.encode(champion))])
+    process = start_flow(
+        bootstrap,
+        topics,
+        SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
+        SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
+        SERVING_KAFKA_TAIL="true",
+        SERVING_SHARDS="2",
+    )
+    return TailingFlow(bootstrap, topics, process)
