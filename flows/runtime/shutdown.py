@@ -56,11 +56,13 @@ def _handle(signum: int, frame: object = None) -> None:
         )
     if stop_requested():
         _end(f"{name} again: aborting without draining", ABORTED_STATUS)
-    request_stop()
+    # Said before the stop is asked: a short drain can end the process (and this daemon thread) before
+    # a line written after it, as it did once on a loaded machine.
+    _say(f"{name}: stopping after the records in flight, within {_drain_timeout_s:g} s (again to abort)")
     timer = threading.Timer(_drain_timeout_s, _drain_overdue, args=(name,))
     timer.daemon = True
     timer.start()
-    _say(f"{name}: stopping after the records in flight, within {_drain_timeout_s:g} s (again to abort)")
+    request_stop()
 
 
 def _drain_overdue(name: str) -> None:
