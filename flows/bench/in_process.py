@@ -37,6 +37,7 @@ from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.events import ModelEvent
+from flows.core.outliers import load_detector
 from flows.core.records import DataMessage
 from flows.core.telemetry import Telemetry
 from flows.core.vocabulary import EventKind
@@ -203,6 +204,8 @@ def _measure(
         context.cache.acquire(descriptor)  # Load (and warm up) before timing; the flow then shares it.
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
+    if outliers_on:
+        load_detector()  # before the freeze below, as the main job imports it before TensorFlow's
     memory = resident_mb()  # after the models' load and warm-up
     # The main job's start-up freezes what it built so far (at TensorFlow's import, which it always does):
     # full collections then skip those objects. A run without TensorFlow (an ONNX model) would not, and would

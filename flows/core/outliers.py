@@ -105,8 +105,10 @@ class OutlierSettings(Section):
 
 
 def load_detector() -> None:
-    """Import the detector's library (scikit-learn and SciPy: about 3 s and 130 MB) when the flow is built,
-    not on the stream."""
+    """Import the detector's library (scikit-learn and SciPy: 1-3 s and 130 MB) at start, not on the stream:
+    the main job does it before TensorFlow's import freezes what is alive for the garbage collector
+    (`flows.adapters.scorers.tensorflow_runtime`); building the flow does it too, for flows built
+    elsewhere."""
     importlib.import_module("sklearn.covariance")
 
 
