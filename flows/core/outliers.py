@@ -240,7 +240,9 @@ class OutlierState:
     location: np.ndarray | None = None
     precision: np.ndarray | None = None
     line: float = 0.0  # the squared distance that scores 1
-    unfit: str = ""  # why the detector could not be fitted; the model's records then get no score
+    # Why the last reference could not be fitted: the model's records get no score while the next one is
+    # taken (a reference of identical records, say, sent first by whoever writes the data topic).
+    unfit: str = ""
     window_records: int = 0
     window_outliers: int = 0
     windows: int = 0
@@ -260,8 +262,6 @@ class OutlierDetector:
 
     def score(self, batch: ScoredBatch) -> list[ModelEvent]:
         state = self.state
-        if state.unfit:
-            return []
         records = answered_records(batch)
         if not records.indices.size:
             return []
@@ -324,11 +324,13 @@ class OutlierDetector:
         line = float(np.quantile(distances, 1 - self.settings.contamination))
         if not np.isfinite(line) or line <= 0:
             state.unfit = (
-                f"the reference's outlier line is {line:g}: its {len(reference):,} records are all alike"
+                f"the reference's outlier line is {line:g}: its {len(reference):,} records are all alike; "
+                "taking another"
             )
             state.location = state.precision = None
+            state.reference_records = 0
             return
-        state.ranks, state.line = ranks, line
+        state.ranks, state.line, state.unfit = ranks, line, ""
 
     def _close_window(self) -> list[ModelEvent]:
         state = self.state

@@ -200,14 +200,20 @@ def test_ids_far_out_of_range_are_scored_as_outliers_not_errors():
     assert (batch.outlier_scores[:2] >= 1).all() and not np.isnan(batch.outlier_scores).any()
 
 
-def test_a_reference_of_identical_records_leaves_the_model_unscored_with_a_reason():
+def test_a_reference_of_identical_records_is_refused_with_a_reason_and_the_next_one_taken():
     detector = OutlierDetector(SETTINGS, OutlierState("m"))
     same = [RecommenderRecord(1, [2, 3])] * 250
-    for _ in range(3):
+    for _ in range(4):  # two references' worth, both all alike
         batch = scored(same)
         assert detector.score(batch) == []
         assert batch.outlier_scores is None
     assert detector.state.ranks is None and "500 records are all alike" in detector.state.unfit
+    for batch in batches(500):  # ordinary records: the next reference fits
+        detector.score(batch)
+    assert detector.state.ranks is not None and detector.state.unfit == ""
+    later = batches(250, 10)[0]
+    detector.score(later)
+    assert later.outlier_scores is not None and np.isfinite(later.outlier_scores).all()
 
 
 def test_the_step_shows_its_windows_on_the_state_and_passes_every_batch_on():
