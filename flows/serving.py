@@ -5,7 +5,6 @@ import logging
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.core.context import ServingContext
 from flows.core.errors import ConfigurationError
-from flows.core.outliers import load_detector
 from flows.runtime import shutdown
 from flows.runtime.app import build_flow
 from flows.runtime.observability import start_observability
@@ -33,10 +32,6 @@ if problems:
 shutdown.set_drain_timeout(settings.flow.drain_timeout)
 for name in unknown_variables():
     logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)
-# The outlier detector's library first: TensorFlow's import freezes every object alive for the garbage
-# collector, and SciPy's ~100,000 left out cost a fifth of the ONNX flow's throughput in full collections.
-if settings.outliers.enabled:
-    load_detector()
 # Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while
 # the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
 tensorflow(verbose=settings.output.tf_verbose)

@@ -205,7 +205,7 @@ def _measure(
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
     if outliers_on:
-        load_detector()  # before the freeze below, as the main job imports it before TensorFlow's
+        load_detector()  # as building the flow would, but before the memory figure, which then counts it
     memory = resident_mb()  # after the models' load and warm-up
     # The main job's start-up freezes what it built so far (at TensorFlow's import, which it always does):
     # full collections then skip those objects. A run without TensorFlow (an ONNX model) would not, and would

@@ -28,7 +28,6 @@ from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.adapters.sources.stoppable import request_stop
 from flows.bench.report import kafka_report
 from flows.core.context import ServingContext
-from flows.core.outliers import load_detector
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings
 from flows.testing.local_broker import (
@@ -68,8 +67,6 @@ def run_kafka_embedded(
     """
     settings = Settings.from_environment()
     model = shipped_model(settings.generator.models_dir, version)
-    if settings.outliers.enabled:
-        load_detector()  # before TensorFlow's import freezes what is alive, as the main job does
     context = ServingContext.create()
     context.cache.acquire(model)
     with ExitStack() as stack:

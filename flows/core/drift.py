@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from itertools import chain
 
 import numpy as np
 from bytewax.operators import StatefulBatchLogic
@@ -99,19 +98,13 @@ def batch_features(batch: ScoredBatch, sample: int) -> BatchFeatures | None:
     """
     if not batch.scores.size or not batch.metadata.model_name:
         return None
-    messages = batch.messages[:sample]
-    counts = np.asarray(batch.counts[: len(messages)], np.int64)
+    records = min(sample, len(batch.messages))
+    counts = np.asarray(batch.counts[:records], np.int64)
     pairs = int(counts.sum())
-    users = np.fromiter((message.record.user for message in messages), np.float64, len(messages))
-    if batch.products is not None:  # the pairs the model was given: a slice, not a walk over the records
-        products = batch.products[:pairs].astype(np.float64)
-    else:
-        products = np.fromiter(
-            chain.from_iterable(message.record.products for message in messages), np.float64, pairs
-        )
+    users = batch.record_users()[:records]
+    products = batch.pair_products()[:pairs]
     scores = np.asarray(batch.scores[:pairs], np.float64)
-    scored = np.ones(len(messages), bool)
-    scored[[index for index in batch.replaced if index < len(messages)]] = False
+    scored = batch.answered()[:records]
     if not scored.any():
         return None
     if not scored.all():

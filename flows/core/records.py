@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import accumulate
+from itertools import accumulate, chain
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
@@ -147,6 +147,31 @@ class ScoredBatch(Sequence[ScoredMessage]):
         if self._starts is None:
             self._starts = [0, *accumulate(self.counts)][:-1]
         return self._starts
+
+    def answered(self) -> np.ndarray:
+        """Per record, whether the model answered it with scores (False for a result that is an error)."""
+        answered = np.ones(len(self.messages), bool)
+        answered[list(self.replaced)] = False
+        return answered
+
+    def pair_products(self) -> np.ndarray:
+        """The product of each pair (float64): the column the model was given, else read from the records."""
+        if self.products is not None:
+            return self.products.astype(np.float64)
+        return np.fromiter(chain.from_iterable(m.record.products for m in self.messages), np.float64)
+
+    def record_users(self) -> np.ndarray:
+        """Each record's user (float64): from the pairs' column where the batch has it (a record without
+        products has no pair: from its message), else from the messages."""
+        if self.users is None:
+            return np.fromiter((m.record.user for m in self.messages), np.float64, len(self.messages))
+        counts = np.asarray(self.counts, np.int64)
+        users = np.empty(counts.size)
+        filled = counts > 0
+        users[filled] = self.users[(np.cumsum(counts) - counts)[filled]]
+        for index in np.flatnonzero(~filled):
+            users[index] = self.messages[index].record.user
+        return users
 
     def errors(self) -> list[str]:
         """The error of every result that has one."""
