@@ -24,11 +24,11 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from flows.adapters.kafka.sink import DEFAULT_MESSAGE_MAX_BYTES
 from flows.adapters.scorers.archive import pack_directory, pack_file
-from flows.adapters.sources.generators import shipped_model
+from flows.adapters.sources.generators import model_types_in, shipped_model
 from flows.core.admission.descriptor_checks import experiment_refusal
 from flows.core.admission.signing import load_private_key, sign
 from flows.core.descriptors import CANARY, CHALLENGER, PROMOTE, RETIRE, SHADOW, ModelDescriptor, ModelType
-from flows.core.model_formats import ONNX_MODEL_FILE, PMML_MODEL_FILE
+from flows.core.model_formats import ONNX_MODEL_FILE
 from flows.runtime.settings import Settings
 from flows.tools.audit import read_to_end
 from flows.tools.kafka_args import add_kafka_arguments, consumer_config, producer_config
@@ -83,10 +83,8 @@ def _model_from(args: argparse.Namespace, settings: Settings) -> ModelDescriptor
         return shipped_model(settings.generator.models_dir, args.version)
     if args.path:
         directory = Path(args.path)
-        detected = ModelType.TENSORFLOWSAVED
-        for mark, model_type in ((ONNX_MODEL_FILE, ModelType.ONNX), (PMML_MODEL_FILE, ModelType.PMML)):
-            if (directory / mark).is_file():
-                detected = model_type
+        # A SavedModel unless the directory holds another format's file (the last of them, if several).
+        detected = ([ModelType.TENSORFLOWSAVED] + model_types_in(directory))[-1]
         return ModelDescriptor(
             args.name or directory.name,
             args.description or f"from {directory}",

@@ -183,21 +183,29 @@ class DataGenerator(FixedPartitionedSource[DataMessage, int]):
         return _DataPartition(self.seed, index, limit, rate, self.batch, resume_state, self.shift_after)
 
 
+# The file that marks a model directory as each embedded format.
+MODEL_FILES = {
+    SAVED_MODEL_FILE: ModelType.TENSORFLOWSAVED,
+    ONNX_MODEL_FILE: ModelType.ONNX,
+    PMML_MODEL_FILE: ModelType.PMML,
+}
+
+
+def model_types_in(directory: Path) -> list[ModelType]:
+    """The formats whose file `directory` holds, in the order of MODEL_FILES."""
+    return [model_type for mark, model_type in MODEL_FILES.items() if (directory / mark).is_file()]
+
+
 @lru_cache(maxsize=8)
 def shipped_model(models_dir: Path, version: str) -> ModelDescriptor:
     """The shipped model `version` as a descriptor carrying it inline: a SavedModel, an ONNX model when its
     directory holds `model.onnx` (the shipped `1-onnx` and `2-onnx` are the ONNX twins of 1 and 2), a PMML
     model when it holds `model.pmml` (the shipped `1-pmml`)."""
     directory = models_dir / version
-    marks = {
-        SAVED_MODEL_FILE: ModelType.TENSORFLOWSAVED,
-        ONNX_MODEL_FILE: ModelType.ONNX,
-        PMML_MODEL_FILE: ModelType.PMML,
-    }
-    found = [model_type for mark, model_type in marks.items() if (directory / mark).is_file()]
+    found = model_types_in(directory)
     if not found:
         raise ConfigurationError(
-            f"no shipped model version {version!r}: {directory} holds none of {', '.join(marks)}"
+            f"no shipped model version {version!r}: {directory} holds none of {', '.join(MODEL_FILES)}"
         )
     model_type = found[0]
     return ModelDescriptor(
