@@ -107,14 +107,9 @@ def table(results: list[dict[str, Any]]) -> str:
     for label, runs in sorted(
         rows.items(), key=lambda row: -statistics.median(r["records_per_s"] for r in row[1])
     ):
-        rates = [run["records_per_s"] for run in runs]
         p50 = statistics.median(run["p50_ms"] for run in runs)
         p99 = statistics.median(run["p99_ms"] for run in runs)
-        lines.append(
-            f"| `{label}` | {statistics.median(rates):,.0f} "
-            f"({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)}) "
-            f"| {p50:,.1f} | {p99:,.1f} |"
-        )
+        lines.append(f"| `{label}` | {_rates(runs)} | {p50:,.1f} | {p99:,.1f} |")
     return "\n".join(lines)
 
 
@@ -140,19 +135,14 @@ def formats_table(results: list[dict[str, Any]]) -> str:
             cells.append(f"{statistics.median(values):,.{digits}f}{unit}" if values else "-")
         return cells
 
-    def rate_cells() -> list[str]:
-        cells = []
-        for source in sources:
-            rates = [run["records_per_s"] for run in by_source[source]["embedded"]]
-            cells.append(
-                f"{statistics.median(rates):,.0f} ({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)})"
-                if rates
-                else "-"
-            )
-        return cells
-
     rows = [
-        ("`embedded`: records/s, median (range; runs)", rate_cells()),
+        (
+            "`embedded`: records/s, median (range; runs)",
+            [
+                _rates(by_source[source]["embedded"]) if by_source[source]["embedded"] else "-"
+                for source in sources
+            ],
+        ),
         ("`embedded`: p50 per record", cell("embedded", "p50_ms", " ms")),
         ("`embedded`: p99 per record", cell("embedded", "p99_ms", " ms")),
         ("`embedded`: model call p50 (one micro-batch)", cell("embedded", "call_p50_ms", " ms")),
@@ -173,6 +163,12 @@ def formats_table(results: list[dict[str, Any]]) -> str:
     ]
     lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
     return "\n".join(lines)
+
+
+def _rates(runs: list[dict[str, Any]]) -> str:
+    """The runs' median records/s, with their range and how many there were."""
+    rates = [run["records_per_s"] for run in runs]
+    return f"{statistics.median(rates):,.0f} ({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)})"
 
 
 def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
