@@ -4,7 +4,8 @@
                                                           ├─merge─▶ stateful_batch(shard) ─▶ result batches
     models ─▶ model holder (1 key) ─▶ fan out to shards ──┘                              ├▶ events
                                                                                          ├▶ challenger reports
-                                                                                         └▶ shadow results
+                                                                                         ├▶ shadow results
+                                                                                         └▶ explanations
 
 Sources (generators, Kafka) feed `serve` a stream of record batches (one per poll: see
 `flows.adapters.sources.batched`) and a stream of ModelDescriptor; sinks take the result batches and the model
@@ -27,6 +28,7 @@ from flows.core.context import ServingContext
 from flows.core.drift import DriftLogic, DriftSettings, batch_features
 from flows.core.errors import ConfigurationError
 from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.explanations import ExplainSettings, ExplanationMessage
 from flows.core.model_holder import (
     HOLDER_KEY,
     AcceptedModel,
@@ -49,6 +51,9 @@ class ServingStreams:
     events: Stream[ModelEvent]
     reports: Stream[ChallengerReport]  # how each challenger compares, per window and shard
     shadow_results: Stream[ScoredBatch]  # a shadow challenger's results, if `serve` was asked for them
+    explanations: Stream[
+        list[ExplanationMessage]
+    ]  # of sampled and asked-for records (flows.core.explanations)
 
 
 def serve(
@@ -66,6 +71,7 @@ def serve(
     challengers: ChallengerSettings | None = None,
     shadow_results: bool = False,
     rollback: RollbackSettings | None = None,
+    explain: ExplainSettings | None = None,
 ) -> ServingStreams:
     """Score `data` with the latest model from `models`; see the module docstring for the shape. The steps
     load models through `context.cache` and report to its telemetry and statistics.
@@ -78,7 +84,8 @@ def serve(
     (`flows.core.outliers`). `challengers` says how shards compare a challenger with the champion
     (`flows.core.challenger`); `shadow_results` makes them also emit a shadow challenger's own results
     (someone must write them). `rollback` says when a shard goes back from a new champion to the one it
-    replaced (`flows.core.probation`).
+    replaced (`flows.core.probation`). `explain` says which records the shards explain, right after scoring
+    them (`flows.core.explanations`).
     """
     if shards < 1:
         raise ConfigurationError(f"{step_id}: shards must be at least 1, got {shards}")
@@ -119,12 +126,13 @@ def serve(
                 challengers=challengers,
                 shadow_results=shadow_results,
                 rollback=rollback,
+                explain=explain,
             ),
         ),
     )
-    results, shard_events, reports, shadows = (
+    results, shard_events, reports, shadows, explanations = (
         op.filter_map(f"{step_id}_shard_{kind}", scored, partial(_tagged, kind))
-        for kind in (Emits.RESULTS, Emits.EVENT, Emits.REPORT, Emits.SHADOW)
+        for kind in (Emits.RESULTS, Emits.EVENT, Emits.REPORT, Emits.SHADOW, Emits.EXPLANATIONS)
     )
     events = op.merge(f"{step_id}_events", holder_out.trues, shard_events)
     if drift is not None and drift.enabled:
@@ -133,7 +141,7 @@ def serve(
         results, outlier_events = _outlier_scores(step_id, results, outliers, context)
         events = op.merge(f"{step_id}_with_outliers", events, outlier_events)
     op.inspect(f"{step_id}_event_telemetry", events, partial(_observe_event, context))
-    return ServingStreams(results, events, reports, shadows)
+    return ServingStreams(results, events, reports, shadows, explanations)
 
 
 def _observe_event(context: ServingContext, _step: str, event: ModelEvent) -> None:

@@ -20,3 +20,7 @@ class ConfigurationError(ServingError, ValueError):
 
 class WrongScoreCount(ServingError, ValueError):
     """A model answered a call with another number of scores than it was given pairs."""
+
+
+class ScoresOutOfRange(ServingError, ValueError):
+    """A model answered a call with a score that is not finite or lies outside the policy's output range."""

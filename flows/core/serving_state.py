@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from flows.core.challenger import merge_reports
 from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats
+from flows.core.explanations import ExplanationMessage
 from flows.core.history import History
 
 MAX_CHALLENGERS_SHOWN = 8
+EXPLANATIONS_SHOWN = 10  # the latest explanations kept per model, for /state and the live page
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,9 @@ class ServingState:
         self._by_shard: dict[str, ModelToServeStats] = {}
         self._drift: dict[str, dict[str, Any]] = {}
         self._outliers: dict[str, dict[str, Any]] = {}
+        # Per model: how many records were explained here, and the latest explanations (as /state shows them).
+        self._explained: dict[str, int] = {}
+        self._explanations: dict[str, deque[dict[str, Any]]] = {}
         # Per challenger: its reports merged, how many, and what closed the last one.
         self._challengers: dict[str, tuple[ChallengerReport, int, str]] = {}
         self._lag: dict[tuple[str, int], PartitionLag] = {}
@@ -86,6 +92,29 @@ class ServingState:
     def outliers_per_model(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: dict(outliers) for name, outliers in self._outliers.items()}
+
+    def explained(self, explained: Iterable[ExplanationMessage]) -> None:
+        """A shard of this process explained these records."""
+        with self._lock:
+            for item in explained:
+                name = item.explanation.model_name
+                self._explained[name] = self._explained.get(name, 0) + 1
+                latest = self._explanations.get(name)
+                if latest is None:
+                    latest = self._explanations[name] = deque(maxlen=EXPLANATIONS_SHOWN)
+                latest.appendleft(asdict(item.explanation))
+            while len(self._explanations) > MAX_CHALLENGERS_SHOWN:  # models explained long ago go first
+                gone = next(iter(self._explanations))
+                del self._explanations[gone]
+                self._explained.pop(gone, None)
+
+    def explanations_per_model(self) -> dict[str, dict[str, Any]]:
+        """Per model: how many records were explained here and the latest explanations, newest first."""
+        with self._lock:
+            return {
+                name: {"explained": self._explained.get(name, 0), "latest": list(latest)}
+                for name, latest in self._explanations.items()
+            }
 
     def challenger(self, report: ChallengerReport) -> None:
         """Add a challenger report of a shard of this process to its challenger's totals."""
@@ -139,6 +168,8 @@ class ServingState:
             self._by_shard.clear()
             self._drift.clear()
             self._outliers.clear()
+            self._explained.clear()
+            self._explanations.clear()
             self._challengers.clear()
         self.history.clear()
 

@@ -37,6 +37,7 @@ from flows.core.challenger_seat import ChallengerSeat
 from flows.core.context import ServingContext
 from flows.core.descriptors import ModelDescriptor
 from flows.core.events import ModelEvent, ModelToServeStats, ms_since
+from flows.core.explanations import Background, Explainer, ExplainSettings
 from flows.core.probation import Probation, RollbackSettings
 from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
 from flows.core.routing import ShardBatch
@@ -61,6 +62,9 @@ class ShardState:
     held: list[DataMessage] = field(default_factory=list)
     challenger: ChallengerSlot | None = None  # (snapshots from before challengers read the class default)
     rolled_back: tuple[str, ...] = ()  # digests of champions this shard rolled back from, newest last
+    # Each served model's explanation background, by digest (flows.core.explanations); None: none yet (and
+    # the class default for snapshots from before explanations).
+    explain_backgrounds: dict[str, Background] | None = None
 
 
 class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
@@ -76,6 +80,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         challengers: ChallengerSettings | None = None,
         shadow_results: bool = False,
         rollback: RollbackSettings | None = None,
+        explain: ExplainSettings | None = None,
     ) -> None:
         self.hold_limit = hold_limit
         self.rollback = rollback or RollbackSettings()
@@ -90,6 +95,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         self.serving_state = context.state
         self.champion_gate = context.champion_gate
         self.state = resume if resume is not None else ShardState()
+        self.explainer = Explainer(explain, self.policy) if explain is not None and explain.enabled else None
         if self.state.shard and self.state.stats is not None:
             self.serving_state.serve(self.state.shard, self.state.stats)  # statistics survive a restart
         # After a restart the state names a model but this process has not loaded it yet: records are
@@ -161,6 +167,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
         challenger = state.challenger
         if challenger is not None:
             challenger = replace(challenger, window=copy.copy(challenger.window))
+        backgrounds = state.explain_backgrounds
         return ShardState(
             state.shard,
             state.model_digest,
@@ -169,6 +176,10 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             list(state.held),
             challenger,
             state.rolled_back,
+            # A background's arrays are replaced, never changed in place: a shallow copy of each is enough.
+            {digest: copy.copy(background) for digest, background in backgrounds.items()}
+            if backgrounds
+            else None,
         )
 
     def _score(self, messages: list[DataMessage], outputs: ShardOutputs) -> None:
@@ -193,6 +204,8 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
                 self.serving_state.scored(answered_by, len(results), len(results.errors()), batch_ms)
         for results, batch_ms, answered_by in scored.answered:
             outputs.results(results)
+            if self.explainer is not None:
+                self._explain(results, answered_by, outputs)
             if answered_by == champion and self.state.stats is not None:
                 self.state.stats.record_batch(len(results), batch_ms)
             if answered_by == champion and self.probation is not None:
@@ -201,6 +214,38 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             scored.shadow.trace_context = scored.answered[0][0].trace_context  # the batch's span
             outputs.shadow(scored.shadow)
         self.seat.report_full_window(outputs)
+
+    def _explain(self, results: ScoredBatch, answered_by: str, outputs: ShardOutputs) -> None:
+        """Explanations of the batch's chosen records, after their results, with the model that answered."""
+        assert self.explainer is not None
+        slot = self.state.challenger
+        if answered_by == self.state.model_name:
+            scorer, digest = self.scorer, self.state.model_digest
+        elif slot is not None and answered_by == slot.name:
+            scorer, digest = self.seat.scorer, slot.digest
+        else:
+            return
+        if scorer is None or digest is None:
+            return
+        explained = self.explainer.explain(results, scorer, self._background(digest, scorer))
+        if explained:
+            outputs.explanations(explained)
+            self.serving_state.explained(explained)
+            self.telemetry.explained(answered_by, len(explained))
+
+    def _background(self, digest: str, scorer: Scorer) -> Background:
+        """The explanation background of the model `digest` (those of models no longer served go)."""
+        backgrounds = self.state.explain_backgrounds
+        if backgrounds is None:
+            backgrounds = self.state.explain_backgrounds = {}
+        if digest not in backgrounds:
+            slot = self.state.challenger
+            served = {self.state.model_digest, slot.digest if slot is not None else None}
+            for gone in [known for known in backgrounds if known not in served]:
+                del backgrounds[gone]
+            bounds, size = scorer.input_bounds, self.explainer.settings.background if self.explainer else 0
+            backgrounds[digest] = Background.spread_over(bounds, size) if bounds else Background()
+        return backgrounds[digest]
 
     def _score_held(self, outputs: ShardOutputs) -> None:
         held, self.state.held = self.state.held, []

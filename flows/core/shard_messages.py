@@ -2,8 +2,8 @@
 
 In: a `ShardBatch` of records (`flows.core.routing`), a `ModelUpdate` or a `ChallengerEnd`, all in one
 stream, each naming its shard because Bytewax does not give the logic its key. Out: results, events,
-challenger reports and shadow results, each tagged with what it is (`Emits`) so that `serve` can split
-them into streams.
+challenger reports, shadow results and explanations, each tagged with what it is (`Emits`) so that `serve`
+can split them into streams.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from flows.core.descriptors import ModelDescriptor
 from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.explanations import ExplanationMessage
 from flows.core.records import ScoredBatch, ScoredMessage
 from flows.core.routing import ShardBatch
 from flows.core.vocabulary import ClosedBy, Word
@@ -49,9 +50,10 @@ class Emits(Word):
     EVENT = "event"  # a ModelEvent
     REPORT = "report"  # a ChallengerReport
     SHADOW = "shadow"  # a shadow challenger's own results, never the answer (a ScoredBatch)
+    EXPLANATIONS = "explanations"  # explanations of records of a result batch (flows.core.explanations)
 
 
-ShardOutput = tuple[Emits, Sequence[ScoredMessage] | ModelEvent | ChallengerReport]
+ShardOutput = tuple[Emits, Sequence[ScoredMessage] | ModelEvent | ChallengerReport | list[ExplanationMessage]]
 
 
 class ShardOutputs:
@@ -73,3 +75,7 @@ class ShardOutputs:
 
     def shadow(self, batch: ScoredBatch) -> None:
         self.items.append((Emits.SHADOW, batch))
+
+    def explanations(self, explained: list[ExplanationMessage]) -> None:
+        if explained:
+            self.items.append((Emits.EXPLANATIONS, explained))

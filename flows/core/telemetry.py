@@ -85,6 +85,7 @@ class _Instruments:
     batch_size: Any
     scoring_ms: Any
     model_events: Any
+    explanations: Any
 
 
 class Telemetry:
@@ -159,6 +160,11 @@ class Telemetry:
                 instruments.errors.add(len(errors), labels)
             instruments.batch_size.record(len(results), labels)
             instruments.scoring_ms.record(batch_ms, labels)
+
+    def explained(self, model_name: str, count: int) -> None:
+        """Count `count` explanations of records `model_name` answered (flows.core.explanations)."""
+        if self._instruments is not None:
+            self._instruments.explanations.add(count, {"model": model_name})
 
     def model_events(self, events: Iterable[ModelEvent]) -> None:
         """A span and a count for each model event; the per-shard gauge follows swaps."""
@@ -278,5 +284,8 @@ def _create_instruments(meter: Meter, state: ServingState) -> _Instruments:
         ),
         model_events=meter.create_counter(
             "serving.model.events", unit="{event}", description="Model events by kind"
+        ),
+        explanations=meter.create_counter(
+            "serving.explanations", unit="{explanation}", description="Records explained, sampled or asked"
         ),
     )

@@ -14,7 +14,7 @@ from bytewax.dataflow import Dataflow, Stream
 import flows.adapters.scorers  # noqa: F401  (registers every kind of model with the core's factory)
 from flows.adapters.kafka.outputs import kafka_outputs
 from flows.adapters.kafka.source import kafka_inputs
-from flows.adapters.sinks.console import ConsoleEventSink, ConsoleResultSink
+from flows.adapters.sinks.console import ConsoleEventSink, ConsoleExplanationSink, ConsoleResultSink
 from flows.adapters.sinks.json_lines import JsonLinesResultSink
 from flows.adapters.sources.batched import PollBatches
 from flows.adapters.sources.generators import (
@@ -63,6 +63,7 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
         challengers=settings.challenger,
         shadow_results=bool(kafka.brokers and kafka.shadow_results_topic),
         rollback=settings.rollback,
+        explain=settings.explain,
         # Both model sources mark when they have sent what was there at start: the holder starts with the
         # newest model (a Kafka topic holds the history), and re-sends after a restart on that input.
         wait_for_catch_up=True,
@@ -77,11 +78,13 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
             streams.reports,
             streams.shadow_results,
             settings.events,
+            streams.explanations,
         )
     output = settings.output
     op.output("console_results", streams.results, ConsoleResultSink(output.console_every))
     op.output("console_events", streams.events, ConsoleEventSink())
     op.output("console_reports", streams.reports, ConsoleEventSink())
+    op.output("console_explanations", streams.explanations, ConsoleExplanationSink())
     if output.output_dir is not None:
         op.output("file_results", streams.results, JsonLinesResultSink(output.output_dir))
     return flow

@@ -27,6 +27,7 @@ from flows.core.challenger import ChallengerSettings
 from flows.core.drift import DriftSettings
 from flows.core.errors import ConfigurationError
 from flows.core.event_signing import EventSettings
+from flows.core.explanations import ExplainSettings
 from flows.core.outliers import OutlierSettings
 from flows.core.probation import RollbackSettings
 from flows.core.sections import Section
@@ -124,6 +125,7 @@ class Settings(BaseModel):
     admission: AdmissionPolicy = Field(AdmissionPolicy(), title="model admission")
     drift: DriftSettings = Field(DriftSettings(), title="drift")
     outliers: OutlierSettings = Field(OutlierSettings(), title="outliers")
+    explain: ExplainSettings = Field(ExplainSettings(), title="explanations")
     challenger: ChallengerSettings = Field(ChallengerSettings(), title="challengers")
     rollback: RollbackSettings = Field(RollbackSettings(), title="rollback")
     state: StateServerSettings = Field(StateServerSettings(), title="state endpoint")
@@ -185,6 +187,7 @@ ENVIRONMENT: dict[tuple[str, ...], str] = {
     ("admission", "remote"): "SERVING_REMOTE_",
     ("drift",): "SERVING_DRIFT_",
     ("outliers",): "SERVING_OUTLIER_",
+    ("explain",): "SERVING_EXPLAIN_",
     ("challenger",): "SERVING_CHALLENGER_",
     ("rollback",): "SERVING_ROLLBACK_",
     ("state",): "SERVING_STATE_",

@@ -25,6 +25,7 @@ from fastavro.schema import expand_schema, fingerprint, parse_schema, to_parsing
 
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.events import ChallengerReport, ModelEvent, ModelToServeStats, SignedModelEvent
+from flows.core.explanations import Explanation, ProductExplanation
 from flows.core.records import (
     DecodeFailure,
     ModelResultMetadata,
@@ -49,6 +50,7 @@ SCHEMA_NAMES = (
     "ModelToServeStats",
     "ModelEvent",
     "ChallengerReport",
+    "Explanation",
 )
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 HEADER_SIZE = len(SINGLE_OBJECT_MARKER) + 8
@@ -346,3 +348,25 @@ def _report_from_avro(datum: dict) -> ChallengerReport:
 
 
 REPORT = AvroCodec("ChallengerReport", _report_to_avro, _report_from_avro)
+
+
+_EXPLANATION_FIELDS = {name: field for name, field in _field_map(Explanation).items() if field != "products"}
+_PRODUCT_FIELDS = _field_map(ProductExplanation)
+
+
+def _explanation_to_avro(explanation: Explanation) -> dict:
+    return {
+        **_flat_to_avro(explanation, _EXPLANATION_FIELDS),
+        "products": [_flat_to_avro(part, _PRODUCT_FIELDS) for part in explanation.products],
+    }
+
+
+def _explanation_from_avro(datum: dict) -> Explanation:
+    explanation = _flat_from_avro(Explanation, datum, _EXPLANATION_FIELDS)
+    explanation.products = [
+        _flat_from_avro(ProductExplanation, part, _PRODUCT_FIELDS) for part in datum["products"]
+    ]
+    return explanation
+
+
+EXPLANATION = AvroCodec("Explanation", _explanation_to_avro, _explanation_from_avro)

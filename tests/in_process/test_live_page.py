@@ -57,8 +57,9 @@ def test_the_live_page_draws_the_main_job_in_a_real_browser(tmp_path):
             lambda: (
                 {"swapped", "drift", "outlier"} <= event_kinds(state := fetch(f"{url}/state", 5))
                 and shadow_compared(state)
+                and any(entry["latest"] for entry in state["explanations"].values())
             ),
-            "a swap, drift and outlier events and a shadow challenger's comparison on /state",
+            "a swap, drift and outlier events, a shadow challenger's comparison and an explanation on /state",
             180,
         )
         dom = browser.dump_dom(chromium, tmp_path / "profile", f"{url}/")
@@ -84,6 +85,8 @@ def test_the_live_page_draws_the_main_job_in_a_real_browser(tmp_path):
     detectors = browser.texts(dom, "outliers", "tr")
     assert any("fitted on its reference" in row["text"] for row in detectors), detectors
     assert "share of each window's records scored as outliers" in dom
+    explained = [row["text"] for row in browser.texts(dom, "explanations", "tr")]
+    assert any(text.startswith("recommender-v") for text in explained), explained
     challengers = browser.texts(dom, "challengers", "tr")
     shadow = [row for row in challengers if " shadow 100% " in f" {row['text']} "]
     assert shadow, challengers

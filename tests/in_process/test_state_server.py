@@ -13,6 +13,7 @@ import urllib3
 from support.core_runs import at, messages, run_core, sample_records
 
 from flows.adapters.observability import state_server
+from flows.core.explanations import ExplainSettings
 from flows.core.serving_state import ServingState
 from flows.runtime.settings import Settings
 from flows.testing.loopback import free_port, free_ports
@@ -242,6 +243,7 @@ HOSTILE_BODIES = {
     "/wrong-entry": b'{"models": [{"name": 7, "usage": "many"}]}',
     "/nan": b'{"models": [], "time": NaN}',
     "/infinite": b'{"models": [], "drift": {"m": {"windows": 1, "psi": 1e999}}}',
+    "/bad-explanations": b'{"models": [], "explanations": {"m": {"explained": "lots", "latest": [{}]}}}',
     "/deep": b"[" * 100_000 + b"]" * 100_000,
     "/deep-inside": b'{"models": [], "drift": {"m": {"windows": 1, "x": ' + b"[" * 990 + b"]" * 990 + b"}}}",
     "/huge": b'{"models": [], "padding": "' + b"x" * (9 * 1024 * 1024) + b'"}',
@@ -304,7 +306,9 @@ def strict_json(data: bytes):
 def cluster_of(model_v1, peer_paths: list[str], hostile_peers: HostilePeers) -> tuple[dict, list[str], int]:
     """/cluster of two healthy processes and the hostile peers at `peer_paths`: the document, the hostile
     URLs and the usage of the one model each healthy process served."""
-    run = run_core(at(0, messages(sample_records(50))), at(0, [model_v1]))
+    run = run_core(
+        at(0, messages(sample_records(50))), at(0, [model_v1]), explain=ExplainSettings(fraction=0.2)
+    )
     ports = free_ports(2)
     healthy = [f"http://127.0.0.1:{port}/state" for port in ports]
     hostile = [hostile_peers.url(path) for path in peer_paths]
@@ -334,6 +338,11 @@ def test_cluster_keeps_the_healthy_processes_and_names_each_hostile_peer(model_v
     ]  # the two healthy processes, without an error
     assert all(errors[url] for url in hostile), errors  # every hostile peer named, with its reason
     assert "Infinity" not in json.dumps(document)
+    [(name, explained)] = document["explanations"].items()  # the one process's explanations, served twice
+    assert name == model_v1.model_name and explained["explained"] > 0 and explained["explained"] % 2 == 0
+    assert len(explained["latest"]) == min(10, explained["explained"])
+    times = [item["start_time"] for item in explained["latest"]]
+    assert times == sorted(times, reverse=True)
 
 
 def test_cluster_answers_within_its_deadline_whatever_the_peers_do(model_v1, hostile_peers):

@@ -65,6 +65,7 @@ def exported_metric_names() -> set[str]:
         telemetry = Telemetry(state)
         telemetry.install(None, provider)
         telemetry.model_events([ModelEvent(EventKind.ACCEPTED, "m")])
+        telemetry.explained("m", 2)
         with telemetry.batch("shard-000", "m", "embedded", []) as span:
             telemetry.scored(span, "shard-000", "m", _one_result_with_an_error(), 2.0)
         families = list(reader._collector.collect())

@@ -28,6 +28,7 @@ from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.drift import DriftSettings
 from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.explanations import ExplainSettings, ExplanationMessage
 from flows.core.model_holder import HolderState, ModelHolderLogic
 from flows.core.outliers import OutlierSettings
 from flows.core.probation import RollbackSettings
@@ -164,6 +165,7 @@ class FlowRun:
     results: list[ScoredMessage] = field(default_factory=list)
     events: list[ModelEvent] = field(default_factory=list)
     reports: list[ChallengerReport] = field(default_factory=list)
+    explanations: list[ExplanationMessage] = field(default_factory=list)
     context: ServingContext = field(default_factory=ServingContext.create)
 
     def by_model(self) -> dict[str, list[ScoredMessage]]:
@@ -196,8 +198,10 @@ def serve_into(
     challengers: ChallengerSettings | None = None,
     rollback: RollbackSettings | None = None,
     outliers: OutlierSettings | None = None,
+    explain: ExplainSettings | None = None,
 ) -> Dataflow:
-    """A flow serving `data` and `models` (Bytewax sources) into `run`'s results, events and reports."""
+    """A flow serving `data` and `models` (Bytewax sources) into `run`'s results, events, reports and
+    explanations."""
     flow = Dataflow("test")
     data_stream = as_batches("batches", op.input("data", flow, data))
     model_stream = op.input("models", flow, models)
@@ -212,8 +216,11 @@ def serve_into(
         challengers=challengers,
         rollback=rollback,
         outliers=outliers,
+        explain=explain,
     )
     op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
+    explained = op.flat_map("explained", streams.explanations, lambda batch: batch)
+    op.output("explanations", explained, TestingSink(run.explanations))
     op.output("events", streams.events, TestingSink(run.events))
     op.output("reports", streams.reports, TestingSink(run.reports))
     return flow

@@ -14,6 +14,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from flows.adapters.sources.generators import generated_records
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.events import ModelEvent, ModelToServeStats, SignedModelEvent
+from flows.core.explanations import Explanation, ProductExplanation
 from flows.core.records import (
     DataMessage,
     DecodeFailure,
@@ -33,6 +34,21 @@ RESULT = RecommenderResult(
     RecommenderServingOutput(["3", "299", "0"], [0.5, 0.25, 0.125]),
     ModelResultMetadata("", "recommender-v1", "embedded:savedmodel", 1_700_000_000_000, 3),
 )
+EXPLANATION = Explanation(
+    17,
+    "recommender-v1-onnx",
+    "embedded:onnx",
+    True,
+    baseline=0.53,
+    background=32,
+    products=[
+        ProductExplanation(163, 0.75, 0.15, 0.07, [170, 158]),
+        ProductExplanation(3, 0.5, -0.01, -0.02),
+    ],
+    similar_users=[412, 9],
+    start_time=1_700_000_000_000,
+    duration=0.4,
+)
 VALUES = [
     (avro.RECORD, RECORD),
     (avro.RESULT, RESULT),
@@ -47,6 +63,8 @@ VALUES = [
         avro.SIGNED_EVENT,
         SignedModelEvent(ModelEvent(EventKind.DRIFT, "m", "PSI 0.3"), "host/1", 1_700_000_000_000, b"s" * 64),
     ),
+    (avro.EXPLANATION, EXPLANATION),
+    (avro.EXPLANATION, Explanation(17, "m", errors="not explained: user 5000 is outside ...")),
 ]
 
 
@@ -326,3 +344,28 @@ def test_a_consumer_on_the_schema_before_onnx_reads_an_onnx_descriptor_as_unknow
     buffer.write(avro.SINGLE_OBJECT_MARKER + avro._fingerprint(before_onnx))
     schemaless_writer(buffer, before_onnx, {**reader_view, "modelType": "TENSORFLOWSAVED"})
     assert avro.MODEL.decode(buffer.getvalue()).model_type == ModelType.TENSORFLOWSAVED
+
+
+def test_every_explanation_field_but_user_and_model_has_a_default_so_the_schema_can_evolve():
+    """The rules of the other schemas: a field is added with a default, and history/ keeps what was written
+    before; a reader on this schema reads a writer that has only the two required fields."""
+    schema = json.loads((avro.SCHEMAS_DIR / "Explanation.avsc").read_text(encoding="utf-8"))
+    assert [field["name"] for field in schema["fields"] if "default" not in field] == ["user", "modelName"]
+    minimal = {**schema, "fields": schema["fields"][:2]}
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, parse_schema(minimal), {"user": 5, "modelName": "m"})
+    buffer.seek(0)
+    datum = schemaless_reader(buffer, parse_schema(minimal), avro.EXPLANATION.schema)
+    assert datum["products"] == [] and datum["method"] == "shapley-two-player"
+
+
+def test_an_explanation_with_a_forged_array_length_is_a_decode_failure():
+    encoded = avro.EXPLANATION.encode(Explanation(17, "m"))
+    # The first ten zero bytes are the baseline's eight (0.0), background 0 and the empty products array:
+    # the array's 0x00 becomes a block that claims about 2**62 items.
+    forged = encoded.replace(
+        b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", b"\x00" * 9 + b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f", 1
+    )
+    assert forged != encoded
+    failure = avro.EXPLANATION.decode(forged)
+    assert isinstance(failure, DecodeFailure) and "corrupt Explanation datum" in failure.reason

@@ -30,6 +30,7 @@ from flows.adapters.kafka.dead_letters import Undecodable, consumer_failure, dec
 from flows.adapters.kafka.lag_probe import LagProbe, LagReport
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.core.errors import ConfigurationError
+from flows.core.explanations import EXPLAIN_HEADER
 from flows.core.records import DataMessage, DecodeFailure
 from flows.wire.avro import RECORD
 from flows.wire.record_polls import decode_records
@@ -65,6 +66,11 @@ class KafkaOrigin:
             self.headers,
             self.covers_from,
         )
+
+    @property
+    def explanation_requested(self) -> bool:
+        """Whether the message has the `serving-explain` header (`flows.core.explanations`)."""
+        return any(name == EXPLAIN_HEADER for name, _ in self.headers)
 
     @property
     def covered(self) -> Covered:

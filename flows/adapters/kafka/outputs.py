@@ -31,6 +31,7 @@ from flows.adapters.kafka.sink import ResilientKafkaSink, SinkMessage
 from flows.core.errors import ServingError
 from flows.core.event_signing import EventSettings, EventSigner, event_signer
 from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.explanations import Explanation, ExplanationMessage
 from flows.core.records import (
     DecodeFailure,
     ModelResultMetadata,
@@ -43,7 +44,7 @@ from flows.core.records import (
 from flows.core.telemetry import TRACEPARENT, trace_context_of
 from flows.core.text import cut
 from flows.core.vocabulary import EventKind
-from flows.wire.avro import EVENT, REPORT, RESULT, SIGNED_EVENT, encode_results
+from flows.wire.avro import EVENT, EXPLANATION, REPORT, RESULT, SIGNED_EVENT, encode_results
 
 
 def result_messages(batch: Sequence[ScoredMessage], topic: str | None = None) -> list[SinkMessage]:
@@ -157,6 +158,34 @@ def _encode_event(event: ModelEvent, signer: EventSigner | None) -> bytes:
     return EVENT.encode(event) if signer is None else SIGNED_EVENT.encode(signer.sign(event))
 
 
+def explanation_messages(explained: list[ExplanationMessage]) -> list[SinkMessage]:
+    """Explanations as Kafka messages keyed by user, with the headers of the result they explain."""
+    return [
+        SinkMessage(
+            b"%d" % item.explanation.user,
+            EXPLANATION.encode(item.explanation),
+            headers=_source_headers(item.origin, item.trace_context or trace_context_of(item.origin)),
+        )
+        for item in explained
+    ]
+
+
+def smaller_explanation(message: SinkMessage, reason: str) -> SinkMessage:
+    """The explanation without its products and neighbours, saying why (the sink's `shrink`)."""
+    explanation = EXPLANATION.decode(message.value or b"")
+    if isinstance(explanation, DecodeFailure):  # cannot happen for our own encoding
+        explanation = Explanation(-1, "")
+    smaller = replace(
+        explanation,
+        model_name=explanation.model_name[:200],
+        products=[],
+        similar_users=[],
+        errors=cut(f"explanation not delivered as is ({reason}); its products are withheld"),
+    )
+    headers = [*(message.headers or []), (REPLACED_HEADER, reason.encode())]
+    return SinkMessage(message.key, EXPLANATION.encode(smaller), topic=message.topic, headers=headers)
+
+
 def report_message(report: ChallengerReport) -> list[SinkMessage]:
     """A challenger report as a message keyed by the challenger's name (a batch of one, for the sink)."""
     return [SinkMessage(report.challenger.encode(), REPORT.encode(report))]
@@ -182,14 +211,16 @@ def kafka_outputs(
     reports: Stream[ChallengerReport],
     shadow_results: Stream[ScoredBatch],
     events_signing: EventSettings,
+    explanations: Stream[list[ExplanationMessage]] | None = None,
 ) -> None:
     """Write result batches to the results topic, dead letters to the dead-letter topic and, if
-    SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC are set,
-    model events (signed if `events_signing` names a key: SERVING_EVENTS_SIGNING_KEY), challenger reports and
-    shadow results to them (see flows.adapters.kafka.sink; all travel as batches, a dead letter, event or
-    report as a batch of one). With SERVING_KAFKA_DELIVERY=exactly-once, results, data dead letters and shadow
-    results go through one transactional sink instead (`flows.adapters.kafka.exactly_once`); model events,
-    challenger reports and dead model messages stay at-least-once."""
+    SERVING_KAFKA_EVENTS_TOPIC / SERVING_KAFKA_CHALLENGER_TOPIC / SERVING_KAFKA_SHADOW_RESULTS_TOPIC /
+    SERVING_KAFKA_EXPLANATIONS_TOPIC are set, model events (signed if `events_signing` names a key:
+    SERVING_EVENTS_SIGNING_KEY), challenger reports, shadow results and explanations to them (see
+    flows.adapters.kafka.sink; all travel as batches, a dead letter, event or report as a batch of one). With
+    SERVING_KAFKA_DELIVERY=exactly-once, results, data dead letters and shadow results go through one
+    transactional sink instead (`flows.adapters.kafka.exactly_once`); model events, challenger reports,
+    explanations and dead model messages stay at-least-once."""
     brokers = settings.brokers
     config = client_config(settings, settings.producer_config)
     if settings.exactly_once:
@@ -207,6 +238,11 @@ def kafka_outputs(
         topic = settings.challenger_topic
         messages = op.map("report_messages", reports, report_message)
         op.output("kafka_reports", messages, ResilientKafkaSink(brokers, topic, config, smaller_report))
+    if settings.explanations_topic and explanations is not None:
+        topic = settings.explanations_topic
+        explained = op.map("explanation_messages", explanations, explanation_messages)
+        sink = ResilientKafkaSink(brokers, topic, config, smaller_explanation)
+        op.output("kafka_explanations", explained, sink)
 
 
 def _at_least_once_answers(

@@ -68,6 +68,15 @@ class KafkaSettings(Section):
             "record. Unset, the flow does not even emit them"
         ),
     )
+    explanations_topic: str = Field(
+        "",
+        description=(
+            "if set, explanations (the sampled records' and those whose message has the `serving-explain` "
+            "header; see [Observability](observability.md#explanations)) go to this topic as Avro "
+            "`Explanation`s (`schemas/Explanation.avsc`) keyed by user, with the result's source headers, at "
+            "least once. Unset, they show on the console and `/state` only"
+        ),
+    )
     delivery: Literal["at-least-once", "exactly-once"] = Field(
         "at-least-once",
         description=(

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from flows.core.challenger import merge_reports
 from flows.core.errors import ServingError
 from flows.core.events import ChallengerReport
-from flows.core.serving_state import merge_model_stats
+from flows.core.serving_state import EXPLANATIONS_SHOWN, merge_model_stats
 
 REPORT_FIELDS = tuple(ChallengerReport.__dataclass_fields__)
 
@@ -126,10 +126,25 @@ def merge_documents(documents: list[dict[str, Any]]) -> dict[str, Any]:
         "shards": shards,
         "drift": drift,
         "outliers": outliers,
+        "explanations": merge_explanations(documents),
         "challengers": merge_challengers(documents),
         "lag": lag["partitions"],
         "history": merge_history(documents),
     }
+
+
+def merge_explanations(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model: the records explained, summed over the processes, and the latest explanations of all of
+    them, newest first (as many as one process shows)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        for model, entry in document.get("explanations", {}).items():
+            into = merged.setdefault(model, {"explained": 0, "latest": []})
+            into["explained"] += entry["explained"]
+            into["latest"].extend(entry["latest"])
+    for entry in merged.values():
+        entry["latest"] = sorted(entry["latest"], key=lambda item: -item["start_time"])[:EXPLANATIONS_SHOWN]
+    return merged
 
 
 def _most_windows(documents: list[dict[str, Any]], part: str) -> dict[str, dict[str, Any]]:
@@ -201,6 +216,17 @@ class _Monitor(_Checked):
     windows: int = 0
 
 
+class _Explained(_Checked):
+    user: int
+    model_name: str
+    start_time: int
+
+
+class _Explanations(_Checked):
+    explained: int
+    latest: list[_Explained]
+
+
 class _Point(_Checked):
     t: int
 
@@ -230,6 +256,7 @@ class _Document(_Checked):
     shards: dict[str, str] = {}
     drift: dict[str, _Monitor] = {}
     outliers: dict[str, _Monitor] = {}
+    explanations: dict[str, _Explanations] = {}  # not in the documents of processes from before explanations
     challengers: list[_Challenger] = []
     lag: list[_Lag] = []
     history: _History | None = None

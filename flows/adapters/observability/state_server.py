@@ -102,6 +102,7 @@ def state_document(state: ServingState) -> dict[str, Any]:
         "shards": state.models_by_shard(),
         "drift": state.drift_per_model(),
         "outliers": state.outliers_per_model(),
+        "explanations": state.explanations_per_model(),
         "challengers": state.challengers(),
         "lag": state.lag_per_partition(),
         "history": state.history.document(),

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from flows.core.admission.descriptor_checks import allowed_local_directory
-from flows.core.admission.onnx_graph import OnnxRefused, embedding_bounds
+from flows.core.admission.onnx_graph import OnnxRefused, embedding_bounds, embedding_tables
 from flows.core.admission.onnx_trial import feeds_of, open_session, run_session
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.trial import TrialFigures
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
 from flows.core.descriptors import ModelDescriptor, ModelType
+from flows.core.embeddings import EmbeddingTables
 from flows.core.model_formats import ONNX, ONNX_MODEL_FILE
 from flows.core.scorer import InputBounds, ModelLoadError, register
 
@@ -56,8 +58,10 @@ class OnnxScorer:
             raise ModelLoadError(
                 model_name, f"ONNX Runtime cannot load it: {type(error).__name__}: {error}"
             ) from error
-        bounds = embedding_bounds(onnx.load_model(str(path), load_external_data=False).graph)
+        graph = onnx.load_model(str(path), load_external_data=False).graph
+        bounds = embedding_bounds(graph)
         self.input_bounds = InputBounds(*bounds) if bounds else None
+        self.embeddings = _embeddings(graph, self.input_bounds)
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         return run_session(self._session, self._feeds, users, products)
@@ -67,6 +71,19 @@ class OnnxScorer:
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
+
+
+def _embeddings(graph: onnx.GraphProto, bounds: InputBounds | None) -> EmbeddingTables | None:
+    """The tables the inputs gather from, for explanations' neighbours; None for tables kept as external
+    data (read only by ONNX Runtime) or unfit (`EmbeddingTables.of` checks them)."""
+    names = embedding_tables(graph)
+    if names is None or bounds is None:
+        return None
+    by_name = {tensor.name: tensor for tensor in graph.initializer}
+    users, products = (by_name[name] for name in names)
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in (users, products)):
+        return None
+    return EmbeddingTables.of(numpy_helper.to_array(users), numpy_helper.to_array(products), bounds)
 
 
 @register(ModelType.ONNX)

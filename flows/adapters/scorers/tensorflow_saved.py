@@ -15,18 +15,20 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.core.admission.descriptor_checks import allowed_local_directory
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.admission.saved_model_bounds import embedding_bounds
+from flows.core.admission.saved_model_bounds import embedding_bounds, embedding_tables
 from flows.core.admission.saved_model_trial import run_signature, signature_problem
 from flows.core.admission.trial import TrialFigures
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
 from flows.core.descriptors import ModelDescriptor, ModelType
-from flows.core.scorer import SIGNATURE, ModelLoadError, register
+from flows.core.embeddings import MAX_TABLE_VALUES, EmbeddingTables
+from flows.core.scorer import SIGNATURE, InputBounds, ModelLoadError, register
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class SavedModelScorer:
             raise ModelLoadError(model_name, f"signature {SIGNATURE!r} {problem}")
         self._signature = signature
         self.input_bounds = embedding_bounds(tf, signature)
+        self.embeddings = _embeddings(signature, self.input_bounds)
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         return run_signature(self._tf, self._signature, users, products)
@@ -63,6 +66,15 @@ class SavedModelScorer:
         # Dropping the references frees the model's variables; TensorFlow has no explicit unload.
         self._signature = None
         self._model = None
+
+
+def _embeddings(signature: Any, bounds: InputBounds | None) -> EmbeddingTables | None:
+    """The tables the inputs index, for explanations' neighbours (`EmbeddingTables.of` checks them)."""
+    tables = embedding_tables(signature)
+    if tables is None or any((table.shape.num_elements() or 0) > MAX_TABLE_VALUES for table in tables):
+        return None  # (read only within the bound: the copy costs the table's memory)
+    users, products = (np.asarray(table.numpy()) for table in tables)
+    return EmbeddingTables.of(users, products, bounds)
 
 
 @register(ModelType.TENSORFLOWSAVED)

@@ -1,5 +1,5 @@
-"""The console: every model event and a sample of the results (every Nth per worker), one readable line
-each, so a person can watch models being swapped and records being scored.
+"""The console: every model event, every explanation and a sample of the results (every Nth per worker), one
+readable line each, so a person can watch models being swapped and records being scored and explained.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.core.challenger import merge_reports
 from flows.core.events import ChallengerReport, ModelEvent
+from flows.core.explanations import Explanation, ExplanationMessage
 from flows.core.records import RecommenderResult, ScoredMessage
 
 TOP_PRODUCTS = 3
@@ -32,6 +33,25 @@ def describe_result(result: RecommenderResult) -> str:
         f"{user}: top of {len(ranked):>2} products {best}  "
         f"[{metadata.model_name}, batch {metadata.duration} ms{flagged}]"
     )
+
+
+def describe_explanation(explanation: Explanation) -> str:
+    """One line per explained product: 'user 412, product 163: 0.75 = 0.31 baseline +0.29 user +0.15
+    product; like 170, 158 [model]', or why the record has no split."""
+    head = f"explained user {explanation.user}"
+    tag = f"[{explanation.model_name}{', asked' if explanation.requested else ''}]"
+    if explanation.errors:
+        return f"{head}: {explanation.errors} {tag}"
+    if not explanation.products:
+        return f"{head}: no products to split {tag}"
+    lines = []
+    for part in explanation.products:
+        like = f"; like {', '.join(map(str, part.similar_products))}" if part.similar_products else ""
+        lines.append(
+            f"{head}, product {part.product}: {part.score:.2f} = {explanation.baseline:.2f} baseline "
+            f"{part.user_part:+.2f} user {part.product_part:+.2f} product{like} {tag}"
+        )
+    return "\n".join(lines)
 
 
 class _ConsolePartition(StatelessSinkPartition[Sequence[ScoredMessage]]):
@@ -61,6 +81,28 @@ class ConsoleResultSink(DynamicSink[Sequence[ScoredMessage]]):
         self, step_id: str, worker_index: int, worker_count: int
     ) -> StatelessSinkPartition[Sequence[ScoredMessage]]:
         return _ConsolePartition(self.every or 1 << 62, self.stream)
+
+
+class _ExplanationPartition(StatelessSinkPartition[list[ExplanationMessage]]):
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write_batch(self, batches: list[list[ExplanationMessage]]) -> None:
+        lines = [describe_explanation(item.explanation) for batch in batches for item in batch]
+        if lines:
+            print("\n".join(lines), file=self.stream, flush=True)
+
+
+class ConsoleExplanationSink(DynamicSink[list[ExplanationMessage]]):
+    """Prints every explanation (they are a sample, or asked for), one line per explained product."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[list[ExplanationMessage]]:
+        return _ExplanationPartition(self.stream)
 
 
 class _EventPartition(StatelessSinkPartition[ModelEvent | ChallengerReport]):

@@ -467,14 +467,25 @@ def embedding_bounds(graph: onnx.GraphProto) -> tuple[int, int] | None:
     """The ids each input can take, (users, products): the rows of the initializer it gathers from, when
     both inputs reach a `Gather` through value-preserving ops only; None when the graph does not show it
     (then ids are checked only against the float32 limit, and the model's own errors)."""
+    tables = embedding_tables(graph)
+    if tables is None:
+        return None
+    rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if len(tensor.dims) >= 1}
+    return rows[tables[0]], rows[tables[1]]
+
+
+def embedding_tables(graph: onnx.GraphProto) -> tuple[str, str] | None:
+    """The initializers the inputs gather from, (users, products): how an ONNX model declares its embedding
+    tables (`flows.core.embeddings`). None unless each input reaches, through value-preserving ops only,
+    gathers over tables of one row count (several tables of that size: the first in the graph)."""
     rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if len(tensor.dims) >= 1}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    bounds = []
+    tables = []
     for side in CONTRACT_INPUTS:
-        found = set()
+        found: dict[str, int] = {}
         frontier, seen = [side], set()
         while frontier:
             name = frontier.pop()
@@ -486,10 +497,10 @@ def embedding_bounds(graph: onnx.GraphProto) -> tuple[int, int] | None:
                     and list(node.input[1:2]) == [name]
                 ):
                     if node.input[0] in rows:
-                        found.add(rows[node.input[0]])
+                        found.setdefault(node.input[0], rows[node.input[0]])
                 elif node.op_type in ID_PRESERVING_OPS and node.input[0] == name:
                     frontier.extend(output for output in node.output if output not in seen)
-        if len(found) != 1:
+        if len(set(found.values())) != 1:
             return None
-        bounds.append(found.pop())
-    return bounds[0], bounds[1]
+        tables.append(next(iter(found)))
+    return tables[0], tables[1]

@@ -28,18 +28,42 @@ Resolve = Callable[[str], "str | None"]  # a name in a function's scope -> the s
 
 def embedding_bounds(tf: Any, signature: Any) -> InputBounds | None:
     """The rows of the tables `users` and `products` index in `signature`; None if either is not found."""
-    graph = signature.graph
-    graph_def = graph.as_graph_def()
-    functions = {function.signature.name: function for function in graph_def.library.function}
-    captured = {inner.op.name: outer for outer, inner in graph.captures}
     rows = {}
-    for name in INPUTS:
-        tables = _tables_indexed_by(name, graph_def.node, functions)
-        sizes = [rows for rows in (_rows(tf, captured.get(table)) for table in tables) if rows is not None]
+    for name, handles in _indexed_tables(signature).items():
+        sizes = [rows for rows in (_rows(tf, handle) for handle in handles) if rows is not None]
         if not sizes:
             return None
         rows[name] = min(sizes)
     return InputBounds(users=rows["users"], products=rows["products"])
+
+
+def embedding_tables(signature: Any) -> tuple[Any, Any] | None:
+    """The variables `users` and `products` index in `signature`, when each indexes exactly one: how a
+    SavedModel declares its embedding tables (`flows.core.embeddings`); None otherwise."""
+    variables = {id(variable.handle): variable for variable in signature.variables}
+    found = []
+    for handles in _indexed_tables(signature).values():
+        tables = [variables[id(handle)] for handle in handles if id(handle) in variables]
+        if len(tables) != 1 or len(handles) != 1:
+            return None
+        found.append(tables[0])
+    return found[0], found[1]
+
+
+def _indexed_tables(signature: Any) -> dict[str, list[Any]]:
+    """Per input, the handles (captured tensors) of the tables it indexes in `signature`."""
+    graph = signature.graph
+    graph_def = graph.as_graph_def()
+    functions = {function.signature.name: function for function in graph_def.library.function}
+    captured = {inner.op.name: outer for outer, inner in graph.captures}
+    return {
+        name: [
+            captured[table]
+            for table in _tables_indexed_by(name, graph_def.node, functions)
+            if table in captured
+        ]
+        for name in INPUTS
+    }
 
 
 def _rows(tf: Any, handle: Any) -> int | None:

@@ -178,6 +178,33 @@ function drawOutliers(state) {
   }));
 }
 
+function drawExplanations(state) {
+  const body = document.querySelector("#explanations tbody");
+  const rows = [];
+  for (const [model, entry] of Object.entries(state.explanations || {})) {
+    for (const explanation of (entry.latest || []).slice(0, 5)) {
+      const user = `${explanation.user}${explanation.requested ? " (asked)" : ""}`;
+      if (explanation.errors || !(explanation.products || []).length) {
+        rows.push(row([model, user, { text: explanation.errors || "no products", className: "muted" }, "", "", "", "", ""]));
+        continue;
+      }
+      const part = explanation.products[0];  // the record's best product
+      rows.push(row([
+        model,
+        user,
+        String(part.product),
+        { text: number(part.score, 2), className: "number" },
+        { text: number(explanation.baseline, 2), className: "number" },
+        { text: number(part.user_part, 2), className: "number" },
+        { text: number(part.product_part, 2), className: "number" },
+        (part.similar_products || []).join(", "),
+      ]));
+    }
+  }
+  body.replaceChildren(...rows);
+  if (!rows.length) body.append(row([{ text: "no record explained yet", className: "muted" }]));
+}
+
 function drawLag(state) {
   const partitions = state.lag || [];
   const total = partitions.reduce((sum, entry) => sum + entry.lag, 0);
@@ -225,7 +252,7 @@ async function poll() {
     const response = await fetch("cluster", { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const state = await response.json();
-    for (const draw of [drawScope, drawModels, drawChallengers, drawDrift, drawOutliers, drawLag, drawEvents]) draw(state);
+    for (const draw of [drawScope, drawModels, drawChallengers, drawDrift, drawOutliers, drawExplanations, drawLag, drawEvents]) draw(state);
     status.textContent = `updated ${clock(state.time || Date.now())}, every ${POLL_MS / 1000} s`;
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   } catch (error) {
