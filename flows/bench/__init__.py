@@ -19,6 +19,9 @@ the run's parameters. Scenarios:
 - call-cost: one model's scorer alone (--model-version 1, its ONNX twin 1-onnx, the PMML 1-pmml), the median
   time of a call on 1, 100 and 1,000 pairs and the resident memory after warm-up (flows.bench.call_cost).
   docs/benchmarks/formats.sh runs it and embedded for the three formats, interleaved.
+- explain-cost: what explaining costs per explained record, with 1 and 16 records of a 1,000-record batch
+  asking, for a shipped model in process (--model-version) or behind a local server (--via tfserving-grpc,
+  v2-rest, ...: the black-box split over the network); see flows.bench.explain_cost.
 - kafka-baseline: the same broker and data through a hand-written batched confluent-kafka loop (consume 500,
   decode, one model call, encode, produce, commit): what a user would write instead of this project.
 The model is loaded before the clock starts, so the figures are steady-state scoring, not TensorFlow's

@@ -12,6 +12,7 @@ from pathlib import Path
 from flows import bench
 from flows.adapters.sources.generators import shipped_model
 from flows.bench.call_cost import run_call_cost, run_ensemble_cost
+from flows.bench.explain_cost import run_explain_cost
 from flows.bench.flood import run_model_flood
 from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
@@ -22,9 +23,10 @@ from flows.runtime.settings import Settings
 
 SCENARIOS = (
     "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood", "call-cost", "ensemble-cost",
+    "explain-cost",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[7:]
+REMOTE_SCENARIOS = SCENARIOS[8:]
 
 
 def main() -> None:
@@ -43,7 +45,14 @@ def main() -> None:
         default="1",
         help="a shipped model: 1, 2, their ONNX twins 1-onnx, 2-onnx, or the PMML 1-pmml",
     )
-    parser.add_argument("--rounds", type=int, default=300, help="call-cost scenario: calls per batch size")
+    parser.add_argument(
+        "--rounds", type=int, default=300, help="call-cost, explain-cost: calls per batch size"
+    )
+    parser.add_argument(
+        "--via",
+        choices=REMOTE_SCENARIOS,
+        help="explain-cost: the model behind this local server (a black box over the network)",
+    )
     parser.add_argument(
         "--tracing",
         choices=["off", "on"],
@@ -60,7 +69,13 @@ def main() -> None:
         "--outliers",
         choices=["off", "on"],
         default="on",
-        help="in-process scenarios: score every record as an outlier or not, as the main job does by default",
+        help="in-process and kafka-embedded: score every record as an outlier or not, as the main job does",
+    )
+    parser.add_argument(
+        "--explain",
+        choices=["off", "on"],
+        default="on",
+        help="in-process and kafka-embedded: explain a share of records (SERVING_EXPLAIN_*), as the main job",
     )
     parser.add_argument(
         "--challenger",
@@ -147,9 +162,18 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
             challenger=_challenger(args, models_dir),
             bad_every=args.bad_every,
             outliers=args.outliers == "on",
+            explain=args.explain == "on",
         )
     if args.scenario == "call-cost":
         return run_call_cost(shipped_model(models_dir, args.model_version), args.rounds)
+    if args.scenario == "explain-cost":
+        with ExitStack() as stack:
+            model = (
+                remote_model(args.via, args.model_version, stack)
+                if args.via
+                else shipped_model(models_dir, args.model_version)
+            )
+            return run_explain_cost(model, args.rounds, seed=1)
     if args.scenario == "ensemble-cost":
         return run_ensemble_cost(models_dir, args.rounds)
     if args.scenario == "swap":
@@ -160,7 +184,12 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
         with ExitStack() as stack:
             model = remote_model(args.scenario, args.model_version, stack)
             return run_in_process(
-                args.scenario, model, *in_process, bad_every=args.bad_every, outliers=args.outliers == "on"
+                args.scenario,
+                model,
+                *in_process,
+                bad_every=args.bad_every,
+                outliers=args.outliers == "on",
+                explain=args.explain == "on",
             )
     if args.scenario == "kafka-baseline":
         return run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
@@ -173,6 +202,8 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
         args.processes,
         args.delivery,
         args.snapshot_interval,
+        outliers=args.outliers == "on",
+        explain=args.explain == "on",
     )
 
 

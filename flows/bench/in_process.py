@@ -31,7 +31,7 @@ from flows.adapters.sources.generators import DataGenerator, ModelGenerator, shi
 from flows.adapters.sources.wrapping import PartitionWrapper, SourceWrapper
 from flows.bench.call_cost import resident_mb
 from flows.bench.report import report
-from flows.bench.sinks import ArrivalSink, LatencySink, SwapSink
+from flows.bench.sinks import ArrivalSink, ExplanationCounter, LatencySink, SwapSink
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
@@ -53,6 +53,7 @@ class TimedScorer:
         self.inner = inner
         self.source = inner.source
         self.input_bounds = inner.input_bounds
+        self.embeddings = getattr(inner, "embeddings", None)  # for explanations' neighbours
         self.call_ms: list[float] = []
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -111,12 +112,15 @@ def run_in_process(
     challenger: ModelDescriptor | None = None,
     bad_every: int = 0,
     outliers: bool = True,
+    explain: bool = True,
 ) -> dict:
     """The dataflow in this process on generated records, scoring with `model` (embedded or remote).
 
     With `tracing`, every span is sampled and exported over OTLP/gRPC to a receiver, as to a collector.
     With `drift`, the flow monitors drift as the main job does by default (`flows.core.drift`); with
-    `outliers`, it scores records as outliers as the main job does by default (`flows.core.outliers`). With
+    `outliers`, it scores records as outliers as the main job does by default (`flows.core.outliers`); with
+    `explain`, it explains a fraction of them, as the main job does (`flows.core.explanations`: the model's
+    call times then include the explanation calls, whose own time the report gives apart). With
     `challenger`, that model runs beside `model` as its descriptor says (`flows.core.challenger`). With
     `bad_every`, one record in that many has a user no model can take (`UnscorableRecords`).
     """
@@ -125,7 +129,7 @@ def run_in_process(
     with _exported_spans(context.telemetry) if tracing else nullcontext() as receiver:
         result = _measure(
             scenario, model, records, rate, workers, shards, batch, context, timed, drift, challenger,
-            bad_every, outliers,
+            bad_every, outliers, explain,
         )  # fmt: skip
     tracing_line = f"on: {receiver.spans} spans exported over OTLP/gRPC" if receiver else "off"
     experiment = challenger.experiment() if challenger else "off"
@@ -133,6 +137,7 @@ def run_in_process(
         "tracing": tracing_line,
         "drift": "on" if drift else "off",
         "outliers": "on" if outliers else "off",
+        "explain": "on" if explain else "off",
         "challenger": experiment,
         "bad_every": bad_every,
     }
@@ -197,6 +202,7 @@ def _measure(
     challenger: ModelDescriptor | None,
     bad_every: int,
     outliers_on: bool,
+    explain_on: bool,
 ) -> dict:
     settings = Settings.from_environment()
     served = [model, challenger] if challenger else [model]
@@ -219,11 +225,22 @@ def _measure(
     models = op.input("models", flow, ModelGenerator(served, interval=0.0, count=len(served)))
     drift = settings.drift if drift_on else None
     outliers = settings.outliers if outliers_on else None
+    explain = settings.explain if explain_on else None
     streams = serve(
-        "serve", data, models, context, shards=shards, hold_limit=records, drift=drift, outliers=outliers
+        "serve",
+        data,
+        models,
+        context,
+        shards=shards,
+        hold_limit=records,
+        drift=drift,
+        outliers=outliers,
+        explain=explain,
     )
     sink = LatencySink()
     op.output("latency", streams.results, sink)
+    explained = ExplanationCounter()
+    op.output("explanations", streams.explanations, explained)
     started = time.perf_counter()
     if workers == 1:
         run_main(flow, epoch_interval=timedelta(seconds=1))
@@ -248,6 +265,11 @@ def _measure(
         call_p99_ms=round(float(np.percentile(calls, 99)), 2),
         model_ms_per_record=round(float(calls.sum()) / records, 5),
         **(_challenger_calls(timed[1], records) if challenger else {}),
+        explained=explained.explained,
+        explain_calls=len(explained.calls),
+        explain_ms_per_explained=(
+            round(explained.call_ms / explained.explained, 4) if explained.explained else None
+        ),
         source=timed[0].source,
         rss_mb=memory,
     )

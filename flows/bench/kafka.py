@@ -28,6 +28,8 @@ from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.adapters.sources.stoppable import request_stop
 from flows.bench.report import kafka_report
 from flows.core.context import ServingContext
+from flows.core.explanations import ExplainSettings
+from flows.core.outliers import OutlierSettings
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings
 from flows.testing.local_broker import (
@@ -49,6 +51,8 @@ def run_kafka_embedded(
     processes: int | None = None,
     delivery: str = "at-least-once",
     snapshot_interval: float = 1.0,
+    outliers: bool = True,
+    explain: bool = True,
 ) -> dict:
     """Through a broker: data topic -> flow (in this process) -> results topic.
 
@@ -64,6 +68,10 @@ def run_kafka_embedded(
     visible at each commit (every `snapshot_interval` seconds, the epoch): so a read_committed consumer in
     this process also times each result when it sees it, and the report gives that latency and the
     throughput between the first and the last result it saw (`visible_*`), for both deliveries alike.
+
+    Without `outliers` the flow scores no outliers (SERVING_OUTLIER_REFERENCE=0); without `explain` it
+    explains nothing (SERVING_EXPLAIN_FRACTION=0, SERVING_EXPLAIN_REQUESTS=false); with either, at the
+    settings this process has (the defaults, unless its environment says otherwise).
     """
     settings = Settings.from_environment()
     model = shipped_model(settings.generator.models_dir, version)
@@ -93,7 +101,12 @@ def run_kafka_embedded(
             }
         )
         flow_settings = settings.model_copy(
-            update={"kafka": kafka, "output": settings.output.model_copy(update={"console_every": 0})}
+            update={
+                "kafka": kafka,
+                "output": settings.output.model_copy(update={"console_every": 0}),
+                "outliers": settings.outliers if outliers else OutlierSettings(reference=0),
+                "explain": settings.explain if explain else ExplainSettings(fraction=0, requests=False),
+            }
         )
         expected = records + (1 if rate > 0 else 0)
         visible = stack.enter_context(VisibleResults(servers, topics["results"]))
@@ -121,7 +134,8 @@ def run_kafka_embedded(
         snapshot_interval_s=snapshot_interval,
         **visible.figures(skip_first=rate > 0),
     )
-    return report | ({"processes": processes} if processes else {})
+    on_off = {"outliers": "on" if outliers else "off", "explain": "on" if explain else "off"}
+    return report | on_off | ({"processes": processes} if processes else {})
 
 
 def _run_here(
@@ -178,6 +192,9 @@ def _environment(flow_settings: Settings) -> dict[str, str]:
         "SERVING_KAFKA_MARKER_KEY": marker_key.get_secret_value(),
         "SERVING_KAFKA_TAIL": "false",
         "SERVING_CONSOLE_EVERY": "0",
+        "SERVING_OUTLIER_REFERENCE": str(flow_settings.outliers.reference),
+        "SERVING_EXPLAIN_FRACTION": str(flow_settings.explain.fraction),
+        "SERVING_EXPLAIN_REQUESTS": str(flow_settings.explain.requests).lower(),
     }
 
 

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows.core.explanations import ExplanationMessage
 from flows.core.records import ScoredBatch, ScoredMessage
 
 T = TypeVar("T")
@@ -38,6 +39,33 @@ class LatencySink(DynamicSink[Sequence[ScoredMessage]]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _LatencyPartition:
         return _LatencyPartition(self.latencies, self.errors)
+
+
+class ExplanationCounter(DynamicSink[list[ExplanationMessage]]):
+    """Counts explanations and the ms of their model calls (one call per micro-batch, which each of that
+    batch's explanations names: counted once, by its start and duration)."""
+
+    def __init__(self) -> None:
+        self.explained = 0
+        self.calls: dict[tuple[str, int, float], None] = {}
+
+    @property
+    def call_ms(self) -> float:
+        return sum(duration for _, _, duration in self.calls)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+        counter = self
+
+        class _Partition(StatelessSinkPartition[list[ExplanationMessage]]):
+            def write_batch(self, batches: list[list[ExplanationMessage]]) -> None:
+                for batch in batches:
+                    counter.explained += len(batch)
+                    for item in batch:
+                        explanation = item.explanation
+                        call = (explanation.model_name, explanation.start_time, explanation.duration)
+                        counter.calls[call] = None
+
+        return _Partition()
 
 
 class SwapSink(DynamicSink[Sequence[ScoredMessage]]):

@@ -84,7 +84,8 @@ def build_flow(settings: Settings, context: ServingContext) -> Dataflow:
     op.output("console_results", streams.results, ConsoleResultSink(output.console_every))
     op.output("console_events", streams.events, ConsoleEventSink())
     op.output("console_reports", streams.reports, ConsoleEventSink())
-    op.output("console_explanations", streams.explanations, ConsoleExplanationSink())
+    if output.console_every:
+        op.output("console_explanations", streams.explanations, ConsoleExplanationSink())
     if output.output_dir is not None:
         op.output("file_results", streams.results, JsonLinesResultSink(output.output_dir))
     return flow

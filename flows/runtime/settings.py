@@ -91,7 +91,10 @@ class OutputSettings(Section):
     console_every: int = Field(
         100,
         ge=0,
-        description="print every Nth result per worker on the console (`0`: none); model events always print",
+        description=(
+            "print every Nth result per worker on the console, and every explanation (`0`: neither); model "
+            "events always print"
+        ),
     )
     output_dir: Path | None = Field(
         None,

@@ -5,7 +5,8 @@ scenario for the unthrottled runs (median of the runs, with their range), and la
 the offered rate for the runs at a fixed rate or, where no run had one, the scaling curve: records/s against
 the main job's process count (docs/benchmarks/scaling.png). The README's plot is made this way from
 `docs/benchmarks/results.jsonl`; see `docs/benchmarks.md`. `--formats` prints the table of model formats
-instead (docs/benchmarks/formats.sh): the `embedded` and `call-cost` runs' medians per scorer.
+instead (docs/benchmarks/formats.sh): the `embedded` and `call-cost` runs' medians per scorer; `--monitoring`
+what outlier scoring and explanations cost (docs/benchmarks/monitoring.sh).
 """
 
 from __future__ import annotations
@@ -165,6 +166,48 @@ def formats_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def monitoring_table(results: list[dict[str, Any]]) -> str:
+    """Two Markdown tables (docs/benchmarks/monitoring.sh): per run kind (scenario, scorer, offered rate),
+    the medians with outlier scoring and explanations both on and both off and what being on costs; and
+    per scorer, what one explained record costs (`explain-cost`)."""
+    runs: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        both = (result.get("outliers"), result.get("explain"))
+        if result["scenario"] in ("embedded", "kafka-embedded") and both in (("on", "on"), ("off", "off")):
+            kind = (
+                result["scenario"],
+                result.get("source") or result.get("model", ""),
+                str(result["offered_rate"]),
+            )
+            runs[kind][both[0]].append(result)
+    lines = [
+        "| run | offered | records/s, both on | both off | cost | p99, both on | both off |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (scenario, source, offered), by_state in runs.items():
+        on, off = by_state["on"], by_state["off"]
+        if not on or not off:
+            continue
+        rate_on, rate_off = (statistics.median(run["records_per_s"] for run in side) for side in (on, off))
+        p99_on, p99_off = (statistics.median(run["p99_ms"] for run in side) for side in (on, off))
+        lines.append(
+            f"| `{scenario}` {source} | {offered} | {_rates(on)} | {_rates(off)} | "
+            f"{1 - rate_on / rate_off:+.1%} | {p99_on:,.1f} ms | {p99_off:,.1f} ms |"
+        )
+    lines += ["", "| scorer | one record asking | 16 records asking, per record |", "|---|---|---|"]
+    costs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        if result["scenario"] == "explain-cost":
+            costs[result["source"].split("://")[0]].append(result)
+    for source, found in costs.items():
+        one, sixteen = (
+            statistics.median(run[f"ms_per_explained_{asking}_records"] for run in found)
+            for asking in (1, 16)
+        )
+        lines.append(f"| `{source}` | {one:.3f} ms | {sixteen:.3f} ms |")
+    return "\n".join(lines)
+
+
 def _rates(runs: list[dict[str, Any]]) -> str:
     """The runs' median records/s, with their range and how many there were."""
     rates = [run["records_per_s"] for run in runs]
@@ -246,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print a Markdown table of the embedded and call-cost runs' medians, per model format",
     )
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="print the tables of what outlier scoring and explanations cost (docs/benchmarks/monitoring.sh)",
+    )
     parser.add_argument("--title", default="bytewax-model-serving benchmarks")
     args = parser.parse_args(argv)
     results = read_results(args.results)
@@ -256,11 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results))
     if args.formats:
         print(formats_table(results))
+    if args.monitoring:
+        print(monitoring_table(results))
     if args.out is not None:
         plot(results, args.out, args.title)
         print(f"wrote {args.out} from {len(results)} runs")
-    elif not (args.table or args.formats):
-        parser.error("nothing to do: give --out PLOT.png, --table or --formats")
+    elif not (args.table or args.formats or args.monitoring):
+        parser.error("nothing to do: give --out PLOT.png, --table, --formats or --monitoring")
     return 0
 
 

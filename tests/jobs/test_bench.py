@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,11 +11,12 @@ import pytest
 from support.jobs import REPO
 
 
-def bench(*arguments: str) -> dict:
-    """Run `python -m flows.bench ARGUMENTS`; the JSON line it printed."""
+def bench(*arguments: str, **environment: str) -> dict:
+    """Run `python -m flows.bench ARGUMENTS` (with these SERVING_* variables); the JSON line it printed."""
     done = subprocess.run(
         [sys.executable, "-m", "flows.bench", *arguments],
         cwd=REPO,
+        env={**os.environ, **environment},
         capture_output=True,
         text=True,
         timeout=400,
@@ -53,6 +55,22 @@ def test_the_shipped_pmml_model_runs_in_the_formats_benchmarks():
     figures = bench("--scenario", "call-cost", "--model-version", "1-pmml", "--rounds", "20")
     assert figures["source"] == "embedded:pmml"
     assert all(figures[f"call_ms_batch_{size}"] > 0 for size in (1, 100, 1000))
+
+
+def test_the_embedded_benchmark_counts_its_explanations_and_none_when_they_are_off():
+    figures = bench("--records", "3000", "--model-version", "1-onnx", SERVING_EXPLAIN_FRACTION="0.02")
+    assert figures["explain"] == "on" and figures["explained"] > 0 and figures["explain_calls"] > 0
+    assert figures["explain_ms_per_explained"] > 0
+    figures = bench("--records", "3000", "--model-version", "1-onnx", "--explain", "off", "--outliers", "off",
+                    SERVING_EXPLAIN_FRACTION="0.02")  # fmt: skip
+    assert (figures["explain"], figures["outliers"], figures["explained"]) == ("off", "off", 0)
+
+
+@pytest.mark.parametrize("via", [[], ["--via", "tfserving-grpc"]], ids=["in-process", "black-box-server"])
+def test_the_explain_cost_benchmark_times_one_and_sixteen_explained_records(via):
+    figures = bench("--scenario", "explain-cost", "--model-version", "1", "--rounds", "5", *via)
+    assert figures["neighbours"] == (not via)  # a model behind a server shows no tables
+    assert all(figures[f"ms_per_explained_{asking}_records"] > 0 for asking in (1, 16))
 
 
 def test_the_ensemble_cost_benchmark_times_one_composed_call_against_a_call_per_member():

@@ -77,17 +77,24 @@ class TailingFlow:
         return records, {offset - start: answers[offset][0] for offset in range(start, self.sent)}
 
 
-def start_tailing_flow(bootstrap: str, prefix: str, champion: ModelDescriptor) -> TailingFlow:
+def start_tailing_flow(
+    bootstrap: str, prefix: str, champion: ModelDescriptor, **settings: str
+) -> TailingFlow:
     """The main job on fresh topics named after `prefix`, tailing its data topic, with `champion` on its
-    models topic, events and shadow results on topics of their own, two shards."""
-    topics = create_topics(bootstrap, prefix, ["data", "models", "results", "dead", "events", "shadow"])
+    models topic, events, shadow results and explanations on topics of their own, two shards, and any other
+    `settings`."""
+    names = ["data", "models", "results", "dead", "events", "shadow", "explanations"]
+    topics = create_topics(bootstrap, prefix, names)
     produce(bootstrap, topics["models"], [(b"champion", MODEL.encode(champion))])
     process = start_flow(
         bootstrap,
         topics,
         SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
         SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
+        SERVING_KAFKA_EXPLANATIONS_TOPIC=topics["explanations"],
         SERVING_KAFKA_TAIL="true",
         SERVING_SHARDS="2",
+        output=None,
+        **settings,
     )
     return TailingFlow(bootstrap, topics, process)
