@@ -30,17 +30,20 @@ from support.core_runs import (
 from flows.adapters.kafka.settings import KafkaSettings
 from flows.adapters.scorers import ScorerCache
 from flows.adapters.sources.batched import PollBatches
+from flows.adapters.sources.generators import shipped_model
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.challenger import user_buckets
 from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.descriptors import CANARY, CHALLENGER, ModelDescriptor, ModelType
+from flows.core.explanations import ExplainSettings
 from flows.core.model_holder import CaughtUp, ModelHolderLogic
 from flows.core.records import DataMessage, RecommenderRecord
 from flows.core.routing import ShardBatch
 from flows.core.scorer import build_scorer
 from flows.core.shard import ShardLogic
 from flows.core.shard_messages import ChallengerEnd, Emits, ModelUpdate
+from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.core.vocabulary import ClosedBy
 from flows.moved import MOVED_NAMES
 from flows.runtime.app import build_flow
@@ -49,14 +52,48 @@ from flows.runtime.settings import Settings
 SHARDS = 4
 
 
-def recoverable_flow(data: list, models: list, run: FlowRun) -> Dataflow:
+def recoverable_flow(
+    data: list, models: list, run: FlowRun, explain: ExplainSettings | None = None
+) -> Dataflow:
     flow = Dataflow("recovery")
     data_stream = op.input("data", flow, PollBatches(TestingSource(data, batch_size=5)))
     model_stream = op.input("models", flow, TestingSource(models))
-    streams = serve("serve", data_stream, model_stream, run.context, shards=SHARDS, hold_limit=1000)
+    streams = serve(
+        "serve", data_stream, model_stream, run.context, shards=SHARDS, hold_limit=1000, explain=explain
+    )
     op.output("results", unbatched("unbatched", streams.results), TestingSink(run.results))
     op.output("events", streams.events, TestingSink(run.events))
+    explained = op.flat_map("explained", streams.explanations, lambda batch: batch)
+    op.output("explanations", explained, TestingSink(run.explanations))
     return flow
+
+
+class Asking:
+    """An origin that asks for an explanation, as a Kafka origin with the `serving-explain` header does."""
+
+    explanation_requested = True
+
+
+def test_after_an_abort_a_black_box_models_explanations_keep_their_baseline(tmp_path):
+    """A model that does not tell its ids (PMML) is measured against the first records each shard answered:
+    that background is in the snapshot, so explanations after the restart have the baselines of before."""
+    init_db_dir(tmp_path, 1)
+    model = shipped_model(SHIPPED_MODELS_DIR, "1-pmml")
+    first, second = sample_records(40), sample_records(40, offset=40)
+    pause = TestingSource.PAUSE(timedelta(seconds=0.5))  # let the model in before the data
+    asking = [DataMessage(record, time.time_ns(), Asking()) for record in first + second]
+    data = [pause, *asking[:40], TestingSource.ABORT(), *asking[40:]]
+    run = FlowRun()
+    flow = recoverable_flow(data, [model], run, ExplainSettings(fraction=0, background=2))
+    recovery = RecoveryConfig(str(tmp_path))
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    before = {round(item.explanation.baseline, 9) for item in run.explanations}
+    explained_before = len(run.explanations)
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=recovery)
+    after = {round(item.explanation.baseline, 9) for item in run.explanations[explained_before:]}
+    assert explained_before >= 40 and len(run.explanations) >= 80  # every record asked, some replayed
+    assert len(before) == SHARDS  # one background, so one baseline, per shard
+    assert after <= before
 
 
 def test_after_an_abort_the_model_is_restored_without_the_model_stream(model_v1, tmp_path):

@@ -238,13 +238,14 @@ def test_the_statefulset_pods_run_as_two_processes_that_each_score_their_share(k
     topics = create_topics(
         kafka_bootstrap,
         "k8s",
-        ["data", "models", "results", "dead", "events", "reports", "answered"],
+        ["data", "models", "results", "dead", "events", "reports", "explanations", "answered"],
         partitions=4,
     )
     overrides = {
         "SERVING_KAFKA_ANSWERED_TOPIC": topics["answered"],  # exactly-once, as serving-config says
         "SERVING_KAFKA_EVENTS_TOPIC": topics["events"],
         "SERVING_KAFKA_CHALLENGER_TOPIC": topics["reports"],
+        "SERVING_KAFKA_EXPLANATIONS_TOPIC": topics["explanations"],
         "SERVING_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "SERVING_KAFKA_DATA_TOPIC": topics["data"],
         "SERVING_KAFKA_MODELS_TOPIC": topics["models"],
@@ -727,7 +728,7 @@ def test_the_kafka_acls_give_each_principal_only_its_topics():
     data, models = topics["SERVING_KAFKA_DATA_TOPIC"], topics["SERVING_KAFKA_MODELS_TOPIC"]
     flow_output = {
         topics[f"SERVING_KAFKA_{name}_TOPIC"]
-        for name in ("RESULTS", "DEAD_LETTERS", "EVENTS", "CHALLENGER", "ANSWERED")
+        for name in ("RESULTS", "DEAD_LETTERS", "EVENTS", "CHALLENGER", "EXPLANATIONS", "ANSWERED")
     }
 
     def who(operation: str, topic: str) -> set[str]:
@@ -746,6 +747,12 @@ def test_the_kafka_acls_give_each_principal_only_its_topics():
     assert {name for p, o, kind, name in grants if kind == "transactional-id"} == {f"serving.{results}.*"}
     assert {name for p, o, kind, name in grants if (p, o, kind) == ("User:retrain", "Read", "topic")} == {
         topics["SERVING_KAFKA_EVENTS_TOPIC"]
+    }
+    assert {
+        name for p, o, kind, name in grants if (p, o, kind) == ("User:results-reader", "Read", "topic")
+    } == {
+        results,
+        topics["SERVING_KAFKA_EXPLANATIONS_TOPIC"],  # joined to the results by data offset
     }
     written = {name for p, o, kind, name in grants if (o, kind) == ("Write", "topic")}
     assert written == {data, models} | flow_output  # every topic the script names is one of serving-config's

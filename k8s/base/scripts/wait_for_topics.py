@@ -21,6 +21,7 @@ wanted = {
     kafka.dead_letters_topic,
     *([kafka.events_topic] if kafka.events_topic else []),
     *([kafka.challenger_topic] if kafka.challenger_topic else []),
+    *([kafka.explanations_topic] if kafka.explanations_topic else []),
     *([kafka.answered_topic] if kafka.exactly_once else []),
 }
 while True:

@@ -14,13 +14,16 @@ results=recommender-results
 dead=recommender-dead-letters
 events=recommender-model-events
 reports=recommender-challenger-reports
+explanations=recommender-explanations
 answered=recommender-answered
 
-# The flow: reads records and models; writes results, dead letters, model events and challenger reports. Its
+# The flow: reads records and models; writes results, dead letters, model events, challenger reports and
+# explanations. Its
 # consumers assign partitions themselves (offsets live in the recovery snapshots) under these fixed group ids.
 acls --allow-principal User:serving --operation Read --operation Describe --topic "$data" --topic "$models"
 acls --allow-principal User:serving --operation Write --operation Describe \
-    --topic "$results" --topic "$dead" --topic "$events" --topic "$reports" --topic "$answered"
+    --topic "$results" --topic "$dead" --topic "$events" --topic "$reports" --topic "$explanations" \
+    --topic "$answered"
 acls --allow-principal User:serving --operation Read --group BYTEWAX_IGNORED --group catch-up-lookup
 # Exactly-once delivery: its transactional ids (serving.RESULTS_TOPIC.DATA_TOPIC.PARTITION), and the markers of
 # what it answered, which only it may write (a forged one would drop answers) and reads back at each start
@@ -39,8 +42,10 @@ acls --allow-principal User:model-publisher --operation Describe \
 # Producers of records (the services that want scores; serving-loadgen): write records only.
 acls --allow-principal User:record-producer --operation Write --operation Describe --topic "$data"
 
-# Consumers of results (serving-watch-results and the services that want scores): read results, any group.
-acls --allow-principal User:results-reader --operation Read --operation Describe --topic "$results"
+# Consumers of results (serving-watch-results and the services that want scores): read results and
+# explanations, any group.
+acls --allow-principal User:results-reader --operation Read --operation Describe --topic "$results" \
+    --topic "$explanations"
 acls --allow-principal User:results-reader --operation Read --group '*'
 
 # Retraining (serving-retrain): reads model events, under retrain-* groups, and writes models.

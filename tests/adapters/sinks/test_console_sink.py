@@ -3,7 +3,8 @@ model's detector flags the record."""
 
 from __future__ import annotations
 
-from flows.adapters.sinks.console import describe_result
+from flows.adapters.sinks.console import describe_explanation, describe_result
+from flows.core.explanations import Explanation, ProductExplanation
 from flows.core.records import (
     ModelResultMetadata,
     RecommenderRecord,
@@ -28,3 +29,26 @@ def test_only_a_flagged_record_shows_its_outlier_score():
     assert describe_result(result(0.99)).endswith("[recommender-v1, batch 1 ms]")
     assert describe_result(result(2.46)).endswith("[recommender-v1, batch 1 ms, outlier 2.5]")
     assert describe_result(result(None, "bad ids")) == "user  748: no scores (bad ids)"
+
+
+def test_an_explanation_line_per_explained_product_says_how_the_score_splits():
+    explanation = Explanation(
+        412,
+        "recommender-v2-onnx",
+        requested=True,
+        baseline=0.31,
+        products=[
+            ProductExplanation(163, 0.75, 0.29, 0.15, [170, 158]),
+            ProductExplanation(3, 0.2, -0.1, -0.01),
+        ],
+    )
+    tag = "[recommender-v2-onnx, asked]"
+    like = "like 170, 158"
+    assert describe_explanation(explanation).splitlines() == [
+        f"explained user 412, product 163: 0.75 = 0.31 baseline +0.29 user +0.15 product; {like} {tag}",
+        f"explained user 412, product 3: 0.20 = 0.31 baseline -0.10 user -0.01 product {tag}",
+    ]
+    refused = Explanation(5000, "m", errors="not explained: user 5000 is outside what model 'm' takes")
+    assert describe_explanation(refused) == (
+        "explained user 5000: not explained: user 5000 is outside what model 'm' takes [m]"
+    )
