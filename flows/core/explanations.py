@@ -1,8 +1,9 @@
 """Explanations: why a model gave a record its scores.
 
-For a sampled fraction of records (`SERVING_EXPLAIN_FRACTION`) and for every record whose data message asks
-(the `serving-explain` header, any value), the shard that scored the record splits the score of each of its
-top products into three parts that add up to it:
+For a sampled fraction of records (`SERVING_EXPLAIN_FRACTION`, 1 in 10,000) and for every record whose data
+message asks (the `serving-explain` header, any value; the embedded default's generator asks for one record in
+1,000), the shard that scored the record splits the score of each of its top products into three parts that
+add up to it:
 
     score = baseline + user part + product part
 
@@ -64,7 +65,7 @@ class ExplainSettings(Section):
     """Which records get an explanation and what each costs (`SERVING_EXPLAIN_*`)."""
 
     fraction: float = Field(
-        0.001,
+        0.0001,
         ge=0,
         le=1,
         description=(

@@ -105,6 +105,7 @@ def embedded_inputs(
         plan.generator_batch,
         plan.seed,
         plan.data_shift_after,
+        plan.generator_explain_every,
     )
     gated = WaitForChampion(PollBatches(generator), gate, settings.flow.data_wait_for_model)
     data = op.input("data", flow, StoppableSource(gated))

@@ -46,6 +46,14 @@ class GeneratorSettings(Section):
             "monitoring has something to show (`0`: never)"
         ),
     )
+    generator_explain_every: int = Field(
+        1_000,
+        ge=0,
+        description=(
+            "every Nth generated record (per partition) asks for an explanation, as a data message with the "
+            "`serving-explain` header does (`0`: none)"
+        ),
+    )
     model_interval: float = Field(
         10.0,
         gt=0,

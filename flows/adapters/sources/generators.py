@@ -107,6 +107,22 @@ def partition_share(total: int, partitions: int, index: int) -> int:
     return total // partitions + (1 if index < total % partitions else 0)
 
 
+class AskingForExplanation:
+    """The origin of a generated record that asks for an explanation, as a Kafka message with the
+    `serving-explain` header does (`flows.core.explanations`)."""
+
+    explanation_requested = True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AskingForExplanation)
+
+    def __hash__(self) -> int:
+        return hash(AskingForExplanation)
+
+
+ASKING = AskingForExplanation()
+
+
 class _DataPartition(StatefulSourcePartition[DataMessage, int]):
     def __init__(
         self,
@@ -117,8 +133,10 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
         batch: int,
         resume: int | None,
         shift_after: int = 0,
+        explain_every: int = 0,
     ):
         self.blocks = _Blocks(seed, index, shift_after)
+        self.explain_every = explain_every
         self.limit = limit
         self.rate = rate
         self.batch = batch
@@ -143,6 +161,9 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
         now = time.time_ns()
         end = self.emitted + count
         messages = [DataMessage(record, now) for record in self.blocks.records(self.emitted, end)]
+        if self.explain_every:
+            for position in range(-(self.emitted + 1) % self.explain_every, count, self.explain_every):
+                messages[position].origin = ASKING
         self.emitted = end
         return messages
 
@@ -155,7 +176,8 @@ class _DataPartition(StatefulSourcePartition[DataMessage, int]):
 
 class DataGenerator(FixedPartitionedSource[DataMessage, int]):
     """RecommenderRecords at `rate` records/s in total (0: unthrottled), `records` in all (0: unbounded);
-    with `shift_after`, drifting for a while (see the module docstring)."""
+    with `shift_after`, drifting for a while (see the module docstring); with `explain_every`, every that
+    many-th record of a partition asks for an explanation."""
 
     def __init__(
         self,
@@ -165,8 +187,10 @@ class DataGenerator(FixedPartitionedSource[DataMessage, int]):
         batch: int = 500,
         seed: int = 42,
         shift_after: int = 0,
+        explain_every: int = 0,
     ) -> None:
         self.records = records
+        self.explain_every = explain_every
         self.shift_after = shift_after
         self.rate = rate
         self.partitions = partitions
@@ -180,7 +204,9 @@ class DataGenerator(FixedPartitionedSource[DataMessage, int]):
         index = int(for_part.rsplit("-", 1)[1])
         limit = partition_share(self.records, self.partitions, index) if self.records else None
         rate = self.rate / self.partitions
-        return _DataPartition(self.seed, index, limit, rate, self.batch, resume_state, self.shift_after)
+        return _DataPartition(
+            self.seed, index, limit, rate, self.batch, resume_state, self.shift_after, self.explain_every
+        )
 
 
 # The file that marks a model directory as each embedded format.
