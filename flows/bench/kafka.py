@@ -135,7 +135,7 @@ def run_kafka_embedded(
         **visible.figures(skip_first=rate > 0),
     )
     on_off = {"outliers": "on" if outliers else "off", "explain": "on" if explain else "off"}
-    return report | on_off | ({"processes": processes} if processes else {})
+    return report | on_off | {"model": model.model_name} | ({"processes": processes} if processes else {})
 
 
 def _run_here(

@@ -27,10 +27,11 @@ most like the record's user and the products most like each explained product, b
 The background of a model that tells which ids it takes (`Scorer.input_bounds`: the embedded TensorFlow
 and ONNX models) is spread evenly over those ids, so the baseline is the model's mean score over its whole
 catalogue of users and products: the same in every shard, process and restart, and no record can move it.
-A model that does not tell (behind a server, PMML, an ensemble) gets, per shard, the first records it
-answers there (one pair from each, a random product), kept in the shard's recovery state and never changed
-afterwards, so a record explained after a restart is measured against the same baseline. Whoever writes a
-new model's first records then chooses its background, as for the outlier reference; the split still adds
+A model that does not tell (behind a server, PMML, an ensemble) gets, per shard, the records of the first
+micro-batch it explains there (one pair from each, a random product; more from the next ones until there are
+`SERVING_EXPLAIN_BACKGROUND`), kept in the shard's recovery state and never changed once complete, so a record
+explained after a restart is measured against the same baseline. Whoever writes the records around a new
+model's first explanation then chooses its background, as for the outlier reference; the split still adds
 up exactly, against that baseline, and the baseline is in every explanation.
 
 A requested explanation is never dropped silently: a record the model refused gets an explanation that

@@ -174,11 +174,9 @@ def monitoring_table(results: list[dict[str, Any]]) -> str:
     for result in results:
         both = (result.get("outliers"), result.get("explain"))
         if result["scenario"] in ("embedded", "kafka-embedded") and both in (("on", "on"), ("off", "off")):
-            kind = (
-                result["scenario"],
-                result.get("source") or result.get("model", ""),
-                str(result["offered_rate"]),
-            )
+            offered = result["offered_rate"]
+            rate = f"{offered:,.0f}/s" if isinstance(offered, (int, float)) else str(offered)
+            kind = (result["scenario"], result.get("source") or result.get("model", ""), rate)
             runs[kind][both[0]].append(result)
     lines = [
         "| run | offered | records/s, both on | both off | cost | p99, both on | both off |",

@@ -75,7 +75,7 @@ class Asking:
 
 
 def test_after_an_abort_a_black_box_models_explanations_keep_their_baseline(tmp_path):
-    """A model that does not tell its ids (PMML) is measured against the first records each shard answered:
+    """A model that does not tell its ids (PMML) is measured against the records each shard explained first:
     that background is in the snapshot, so explanations after the restart have the baselines of before."""
     init_db_dir(tmp_path, 1)
     model = shipped_model(SHIPPED_MODELS_DIR, "1-pmml")

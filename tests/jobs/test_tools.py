@@ -233,7 +233,7 @@ def test_plot_bench_prints_what_outlier_scoring_and_explanations_cost(tmp_path, 
         "| 98,000 (96,000 – 100,000; 2) | +6.1% | 25.0 ms | 11.0 ms |"
     )
     assert (
-        rows[3].startswith("| `kafka-embedded` embedded:onnx | 5000 | 5,000 ")
+        rows[3].startswith("| `kafka-embedded` embedded:onnx | 5,000/s | 5,000 ")
         and "| +0.0% | 40.0 ms |" in rows[3]
     )
     assert rows[7:] == [
