@@ -1,7 +1,8 @@
 """Explanations through the flow, with 1 and 2 workers: every record that asks gets one, whose parts add up
 to the score its result carries; the embedded ONNX model names neighbours from its tables and measures
 against its whole catalogue, the PMML model (a black box: no tables, no bounds) gets the same split against
-the first records it answered; a record the model refuses gets its error; results are unchanged."""
+the first records it answered; a record the model refuses gets its error; results are unchanged; a shard
+emits a batch's results before its explanations."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from dataclasses import dataclass
 import pytest
 from support.core_runs import Turn, every_shard, run_in_turns
 
+from flows.adapters.scorers import ScorerCache
 from flows.adapters.sources.generators import shipped_model
+from flows.core.admission.policy import AdmissionPolicy
+from flows.core.context import ServingContext
 from flows.core.explanations import ExplainSettings
 from flows.core.records import DataMessage, RecommenderRecord
+from flows.core.routing import ShardBatch
+from flows.core.shard import ShardLogic
+from flows.core.shard_messages import Emits, ModelUpdate
 from flows.core.shipped import SHIPPED_MODELS_DIR
 
 
@@ -68,3 +75,20 @@ def test_every_asking_record_is_explained_and_its_parts_add_up_to_its_score(vers
         assert bool(explanation.similar_users) == neighbours
     shown = run.context.state.explanations_per_model()[model.model_name]
     assert shown["explained"] == 30 and len(shown["latest"]) == 10
+
+
+def test_a_shard_emits_a_batchs_results_before_its_explanations_in_the_same_call():
+    """An explanation never delays its record's result: the shard emits the batch's results first, then the
+    explanations, from the same `on_batch`."""
+    model = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
+    context = ServingContext.create(cache=ScorerCache(AdmissionPolicy()))
+    shard = ShardLogic(1000, 10_000, context, None, explain=ExplainSettings(fraction=0.0))
+    shard.on_batch([ModelUpdate("shard-0", model, 0.0)])
+    assert shard.incoming is not None
+    shard.incoming[1].join()
+    shard.on_notify()  # swaps the loaded model in
+    assert shard.scorer is not None
+    outputs, _ = shard.on_batch([ShardBatch("shard-0", records()[:100])])
+    tags = [tag for tag, _ in outputs]
+    assert tags == [Emits.RESULTS, Emits.EXPLANATIONS]
+    assert len(outputs[1][1]) == 10  # every tenth of the 100 records asked
