@@ -241,12 +241,15 @@ def _measure(
     op.output("latency", streams.results, sink)
     explained = ExplanationCounter()
     op.output("explanations", streams.explanations, explained)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     if workers == 1:
         run_main(flow, epoch_interval=timedelta(seconds=1))
     else:
         cluster_main(flow, [], 0, epoch_interval=timedelta(seconds=1), worker_count_per_proc=workers)
     seconds = time.perf_counter() - started
+    # CPU time of every thread of this process: what the flow did, less sensitive than the wall clock to
+    # what else the machine runs meanwhile (with a rate, it includes the waiting between batches).
+    cpu_us_per_record = (time.process_time() - cpu_started) * 1e6 / records
     if len(sink.latencies) != records:
         raise SystemExit(f"bench: expected {records} results, got {len(sink.latencies)}")
     calls = np.asarray(timed[0].call_ms)
@@ -265,6 +268,7 @@ def _measure(
         call_p99_ms=round(float(np.percentile(calls, 99)), 2),
         model_ms_per_record=round(float(calls.sum()) / records, 5),
         **(_challenger_calls(timed[1], records) if challenger else {}),
+        cpu_us_per_record=round(cpu_us_per_record, 3),
         explained=explained.explained,
         explain_calls=len(explained.calls),
         explain_ms_per_explained=(

@@ -179,8 +179,11 @@ def monitoring_table(results: list[dict[str, Any]]) -> str:
             kind = (result["scenario"], result.get("source") or result.get("model", ""), rate)
             runs[kind][both[0]].append(result)
     lines = [
-        "| run | offered | records/s, both on | both off | cost | p99, both on | both off |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "| run | offered | records/s, both on | both off | cost | p99, both on | both off "
+            "| CPU per record, both on | both off |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (scenario, source, offered), by_state in runs.items():
         on, off = by_state["on"], by_state["off"]
@@ -188,9 +191,10 @@ def monitoring_table(results: list[dict[str, Any]]) -> str:
             continue
         rate_on, rate_off = (statistics.median(run["records_per_s"] for run in side) for side in (on, off))
         p99_on, p99_off = (statistics.median(run["p99_ms"] for run in side) for side in (on, off))
+        cpu_on, cpu_off = (_median_of(side, "cpu_us_per_record", " µs") for side in (on, off))
         lines.append(
             f"| `{scenario}` {source} | {offered} | {_rates(on)} | {_rates(off)} | "
-            f"{1 - rate_on / rate_off:+.1%} | {p99_on:,.1f} ms | {p99_off:,.1f} ms |"
+            f"{1 - rate_on / rate_off:+.1%} | {p99_on:,.1f} ms | {p99_off:,.1f} ms | {cpu_on} | {cpu_off} |"
         )
     lines += ["", "| scorer | one record asking | 16 records asking, per record |", "|---|---|---|"]
     costs: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -204,6 +208,12 @@ def monitoring_table(results: list[dict[str, Any]]) -> str:
         )
         lines.append(f"| `{source}` | {one:.3f} ms | {sixteen:.3f} ms |")
     return "\n".join(lines)
+
+
+def _median_of(runs: list[dict[str, Any]], key: str, unit: str) -> str:
+    """The runs' median `key`, with `unit`; '-' if none has it."""
+    values = [run[key] for run in runs if key in run]
+    return f"{statistics.median(values):,.2f}{unit}" if values else "-"
 
 
 def _rates(runs: list[dict[str, Any]]) -> str:

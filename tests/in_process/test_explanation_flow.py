@@ -1,7 +1,7 @@
 """Explanations through the flow, with 1 and 2 workers: every record that asks gets one, whose parts add up
 to the score its result carries; the embedded ONNX model names neighbours from its tables and measures
 against its whole catalogue, the PMML model (a black box: no tables, no bounds) gets the same split against
-the first records it answered; a record the model refuses gets its error; results are unchanged; a shard
+the records of its first explained micro-batch; a record the model refuses gets its error; a shard
 emits a batch's results before its explanations."""
 
 from __future__ import annotations

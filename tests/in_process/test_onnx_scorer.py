@@ -55,6 +55,23 @@ def test_the_shipped_onnx_twins_score_as_the_saved_models_within_1e_5(version):
     assert twin.input_bounds == saved.input_bounds == InputBounds(users=1000, products=300)
 
 
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_saved_model_and_its_onnx_twin_declare_the_same_embedding_tables(version):
+    """Each finds the tables its inputs gather from, by the graph's structure: the same rows, so the same
+    neighbours in explanations."""
+    saved = build_scorer(shipped_model(SHIPPED_MODELS_DIR, version))
+    twin = build_scorer(shipped_model(SHIPPED_MODELS_DIR, f"{version}-onnx"))
+    assert saved.embeddings is not None and twin.embeddings is not None
+    assert twin.embeddings.users.shape == (1000, 50) and twin.embeddings.products.shape == (300, 50)
+    np.testing.assert_allclose(twin.embeddings.users, saved.embeddings.users, atol=1e-6)
+    np.testing.assert_allclose(twin.embeddings.products, saved.embeddings.products, atol=1e-6)
+    for user in (0, 412, 999):
+        assert twin.embeddings.similar_users(user, 3) == saved.embeddings.similar_users(user, 3)
+        assert user not in twin.embeddings.similar_users(user, 3)
+    pmml = build_scorer(shipped_model(SHIPPED_MODELS_DIR, "1-pmml"))
+    assert getattr(pmml, "embeddings", None) is None  # a PMML model declares no tables
+
+
 def test_the_shipped_twins_hold_the_weights_of_the_shipped_saved_models():
     """`serving-train-model --format onnx --from-saved-model` wrote them: the same numbers, not a
     retraining."""

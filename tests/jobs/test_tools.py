@@ -211,16 +211,18 @@ def test_plot_bench_prints_the_formats_table_one_column_per_scorer(tmp_path, cap
 def test_plot_bench_prints_what_outlier_scoring_and_explanations_cost(tmp_path, capsys):
     from flows.tools import plot_bench
 
-    def run(state, rate, p99, scenario="embedded", offered="unthrottled"):
+    def run(state, rate, p99, cpu=None, scenario="embedded", offered="unthrottled"):
         return {"scenario": scenario, "offered_rate": offered, "records_per_s": rate, "p50_ms": 1,
-                "p99_ms": p99, "source": "embedded:onnx", "outliers": state, "explain": state}  # fmt: skip
+                "p99_ms": p99, "source": "embedded:onnx", "outliers": state, "explain": state,
+                **({"cpu_us_per_record": cpu} if cpu else {})}  # fmt: skip
 
     def cost(source, one, sixteen):
         return {"scenario": "explain-cost", "offered_rate": "unthrottled", "source": source,
                 "ms_per_explained_1_records": one, "ms_per_explained_16_records": sixteen}  # fmt: skip
 
-    lines = [run("on", 90_000, 20), run("off", 100_000, 10), run("on", 94_000, 30), run("off", 96_000, 12),
-             run("on", 5_000, 40, "kafka-embedded", 5000), run("off", 5_000, 30, "kafka-embedded", 5000),
+    lines = [run("on", 90_000, 20, 9.0), run("off", 100_000, 10, 8.0), run("on", 94_000, 30, 10.0),
+             run("off", 96_000, 12, 9.0), run("on", 5_000, 40, None, "kafka-embedded", 5000),
+             run("off", 5_000, 30, None, "kafka-embedded", 5000),
              {**run("on", 1, 1), "explain": "off"},  # neither both on nor both off: left out
              cost("embedded:onnx", 0.5, 0.15), cost("embedded:onnx", 0.7, 0.13),
              cost("tfserving+grpc://127.0.0.1:1", 3.0, 0.3)]  # fmt: skip
@@ -230,12 +232,10 @@ def test_plot_bench_prints_what_outlier_scoring_and_explanations_cost(tmp_path, 
     rows = capsys.readouterr().out.splitlines()
     assert rows[2] == (
         "| `embedded` embedded:onnx | unthrottled | 92,000 (90,000 – 94,000; 2) "
-        "| 98,000 (96,000 – 100,000; 2) | +6.1% | 25.0 ms | 11.0 ms |"
+        "| 98,000 (96,000 – 100,000; 2) | +6.1% | 25.0 ms | 11.0 ms | 9.50 µs | 8.50 µs |"
     )
-    assert (
-        rows[3].startswith("| `kafka-embedded` embedded:onnx | 5,000/s | 5,000 ")
-        and "| +0.0% | 40.0 ms |" in rows[3]
-    )
+    assert rows[3].startswith("| `kafka-embedded` embedded:onnx | 5,000/s | 5,000 ")
+    assert rows[3].endswith("| +0.0% | 40.0 ms | 30.0 ms | - | - |")
     assert rows[7:] == [
         "| `embedded:onnx` | 0.600 ms | 0.140 ms |",
         "| `tfserving+grpc` | 3.000 ms | 0.300 ms |",

@@ -70,7 +70,7 @@ class KafkaOrigin:
     @property
     def explanation_requested(self) -> bool:
         """Whether the message has the `serving-explain` header (`flows.core.explanations`)."""
-        return any(name == EXPLAIN_HEADER for name, _ in self.headers)
+        return bool(self.headers) and any(name == EXPLAIN_HEADER for name, _ in self.headers)
 
     @property
     def covered(self) -> Covered:
