@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from flows.core.admission.descriptor_checks import allowed_local_directory
-from flows.core.admission.onnx_graph import OnnxRefused, embedding_bounds, embedding_tables
+from flows.core.admission.onnx_graph import OnnxRefused, embedding_tables, table_rows
 from flows.core.admission.onnx_trial import feeds_of, open_session, run_session
 from flows.core.admission.policy import AdmissionPolicy
 from flows.core.admission.trial import TrialFigures
@@ -59,9 +59,9 @@ class OnnxScorer:
                 model_name, f"ONNX Runtime cannot load it: {type(error).__name__}: {error}"
             ) from error
         graph = onnx.load_model(str(path), load_external_data=False).graph
-        bounds = embedding_bounds(graph)
-        self.input_bounds = InputBounds(*bounds) if bounds else None
-        self.embeddings = _embeddings(graph, self.input_bounds)
+        tables = embedding_tables(graph)  # traced once: they give both the bounds and the neighbours
+        self.input_bounds = InputBounds(*table_rows(graph, tables)) if tables else None
+        self.embeddings = _embeddings(graph, tables, self.input_bounds)
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         return run_session(self._session, self._feeds, users, products)
@@ -73,10 +73,11 @@ class OnnxScorer:
             self._scratch = None
 
 
-def _embeddings(graph: onnx.GraphProto, bounds: InputBounds | None) -> EmbeddingTables | None:
-    """The tables the inputs gather from, for explanations' neighbours; None for tables kept as external
-    data (read only by ONNX Runtime) or unfit (`EmbeddingTables.of` checks them)."""
-    names = embedding_tables(graph)
+def _embeddings(
+    graph: onnx.GraphProto, names: tuple[str, str] | None, bounds: InputBounds | None
+) -> EmbeddingTables | None:
+    """The tables the inputs gather from (`names`), for explanations' neighbours; None for tables kept as
+    external data (read only by ONNX Runtime) or unfit (`EmbeddingTables.of` checks them)."""
     if names is None or bounds is None:
         return None
     by_name = {tensor.name: tensor for tensor in graph.initializer}

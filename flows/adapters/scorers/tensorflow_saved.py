@@ -22,7 +22,7 @@ import numpy as np
 from flows.adapters.scorers.tensorflow_runtime import tensorflow
 from flows.core.admission.descriptor_checks import allowed_local_directory
 from flows.core.admission.policy import AdmissionPolicy
-from flows.core.admission.saved_model_bounds import embedding_bounds, embedding_tables
+from flows.core.admission.saved_model_bounds import embedding_bounds, embedding_tables, indexed_tables
 from flows.core.admission.saved_model_trial import run_signature, signature_problem
 from flows.core.admission.trial import TrialFigures
 from flows.core.admission.unpack import UnpackRefused, unpack_and_inspect
@@ -56,8 +56,9 @@ class SavedModelScorer:
         if problem:
             raise ModelLoadError(model_name, f"signature {SIGNATURE!r} {problem}")
         self._signature = signature
-        self.input_bounds = embedding_bounds(tf, signature)
-        self.embeddings = _embeddings(signature, self.input_bounds)
+        indexed = indexed_tables(signature)  # traced once: they give both the bounds and the neighbours
+        self.input_bounds = embedding_bounds(tf, signature, indexed)
+        self.embeddings = _embeddings(embedding_tables(signature, indexed), self.input_bounds)
 
     def score(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         return run_signature(self._tf, self._signature, users, products)
@@ -68,9 +69,8 @@ class SavedModelScorer:
         self._model = None
 
 
-def _embeddings(signature: Any, bounds: InputBounds | None) -> EmbeddingTables | None:
+def _embeddings(tables: tuple[Any, Any] | None, bounds: InputBounds | None) -> EmbeddingTables | None:
     """The tables the inputs index, for explanations' neighbours (`EmbeddingTables.of` checks them)."""
-    tables = embedding_tables(signature)
     if tables is None or any((table.shape.num_elements() or 0) > MAX_TABLE_VALUES for table in tables):
         return None  # (read only within the bound: the copy costs the table's memory)
     users, products = (np.asarray(table.numpy()) for table in tables)

@@ -468,17 +468,24 @@ def embedding_bounds(graph: onnx.GraphProto) -> tuple[int, int] | None:
     both inputs reach a `Gather` through value-preserving ops only; None when the graph does not show it
     (then ids are checked only against the float32 limit, and the model's own errors)."""
     tables = embedding_tables(graph)
-    if tables is None:
-        return None
-    rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if len(tensor.dims) >= 1}
+    return None if tables is None else table_rows(graph, tables)
+
+
+def table_rows(graph: onnx.GraphProto, tables: tuple[str, str]) -> tuple[int, int]:
+    """The row counts of the (users, products) initializers `embedding_tables` found in `graph`."""
+    rows = _initializer_rows(graph)
     return rows[tables[0]], rows[tables[1]]
+
+
+def _initializer_rows(graph: onnx.GraphProto) -> dict[str, int]:
+    return {tensor.name: tensor.dims[0] for tensor in graph.initializer if len(tensor.dims) >= 1}
 
 
 def embedding_tables(graph: onnx.GraphProto) -> tuple[str, str] | None:
     """The initializers the inputs gather from, (users, products): how an ONNX model declares its embedding
     tables (`flows.core.embeddings`). None unless each input reaches, through value-preserving ops only,
     gathers over tables of one row count (several tables of that size: the first in the graph)."""
-    rows = {tensor.name: tensor.dims[0] for tensor in graph.initializer if len(tensor.dims) >= 1}
+    rows = _initializer_rows(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:

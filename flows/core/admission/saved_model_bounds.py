@@ -24,12 +24,14 @@ PASS_THROUGH = {"Identity", "ReadVariableOp"}  # ops whose first input is the ta
 Node = Any  # a NodeDef (TensorFlow is imported only when a model is loaded)
 Functions = Mapping[str, Any]  # FunctionDefs by name
 Resolve = Callable[[str], "str | None"]  # a name in a function's scope -> the signature's placeholder
+Indexed = dict[str, list[Any]]  # per input, the handles of the tables it indexes
 
 
-def embedding_bounds(tf: Any, signature: Any) -> InputBounds | None:
-    """The rows of the tables `users` and `products` index in `signature`; None if either is not found."""
+def embedding_bounds(tf: Any, signature: Any, indexed: Indexed | None = None) -> InputBounds | None:
+    """The rows of the tables `users` and `products` index in `signature` (`indexed`, if the caller traced
+    them already); None if either is not found."""
     rows = {}
-    for name, handles in _indexed_tables(signature).items():
+    for name, handles in (indexed if indexed is not None else indexed_tables(signature)).items():
         sizes = [rows for rows in (_rows(tf, handle) for handle in handles) if rows is not None]
         if not sizes:
             return None
@@ -37,12 +39,13 @@ def embedding_bounds(tf: Any, signature: Any) -> InputBounds | None:
     return InputBounds(users=rows["users"], products=rows["products"])
 
 
-def embedding_tables(signature: Any) -> tuple[Any, Any] | None:
-    """The variables `users` and `products` index in `signature`, when each indexes exactly one: how a
-    SavedModel declares its embedding tables (`flows.core.embeddings`); None otherwise."""
+def embedding_tables(signature: Any, indexed: Indexed | None = None) -> tuple[Any, Any] | None:
+    """The variables `users` and `products` index in `signature` (`indexed`, if the caller traced them
+    already), when each indexes exactly one: how a SavedModel declares its embedding tables
+    (`flows.core.embeddings`); None otherwise."""
     variables = {id(variable.handle): variable for variable in signature.variables}
     found = []
-    for handles in _indexed_tables(signature).values():
+    for handles in (indexed if indexed is not None else indexed_tables(signature)).values():
         tables = [variables[id(handle)] for handle in handles if id(handle) in variables]
         if len(tables) != 1 or len(handles) != 1:
             return None
@@ -50,8 +53,9 @@ def embedding_tables(signature: Any) -> tuple[Any, Any] | None:
     return found[0], found[1]
 
 
-def _indexed_tables(signature: Any) -> dict[str, list[Any]]:
-    """Per input, the handles (captured tensors) of the tables it indexes in `signature`."""
+def indexed_tables(signature: Any) -> Indexed:
+    """Per input, the handles (captured tensors) of the tables it indexes in `signature`: a walk of the
+    signature's graph and the functions it calls."""
     graph = signature.graph
     graph_def = graph.as_graph_def()
     functions = {function.signature.name: function for function in graph_def.library.function}
