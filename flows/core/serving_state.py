@@ -23,6 +23,7 @@ from flows.core.history import History
 
 MAX_CHALLENGERS_SHOWN = 8
 EXPLANATIONS_SHOWN = 10  # the latest explanations kept per model, for /state and the live page
+MODELS_EXPLAINED_SHOWN = 8  # models whose explanations are kept, the most recently explained
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +100,11 @@ class ServingState:
             for item in explained:
                 name = item.explanation.model_name
                 self._explained[name] = self._explained.get(name, 0) + 1
-                latest = self._explanations.get(name)
-                if latest is None:
-                    latest = self._explanations[name] = deque(maxlen=EXPLANATIONS_SHOWN)
+                # Moved to the end, so the model explained longest ago is the first to go.
+                latest = self._explanations.pop(name, None) or deque(maxlen=EXPLANATIONS_SHOWN)
                 latest.appendleft(asdict(item.explanation))
-            while len(self._explanations) > MAX_CHALLENGERS_SHOWN:  # models explained long ago go first
+                self._explanations[name] = latest
+            while len(self._explanations) > MODELS_EXPLAINED_SHOWN:
                 gone = next(iter(self._explanations))
                 del self._explanations[gone]
                 self._explained.pop(gone, None)

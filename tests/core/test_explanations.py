@@ -237,3 +237,23 @@ def test_a_model_with_embedding_tables_names_the_most_alike_users_and_products()
 )
 def test_embedding_tables_unfit_to_look_up_are_not_used(users):
     assert EmbeddingTables.of(users, np.ones((BOUNDS.products, 3), np.float32), BOUNDS) is None
+
+
+def test_state_keeps_the_explanations_of_the_models_explained_most_recently():
+    from flows.core.explanations import Explanation, ExplanationMessage
+    from flows.core.serving_state import EXPLANATIONS_SHOWN, MODELS_EXPLAINED_SHOWN, ServingState
+
+    state = ServingState()
+
+    def explain(model: str, count: int = 1) -> None:
+        state.explained([ExplanationMessage(Explanation(user, model), 0) for user in range(count)])
+
+    explain("first", EXPLANATIONS_SHOWN + 5)
+    for index in range(MODELS_EXPLAINED_SHOWN - 1):
+        explain(f"m{index}")
+    explain("first")  # explained again: now the most recent
+    explain("newcomer")  # one model too many: the one explained longest ago goes
+    shown = state.explanations_per_model()
+    assert len(shown) == MODELS_EXPLAINED_SHOWN and "m0" not in shown
+    assert shown["first"]["explained"] == EXPLANATIONS_SHOWN + 6
+    assert len(shown["first"]["latest"]) == EXPLANATIONS_SHOWN
