@@ -51,9 +51,8 @@ class ServingStreams:
     events: Stream[ModelEvent]
     reports: Stream[ChallengerReport]  # how each challenger compares, per window and shard
     shadow_results: Stream[ScoredBatch]  # a shadow challenger's results, if `serve` was asked for them
-    explanations: Stream[
-        list[ExplanationMessage]
-    ]  # of sampled and asked-for records (flows.core.explanations)
+    # Of sampled and asked-for records (flows.core.explanations).
+    explanations: Stream[list[ExplanationMessage]]
 
 
 def serve(

@@ -227,14 +227,16 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             return
         if scorer is None or digest is None:
             return
-        explained = self.explainer.explain(results, scorer, self._background(digest, scorer))
+        background = self._background(digest, scorer, self.explainer.settings.background)
+        explained = self.explainer.explain(results, scorer, background)
         if explained:
             outputs.explanations(explained)
             self.serving_state.explained(explained)
             self.telemetry.explained(answered_by, len(explained))
 
-    def _background(self, digest: str, scorer: Scorer) -> Background:
-        """The explanation background of the model `digest` (those of models no longer served go)."""
+    def _background(self, digest: str, scorer: Scorer, size: int) -> Background:
+        """The explanation background of the model `digest`, of `size` pairs once complete (those of models
+        no longer served go)."""
         backgrounds = self.state.explain_backgrounds
         if backgrounds is None:
             backgrounds = self.state.explain_backgrounds = {}
@@ -243,7 +245,7 @@ class ShardLogic(StatefulBatchLogic[ShardInput, ShardOutput, ShardState]):
             served = {self.state.model_digest, slot.digest if slot is not None else None}
             for gone in [known for known in backgrounds if known not in served]:
                 del backgrounds[gone]
-            bounds, size = scorer.input_bounds, self.explainer.settings.background if self.explainer else 0
+            bounds = scorer.input_bounds
             backgrounds[digest] = Background.spread_over(bounds, size) if bounds else Background()
         return backgrounds[digest]
 
