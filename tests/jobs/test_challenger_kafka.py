@@ -19,7 +19,7 @@ from support.jobs import (
     wait_for_fitted_outlier_snapshot,
     wait_for_model_snapshot,
 )
-from support.topics import flow_events, publish, results_by_offset
+from support.topics import publish, results_by_offset, start_tailing_flow
 
 from flows.adapters.sources.generators import generated_records, shipped_model
 from flows.core.admission.policy import AdmissionPolicy
@@ -32,27 +32,14 @@ from flows.wire.avro import EVENT, MODEL, REPORT
 
 
 def test_a_canary_promoted_then_a_shadow_retired_through_the_models_topic(kafka_bootstrap):
-    topics = create_topics(
-        kafka_bootstrap, "challenger", ["data", "models", "results", "dead", "events", "reports", "shadow"]
-    )
-    produce(
-        kafka_bootstrap, topics["models"], [(b"v1", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))]
-    )
-    flow = start_flow(
+    flow = start_tailing_flow(
         kafka_bootstrap,
-        topics,
-        SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
-        SERVING_KAFKA_CHALLENGER_TOPIC=topics["reports"],
-        SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
-        SERVING_KAFKA_TAIL="true",
+        "challenger",
+        shipped_model(SHIPPED_MODELS_DIR, "1"),
         SERVING_CHALLENGER_WINDOW="100000",  # one report per shard, when the promotion closes it
-        SERVING_SHARDS="2",
     )
+    topics, events = flow.topics, flow.events
     try:
-
-        def events() -> list[tuple[str, str]]:
-            return flow_events(kafka_bootstrap, topics["events"])
-
         wait_for(lambda: ("accepted", "recommender-v1") in events(), "v1 accepted", timeout=120)
         output = publish(kafka_bootstrap, topics["models"], "--version", "2", "--challenger", "canary",
                          "--fraction", "0.5")  # fmt: skip
@@ -127,8 +114,8 @@ def test_a_canary_promoted_then_a_shadow_retired_through_the_models_topic(kafka_
         )
         wait_for(lambda: ("retired", "recommender-v1") in events(), "the retirement", timeout=60)
     finally:
-        flow.terminate()
-        finished_output(flow)
+        flow.process.terminate()
+        finished_output(flow.process)
 
 
 def test_kill_9_with_a_canary_running_loses_no_record_and_keeps_its_users(kafka_bootstrap, tmp_path):

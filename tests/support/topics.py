@@ -81,15 +81,16 @@ def start_tailing_flow(
     bootstrap: str, prefix: str, champion: ModelDescriptor, **settings: str
 ) -> TailingFlow:
     """The main job on fresh topics named after `prefix`, tailing its data topic, with `champion` on its
-    models topic, events, shadow results and explanations on topics of their own, two shards, and any other
-    `settings`."""
-    names = ["data", "models", "results", "dead", "events", "shadow", "explanations"]
+    models topic, events, challenger reports, shadow results and explanations on topics of their own, two
+    shards, and any other `settings`."""
+    names = ["data", "models", "results", "dead", "events", "reports", "shadow", "explanations"]
     topics = create_topics(bootstrap, prefix, names)
     produce(bootstrap, topics["models"], [(b"champion", MODEL.encode(champion))])
     process = start_flow(
         bootstrap,
         topics,
         SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
+        SERVING_KAFKA_CHALLENGER_TOPIC=topics["reports"],
         SERVING_KAFKA_SHADOW_RESULTS_TOPIC=topics["shadow"],
         SERVING_KAFKA_EXPLANATIONS_TOPIC=topics["explanations"],
         SERVING_KAFKA_TAIL="true",
