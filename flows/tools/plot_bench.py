@@ -210,6 +210,57 @@ def monitoring_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def latency_runs(results: list[dict[str, Any]]) -> dict[str, dict[float, list[dict[str, Any]]]]:
+    """The Kafka runs under an offered load, per delivery and offered rate (docs/benchmarks/latency.sh)."""
+    runs: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        rate = result.get("offered_rate")
+        if result["scenario"] == "kafka-embedded" and isinstance(rate, (int, float)):
+            runs[result.get("delivery", "at-least-once")][float(rate)].append(result)
+    return {delivery: dict(sorted(by_rate.items())) for delivery, by_rate in sorted(runs.items())}
+
+
+def latency_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table of latency against offered rate, per delivery: medians of the runs at each rate of
+    the latency a read_committed reader sees (produced data message to visible result) and the flow's
+    own (to its result's produce time), and the records/s served."""
+    lines = [
+        (
+            "| delivery | offered/s | served/s | visible p50 ms | visible p99 ms | produced p50 ms | "
+            "produced p99 ms | runs |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for delivery, by_rate in latency_runs(results).items():
+        for rate, runs in by_rate.items():
+            cells = [
+                f"{statistics.median(run[key] for run in runs):,.0f}"
+                for key in ("visible_p50_ms", "visible_p99_ms", "p50_ms", "p99_ms")
+            ]
+            served = statistics.median(run["records_per_s"] for run in runs)
+            lines.append(f"| {delivery} | {rate:,.0f} | {served:,.0f} | {' | '.join(cells)} | {len(runs)} |")
+    return "\n".join(lines)
+
+
+def plot_latency(results: list[dict[str, Any]], out: Path, title: str) -> None:
+    """Visible p50 and p99 against offered rate, a line per delivery (log scale)."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for delivery, by_rate in latency_runs(results).items():
+        rates = list(by_rate)
+        p50 = [statistics.median(run["visible_p50_ms"] for run in runs) for runs in by_rate.values()]
+        p99 = [statistics.median(run["visible_p99_ms"] for run in runs) for runs in by_rate.values()]
+        (line,) = axes.plot(rates, p50, marker="o", label=f"{delivery} p50")
+        axes.plot(rates, p99, marker="^", linestyle="--", color=line.get_color(), label=f"{delivery} p99")
+    axes.set_xlabel("offered load, records/s (kafka-embedded, 1 partition)")
+    axes.set_ylabel("latency a read_committed reader sees, ms")
+    axes.set_yscale("log")
+    axes.legend(fontsize=8)
+    figure.suptitle(f"{title}\n{_provenance(results)}", fontsize=10)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+
+
 def _median_of(runs: list[dict[str, Any]], key: str, unit: str) -> str:
     """The runs' median `key`, with `unit`; '-' if none has it."""
     values = [run[key] for run in runs if key in run]
@@ -222,7 +273,8 @@ def _rates(runs: list[dict[str, Any]]) -> str:
     return f"{statistics.median(rates):,.0f} ({min(rates):,.0f} – {max(rates):,.0f}; {len(rates)})"
 
 
-def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only."""
     try:
         import matplotlib
     except ImportError:
@@ -232,6 +284,11 @@ def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
     matplotlib.use("Agg")  # files only, no display
     from matplotlib import pyplot
 
+    return pyplot
+
+
+def plot(results: list[dict[str, Any]], out: Path, title: str) -> None:
+    pyplot = _pyplot()
     throughput, latency = throughput_by_scenario(results), latency_by_rate(results)
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     labels = sorted(throughput, key=lambda label: statistics.median(throughput[label]))
@@ -302,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print the tables of what outlier scoring and explanations cost (docs/benchmarks/monitoring.sh)",
     )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="latency against offered rate per delivery (docs/benchmarks/latency.sh): print its table, and "
+        "with --out draw it instead of the throughput plot",
+    )
     parser.add_argument("--title", default="bytewax-model-serving benchmarks")
     args = parser.parse_args(argv)
     results = read_results(args.results)
@@ -314,11 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         print(formats_table(results))
     if args.monitoring:
         print(monitoring_table(results))
+    if args.latency:
+        print(latency_table(results))
     if args.out is not None:
-        plot(results, args.out, args.title)
+        (plot_latency if args.latency else plot)(results, args.out, args.title)
         print(f"wrote {args.out} from {len(results)} runs")
-    elif not (args.table or args.formats or args.monitoring):
-        parser.error("nothing to do: give --out PLOT.png, --table, --formats or --monitoring")
+    elif not (args.table or args.formats or args.monitoring or args.latency):
+        parser.error("nothing to do: give --out PLOT.png, --table, --formats, --monitoring or --latency")
     return 0
 
 

@@ -151,6 +151,30 @@ def test_plot_bench_draws_the_scaling_curve_where_runs_differ_in_process_count(t
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_bench_latency_gives_medians_per_delivery_and_rate_and_draws_them(tmp_path, capsys):
+    from flows.tools import plot_bench
+
+    def run(delivery, rate, visible_p99, scenario="kafka-embedded"):
+        return {"scenario": scenario, "offered_rate": rate, "delivery": delivery, "records_per_s": rate,
+                "p50_ms": 10, "p99_ms": 40, "visible_p50_ms": 20, "visible_p99_ms": visible_p99}  # fmt: skip
+
+    read = [run("exactly-once", 5000, 300), run("exactly-once", 5000, 100), run("exactly-once", 5000, 200),
+            run("at-least-once", 1000, 50), run("at-least-once", "pre-loaded", 9),
+            run("at-least-once", 1000, 7, scenario="embedded")]  # fmt: skip
+    assert {delivery: list(by_rate) for delivery, by_rate in plot_bench.latency_runs(read).items()} == {
+        "at-least-once": [1000.0],
+        "exactly-once": [5000.0],
+    }
+    results = tmp_path / "latency.jsonl"
+    results.write_text("\n".join(json.dumps(line) for line in read))
+    out = tmp_path / "latency.png"
+    assert plot_bench.main([str(results), "--latency", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| exactly-once | 5,000 | 5,000 | 20 | 200 | 10 | 40 | 3 |" in table
+    assert "| at-least-once | 1,000 | 1,000 | 20 | 50 | 10 | 40 | 1 |" in table
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_plot_bench_prints_a_table_of_medians(tmp_path, capsys):
     from flows.tools import plot_bench
 
