@@ -41,6 +41,7 @@ from flows.wire.avro import MODEL
 KILLS = 20
 JOB_NUMBERS = itertools.count()
 MARKER_SECRET = "exactly-once tests' marker key"  # signs the answered markers (SERVING_KAFKA_MARKER_KEY)
+COMMITTED_BETWEEN = "committed between snapshots"  # as support/announced_commits.py announces it
 
 
 def eos_topics(bootstrap: str, name: str, partitions: int, extra: tuple[str, ...] = ()) -> dict[str, str]:
@@ -53,15 +54,19 @@ def eos_topics(bootstrap: str, name: str, partitions: int, extra: tuple[str, ...
     return topics
 
 
-def commits(log: Path) -> int:
-    return len(log.read_text().splitlines()) if log.exists() else 0
+def commits(log: Path, kind: str = "commit") -> int:
+    """How many commits the log announces: begun (`commit`), or done between snapshots (COMMITTED_BETWEEN)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum(1 for line in lines if line.split(" ", 1)[1] == kind)
 
 
-def wait_for_commits(log: Path, at_least: int, what: str, jobs: list[subprocess.Popen]) -> None:
+def wait_for_commits(
+    log: Path, at_least: int, what: str, jobs: list[subprocess.Popen], kind: str = "commit"
+) -> None:
     """Wait for the `at_least`-th commit; if it does not come, stop `jobs` and show what they said."""
     try:
         wait_for(
-            lambda: commits(log) >= at_least or any(job.poll() is not None for job in jobs),
+            lambda: commits(log, kind) >= at_least or any(job.poll() is not None for job in jobs),
             f"{what} ({at_least} commits in all)",
             timeout=180,
         )
@@ -208,6 +213,40 @@ def test_kill_9_at_random_points_and_inside_commits_loses_and_repeats_no_answer(
     )
     assert uncommitted["duplicates"] > 0, (
         "no kill left an aborted transaction behind: the test proves nothing"
+    )
+
+
+@pytest.mark.timeout(900)
+def test_kill_9_between_a_commit_and_the_next_snapshot_drops_the_replayed_answers_and_loses_none(
+    kafka_bootstrap, tmp_path
+):
+    """A commit at the commit interval answers records that the snapshot before it does not cover: after a
+    kill there, the restart replays them from that snapshot, and only the marker keeps their answers from
+    coming twice. Each kill lands while the worker is held just after such a commit (so before its next
+    snapshot); the last run, to the end of the topic, must drop replayed answers, or the test proves
+    nothing."""
+    topics = eos_topics(kafka_bootstrap, "eos-between", partitions=2)
+    stores = recovery_stores(tmp_path, 1)
+    log = tmp_path / "commits.log"
+    held = {"SERVING_KAFKA_COMMIT_INTERVAL": "0.05", "SERVING_TEST_COMMITTED_PAUSE": "3"}
+    trickle = Trickle(kafka_bootstrap, topics["data"]).start()
+    try:
+        for kill in range(4):
+            jobs = start_cluster(kafka_bootstrap, topics, stores, log, True, **held)
+            before = commits(log, COMMITTED_BETWEEN)
+            wait_for_commits(
+                log, before + 1, f"a commit between snapshots (kill {kill})", jobs, COMMITTED_BETWEEN
+            )
+            kill_cluster(jobs, jobs[0])
+    finally:
+        trickle.stop()
+    [job] = start_cluster(kafka_bootstrap, topics, stores, log, False)
+    output = finished(job)
+    report = assert_exactly_once(kafka_bootstrap, topics, trickle)
+    assert "answer(s) dropped, committed before a restart" in output, output[-3000:]
+    print(
+        "exactly-once, 4 kills between a commit and the next snapshot: "
+        f"{report['data_offsets']} data offsets, 0 lost, 0 duplicated"
     )
 
 

@@ -78,6 +78,7 @@ NAMES_ADDED = [
     "KAFKA_ANSWERED_WAIT",
     "KAFKA_ANSWERED_TOPIC",
     "KAFKA_TRANSACTIONAL_ID",
+    "KAFKA_COMMIT_INTERVAL",  # 34: exactly-once commits between snapshots
     "STATE_PEERS",  # 24: the live page's merged cluster
     "STATE_ALLOWED_HOSTS",  # 30: Host header allow-list
     "ROLLBACK_RECORDS",  # 30: a new champion rolled back in service

@@ -9,14 +9,28 @@ remembers what it committed itself:
   stable (`PREFIX.TOPIC.PARTITION`, see `KafkaSettings.transactional_prefix`): a replacement process takes
   the same id, which aborts what the old one left open and fences it (its next produce or commit fails,
   and it stops);
-- one transaction per partition and epoch: the answers (results, data dead letters, shadow results) of the
-  epoch and a marker, the set of data offsets answered so far (`flows.adapters.kafka.answered`), written to
-  the answered topic and committed when Bytewax snapshots the partition, before the snapshot is stored;
+- one transaction open per partition at a time: answers (results, data dead letters, shadow results) and a
+  marker, the set of data offsets answered so far (`flows.adapters.kafka.answered`), written to the
+  answered topic. It is committed when Bytewax snapshots the partition, before the snapshot is stored, and
+  also once it has been open `SERVING_KAFKA_COMMIT_INTERVAL` seconds, so that a reader sees answers in a
+  tenth of a second, not an epoch: checked as answers arrive, and by a thread of the partition's own
+  (`_CommitClock`) while none do, so a partition that goes quiet is not left waiting for the snapshot. A
+  lock keeps that thread's commits and the worker's calls apart. With shadow results, only at snapshots:
+  a shadow result answers no offset, so the marker cannot say whether it was committed, and it must share
+  its record's answer's transaction, which only an epoch's end is sure of;
 - when a partition starts (Bytewax builds it at its first answer), it takes its id and reads its newest
   committed marker, then drops every answer whose data offset the marker covers: a record replayed from an
   older snapshot, answered before the crash. Each data partition's markers go to partition
   `p % n` of the answered topic, so with as many answered partitions as data partitions no other id's
   open transaction can hold that read back.
+
+Why committing between snapshots is safe: the markers, not the epoch, decide what is answered. A crash
+after a commit and before the next snapshot resumes from the snapshot before that commit and replays the
+records after it; the newest committed marker covers every answer committed, so those replayed records'
+answers are dropped, and records answered but not committed (their transaction aborted when the id is
+taken again) are answered anew. What the snapshot must still wait for is its own commit: a snapshot stored
+with answers still open would resume past records whose answers the abort then discards. A process that
+takes the id fences the old one before it reads the marker, so no commit can land behind that read.
 
 A commit that fails for a reason that passes (broker away, timeout) is retried with backoff until it
 succeeds; one the broker aborted is produced again from what the partition keeps of the open transaction;
@@ -43,6 +57,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple, NoReturn
@@ -215,15 +230,32 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.message_max_bytes = message_max_bytes
         self.shrink = shrink
         self.marker_key = marker_key
+        # Between snapshots only without shadow results: a record's shadow result answers nothing, so the
+        # marker cannot tell whether it was committed; it must share a transaction with its record's answer,
+        # and only a snapshot's commit (both come from the same epoch) is sure to hold both.
+        self.commit_interval = None if settings.shadow_results_topic else settings.commit_interval
         self.open = False
+        self.opened_at = 0.0  # time.monotonic() when the open transaction began
         self.pending: list[SinkMessage] = []  # the open transaction's messages, to produce again if aborted
         # (topic, value) of each message the broker refused -> why: matched to `pending` if it is aborted
         self.refused: dict[tuple[str | None, bytes | None], KafkaError] = {}
         self.renewals = 0  # new producers since the last commit
         self.dropped = 0
         self.replaced = 0
+        self.commits = 0  # what exactly-once cost this partition, logged at close
+        self.commit_seconds = 0.0  # the worker waited this long in commits
+        self.marker_bytes = 0
+        # The worker's calls and the commit clock's commits, one at a time.
+        self.lock = threading.Lock()
+        self.clock = _CommitClock(self)
 
     def write_batch(self, values: list[list[Answer]]) -> None:
+        with self.lock:
+            self.clock.raise_failure()
+            self._write(values)
+            self.commit_if_due()
+
+    def _write(self, values: list[list[Answer]]) -> None:
         committed, answered = self.committed, self.answered
         for batch in values:
             for covered, message, answers in batch:
@@ -245,16 +277,34 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
                 if answers:
                     answered.add(covered.first, covered.last)
 
+    def commit_if_due(self) -> None:
+        """Commit the open transaction if it has been open the commit interval: answers wait for a commit
+        to be seen, not longer than that. Called with the lock held."""
+        interval = self.commit_interval
+        if interval is not None and self.open and time.monotonic() - self.opened_at >= interval:
+            self._commit()
+
     def snapshot(self) -> None:
         # The state that matters is in Kafka, committed here before Bytewax stores its snapshot.
-        self._commit()
+        with self.lock:
+            self.clock.raise_failure()
+            self._commit()
 
     def close(self) -> None:
-        self._commit()
+        self.clock.stop()
+        with self.lock:
+            self._commit()
         if self.dropped:
             log.info(
                 "%s: %d answer(s) dropped, committed before a restart", self.transactional_id, self.dropped
             )
+        log.info(
+            "%s: %d commit(s) taking %.2f s in all, %d marker bytes",
+            self.transactional_id,
+            self.commits,
+            self.commit_seconds,
+            self.marker_bytes,
+        )
 
     def _produce(self, message: SinkMessage) -> None:
         """Add `message` to the open transaction (opening one), on a new producer if this one is lost."""
@@ -268,6 +318,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         if not self.open:
             self._call(self.producer.begin_transaction)
             self.open = True
+            self.opened_at = time.monotonic()
         self._send(message, self._delivered)
 
     def _send(
@@ -325,6 +376,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
                 forgotten,
             )
         marker = Marker(*self.scope, self.answered).encode(self.marker_key)
+        self.marker_bytes += len(marker)
         message = SinkMessage(self.transactional_id.encode(), marker, topic=self.answered_topic)
         self._send(message, _ignore_delivery, self.marker_partition)
 
@@ -374,6 +426,8 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.pending = []
         self.refused = {}
         self.renewals = 0
+        self.commits += 1
+        self.commit_seconds += time.monotonic() - started
 
     def _again(self) -> None:
         """Abort the transaction and produce it again, with the smaller form of each message refused for
@@ -443,6 +497,43 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
             cut(reason, 300),
         )
         return self.shrink(message, cut(reason, 300))
+
+
+class _CommitClock:
+    """Commits a partition's open transaction once it is due while no answers arrive to do it: a thread that
+    looks every quarter interval. A failure it meets (not one that ends the process) is raised in the
+    worker at its next call, as if the worker had committed."""
+
+    def __init__(self, partition: _TransactionalPartition) -> None:
+        self.partition = partition
+        self.failure: Exception | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, name=f"commit clock {partition.transactional_id}", daemon=True
+        )
+        if partition.commit_interval is not None:  # else it commits at snapshots only
+            self.thread.start()
+
+    def _run(self) -> None:
+        partition = self.partition
+        assert partition.commit_interval is not None  # started only with one
+        while not self.stopped.wait(partition.commit_interval / 4):
+            with partition.lock:
+                try:
+                    partition.commit_if_due()
+                # Any failure, handed to the worker, which fails as its own commit would have.
+                except Exception as failure:  # noqa: BLE001
+                    self.failure = failure
+                    return
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def _transactional_producer(config: dict[str, str], transactional_id: str) -> Producer:

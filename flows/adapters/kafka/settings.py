@@ -81,11 +81,25 @@ class KafkaSettings(Section):
         "at-least-once",
         description=(
             "`exactly-once`: results, data dead letters and shadow results are written in Kafka "
-            "transactions, one per data partition and snapshot interval, so a `read_committed` consumer sees "
-            "one answer per data offset whatever happens to the flow; results become visible at each commit "
-            "(every `-s` seconds). The default, `at-least-once`, makes results visible at once and needs no "
+            "transactions, one per data partition, committed every SERVING_KAFKA_COMMIT_INTERVAL seconds "
+            "and at each snapshot, so a `read_committed` consumer sees one answer per data offset whatever "
+            "happens to the flow; results become visible at each commit. The default, `at-least-once`, "
+            "makes results visible at once and needs no "
             "transaction support, but a crash or restart repeats up to a snapshot interval's answers (see "
             "[docs/kafka.md](kafka.md#exactly-once))"
+        ),
+    )
+    commit_interval: float = Field(
+        0.1,
+        gt=0,
+        description=(
+            "with `exactly-once`: seconds a transaction stays open at most (it is also committed at every "
+            "snapshot): about how long results wait before a `read_committed` consumer sees them. With "
+            "SERVING_KAFKA_SHADOW_RESULTS_TOPIC set, transactions are committed at snapshots only (a shadow "
+            "result must share its record's answer's transaction). Shorter "
+            "costs throughput: the worker waits while a commit flushes the transaction's messages and makes "
+            "a round trip to the broker, and each commit writes a marker "
+            "(see [docs/kafka.md](kafka.md#commit-interval))"
         ),
     )
     answered_topic: str = Field(

@@ -11,10 +11,12 @@ real one raises (`KafkaException` of a `KafkaError` flagged fatal). The broker-l
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from support.jobs import wait_for
 
 from flows.adapters.kafka import exactly_once
 from flows.adapters.kafka.answered import MARKER_RANGES, AnsweredOffsets, Covered, Marker
@@ -31,7 +33,8 @@ from flows.adapters.kafka.sink import SinkMessage
 
 KEY = b"k" * 32
 SCOPE = MarkerScope("serving.results.records.0", "records", 0)
-SETTINGS = KafkaSettings(bootstrap_servers="127.0.0.1:1", answered_topic="answered")
+# The commit clock stays out of these tests (an hour's interval): the worker's calls commit.
+SETTINGS = KafkaSettings(bootstrap_servers="127.0.0.1:1", answered_topic="answered", commit_interval=3600)
 
 
 def fatal(code: int, reason: str) -> KafkaException:
@@ -79,12 +82,14 @@ class Producers:
         return self.started[-1]
 
 
-def partition(producers: Producers, committed: AnsweredOffsets | None = None) -> _TransactionalPartition:
+def partition(
+    producers: Producers, committed: AnsweredOffsets | None = None, settings: KafkaSettings = SETTINGS
+) -> _TransactionalPartition:
     return _TransactionalPartition(
         producers,  # type: ignore[arg-type]  # stand-ins for confluent-kafka's Producer, duck-typed
         producers(),  # type: ignore[arg-type]
         SCOPE,
-        SETTINGS,
+        settings,
         0,
         committed if committed is not None else AnsweredOffsets(),
         1_000_000,
@@ -173,3 +178,57 @@ def test_the_marker_stays_within_its_bound_however_fragmented_the_answered_set(p
     assert len(marker.answered) == MARKER_RANGES
     assert marker.answered.covers(20_010) and marker.answered.covers(9_998)
     assert len(value) < 64 * 1024
+
+
+def test_a_partition_that_goes_quiet_is_committed_by_its_clock_not_left_for_the_snapshot(process_end):
+    producers = Producers([])
+    sink = partition(producers, settings=SETTINGS.model_copy(update={"commit_interval": 0.05}))
+    sink.write_batch([answers(range(5))])  # and nothing after: no answer arrives to commit it
+    [producer] = producers.started
+    wait_for(lambda: producer.committed, "the commit clock's commit", timeout=30)
+
+    (transaction,) = producer.committed
+    assert [value for topic, value in transaction if topic == "results"] == [
+        f"result {offset}".encode() for offset in range(5)
+    ]
+    [marker] = [Marker.decode(value, KEY) for topic, value in transaction if topic == "answered"]
+    assert marker.answered.to_json() == [[0, 4]]
+    sink.close()
+    assert len(producer.committed) == 1  # nothing was left open for the close
+
+
+def test_a_failure_the_commit_clock_meets_is_raised_in_the_worker_at_its_next_call(process_end):
+    class Broken(StandInProducer):
+        def commit_transaction(self, timeout: float) -> None:
+            raise RuntimeError("the commit broke")
+
+    sink = _TransactionalPartition(
+        Broken,  # a stand-in, as in `partition`
+        Broken(),
+        SCOPE,
+        SETTINGS.model_copy(update={"commit_interval": 0.05}),
+        0,
+        AnsweredOffsets(),
+        1_000_000,
+        lambda message, reason: message,
+        KEY,
+    )
+    sink.write_batch([answers(range(3))])
+    wait_for(lambda: sink.clock.failure is not None, "the commit clock's failure", timeout=30)
+    with pytest.raises(RuntimeError, match="the commit broke"):
+        sink.write_batch([answers(range(3, 6))])
+
+
+def test_with_shadow_results_a_partition_commits_at_snapshots_only(process_end):
+    """A shadow result must share its record's answer's transaction: only a snapshot is sure of that."""
+    producers = Producers([])
+    with_shadows = SETTINGS.model_copy(update={"commit_interval": 0.001, "shadow_results_topic": "shadows"})
+    sink = partition(producers, settings=with_shadows)
+    sink.write_batch([answers(range(3))])
+    opened = sink.opened_at
+    wait_for(lambda: time.monotonic() > opened + 0.01, "ten commit intervals")
+    sink.write_batch([answers(range(3, 6))])
+    [producer] = producers.started
+    assert producer.committed == [] and not sink.clock.thread.is_alive()
+    sink.snapshot()
+    assert len(producer.committed) == 1
