@@ -71,7 +71,8 @@ def test_the_installed_main_job_runs_from_another_directory(installed, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "model 'recommender-v1' accepted" in done.stdout
     assert str(site) in done.stdout  # the shipped model came from the installed package's data
-    assert done.stdout.count("user ") == 5  # every 100th of 500 results
+    # Every 100th of 500 results; a sampled explanation's lines ("explained user ...") may come besides.
+    assert sum(line.startswith("user ") for line in done.stdout.splitlines()) == 5
 
 
 def test_the_installed_tools_and_their_scripts_answer(installed, tmp_path):

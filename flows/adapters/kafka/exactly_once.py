@@ -243,7 +243,7 @@ class _TransactionalPartition(StatefulSinkPartition[list[Answer], None]):
         self.dropped = 0
         self.replaced = 0
         self.commits = 0  # what exactly-once cost this partition, logged at close
-        self.commit_seconds = 0.0  # the worker waited this long in commits
+        self.commit_seconds = 0.0  # time in commits: the worker's, and the clock's under the lock
         self.marker_bytes = 0
         # The worker's calls and the commit clock's commits, one at a time.
         self.lock = threading.Lock()
