@@ -16,4 +16,4 @@ for round in $(seq "${ROUNDS:-3}"); do
         done
     done
 done
-serving-plot-bench "$results" --latency --out latency.png --title "Latency under an offered load"
+serving-plot-bench "$results" --latency --out latency.png

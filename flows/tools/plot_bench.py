@@ -244,18 +244,21 @@ def latency_table(results: list[dict[str, Any]]) -> str:
 
 def plot_latency(results: list[dict[str, Any]], out: Path, title: str) -> None:
     """Visible p50 and p99 against offered rate, a line per delivery (log scale)."""
+    visible = {
+        delivery: {
+            rate: (
+                statistics.median(run["visible_p50_ms"] for run in runs),
+                statistics.median(run["visible_p99_ms"] for run in runs),
+            )
+            for rate, runs in by_rate.items()
+        }
+        for delivery, by_rate in latency_runs(results).items()
+    }
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(7, 4.5), constrained_layout=True)
-    for delivery, by_rate in latency_runs(results).items():
-        rates = list(by_rate)
-        p50 = [statistics.median(run["visible_p50_ms"] for run in runs) for runs in by_rate.values()]
-        p99 = [statistics.median(run["visible_p99_ms"] for run in runs) for runs in by_rate.values()]
-        (line,) = axes.plot(rates, p50, marker="o", label=f"{delivery} p50")
-        axes.plot(rates, p99, marker="^", linestyle="--", color=line.get_color(), label=f"{delivery} p99")
+    _draw_latency(axes, visible)
     axes.set_xlabel("offered load, records/s (kafka-embedded, 1 partition)")
     axes.set_ylabel("latency a read_committed reader sees, ms")
-    axes.set_yscale("log")
-    axes.legend(fontsize=8)
     figure.suptitle(f"{title}\n{_provenance(results)}", fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)

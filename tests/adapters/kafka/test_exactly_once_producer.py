@@ -44,7 +44,7 @@ def fatal(code: int, reason: str) -> KafkaException:
 class StandInProducer:
     """Records what is produced and committed; `commit_failures` are raised by the next commits, in turn."""
 
-    def __init__(self, commit_failures: Sequence[KafkaException] = ()) -> None:
+    def __init__(self, commit_failures: Sequence[Exception] = ()) -> None:
         self.commit_failures = list(commit_failures)
         self.produced: list[tuple[str, bytes]] = []
         self.committed: list[list[tuple[str, bytes]]] = []
@@ -72,7 +72,7 @@ class StandInProducer:
 class Producers:
     """The producers the partition starts, each failing its commits as `plans` say (the last plan repeats)."""
 
-    def __init__(self, *plans: list[KafkaException]) -> None:
+    def __init__(self, *plans: list[Exception]) -> None:
         self.plans = list(plans)
         self.started: list[StandInProducer] = []
 
@@ -198,21 +198,8 @@ def test_a_partition_that_goes_quiet_is_committed_by_its_clock_not_left_for_the_
 
 
 def test_a_failure_the_commit_clock_meets_is_raised_in_the_worker_at_its_next_call(process_end):
-    class Broken(StandInProducer):
-        def commit_transaction(self, timeout: float) -> None:
-            raise RuntimeError("the commit broke")
-
-    sink = _TransactionalPartition(
-        Broken,  # a stand-in, as in `partition`
-        Broken(),
-        SCOPE,
-        SETTINGS.model_copy(update={"commit_interval": 0.05}),
-        0,
-        AnsweredOffsets(),
-        1_000_000,
-        lambda message, reason: message,
-        KEY,
-    )
+    producers = Producers([RuntimeError("the commit broke")])
+    sink = partition(producers, settings=SETTINGS.model_copy(update={"commit_interval": 0.05}))
     sink.write_batch([answers(range(3))])
     wait_for(lambda: sink.clock.failure is not None, "the commit clock's failure", timeout=30)
     with pytest.raises(RuntimeError, match="the commit broke"):
