@@ -2,7 +2,7 @@
 
 import logging
 
-from flows.adapters.scorers.tensorflow_runtime import tensorflow
+from flows.adapters.scorers.tensorflow_runtime import show_start_up_output
 from flows.core.context import ServingContext
 from flows.core.errors import ConfigurationError
 from flows.runtime import shutdown
@@ -32,9 +32,8 @@ if problems:
 shutdown.set_drain_timeout(settings.flow.drain_timeout)
 for name in unknown_variables():
     logging.getLogger("flows.serving").warning("%s is set, but no setting of this version reads it", name)
-# Import TensorFlow here, in the main thread, before Bytewax starts its workers: imported by a worker while
-# the others poll Kafka, it took 10 s (they hold the GIL) and once crashed the process (SIGSEGV).
-tensorflow(verbose=settings.output.tf_verbose)
+# TensorFlow is imported with the first TensorFlow model, on its load thread (`tensorflow_runtime`).
+show_start_up_output(settings.output.tf_verbose)
 try:  # what the settings name and only the build reads (a key file, an exporter): still one line
     context = ServingContext.create(settings.admission)
     observability = start_observability(settings, context)

@@ -28,7 +28,7 @@ from support.core_runs import (
 from support.jobs import wait_for
 
 from flows.adapters.scorers import ModelLoadError, ScorerCache, ScorerUnavailable, build_scorer
-from flows.adapters.scorers.transport import RECONNECT_WITHIN_MS
+from flows.adapters.scorers.grpc_channel import RECONNECT_WITHIN_MS
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing import tfserving_double as tfserving_stand_in

@@ -28,6 +28,12 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> N
         time.sleep(0.05)
 
 
+def announced_imports(log: Path) -> list[tuple[str, str]]:
+    """(thread, package) of each first import a flow run as `support.watched_imports` announced so far."""
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return [(thread, package) for thread, _, package in (line.rpartition(" imports ") for line in lines)]
+
+
 def start_job(
     env: dict[str, str], *args: str, module: str = "flows.serving", output: Path | None = None
 ) -> subprocess.Popen:

@@ -1,27 +1,41 @@
-"""TensorFlow in the flow's process: imported once, quietly (`flows.core.admission.tensorflow_import`
-says why and how), its import's objects frozen for the garbage collector. `SERVING_TF_VERBOSE=1` shows
-TensorFlow's start-up output.
+"""TensorFlow in the flow's process: imported once, with the first TensorFlow model (an embedded SavedModel,
+or a TensorFlow Serving server over gRPC, whose messages are TensorFlow's), on that model's load thread.
+
+A flow that serves only ONNX, PMML or REST models never imports it (about 670 MB of resident memory and
+seconds of start-up on the 2-core machine). The import runs off the scoring path: the workers keep scoring
+with the models they have while it runs. It is quiet (`flows.core.admission.tensorflow_import` says how)
+unless `SERVING_TF_VERBOSE` is on, and its objects are frozen for the garbage collector.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 from types import ModuleType
 
 from flows.core.admission.tensorflow_import import import_quietly
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _tensorflow: ModuleType | None = None
+_verbose = False
 
 
-def tensorflow(verbose: bool = False) -> ModuleType:
-    """The `tensorflow` module, imported on first use: quietly, unless `verbose` (`SERVING_TF_VERBOSE`,
-    which the main job passes when it imports TensorFlow first)."""
+def show_start_up_output(verbose: bool) -> None:
+    """Whether TensorFlow's own start-up output reaches stderr when it is imported (`SERVING_TF_VERBOSE`)."""
+    global _verbose
+    _verbose = verbose
+
+
+def tensorflow() -> ModuleType:
+    """The `tensorflow` module, imported on first use."""
     global _tensorflow
     with _lock:
         if _tensorflow is None:
-            if verbose:
+            started = time.monotonic()
+            if _verbose:
                 import tensorflow as tf
 
                 _tensorflow = tf
@@ -33,4 +47,7 @@ def tensorflow(verbose: bool = False) -> ModuleType:
             # took ~2 s of a 100,000-record Kafka benchmark. Frozen, collections skip them. (Everything alive
             # now is frozen; reference counting still frees it, only cycles among these objects would stay.)
             gc.freeze()
+            log.info(
+                "TensorFlow imported in %.1f s, for the first TensorFlow model", time.monotonic() - started
+            )
         return _tensorflow

@@ -1,4 +1,4 @@
-"""The wire under the remote scorers: JSON over HTTP, and gRPC channels, with errors sorted.
+"""The wire under the remote scorers: JSON over HTTP, with errors sorted (gRPC channels: `grpc_channel`).
 
 Errors are sorted in two: a TransientError (the server is down, slow, overloaded or does not have the
 model right now: try another server or later) and a RequestError (the server refused this request:
@@ -12,7 +12,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import grpc
 import urllib3
 
 from flows.adapters.scorers.endpoints import TransientError
@@ -21,17 +20,6 @@ from flows.core.errors import ServingError
 
 # Worth trying again: nothing answered, too slow, too busy, or the model is (re)loading.
 TRANSIENT_HTTP_STATUS = frozenset({404, 408, 429, 500, 502, 503, 504})
-TRANSIENT_GRPC_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.NOT_FOUND,
-    }
-)
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-RECONNECT_WITHIN_MS = 1000
 
 
 class CaFileUnreadable(ServingError, OSError):
@@ -102,30 +90,3 @@ class JsonHttpClient:
 
     def close(self) -> None:
         self._pool.close()
-
-
-def open_channel(address: str, location: RemoteLocation) -> grpc.Channel:
-    """A channel to one server (TLS for `grpcs`), allowing model-sized messages both ways.
-
-    Calls fail fast while the server is away (no wait-for-ready), and the channel tries to reconnect
-    at least every second (gRPC's default backoff grows to two minutes), so scoring resumes soon
-    after a restarted server is back.
-    """
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", RECONNECT_WITHIN_MS),
-    ]
-    if location.scheme == "grpcs":
-        credentials = grpc.ssl_channel_credentials(root_certificates=trusted_authorities(location))
-        return grpc.secure_channel(address, credentials, options=options)
-    return grpc.insecure_channel(address, options=options)
-
-
-def sorted_rpc_error(method: str, error: grpc.RpcError) -> Exception:
-    """A TransientError or RequestError for a failed call, naming the method, status and details."""
-    code = error.code()  # the RpcError a call raises is also a grpc.Call, which has code() and details()
-    failure = f"{method}: gRPC {code.name}: {error.details()}"
-    return TransientError(failure) if code in TRANSIENT_GRPC_CODES else RequestError(failure)
