@@ -9,6 +9,7 @@ import pytest
 from support.jobs import REPO
 
 from flows.core.admission.policy import AdmissionPolicy
+from flows.core.descriptors import ModelType
 from flows.runtime.settings import Settings, unknown_variables, variables
 
 # Every variable of release 0.1.0 (a flat class of fields then): sections must not rename one.
@@ -79,6 +80,7 @@ NAMES_ADDED = [
     "KAFKA_ANSWERED_TOPIC",
     "KAFKA_TRANSACTIONAL_ID",
     "KAFKA_COMMIT_INTERVAL",  # 34: exactly-once commits between snapshots
+    "MODEL_TYPES",  # 35: the model types a deployment serves
     "STATE_PEERS",  # 24: the live page's merged cluster
     "STATE_ALLOWED_HOSTS",  # 30: Host header allow-list
     "ROLLBACK_RECORDS",  # 30: a new champion rolled back in service
@@ -113,7 +115,9 @@ def test_each_section_reads_its_variables_typed(monkeypatch, tmp_path):
     monkeypatch.setenv("SERVING_KAFKA_CONFIG", '{"security.protocol": "SASL_SSL"}')
     monkeypatch.setenv("SERVING_MODEL_VERSIONS", "1, 2:canary:0.5")
     monkeypatch.setenv("SERVING_DRIFT_REFERENCE", "0")
+    monkeypatch.setenv("SERVING_MODEL_TYPES", "onnx,PMML")
     settings = Settings.from_environment()
+    assert settings.admission.types == (ModelType.ONNX, ModelType.PMML)
     assert settings.flow.shards == 3
     assert settings.admission.roots == (tmp_path, Path("/srv/models"))
     assert (settings.admission.output_low, settings.admission.output_high) == (-1.0, 1.0)

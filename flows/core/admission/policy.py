@@ -16,9 +16,32 @@ from pydantic_settings import NoDecode
 
 from flows.core.admission.saved_model_ops import DEFAULT_ALLOWED_OPS
 from flows.core.admission.signing import parse_trusted_keys
+from flows.core.descriptors import ModelType
 from flows.core.errors import ConfigurationError
 from flows.core.sections import SHOWN_DEFAULT, Section, comma_separated, parsed_text
 from flows.core.shipped import SHIPPED_MODELS_DIR
+
+# The types a scorer exists for (`flows.adapters.scorers`); H2O and PFA are answered with why not.
+SERVED_TYPES = (
+    ModelType.TENSORFLOWSAVED,
+    ModelType.ONNX,
+    ModelType.PMML,
+    ModelType.TENSORFLOWSERVING,
+    ModelType.OPENINFERENCE,
+)
+
+
+def parse_model_types(text: str) -> tuple[ModelType, ...]:
+    """`"ONNX, pmml"` as model types (names in any case), or ValueError naming the types served."""
+    types = []
+    for name in comma_separated(text):
+        if name.upper() not in ModelType.__members__ or ModelType[name.upper()] not in SERVED_TYPES:
+            served = ", ".join(t.value for t in SERVED_TYPES)
+            raise ConfigurationError(f"model type {name!r} is not one this flow serves ({served})")
+        types.append(ModelType[name.upper()])
+    if not types:
+        raise ConfigurationError("no model type given: name at least one")
+    return tuple(types)
 
 
 class RemoteLimits(Section):
@@ -133,6 +156,15 @@ class AdmissionPolicy(Section):
         (SHIPPED_MODELS_DIR,),
         description="directories local model paths must lie under, comma-separated",
         json_schema_extra={SHOWN_DEFAULT: "the shipped models' directory"},
+    )
+    types: Annotated[tuple[ModelType, ...], NoDecode, parsed_text(parse_model_types)] = Field(
+        SERVED_TYPES,
+        description=(
+            "the model types this deployment serves, comma-separated (e.g. `ONNX`); a descriptor of another "
+            "type is refused before anything is loaded, so its runtime is never imported and the pods' "
+            "memory need not allow for it (TensorFlow: about 700 MB)"
+        ),
+        json_schema_extra={SHOWN_DEFAULT: "`" + ",".join(t.value for t in SERVED_TYPES) + "`"},
     )
     max_name_chars: int = Field(200, ge=1, description="longest model name accepted")
     max_description_chars: int = Field(2_000, ge=0, description="longest model description accepted")
