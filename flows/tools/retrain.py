@@ -6,9 +6,11 @@ The flow writes its model events to `SERVING_KAFKA_EVENTS_TOPIC` when that is se
 `flows.core.drift`), signed with `SERVING_EVENTS_SIGNING_KEY` when that is set. This command follows that
 topic from its end (`--from-beginning` to replay it); on each `drift` event (of `--model` only, if given) it
 trains `recommender-vN` with `serving-train-model`'s deterministic recipe (N from `--version`, then N+1,
-...), publishes it inline with `serving-publish-model` (signed with `--sign KEYFILE`, for a flow with
-SERVING_MODEL_TRUSTED_KEYS), and goes on waiting; `--once` stops after the first. A real pipeline would
-retrain on recent, labelled data: this is the loop, with the project's synthetic training data standing in.
+...) in the format `--format` names (a SavedModel by default; `onnx`, named `recommender-vN-onnx`, for a
+flow that serves ONNX only and so never imports TensorFlow; or `pmml`), publishes it inline with
+`serving-publish-model` (signed with `--sign KEYFILE`, for a flow with SERVING_MODEL_TRUSTED_KEYS), and
+goes on waiting; `--once` stops after the first. A real pipeline would retrain on recent, labelled data:
+this is the loop, with the project's synthetic training data standing in.
 
 A drift event publishes a model, so retrain acts only on events it can trust: signed under `--trusted-keys`
 (the public key of SERVING_EVENTS_SIGNING_KEY), newer than the last one accepted from their signer, at most
@@ -32,7 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, Top
 
 from flows.core.admission.signing import load_private_key, parse_trusted_keys
 from flows.core.events import SignedModelEvent
-from flows.core.model_formats import SAVED_MODEL
+from flows.core.model_formats import ONNX, PMML, SAVED_MODEL
 from flows.core.records import DecodeFailure
 from flows.core.text import cut
 from flows.runtime.settings import Settings
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", help="retrain on drift of this model only (default: any model)")
     parser.add_argument("--once", action="store_true", help="stop after the first retraining")
+    parser.add_argument(
+        "--format",
+        choices=(SAVED_MODEL, ONNX, PMML),
+        default=SAVED_MODEL,
+        help="what to train and publish (default: savedmodel; onnx for a flow that serves ONNX only)",
+    )
     parser.add_argument(
         "--from-beginning", action="store_true", help="replay the events topic from its start"
     )
@@ -148,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             if refusal:
                 say(f"ignored drift of {event.model_name!r} at {where(message)}: {refusal}", error=True)
                 continue
-            name = f"recommender-v{version}"
+            name = f"recommender-v{version}" + ("" if args.format == SAVED_MODEL else f"-{args.format}")
             say(f"drift of {event.model_name!r} at {where(message)}: {event.reason}")
             say(f"training {name} ...")
             with tempfile.TemporaryDirectory() as scratch:
-                directory = export(version, SAVED_MODEL, Path(scratch) / str(version))
+                written = export(version, args.format, Path(scratch) / str(version))
+                directory = written if written.is_dir() else written.parent  # ONNX: the model.onnx file
                 signing = ["--sign", str(args.sign)] if args.sign else []
                 published = publish_model.main(
                     ["--path", str(directory), "--name", name,

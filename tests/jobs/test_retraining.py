@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastavro import schemaless_writer
-from support.jobs import REPO, encoded, finished_output, start_flow, wait_for
+from support.jobs import REPO, announced_imports, encoded, finished_output, start_flow, wait_for
 from support.topics import flow_events
 
 from flows.adapters.sources.generators import generated_records, shipped_model
@@ -54,56 +55,71 @@ def forged_event(model_name: str, reason: str) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize(
+    ("model_format", "version", "suffix"), [("savedmodel", "1", ""), ("onnx", "1-onnx", "-onnx")]
+)
 def test_drift_on_the_events_topic_retrains_and_publishes_a_version_the_flow_accepts(
-    kafka_bootstrap, tmp_path
+    kafka_bootstrap, tmp_path, model_format, version, suffix
 ):
-    topics = create_topics(kafka_bootstrap, "retrain", ["data", "models", "results", "dead", "events"])
+    """With a TensorFlow champion, and with an ONNX one, retrained as ONNX: then the flow, watched
+    (`support.watched_imports`), never imports TensorFlow."""
+    v1, v3 = f"recommender-v1{suffix}", f"recommender-v3{suffix}"
+    topics = create_topics(
+        kafka_bootstrap, f"retrain-{model_format}", ["data", "models", "results", "dead", "events"]
+    )
     events_key, events_public = write_key_pair(tmp_path, "events")
     models_key, models_public = write_key_pair(tmp_path, "models")
-    signed_v1 = sign(shipped_model(SHIPPED_MODELS_DIR, "1"), load_private_key(models_key))
+    signed_v1 = sign(shipped_model(SHIPPED_MODELS_DIR, version), load_private_key(models_key))
     produce(kafka_bootstrap, topics["models"], [(b"v1", MODEL.encode(signed_v1))])
     # A forged drift event of the model that will drift, there before the flow's own: retrain ignores it.
-    forged = forged_event("recommender-v1", "forged \x1b[2J\r\n")
-    produce(kafka_bootstrap, topics["events"], [(b"recommender-v1", forged)])
+    forged = forged_event(v1, "forged \x1b[2J\r\n")
+    produce(kafka_bootstrap, topics["events"], [(v1.encode(), forged)])
     retrain_job = subprocess.Popen(
         [sys.executable, "-m", "flows.tools.retrain", "--version", "3", "--once", "--from-beginning",
+         "--format", model_format,
          "--timeout", "240", "--bootstrap-servers", kafka_bootstrap, "--events-topic", topics["events"],
          "--models-topic", topics["models"], "--trusted-keys", str(events_public), "--sign", str(models_key)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    imports = tmp_path / "imports.log"
     flow = start_flow(
         kafka_bootstrap,
         topics,
+        module="support.watched_imports",
+        SERVING_TEST_IMPORT_LOG=str(imports),
+        SERVING_TEST_TENSORFLOW_GATE=str(tmp_path / "tensorflow-may-import"),
         SERVING_KAFKA_EVENTS_TOPIC=topics["events"],
         SERVING_KAFKA_TAIL="true",
         SERVING_EVENTS_SIGNING_KEY=str(events_key),
         SERVING_MODEL_TRUSTED_KEYS=str(models_public),
         **DRIFT,
     )
+    if model_format == "savedmodel":
+        (tmp_path / "tensorflow-may-import").touch()
     try:
         records = list(generated_records(5, 4_000, shift_after=2_000))  # drifts from the 2,000th record
         produce(kafka_bootstrap, topics["data"], encoded(records))
         output, _ = retrain_job.communicate(timeout=300)
         assert retrain_job.returncode == 0, output
         lines = output.splitlines()
-        assert any(line.startswith("ignored drift of 'recommender-v1' at topic") for line in lines), output
+        assert any(line.startswith(f"ignored drift of '{v1}' at topic") for line in lines), output
         assert "the event is not signed" in output and "\x1b" not in output
-        assert any(line.startswith("drift of 'recommender-v1' at topic") for line in lines), output
-        assert "published model 'recommender-v3'" in output and "signed)" in output
+        assert any(line.startswith(f"drift of '{v1}' at topic") for line in lines), output
+        assert f"published model '{v3}'" in output and "signed)" in output
         wait_for(
-            lambda: (
-                ("accepted", "recommender-v3") in flow_events(kafka_bootstrap, topics["events"], signed=True)
-            ),
+            lambda: ("accepted", v3) in flow_events(kafka_bootstrap, topics["events"], signed=True),
             "the flow to accept the retrained (signed) model",
             timeout=120,
         )
         events = flow_events(kafka_bootstrap, topics["events"], signed=True)
-        assert events.index(("accepted", "recommender-v1")) < events.index(("drift", "recommender-v1"))
+        assert events.index(("accepted", v1)) < events.index(("drift", v1))
         # Every event on the topic but the forged one is the flow's, and verifies.
         written = consume_all(kafka_bootstrap, topics["events"], 1_000_000, timeout=2)
         trusted = parse_trusted_keys(str(events_public))
         verdicts = [verify_event(SIGNED_EVENT.decode(m.value()), trusted) for m in written]
         assert verdicts[0] == "the event is not signed" and verdicts[1:] == [None] * (len(written) - 1)
+        imported = {package for _, package in announced_imports(imports)}
+        assert ("tensorflow" in imported) == (model_format == "savedmodel"), imported
     finally:
         flow.terminate()
         finished_output(flow)
