@@ -37,7 +37,6 @@ from flows.core.context import ServingContext
 from flows.core.dataflow import serve
 from flows.core.descriptors import ModelDescriptor, ModelType
 from flows.core.events import ModelEvent
-from flows.core.outliers import load_detector
 from flows.core.records import DataMessage
 from flows.core.telemetry import Telemetry
 from flows.core.vocabulary import EventKind
@@ -210,12 +209,9 @@ def _measure(
         context.cache.acquire(descriptor)  # Load (and warm up) before timing; the flow then shares it.
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
-    if outliers_on:
-        load_detector()  # as building the flow would, but before the memory figure, which then counts it
     memory = resident_mb()  # after the models' load and warm-up
-    # The main job's start-up freezes what it built so far (at TensorFlow's import, which it always does):
-    # full collections then skip those objects. A run without TensorFlow (an ONNX model) would not, and would
-    # measure the garbage collector's rescans instead of the flow, so freeze here for every model.
+    # The main job freezes what it built before it runs (`flows.serving`): full collections then skip those
+    # objects, so freeze here too, or this would measure the garbage collector's rescans instead of the flow.
     gc.freeze()
     flow = Dataflow("bench")
     generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.generator.seed)

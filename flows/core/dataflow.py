@@ -37,7 +37,7 @@ from flows.core.model_holder import (
     HolderOutput,
     ModelHolderLogic,
 )
-from flows.core.outliers import OutlierLogic, OutlierSettings, load_detector
+from flows.core.outliers import OutlierLogic, OutlierSettings
 from flows.core.probation import RollbackSettings
 from flows.core.records import DataMessage, ScoredBatch, ScoredMessage
 from flows.core.routing import batch_router, shard_keys
@@ -174,7 +174,6 @@ def _outlier_scores(
 ) -> tuple[Stream[Sequence[ScoredMessage]], Stream[ModelEvent]]:
     """`results` with outlier scores (the batches a model scored pass its detector; the rest, errors, pass
     by), and the detectors' events."""
-    load_detector()
     split = op.branch(f"{step_id}_outlier_batches", results, _scored_by_a_model)
     keyed = op.key_on(f"{step_id}_key_outliers", split.trues, lambda batch: batch.metadata.model_name)
     detected = op.key_rm(

@@ -22,6 +22,7 @@ from flows.core.outliers import (
     ProductRanks,
     answered_records,
     features,
+    mean_and_precision,
 )
 from flows.core.records import ModelResultMetadata, RecommenderRecord, ScoredBatch
 from flows.core.scoring import unscored
@@ -112,6 +113,19 @@ def test_the_distances_are_scikit_learns_mahalanobis():
     reference = EmpiricalCovariance()
     reference.location_, reference.precision_ = detector.state.location, detector.state.precision
     np.testing.assert_allclose(detector.distances(rows), reference.mahalanobis(rows), rtol=1e-9)
+
+
+def test_the_fit_is_scikit_learns_empirical_covariance_also_when_a_feature_never_varies():
+    from sklearn.covariance import EmpiricalCovariance
+
+    rows = features(answered_records(batches(500, 31)[0]), fitted().state.ranks)
+    constant_size = rows.copy()
+    constant_size[:, 1] = 3.0  # every record with three products: a singular covariance
+    for reference in (rows, constant_size, rows[:, :1]):
+        location, precision = mean_and_precision(reference)
+        expected = EmpiricalCovariance().fit(reference)
+        np.testing.assert_allclose(location, expected.location_, rtol=1e-12)
+        np.testing.assert_allclose(precision, expected.precision_, rtol=1e-7, atol=1e-12)
 
 
 def test_a_record_without_products_has_zero_features_but_its_user_and_no_error():

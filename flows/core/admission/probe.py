@@ -7,9 +7,12 @@ NaN or 1e30; such a model must not replace a working one, and such a score must 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from flows.core.admission.policy import AdmissionPolicy
+if TYPE_CHECKING:  # the admission child imports this module; pydantic (the policy's) would cost it 0.3 s
+    from flows.core.admission.policy import AdmissionPolicy
 
 PROBE_PAIRS = 64
 # Batch sizes the probe asks, the usual one first: a model that answers 64 scores whatever it is asked
