@@ -18,15 +18,16 @@ from flows.bench.in_process import remote_model, run_in_process, run_swap
 from flows.bench.kafka import run_kafka_embedded
 from flows.bench.kafka_baseline import run_kafka_baseline
 from flows.bench.profile import profiled
+from flows.bench.start_up import run_start_up
 from flows.core.descriptors import CANARY, CHALLENGER, SHADOW, ModelDescriptor
 from flows.runtime.settings import Settings
 
 SCENARIOS = (
     "embedded", "kafka-embedded", "kafka-baseline", "swap", "model-flood", "call-cost", "ensemble-cost",
-    "explain-cost",
+    "explain-cost", "start-up",
     "tfserving-grpc", "tfserving-rest", "v2-grpc", "v2-rest", "tfserving-grpcs", "tfserving-https",
 )  # fmt: skip
-REMOTE_SCENARIOS = SCENARIOS[8:]
+REMOTE_SCENARIOS = SCENARIOS[9:]
 
 
 def main() -> None:
@@ -127,6 +128,15 @@ def main() -> None:
         "--flood", type=int, default=40, help="model-flood scenario: model messages that arrive at once"
     )
     parser.add_argument(
+        "--then-version",
+        help="start-up: publish this shipped model once warm, and time its load while records keep coming",
+    )
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        help="start-up: run the main job from this directory (another commit's tree, to compare with)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run under cProfile and add where a record's time goes (us per record, see flows.bench.profile)",
@@ -191,6 +201,9 @@ def _run(args: argparse.Namespace, models_dir: Path) -> dict:
                 outliers=args.outliers == "on",
                 explain=args.explain == "on",
             )
+    if args.scenario == "start-up":
+        versions = (args.model_version, args.then_version)
+        return run_start_up(args.records, args.bootstrap_servers, models_dir, *versions, args.checkout)
     if args.scenario == "kafka-baseline":
         return run_kafka_baseline(args.records, args.bootstrap_servers, args.partitions, args.model_version)
     return run_kafka_embedded(
