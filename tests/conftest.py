@@ -31,8 +31,8 @@ MARKING_FIXTURES = {"kafka_bootstrap": "kafka", "servers": "servers"}
 WITHOUT_TENSORFLOW = {
     "test_answered_offsets", "test_avro", "test_cluster", "test_code_checks", "test_console_sink",
     "test_event_signing", "test_exactly_once_producer", "test_explanations", "test_generators",
-    "test_json_lines_sink", "test_kafka_sink", "test_locations_and_endpoints", "test_model_types",
-    "test_outliers", "test_pacing", "test_pmml_guard", "test_readme", "test_record_polls",
+    "test_json_lines_sink", "test_kafka_sink", "test_load_deadline", "test_locations_and_endpoints",
+    "test_model_types", "test_outliers", "test_pacing", "test_pmml_guard", "test_readme", "test_record_polls",
     "test_retrain_gate", "test_tensorflow_import", "test_unserved_formats", "test_vocabulary",
 }  # fmt: skip
 

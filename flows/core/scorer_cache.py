@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flows.core.admission.policy import AdmissionPolicy
@@ -30,15 +31,18 @@ MAX_REMEMBERED_FAILURES = 64
 class ModelLoad:
     """A model being loaded for this process: poll `ready()`, then take `result()`.
 
-    A load that has not finished by its deadline counts as failed; its thread cannot be stopped, but
-    whatever it produces later is closed and never served (the costly, hostile part, unpacking, runs in a
-    child process that is killed at its own deadline).
+    A load that has not finished by its deadline counts as failed (the import of a runtime, paused by
+    `deadline_paused`, does not count towards it); its thread cannot be stopped, but whatever it produces
+    later is closed and never served (the costly, hostile part, unpacking, runs in a child process that is
+    killed at its own deadline).
     """
 
     def __init__(self, descriptor: ModelDescriptor, timeout_s: float) -> None:
         self.descriptor = descriptor
         self.timeout_s = timeout_s
         self.started = time.monotonic()
+        self._paused_at: float | None = None  # since when a runtime's import has paused the deadline
+        self._paused_s = 0.0
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._scorer: Scorer | None = None
@@ -56,7 +60,7 @@ class ModelLoad:
         """Whether the load has finished, failed or run out of time (then `result` does not block)."""
         if self._done.is_set():
             return True
-        if time.monotonic() - self.started >= self.timeout_s:
+        if self._elapsed_s() >= self.timeout_s:
             reason = f"loading did not finish within {self.timeout_s:g} s (SERVING_MODEL_LOAD_TIMEOUT)"
             self._settle(None, ModelLoadError(self.descriptor.model_name, reason, retryable=True))
         return self._done.is_set()
@@ -70,8 +74,14 @@ class ModelLoad:
 
     def join(self) -> None:
         """Block until ready, at most until the deadline: for tools, tests and the end of the input."""
-        self._done.wait(max(0.0, self.timeout_s - (time.monotonic() - self.started)))
-        self.ready()
+        while not self.ready():
+            self._done.wait(min(max(0.01, self.timeout_s - self._elapsed_s()), 1.0))
+
+    def _elapsed_s(self) -> float:
+        """Seconds that count towards the deadline: since the load started, less its runtime's import."""
+        paused_at = self._paused_at
+        now = time.monotonic()
+        return now - self.started - self._paused_s - (now - paused_at if paused_at is not None else 0.0)
 
     def wait(self) -> tuple[Scorer, float]:
         """`join`, then `result()`."""
@@ -97,6 +107,7 @@ class ModelLoad:
 
     def run(self, build: Callable[[ModelDescriptor], Scorer]) -> None:
         """The load itself; runs on the load's own thread."""
+        _this_thread.load = self
         try:
             scorer = build(self.descriptor)
         except ModelLoadError as error:
@@ -106,6 +117,8 @@ class ModelLoad:
             self._settle(None, ModelLoadError(name, f"{type(error).__name__}: {error}"))
         else:
             self._settle(scorer, None)
+        finally:
+            _this_thread.load = None
 
     def _settle(self, scorer: Scorer | None, error: ModelLoadError | None) -> None:
         with self._lock:
@@ -119,6 +132,26 @@ class ModelLoad:
                 scorer.close()  # finished after its deadline, or after everyone let go
             return
         self.settled(self)
+
+
+_this_thread = threading.local()  # `load`: the ModelLoad a model-load thread runs
+
+
+@contextmanager
+def deadline_paused() -> Iterator[None]:
+    """Time spent inside does not count towards the deadline of the model this thread loads, if any: for the
+    import of a runtime (TensorFlow's took 72 s on two busy cores), which is this flow's cost, the same for
+    every model, and not the model's. The model's own costs (unpacking, its trial, its load) stay bounded."""
+    load: ModelLoad | None = getattr(_this_thread, "load", None)
+    if load is None:
+        yield
+        return
+    load._paused_at = time.monotonic()
+    try:
+        yield
+    finally:
+        load._paused_s += time.monotonic() - load._paused_at
+        load._paused_at = None
 
 
 @dataclass(slots=True)

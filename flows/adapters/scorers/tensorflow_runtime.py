@@ -16,6 +16,7 @@ import time
 from types import ModuleType
 
 from flows.core.admission.tensorflow_import import import_quietly
+from flows.core.scorer_cache import deadline_paused
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -30,9 +31,13 @@ def show_start_up_output(verbose: bool) -> None:
 
 
 def tensorflow() -> ModuleType:
-    """The `tensorflow` module, imported on first use."""
+    """The `tensorflow` module, imported on first use. A model load that imports it, or waits for another
+    load's import, has its deadline paused meanwhile (`deadline_paused`): the import is this flow's cost,
+    not the model's."""
     global _tensorflow
-    with _lock:
+    if _tensorflow is not None:
+        return _tensorflow
+    with deadline_paused(), _lock:
         if _tensorflow is None:
             started = time.monotonic()
             if _verbose:
@@ -47,7 +52,6 @@ def tensorflow() -> ModuleType:
             # took ~2 s of a 100,000-record Kafka benchmark. Frozen, collections skip them. (Everything alive
             # now is frozen; reference counting still frees it, only cycles among these objects would stay.)
             gc.freeze()
-            log.info(
-                "TensorFlow imported in %.1f s, for the first TensorFlow model", time.monotonic() - started
-            )
+            seconds = time.monotonic() - started
+            log.info("TensorFlow imported in %.1f s, for the first TensorFlow model", seconds)
         return _tensorflow

@@ -61,7 +61,8 @@ class AdmissionPolicy(Section):
         gt=0,
         description=(
             "seconds a new model may take from arrival to ready (unpack, inspect, load, probe); past it, "
-            "rejected"
+            "rejected. The flow's import of a runtime for its first model of a kind (TensorFlow: 9 to 72 s "
+            "measured on two busy cores) does not count"
         ),
     )
     max_loads: int = Field(
