@@ -219,6 +219,17 @@ class _DataPollPartition(StatefulSourcePartition[DecodedPoll, int]):
     def snapshot(self) -> int:
         return self.offset
 
+    def hold_fetching(self, held: bool) -> None:
+        """Pause (or resume) the consumer's fetching of this partition: while the flow waits for its first
+        model (`flows.adapters.sources.model_gate`), librdkafka would otherwise fetch ahead what is not read,
+        and a consumer of a broker that answers empty fetches at once spins (half a core here) beside the
+        model's load. Reading resumes at `offset`, the next record not read."""
+        partitions = [TopicPartition(self.topic, self.partition, self.offset)]
+        if held:
+            self.consumer.pause(partitions)
+        else:
+            self.consumer.resume(partitions)
+
     def close(self) -> None:
         if self.probe is not None:
             self.probe.forget(self.partition)

@@ -8,7 +8,8 @@ them all instead would cost memory in proportion to the backlog.
 
 So the records stay where they are until a model can score them: each data partition of a process returns
 nothing from its polls until a shard of that process has swapped in a champion (`ChampionGate.open`, called
-by `flows.core.shard`). Records already on their way to a shard whose champion is loading are held there (see
+by `flows.core.shard`), and its consumer does not fetch meanwhile (`hold_fetching`), which leaves the cores
+to the model's load. Records already on their way to a shard whose champion is loading are held there (see
 `ShardLogic._hold`). A process waits at most `wait_s` (SERVING_DATA_WAIT_FOR_MODEL): with no model on the
 models topic at all, or in a process that owns no shard, it then reads, and the shards' hold limit applies
 as before. The recovery state is the inner source's, untouched. The Kafka data source measures the lag of
@@ -41,10 +42,13 @@ class _GatedPartition(PartitionWrapper):
         self.wait_s = wait_s
         self.deadline = time.monotonic() + wait_s
         self.waiting = True
+        self.hold_fetching(True)
 
     def next_batch(self) -> Iterable[Any]:
-        if self.waiting and not self._done_waiting():
-            return []
+        if self.waiting:
+            if not self._done_waiting():
+                return []
+            self.hold_fetching(False)
         return self.inner.next_batch()
 
     def next_awake(self) -> datetime | None:

@@ -30,6 +30,13 @@ class PartitionWrapper(StatefulSourcePartition[Any, Any]):
     def close(self) -> None:
         self.inner.close()
 
+    def hold_fetching(self, held: bool) -> None:
+        """Passed down to the partition that reads: stop (or resume) fetching ahead of what it is asked for
+        (`_DataPollPartition`); a partition that does not fetch ahead has no such method."""
+        hold = getattr(self.inner, "hold_fetching", None)
+        if hold is not None:
+            hold(held)
+
 
 class SourceWrapper(FixedPartitionedSource[Any, Any]):
     """`inner`'s partitions, each wrapped by `wrap`."""
