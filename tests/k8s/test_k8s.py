@@ -35,7 +35,7 @@ from flows.wire.avro import MODEL, RECORD
 
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.31.0"  # kubernetes-validate bundles 1.25 - 1.37; pinned in the test extra
-OVERLAYS = ["embedded", "tfserving", "seldon", "embedded-sasl", "embedded-autoscaled"]
+OVERLAYS = ["embedded", "embedded-onnx", "tfserving", "seldon", "embedded-sasl", "embedded-autoscaled"]
 SELDON_KINDS = {"Model", "Server"}  # Seldon Core 2 CRDs: no schema offline
 LINT = YamlLintConfig(file=str(K8S / ".yamllint"))
 kubectl = shutil.which("kubectl")
