@@ -75,11 +75,13 @@ def run_start_up(
             published_ms = time.time_ns() // 1_000_000
             trickle = threading.Event()
             offer = (servers, topics["data"], seeds, trickle)
-            threading.Thread(target=_trickle, args=offer, daemon=True).start()
+            offering = threading.Thread(target=_trickle, args=offer, daemon=True)
+            offering.start()
             try:
                 results.wait_for(lambda seen: seen[-1].model == then.model_name, job)
             finally:
                 trickle.set()
+                offering.join()  # before the broker it writes to goes
             meanwhile = [result for result in results.seen[records:] if result.model == first.model_name]
             latencies = [result.latency_ms for result in meanwhile] or [0]
             report |= {
