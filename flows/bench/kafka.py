@@ -30,6 +30,7 @@ from flows.bench.report import kafka_report
 from flows.core.context import ServingContext
 from flows.core.explanations import ExplainSettings
 from flows.core.outliers import OutlierSettings
+from flows.core.records import RecommenderResult
 from flows.runtime.app import build_flow
 from flows.runtime.settings import Settings
 from flows.testing.local_broker import (
@@ -39,7 +40,7 @@ from flows.testing.local_broker import (
     produce,
 )
 from flows.testing.loopback import free_port
-from flows.wire.avro import MODEL, RECORD
+from flows.wire.avro import MODEL, RECORD, RESULT
 
 READER_WAIT_S = 0.005  # the visible-results reader's longest wait per read
 
@@ -240,13 +241,14 @@ def _offer(
 
 class VisibleResults:
     """A read_committed consumer of the results topic, in a thread: when each result became visible, and how
-    long after its data message was produced."""
+    long after its data message was produced; with `models`, also which model answered (a decode each)."""
 
-    def __init__(self, servers: str, topic: str) -> None:
+    def __init__(self, servers: str, topic: str, models: bool = False) -> None:
         self.servers, self.topic = servers, topic
         self.started_ms = 0  # when the flow started: set by whoever starts it
         self.seen_ms: list[int] = []
         self.latencies_ms: list[int] = []
+        self.models: list[str] | None = [] if models else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -278,6 +280,10 @@ class VisibleResults:
             for message in messages:
                 if message.error() is None:
                     produced_ms = int(consumed_headers(message)[SOURCE_TIMESTAMP_HEADER])
+                    if self.models is not None:
+                        result = RESULT.decode(message.value())
+                        model = result.metadata.model_name if isinstance(result, RecommenderResult) else "?"
+                        self.models.append(model)
                     self.latencies_ms.append(now_ms - produced_ms)
                     self.seen_ms.append(now_ms)
 

@@ -13,20 +13,16 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Self
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from flows.adapters.kafka.headers import SOURCE_TIMESTAMP_HEADER, consumed_headers
 from flows.adapters.sources.generators import generated_records, shipped_model
-from flows.core.records import RecommenderResult
+from flows.bench.kafka import VisibleResults
 from flows.testing.local_broker import create_topics, kafka_broker, produce
-from flows.wire.avro import MODEL, RECORD, RESULT
+from flows.wire.avro import MODEL, RECORD
 
 TRICKLE_PER_S = 1000  # records/s offered while the second model loads
 WAIT_S = 300  # the longest wait for any result
@@ -54,20 +50,21 @@ def run_start_up(
         produce(servers, topics["models"], [(b"champion", MODEL.encode(first))])
         seeds = iter(range(1, 1_000_000))
         produce(servers, topics["data"], _encoded(next(seeds), records))
-        results = stack.enter_context(Results(servers, topics["results"]))
+        results = stack.enter_context(VisibleResults(servers, topics["results"], models=True))
+        answered_models = results.models
+        assert answered_models is not None  # asked for above
         started_ms = time.time_ns() // 1_000_000
         job = _start_main_job(servers, topics, checkout)
         stack.callback(_stop, job)
-        results.wait_for(lambda seen: len(seen) >= 1, job)
-        results.wait_for(lambda seen: len(seen) >= records, job)
-        seen = list(results.seen)
+        _wait_until(lambda: len(results.seen_ms) >= records, job)
+        seen_ms = results.seen_ms[:records]
         report = {
             "scenario": "start-up",
             "model": first.model_name,
             "records": records,
             "checkout": str(checkout) if checkout else "this one",
-            "first_result_s": round((seen[0].seen_ms - started_ms) / 1000, 2),
-            "records_per_s": round(records / max((seen[-1].seen_ms - seen[0].seen_ms) / 1000, 0.001)),
+            "first_result_s": round((seen_ms[0] - started_ms) / 1000, 2),
+            "records_per_s": round(records / max((seen_ms[-1] - seen_ms[0]) / 1000, 0.001)),
             "warm_rss_mb": _resident_mb(job.pid),
         }
         if then:
@@ -78,73 +75,36 @@ def run_start_up(
             offering = threading.Thread(target=_trickle, args=offer, daemon=True)
             offering.start()
             try:
-                results.wait_for(lambda seen: seen[-1].model == then.model_name, job)
+                _wait_until(lambda: then.model_name in answered_models[records:], job)
             finally:
                 trickle.set()
                 offering.join()  # before the broker it writes to goes
-            meanwhile = [result for result in results.seen[records:] if result.model == first.model_name]
-            latencies = [result.latency_ms for result in meanwhile] or [0]
+            first_then = answered_models.index(then.model_name, records)
+            meanwhile = [
+                latency
+                for latency, model in zip(results.latencies_ms[records:first_then], answered_models[records:])
+                if model == first.model_name
+            ] or [0]
             report |= {
                 "then_model": then.model_name,
-                "then_first_result_s": round((results.seen[-1].seen_ms - published_ms) / 1000, 2),
-                "answered_meanwhile": len(meanwhile),
-                "meanwhile_p50_ms": round(float(np.percentile(latencies, 50)), 1),
-                "meanwhile_p99_ms": round(float(np.percentile(latencies, 99)), 1),
+                "then_first_result_s": round((results.seen_ms[first_then] - published_ms) / 1000, 2),
+                "answered_meanwhile": first_then - records,
+                "meanwhile_p50_ms": round(float(np.percentile(meanwhile, 50)), 1),
+                "meanwhile_p99_ms": round(float(np.percentile(meanwhile, 99)), 1),
                 "then_rss_mb": _resident_mb(job.pid),
             }
         return report | {"broker": "external" if bootstrap else "noida-db (local)"}
 
 
-class Result:
-    """One result as the bench saw it: when, how long after its record was produced, from which model."""
-
-    __slots__ = ("latency_ms", "model", "seen_ms")
-
-    def __init__(self, seen_ms: int, latency_ms: int, model: str) -> None:
-        self.seen_ms, self.latency_ms, self.model = seen_ms, latency_ms, model
-
-
-class Results:
-    """A consumer of the results topic in a thread, keeping each result's `Result` in `seen`."""
-
-    def __init__(self, servers: str, topic: str) -> None:
-        self.seen: list[Result] = []
-        self._consumer = Consumer(
-            {"bootstrap.servers": servers, "group.id": f"bench-{uuid.uuid4().hex}", "fetch.wait.max.ms": "10"}
-        )
-        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            messages = self._consumer.consume(1000, 0.005)
-            now_ms = time.time_ns() // 1_000_000
-            for message in messages:
-                if message.error() is None:
-                    produced_ms = int(consumed_headers(message)[SOURCE_TIMESTAMP_HEADER])
-                    result = RESULT.decode(message.value())
-                    model = result.metadata.model_name if isinstance(result, RecommenderResult) else "?"
-                    self.seen.append(Result(now_ms, now_ms - produced_ms, model))
-
-    def wait_for(self, condition: Callable[[list[Result]], bool], job: subprocess.Popen) -> None:
-        """Until `condition(seen)` holds, `seen` not empty; SystemExit if the job ends, or past `WAIT_S`."""
-        deadline = time.monotonic() + WAIT_S
-        while not (self.seen and condition(self.seen)):
-            if job.poll() is not None:
-                raise SystemExit(f"bench: the main job exited with {job.returncode}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: {len(self.seen)} results after {WAIT_S} s, not what was awaited")
-            time.sleep(0.01)
+def _wait_until(condition: Callable[[], bool], job: subprocess.Popen) -> None:
+    """Until `condition()` holds; SystemExit if the job ends first, or after `WAIT_S`."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if job.poll() is not None:
+            raise SystemExit(f"bench: the main job exited with {job.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: what was awaited did not come within {WAIT_S} s")
+        time.sleep(0.01)
 
 
 def _encoded(seed: int, count: int) -> list[tuple[bytes, bytes]]:

@@ -112,3 +112,14 @@ def test_a_kafka_benchmark_answers_every_record_through_a_broker(arguments):
     assert figures["records_per_s"] > 0 and 0 <= figures["p50_ms"] <= figures["p99_ms"]
     assert figures["partitions"] == int(options.get("--partitions", 1))
     assert figures.get("processes") == (int(options["--processes"]) if "--processes" in options else None)
+
+
+def test_the_start_up_benchmark_times_the_main_job_to_its_first_result_and_a_second_models_load():
+    figures = bench(
+        "--scenario", "start-up", "--records", "2000", "--model-version", "1-onnx", "--then-version", "2-onnx"
+    )
+    assert (figures["model"], figures["then_model"]) == ("recommender-v1-onnx", "recommender-v2-onnx")
+    assert figures["first_result_s"] > 0 and figures["then_first_result_s"] > 0
+    assert figures["records_per_s"] > 0 and figures["answered_meanwhile"] >= 0
+    # The ONNX main job's own process, warm: without TensorFlow (about 790 MB) in it.
+    assert 50 < figures["warm_rss_mb"] < 400 and 50 < figures["then_rss_mb"] < 400
