@@ -106,16 +106,16 @@ def build_scorer(descriptor: ModelDescriptor, policy: AdmissionPolicy | None = N
     refused = refusal(descriptor, policy) or unserved_refusal(descriptor)
     if refused:
         raise ModelLoadError(name, refused)
-    if descriptor.model_type not in policy.types:
-        served = ",".join(t.value for t in policy.types)
-        kind = descriptor.model_type.value
-        raise ModelLoadError(name, f"model type {kind} is not served here (SERVING_MODEL_TYPES={served})")
     builder = _BUILDERS.get(descriptor.model_type)
     if builder is None:
         supported = ", ".join(sorted(t.value for t in _BUILDERS))
         raise ModelLoadError(
             name, f"model type {descriptor.model_type.value} is not supported (supported: {supported})"
         )
+    if descriptor.model_type not in policy.types:
+        served = ",".join(t.value for t in policy.types)
+        kind = descriptor.model_type.value
+        raise ModelLoadError(name, f"model type {kind} is not served here (SERVING_MODEL_TYPES={served})")
     try:
         scorer = builder(descriptor, policy)
     except ModelLoadError:
