@@ -48,9 +48,10 @@ def eos_topics(bootstrap: str, name: str, partitions: int, extra: tuple[str, ...
     topics = create_topics(
         bootstrap, name, ["data", "models", "results", "dead", "answered", *extra], partitions=partitions
     )
-    produce(
-        bootstrap, topics["models"], [(b"recommender", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))]
-    )
+    # The ONNX twin of v1: these tests are about delivery, not the model's format, and every one of their
+    # many restarts would otherwise import TensorFlow again beside running workers (seconds each).
+    champion = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
+    produce(bootstrap, topics["models"], [(b"recommender", MODEL.encode(champion))])
     return topics
 
 
@@ -404,10 +405,10 @@ def test_a_paused_process_woken_after_its_replacement_started_is_fenced_and_writ
 
 
 def test_two_workers_four_partitions_and_a_shadow_challenger_answer_once_and_shadow_once(
-    kafka_bootstrap, tmp_path, model_v2
+    kafka_bootstrap, tmp_path
 ):
     topics = eos_topics(kafka_bootstrap, "eos-shadow", partitions=4, extra=("shadow",))
-    shadow = replace(model_v2, role=CHALLENGER, mode=SHADOW, fraction=1.0)
+    shadow = replace(shipped_model(SHIPPED_MODELS_DIR, "2-onnx"), role=CHALLENGER, mode=SHADOW, fraction=1.0)
     produce(kafka_bootstrap, topics["models"], [(b"challenger", MODEL.encode(shadow))])
     stores = recovery_stores(tmp_path, 1)
     log = tmp_path / "commits.log"

@@ -159,8 +159,12 @@ def test_a_rescale_from_1_to_2_to_3_to_1_processes_resumes_model_challenger_drif
     topics = create_topics(
         kafka_bootstrap, "rescale", ["data", "models", "results", "dead"], partitions=PARTITIONS
     )
-    champion = shipped_model(SHIPPED_MODELS_DIR, "1")
-    challenger = replace(shipped_model(SHIPPED_MODELS_DIR, "2"), role=CHALLENGER, mode=SHADOW, fraction=1.0)
+    # The ONNX twins: the rescale is what is tested, and each restart of each process would otherwise import
+    # TensorFlow again beside running workers (seconds each).
+    champion = shipped_model(SHIPPED_MODELS_DIR, "1-onnx")
+    challenger = replace(
+        shipped_model(SHIPPED_MODELS_DIR, "2-onnx"), role=CHALLENGER, mode=SHADOW, fraction=1.0
+    )
     produce(
         kafka_bootstrap, topics["models"], [(b"recommender", MODEL.encode(m)) for m in (champion, challenger)]
     )
@@ -255,7 +259,7 @@ def test_partitions_that_do_not_divide_evenly_keep_every_worker_moving(
     produce(
         kafka_bootstrap,
         topics["models"],
-        [(b"recommender", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1")))],
+        [(b"recommender", MODEL.encode(shipped_model(SHIPPED_MODELS_DIR, "1-onnx")))],
     )
     stores = recovery_stores(tmp_path, processes, partitions=processes * workers)
     ports = consecutive_free_ports(processes)
