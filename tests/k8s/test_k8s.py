@@ -26,7 +26,9 @@ from yamllint.config import YamlLintConfig
 
 from flows.adapters.kafka.headers import SOURCE_PARTITION_HEADER
 from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.core.admission.policy import parse_model_types
 from flows.core.admission.signing import parse_trusted_keys
+from flows.core.descriptors import ModelType
 from flows.core.shipped import SHIPPED_MODELS_DIR
 from flows.testing.local_broker import consume_all, create_topics, produce
 from flows.testing.loopback import free_port
@@ -577,6 +579,7 @@ ADMITTED = {
 }
 ADMITTED_IN = {
     "embedded": ADMITTED,
+    "embedded-onnx": ADMITTED,
     "tfserving": ADMITTED
     | {("tfserving", "grpc"): {"serving"}, ("tfserving", "rest"): {"serving", "publish-model"}},
     "seldon": ADMITTED,
@@ -800,3 +803,26 @@ def test_with_sasl_the_broker_authenticates_and_authorizes_and_each_client_has_i
     )
     volume = next(v for v in topics_job["spec"]["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] not in rendered_secrets
+
+
+@needs_kubectl
+def test_the_onnx_overlay_serves_onnx_only_and_asks_for_less_memory_than_the_tensorflow_one():
+    def served(overlay: str) -> tuple[dict, dict, list[str]]:
+        documents = rendered(overlay)
+        config = next(
+            d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "serving-config"
+        )
+        templates = pod_templates(documents)
+        [dataflow] = [c for c in templates["serving"]["spec"]["containers"] if c["name"] == "dataflow"]
+        [publish] = templates["publish-model"]["spec"]["containers"]
+        return config["data"], dataflow["resources"], publish["args"]
+
+    config, resources, published = served("embedded-onnx")
+    assert parse_model_types(config["SERVING_MODEL_TYPES"]) == (ModelType.ONNX,)
+    assert published == ["--version", "1-onnx"]
+    tensorflow_config, tensorflow_resources, _ = served("embedded")
+    assert "SERVING_MODEL_TYPES" not in tensorflow_config  # every type: TensorFlow's memory asked for
+    for bound in ("requests", "limits"):
+        onnx_mib = int(resources[bound]["memory"].removesuffix("Mi"))
+        tensorflow_mib = int(tensorflow_resources[bound]["memory"].removesuffix("Gi")) * 1024
+        assert onnx_mib < tensorflow_mib / 2
