@@ -1,13 +1,12 @@
 """The main job: `python -m bytewax.run flows.serving` (settings: SERVING_* environment variables)."""
 
-import gc
 import logging
 
 from flows.adapters.scorers.tensorflow_runtime import show_start_up_output
 from flows.core.context import ServingContext
 from flows.core.errors import ConfigurationError
 from flows.runtime import shutdown
-from flows.runtime.app import build_flow
+from flows.runtime.app import build_flow, freeze_what_start_built
 from flows.runtime.observability import start_observability
 from flows.runtime.preflight import start_problems
 from flows.runtime.recovery_store import RecoveryStoreError, hold_recovery_store
@@ -42,7 +41,4 @@ try:  # what the settings name and only the build reads (a key file, an exporter
 except ConfigurationError as wrong:
     logging.getLogger("flows.serving").error("cannot start: %s", wrong)
     raise SystemExit(2) from None
-# What the start built lives as long as the process (modules, settings, the flow): frozen, the garbage
-# collector's full collections, which in-flight records trigger, skip it instead of rescanning it each time.
-gc.collect()
-gc.freeze()
+freeze_what_start_built()

@@ -28,9 +28,9 @@ from flows.tools.onnx_ensemble import compose
 BATCH_SIZES = (1, 100, 1_000)
 
 
-def resident_mb() -> float:
-    """This process's resident memory now, MiB (Linux /proc)."""
-    with open("/proc/self/status", encoding="ascii") as status:
+def resident_mb(pid: int | str = "self") -> float:
+    """The resident memory of process `pid` (this one by default) now, MiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return round(int(line.split()[1]) / 1024, 1)

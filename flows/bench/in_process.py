@@ -3,7 +3,6 @@ swap."""
 
 from __future__ import annotations
 
-import gc
 import json
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from flows.core.events import ModelEvent
 from flows.core.records import DataMessage
 from flows.core.telemetry import Telemetry
 from flows.core.vocabulary import EventKind
+from flows.runtime.app import freeze_what_start_built
 from flows.runtime.settings import Settings
 from flows.testing.local_servers import mlserver, tfserving_double
 from flows.testing.loopback import free_port
@@ -210,9 +210,7 @@ def _measure(
         timed[index].score(np.ones(1, np.float32), np.ones(1, np.float32))
         timed[index].call_ms.clear()
     memory = resident_mb()  # after the models' load and warm-up
-    # The main job freezes what it built before it runs (`flows.serving`): full collections then skip those
-    # objects, so freeze here too, or this would measure the garbage collector's rescans instead of the flow.
-    gc.freeze()
+    freeze_what_start_built()  # as the main job does, or this would measure the garbage collector's rescans
     flow = Dataflow("bench")
     generator = DataGenerator(records, rate, partitions=workers, batch=batch, seed=settings.generator.seed)
     data = op.input(

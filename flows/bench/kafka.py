@@ -31,7 +31,7 @@ from flows.core.context import ServingContext
 from flows.core.explanations import ExplainSettings
 from flows.core.outliers import OutlierSettings
 from flows.core.records import RecommenderResult
-from flows.runtime.app import build_flow
+from flows.runtime.app import build_flow, freeze_what_start_built
 from flows.runtime.settings import Settings
 from flows.testing.local_broker import (
     consume_all,
@@ -154,6 +154,7 @@ def _run_here(
     snapshot_interval: float,
 ) -> None:
     flow = build_flow(flow_settings, context)
+    freeze_what_start_built()  # as the main job does
     if rate > 0:
         offer = (servers, topics, encoded, rate, flow_settings.generator.seed, visible)
         threading.Thread(target=_offer, args=offer, daemon=True).start()

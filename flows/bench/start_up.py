@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.adapters.sources.generators import generated_records, shipped_model
+from flows.bench.call_cost import resident_mb
 from flows.bench.kafka import VisibleResults
 from flows.testing.local_broker import create_topics, kafka_broker, produce
 from flows.wire.avro import MODEL, RECORD
@@ -43,7 +44,8 @@ def run_start_up(
     `TRICKLE_PER_S`: the seconds until its first result, how many results the first model gave meanwhile,
     their latency, and the memory after. With `checkout`, the main job runs from that directory (another
     commit's tree, to compare with it)."""
-    first, then = shipped_model(models_dir, version), then_version and shipped_model(models_dir, then_version)
+    first = shipped_model(models_dir, version)
+    then = shipped_model(models_dir, then_version) if then_version else None
     with ExitStack() as stack:
         servers = bootstrap or stack.enter_context(kafka_broker())
         topics = create_topics(servers, "start-up", ["data", "models", "results", "dead"])
@@ -65,7 +67,7 @@ def run_start_up(
             "checkout": str(checkout) if checkout else "this one",
             "first_result_s": round((seen_ms[0] - started_ms) / 1000, 2),
             "records_per_s": round(records / max((seen_ms[-1] - seen_ms[0]) / 1000, 0.001)),
-            "warm_rss_mb": _resident_mb(job.pid),
+            "warm_rss_mb": resident_mb(job.pid),
         }
         if then:
             produce(servers, topics["models"], [(b"champion", MODEL.encode(then))])
@@ -91,7 +93,7 @@ def run_start_up(
                 "answered_meanwhile": first_then - records,
                 "meanwhile_p50_ms": round(float(np.percentile(meanwhile, 50)), 1),
                 "meanwhile_p99_ms": round(float(np.percentile(meanwhile, 99)), 1),
-                "then_rss_mb": _resident_mb(job.pid),
+                "then_rss_mb": resident_mb(job.pid),
             }
         return report | {"broker": "external" if bootstrap else "noida-db (local)"}
 
@@ -144,11 +146,3 @@ def _start_main_job(servers: str, topics: dict[str, str], checkout: Path | None)
 def _stop(job: subprocess.Popen) -> None:
     job.kill()
     job.wait(timeout=30)
-
-
-def _resident_mb(pid: int) -> float:
-    """The process's resident memory now (VmRSS), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise SystemExit(f"bench: no VmRSS for process {pid}")

@@ -35,10 +35,11 @@ def parse_model_types(text: str) -> tuple[ModelType, ...]:
     """`"ONNX, pmml"` as model types (names in any case), or ValueError naming the types served."""
     types = []
     for name in comma_separated(text):
-        if name.upper() not in ModelType.__members__ or ModelType[name.upper()] not in SERVED_TYPES:
+        kind = ModelType.__members__.get(name.upper())
+        if kind not in SERVED_TYPES:
             served = ", ".join(t.value for t in SERVED_TYPES)
             raise ConfigurationError(f"model type {name!r} is not one this flow serves ({served})")
-        types.append(ModelType[name.upper()])
+        types.append(kind)
     if not types:
         raise ConfigurationError("no model type given: name at least one")
     return tuple(types)
